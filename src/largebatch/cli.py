@@ -1,0 +1,178 @@
+"""Command line: ``largebatch train | eval | recipes``. Dispatch only; the work is in the packages.
+
+Exit status: 0 success, 1 a failure while running, 2 bad input (unknown key, wrong type,
+contradiction, missing data) found before any worker starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+log = logging.getLogger("largebatch")
+
+EXIT_BAD_INPUT = 2
+
+
+def _in_torchrun() -> bool:
+    return "TORCHELASTIC_RUN_ID" in os.environ or ("RANK" in os.environ and "WORLD_SIZE" in os.environ)
+
+
+def _fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
+    print(f"largebatch: error: {message}", file=sys.stderr)
+    return code
+
+
+def _build_config(recipe: str, overrides: list[str]):
+    from largebatch.config import apply_overrides
+    from largebatch.recipes import get_recipe
+
+    return apply_overrides(get_recipe(recipe), overrides)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from largebatch.config import ConfigError, resolve, to_dict
+    from largebatch.data import check_data
+    from largebatch.train.run import choose_run_dir, run_worker
+
+    try:
+        cfg = _build_config(args.recipe, args.set)
+    except (KeyError, ConfigError) as err:
+        return _fail(err.args[0] if isinstance(err, KeyError) else str(err))
+
+    if _in_torchrun():
+        # torchrun started this process: it is one worker; the world size comes from the environment.
+        if args.nproc:
+            return _fail("--nproc starts local workers itself; under torchrun set --nproc_per_node instead")
+        rank = int(os.environ.get("RANK", "0"))
+        try:
+            run_worker(to_dict(cfg), args.out, args.resume)
+        except ConfigError as err:
+            if rank == 0:
+                _fail(str(err))
+            return EXIT_BAD_INPUT
+        return 0
+
+    nproc = args.nproc or cfg.train.nproc
+    try:
+        plan = resolve(cfg, nproc)
+        check_data(cfg.data)
+        run_dir, resume_path = choose_run_dir(cfg.recipe, args.out, args.resume)
+    except (ConfigError, FileNotFoundError) as err:
+        return _fail(str(err))
+    print(f"largebatch: {cfg.recipe}: {plan.describe()}; run directory {run_dir}", file=sys.stderr)
+    worker_args = (to_dict(cfg), str(run_dir), str(resume_path) if resume_path else None)
+    if nproc == 1:
+        try:
+            run_worker(*worker_args)
+        except ConfigError as err:
+            return _fail(str(err))
+        return 0
+    from largebatch.dist.launch import WorkerFailed, launch_local
+
+    try:
+        launch_local(run_worker, worker_args, nproc=nproc)
+    except WorkerFailed as err:
+        return _fail(str(err), code=1)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from largebatch.config import ConfigError, apply_overrides, config_from_dict
+    from largebatch.data import build_data, check_data
+    from largebatch.dist import cleanup, setup
+    from largebatch.nn import build_model
+    from largebatch.train.checkpoint import load_checkpoint
+    from largebatch.train.trainer import evaluate
+
+    try:
+        ckpt = load_checkpoint(args.checkpoint)
+        cfg = apply_overrides(config_from_dict(ckpt["config"]), args.set)
+        check_data(cfg.data)
+    except (ConfigError, ValueError, FileNotFoundError) as err:
+        return _fail(str(err))
+    env = setup(cfg.train.device, threads_per_worker=cfg.train.threads_per_worker)
+    try:
+        data = build_data(cfg, device=env.device)
+        model = build_model(cfg.model.name, num_classes=data.num_classes, in_channels=data.in_channels,
+                            width=cfg.model.width, blocks_per_stage=cfg.model.blocks_per_stage).to(env.device)
+        model.load_state_dict(ckpt["model"])
+        if cfg.model.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        result = evaluate(model, data, env, channels_last=cfg.model.channels_last)
+        result.update(checkpoint=str(args.checkpoint), step=ckpt["train_state"]["step"], recipe=cfg.recipe)
+        if env.is_main:
+            print(json.dumps(result, indent=2))
+    finally:
+        cleanup()
+    return 0
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from omegaconf import OmegaConf
+
+    from largebatch.config import ConfigError, resolve
+    from largebatch.recipes import get_recipe, recipe_names
+
+    if not args.name:
+        for name in recipe_names():
+            cfg = get_recipe(name)
+            print(f"{name}\n    {cfg.description}\n    source: {cfg.source}")
+        return 0
+    try:
+        cfg = _build_config(args.name, args.set)
+    except (KeyError, ConfigError) as err:
+        return _fail(err.args[0] if isinstance(err, KeyError) else str(err))
+    print(OmegaConf.to_yaml(OmegaConf.structured(cfg)), end="")
+    try:
+        print(f"# derived for train.nproc={cfg.train.nproc}: {resolve(cfg, cfg.train.nproc).describe()}")
+    except ConfigError as err:
+        print(f"# not valid for train.nproc={cfg.train.nproc}: {err}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from largebatch import __version__
+    from largebatch.recipes import DEFAULT_RECIPE
+
+    parser = argparse.ArgumentParser(prog="largebatch", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"largebatch {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    set_help = "override a config key, e.g. --set train.epochs=10 (repeatable; values are YAML)"
+
+    p = sub.add_parser("train", help="train a recipe (data-parallel)")
+    p.add_argument("--recipe", default=DEFAULT_RECIPE, help=f"recipe name (default {DEFAULT_RECIPE}); see `largebatch recipes`")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+    p.add_argument("--nproc", type=int, default=None,
+                   help="local worker processes (default: the recipe's train.nproc); not with torchrun")
+    p.add_argument("--out", default=None, help="run directory (default runs/<recipe>-<timestamp>)")
+    p.add_argument("--resume", default=None, metavar="auto|PATH",
+                   help="continue from the newest checkpoint of the run directory (auto) or from PATH")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint on the test/validation split")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint file (runs/<run>/checkpoints/*.pt)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("recipes", help="list recipes, or print one's resolved config")
+    p.add_argument("name", nargs="?", help="a recipe name")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+    p.set_defaults(func=cmd_recipes)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "train" and args.nproc is not None and args.nproc < 1:
+        return _fail(f"--nproc {args.nproc}: give at least 1 worker process")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

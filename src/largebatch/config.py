@@ -1,0 +1,391 @@
+"""The config tree: typed, keyword-only dataclasses, overrides, validation and the derived plan.
+
+A recipe (``largebatch.recipes``) returns a complete :class:`Config`. Users edit it with
+``--set KEY=VALUE`` overrides, which OmegaConf merges into the typed tree, so an unknown key or a
+value of the wrong type is rejected by the library rather than by hand-written parsing. Then
+:func:`resolve` checks the contradictions that depend on the number of workers and computes the
+derived values (per-worker batch, BN groups, accumulation, peak LR) once, into a :class:`Plan`.
+Derived values are never written back into the config.
+
+Every error is a :class:`ConfigError` (a ``ValueError``) whose message names the key, the value and
+what is accepted; the CLI turns it into exit status 2 before any worker starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+DATA_NAMES = ("fashion_mnist", "synthetic", "imagefolder")
+MODEL_NAMES = ("resnet_fmnist", "resnet18", "resnet50")
+OPTIM_NAMES = ("sgd",)
+SCHEDULE_NAMES = ("step",)
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class ConfigError(ValueError):
+    """A config key has a value that is unknown, of the wrong type, or contradicts another key."""
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    name: str = "fashion_mnist"
+    """Data set: ``fashion_mnist`` (IDX files, held in memory), ``synthetic`` (random tensors, for
+    benchmarks) or ``imagefolder`` (an ImageNet-layout folder ``root/train/<class>/*``,
+    ``root/val/<class>/*`` read with torchvision)."""
+    root: str = ""
+    """Directory of the data set. Empty: ``/usr/share/datasets/fashion-mnist`` for fashion_mnist
+    (Debian's ``dataset-fashion-mnist``); required for imagefolder."""
+    train_subset: int = 0
+    """Use only the first N training samples (0: all). For tests and short studies."""
+    test_subset: int = 0
+    """Evaluate on only the first N test samples (0: all)."""
+    augment: bool = True
+    """Training augmentation: random crop with padding + horizontal flip (Fashion-MNIST, synthetic);
+    random-resized crop + flip (imagefolder)."""
+    crop_padding_px: int = 2
+    """Zero padding, in pixels, on each side before the random crop back to the input size."""
+    image_size_px: int = 224
+    """Training crop side for imagefolder, and the side of synthetic images."""
+    synthetic_train_samples: int = 4096
+    """Number of training samples of the synthetic data set."""
+    synthetic_test_samples: int = 1024
+    """Number of test samples of the synthetic data set."""
+    synthetic_classes: int = 10
+    """Number of classes of the synthetic data set."""
+    synthetic_channels: int = 1
+    """Channels of synthetic images."""
+    loader_workers: int = 4
+    """DataLoader worker processes per training process (imagefolder only)."""
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    name: str = "resnet_fmnist"
+    """``resnet_fmnist`` (small ResNet for 28x28 inputs, see ``largebatch.nn.models``),
+    ``resnet18`` or ``resnet50`` (torchvision, ImageNet layout)."""
+    width: int = 16
+    """resnet_fmnist: channels of the first stage (doubled at each of the three stages)."""
+    blocks_per_stage: int = 1
+    """resnet_fmnist: BasicBlocks per stage."""
+    zero_init_residual: bool = True
+    """Zero-init the last BN gamma of every residual block (Goyal et al. 2017, sec. 5.1)."""
+    fc_init_std: float = 0.01
+    """Std of the N(0, std^2) init of the final FC weight (Goyal et al. 2017, sec. 5.1); 0 keeps
+    torchvision's default init."""
+    channels_last: bool = True
+    """Use the channels_last memory format (faster convolutions on CPU and on tensor cores)."""
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    epochs: int = 90
+    """Number of passes over the training set."""
+    global_batch_size: int = 256
+    """Samples per optimizer step summed over all workers (the paper's kn)."""
+    bn_batch_size: int = 32
+    """Samples per BN group: the paper's per-worker n. Each process splits its batch into groups of
+    this size and normalizes each group on its own (ghost BN). 0: one group per forward pass."""
+    accumulation_steps: int = 0
+    """Forward/backward passes per optimizer step on each process (gradient accumulation). 0: the
+    fewest that keep a forward pass within max_micro_batch_size samples."""
+    max_micro_batch_size: int = 256
+    """Most samples one forward pass may hold (memory bound); used when accumulation_steps is 0."""
+    nproc: int = 1
+    """Local worker processes that ``largebatch train`` starts when --nproc is not given (ignored
+    under torchrun, which sets the world size itself)."""
+    seed: int = 0
+    """Seed of model init, the per-epoch shuffle and augmentation; process r also seeds torch's
+    global RNG with seed + r."""
+    eval_every_epochs: int = 1
+    """Evaluate on the test split every N epochs (and always after the last)."""
+    log_every_steps: int = 20
+    """Steps between metric lines (loss is reduced across workers only at these points)."""
+    checkpoint_every_epochs: int = 1
+    """Write a checkpoint every N epochs (and always at the end)."""
+    keep_checkpoints: int = 2
+    """Number of newest checkpoints kept in ``checkpoints/``."""
+    target_top1: float = 0.0
+    """Test top-1 (percent) whose first crossing is reported as time_to_target_s (0: none)."""
+    device: str = "auto"
+    """``auto`` (CUDA when present), ``cpu`` or ``cuda``."""
+    threads_per_worker: int = 0
+    """torch intra-op threads per process; 0: CPU cores divided by local workers."""
+
+
+@dataclass(kw_only=True)
+class OptimConfig:
+    name: str = "sgd"
+    """``sgd``: torch.optim.SGD, Goyal et al. form (9), so no momentum correction is needed."""
+    base_lr: float = 0.1
+    """Learning rate at ``base_batch_size``; scaled linearly with the global batch (Goyal sec. 2.1)."""
+    base_batch_size: int = 256
+    """The batch size at which base_lr is given (0.1 per 256 in Goyal et al.)."""
+    momentum: float = 0.9
+    """Momentum coefficient m."""
+    nesterov: bool = True
+    """Nesterov momentum (Goyal et al. sec. 5.1)."""
+    weight_decay: float = 1e-4
+    """L2 coefficient lambda, added to the aggregated gradient (Goyal eq. 8)."""
+    norm_weight_decay: bool = False
+    """Apply weight decay to normalization gamma/beta (Goyal: no)."""
+    bias_weight_decay: bool = False
+    """Apply weight decay to biases (Goyal is silent; we follow the BN rule: no)."""
+
+
+@dataclass(kw_only=True)
+class ScheduleConfig:
+    name: str = "step"
+    """``step``: linear warmup then step decay (Goyal et al. sec. 2.2, 5.1)."""
+    warmup_epochs: float = 5.0
+    """Epochs of gradual (per-iteration linear) warmup to the scaled LR; 0 disables it."""
+    warmup_start_lr: float | None = None
+    """LR at step 0 of the warmup. None: optim.base_lr, i.e. the small-batch LR (Goyal sec. 2.2)."""
+    decay_epochs: list[float] = field(default_factory=lambda: [30.0, 60.0, 80.0])
+    """Epochs at which the LR is multiplied by decay_factor (30/60/80 of 90 in Goyal et al.)."""
+    decay_factor: float = 0.1
+    """Multiplier applied at each decay epoch."""
+
+
+@dataclass(kw_only=True)
+class Config:
+    recipe: str = "custom"
+    """Name of the recipe this config came from."""
+    description: str = ""
+    """One line on what the recipe is."""
+    source: str = ""
+    """Paper and section the recipe follows."""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+
+
+def _section_keys(section: Any, prefix: str) -> list[str]:
+    keys = []
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if dataclasses.is_dataclass(value):
+            keys.extend(_section_keys(value, f"{prefix}{f.name}."))
+        else:
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+def all_keys(cfg: Config | None = None) -> list[str]:
+    """Every settable dotted key of the config tree, e.g. ``train.global_batch_size``."""
+    return _section_keys(cfg if cfg is not None else Config(), "")
+
+
+def _field_type_name(key: str) -> str:
+    section: Any = Config
+    parts = key.split(".")
+    for part in parts[:-1]:
+        section = {f.name: f for f in dataclasses.fields(section)}[part].default_factory
+    f = {f.name: f for f in dataclasses.fields(section)}[parts[-1]]
+    return str(f.type)
+
+
+def apply_overrides(cfg: Config, overrides: Iterable[str]) -> Config:
+    """Return a copy of ``cfg`` with ``KEY=VALUE`` overrides applied (values parsed as YAML).
+
+    Raises:
+        ConfigError: an override without ``=``, an unknown key (the message lists the keys of that
+            section), or a value that cannot be converted to the key's type.
+    """
+    base = OmegaConf.structured(cfg)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not KEY=VALUE; example: --set train.epochs=10")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if key not in all_keys(cfg):
+            section = key.rsplit(".", 1)[0] if "." in key else ""
+            near = [k for k in all_keys(cfg) if k.startswith(section + ".")] if section else []
+            accepted = near or sorted({k.split(".")[0] for k in all_keys(cfg)})
+            raise ConfigError(
+                f"unknown config key {key!r} (value {raw!r}); accepted keys"
+                f"{' in ' + repr(section) if near else ''}: {', '.join(accepted)}"
+            )
+        try:
+            patch = OmegaConf.from_dotlist([f"{key}={raw}"])
+            base = OmegaConf.merge(base, patch)
+        except (ConfigKeyError, ConfigAttributeError) as err:  # pragma: no cover - caught above
+            raise ConfigError(f"unknown config key {key!r}: {err}") from None
+        except OmegaConfBaseException as err:
+            raise ConfigError(
+                f"config key {key!r} got value {raw!r}, which is not a valid "
+                f"{_field_type_name(key)}: {str(err).splitlines()[0]}"
+            ) from None
+    return OmegaConf.to_object(base)
+
+
+def to_dict(cfg: Config) -> dict:
+    """The config as plain JSON-able dicts."""
+    return dataclasses.asdict(cfg)
+
+
+def config_hash(cfg: Config) -> str:
+    """SHA-256 (hex, first 16 digits) of the resolved config, stored in checkpoints."""
+    blob = json.dumps(to_dict(cfg), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def linear_scaled_lr(base_lr: float, *, base_batch_size: int, global_batch_size: int) -> float:
+    """Linear scaling rule (Goyal et al. 2017, sec. 2.1): lr = base_lr * global_batch / base_batch."""
+    return base_lr * global_batch_size / base_batch_size
+
+
+@dataclass(frozen=True, kw_only=True)
+class Plan:
+    """Values derived from a config and the number of processes; computed once by :func:`resolve`.
+
+    A process may stand in for several of the paper's workers: it splits each micro-batch into
+    ``bn_groups_per_micro_batch`` BN groups of ``bn_batch_size`` samples and runs
+    ``accumulation_steps`` micro-batches per step.
+    """
+
+    world_size: int
+    """Number of processes (torch.distributed ranks)."""
+    global_batch_size: int
+    per_worker_batch_size: int
+    """Samples per step on one process = global_batch_size / world_size."""
+    micro_batch_size: int
+    """Samples per forward pass = per_worker_batch_size / accumulation_steps."""
+    accumulation_steps: int
+    bn_batch_size: int
+    """Samples per BN group (equals micro_batch_size when train.bn_batch_size is 0)."""
+    bn_groups_per_micro_batch: int
+    simulated_workers: int
+    """The paper's k: global_batch_size / bn_batch_size."""
+    peak_lr: float
+    """LR after warmup: the linear scaling rule applied to optim.base_lr."""
+
+    def describe(self) -> str:
+        return (
+            f"global batch {self.global_batch_size} = {self.world_size} process(es) x "
+            f"{self.accumulation_steps} accumulation step(s) x {self.bn_groups_per_micro_batch} "
+            f"BN group(s) x {self.bn_batch_size} samples (k = {self.simulated_workers} simulated "
+            f"workers); peak LR {self.peak_lr:g}"
+        )
+
+
+def _check(cond: bool, key: str, value: Any, accepted: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}={value!r} is invalid: {accepted}")
+
+
+def resolve(cfg: Config, world_size: int) -> Plan:
+    """Validate ``cfg`` for ``world_size`` processes and derive the :class:`Plan`.
+
+    Raises:
+        ConfigError: naming the key, the value and what is accepted.
+    """
+    _check(cfg.data.name in DATA_NAMES, "data.name", cfg.data.name, f"one of {', '.join(DATA_NAMES)}")
+    _check(cfg.model.name in MODEL_NAMES, "model.name", cfg.model.name, f"one of {', '.join(MODEL_NAMES)}")
+    _check(cfg.optim.name in OPTIM_NAMES, "optim.name", cfg.optim.name, f"one of {', '.join(OPTIM_NAMES)}")
+    _check(cfg.schedule.name in SCHEDULE_NAMES, "schedule.name", cfg.schedule.name,
+           f"one of {', '.join(SCHEDULE_NAMES)}")
+    _check(cfg.train.device in DEVICES, "train.device", cfg.train.device, f"one of {', '.join(DEVICES)}")
+    if cfg.data.name == "imagefolder":
+        _check(bool(cfg.data.root), "data.root", cfg.data.root,
+               "an ImageNet-layout folder with train/<class>/ and val/<class>/ is required for imagefolder")
+    for key in ("train.epochs", "train.global_batch_size", "train.max_micro_batch_size", "train.nproc",
+                "train.eval_every_epochs", "train.log_every_steps", "train.checkpoint_every_epochs",
+                "train.keep_checkpoints", "optim.base_batch_size", "model.width",
+                "model.blocks_per_stage", "data.image_size_px", "data.synthetic_train_samples",
+                "data.synthetic_test_samples", "data.synthetic_channels"):
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        _check(value >= 1, key, value, "a positive integer")
+    _check(cfg.data.synthetic_classes >= 2, "data.synthetic_classes", cfg.data.synthetic_classes, "an integer >= 2")
+    for key in ("train.bn_batch_size", "train.accumulation_steps", "data.train_subset", "data.test_subset", "data.crop_padding_px",
+                "data.loader_workers", "train.threads_per_worker"):
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        _check(value >= 0, key, value, "an integer >= 0")
+    _check(cfg.optim.base_lr > 0 and math.isfinite(cfg.optim.base_lr), "optim.base_lr", cfg.optim.base_lr,
+           "a positive finite float")
+    _check(0 <= cfg.optim.momentum < 1, "optim.momentum", cfg.optim.momentum, "a float in [0, 1)")
+    _check(not (cfg.optim.nesterov and cfg.optim.momentum == 0), "optim.nesterov", cfg.optim.nesterov,
+           "false when optim.momentum is 0 (Nesterov needs momentum)")
+    _check(cfg.optim.weight_decay >= 0, "optim.weight_decay", cfg.optim.weight_decay, "a float >= 0")
+    _check(cfg.schedule.warmup_epochs >= 0, "schedule.warmup_epochs", cfg.schedule.warmup_epochs, "a float >= 0")
+    _check(cfg.schedule.warmup_start_lr is None or cfg.schedule.warmup_start_lr >= 0, "schedule.warmup_start_lr",
+           cfg.schedule.warmup_start_lr, "null (start at optim.base_lr) or a float >= 0")
+    _check(0 < cfg.schedule.decay_factor <= 1, "schedule.decay_factor", cfg.schedule.decay_factor,
+           "a float in (0, 1]")
+    decays = list(cfg.schedule.decay_epochs)
+    _check(all(d > 0 for d in decays) and decays == sorted(decays), "schedule.decay_epochs", decays,
+           "an increasing list of positive epochs, e.g. [30, 60, 80]")
+    _check(0 <= cfg.train.target_top1 <= 100, "train.target_top1", cfg.train.target_top1, "a percentage in [0, 100]")
+    _check(world_size >= 1, "world size", world_size, "at least 1 process")
+
+    gbs = cfg.train.global_batch_size
+    accum = cfg.train.accumulation_steps
+    if gbs % world_size:
+        raise ConfigError(
+            f"train.global_batch_size={gbs} does not split evenly over {world_size} workers; "
+            f"choose a multiple of {world_size} (e.g. {world_size * max(1, round(gbs / world_size))}) "
+            f"or another number of workers"
+        )
+    per_worker = gbs // world_size
+    bn_req = cfg.train.bn_batch_size
+    if bn_req and per_worker % bn_req:
+        raise ConfigError(
+            f"train.global_batch_size={gbs} does not split into {world_size} workers x BN groups of "
+            f"train.bn_batch_size={bn_req} (per-worker batch {per_worker}); use a global batch that is a multiple "
+            f"of {world_size * bn_req}, or a bn_batch_size that divides {per_worker}"
+        )
+    if accum == 0:
+        # Fewest micro-batches that divide the per-worker batch into whole BN groups within the bound.
+        fits = [a for a in range(1, per_worker + 1) if per_worker % a == 0
+                and (bn_req == 0 or (per_worker // a) % bn_req == 0)
+                and per_worker // a <= cfg.train.max_micro_batch_size]
+        if not fits:
+            raise ConfigError(
+                f"train.max_micro_batch_size={cfg.train.max_micro_batch_size}: no number of accumulation steps "
+                f"splits the per-worker batch of {per_worker} (train.global_batch_size={gbs} / {world_size} workers) "
+                f"into micro-batches of at most that many samples made of whole BN groups of "
+                f"train.bn_batch_size={bn_req}; raise max_micro_batch_size or set train.accumulation_steps"
+            )
+        accum = fits[0]
+    if per_worker % accum:
+        raise ConfigError(
+            f"train.accumulation_steps={accum} does not divide the per-worker batch {per_worker} "
+            f"(train.global_batch_size={gbs} / {world_size} workers); choose a divisor of {per_worker} or 0 (auto)"
+        )
+    micro = per_worker // accum
+    bn = cfg.train.bn_batch_size or micro
+    if micro % bn:
+        raise ConfigError(
+            f"train.bn_batch_size={cfg.train.bn_batch_size} does not divide the micro-batch of {micro} samples "
+            f"(train.global_batch_size={gbs} = {world_size} workers x {accum} accumulation steps x {micro}); "
+            f"the global batch must split into workers x BN groups: choose a bn_batch_size that divides {micro}, "
+            f"or a global batch that is a multiple of {world_size * accum * bn}"
+        )
+    return Plan(
+        world_size=world_size,
+        global_batch_size=gbs,
+        per_worker_batch_size=per_worker,
+        micro_batch_size=micro,
+        accumulation_steps=accum,
+        bn_batch_size=bn,
+        bn_groups_per_micro_batch=micro // bn,
+        simulated_workers=gbs // bn,
+        peak_lr=linear_scaled_lr(cfg.optim.base_lr, base_batch_size=cfg.optim.base_batch_size,
+                                 global_batch_size=gbs),
+    )
+
+
+def config_from_dict(data: dict) -> Config:
+    """Rebuild a :class:`Config` from :func:`to_dict` output (e.g. a checkpoint or config.json)."""
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(data)))

@@ -1,0 +1,61 @@
+"""Data sets, samplers and batched augmentation."""
+
+from __future__ import annotations
+
+import torch
+
+from largebatch.data.samplers import GlobalBatchSampler, derive_seed, eval_shard
+
+__all__ = ["GlobalBatchSampler", "build_data", "check_data", "derive_seed", "eval_shard"]
+
+
+def check_data(data_cfg) -> None:
+    """Cheap checks that run before any worker starts: the files or folders exist.
+
+    Raises:
+        FileNotFoundError: naming the path and how to fix it.
+    """
+    if data_cfg.name == "fashion_mnist":
+        from largebatch.data.fashion_mnist import find_files
+
+        find_files(data_cfg.root)
+    elif data_cfg.name == "imagefolder":
+        from largebatch.data.imagefolder import check_layout
+
+        check_layout(data_cfg.root)
+
+
+def build_data(cfg, *, device: torch.device):
+    """The data set named by ``cfg.data.name``, with ``num_train``, ``num_test``, ``num_classes``,
+    ``in_channels``, ``train_batches(sampler, seed=...)`` and ``eval_batches(...)``."""
+    d = cfg.data
+    if d.name == "imagefolder":
+        from largebatch.data.imagefolder import ImageFolderData
+
+        return ImageFolderData(d.root, image_size_px=d.image_size_px, augment=d.augment,
+                               loader_workers=d.loader_workers, train_subset=d.train_subset,
+                               test_subset=d.test_subset, device=device)
+    if d.name == "fashion_mnist":
+        from largebatch.data.fashion_mnist import load_fashion_mnist
+
+        train_x, train_y, test_x, test_y = load_fashion_mnist(d.root)
+        num_classes = 10
+    elif d.name == "synthetic":
+        from largebatch.data.synthetic import make_synthetic
+
+        train_x, train_y, test_x, test_y = make_synthetic(
+            num_train=d.synthetic_train_samples, num_test=d.synthetic_test_samples,
+            num_classes=d.synthetic_classes, channels=d.synthetic_channels, size_px=d.image_size_px,
+            seed=cfg.train.seed,
+        )
+        num_classes = d.synthetic_classes
+    else:
+        raise ValueError(f"data.name={d.name!r} is unknown; accepted: fashion_mnist, synthetic, imagefolder")
+    if d.train_subset:
+        train_x, train_y = train_x[: d.train_subset], train_y[: d.train_subset]
+    if d.test_subset:
+        test_x, test_y = test_x[: d.test_subset], test_y[: d.test_subset]
+    from largebatch.data.tensors import TensorImageData
+
+    return TensorImageData(train_x, train_y, test_x, test_y, num_classes=num_classes, augment=d.augment,
+                           padding_px=d.crop_padding_px, device=device)

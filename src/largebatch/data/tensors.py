@@ -1,0 +1,116 @@
+"""In-memory image data sets (Fashion-MNIST, synthetic) with batched augmentation.
+
+The images stay as uint8 (N, C, H, W) tensors on the training device; a step gathers its indices,
+augments the whole batch at once and normalizes. Augmentation parameters (crop offsets, flips) are
+drawn for the *global* batch from a generator seeded by (seed, epoch, step), and each rank takes its
+slice, so the augmented global batch does not depend on the number of processes either.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+
+from largebatch.data.samplers import GlobalBatchSampler, derive_seed, eval_shard
+
+
+def random_crop_flip(
+    images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, padding_px: int
+) -> torch.Tensor:
+    """Random crop with zero padding and horizontal flip, per sample, in one gather.
+
+    Args:
+        images: (N, C, H, W) tensor.
+        offsets: (N, 2) int64 top-left corners (y, x) in the padded image, each in [0, 2 * padding_px].
+        flips: (N,) bool, True mirrors the sample left-right.
+        padding_px: zero padding on each side.
+
+    Returns:
+        (N, C, H, W) tensor of the same dtype.
+    """
+    n, c, h, w = images.shape
+    if padding_px:
+        padded = torch.nn.functional.pad(images, (padding_px,) * 4)
+    else:
+        padded = images
+    dev = images.device
+    rows = (offsets[:, 0:1] + torch.arange(h, device=dev)).view(n, 1, h, 1)
+    cols = offsets[:, 1:2] + torch.arange(w, device=dev)
+    cols = torch.where(flips[:, None], cols.flip(1), cols).view(n, 1, 1, w)
+    return padded[torch.arange(n, device=dev).view(n, 1, 1, 1), torch.arange(c, device=dev).view(1, c, 1, 1), rows, cols]
+
+
+class TensorImageData:
+    """Train and test splits held as uint8 tensors; yields normalized float batches for one rank.
+
+    Args:
+        train_images, test_images: uint8 (N, C, H, W).
+        train_labels, test_labels: int64 (N,).
+        num_classes: number of classes.
+        augment: apply random crop (with ``padding_px``) and flip to training batches.
+        device: where batches are produced (the data is moved there once).
+    """
+
+    def __init__(
+        self,
+        train_images: torch.Tensor,
+        train_labels: torch.Tensor,
+        test_images: torch.Tensor,
+        test_labels: torch.Tensor,
+        *,
+        num_classes: int,
+        augment: bool,
+        padding_px: int,
+        device: torch.device,
+    ) -> None:
+        if train_images.dtype != torch.uint8 or train_images.ndim != 4:
+            raise ValueError(f"train images must be uint8 (N, C, H, W), got {train_images.dtype} {tuple(train_images.shape)}")
+        self.device = device
+        self.train_images = train_images.to(device)
+        self.train_labels = train_labels.to(device)
+        self.test_images = test_images.to(device)
+        self.test_labels = test_labels.to(device)
+        self.num_classes = num_classes
+        self.augment = augment
+        self.padding_px = padding_px
+        pixels = train_images.float().div_(255)
+        # Per-channel statistics of the training split, used to normalize both splits.
+        self.mean = pixels.mean(dim=(0, 2, 3)).view(1, -1, 1, 1).to(device)
+        self.std = pixels.std(dim=(0, 2, 3)).view(1, -1, 1, 1).to(device)
+
+    @property
+    def num_train(self) -> int:
+        return self.train_images.shape[0]
+
+    @property
+    def num_test(self) -> int:
+        return self.test_images.shape[0]
+
+    @property
+    def in_channels(self) -> int:
+        return self.train_images.shape[1]
+
+    def _normalize(self, images: torch.Tensor) -> torch.Tensor:
+        return (images.float().div_(255) - self.mean) / self.std
+
+    def train_batches(self, sampler: GlobalBatchSampler, *, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The rank's (images, labels) batches of the sampler's epoch, from its start step."""
+        lo = sampler.rank * sampler.per_worker_batch_size
+        hi = lo + sampler.per_worker_batch_size
+        for step, idx in enumerate(sampler, start=sampler.start_step):
+            idx = idx.to(self.device)
+            images = self.train_images[idx]
+            if self.augment:
+                g = torch.Generator().manual_seed(derive_seed(seed, "augment", sampler.epoch, step))
+                gbs = sampler.global_batch_size
+                offsets = torch.randint(0, 2 * self.padding_px + 1, (gbs, 2), generator=g)[lo:hi]
+                flips = (torch.rand(gbs, generator=g) < 0.5)[lo:hi]
+                images = random_crop_flip(images, offsets.to(self.device), flips.to(self.device), self.padding_px)
+            yield self._normalize(images), self.train_labels[idx]
+
+    def eval_batches(self, *, world_size: int, rank: int, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The rank's share of the test split (every sample exactly once across ranks)."""
+        idx = eval_shard(self.num_test, world_size=world_size, rank=rank).to(self.device)
+        for chunk in idx.split(batch_size):
+            yield self._normalize(self.test_images[chunk]), self.test_labels[chunk]

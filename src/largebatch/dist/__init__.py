@@ -1,0 +1,5 @@
+"""The distributed boundary: process groups, devices, collectives, launchers."""
+
+from largebatch.dist.env import DistEnv, all_reduce_sum, average_buffers, barrier, cleanup, setup
+
+__all__ = ["DistEnv", "all_reduce_sum", "average_buffers", "barrier", "cleanup", "setup"]

@@ -1,0 +1,133 @@
+"""The distributed boundary: torchrun environment -> process group, device, logging, shutdown.
+
+All other modules ask this one for the rank, the world size and the device. A run started without
+torchrun's variables (``RANK``, ``WORLD_SIZE``, ...) is a single process and needs no process group.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Where this process stands: ranks from torchrun's variables, the device and the backend."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    device: torch.device
+    backend: str | None
+    """``nccl`` on CUDA, ``gloo`` on CPU, None for a single process without a group."""
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.backend is not None
+
+
+def world_size_from_env() -> int:
+    """WORLD_SIZE set by torchrun (1 when absent)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _pick_device(kind: str, local_rank: int) -> torch.device:
+    if kind == "cuda" or (kind == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("train.device=cuda but CUDA is not available; use train.device=cpu or auto")
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def setup(device: str = "auto", *, threads_per_worker: int = 0, timeout_s: float = 1800.0) -> DistEnv:
+    """Initialize the process group from the torchrun environment (gloo on CPU, NCCL on CUDA),
+    choose the device and the CPU threads, and filter logging to rank 0.
+
+    Args:
+        device: ``auto``, ``cpu`` or ``cuda``.
+        threads_per_worker: torch intra-op threads; 0 divides the CPU cores among local workers.
+        timeout_s: collective timeout, after which a stuck rank raises instead of hanging.
+    """
+    rank = int(os.environ.get("RANK", "0"))
+    world_size = world_size_from_env()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
+    dev = _pick_device(device, local_rank)
+    if dev.type == "cpu":
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        torch.set_num_threads(threads_per_worker or max(1, cores // local_world_size))
+    backend = None
+    if world_size > 1:
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        if not dist.is_initialized():
+            kwargs = {"device_id": dev} if dev.type == "cuda" else {}
+            dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s), **kwargs)
+    configure_logging(rank)
+    env = DistEnv(rank, world_size, local_rank, local_world_size, dev, backend)
+    log.info("rank %d/%d on %s, backend %s, %d CPU threads", rank, world_size, dev, backend, torch.get_num_threads())
+    return env
+
+
+def configure_logging(rank: int, level: int = logging.INFO) -> None:
+    """Log to stderr from rank 0 only; other ranks report warnings and errors, tagged with their rank."""
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if getattr(h, "_largebatch", False):
+            root.removeHandler(h)
+    handler = logging.StreamHandler(sys.stderr)
+    handler._largebatch = True  # type: ignore[attr-defined]
+    handler.setFormatter(logging.Formatter(f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    handler.setLevel(level if rank == 0 else logging.WARNING)
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
+def cleanup() -> None:
+    """Destroy the process group if one exists (clean shutdown)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """In-place sum over ranks (no-op without a process group)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+@torch.no_grad()
+def average_buffers(model: torch.nn.Module) -> None:
+    """Average every floating-point buffer (BN running mean and variance) across ranks, so all ranks
+    evaluate and checkpoint the same statistics; Goyal's per-worker BN leaves them rank-local.
+    The variance buffers are averaged arithmetically (the mean of the per-rank running variances)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    buffers = [b for b in model.buffers() if b.is_floating_point()]
+    if not buffers:
+        return
+    flat = torch.cat([b.reshape(-1) for b in buffers])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= dist.get_world_size()
+    offset = 0
+    for b in buffers:
+        b.copy_(flat[offset : offset + b.numel()].view_as(b))
+        offset += b.numel()
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()

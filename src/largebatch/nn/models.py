@@ -1,0 +1,150 @@
+"""Models: torchvision's ResNets for ImageNet and a small ResNet for 28x28 inputs on CPUs.
+
+Every BN layer is a :class:`~largebatch.nn.norm.GhostBatchNorm2d` (per-worker BN over
+``bn_batch_size`` samples), and the two initialisation details of Goyal et al. 2017 (sec. 5.1) are
+applied: the last BN gamma of each residual block is zero, and the final FC weight is drawn from
+N(0, 0.01^2) with a zero bias.
+
+``resnet_fmnist`` with the defaults (width 16, one BasicBlock per stage) is a ResNet-8:
+3x3 stem (16 ch, 28x28) -> BasicBlock 16 @28x28 -> BasicBlock 32 @14x14 -> BasicBlock 64 @7x7 ->
+global average pool -> FC. It has 77,754 parameters and 9.35 M multiply-accumulates (18.7 MFLOPs)
+per 1x28x28 image in the forward pass (``count_macs`` below; a training step costs about 3x that).
+It uses torchvision's ``BasicBlock`` so parameter names follow torchvision (``layer2.0.downsample.1``).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import nn
+from torchvision.models import resnet as tv_resnet
+
+from largebatch.nn.norm import GhostBatchNorm2d
+
+
+class SmallResNet(nn.Module):
+    """A ResNet for small images: 3x3 stem, three stages of BasicBlocks (widths w, 2w, 4w, the last
+    two with stride 2), global average pooling and a linear classifier.
+
+    Shapes: input (N, in_channels, H, W) -> logits (N, num_classes).
+    """
+
+    def __init__(
+        self,
+        *,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        width: int = 16,
+        blocks_per_stage: int = 1,
+        norm_layer=nn.BatchNorm2d,
+    ) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
+        self.bn1 = norm_layer(width)
+        self.relu = nn.ReLU(inplace=True)
+        inplanes = width
+        for i, planes in enumerate((width, 2 * width, 4 * width), start=1):
+            blocks = []
+            for b in range(blocks_per_stage):
+                stride = 2 if (i > 1 and b == 0) else 1
+                downsample = None
+                if stride != 1 or inplanes != planes:
+                    downsample = nn.Sequential(
+                        tv_resnet.conv1x1(inplanes, planes, stride), norm_layer(planes)
+                    )
+                blocks.append(tv_resnet.BasicBlock(inplanes, planes, stride, downsample, norm_layer=norm_layer))
+                inplanes = planes
+            setattr(self, f"layer{i}", nn.Sequential(*blocks))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(inplanes, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def goyal_init(model: nn.Module, *, zero_init_residual: bool, fc_init_std: float) -> None:
+    """Goyal et al. 2017 sec. 5.1: gamma = 0 for the last BN of each residual block, FC ~ N(0, std^2).
+
+    The last BN is ``bn2`` of a BasicBlock and ``bn3`` of a Bottleneck (torchvision names).
+    """
+    for m in model.modules():
+        if zero_init_residual and isinstance(m, tv_resnet.Bottleneck):
+            nn.init.zeros_(m.bn3.weight)
+        elif zero_init_residual and isinstance(m, tv_resnet.BasicBlock):
+            nn.init.zeros_(m.bn2.weight)
+    fc = getattr(model, "fc", None)
+    if fc_init_std > 0 and isinstance(fc, nn.Linear):
+        nn.init.normal_(fc.weight, mean=0.0, std=fc_init_std)
+        nn.init.zeros_(fc.bias)
+
+
+def build_model(
+    name: str,
+    *,
+    num_classes: int,
+    in_channels: int = 3,
+    bn_batch_size: int = 0,
+    width: int = 16,
+    blocks_per_stage: int = 1,
+    zero_init_residual: bool = True,
+    fc_init_std: float = 0.01,
+) -> nn.Module:
+    """Build ``resnet_fmnist``, ``resnet18`` or ``resnet50`` with ghost BN and Goyal's init.
+
+    Raises:
+        ValueError: for an unknown name, or torchvision ResNets with in_channels != 3.
+    """
+    norm_layer = functools.partial(GhostBatchNorm2d, bn_batch_size=bn_batch_size)
+    if name == "resnet_fmnist":
+        model: nn.Module = SmallResNet(
+            in_channels=in_channels,
+            num_classes=num_classes,
+            width=width,
+            blocks_per_stage=blocks_per_stage,
+            norm_layer=norm_layer,
+        )
+    elif name in ("resnet18", "resnet50"):
+        if in_channels != 3:
+            raise ValueError(f"model.name={name!r} expects 3-channel images, the data has {in_channels}")
+        builder = getattr(__import__("torchvision.models", fromlist=[name]), name)
+        model = builder(weights=None, num_classes=num_classes, norm_layer=norm_layer)
+    else:
+        raise ValueError(f"model.name={name!r} is unknown; accepted: resnet_fmnist, resnet18, resnet50")
+    goyal_init(model, zero_init_residual=zero_init_residual, fc_init_std=fc_init_std)
+    return model
+
+
+def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Multiply-accumulates of one forward pass of conv and linear layers for one input of
+    ``input_shape`` (C, H, W), counted with forward hooks."""
+    total = 0
+
+    def conv_hook(m: nn.Conv2d, _inp, out):
+        nonlocal total
+        k = m.kernel_size[0] * m.kernel_size[1] * (m.in_channels // m.groups)
+        total += out.numel() // out.shape[0] * k
+
+    def linear_hook(m: nn.Linear, _inp, out):
+        nonlocal total
+        total += m.in_features * m.out_features
+
+    handles = []
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            handles.append(m.register_forward_hook(conv_hook))
+        elif isinstance(m, nn.Linear):
+            handles.append(m.register_forward_hook(linear_hook))
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros(1, *input_shape))
+    model.train(was_training)
+    for h in handles:
+        h.remove()
+    return total

@@ -1,0 +1,45 @@
+"""Recipes sized for CPUs: the Goyal method on Fashion-MNIST with the small ResNet."""
+
+from __future__ import annotations
+
+from largebatch.config import (Config, DataConfig, ModelConfig, OptimConfig, ScheduleConfig, TrainConfig)
+from largebatch.recipes import register
+
+GOYAL_EPOCHS = 90
+GOYAL_DECAY_EPOCHS = (30, 60, 80)
+GOYAL_WARMUP_EPOCHS = 5
+
+
+def goyal_scaled_epochs(epochs: int) -> tuple[float, list[float]]:
+    """Goyal's warmup (5 of 90 epochs) and decay epochs (30/60/80 of 90) scaled to ``epochs``."""
+    scale = epochs / GOYAL_EPOCHS
+    return GOYAL_WARMUP_EPOCHS * scale, [round(e * scale, 3) for e in GOYAL_DECAY_EPOCHS]
+
+
+@register
+def goyal2017_fashion_mnist() -> Config:
+    """The default recipe and the README's main job: Goyal et al.'s method, unchanged, on
+    Fashion-MNIST with a ResNet-8 on 2 CPU workers; global batch 512 = 16 BN groups of 32."""
+    epochs = 12
+    warmup_epochs, decay_epochs = goyal_scaled_epochs(epochs)
+    return Config(
+        recipe="goyal2017_fashion_mnist",
+        description="Goyal's large-minibatch SGD on Fashion-MNIST: ResNet-8, global batch 512 (16 BN groups x 32), 2 CPU workers",
+        source="Goyal et al. 2017, sec. 2 and 5.1, schedule scaled from 90 to 12 epochs",
+        data=DataConfig(name="fashion_mnist", root="", augment=True, crop_padding_px=2),
+        model=ModelConfig(name="resnet_fmnist", width=16, blocks_per_stage=1, zero_init_residual=True,
+                          fc_init_std=0.01),
+        train=TrainConfig(
+            epochs=epochs,
+            global_batch_size=512,
+            bn_batch_size=32,  # the paper's per-worker n
+            nproc=2,
+            eval_every_epochs=2,
+            log_every_steps=20,
+            target_top1=91.0,
+        ),
+        optim=OptimConfig(name="sgd", base_lr=0.1, base_batch_size=256, momentum=0.9, nesterov=True,
+                          weight_decay=1e-4),
+        schedule=ScheduleConfig(name="step", warmup_epochs=warmup_epochs, warmup_start_lr=None,
+                                decay_epochs=decay_epochs, decay_factor=0.1),
+    )

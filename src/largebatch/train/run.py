@@ -1,0 +1,179 @@
+"""One process's part of a run: distributed setup, run directory, trainer, outputs.
+
+``run_worker`` is the entry point of every worker, whether it was started by ``largebatch train
+--nproc N`` (torch.distributed's elastic launcher), by ``torchrun ... -m largebatch train`` or as a
+single process.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import platform
+import socket
+import sys
+from pathlib import Path
+
+import torch
+
+from largebatch.config import Config, ConfigError, config_from_dict, resolve, to_dict
+from largebatch.train import checkpoint as ckpt_io
+
+log = logging.getLogger(__name__)
+
+
+def default_run_dir(recipe: str, runs_root: Path = Path("runs")) -> Path:
+    """``runs/<recipe>-<YYYYmmdd-HHMMSS>`` (with a numeric suffix if that already exists)."""
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = runs_root / f"{recipe}-{stamp}"
+    path, i = base, 1
+    while path.exists():
+        path, i = Path(f"{base}-{i}"), i + 1
+    return path
+
+
+def choose_run_dir(recipe: str, out: str | None, resume: str | None) -> tuple[Path, Path | None]:
+    """Decide the run directory and the checkpoint to resume from.
+
+    * ``--resume PATH``: that checkpoint; the run directory is ``--out`` or the checkpoint's run.
+    * ``--resume auto``: the newest checkpoint in ``--out`` (or, without ``--out``, in the newest
+      ``runs/<recipe>-*`` directory holding one); a fresh run if there is none.
+    * no ``--resume``: a new run; an ``--out`` that already holds checkpoints is refused, so a run
+      is never overwritten.
+
+    Raises:
+        ConfigError: for a checkpoint path that does not exist, or an ``--out`` holding checkpoints
+            without ``--resume``.
+    """
+    if resume and resume != "auto":
+        path = Path(resume)
+        if not path.is_file():
+            raise ConfigError(f"--resume {resume!r}: no such checkpoint file; use --resume auto or a path "
+                              f"under <run dir>/checkpoints/")
+        return (Path(out) if out else path.parent.parent), path
+    if resume == "auto":
+        if out:
+            found = ckpt_io.list_checkpoints(Path(out))
+            return Path(out), (found[-1] if found else None)
+        candidates = sorted((p for p in Path("runs").glob(f"{recipe}-*") if ckpt_io.list_checkpoints(p)),
+                            key=lambda p: ckpt_io.list_checkpoints(p)[-1].stat().st_mtime)
+        if candidates:
+            return candidates[-1], ckpt_io.list_checkpoints(candidates[-1])[-1]
+        return default_run_dir(recipe), None
+    if out:
+        if ckpt_io.list_checkpoints(Path(out)):
+            raise ConfigError(f"--out {out!r} already holds checkpoints of a run; pass --resume auto to continue it, "
+                              f"or choose another --out (nothing was overwritten)")
+        return Path(out), None
+    return default_run_dir(recipe), None
+
+
+def environment_info(env) -> dict:
+    """Versions, world size and hardware, for env.json."""
+    import torchvision
+
+    from largebatch import __version__
+
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {
+        "largebatch": __version__,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "platform": platform.platform(),
+        "hostname": socket.gethostname(),
+        "cpu": cpu,
+        "cpu_cores": os.cpu_count(),
+        "torch_threads_per_worker": torch.get_num_threads(),
+        "world_size": env.world_size,
+        "local_world_size": env.local_world_size,
+        "backend": env.backend,
+        "device": str(env.device),
+        "cuda": torch.version.cuda,
+        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        if torch.cuda.is_available() else [],
+        "argv": sys.argv,
+        "started": _dt.datetime.now().isoformat(timespec="seconds"),
+    }
+    return info
+
+
+def _agree(value, env):
+    """Rank 0's ``value`` on every rank."""
+    if not env.distributed:
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def run_worker(cfg_dict: dict, out: str | None = None, resume: str | None = None) -> dict | None:
+    """Train on this process; returns the summary on rank 0 (None elsewhere).
+
+    Raises:
+        ConfigError: contradictory settings (the CLI turns it into exit status 2).
+    """
+    from largebatch.dist import cleanup, setup
+    from largebatch.train.metrics import plot_curves
+    from largebatch.train.trainer import Trainer
+
+    cfg: Config = config_from_dict(cfg_dict)
+    env = setup(cfg.train.device, threads_per_worker=cfg.train.threads_per_worker)
+    try:
+        plan = resolve(cfg, env.world_size)
+        # Rank 0 decides the run directory (a timestamped default differs per process) and tells the others.
+        decision = None
+        if env.is_main:
+            try:
+                run_dir, resume_path = choose_run_dir(cfg.recipe, out, resume)
+                decision = ("ok", str(run_dir), str(resume_path) if resume_path else None)
+            except ConfigError as err:
+                decision = ("error", str(err), None)
+        decision = _agree(decision, env)
+        if decision[0] == "error":
+            raise ConfigError(decision[1])
+        run_dir, resume_path = Path(decision[1]), (Path(decision[2]) if decision[2] else None)
+        if env.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+            (run_dir / "env.json").write_text(json.dumps(environment_info(env), indent=2) + "\n")
+            log.info("run directory %s", run_dir)
+        trainer = Trainer(cfg, plan, env, run_dir)
+        if resume_path is not None:
+            trainer.load(resume_path)
+        state = trainer.fit()
+        if not env.is_main:
+            return None
+        summary = {
+            "recipe": cfg.recipe,
+            "top1": state.top1,
+            "best_top1": state.best_top1,
+            "epochs": cfg.train.epochs,
+            "steps": state.step,
+            "global_batch_size": plan.global_batch_size,
+            "bn_batch_size": plan.bn_batch_size,
+            "simulated_workers": plan.simulated_workers,
+            "world_size": env.world_size,
+            "peak_lr": plan.peak_lr,
+            "images_per_s": state.images_seen / state.step_time_s if state.step_time_s else None,
+            "wall_s": state.train_wall_s,
+            "target_top1": cfg.train.target_top1 or None,
+            "time_to_target_s": state.time_to_target_s,
+            "run_dir": str(run_dir),
+        }
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        plot_curves(run_dir)
+        log.info("done: top-1 %.2f%% (best %.2f%%) in %.1f s, %.0f images/s; %s", state.top1, state.best_top1,
+                 state.train_wall_s, summary["images_per_s"] or 0.0, run_dir / "summary.json")
+        return summary
+    finally:
+        cleanup()

@@ -1,0 +1,289 @@
+"""The training loop: Goyal et al. 2017 large-minibatch synchronous SGD, data-parallel.
+
+One optimizer step on W processes:
+
+1. each process takes its B / W samples of the global batch (``GlobalBatchSampler``) and splits them
+   into ``accumulation_steps`` micro-batches; each micro-batch is normalized in BN groups of
+   ``bn_batch_size`` samples (``GhostBatchNorm2d``);
+2. the loss of a micro-batch is the mean cross-entropy over its samples divided by the number of
+   micro-batches; DDP averages gradients over the W processes, so the aggregated gradient is
+   (1 / B) * sum over the global batch, the normalization of Remark 3 (by kn, not n);
+3. the LR of the step comes from the schedule (a pure function of the step), weight decay is added
+   to the aggregated gradient once (eq. 8), and ``torch.optim.SGD`` applies Nesterov momentum
+   (form 9: no momentum correction needed).
+
+Equivalence (tested): the update equals that of k = B / bn_batch_size separate workers of n samples
+each, for any number of processes W, because the global batch, its BN groups and its augmentation
+depend only on (seed, epoch, step). Floating-point sums are ordered differently for different W,
+so results agree to rounding, and bitwise for the same W.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from largebatch.config import Config, ConfigError, Plan, config_from_dict, config_hash, to_dict
+from largebatch.data import GlobalBatchSampler, build_data
+from largebatch.dist import DistEnv, all_reduce_sum, average_buffers, barrier
+from largebatch.nn import build_model
+from largebatch.optim import build_optimizer
+from largebatch.schedules import StepSchedule
+from largebatch.train import checkpoint as ckpt_io
+from largebatch.train.metrics import MetricsLogger
+
+log = logging.getLogger(__name__)
+
+EVAL_BATCH_SIZE = 1000
+
+
+@dataclass
+class TrainState:
+    """Counters saved in checkpoints; everything else is derived from them and the config."""
+
+    step: int = 0
+    """Optimizer steps done."""
+    epoch: int = 0
+    """Epoch the next step belongs to."""
+    best_top1: float = 0.0
+    top1: float = float("nan")
+    time_to_target_s: float | None = None
+    train_wall_s: float = 0.0
+    """Seconds spent in the training loop (steps, evaluation, checkpoints), summed over resumes."""
+    step_time_s: float = 0.0
+    """Seconds spent in optimizer steps only (for images_per_s), summed over resumes."""
+    images_seen: int = 0
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, DDP) else model
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data, env: DistEnv, *, channels_last: bool) -> dict:
+    """Top-1 (and top-5 when there are more than 10 classes) and mean loss on the test split; every
+    test sample is counted exactly once across ranks (sums all-reduced)."""
+    model.eval()
+    topk = (1, 5) if data.num_classes > 10 else (1,)
+    sums = torch.zeros(2 + len(topk), dtype=torch.float64, device=env.device)  # loss, count, correct@k
+    for images, labels in data.eval_batches(world_size=env.world_size, rank=env.rank, batch_size=EVAL_BATCH_SIZE):
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        logits = model(images)
+        sums[0] += F.cross_entropy(logits, labels, reduction="sum").double()
+        sums[1] += labels.numel()
+        pred = logits.topk(max(topk), dim=1).indices
+        hits = pred == labels[:, None]
+        for i, k in enumerate(topk):
+            sums[2 + i] += hits[:, :k].any(dim=1).sum()
+    all_reduce_sum(sums)
+    model.train()
+    loss, count = sums[0].item(), sums[1].item()
+    out = {"loss": loss / count, "count": int(count), "top1": 100.0 * sums[2].item() / count}
+    if len(topk) > 1:
+        out["top5"] = 100.0 * sums[3].item() / count
+    return out
+
+
+class Trainer:
+    """Builds data, model, optimizer and schedule for one process and runs the epochs."""
+
+    def __init__(self, cfg: Config, plan: Plan, env: DistEnv, run_dir: Path) -> None:
+        self.cfg, self.plan, self.env, self.run_dir = cfg, plan, env, Path(run_dir)
+        t = cfg.train
+        self.data = build_data(cfg, device=env.device)
+        torch.manual_seed(t.seed)  # identical initial weights on every rank (DDP also broadcasts them)
+        model = build_model(
+            cfg.model.name,
+            num_classes=self.data.num_classes,
+            in_channels=self.data.in_channels,
+            bn_batch_size=plan.bn_batch_size,
+            width=cfg.model.width,
+            blocks_per_stage=cfg.model.blocks_per_stage,
+            zero_init_residual=cfg.model.zero_init_residual,
+            fc_init_std=cfg.model.fc_init_std,
+        ).to(env.device)
+        if cfg.model.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        torch.manual_seed(t.seed + env.rank)  # per-rank seed for anything random beyond data and init
+        self.model = model
+        # BN buffers stay per worker (Goyal sec. 2.3): no broadcast from rank 0 at every forward.
+        self.ddp = DDP(model, broadcast_buffers=False, device_ids=[env.device.index] if env.device.type == "cuda" else None) \
+            if env.distributed else model
+        self.sampler = GlobalBatchSampler(self.data.num_train, plan.global_batch_size, world_size=env.world_size,
+                                          rank=env.rank, seed=t.seed)
+        self.steps_per_epoch = self.sampler.steps_per_epoch
+        self.total_steps = t.epochs * self.steps_per_epoch
+        s = cfg.schedule
+        self.schedule = StepSchedule.from_epochs(
+            peak_lr=plan.peak_lr,
+            warmup_start_lr=cfg.optim.base_lr if s.warmup_start_lr is None else s.warmup_start_lr,
+            warmup_epochs=s.warmup_epochs,
+            decay_epochs=s.decay_epochs,
+            decay_factor=s.decay_factor,
+            steps_per_epoch=self.steps_per_epoch,
+        )
+        self.optimizer = build_optimizer(model, cfg.optim, lr=self.schedule(0))
+        self.state = TrainState()
+        self.metrics = MetricsLogger(self.run_dir, enabled=env.is_main)
+        log.info("%s", plan.describe())
+        log.info("%d training samples, %d steps/epoch (drop last %d), %d steps in %d epochs, warmup %d steps, "
+                 "decay at steps %s", self.data.num_train, self.steps_per_epoch,
+                 self.data.num_train - self.steps_per_epoch * plan.global_batch_size, self.total_steps, t.epochs,
+                 self.schedule.warmup_steps, list(self.schedule.decay_steps))
+
+    # ----------------------------------------------------------------------------------- checkpoints
+    def checkpoint_payload(self) -> dict:
+        rng = torch.get_rng_state()
+        if self.env.distributed:
+            states = [None] * self.env.world_size
+            torch.distributed.all_gather_object(states, rng)
+        else:
+            states = [rng]
+        return {
+            "config": to_dict(self.cfg),
+            "config_hash": config_hash(self.cfg),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "train_state": asdict(self.state),
+            "sampler": {"seed": self.sampler.seed, "epoch": self.state.epoch,
+                        "step_in_epoch": self.state.step - self.state.epoch * self.steps_per_epoch},
+            "world_size": self.env.world_size,
+            "rng": states,
+        }
+
+    def save(self) -> None:
+        average_buffers(self.model)  # every rank's BN statistics become the checkpointed ones
+        payload = self.checkpoint_payload()
+        if self.env.is_main:
+            ckpt_io.save_checkpoint(self.run_dir, self.state.step, payload, keep=self.cfg.train.keep_checkpoints)
+        barrier()
+
+    def load(self, path: Path) -> None:
+        """Restore model, optimizer, counters and RNG from a checkpoint.
+
+        Raises:
+            ConfigError: if the checkpoint was written with another config.
+        """
+        ckpt = ckpt_io.load_checkpoint(path)
+        if ckpt["config_hash"] != config_hash(self.cfg):
+            theirs, ours = to_dict(config_from_dict(ckpt["config"])), to_dict(self.cfg)
+            diffs = [f"{sec}.{k}: checkpoint {theirs[sec][k]!r}, now {ours[sec][k]!r}"
+                     for sec in ours if isinstance(ours[sec], dict) for k in ours[sec] if theirs[sec].get(k) != ours[sec][k]]
+            raise ConfigError(f"checkpoint {path} was written with another config ({'; '.join(diffs)}); "
+                             f"resume with the same recipe and --set values, or start a new run directory")
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.state = TrainState(**ckpt["train_state"])
+        if ckpt["world_size"] == self.env.world_size:
+            torch.set_rng_state(ckpt["rng"][self.env.rank])
+        log.info("resumed from %s at step %d (epoch %d)", path, self.state.step, self.state.epoch)
+
+    # ----------------------------------------------------------------------------------- the loop
+    def _set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def _train_step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """One optimizer step over this rank's share of the global batch; returns the summed
+        (unreduced, on-device) micro-batch losses, without a host sync."""
+        accum = self.plan.accumulation_steps
+        loss_sum = torch.zeros((), device=self.env.device)
+        if self.cfg.model.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        for i, (x, y) in enumerate(zip(images.chunk(accum), labels.chunk(accum))):
+            sync = i == accum - 1
+            ctx = self.ddp.no_sync() if (self.env.distributed and not sync) else contextlib.nullcontext()
+            with ctx:
+                loss = F.cross_entropy(self.ddp(x), y) / accum
+                loss.backward()
+            loss_sum += loss.detach()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss_sum
+
+    def _evaluate_and_log(self, wall_s) -> None:
+        """Average BN buffers across ranks, evaluate, log; ``wall_s()`` gives the run's elapsed seconds."""
+        average_buffers(self.model)
+        result = evaluate(self.model, self.data, self.env, channels_last=self.cfg.model.channels_last)
+        st = self.state
+        st.top1 = result["top1"]
+        st.best_top1 = max(st.best_top1, result["top1"])
+        wall = wall_s()
+        target = self.cfg.train.target_top1
+        if target and st.time_to_target_s is None and result["top1"] >= target:
+            st.time_to_target_s = wall
+        self.metrics.write("eval", step=st.step, epoch=st.step / self.steps_per_epoch, lr=self.schedule(max(st.step - 1, 0)),
+                           loss=result["loss"], top1=result["top1"], top5=result.get("top5"), wall_s=wall)
+        log.info("eval epoch %d step %d: top-1 %.2f%%%s, loss %.4f (%d images)", st.epoch, st.step, result["top1"],
+                 f", top-5 {result['top5']:.2f}%" if "top5" in result else "", result["loss"], result["count"])
+
+    def fit(self) -> TrainState:
+        t = self.cfg.train
+        st = self.state
+        gbs = self.plan.global_batch_size
+        bar = None
+        if self.env.is_main:
+            from tqdm import tqdm
+
+            bar = tqdm(total=self.total_steps, initial=st.step, unit="step", dynamic_ncols=True, leave=False)
+        wall_start = time.perf_counter()
+        wall_before = st.train_wall_s
+
+        def wall_s() -> float:
+            return wall_before + time.perf_counter() - wall_start
+        try:
+            while st.epoch < t.epochs:
+                epoch = st.epoch
+                start_in_epoch = st.step - epoch * self.steps_per_epoch
+                self.sampler.set_epoch(epoch, start_in_epoch)
+                interval_loss = torch.zeros((), device=self.env.device)
+                interval_steps, interval_t0 = 0, time.perf_counter()
+                for images, labels in self.data.train_batches(self.sampler, seed=t.seed):
+                    lr = self.schedule(st.step)
+                    self._set_lr(lr)
+                    t0 = time.perf_counter()
+                    interval_loss += self._train_step(images, labels)
+                    st.step_time_s += time.perf_counter() - t0
+                    st.step += 1
+                    st.images_seen += gbs
+                    interval_steps += 1
+                    if bar is not None:
+                        bar.update(1)
+                    if st.step % t.log_every_steps == 0 or st.step == (epoch + 1) * self.steps_per_epoch:
+                        # The one host sync of the interval: reduce the summed loss across ranks.
+                        loss = all_reduce_sum(interval_loss.detach().clone()).item() / (interval_steps * self.env.world_size)
+                        if not math.isfinite(loss):
+                            raise FloatingPointError(
+                                f"training loss is {loss} at step {st.step} (epoch {epoch}, LR {lr:g}); lower "
+                                f"optim.base_lr or lengthen schedule.warmup_epochs")
+                        now = time.perf_counter()
+                        ips = interval_steps * gbs / (now - interval_t0)
+                        self.metrics.write("train", step=st.step, epoch=st.step / self.steps_per_epoch, lr=lr, loss=loss,
+                                           images_per_s=ips, wall_s=wall_s())
+                        if bar is not None:
+                            bar.set_postfix(epoch=epoch, loss=f"{loss:.4f}", lr=f"{lr:.4g}", img_s=f"{ips:.0f}")
+                        interval_loss.zero_()
+                        interval_steps, interval_t0 = 0, now
+                st.epoch += 1
+                last = st.epoch == t.epochs
+                if last or st.epoch % t.eval_every_epochs == 0:
+                    self._evaluate_and_log(wall_s)
+                if last or st.epoch % t.checkpoint_every_epochs == 0:
+                    st.train_wall_s = wall_s()
+                    self.save()
+        finally:
+            if bar is not None:
+                bar.close()
+            self.metrics.close()
+        st.train_wall_s = wall_s()
+        return st
