@@ -2,7 +2,8 @@
 
 The four IDX files (``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``,
 ``t10k-labels-idx1-ubyte``, each optionally ``.gz``) are read from ``data.root``; by default from
-``/usr/share/datasets/fashion-mnist``, where Debian's ``dataset-fashion-mnist`` package puts them.
+``$LARGEBATCH_FASHION_MNIST`` or ``/usr/share/datasets/fashion-mnist``, where Debian's
+``dataset-fashion-mnist`` package puts them.
 Parsing is torchvision's (``torchvision.datasets.FashionMNIST``); gzip files are first decompressed
 into a cache directory, atomically, so concurrent workers never read a half-written file.
 """
@@ -27,6 +28,11 @@ HOW_TO_GET = (
 )
 
 
+def default_root() -> str:
+    """$LARGEBATCH_FASHION_MNIST if set, else Debian's location."""
+    return os.environ.get("LARGEBATCH_FASHION_MNIST") or DEFAULT_ROOT
+
+
 def cache_dir() -> Path:
     """Where decompressed files go: $LARGEBATCH_CACHE, else ~/.cache/largebatch."""
     return Path(os.environ.get("LARGEBATCH_CACHE", Path.home() / ".cache" / "largebatch"))
@@ -38,7 +44,7 @@ def find_files(root: str) -> dict[str, Path]:
     Raises:
         FileNotFoundError: naming the folder, the missing files and how to get them.
     """
-    folder = Path(root or DEFAULT_ROOT)
+    folder = Path(root or default_root())
     found, missing = {}, []
     for name in FILES:
         for candidate in (folder / name, folder / f"{name}.gz"):
@@ -93,8 +99,8 @@ def load_fashion_mnist(root: str) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
         try:
             ds = FashionMNIST(str(tv_root), train=train, download=False)
         except (AssertionError, RuntimeError, ValueError) as err:
-            raise ValueError(f"Fashion-MNIST files in {root or DEFAULT_ROOT} are not valid IDX files: {err}") from None
+            raise ValueError(f"Fashion-MNIST files in {root or default_root()} are not valid IDX files: {err}") from None
         if ds.data.shape[1:] != (28, 28) or ds.data.shape[0] != ds.targets.shape[0]:
-            raise ValueError(f"Fashion-MNIST files in {root or DEFAULT_ROOT} have unexpected shapes {tuple(ds.data.shape)}")
+            raise ValueError(f"Fashion-MNIST files in {root or default_root()} have unexpected shapes {tuple(ds.data.shape)}")
         out += [ds.data.unsqueeze(1).contiguous(), ds.targets.long()]
     return out[0], out[1], out[2], out[3]

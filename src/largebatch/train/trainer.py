@@ -117,7 +117,7 @@ class Trainer:
         torch.manual_seed(t.seed + env.rank)  # per-rank seed for anything random beyond data and init
         self.model = model
         # BN buffers stay per worker (Goyal sec. 2.3): no broadcast from rank 0 at every forward.
-        self.ddp = DDP(model, broadcast_buffers=False, device_ids=[env.device.index] if env.device.type == "cuda" else None) \
+        self.ddp = DDP(model, forward_sync_buffers=False, device_ids=[env.device.index] if env.device.type == "cuda" else None) \
             if env.distributed else model
         self.sampler = GlobalBatchSampler(self.data.num_train, plan.global_batch_size, world_size=env.world_size,
                                           rank=env.rank, seed=t.seed)

@@ -1,0 +1,129 @@
+"""Data parallelism computes the paper's mathematics: 2 gloo ranks under DDP against one process.
+
+* BN-free model: the all-reduced gradient of 2 ranks, each on half of the batch with a mean loss
+  (Remark 3: normalized by kn through DDP's averaging), equals one process's gradient on the union.
+* Ghost-BN model: 2 ranks x G BN groups equal k = 2G separate workers of n samples, each with its own
+  BN statistics, whose per-worker gradients are averaged.
+* The trainer's own step (sampler + augmentation + ghost BN + accumulation + DDP + SGD) on 2 ranks
+  gives the same weights as on 1 process after several steps.
+"""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from gloo import run_ranks
+
+from largebatch.nn import build_model
+
+pytestmark = pytest.mark.dist
+
+N_PER_GROUP = 4
+
+
+def bn_free_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5)).double()
+
+
+def ghost_model(bn):
+    torch.manual_seed(0)
+    model = build_model("resnet_fmnist", num_classes=5, in_channels=1, width=4, bn_batch_size=bn,
+                        zero_init_residual=False).double()
+    return model
+
+
+def batch(total):
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(total, 1, 6, 6, generator=g, dtype=torch.float64), torch.randint(0, 5, (total,), generator=g)
+
+
+def grads_of(model):
+    return [p.grad.detach().clone() for p in model.parameters()]
+
+
+def ddp_grads(rank, world, kind):
+    x, y = batch(16)
+    model = bn_free_model() if kind == "bn_free" else ghost_model(N_PER_GROUP)
+    ddp = DDP(model, forward_sync_buffers=False)
+    per = x.shape[0] // world
+    sl = slice(rank * per, (rank + 1) * per)
+    F.cross_entropy(ddp(x[sl]), y[sl]).backward()
+    return grads_of(model)
+
+
+def test_bn_free_ddp_gradient_equals_union_batch():
+    x, y = batch(16)
+    ref = bn_free_model()
+    F.cross_entropy(ref(x), y).backward()
+    results = run_ranks(ddp_grads, 2, "bn_free")
+    for rank_grads in results:
+        for g, r in zip(rank_grads, grads_of(ref)):
+            assert torch.allclose(g, r, atol=1e-12)
+
+
+def test_ghost_bn_ddp_gradient_equals_separate_workers():
+    x, y = batch(16)
+    k = 16 // N_PER_GROUP
+    # k separate workers: own BN statistics over n samples, own mean loss, gradients averaged.
+    base = ghost_model(0)
+    worker_grads = []
+    for j in range(k):
+        w = copy.deepcopy(base)
+        sl = slice(j * N_PER_GROUP, (j + 1) * N_PER_GROUP)
+        F.cross_entropy(w(x[sl]), y[sl]).backward()
+        worker_grads.append(grads_of(w))
+    expected = [torch.stack(gs).mean(0) for gs in zip(*worker_grads)]
+    # and it is not the whole-batch BN gradient:
+    whole = ghost_model(0)
+    F.cross_entropy(whole(x), y).backward()
+    assert not all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads_of(whole), expected))
+    # one process standing in for all k workers (ghost BN):
+    single = ghost_model(N_PER_GROUP)
+    F.cross_entropy(single(x), y).backward()
+    for g, e in zip(grads_of(single), expected):
+        assert torch.allclose(g, e, atol=1e-12)
+    # two processes, each standing in for k/2 workers:
+    for rank_grads in run_ranks(ddp_grads, 2, "ghost"):
+        for g, e in zip(rank_grads, expected):
+            assert torch.allclose(g, e, atol=1e-12)
+
+
+def trainer_weights(rank, world, overrides):
+    """Run the real Trainer for a few steps in an existing process group; return final weights."""
+    import tempfile
+
+    from largebatch.config import apply_overrides, resolve
+    from largebatch.dist.env import DistEnv
+    from largebatch.recipes import DEFAULT_RECIPE, get_recipe
+    from largebatch.train.trainer import Trainer
+
+    cfg = apply_overrides(get_recipe(DEFAULT_RECIPE), overrides)
+    env = DistEnv(rank, world, rank, world, torch.device("cpu"), "gloo" if world > 1 else None)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(cfg, resolve(cfg, world), env, tmp)
+        trainer.fit()
+        return {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+
+TRAINER_OVERRIDES = [
+    "data.name=synthetic", "data.synthetic_train_samples=512", "data.synthetic_test_samples=64",
+    "data.image_size_px=12", "train.global_batch_size=128", "train.bn_batch_size=16", "train.epochs=2",
+    "train.checkpoint_every_epochs=100", "model.width=4", "schedule.warmup_epochs=1", "schedule.decay_epochs=[1.5]",
+]
+
+
+def test_trainer_two_ranks_match_one_process():
+    one = run_ranks(trainer_weights, 1, TRAINER_OVERRIDES)[0]
+    # 2 ranks with 2 accumulation steps each: 4 micro-batches of 32 = 2 BN groups of 16 each.
+    two = run_ranks(trainer_weights, 2, TRAINER_OVERRIDES + ["train.accumulation_steps=2"])
+    for name, ref in one.items():
+        assert torch.equal(two[0][name], two[1][name]), name  # ranks agree exactly
+        if ref.is_floating_point():
+            assert torch.allclose(two[0][name], ref, rtol=1e-4, atol=1e-5), name
+        else:
+            assert torch.equal(two[0][name], ref), name

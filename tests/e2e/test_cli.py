@@ -1,0 +1,154 @@
+"""End to end: the CLI on real Fashion-MNIST (a subset), 2 workers, every output, resume, torchrun, errors."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.e2e
+
+SMALL = [
+    "--set", "data.train_subset=4096", "--set", "data.test_subset=2000", "--set", "train.epochs=2",
+    "--set", "train.eval_every_epochs=1", "--set", "train.log_every_steps=2", "--set", "train.target_top1=20",
+    "--set", "schedule.warmup_epochs=0.5", "--set", "schedule.decay_epochs=[1.5]",
+]
+
+
+def largebatch(*args, cwd, timeout=300, module=("-m", "largebatch")):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, *module, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def final_model(run_dir: Path) -> dict:
+    ckpts = sorted((run_dir / "checkpoints").glob("ckpt_step*.pt"))
+    return torch.load(ckpts[-1], weights_only=True)["model"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("work")
+    out = cwd / "run"
+    proc = largebatch("train", "--nproc", "2", *SMALL, "--out", str(out), cwd=cwd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return cwd, out, proc
+
+
+def test_every_output_file(run):
+    _, out, _ = run
+    config = json.loads((out / "config.json").read_text())
+    assert config["recipe"] == "goyal2017_fashion_mnist" and config["train"]["epochs"] == 2
+    env = json.loads((out / "env.json").read_text())
+    assert env["world_size"] == 2 and env["backend"] == "gloo" and env["torch"].startswith("2.14.1")
+    records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert len(evals) == 2 and len(train) == 8  # 4096 // 512 = 8 steps/epoch, logged every 2 steps
+    for r in records:
+        assert {"step", "epoch", "lr", "loss", "top1", "images_per_s", "wall_s"} <= r.keys()
+    assert all(r["images_per_s"] > 0 and r["loss"] > 0 for r in train)
+    assert train[0]["lr"] == pytest.approx(0.1 + (0.2 - 0.1) * 1 / 4)  # step 1 of a 4-step warmup from 0.1
+    assert train[-1]["lr"] == pytest.approx(0.02)  # after the decay at epoch 1.5
+    assert [r["step"] for r in evals] == [8, 16]
+    assert list(out.glob("events.out.tfevents.*"))
+    assert (out / "curves.png").stat().st_size > 10_000
+    assert len(list((out / "checkpoints").glob("ckpt_step*.pt"))) == 2
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("top1", "best_top1", "epochs", "global_batch_size", "world_size", "images_per_s", "wall_s",
+                "target_top1", "time_to_target_s"):
+        assert key in summary
+    assert summary["world_size"] == 2 and summary["global_batch_size"] == 512 and summary["epochs"] == 2
+    assert summary["top1"] == evals[-1]["top1"] and summary["best_top1"] == max(r["top1"] for r in evals)
+    assert summary["top1"] > 40  # 16 steps on 4096 real images is far above chance (10%)
+    assert summary["time_to_target_s"] is not None and 0 < summary["time_to_target_s"] <= summary["wall_s"]
+
+
+def test_eval_command_matches_training_eval(run):
+    cwd, out, _ = run
+    ckpt = sorted((out / "checkpoints").glob("ckpt_step*.pt"))[-1]
+    proc = largebatch("eval", "--checkpoint", str(ckpt), cwd=cwd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    summary = json.loads((out / "summary.json").read_text())
+    assert result["count"] == 2000 and result["top1"] == pytest.approx(summary["top1"], abs=1e-9)
+    assert "top5" not in result  # 10 classes: top-1 only
+
+
+def test_resume_is_bitwise_equal(run):
+    cwd, out, _ = run
+    resumed = cwd / "resumed"
+    shutil.copytree(out, resumed)
+    ckpts = sorted((resumed / "checkpoints").glob("ckpt_step*.pt"))
+    ckpts[-1].unlink()  # as if the run had stopped after epoch 1
+    proc = largebatch("train", "--nproc", "2", *SMALL, "--out", str(resumed), "--resume", "auto", cwd=cwd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumed from" in proc.stderr
+    a, b = final_model(out), final_model(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_torchrun_gives_the_same_run(run):
+    cwd, out, _ = run
+    out2 = cwd / "torchrun"
+    proc = largebatch("--standalone", "--nproc_per_node", "2", "-m", "largebatch", "train", *SMALL,
+                      "--out", str(out2), cwd=cwd, module=("-m", "torch.distributed.run"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((out2 / "summary.json").read_text())["world_size"] == 2
+    a, b = final_model(out), final_model(out2)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_existing_run_is_not_overwritten(run):
+    cwd, out, _ = run
+    before = sorted(p.name for p in (out / "checkpoints").iterdir())
+    proc = largebatch("train", *SMALL, "--out", str(out), cwd=cwd)
+    assert proc.returncode == 2 and "--resume auto" in proc.stderr
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before
+
+
+def test_bad_value_exits_2_before_workers(tmp_path):
+    proc = largebatch("train", "--set", "optim.base_lr=abc", cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2
+    assert "optim.base_lr" in proc.stderr and "'abc'" in proc.stderr and "float" in proc.stderr
+    assert not (tmp_path / "runs").exists()
+    proc = largebatch("train", "--nproc", "3", cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2 and "does not split evenly over 3 workers" in proc.stderr
+    proc = largebatch("train", "--set", f"data.root={tmp_path}", cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2 and "dataset-fashion-mnist" in proc.stderr
+
+
+def test_worker_error_ends_the_run_with_its_message(tmp_path):
+    """Files that exist but are not IDX data pass the pre-launch check; the workers fail and the run
+    ends with their message (no hang)."""
+    root = tmp_path / "fm"
+    root.mkdir()
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        (root / name).write_bytes(b"\x00\x00\x08\x03garbage")
+    env_cache = dict(os.environ, LARGEBATCH_CACHE=str(tmp_path / "cache"))
+    proc = subprocess.run([sys.executable, "-m", "largebatch", "train", "--nproc", "2", "--set", f"data.root={root}",
+                           "--out", str(tmp_path / "run")], cwd=tmp_path, env=env_cache, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "not valid IDX files" in proc.stderr and "worker rank" in proc.stderr
+
+
+def test_recipes_command(tmp_path):
+    proc = largebatch("recipes", cwd=tmp_path, timeout=60)
+    assert proc.returncode == 0
+    assert "goyal2017_fashion_mnist" in proc.stdout and "goyal2017_resnet50_imagenet_8k" in proc.stdout
+    assert "Goyal et al. 2017" in proc.stdout
+    proc = largebatch("recipes", "goyal2017_resnet50_imagenet_8k", cwd=tmp_path, timeout=60)
+    assert proc.returncode == 0
+    assert "global_batch_size: 8192" in proc.stdout and "bn_batch_size: 32" in proc.stdout
+    assert "decay_epochs" in proc.stdout
+    proc = largebatch("recipes", "nope", cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2 and "known recipes" in proc.stderr

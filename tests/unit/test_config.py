@@ -1,0 +1,100 @@
+"""Config overrides, validation and the derived plan."""
+
+import pytest
+
+from largebatch.config import ConfigError, apply_overrides, config_from_dict, config_hash, resolve, to_dict
+from largebatch.recipes import DEFAULT_RECIPE, get_recipe, recipe_names
+
+
+def default():
+    return get_recipe(DEFAULT_RECIPE)
+
+
+def test_required_keys_exist():
+    cfg = default()
+    for key in ("data.name", "data.root", "model.name", "train.epochs", "train.global_batch_size",
+                "train.bn_batch_size", "train.seed", "optim.name", "optim.base_lr", "optim.base_batch_size",
+                "schedule.warmup_epochs"):
+        section, name = key.split(".")
+        assert hasattr(getattr(cfg, section), name), key
+
+
+def test_override_types_are_converted():
+    cfg = apply_overrides(default(), ["optim.base_lr=0.2", "train.epochs=3", "schedule.decay_epochs=[1,2]",
+                                      "model.channels_last=false"])
+    assert cfg.optim.base_lr == 0.2 and cfg.train.epochs == 3
+    assert cfg.schedule.decay_epochs == [1.0, 2.0] and cfg.model.channels_last is False
+
+
+def test_wrong_type_names_key_value_and_type():
+    with pytest.raises(ConfigError) as err:
+        apply_overrides(default(), ["optim.base_lr=abc"])
+    msg = str(err.value)
+    assert "optim.base_lr" in msg and "'abc'" in msg and "float" in msg
+
+
+def test_unknown_key_lists_accepted_keys():
+    with pytest.raises(ConfigError) as err:
+        apply_overrides(default(), ["optim.learning_rate=1"])
+    msg = str(err.value)
+    assert "optim.learning_rate" in msg and "optim.base_lr" in msg
+
+
+def test_unknown_section():
+    with pytest.raises(ConfigError, match="unknown config key 'trian.epochs'"):
+        apply_overrides(default(), ["trian.epochs=1"])
+
+
+def test_override_without_equals():
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        apply_overrides(default(), ["train.epochs"])
+
+
+def test_plan_of_default_recipe():
+    plan = resolve(default(), 2)
+    assert plan.per_worker_batch_size == 256 and plan.accumulation_steps == 1
+    assert plan.bn_groups_per_micro_batch == 8 and plan.simulated_workers == 16
+    assert plan.peak_lr == pytest.approx(0.2)
+
+
+def test_auto_accumulation_keeps_micro_batch_bound():
+    cfg = get_recipe("goyal2017_resnet50_imagenet_8k")
+    plan = resolve(cfg, 8)  # one 8-GPU server: 1024 per worker, at most 256 per forward pass
+    assert (plan.per_worker_batch_size, plan.accumulation_steps, plan.micro_batch_size) == (1024, 4, 256)
+    plan = resolve(cfg, 256)  # the paper's 256 workers x 32
+    assert (plan.per_worker_batch_size, plan.accumulation_steps, plan.bn_groups_per_micro_batch) == (32, 1, 1)
+    assert plan.simulated_workers == 256 and plan.peak_lr == pytest.approx(3.2)
+
+
+@pytest.mark.parametrize("overrides, world, fragment", [
+    (["train.global_batch_size=513"], 2, "does not split evenly over 2 workers"),
+    (["train.global_batch_size=528"], 2, "does not split into 2 workers x BN groups"),
+    (["train.accumulation_steps=3"], 2, "does not divide the per-worker batch 256"),
+    (["train.accumulation_steps=4", "train.bn_batch_size=128"], 2, "does not divide the micro-batch of 64"),
+    (["optim.base_lr=-1"], 2, "optim.base_lr=-1.0 is invalid"),
+    (["optim.momentum=1.5"], 2, "optim.momentum"),
+    (["schedule.decay_epochs=[5,2]"], 2, "increasing list"),
+    (["data.name=cifar"], 2, "one of fashion_mnist, synthetic, imagefolder"),
+    (["train.epochs=0"], 2, "train.epochs=0 is invalid: a positive integer"),
+])
+def test_contradictions(overrides, world, fragment):
+    with pytest.raises(ConfigError, match=fragment.replace("[", r"\[").replace(".", r"\.")):
+        resolve(apply_overrides(default(), overrides), world)
+
+
+def test_imagefolder_needs_root():
+    with pytest.raises(ConfigError, match="data.root"):
+        resolve(get_recipe("goyal2017_resnet50_imagenet_8k"), 8)  # recipe leaves root empty
+
+
+def test_every_recipe_round_trips_and_names_itself():
+    for name in recipe_names():
+        cfg = get_recipe(name)
+        assert cfg.recipe == name and cfg.description and cfg.source
+        back = config_from_dict(to_dict(cfg))
+        assert config_hash(back) == config_hash(cfg)
+
+
+def test_unknown_recipe():
+    with pytest.raises(KeyError, match="known recipes"):
+        get_recipe("nope")

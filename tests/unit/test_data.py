@@ -1,0 +1,116 @@
+"""Data: IDX loading through torchvision, batched augmentation, errors that say how to fix them."""
+
+import gzip
+import struct
+
+import pytest
+import torch
+
+from largebatch.config import apply_overrides
+from largebatch.data import GlobalBatchSampler, build_data, check_data
+from largebatch.data.fashion_mnist import find_files, load_fashion_mnist
+from largebatch.data.tensors import random_crop_flip
+from largebatch.recipes import DEFAULT_RECIPE, get_recipe
+
+
+def write_idx(path, tensor: torch.Tensor, compress: bool):
+    header = struct.pack(">I", 0x0800 + tensor.ndim) + b"".join(struct.pack(">I", s) for s in tensor.shape)
+    blob = header + tensor.to(torch.uint8).numpy().tobytes()
+    if compress:
+        with gzip.open(f"{path}.gz", "wb") as f:
+            f.write(blob)
+    else:
+        path.write_bytes(blob)
+
+
+def make_fake_fmnist(folder, compress, n_train=50, n_test=20):
+    g = torch.Generator().manual_seed(0)
+    parts = {
+        "train-images-idx3-ubyte": torch.randint(0, 256, (n_train, 28, 28), generator=g),
+        "train-labels-idx1-ubyte": torch.randint(0, 10, (n_train,), generator=g),
+        "t10k-images-idx3-ubyte": torch.randint(0, 256, (n_test, 28, 28), generator=g),
+        "t10k-labels-idx1-ubyte": torch.randint(0, 10, (n_test,), generator=g),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, t in parts.items():
+        write_idx(folder / name, t, compress)
+    return parts
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_idx_files_load_exactly(tmp_path, monkeypatch, compress):
+    monkeypatch.setenv("LARGEBATCH_CACHE", str(tmp_path / "cache"))
+    parts = make_fake_fmnist(tmp_path / "fm", compress)
+    tx, ty, vx, vy = load_fashion_mnist(str(tmp_path / "fm"))
+    assert tx.shape == (50, 1, 28, 28) and tx.dtype == torch.uint8
+    assert torch.equal(tx[:, 0], parts["train-images-idx3-ubyte"].to(torch.uint8))
+    assert torch.equal(ty, parts["train-labels-idx1-ubyte"])
+    assert torch.equal(vx[:, 0], parts["t10k-images-idx3-ubyte"].to(torch.uint8))
+    assert torch.equal(vy, parts["t10k-labels-idx1-ubyte"])
+
+
+def test_missing_files_message_says_how_to_get_them(tmp_path):
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(b"x")
+    with pytest.raises(FileNotFoundError) as err:
+        find_files(str(tmp_path))
+    msg = str(err.value)
+    assert "t10k-labels-idx1-ubyte" in msg and "apt-get install -y dataset-fashion-mnist" in msg
+    assert "data.root" in msg
+    cfg = apply_overrides(get_recipe(DEFAULT_RECIPE), [f"data.root={tmp_path}"])
+    with pytest.raises(FileNotFoundError):
+        check_data(cfg.data)
+
+
+def test_corrupt_idx_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("LARGEBATCH_CACHE", str(tmp_path / "cache"))
+    make_fake_fmnist(tmp_path / "fm", compress=False)
+    (tmp_path / "fm" / "train-images-idx3-ubyte").write_bytes(b"not an idx file at all")
+    with pytest.raises(ValueError, match="not valid IDX files"):
+        load_fashion_mnist(str(tmp_path / "fm"))
+
+
+def test_real_fashion_mnist_is_installed():
+    """The README's set-up installs Debian's dataset-fashion-mnist; the suite needs it."""
+    tx, ty, vx, vy = load_fashion_mnist("")
+    assert tx.shape == (60000, 1, 28, 28) and vx.shape == (10000, 1, 28, 28)
+    assert torch.equal(torch.bincount(ty), torch.full((10,), 6000))
+    assert torch.equal(torch.bincount(vy), torch.full((10,), 1000))
+
+
+def test_random_crop_flip_matches_per_sample_reference():
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (6, 2, 5, 7), dtype=torch.uint8)
+    offsets = torch.randint(0, 5, (6, 2))
+    flips = torch.tensor([True, False, True, False, False, True])
+    out = random_crop_flip(x, offsets, flips, padding_px=2)
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    for i in range(6):
+        oy, ox = offsets[i].tolist()
+        ref = padded[i, :, oy : oy + 5, ox : ox + 7]
+        if flips[i]:
+            ref = ref.flip(-1)
+        assert torch.equal(out[i], ref)
+    centre = random_crop_flip(x, torch.full((6, 2), 2), torch.zeros(6, dtype=torch.bool), padding_px=2)
+    assert torch.equal(centre, x)
+
+
+def test_augmented_global_batch_does_not_depend_on_world_size():
+    cfg = apply_overrides(get_recipe(DEFAULT_RECIPE), ["data.name=synthetic", "data.synthetic_train_samples=256",
+                                                       "data.image_size_px=12"])
+    data = build_data(cfg, device=torch.device("cpu"))
+
+    def batches(world):
+        per_rank = []
+        for r in range(world):
+            s = GlobalBatchSampler(data.num_train, 64, world_size=world, rank=r, seed=7)
+            s.set_epoch(1)
+            per_rank.append(list(data.train_batches(s, seed=7)))
+        return [torch.cat([per_rank[r][k][0] for r in range(world)]) for k in range(len(per_rank[0]))]
+
+    one, two = batches(1), batches(2)
+    assert len(one) == 4 and all(torch.equal(a, b) for a, b in zip(one, two))
+    # and augmentation really happens: the batch differs from the un-augmented images
+    s = GlobalBatchSampler(data.num_train, 64, world_size=1, rank=0, seed=7)
+    s.set_epoch(1)
+    idx = next(iter(s))
+    assert not torch.equal(one[0], data._normalize(data.train_images[idx]))

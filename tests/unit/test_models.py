@@ -1,0 +1,38 @@
+"""Model construction: Goyal's init, ghost BN everywhere, the small ResNet's size."""
+
+import torch
+from torchvision.models.resnet import BasicBlock, Bottleneck
+
+from largebatch.nn import GhostBatchNorm2d, build_model, count_macs
+
+
+def test_resnet50_zero_gamma_and_fc_init():
+    torch.manual_seed(0)
+    model = build_model("resnet50", num_classes=1000, bn_batch_size=32)
+    blocks = [m for m in model.modules() if isinstance(m, Bottleneck)]
+    assert len(blocks) == 16
+    for b in blocks:
+        assert torch.count_nonzero(b.bn3.weight) == 0
+        assert torch.all(b.bn1.weight == 1) and torch.all(b.bn2.weight == 1)
+    assert torch.all(model.bn1.weight == 1)
+    std = model.fc.weight.std().item()
+    assert abs(std - 0.01) < 0.0002, std  # 2,048,000 draws: the sample std is within 0.1% of 0.01
+    assert abs(model.fc.weight.mean().item()) < 1e-4
+    assert torch.count_nonzero(model.fc.bias) == 0
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(bns) == 53 and all(isinstance(m, GhostBatchNorm2d) and m.bn_batch_size == 32 for m in bns)
+
+
+def test_small_resnet_zero_gamma_size_and_shape():
+    model = build_model("resnet_fmnist", num_classes=10, in_channels=1, bn_batch_size=32)
+    blocks = [m for m in model.modules() if isinstance(m, BasicBlock)]
+    assert len(blocks) == 3 and all(torch.count_nonzero(b.bn2.weight) == 0 for b in blocks)
+    assert sum(p.numel() for p in model.parameters()) == 77_754
+    assert count_macs(model, (1, 28, 28)) == 9_345_920
+    assert model(torch.randn(64, 1, 28, 28)).shape == (64, 10)
+
+
+def test_options_off_keep_torchvision_init():
+    model = build_model("resnet18", num_classes=10, zero_init_residual=False, fc_init_std=0)
+    assert all(torch.all(b.bn2.weight == 1) for b in model.modules() if isinstance(b, BasicBlock))
+    assert model.fc.bias.abs().sum() > 0  # torchvision's uniform init, untouched

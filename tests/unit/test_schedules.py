@@ -1,0 +1,90 @@
+"""Goyal et al. 2017 LR schedule: the test vectors of techniques.md sec. 2.7 and the momentum forms."""
+
+import pytest
+import torch
+
+from largebatch.config import linear_scaled_lr
+from largebatch.schedules import StepSchedule, epoch_to_step, goyal_lr
+
+IMAGENET_TRAIN = 1_281_167
+STEPS_PER_EPOCH = IMAGENET_TRAIN // 8192  # 156, drop-last convention
+
+
+def goyal_8k():
+    return StepSchedule.from_epochs(
+        peak_lr=linear_scaled_lr(0.1, base_batch_size=256, global_batch_size=8192),
+        warmup_start_lr=0.1,
+        warmup_epochs=5,
+        decay_epochs=[30, 60, 80],
+        decay_factor=0.1,
+        steps_per_epoch=STEPS_PER_EPOCH,
+    )
+
+
+def test_linear_scaling_rule():
+    assert linear_scaled_lr(0.1, base_batch_size=256, global_batch_size=8192) == pytest.approx(3.2)
+    assert linear_scaled_lr(0.1, base_batch_size=256, global_batch_size=256) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize(
+    "step, lr",
+    [(0, 0.1), (1, 0.103974), (156, 0.72), (390, 1.65), (779, 3.196026), (780, 3.2), (4679, 3.2),
+     (4680, 0.32), (9359, 0.32), (9360, 0.032), (12479, 0.032), (12480, 0.0032), (14039, 0.0032)],
+)
+def test_goyal_table(step, lr):
+    """techniques.md sec. 2.7: kn = 8192, I = 156 iterations/epoch, T_w = 780."""
+    assert STEPS_PER_EPOCH == 156
+    sched = goyal_8k()
+    assert sched.warmup_steps == 780
+    assert sched(step) == pytest.approx(lr, abs=5e-7)
+
+
+def test_warmup_is_linear_per_iteration():
+    sched = goyal_8k()
+    deltas = [sched(t + 1) - sched(t) for t in range(779)]
+    assert max(deltas) - min(deltas) < 1e-12
+    assert deltas[0] == pytest.approx(3.1 / 780)
+
+
+def test_epoch_to_step_rounds():
+    assert epoch_to_step(5, 156) == 780
+    assert epoch_to_step(0.5, 117) == 58  # round(58.5) -> banker's rounding in Python
+    assert epoch_to_step(2.0 / 3.0, 117) == 78
+
+
+def test_negative_step_raises():
+    with pytest.raises(ValueError, match="step"):
+        goyal_lr(-1, peak_lr=1, warmup_start_lr=0.1, warmup_steps=10, decay_steps=[])
+
+
+def test_no_warmup():
+    assert goyal_lr(0, peak_lr=3.2, warmup_start_lr=0.1, warmup_steps=0, decay_steps=[5]) == 3.2
+    assert goyal_lr(5, peak_lr=3.2, warmup_start_lr=0.1, warmup_steps=0, decay_steps=[5]) == pytest.approx(0.32)
+
+
+def test_torch_sgd_is_form_9_and_equals_corrected_form_10():
+    """torch.optim.SGD (u = m u + g; w -= lr u) needs no momentum correction: it produces the same
+    trajectory as Goyal's form (10) *with* correction, under a changing LR; uncorrected (10) differs."""
+    torch.manual_seed(0)
+    w0 = torch.randn(5, dtype=torch.float64)
+    grads = [torch.randn(5, dtype=torch.float64) for _ in range(30)]
+    lrs = [goyal_lr(t, peak_lr=3.2, warmup_start_lr=0.1, warmup_steps=10, decay_steps=[20, 25]) for t in range(30)]
+    m = 0.9
+    p = torch.nn.Parameter(w0.clone())
+    opt = torch.optim.SGD([p], lr=lrs[0], momentum=m)
+    for g, lr in zip(grads, lrs):
+        opt.param_groups[0]["lr"] = lr
+        p.grad = g.clone()
+        opt.step()
+
+    def form10(correct: bool) -> torch.Tensor:
+        w, v, prev = w0.clone(), torch.zeros(5, dtype=torch.float64), None
+        for g, lr in zip(grads, lrs):
+            factor = (lr / prev) if (correct and prev is not None) else 1.0
+            v = m * factor * v + lr * g
+            w = w - v
+            prev = lr
+        return w
+
+    assert torch.allclose(p.detach(), form10(True), rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(p.detach(), form10(False), rtol=1e-3)
