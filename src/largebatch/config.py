@@ -234,8 +234,9 @@ def to_dict(cfg: Config) -> dict:
 
 
 def config_hash(cfg: Config) -> str:
-    """SHA-256 (hex, first 16 digits) of the resolved config, stored in checkpoints."""
-    blob = json.dumps(to_dict(cfg), sort_keys=True).encode()
+    """SHA-256 (hex, first 16 digits) of the resolved config, stored in checkpoints. The config is
+    first passed through the typed tree, so ``30`` and ``30.0`` in a float field hash alike."""
+    blob = json.dumps(to_dict(config_from_dict(to_dict(cfg))), sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 

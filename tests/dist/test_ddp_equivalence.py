@@ -119,11 +119,28 @@ TRAINER_OVERRIDES = [
 
 def test_trainer_two_ranks_match_one_process():
     one = run_ranks(trainer_weights, 1, TRAINER_OVERRIDES)[0]
-    # 2 ranks with 2 accumulation steps each: 4 micro-batches of 32 = 2 BN groups of 16 each.
-    two = run_ranks(trainer_weights, 2, TRAINER_OVERRIDES + ["train.accumulation_steps=2"])
+    params = {n for n in one if "running" not in n and "num_batches" not in n}
+    # 2 ranks x 4 BN groups of 16 = 1 process x 8 groups: weights, and the BN running statistics
+    # averaged across ranks at the end (the EMA is linear in the batch statistics).
+    two = run_ranks(trainer_weights, 2, TRAINER_OVERRIDES)
+    # 2 ranks x 2 accumulation steps x 2 groups: the same weights; running statistics take two EMA
+    # updates per step here, so they are not compared (docs/architecture.md).
+    two_accum = run_ranks(trainer_weights, 2, TRAINER_OVERRIDES + ["train.accumulation_steps=2"])
     for name, ref in one.items():
-        assert torch.equal(two[0][name], two[1][name]), name  # ranks agree exactly
-        if ref.is_floating_point():
-            assert torch.allclose(two[0][name], ref, rtol=1e-4, atol=1e-5), name
-        else:
-            assert torch.equal(two[0][name], ref), name
+        for result, check_buffers in ((two, True), (two_accum, False)):
+            assert torch.equal(result[0][name], result[1][name]), name  # ranks agree exactly
+            if name not in params and not check_buffers:
+                continue
+            if ref.is_floating_point():
+                assert torch.allclose(result[0][name], ref, rtol=1e-4, atol=1e-6), name
+            else:
+                assert torch.equal(result[0][name], ref), name
+    # and the run did train: weights moved away from the initial ones
+    assert not torch.allclose(one["fc.weight"], trainer_init_fc(), atol=1e-3)
+
+
+def trainer_init_fc():
+    from largebatch.nn import build_model
+
+    torch.manual_seed(0)
+    return build_model("resnet_fmnist", num_classes=10, in_channels=1, width=4).fc.weight.detach()

@@ -54,11 +54,11 @@ def test_plan_of_default_recipe():
     plan = resolve(default(), 2)
     assert plan.per_worker_batch_size == 256 and plan.accumulation_steps == 1
     assert plan.bn_groups_per_micro_batch == 8 and plan.simulated_workers == 16
-    assert plan.peak_lr == pytest.approx(0.2)
+    assert plan.peak_lr == pytest.approx(0.8)  # 0.4 per 256, linear scaling
 
 
 def test_auto_accumulation_keeps_micro_batch_bound():
-    cfg = get_recipe("goyal2017_resnet50_imagenet_8k")
+    cfg = apply_overrides(get_recipe("goyal2017_resnet50_imagenet_8k"), ["data.root=/data/imagenet"])
     plan = resolve(cfg, 8)  # one 8-GPU server: 1024 per worker, at most 256 per forward pass
     assert (plan.per_worker_batch_size, plan.accumulation_steps, plan.micro_batch_size) == (1024, 4, 256)
     plan = resolve(cfg, 256)  # the paper's 256 workers x 32

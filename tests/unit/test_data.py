@@ -96,7 +96,7 @@ def test_random_crop_flip_matches_per_sample_reference():
 
 def test_augmented_global_batch_does_not_depend_on_world_size():
     cfg = apply_overrides(get_recipe(DEFAULT_RECIPE), ["data.name=synthetic", "data.synthetic_train_samples=256",
-                                                       "data.image_size_px=12"])
+                                                       "data.image_size_px=12", "data.crop_padding_px=2"])
     data = build_data(cfg, device=torch.device("cpu"))
 
     def batches(world):

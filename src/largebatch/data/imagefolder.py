@@ -64,11 +64,11 @@ class ImageFolderData:
         self.val_set = datasets.ImageFolder(str(val_dir), transform=eval_tf)
         if self.train_set.classes != self.val_set.classes:
             raise ValueError(f"data.root={root!r}: train/ and val/ have different class folders")
+        self.num_classes = len(self.val_set.classes)
         if train_subset:
             self.train_set = Subset(self.train_set, range(min(train_subset, len(self.train_set))))
         if test_subset:
             self.val_set = Subset(self.val_set, range(min(test_subset, len(self.val_set))))
-        self.num_classes = len(datasets.ImageFolder(str(val_dir)).classes)
         self.in_channels = 3
         self.loader_workers = loader_workers
         self.device = device
