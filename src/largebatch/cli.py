@@ -47,9 +47,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         # torchrun started this process: it is one worker; the world size comes from the environment.
         if args.nproc:
             return _fail("--nproc starts local workers itself; under torchrun set --nproc_per_node instead")
+        from torch.distributed.elastic.multiprocessing.errors import record
+
         rank = int(os.environ.get("RANK", "0"))
         try:
-            run_worker(to_dict(cfg), args.out, args.resume)
+            # record: a failure is written to torchrun's error file, so its summary names the cause.
+            record(run_worker)(to_dict(cfg), args.out, args.resume)
         except ConfigError as err:
             if rank == 0:
                 _fail(str(err))
