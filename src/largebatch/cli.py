@@ -62,7 +62,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     nproc = args.nproc or cfg.train.nproc
     try:
         plan = resolve(cfg, nproc)
-        check_data(cfg.data)
+        check_data(cfg)
         run_dir, resume_path = choose_run_dir(cfg.recipe, args.out, args.resume)
     except (ConfigError, FileNotFoundError) as err:
         return _fail(str(err))
@@ -96,7 +96,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     try:
         ckpt = load_checkpoint(args.checkpoint)
         cfg = apply_overrides(config_from_dict(ckpt["config"]), args.set)
-        check_data(cfg.data)
+        check_data(cfg)
     except (ConfigError, ValueError, FileNotFoundError) as err:
         return _fail(str(err))
     env = setup(cfg.train.device, threads_per_worker=cfg.train.threads_per_worker)
@@ -107,7 +107,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         model.load_state_dict(ckpt["model"])
         if cfg.model.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        result = evaluate(model, data, env, channels_last=cfg.model.channels_last)
+        result = evaluate(model, data, env, channels_last=cfg.model.channels_last,
+                          batch_size=cfg.train.eval_batch_size)
         result.update(checkpoint=str(args.checkpoint), step=ckpt["train_state"]["step"], recipe=cfg.recipe)
         if env.is_main:
             print(json.dumps(result, indent=2))

@@ -106,6 +106,8 @@ class TrainConfig:
     global RNG with seed + r."""
     eval_every_epochs: int = 1
     """Evaluate on the test split every N epochs (and always after the last)."""
+    eval_batch_size: int = 1000
+    """Samples per forward pass during evaluation, per process."""
     log_every_steps: int = 20
     """Steps between metric lines (loss is reduced across workers only at these points)."""
     checkpoint_every_epochs: int = 1
@@ -147,7 +149,8 @@ class ScheduleConfig:
     warmup_epochs: float = 5.0
     """Epochs of gradual (per-iteration linear) warmup to the scaled LR; 0 disables it."""
     warmup_start_lr: float | None = None
-    """LR at step 0 of the warmup. None: optim.base_lr, i.e. the small-batch LR (Goyal sec. 2.2)."""
+    """LR at step 0 of the warmup. None: optim.base_lr, i.e. the small-batch LR (Goyal sec. 2.2).
+    A start above the scaled LR (global batch below base_batch_size) is lowered to it: no warmup."""
     decay_epochs: list[float] = field(default_factory=lambda: [30.0, 60.0, 80.0])
     """Epochs at which the LR is multiplied by decay_factor (30/60/80 of 90 in Goyal et al.)."""
     decay_factor: float = 0.1
@@ -300,7 +303,7 @@ def resolve(cfg: Config, world_size: int) -> Plan:
         _check(bool(cfg.data.root), "data.root", cfg.data.root,
                "an ImageNet-layout folder with train/<class>/ and val/<class>/ is required for imagefolder")
     for key in ("train.epochs", "train.global_batch_size", "train.max_micro_batch_size", "train.nproc",
-                "train.eval_every_epochs", "train.log_every_steps", "train.checkpoint_every_epochs",
+                "train.eval_every_epochs", "train.eval_batch_size", "train.log_every_steps", "train.checkpoint_every_epochs",
                 "train.keep_checkpoints", "optim.base_batch_size", "model.width",
                 "model.blocks_per_stage", "data.image_size_px", "data.synthetic_train_samples",
                 "data.synthetic_test_samples", "data.synthetic_channels"):

@@ -89,6 +89,8 @@ def test_resume_is_bitwise_equal(run):
     proc = largebatch("train", "--nproc", "2", *SMALL, "--out", str(resumed), "--resume", "auto", cwd=cwd)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resumed from" in proc.stderr
+    env = json.loads((resumed / "env.json").read_text())
+    assert env["world_size"] == 2 and len(env["resumes"]) == 1  # the first segment's record is kept
     a, b = final_model(out), final_model(resumed)
     assert a.keys() == b.keys()
     for k in a:

@@ -58,7 +58,15 @@ def test_missing_files_message_says_how_to_get_them(tmp_path):
     assert "data.root" in msg
     cfg = apply_overrides(get_recipe(DEFAULT_RECIPE), [f"data.root={tmp_path}"])
     with pytest.raises(FileNotFoundError):
-        check_data(cfg.data)
+        check_data(cfg)
+
+
+def test_training_set_smaller_than_global_batch_is_refused_before_launch():
+    from largebatch.config import ConfigError
+
+    cfg = apply_overrides(get_recipe(DEFAULT_RECIPE), ["data.train_subset=500"])
+    with pytest.raises(ConfigError, match="exceeds the 500 training samples"):
+        check_data(cfg)
 
 
 def test_corrupt_idx_is_a_clear_error(tmp_path, monkeypatch):

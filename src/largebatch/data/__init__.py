@@ -9,12 +9,28 @@ from largebatch.data.samplers import GlobalBatchSampler, derive_seed, eval_shard
 __all__ = ["GlobalBatchSampler", "build_data", "check_data", "derive_seed", "eval_shard"]
 
 
-def check_data(data_cfg) -> None:
-    """Cheap checks that run before any worker starts: the files or folders exist.
+FASHION_MNIST_TRAIN_SAMPLES = 60_000
+
+
+def check_data(cfg) -> None:
+    """Cheap checks that run before any worker starts: the files or folders exist, and the training
+    set (where its size is known without reading it) holds at least one global batch.
 
     Raises:
         FileNotFoundError: naming the path and how to fix it.
+        ConfigError: when the training set is smaller than the global batch.
     """
+    from largebatch.config import ConfigError
+
+    data_cfg = cfg.data
+    known = {"fashion_mnist": FASHION_MNIST_TRAIN_SAMPLES, "synthetic": data_cfg.synthetic_train_samples}
+    if data_cfg.name in known:
+        n = min(known[data_cfg.name], data_cfg.train_subset or known[data_cfg.name])
+        if n < cfg.train.global_batch_size:
+            raise ConfigError(
+                f"train.global_batch_size={cfg.train.global_batch_size} exceeds the {n} training samples of "
+                f"{data_cfg.name} (data.train_subset={data_cfg.train_subset}); an epoch would have no step: lower "
+                f"the global batch or use more samples")
     if data_cfg.name == "fashion_mnist":
         from largebatch.data.fashion_mnist import find_files
 

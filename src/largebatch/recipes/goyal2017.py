@@ -22,6 +22,7 @@ def goyal2017_resnet50_imagenet_8k() -> Config:
             max_micro_batch_size=256,  # a V100/A100-sized forward pass; more processes -> fewer accumulation steps
             nproc=8,  # one 8-GPU server per `largebatch train`; use torchrun for several
             eval_every_epochs=1,
+            eval_batch_size=256,
             target_top1=76.0,
         ),
         # 0.1 per 256 images, scaled linearly to 3.2 at 8192 (sec. 2.1); Nesterov 0.9, wd 1e-4 (sec. 5.1).

@@ -145,7 +145,13 @@ def run_worker(cfg_dict: dict, out: str | None = None, resume: str | None = None
         if env.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
-            (run_dir / "env.json").write_text(json.dumps(environment_info(env), indent=2) + "\n")
+            env_path, info = run_dir / "env.json", environment_info(env)
+            if resume_path is not None and env_path.is_file():
+                # Keep the first segment's record; each resume adds its own environment.
+                first = json.loads(env_path.read_text())
+                first.setdefault("resumes", []).append(info)
+                info = first
+            env_path.write_text(json.dumps(info, indent=2) + "\n")
             log.info("run directory %s", run_dir)
         trainer = Trainer(cfg, plan, env, run_dir)
         if resume_path is not None:

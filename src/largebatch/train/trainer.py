@@ -43,9 +43,6 @@ from largebatch.train.metrics import MetricsLogger
 
 log = logging.getLogger(__name__)
 
-EVAL_BATCH_SIZE = 1000
-
-
 @dataclass
 class TrainState:
     """Counters saved in checkpoints; everything else is derived from them and the config."""
@@ -69,13 +66,13 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data, env: DistEnv, *, channels_last: bool) -> dict:
+def evaluate(model: nn.Module, data, env: DistEnv, *, channels_last: bool, batch_size: int) -> dict:
     """Top-1 (and top-5 when there are more than 10 classes) and mean loss on the test split; every
     test sample is counted exactly once across ranks (sums all-reduced)."""
     model.eval()
     topk = (1, 5) if data.num_classes > 10 else (1,)
     sums = torch.zeros(2 + len(topk), dtype=torch.float64, device=env.device)  # loss, count, correct@k
-    for images, labels in data.eval_batches(world_size=env.world_size, rank=env.rank, batch_size=EVAL_BATCH_SIZE):
+    for images, labels in data.eval_batches(world_size=env.world_size, rank=env.rank, batch_size=batch_size):
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         logits = model(images)
@@ -126,7 +123,8 @@ class Trainer:
         s = cfg.schedule
         self.schedule = StepSchedule.from_epochs(
             peak_lr=plan.peak_lr,
-            warmup_start_lr=cfg.optim.base_lr if s.warmup_start_lr is None else s.warmup_start_lr,
+            # Goyal warms up only when the scaled LR exceeds the small-batch one (kn > 256).
+            warmup_start_lr=min(plan.peak_lr, cfg.optim.base_lr if s.warmup_start_lr is None else s.warmup_start_lr),
             warmup_epochs=s.warmup_epochs,
             decay_epochs=s.decay_epochs,
             decay_factor=s.decay_factor,
@@ -214,7 +212,8 @@ class Trainer:
     def _evaluate_and_log(self, wall_s) -> None:
         """Average BN buffers across ranks, evaluate, log; ``wall_s()`` gives the run's elapsed seconds."""
         average_buffers(self.model)
-        result = evaluate(self.model, self.data, self.env, channels_last=self.cfg.model.channels_last)
+        result = evaluate(self.model, self.data, self.env, channels_last=self.cfg.model.channels_last,
+                          batch_size=self.cfg.train.eval_batch_size)
         st = self.state
         st.top1 = result["top1"]
         st.best_top1 = max(st.best_top1, result["top1"])
