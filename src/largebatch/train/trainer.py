@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -234,7 +235,9 @@ class Trainer:
         if self.env.is_main:
             from tqdm import tqdm
 
-            bar = tqdm(total=self.total_steps, initial=st.step, unit="step", dynamic_ncols=True, leave=False)
+            # A live bar on a terminal; in a log file (not a TTY) a log line per interval instead.
+            bar = tqdm(total=self.total_steps, initial=st.step, unit="step", dynamic_ncols=True, leave=False,
+                       disable=not sys.stderr.isatty())
         wall_start = time.perf_counter()
         wall_before = st.train_wall_s
 
@@ -269,8 +272,11 @@ class Trainer:
                         ips = interval_steps * gbs / (now - interval_t0)
                         self.metrics.write("train", step=st.step, epoch=st.step / self.steps_per_epoch, lr=lr, loss=loss,
                                            images_per_s=ips, wall_s=wall_s())
-                        if bar is not None:
+                        if bar is not None and not bar.disable:
                             bar.set_postfix(epoch=epoch, loss=f"{loss:.4f}", lr=f"{lr:.4g}", img_s=f"{ips:.0f}")
+                        else:
+                            log.info("step %d/%d epoch %d: loss %.4f, lr %.4g, %.0f images/s", st.step,
+                                     self.total_steps, epoch, loss, lr, ips)
                         interval_loss.zero_()
                         interval_steps, interval_t0 = 0, now
                 st.epoch += 1
