@@ -28,24 +28,33 @@ def test_every_trainable_param_in_exactly_one_group(resnet50):
 def test_bn_including_downsample_and_fc_bias_get_no_decay(resnet50):
     groups = param_groups(resnet50, weight_decay=1e-4)
     where = by_name(groups)
-    assert where["layer1.0.downsample.1.weight"] == "no_decay"
-    assert where["layer1.0.downsample.1.bias"] == "no_decay"
-    assert where["layer4.2.bn3.weight"] == "no_decay" and where["bn1.bias"] == "no_decay"
-    assert where["fc.bias"] == "no_decay"
-    assert where["fc.weight"] == "decay" and where["layer1.0.downsample.0.weight"] == "decay"
-    assert where["conv1.weight"] == "decay"
+    assert where["layer1.0.downsample.1.weight"] == "no_decay/no_adapt"
+    assert where["layer1.0.downsample.1.bias"] == "no_decay/no_adapt"
+    assert where["layer4.2.bn3.weight"] == "no_decay/no_adapt" and where["bn1.bias"] == "no_decay/no_adapt"
+    assert where["fc.bias"] == "no_decay/no_adapt"
+    assert where["fc.weight"] == "decay/adapt" and where["layer1.0.downsample.0.weight"] == "decay/adapt"
+    assert where["conv1.weight"] == "decay/adapt"
     # 53 BN layers x 2 tensors + fc.bias; 53 convs + fc.weight.
-    assert sum(v == "no_decay" for v in where.values()) == 107
-    assert sum(v == "decay" for v in where.values()) == 54
-    wd = {g["group_name"]: g["weight_decay"] for g in groups}
-    assert wd == {"decay": 1e-4, "no_decay": 0.0}
+    assert sum(v == "no_decay/no_adapt" for v in where.values()) == 107
+    assert sum(v == "decay/adapt" for v in where.values()) == 54
+    wd = {g["group_name"]: (g["weight_decay"], g["layer_adaptation"]) for g in groups}
+    assert wd == {"decay/adapt": (1e-4, True), "no_decay/no_adapt": (0.0, False)}
 
 
 def test_options_move_bias_and_norm(resnet50):
     where = by_name(param_groups(resnet50, weight_decay=1e-4, bias_weight_decay=True))
-    assert where["fc.bias"] == "decay" and where["bn1.weight"] == "no_decay"
+    assert where["fc.bias"] == "decay/no_adapt" and where["bn1.weight"] == "no_decay/no_adapt"
     where = by_name(param_groups(resnet50, weight_decay=1e-4, norm_weight_decay=True))
-    assert where["bn1.weight"] == "decay" and where["fc.bias"] == "no_decay"
+    assert where["bn1.weight"] == "decay/no_adapt" and where["fc.bias"] == "no_decay/no_adapt"
+    where = by_name(param_groups(resnet50, weight_decay=1e-4, norm_adaptation=True, bias_adaptation=True))
+    assert where["bn1.weight"] == "no_decay/adapt" and where["fc.bias"] == "no_decay/adapt"
+
+
+def test_nvidia_mlperf_fc_bias_exception(resnet50):
+    """NVIDIA's MLPerf LARS: weight decay on the classifier bias only, no adaptation on it."""
+    where = by_name(param_groups(resnet50, weight_decay=1e-4, fc_bias_weight_decay=True))
+    assert where["fc.bias"] == "decay/no_adapt"
+    assert where["layer1.0.downsample.1.bias"] == "no_decay/no_adapt"
 
 
 def test_frozen_params_are_left_out(resnet50):
@@ -62,4 +71,4 @@ def test_optimizer_is_nesterov_sgd_with_groups():
     model = build_model("resnet_fmnist", num_classes=10, in_channels=1)
     opt = build_optimizer(model, cfg.optim, lr=0.1)
     assert all(g["nesterov"] and g["momentum"] == 0.9 for g in opt.param_groups)
-    assert {g["group_name"]: g["weight_decay"] for g in opt.param_groups} == {"decay": 1e-4, "no_decay": 0.0}
+    assert {g["group_name"]: g["weight_decay"] for g in opt.param_groups} == {"decay/adapt": 1e-4, "no_decay/no_adapt": 0.0}

@@ -1,16 +1,22 @@
-"""The one param-group policy: which trainable tensors get weight decay.
+"""The one param-group policy: which trainable tensors get weight decay and which get layer-wise
+adaptation (the LARS/LAMB trust ratio).
 
 Decided by module type and tensor shape, never by a substring of the name (a ``'bn' in name``
 rule misses torchvision's ``downsample.1`` BN layers):
 
 * parameters of normalization layers (BatchNorm, GroupNorm, LayerNorm, InstanceNorm): no weight
-  decay unless ``norm_weight_decay`` (Goyal et al. 2017, sec. 5.1: "not applied to BN gamma and beta");
-* other 1-D parameters (biases, e.g. ``fc.bias``): no weight decay unless ``bias_weight_decay``.
-  Goyal et al. do not address the FC bias; we treat it like the BN parameters, as MLPerf's reference
-  does (techniques.md sec. 10.3 keeps decay on the FC bias: set bias_weight_decay=true for that);
-* every other parameter (conv and linear weights): weight decay.
+  decay unless ``norm_weight_decay`` (Goyal et al. 2017, sec. 5.1: "not applied to BN gamma and
+  beta"), no layer adaptation unless ``norm_adaptation`` (MLPerf's LARS skip list);
+* other 1-D parameters (biases, e.g. ``fc.bias``): no weight decay unless ``bias_weight_decay``, no
+  adaptation unless ``bias_adaptation``. Goyal et al. do not address the FC bias; we treat it like
+  the BN parameters, as MLPerf's reference does. NVIDIA's MLPerf LARS keeps weight decay on the
+  classifier's bias only (techniques.md sec. 10.3): ``fc_bias_weight_decay`` does that, where the
+  classifier is the last ``nn.Linear`` of the model;
+* every other parameter (conv and linear weights): weight decay and adaptation.
 
-Every trainable parameter lands in exactly one group; frozen parameters in none.
+Every trainable parameter lands in exactly one group; frozen parameters in none. Each group dict
+carries ``weight_decay`` (float) and ``layer_adaptation`` (bool), read by the optimizers; SGD
+ignores ``layer_adaptation``.
 """
 
 from __future__ import annotations
@@ -31,15 +37,20 @@ def param_groups(
     weight_decay: float,
     norm_weight_decay: bool = False,
     bias_weight_decay: bool = False,
+    fc_bias_weight_decay: bool = False,
+    norm_adaptation: bool = False,
+    bias_adaptation: bool = False,
 ) -> list[dict]:
-    """Split ``model``'s trainable parameters into ``decay`` and ``no_decay`` groups.
+    """Split ``model``'s trainable parameters by (weight decay on/off, layer adaptation on/off).
 
     Returns:
         A list of param-group dicts for ``torch.optim`` with keys ``params``, ``weight_decay``,
-        ``group_name`` and ``param_names`` (the dotted names, for logs and tests). Empty groups are
-        left out.
+        ``layer_adaptation``, ``group_name`` (``decay/adapt``, ``no_decay/no_adapt``, ...) and
+        ``param_names`` (the dotted names, for logs and tests). Empty groups are left out.
     """
-    decay, no_decay = [], []
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    classifier = linears[-1] if linears else None
+    buckets: dict[tuple[bool, bool], list] = {}
     seen: set[int] = set()
     for module_name, module in model.named_modules():
         is_norm = isinstance(module, NORM_TYPES)
@@ -49,24 +60,26 @@ def param_groups(
             seen.add(id(p))
             full = f"{module_name}.{name}" if module_name else name
             if is_norm:
-                target = decay if norm_weight_decay else no_decay
+                decay, adapt = norm_weight_decay, norm_adaptation
             elif p.ndim <= 1:
-                target = decay if bias_weight_decay else no_decay
+                decay = bias_weight_decay or (fc_bias_weight_decay and module is classifier)
+                adapt = bias_adaptation
             else:
-                target = decay
-            target.append((full, p))
+                decay, adapt = True, True
+            buckets.setdefault((decay, adapt), []).append((full, p))
     groups = []
-    for group_name, members, wd in (("decay", decay, weight_decay), ("no_decay", no_decay, 0.0)):
-        if members:
-            groups.append({
-                "params": [p for _, p in members],
-                "param_names": [n for n, _ in members],
-                "weight_decay": wd,
-                "group_name": group_name,
-            })
+    for (decay, adapt) in sorted(buckets, reverse=True):
+        members = buckets[(decay, adapt)]
+        groups.append({
+            "params": [p for _, p in members],
+            "param_names": [n for n, _ in members],
+            "weight_decay": weight_decay if decay else 0.0,
+            "layer_adaptation": adapt,
+            "group_name": f"{'decay' if decay else 'no_decay'}/{'adapt' if adapt else 'no_adapt'}",
+        })
     log.info(
         "param groups: %s",
-        ", ".join(f"{g['group_name']}: {len(g['params'])} tensors, "
-                  f"{sum(p.numel() for p in g['params']):,} values, wd {g['weight_decay']:g}" for g in groups),
+        "; ".join(f"{g['group_name']}: {len(g['params'])} tensors, {sum(p.numel() for p in g['params']):,} "
+                  f"values, wd {g['weight_decay']:g}" for g in groups),
     )
     return groups
