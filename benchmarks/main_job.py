@@ -8,7 +8,10 @@ running), time it from start to exit (process spawn, data loading, training, eva
 checkpoints and plots included) and record its summary.json with the hardware and versions.
 REPEATS runs give median and spread; the recipe's fixed seed makes runs differ only in timing.
 
-    python benchmarks/main_job.py [--repeats 1] [--out benchmarks/results/main_job.json] [-- --set KEY=VALUE ...]
+    python benchmarks/main_job.py [--repeats 1] [--recipe NAME] [--out benchmarks/results/main_job.json] [-- --set KEY=VALUE ...]
+
+With --recipe it times another recipe the same way (the Fashion-MNIST variants of the large-batch
+optimizers: results/recipes_fashion_mnist/<recipe>.json).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pathlib import Path
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--recipe", default=None, help="a recipe other than the default one")
     ap.add_argument("--out", default="benchmarks/results/main_job.json")
     ap.add_argument("extra", nargs="*", help="extra arguments for `largebatch train` (after --)")
     args = ap.parse_args()
@@ -34,7 +38,8 @@ def main() -> None:
     for i in range(args.repeats):
         with tempfile.TemporaryDirectory() as tmp:
             run_dir = Path(tmp) / "run"
-            cmd = [sys.executable, "-m", "largebatch", "train", "--out", str(run_dir), *args.extra]
+            recipe = ["--recipe", args.recipe] if args.recipe else []
+            cmd = [sys.executable, "-m", "largebatch", "train", *recipe, "--out", str(run_dir), *args.extra]
             t0 = time.perf_counter()
             proc = subprocess.run(cmd, capture_output=True, text=True)
             command_s = time.perf_counter() - t0
@@ -54,7 +59,8 @@ def main() -> None:
     result = {
         "benchmark": "main_job",
         "date": dt.date.today().isoformat(),
-        "command": "largebatch train  (default recipe" + (", " + " ".join(args.extra) if args.extra else "") + ")",
+        "command": "largebatch train " + (f"--recipe {args.recipe}" if args.recipe else "(default recipe)")
+        + (" " + " ".join(args.extra) if args.extra else ""),
         "hardware": {k: env[k] for k in ("cpu", "cpu_cores", "platform")},
         "versions": {k: env[k] for k in ("python", "torch", "torchvision", "largebatch")},
         "config": config,

@@ -25,8 +25,11 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 DATA_NAMES = ("fashion_mnist", "synthetic", "imagefolder")
 MODEL_NAMES = ("resnet_fmnist", "resnet18", "resnet50")
-OPTIM_NAMES = ("sgd",)
-SCHEDULE_NAMES = ("step",)
+OPTIM_NAMES = ("sgd", "lars", "lamb", "rmsprop_warmup")
+SCHEDULE_NAMES = ("step", "poly", "cosine", "slow_start")
+LR_SCALINGS = ("linear", "sqrt", "none")
+PRECISIONS = ("fp32", "bf16", "fp16")
+ALPHA_VARIANTS = ("printed", "smooth")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -116,6 +119,11 @@ class TrainConfig:
     """Number of newest checkpoints kept in ``checkpoints/``."""
     target_top1: float = 0.0
     """Test top-1 (percent) whose first crossing is reported as time_to_target_s (0: none)."""
+    label_smoothing: float = 0.0
+    """Label smoothing of the cross-entropy loss (torch's built-in; 0.1 in MLPerf's reference)."""
+    precision: str = "fp32"
+    """``fp32``, ``bf16`` (autocast) or ``fp16`` (autocast + dynamic loss scaling; the optimizer sees
+    the unscaled, all-reduced gradient, and a step with a non-finite gradient is skipped)."""
     device: str = "auto"
     """``auto`` (CUDA when present), ``cpu`` or ``cuda``."""
     threads_per_worker: int = 0
@@ -125,36 +133,85 @@ class TrainConfig:
 @dataclass(kw_only=True)
 class OptimConfig:
     name: str = "sgd"
-    """``sgd``: torch.optim.SGD, Goyal et al. form (9), so no momentum correction is needed."""
+    """``sgd`` (torch.optim.SGD, Goyal et al. form (9): no momentum correction needed), ``lars``
+    (You et al. 2017), ``lamb`` (You et al. 2019) or ``rmsprop_warmup`` (Akiba et al. 2017)."""
     base_lr: float = 0.1
-    """Learning rate at ``base_batch_size``; scaled linearly with the global batch (Goyal sec. 2.1)."""
+    """Learning rate at ``base_batch_size``, scaled to the global batch by ``lr_scaling``."""
     base_batch_size: int = 256
     """The batch size at which base_lr is given (0.1 per 256 in Goyal et al.)."""
+    lr_scaling: str = "linear"
+    """``linear`` (Goyal sec. 2.1: lr = base_lr * B / base_batch), ``sqrt`` (lr = base_lr *
+    sqrt(B / base_batch), an option for adaptive optimizers) or ``none`` (lr = base_lr)."""
     momentum: float = 0.9
-    """Momentum coefficient m."""
+    """Momentum coefficient m (sgd, lars; mu1 of rmsprop_warmup)."""
     nesterov: bool = True
-    """Nesterov momentum (Goyal et al. sec. 5.1)."""
+    """Nesterov momentum (sgd, lars)."""
     weight_decay: float = 1e-4
-    """L2 coefficient lambda, added to the aggregated gradient (Goyal eq. 8)."""
+    """L2 coefficient lambda (coupled for sgd/lars/rmsprop_warmup, Goyal eq. 8; decoupled inside the
+    update for lamb)."""
     norm_weight_decay: bool = False
     """Apply weight decay to normalization gamma/beta (Goyal: no)."""
     bias_weight_decay: bool = False
     """Apply weight decay to biases (Goyal is silent; we follow the BN rule: no)."""
+    fc_bias_weight_decay: bool = False
+    """Apply weight decay to the classifier's bias even when other biases are excluded (NVIDIA's
+    MLPerf LARS)."""
+    norm_adaptation: bool = False
+    """Apply the LARS/LAMB trust ratio to normalization parameters (MLPerf: no)."""
+    bias_adaptation: bool = False
+    """Apply the LARS/LAMB trust ratio to biases (MLPerf: no)."""
+    trust_coefficient: float = 0.001
+    """LARS trust coefficient eta (You et al. 2017: 0.001; apex LARC uses 0.02 with clipping)."""
+    lars_eps: float = 0.0
+    """LARS epsilon in the trust-ratio denominator (MLPerf: 0; TF turns 0 into 1e-7)."""
+    lars_clip: bool = False
+    """apex LARC clipping mode: effective LR min(lr, local LR)."""
+    lamb_beta1: float = 0.9
+    """LAMB first-moment decay."""
+    lamb_beta2: float = 0.999
+    """LAMB second-moment decay."""
+    lamb_eps: float = 1e-6
+    """LAMB epsilon (TF-Addons default)."""
+    rmsprop_lr: float = 3e-4
+    """RMSprop warm-up: eta_RMSprop of alpha_RMSprop = (1 - alpha_SGD) * eta_RMSprop / lr [S]."""
+    rmsprop_alpha: float = 0.99
+    """RMSprop warm-up: second-moment decay mu2 [S]."""
+    rmsprop_eps: float = 1e-8
+    """RMSprop warm-up: epsilon [S]."""
+    alpha_sgd_center_epochs: float = 10.0
+    """RMSprop warm-up: beta_center of the alpha_SGD schedule, in epochs [S]."""
+    alpha_sgd_period_epochs: float = 5.0
+    """RMSprop warm-up: beta_period of the alpha_SGD schedule, in epochs [S]."""
+    alpha_sgd_variant: str = "printed"
+    """RMSprop warm-up: ``printed`` (as published, discontinuous) or ``smooth`` (our C1 reading) [U]."""
 
 
 @dataclass(kw_only=True)
 class ScheduleConfig:
     name: str = "step"
-    """``step``: linear warmup then step decay (Goyal et al. sec. 2.2, 5.1)."""
+    """``step`` (Goyal), ``poly`` (MLPerf, You et al.), ``cosine`` or ``slow_start`` (Akiba);
+    each after a linear warmup. See ``largebatch.schedules.lr``."""
     warmup_epochs: float = 5.0
     """Epochs of gradual (per-iteration linear) warmup to the scaled LR; 0 disables it."""
     warmup_start_lr: float | None = None
-    """LR at step 0 of the warmup. None: optim.base_lr, i.e. the small-batch LR (Goyal sec. 2.2).
-    A start above the scaled LR (global batch below base_batch_size) is lowered to it: no warmup."""
+    """LR at step 0 of the warmup. None: optim.base_lr, i.e. the small-batch LR (Goyal sec. 2.2);
+    MLPerf starts at 0. A start above the scaled LR (global batch below base_batch_size) is lowered
+    to it: no warmup."""
     decay_epochs: list[float] = field(default_factory=lambda: [30.0, 60.0, 80.0])
-    """Epochs at which the LR is multiplied by decay_factor (30/60/80 of 90 in Goyal et al.)."""
+    """``step``: epochs at which the LR is multiplied by decay_factor (30/60/80 of 90 in Goyal et al.)."""
     decay_factor: float = 0.1
-    """Multiplier applied at each decay epoch."""
+    """``step``: the multiplier applied at each decay epoch."""
+    end_lr: float = 1e-4
+    """``poly`` and ``cosine``: the final LR (MLPerf: 1e-4)."""
+    poly_power: float = 2.0
+    """``poly``: the exponent (2 in You et al. and MLPerf)."""
+    decay_end_epochs: float | None = None
+    """``poly`` and ``cosine``: epoch at which the decay reaches end_lr (None: train.epochs; NVIDIA's
+    MLPerf 57k run decays over 78 epochs)."""
+    slow_start_epochs: list[float] = field(default_factory=lambda: [40.0, 70.0, 85.0])
+    """``slow_start``: epochs where the next factor begins (Akiba sec. 3.2: 40/70/85 of 90) [S]."""
+    slow_start_factors: list[float] = field(default_factory=lambda: [0.5, 0.075, 0.01, 0.001])
+    """``slow_start``: multiples of the scaled LR, one more than slow_start_epochs [S]."""
 
 
 @dataclass(kw_only=True)
@@ -248,6 +305,22 @@ def linear_scaled_lr(base_lr: float, *, base_batch_size: int, global_batch_size:
     return base_lr * global_batch_size / base_batch_size
 
 
+def scaled_lr(rule: str, base_lr: float, *, base_batch_size: int, global_batch_size: int) -> float:
+    """The LR for ``global_batch_size`` under ``rule``: ``linear`` (Goyal sec. 2.1), ``sqrt``
+    (base_lr * sqrt(B / base_batch), used with adaptive optimizers, e.g. LAMB) or ``none``.
+
+    Raises:
+        ValueError: for an unknown rule.
+    """
+    if rule == "linear":
+        return linear_scaled_lr(base_lr, base_batch_size=base_batch_size, global_batch_size=global_batch_size)
+    if rule == "sqrt":
+        return base_lr * math.sqrt(global_batch_size / base_batch_size)
+    if rule == "none":
+        return base_lr
+    raise ValueError(f"optim.lr_scaling={rule!r} is unknown; accepted: {', '.join(LR_SCALINGS)}")
+
+
 @dataclass(frozen=True, kw_only=True)
 class Plan:
     """Values derived from a config and the number of processes; computed once by :func:`resolve`.
@@ -271,7 +344,7 @@ class Plan:
     simulated_workers: int
     """The paper's k: global_batch_size / bn_batch_size."""
     peak_lr: float
-    """LR after warmup: the linear scaling rule applied to optim.base_lr."""
+    """LR after warmup: optim.lr_scaling (linear by default) applied to optim.base_lr."""
 
     def describe(self) -> str:
         return (
@@ -299,6 +372,26 @@ def resolve(cfg: Config, world_size: int) -> Plan:
     _check(cfg.schedule.name in SCHEDULE_NAMES, "schedule.name", cfg.schedule.name,
            f"one of {', '.join(SCHEDULE_NAMES)}")
     _check(cfg.train.device in DEVICES, "train.device", cfg.train.device, f"one of {', '.join(DEVICES)}")
+    _check(cfg.optim.lr_scaling in LR_SCALINGS, "optim.lr_scaling", cfg.optim.lr_scaling,
+           f"one of {', '.join(LR_SCALINGS)}")
+    _check(cfg.train.precision in PRECISIONS, "train.precision", cfg.train.precision, f"one of {', '.join(PRECISIONS)}")
+    _check(cfg.optim.alpha_sgd_variant in ALPHA_VARIANTS, "optim.alpha_sgd_variant", cfg.optim.alpha_sgd_variant,
+           f"one of {', '.join(ALPHA_VARIANTS)}")
+    _check(0 <= cfg.train.label_smoothing < 1, "train.label_smoothing", cfg.train.label_smoothing, "a float in [0, 1)")
+    _check(cfg.optim.trust_coefficient > 0, "optim.trust_coefficient", cfg.optim.trust_coefficient, "a float > 0")
+    for key in ("optim.lamb_beta1", "optim.lamb_beta2", "optim.rmsprop_alpha"):
+        value = getattr(cfg.optim, key.split(".")[1])
+        _check(0 <= value < 1, key, value, "a float in [0, 1)")
+    for key in ("optim.lars_eps", "optim.lamb_eps", "optim.rmsprop_eps", "optim.rmsprop_lr", "schedule.end_lr"):
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        _check(value >= 0, key, value, "a float >= 0")
+    _check(cfg.optim.alpha_sgd_period_epochs > 0, "optim.alpha_sgd_period_epochs", cfg.optim.alpha_sgd_period_epochs,
+           "a float > 0")
+    slow = list(cfg.schedule.slow_start_epochs)
+    _check(slow == sorted(slow) and len(cfg.schedule.slow_start_factors) == len(slow) + 1,
+           "schedule.slow_start_factors", cfg.schedule.slow_start_factors,
+           f"one more factor than schedule.slow_start_epochs ({len(slow)} boundaries, increasing)")
     if cfg.data.name == "imagefolder":
         _check(bool(cfg.data.root), "data.root", cfg.data.root,
                "an ImageNet-layout folder with train/<class>/ and val/<class>/ is required for imagefolder")
@@ -385,8 +478,8 @@ def resolve(cfg: Config, world_size: int) -> Plan:
         bn_batch_size=bn,
         bn_groups_per_micro_batch=micro // bn,
         simulated_workers=gbs // bn,
-        peak_lr=linear_scaled_lr(cfg.optim.base_lr, base_batch_size=cfg.optim.base_batch_size,
-                                 global_batch_size=gbs),
+        peak_lr=scaled_lr(cfg.optim.lr_scaling, cfg.optim.base_lr, base_batch_size=cfg.optim.base_batch_size,
+                          global_batch_size=gbs),
     )
 
 

@@ -144,3 +144,24 @@ def trainer_init_fc():
 
     torch.manual_seed(0)
     return build_model("resnet_fmnist", num_classes=10, in_channels=1, width=4).fc.weight.detach()
+
+
+@pytest.mark.parametrize("optim", [
+    ["optim.name=lars", "optim.base_lr=2.0", "schedule.name=poly", "schedule.warmup_start_lr=0.0"],
+    ["optim.name=lamb", "optim.base_lr=0.02", "optim.weight_decay=0.01", "schedule.name=cosine"],
+    ["optim.name=rmsprop_warmup", "optim.nesterov=false", "optim.alpha_sgd_center_epochs=1",
+     "optim.alpha_sgd_period_epochs=1", "schedule.name=slow_start", "schedule.warmup_epochs=0",
+     "schedule.slow_start_epochs=[1,1.5]", "schedule.slow_start_factors=[0.5,0.1,0.01]"],
+], ids=["lars", "lamb", "rmsprop_warmup"])
+def test_large_batch_optimizers_on_two_ranks_match_one_process(optim):
+    """Each optimizer sees the all-reduced gradient: 2 gloo ranks give the weights of 1 process."""
+    overrides = TRAINER_OVERRIDES + optim
+    one = run_ranks(trainer_weights, 1, overrides)[0]
+    two = run_ranks(trainer_weights, 2, overrides)
+    assert not torch.allclose(one["fc.weight"], trainer_init_fc(), atol=1e-4)  # it trained
+    for name, ref in one.items():
+        assert torch.equal(two[0][name], two[1][name]), name
+        if ref.is_floating_point():
+            assert torch.allclose(two[0][name], ref, rtol=1e-4, atol=1e-6), name
+        else:
+            assert torch.equal(two[0][name], ref), name

@@ -4,20 +4,21 @@ import pytest
 import torch
 
 from largebatch.config import linear_scaled_lr
-from largebatch.schedules import StepSchedule, epoch_to_step, goyal_lr
+from largebatch.schedules import LRSchedule, epoch_to_step, goyal_lr
 
 IMAGENET_TRAIN = 1_281_167
 STEPS_PER_EPOCH = IMAGENET_TRAIN // 8192  # 156, drop-last convention
 
 
 def goyal_8k():
-    return StepSchedule.from_epochs(
+    return LRSchedule(
+        kind="step",
         peak_lr=linear_scaled_lr(0.1, base_batch_size=256, global_batch_size=8192),
         warmup_start_lr=0.1,
-        warmup_epochs=5,
-        decay_epochs=[30, 60, 80],
+        warmup_steps=epoch_to_step(5, STEPS_PER_EPOCH),
+        total_steps=epoch_to_step(90, STEPS_PER_EPOCH),
+        decay_steps=tuple(epoch_to_step(e, STEPS_PER_EPOCH) for e in (30, 60, 80)),
         decay_factor=0.1,
-        steps_per_epoch=STEPS_PER_EPOCH,
     )
 
 
@@ -88,3 +89,40 @@ def test_torch_sgd_is_form_9_and_equals_corrected_form_10():
 
     assert torch.allclose(p.detach(), form10(True), rtol=1e-12, atol=1e-12)
     assert not torch.allclose(p.detach(), form10(False), rtol=1e-3)
+
+
+@pytest.mark.parametrize("step, lr", [(0, 0.0), (1, 0.00639), (782, 4.996805), (1565, 10.0), (1566, 9.998273),
+                                      (7355, 2.500938), (13145, 1e-4)])
+def test_mlperf_poly_vectors(step, lr):
+    """techniques.md 10.1: B = 4096, 313 steps/epoch (ceil), warmup 5 epochs = 1565 steps from 0,
+    42 epochs = 13146 steps, poly power 2 to 1e-4 over total - warmup + 1 steps."""
+    sched = LRSchedule(kind="poly", peak_lr=10.0, warmup_start_lr=0.0, warmup_steps=5 * 313,
+                       total_steps=42 * 313, end_lr=1e-4, power=2.0)
+    assert sched(step) == pytest.approx(lr, abs=5e-6)
+
+
+@pytest.mark.parametrize("epoch, lr", [(0, 6.4), (39.9, 6.4), (40, 0.96), (69.9, 0.96), (70, 0.128),
+                                       (84.9, 0.128), (85, 0.0128), (89.9, 0.0128)])
+def test_akiba_slow_start_vectors(epoch, lr):
+    """techniques.md 3.2: B = 32768, eta_base = 12.8 -> 6.4 / 0.96 / 0.128 / 0.0128 at 0/40/70/85."""
+    spe = 1_281_167 // 32768  # 39 steps per epoch
+    sched = LRSchedule(kind="slow_start", peak_lr=linear_scaled_lr(0.1, base_batch_size=256, global_batch_size=32768),
+                       warmup_start_lr=0.0, warmup_steps=0, total_steps=90 * spe,
+                       decay_steps=tuple(epoch_to_step(e, spe) for e in (40, 70, 85)),
+                       factors=(0.5, 0.075, 0.01, 0.001))
+    assert sched(epoch_to_step(epoch, spe)) == pytest.approx(lr, rel=1e-9)
+
+
+def test_cosine_ends_and_midpoint():
+    sched = LRSchedule(kind="cosine", peak_lr=2.0, warmup_start_lr=0.0, warmup_steps=10, total_steps=109,
+                       end_lr=0.0)
+    assert sched(5) == pytest.approx(1.0)
+    assert sched(10) == pytest.approx(2.0)
+    assert sched(60) == pytest.approx(1.0)  # half of D = 100 steps after warmup
+    assert sched(110) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_slow_start_needs_matching_factors():
+    with pytest.raises(ValueError, match="one more factor"):
+        LRSchedule(kind="slow_start", peak_lr=1.0, warmup_start_lr=0.0, warmup_steps=0, total_steps=10,
+                   decay_steps=(5,), factors=(1.0,))

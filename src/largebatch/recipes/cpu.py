@@ -48,3 +48,88 @@ def goyal2017_fashion_mnist() -> Config:
         schedule=ScheduleConfig(name="step", warmup_epochs=warmup_epochs, warmup_start_lr=None,
                                 decay_epochs=decay_epochs, decay_factor=0.1),
     )
+
+
+def _fashion_large(recipe: str, description: str, source: str, *, optim: OptimConfig, schedule: ScheduleConfig,
+                   global_batch_size: int = 2048, label_smoothing: float = 0.0) -> Config:
+    """A Fashion-MNIST variant at a large global batch: the default recipe's data, model, 9 epochs
+    and 2 workers; each worker holds 1024 samples per step as 4 micro-batches of 8 BN groups of 32."""
+    base = goyal2017_fashion_mnist()
+    return Config(
+        recipe=recipe,
+        description=description,
+        source=source,
+        data=base.data,
+        model=base.model,
+        train=TrainConfig(epochs=base.train.epochs, global_batch_size=global_batch_size, bn_batch_size=32, nproc=2,
+                          eval_every_epochs=1, log_every_steps=5, label_smoothing=label_smoothing),
+        optim=optim,
+        schedule=schedule,
+    )
+
+
+def _scaled(epochs_of_90: list[float], epochs: int = 9) -> list[float]:
+    """Epochs given for a 90-epoch ImageNet run, scaled to ``epochs``."""
+    return [e * epochs / GOYAL_EPOCHS for e in epochs_of_90]
+
+
+@register
+def akiba2017_fashion_mnist() -> Config:
+    """Akiba's RMSprop warm-up and slow-start schedule at 2048, epochs scaled from 90 to 9."""
+    return _fashion_large(
+        "akiba2017_fashion_mnist",
+        "Akiba's RMSprop warm-up + slow-start on Fashion-MNIST: ResNet-8, global batch 2048 (64 BN groups x 32), 2 CPU workers",
+        "Akiba et al. 2017 sec. 3 [S]; alpha_SGD centre/period and slow-start epochs scaled from 90 to 9 epochs",
+        # The reference LR of the default recipe (0.4 per 256), scaled linearly as eta_base.
+        optim=OptimConfig(name="rmsprop_warmup", base_lr=0.4, base_batch_size=256, momentum=0.9, nesterov=False,
+                          weight_decay=1e-4, alpha_sgd_center_epochs=_scaled([10])[0],
+                          alpha_sgd_period_epochs=_scaled([5])[0]),
+        schedule=ScheduleConfig(name="slow_start", warmup_epochs=0, slow_start_epochs=_scaled([40, 70, 85]),
+                                slow_start_factors=[0.5, 0.075, 0.01, 0.001]),
+    )
+
+
+@register
+def you2018_lars_fashion_mnist() -> Config:
+    """LARS as You et al. run it (no exclusions), warmup + poly 2, at 2048."""
+    return _fashion_large(
+        "you2018_lars_fashion_mnist",
+        "LARS (You et al., every tensor adapted) on Fashion-MNIST: ResNet-8, global batch 2048 (64 BN groups x 32), 2 CPU workers",
+        "You et al. 2017 Algorithm 1, poly 2 with warmup (You et al. 2018); 5 of 90 warmup epochs scaled to 9",
+        # 2.5 per 256 (20 at 2048): with trust coefficient 0.001 each tensor moves about lr * 0.001 of its
+        # norm per step, and this run has only 261 steps (MLPerf's 0.625 per 256 runs 13,146).
+        optim=OptimConfig(name="lars", base_lr=2.5, base_batch_size=256, momentum=0.9, nesterov=False,
+                          weight_decay=1e-4, trust_coefficient=0.001, norm_weight_decay=True, bias_weight_decay=True,
+                          norm_adaptation=True, bias_adaptation=True),
+        schedule=ScheduleConfig(name="poly", warmup_epochs=_scaled([5])[0], warmup_start_lr=0.0, poly_power=2.0,
+                                end_lr=0.0),
+    )
+
+
+@register
+def mlperf_lars_fashion_mnist() -> Config:
+    """The MLPerf reference's LARS settings (0.625 per 256, BN and biases skipped, label smoothing 0.1)
+    at 2048, warmup 5 of 42 epochs scaled to 9."""
+    return _fashion_large(
+        "mlperf_lars_fashion_mnist",
+        "MLPerf-reference LARS on Fashion-MNIST: ResNet-8, global batch 2048 (64 BN groups x 32), label smoothing 0.1, 2 CPU workers",
+        "MLPerf ResNet-50 reference (techniques.md 10.1): LR 0.625 per 256, wd 2e-4, poly 2 to 1e-4, warmup 5/42 of the run",
+        optim=OptimConfig(name="lars", base_lr=0.625, base_batch_size=256, momentum=0.9, nesterov=False,
+                          weight_decay=2e-4, trust_coefficient=0.001, lars_eps=0.0),
+        schedule=ScheduleConfig(name="poly", warmup_epochs=5 * 9 / 42, warmup_start_lr=0.0, poly_power=2.0,
+                                end_lr=1e-4),
+        label_smoothing=0.1,
+    )
+
+
+@register
+def lamb_fashion_mnist() -> Config:
+    """LAMB with square-root LR scaling, warmup + poly 2, at 2048."""
+    return _fashion_large(
+        "lamb_fashion_mnist",
+        "LAMB on Fashion-MNIST: ResNet-8, global batch 2048 (64 BN groups x 32), sqrt LR scaling, 2 CPU workers",
+        "You et al. 2019 Algorithm 2; hyperparameters ours (techniques.md 6.2 has no verified ResNet values)",
+        optim=OptimConfig(name="lamb", base_lr=0.02, base_batch_size=2048, lr_scaling="sqrt", weight_decay=0.01),
+        schedule=ScheduleConfig(name="poly", warmup_epochs=_scaled([5])[0], warmup_start_lr=0.0, poly_power=2.0,
+                                end_lr=0.0),
+    )

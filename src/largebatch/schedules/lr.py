@@ -5,10 +5,22 @@ groups before the step; only the step counter goes into checkpoints.
 
 Epoch boundaries are converted to steps with ``round(epoch * steps_per_epoch)`` where
 ``steps_per_epoch = floor(N / B)`` (drop-last loader), the convention of techniques.md sec. 0.
+
+Every schedule is linear warmup (from a configurable start: Goyal starts at the small-batch LR,
+MLPerf at 0) followed by one decay rule:
+
+* ``step``: multiply by ``decay_factor`` at each decay step (Goyal et al. 2017, sec. 5.1);
+* ``poly``: ``end + (peak - end) * (1 - t' / D) ** power`` with ``t'`` the steps after warmup and
+  ``D = total - warmup + 1`` (the MLPerf reference ``PolynomialDecayWithWarmup``, techniques.md 10.1);
+* ``cosine``: ``end + (peak - end) * (1 + cos(pi * t' / D)) / 2``;
+* ``slow_start``: piecewise constant multiples of the peak (Akiba et al. 2017, sec. 3.2: 0.5, 0.075,
+  0.01, 0.001 of the scaled LR from epochs 0, 40, 70, 85 of 90), usually without warmup since the
+  RMSprop blend is the warm-up.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -34,65 +46,92 @@ def goyal_lr(
     (0.1 for kn = 256) and reaches ``peak = k * 0.1`` after 5 epochs. Afterwards the LR is
     ``peak * decay_factor ** (number of decay steps <= t)``.
 
-    Args:
-        step: optimizer step t >= 0 (0-based).
-        peak_lr: LR after warmup (the linear scaling rule's k * eta).
-        warmup_start_lr: LR at t = 0.
-        warmup_steps: T_w, the number of warmup iterations (0: no warmup).
-        decay_steps: steps at which the LR is multiplied by ``decay_factor``.
-        decay_factor: the multiplier (0.1 in Goyal et al.).
-
-    Returns:
-        The learning rate (float) for step t.
-
     Raises:
         ValueError: for a negative step.
 
     Example (techniques.md sec. 2.7, kn = 8192, 156 steps/epoch): t = 390 -> 1.65, t = 4680 -> 0.32.
     """
-    if step < 0:
-        raise ValueError(f"step must be >= 0, got {step}")
-    if step < warmup_steps:
-        return warmup_start_lr + (peak_lr - warmup_start_lr) * step / warmup_steps
-    drops = sum(1 for s in decay_steps if step >= s)
-    return peak_lr * decay_factor**drops
+    return LRSchedule(kind="step", peak_lr=peak_lr, warmup_start_lr=warmup_start_lr, warmup_steps=warmup_steps,
+                      total_steps=max(warmup_steps, 1), decay_steps=tuple(decay_steps),
+                      decay_factor=decay_factor)(step)
 
 
 @dataclass(frozen=True, kw_only=True)
-class StepSchedule:
-    """Goyal et al.'s schedule bound to a run's steps; ``schedule(t)`` is the LR of step t."""
+class LRSchedule:
+    """Warmup then a decay rule, bound to a run's steps; ``schedule(t)`` is the LR of step t.
 
+    Attributes:
+        kind: ``step``, ``poly``, ``cosine`` or ``slow_start``.
+        peak_lr: LR at the end of warmup (after the scaling rule).
+        warmup_start_lr: LR at step 0 of the warmup.
+        warmup_steps: number of warmup steps (0: none).
+        total_steps: steps of training over which poly and cosine decay (their D = total - warmup + 1).
+        decay_steps: step boundaries (``step``: where the LR is multiplied by decay_factor;
+            ``slow_start``: where the next factor begins).
+        decay_factor: ``step`` multiplier.
+        factors: ``slow_start`` multiples of peak_lr, one more than decay_steps.
+        end_lr: final LR of ``poly`` and ``cosine``.
+        power: exponent of ``poly``.
+    """
+
+    kind: str
     peak_lr: float
     warmup_start_lr: float
     warmup_steps: int
-    decay_steps: tuple[int, ...]
-    decay_factor: float
+    total_steps: int
+    decay_steps: tuple[int, ...] = ()
+    decay_factor: float = 0.1
+    factors: tuple[float, ...] = ()
+    end_lr: float = 0.0
+    power: float = 2.0
 
-    @classmethod
-    def from_epochs(
-        cls,
-        *,
-        peak_lr: float,
-        warmup_start_lr: float,
-        warmup_epochs: float,
-        decay_epochs: Sequence[float],
-        decay_factor: float,
-        steps_per_epoch: int,
-    ) -> "StepSchedule":
-        return cls(
-            peak_lr=peak_lr,
-            warmup_start_lr=warmup_start_lr,
-            warmup_steps=epoch_to_step(warmup_epochs, steps_per_epoch),
-            decay_steps=tuple(epoch_to_step(e, steps_per_epoch) for e in decay_epochs),
-            decay_factor=decay_factor,
-        )
+    def __post_init__(self) -> None:
+        if self.kind not in ("step", "poly", "cosine", "slow_start"):
+            raise ValueError(f"schedule kind {self.kind!r} is unknown; accepted: step, poly, cosine, slow_start")
+        if self.kind == "slow_start" and len(self.factors) != len(self.decay_steps) + 1:
+            raise ValueError(f"slow_start needs one more factor than boundaries, got {len(self.factors)} factors "
+                             f"and {len(self.decay_steps)} boundaries")
 
     def __call__(self, step: int) -> float:
-        return goyal_lr(
-            step,
-            peak_lr=self.peak_lr,
-            warmup_start_lr=self.warmup_start_lr,
-            warmup_steps=self.warmup_steps,
-            decay_steps=self.decay_steps,
-            decay_factor=self.decay_factor,
-        )
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        if step < self.warmup_steps:
+            return self.warmup_start_lr + (self.peak_lr - self.warmup_start_lr) * step / self.warmup_steps
+        if self.kind == "step":
+            return self.peak_lr * self.decay_factor ** sum(1 for s in self.decay_steps if step >= s)
+        if self.kind == "slow_start":
+            return self.peak_lr * self.factors[sum(1 for s in self.decay_steps if step >= s)]
+        span = self.total_steps - self.warmup_steps + 1
+        progress = min(step - self.warmup_steps, span) / span
+        if self.kind == "poly":
+            return self.end_lr + (self.peak_lr - self.end_lr) * (1.0 - progress) ** self.power
+        return self.end_lr + (self.peak_lr - self.end_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_schedule(schedule_cfg, *, peak_lr: float, base_lr: float, steps_per_epoch: int, epochs: int) -> LRSchedule:
+    """The :class:`LRSchedule` of a config's ``schedule`` section for a run of ``epochs``.
+
+    The warmup starts at ``schedule.warmup_start_lr`` (None: ``optim.base_lr``, Goyal), lowered to
+    the peak when it is above it (no warmup for a batch at or below the base batch).
+    """
+    s = schedule_cfg
+    start = base_lr if s.warmup_start_lr is None else s.warmup_start_lr
+    decay_end = s.decay_end_epochs if s.decay_end_epochs is not None else epochs
+    if s.name == "step":
+        bounds = s.decay_epochs
+    elif s.name == "slow_start":
+        bounds = s.slow_start_epochs
+    else:
+        bounds = []
+    return LRSchedule(
+        kind=s.name,
+        peak_lr=peak_lr,
+        warmup_start_lr=min(start, peak_lr),
+        warmup_steps=epoch_to_step(s.warmup_epochs, steps_per_epoch),
+        total_steps=epoch_to_step(decay_end, steps_per_epoch),
+        decay_steps=tuple(epoch_to_step(e, steps_per_epoch) for e in bounds),
+        decay_factor=s.decay_factor,
+        factors=tuple(s.slow_start_factors),
+        end_lr=s.end_lr,
+        power=s.poly_power,
+    )

@@ -38,7 +38,7 @@ from largebatch.data import GlobalBatchSampler, build_data
 from largebatch.dist import DistEnv, all_reduce_sum, average_buffers, barrier
 from largebatch.nn import build_model
 from largebatch.optim import build_optimizer
-from largebatch.schedules import StepSchedule
+from largebatch.schedules import build_schedule
 from largebatch.train import checkpoint as ckpt_io
 from largebatch.train.metrics import MetricsLogger
 
@@ -121,17 +121,14 @@ class Trainer:
                                           rank=env.rank, seed=t.seed)
         self.steps_per_epoch = self.sampler.steps_per_epoch
         self.total_steps = t.epochs * self.steps_per_epoch
-        s = cfg.schedule
-        self.schedule = StepSchedule.from_epochs(
-            peak_lr=plan.peak_lr,
-            # Goyal warms up only when the scaled LR exceeds the small-batch one (kn > 256).
-            warmup_start_lr=min(plan.peak_lr, cfg.optim.base_lr if s.warmup_start_lr is None else s.warmup_start_lr),
-            warmup_epochs=s.warmup_epochs,
-            decay_epochs=s.decay_epochs,
-            decay_factor=s.decay_factor,
-            steps_per_epoch=self.steps_per_epoch,
-        )
-        self.optimizer = build_optimizer(model, cfg.optim, lr=self.schedule(0))
+        self.schedule = build_schedule(cfg.schedule, peak_lr=plan.peak_lr, base_lr=cfg.optim.base_lr,
+                                       steps_per_epoch=self.steps_per_epoch, epochs=t.epochs)
+        self.optimizer = build_optimizer(model, cfg.optim, lr=self.schedule(0), steps_per_epoch=self.steps_per_epoch)
+        # Mixed precision: autocast for bf16/fp16; fp16 adds dynamic loss scaling. GradScaler.step
+        # unscales the all-reduced gradients before the optimizer (so trust ratios see true norms)
+        # and skips a step whose gradient is not finite.
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.precision)
+        self.scaler = torch.amp.GradScaler(env.device.type) if t.precision == "fp16" else None
         self.state = TrainState()
         self.metrics = MetricsLogger(self.run_dir, enabled=env.is_main)
         log.info("%s", plan.describe())
@@ -153,6 +150,7 @@ class Trainer:
             "config_hash": config_hash(self.cfg),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else None,
             "train_state": asdict(self.state),
             "sampler": {"seed": self.sampler.seed, "epoch": self.state.epoch,
                         "step_in_epoch": self.state.step - self.state.epoch * self.steps_per_epoch},
@@ -182,6 +180,8 @@ class Trainer:
                              f"resume with the same recipe and --set values, or start a new run directory")
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scaler and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
         self.state = TrainState(**ckpt["train_state"])
         if ckpt["world_size"] == self.env.world_size:
             torch.set_rng_state(ckpt["rng"][self.env.rank])
@@ -203,10 +203,16 @@ class Trainer:
             sync = i == accum - 1
             ctx = self.ddp.no_sync() if (self.env.distributed and not sync) else contextlib.nullcontext()
             with ctx:
-                loss = F.cross_entropy(self.ddp(x), y) / accum
-                loss.backward()
-            loss_sum += loss.detach()
-        self.optimizer.step()
+                with torch.autocast(self.env.device.type, dtype=self.autocast_dtype,
+                                    enabled=self.autocast_dtype is not None):
+                    loss = F.cross_entropy(self.ddp(x), y, label_smoothing=self.cfg.train.label_smoothing) / accum
+                (self.scaler.scale(loss) if self.scaler else loss).backward()
+            loss_sum += loss.detach().float()
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss_sum
 

@@ -1,0 +1,30 @@
+"""Akiba, Suzuki, Fukuda 2017, "Extremely Large Minibatch SGD: Training ResNet-50 on ImageNet in 15
+Minutes" (arXiv 1711.04325). Equations from secondary sources [S] (techniques.md sec. 3)."""
+
+from __future__ import annotations
+
+from largebatch.config import Config, DataConfig, ModelConfig, OptimConfig, ScheduleConfig, TrainConfig
+from largebatch.recipes import register
+
+
+@register
+def akiba2017_resnet50_imagenet_32k() -> Config:
+    """32,768 = 1024 GPUs x 32, 90 epochs: RMSprop warm-up and the slow-start schedule."""
+    return Config(
+        recipe="akiba2017_resnet50_imagenet_32k",
+        description="ResNet-50 on ImageNet, global batch 32768 (1024 x 32), RMSprop warm-up + slow-start LR, 90 epochs; paper: 74.9% in 15 min on 1024 P100",
+        source="Akiba et al. 2017, sec. 3 (arXiv 1711.04325); equations via techniques.md sec. 3 [S]",
+        data=DataConfig(name="imagefolder", root="", image_size_px=224, loader_workers=8),
+        model=ModelConfig(name="resnet50"),
+        train=TrainConfig(epochs=90, global_batch_size=32768, bn_batch_size=32, max_micro_batch_size=256, nproc=8,
+                          eval_batch_size=256, target_top1=74.9),
+        # eta_base = 0.1 per 256 scaled linearly (12.8 at 32k); the blend of RMSprop (eta_RMSprop 3e-4,
+        # mu2 0.99) into momentum SGD (mu1 0.9) over alpha_SGD(center 10, period 5 epochs) [S].
+        # Weight decay 1e-4 and plain (non-Nesterov) momentum are assumptions [U].
+        optim=OptimConfig(name="rmsprop_warmup", base_lr=0.1, base_batch_size=256, momentum=0.9, nesterov=False,
+                          weight_decay=1e-4, rmsprop_lr=3e-4, rmsprop_alpha=0.99, rmsprop_eps=1e-8,
+                          alpha_sgd_center_epochs=10, alpha_sgd_period_epochs=5, alpha_sgd_variant="printed"),
+        # No separate ramp: the RMSprop blend is the warm-up. 0.5/0.075/0.01/0.001 x eta_base at 0/40/70/85 [S].
+        schedule=ScheduleConfig(name="slow_start", warmup_epochs=0, slow_start_epochs=[40, 70, 85],
+                                slow_start_factors=[0.5, 0.075, 0.01, 0.001]),
+    )
