@@ -165,3 +165,17 @@ def test_large_batch_optimizers_on_two_ranks_match_one_process(optim):
             assert torch.allclose(two[0][name], ref, rtol=1e-4, atol=1e-6), name
         else:
             assert torch.equal(two[0][name], ref), name
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains_with_lars(precision):
+    """Autocast (and, for fp16, dynamic loss scaling whose unscaled gradient LARS sees) trains to
+    finite weights close to the fp32 run."""
+    overrides = TRAINER_OVERRIDES + ["optim.name=lars", "optim.base_lr=2.0", "schedule.name=poly",
+                                     "schedule.warmup_start_lr=0.0"]
+    ref = run_ranks(trainer_weights, 1, overrides)[0]
+    low = run_ranks(trainer_weights, 1, overrides + [f"train.precision={precision}"])[0]
+    assert all(torch.isfinite(v).all() for v in low.values() if v.is_floating_point())
+    assert not torch.allclose(low["fc.weight"], trainer_init_fc(), atol=1e-4)
+    rel = (low["fc.weight"] - ref["fc.weight"]).norm() / (ref["fc.weight"] - trainer_init_fc()).norm()
+    assert rel < 0.5, rel  # low precision follows the fp32 trajectory, loosely

@@ -188,3 +188,17 @@ def test_imagefolder_run(tmp_path):
     proc = largebatch("train", "--set", "data.name=imagefolder", "--set", f"data.root={tmp_path / 'missing'}",
                       cwd=tmp_path, timeout=60)
     assert proc.returncode == 2 and "train/<class>" in proc.stderr
+
+
+def test_large_batch_recipe_with_lars_from_the_cli(tmp_path):
+    """An issue-3 recipe end to end: LARS, poly schedule from 0, label smoothing, accumulation."""
+    out = tmp_path / "run"
+    proc = largebatch("train", "--recipe", "mlperf_lars_fashion_mnist", "--set", "data.train_subset=4096",
+                      "--set", "data.test_subset=1000", "--set", "train.epochs=1", "--out", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["global_batch_size"] == 2048 and summary["steps"] == 2
+    config = json.loads((out / "config.json").read_text())
+    assert config["optim"]["name"] == "lars" and config["train"]["label_smoothing"] == 0.1
+    proc = largebatch("train", "--set", "optim.name=adamw", cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2 and "sgd, lars, lamb, rmsprop_warmup" in proc.stderr

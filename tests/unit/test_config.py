@@ -98,3 +98,21 @@ def test_every_recipe_round_trips_and_names_itself():
 def test_unknown_recipe():
     with pytest.raises(KeyError, match="known recipes"):
         get_recipe("nope")
+
+
+def test_lr_scaling_rules():
+    cfg = apply_overrides(get_recipe("lamb_resnet50_imagenet_16k"), ["data.root=/data/imagenet"])
+    assert resolve(cfg, 8).peak_lr == pytest.approx(0.01)  # sqrt: 0.00125 * sqrt(16384 / 256)
+    cfg = apply_overrides(cfg, ["optim.lr_scaling=linear"])
+    assert resolve(cfg, 8).peak_lr == pytest.approx(0.08)
+    cfg = apply_overrides(cfg, ["optim.lr_scaling=none"])
+    assert resolve(cfg, 8).peak_lr == pytest.approx(0.00125)
+    with pytest.raises(ConfigError, match="optim.lr_scaling"):
+        resolve(apply_overrides(cfg, ["optim.lr_scaling=cubic"]), 8)
+
+
+def test_every_recipe_resolves_for_its_workers():
+    for name in recipe_names():
+        cfg = apply_overrides(get_recipe(name), ["data.root=/data"] if get_recipe(name).data.name == "imagefolder" else [])
+        plan = resolve(cfg, cfg.train.nproc)
+        assert plan.global_batch_size == cfg.train.global_batch_size and plan.bn_batch_size == 32

@@ -37,7 +37,7 @@ def set_grads(params, seed):
 
 
 @pytest.mark.parametrize("name, kwargs", [
-    ("lr", dict(lr=0.0)), ("lr", dict(lr=-1.0)), ("betas", dict(lr=1.0, betas=(1.0, 0.999))),
+    ("lr", dict(lr=-1.0)), ("betas", dict(lr=1.0, betas=(1.0, 0.999))),
     ("betas", dict(lr=1.0, betas=(0.9, -0.1))), ("eps", dict(lr=1.0, eps=-1e-8)),
     ("weight_decay", dict(lr=1.0, weight_decay=-0.01)),
 ])
@@ -257,3 +257,14 @@ def test_closure_loss_is_returned_and_default_group_keys():
 
     expected = (p.detach() ** 2).sum()
     assert torch.equal(opt.step(closure), expected) and opt.state[p]["step"] == 1
+
+
+def test_zero_lr_is_accepted_and_leaves_weights():
+    """A warmup from 0 (MLPerf) starts with lr = 0: legal, and the first step moves nothing."""
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(3, 4))
+    before = p.detach().clone()
+    p.grad = torch.randn(3, 4)
+    opt = Lamb([p], lr=0.0, weight_decay=0.01)
+    opt.step()
+    assert torch.equal(p.detach(), before)

@@ -62,8 +62,8 @@ class Lamb(torch.optim.Optimizer):
         bias_correction: bool = True,
         foreach: bool | None = None,
     ):
-        if not lr > 0.0:
-            raise ValueError(f"lr={lr!r} is invalid; accepted: lr > 0")
+        if not lr >= 0.0:  # 0 is legal: a warmup from 0 (MLPerf) starts there
+            raise ValueError(f"lr={lr!r} is invalid; accepted: lr >= 0")
         if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"betas={betas!r} is invalid; accepted: two values in [0, 1)")
         if not eps >= 0.0:

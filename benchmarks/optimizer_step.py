@@ -1,0 +1,124 @@
+"""Optimizer step time on the full parameter set of torchvision resnet50 (25.6M parameters).
+
+Question: what does the layer-wise adaptation of LARS and LAMB, and Akiba's RMSprop blend, cost per
+step against the floor (torch.optim.SGD with momentum, foreach) and against the peer (timm's Lars
+and Lamb)? Target (issue 3): at most 1.5x the SGD step, and faster than timm's.
+
+Method: resnet50's parameters split by our param-group policy (decay/adapt for conv and FC
+weights, no_decay/no_adapt for BN and biases), random gradients, fp32 on the CPU with all cores.
+timm gets the same two groups (its Lars adapts only groups with weight decay, which is the same
+split; its Lamb is run with max_grad_norm=None so it does the same work as ours, no global
+clipping). Variants are interleaved round by round; 3 warm-up steps, then ROUNDS rounds of STEPS
+steps; median and range of the per-step time; ratios of medians in this one run.
+
+    python benchmarks/optimizer_step.py [--rounds 5] [--steps 5] [--out benchmarks/results/optimizer_step.json]
+
+timm is not a project dependency: `pip install timm` to include it (it is skipped with a note otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torchvision
+
+import largebatch
+from largebatch.optim import param_groups
+from largebatch.optim.lamb import Lamb
+from largebatch.optim.lars import Lars
+from largebatch.optim.rmsprop_warmup import RMSpropWarmup
+
+
+def make_groups(model):
+    return param_groups(model, weight_decay=1e-4)
+
+
+def variants():
+    out = {
+        "torch SGD momentum (foreach), the floor": lambda g: torch.optim.SGD(g, lr=0.1, momentum=0.9, foreach=True),
+        "largebatch Lars": lambda g: Lars(g, lr=10.0, momentum=0.9),
+        "largebatch Lamb": lambda g: Lamb(g, lr=0.01),
+        "largebatch RMSpropWarmup": lambda g: RMSpropWarmup(g, lr=3.2, steps_per_epoch=100),
+        "largebatch RMSpropWarmup (foreach)": lambda g: RMSpropWarmup(g, lr=3.2, steps_per_epoch=100, foreach=True),
+    }
+    try:
+        from timm.optim import Lamb as TimmLamb
+        from timm.optim import Lars as TimmLars
+
+        out["timm Lars"] = lambda g: TimmLars(g, lr=10.0, momentum=0.9)
+        out["timm Lamb"] = lambda g: TimmLamb(g, lr=0.01, max_grad_norm=None)
+    except ImportError:
+        print("timm not installed: peer rows skipped (pip install timm)")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--out", default="benchmarks/results/optimizer_step.json")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    built = {}
+    for name, make in variants().items():
+        model = torchvision.models.resnet50()
+        groups = make_groups(model)
+        for g in groups:  # keep only what torch.optim and timm accept
+            g.pop("param_names")
+            g.pop("group_name")
+        for p in model.parameters():
+            p.grad = torch.randn_like(p) * 1e-3
+        opt = make([dict(g) for g in groups])
+        built[name] = opt
+    n_params = sum(p.numel() for p in torchvision.models.resnet50().parameters())
+    for opt in built.values():
+        for _ in range(3):
+            opt.step()
+    times = {name: [] for name in built}
+    for _ in range(args.rounds):
+        for name, opt in built.items():
+            t0 = time.perf_counter()
+            for _ in range(args.steps):
+                opt.step()
+            times[name].append((time.perf_counter() - t0) / args.steps)
+    floor = statistics.median(times[next(iter(built))])
+    rows = []
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        rows.append({"optimizer": name, "median_step_ms": 1e3 * med, "min_step_ms": 1e3 * min(ts),
+                     "max_step_ms": 1e3 * max(ts), "ratio_to_sgd": med / floor})
+        print(f"{name:40s} {1e3 * med:8.1f} ms  [{1e3 * min(ts):.1f}, {1e3 * max(ts):.1f}]  x{med / floor:.2f} of SGD")
+    for ours, peer in (("largebatch Lars", "timm Lars"), ("largebatch Lamb", "timm Lamb")):
+        if peer in times:
+            r = statistics.median(times[ours]) / statistics.median(times[peer])
+            print(f"{ours} / {peer}: {r:.2f}")
+    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                if l.startswith("model name")), platform.processor())
+    try:
+        import timm
+
+        timm_version = timm.__version__
+    except ImportError:
+        timm_version = None
+    result = {
+        "benchmark": "optimizer_step", "date": dt.date.today().isoformat(), "cpu": cpu,
+        "threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__,
+        "torchvision": torchvision.__version__, "timm": timm_version, "largebatch": largebatch.__version__,
+        "config": {"model": "torchvision resnet50", "parameters": n_params, "dtype": "float32",
+                   "groups": "decay/adapt (conv+fc weights), no_decay/no_adapt (BN, biases)",
+                   "rounds": args.rounds, "steps_per_round": args.steps},
+        "results": rows,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
