@@ -133,3 +133,19 @@ def lamb_fashion_mnist() -> Config:
         schedule=ScheduleConfig(name="poly", warmup_epochs=_scaled([5])[0], warmup_start_lr=0.0, poly_power=2.0,
                                 end_lr=0.0),
     )
+
+
+@register
+def mlperf_lars_57k_fashion_mnist() -> Config:
+    """NVIDIA's MLPerf v3.0 settings (LR 23 per 57,344, momentum 0.95, wd 2.5e-5 with the FC-bias
+    exception, warmup 32 of 78 epochs, poly 2 to 1e-4) at 2048, epochs scaled from 78 to 9."""
+    return _fashion_large(
+        "mlperf_lars_57k_fashion_mnist",
+        "NVIDIA MLPerf v3.0 LARS settings on Fashion-MNIST: ResNet-8, global batch 2048 (64 BN groups x 32), 2 CPU workers",
+        "MLPerf v3.0 NVIDIA 448x8x16 config (techniques.md 10.2): LR per sample kept, warmup 32/78 of the run",
+        optim=OptimConfig(name="lars", base_lr=23.0, base_batch_size=57344, momentum=0.95, nesterov=False,
+                          weight_decay=2.5e-5, fc_bias_weight_decay=True, trust_coefficient=0.001, lars_eps=0.0),
+        schedule=ScheduleConfig(name="poly", warmup_epochs=32 * 9 / 78, warmup_start_lr=0.0, poly_power=2.0,
+                                end_lr=1e-4),
+        label_smoothing=0.1,
+    )
