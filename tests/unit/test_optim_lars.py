@@ -155,12 +155,15 @@ def make_opt(params, **kwargs):
     return Lars(groups, **{**options, **kwargs})
 
 
-@pytest.mark.parametrize("nesterov", [False, True])
+@pytest.mark.parametrize("momentum,nesterov", [(0.0, False), (0.9, False), (0.9, True)])
 @pytest.mark.parametrize("clip", [False, True])
-def test_foreach_equals_single_tensor(nesterov, clip):
+def test_foreach_equals_single_tensor(momentum, nesterov, clip):
+    """The in-place single-tensor path (buf = m buf + r g + r wd p) and the foreach path
+    (d = r (g + wd p)) agree, with and without momentum, Nesterov and LARC clipping."""
     a, b = mixed_params(), mixed_params()
-    run(a, make_opt(a, nesterov=nesterov, clip=clip, foreach=False), 6)
-    run(b, make_opt(b, nesterov=nesterov, clip=clip, foreach=True), 6)
+    kwargs = dict(momentum=momentum, nesterov=nesterov, clip=clip)
+    run(a, make_opt(a, foreach=False, **kwargs), 6)
+    run(b, make_opt(b, foreach=True, **kwargs), 6)
     for x, y in zip(a, b):
         torch.testing.assert_close(x, y, rtol=0, atol=1e-12)
 

@@ -6,10 +6,13 @@ pre-normalization (that is NVIDIA's "NVLAMB", a different optimizer). See techni
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Any
 
 import torch
-from torch import Tensor
+
+from largebatch.optim._common import Scratch, all_finite, guarded, norms, use_foreach
 
 
 class Lamb(torch.optim.Optimizer):
@@ -35,7 +38,8 @@ class Lamb(torch.optim.Optimizer):
 
     Non-finite gradients: if the norm of any gradient of the step is inf or NaN, the whole step
     is skipped (no parameter, moment or step-counter change) and ``self.skipped_steps`` is
-    incremented. Deciding that costs one host sync per step (per device). ``skipped_steps`` is
+    incremented. Deciding that costs one host sync per step (per device); a norm that overflows
+    float32 counts as non-finite. ``skipped_steps`` is
     saved in :meth:`state_dict`.
 
     Args:
@@ -45,8 +49,10 @@ class Lamb(torch.optim.Optimizer):
         eps: added to sqrt(v_hat), >= 0; default 1e-6 as in the TF-Addons implementation.
         weight_decay: decoupled weight decay lambda, >= 0.
         bias_correction: divide the moments by (1 - b^t).
-        foreach: use the ``torch._foreach_*`` path; None picks it when all of a group's
-            parameters are on one device type. Both paths do the same math.
+        foreach: use the ``torch._foreach_*`` path, whose trust ratios for a whole group are one
+            stacked tensor from foreach norms; None picks it when all of a group's parameters
+            are on one CUDA device, and the single-tensor path otherwise (faster on CPU, see
+            :mod:`largebatch.optim._common`). Both paths do the same math.
 
     Raises:
         ValueError: for an argument out of its range.
@@ -74,6 +80,7 @@ class Lamb(torch.optim.Optimizer):
                         bias_correction=bias_correction, foreach=foreach, layer_adaptation=True)
         super().__init__(params, defaults)
         self.skipped_steps = 0
+        self._scratch = Scratch()
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
@@ -94,15 +101,15 @@ class Lamb(torch.optim.Optimizer):
         work = []
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            foreach = group["foreach"]
-            if foreach is None:
-                foreach = len({p.device.type for p in params}) == 1
-            work.append((group, params, [p.grad for p in params], foreach))
+            if params:
+                if any(p.grad.is_sparse for p in params):
+                    raise RuntimeError("Lamb does not support sparse gradients")
+                work.append((group, params, [p.grad for p in params],
+                             use_foreach(params, group["foreach"])))
         if not work:
             return loss
-        if not _all_finite([_norms(grads, foreach) for _, _, grads, foreach in work]):
+        # The one host sync of the step: skip everything if any gradient norm is inf or NaN.
+        if not all_finite(norms([g for _, _, grads, _ in work for g in grads])):
             self.skipped_steps += 1
             return loss
         for group, params, grads, foreach in work:
@@ -121,7 +128,10 @@ class Lamb(torch.optim.Optimizer):
                 bc2 = [1.0 - b2**t for t in steps]
             else:
                 bc1 = bc2 = [1.0] * len(steps)
-            update = _foreach_lamb if foreach else _single_tensor_lamb
+            if foreach:
+                update = _foreach_lamb
+            else:
+                update = functools.partial(_single_tensor_lamb, scratch=self._scratch)
             update(params, grads, [self.state[p]["exp_avg"] for p in params],
                    [self.state[p]["exp_avg_sq"] for p in params], bc1, bc2, lr=group["lr"],
                    b1=b1, b2=b2, eps=group["eps"], weight_decay=group["weight_decay"],
@@ -129,56 +139,43 @@ class Lamb(torch.optim.Optimizer):
         return loss
 
 
-def _norms(tensors: list[Tensor], foreach: bool) -> list[Tensor]:
-    if foreach:
-        return list(torch._foreach_norm(tensors))
-    return [torch.linalg.vector_norm(t) for t in tensors]
-
-
-def _all_finite(norm_lists: list[list[Tensor]]) -> bool:
-    """True if every norm is finite; one host sync per device."""
-    by_device: dict[torch.device, list[Tensor]] = {}
-    for norms in norm_lists:
-        for n in norms:
-            by_device.setdefault(n.device, []).append(n.isfinite())
-    return all(bool(torch.stack(flags).all()) for flags in by_device.values())
-
-
-def _trust_ratio(w_norm: Tensor, u_norm: Tensor) -> Tensor:
-    """||x|| / ||u||, or 1 where either norm is 0 (elementwise over stacked norms)."""
-    return torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, 1.0)
-
-
 def _single_tensor_lamb(params, grads, exp_avgs, exp_avg_sqs, bc1, bc2, *, lr, b1, b2, eps,
-                        weight_decay, layer_adaptation):
+                        weight_decay, layer_adaptation, scratch):
+    """One tensor at a time; u lives in a reused scratch buffer; the two norms of the ratio are read
+    to the host (one sync per tensor on CUDA, which is why CUDA defaults to the foreach path).
+    m_hat / (sqrt(v_hat) + eps) is computed as m / (c1 sqrt(v) / sqrt(c2) + c1 eps), one division."""
     for p, g, m, v, c1, c2 in zip(params, grads, exp_avgs, exp_avg_sqs, bc1, bc2):
-        m.mul_(b1).add_(g, alpha=1 - b1)
-        v.mul_(b2).addcmul_(g, g, value=1 - b2)
-        denom = (v / c2).sqrt_().add_(eps)
-        u = (m / c1).div_(denom)
+        m.lerp_(g, 1.0 - b1)
+        v.mul_(b2).addcmul_(g, g, value=1.0 - b2)
+        u = scratch.like(p)
+        torch.sqrt(v, out=u)
+        u.mul_(c1 / math.sqrt(c2)).add_(c1 * eps)  # c1 (sqrt(v_hat) + eps)
+        torch.div(m, u, out=u)
         if weight_decay != 0:
             u.add_(p, alpha=weight_decay)
-        if layer_adaptation:
-            u.mul_(_trust_ratio(torch.linalg.vector_norm(p), torch.linalg.vector_norm(u)))
-        p.add_(u, alpha=-lr)
+        ratio = 1.0
+        if layer_adaptation:  # host floats: free on CPU, where this path is the default
+            acc = torch.promote_types(p.dtype, torch.float32)
+            w_norm, u_norm = torch.stack([torch.linalg.vector_norm(p, dtype=acc),
+                                          torch.linalg.vector_norm(u, dtype=acc)]).tolist()
+            ratio = w_norm / u_norm if w_norm > 0 and u_norm > 0 else 1.0
+        p.add_(u, alpha=-lr * ratio)
 
 
 def _foreach_lamb(params, grads, exp_avgs, exp_avg_sqs, bc1, bc2, *, lr, b1, b2, eps,
                   weight_decay, layer_adaptation):
-    torch._foreach_mul_(exp_avgs, b1)
-    torch._foreach_add_(exp_avgs, grads, alpha=1 - b1)
+    """The whole group per op; the group's ratios are one stacked tensor from foreach norms."""
+    torch._foreach_lerp_(exp_avgs, grads, 1.0 - b1)
     torch._foreach_mul_(exp_avg_sqs, b2)
-    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - b2)
-    denom = torch._foreach_div(exp_avg_sqs, bc2)
-    torch._foreach_sqrt_(denom)
-    torch._foreach_add_(denom, eps)
-    u = torch._foreach_div(exp_avgs, bc1)
-    torch._foreach_div_(u, denom)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - b2)
+    u = torch._foreach_sqrt(exp_avg_sqs)
+    torch._foreach_mul_(u, [c1 / math.sqrt(c2) for c1, c2 in zip(bc1, bc2)])
+    torch._foreach_add_(u, [c1 * eps for c1 in bc1])  # c1 (sqrt(v_hat) + eps)
+    u = torch._foreach_div(exp_avgs, u)
     if weight_decay != 0:
         torch._foreach_add_(u, params, alpha=weight_decay)
     if layer_adaptation:
-        # All of the group's ratios in one vectorized op; stack promotes mixed dtypes.
-        ratios = _trust_ratio(torch.stack(torch._foreach_norm(params)),
-                              torch.stack(torch._foreach_norm(u)))
-        torch._foreach_mul_(u, ratios.unbind(0))
+        w_norms, u_norms = torch.stack(norms(params)), torch.stack(norms(u))
+        ratios = guarded(w_norms / u_norms, w_norms, u_norms)
+        torch._foreach_mul_(u, list(ratios.unbind(0)))
     torch._foreach_add_(params, u, alpha=-lr)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from largebatch.optim._common import all_finite, guarded, norms, use_foreach
+
 
 class Lars(torch.optim.Optimizer):
     r"""LARS with the learning rate outside the momentum buffer (PyTorch form).
@@ -35,13 +37,15 @@ class Lars(torch.optim.Optimizer):
     ``layer_adaptation=False`` uses ratio 1 (plain SGD with momentum and its own weight decay): the
     MLPerf exclusion of norm layers and biases, set by :mod:`largebatch.optim.param_groups`.
 
-    State per parameter: ``momentum_buffer`` (like ``p``; absent while momentum is 0). Parameters
+    State per parameter: ``momentum_buffer`` (like ``p``, created as zeros at its first step;
+    absent while momentum is 0). Parameters
     whose ``.grad`` is None are skipped; ``.grad`` is never modified; sparse gradients are not
     supported.
 
     Non-finite gradients: if any gradient norm of the step is inf or NaN, the whole step is skipped
     (no parameter or buffer changes) and the integer ``self.skipped_steps`` is incremented. The
-    decision costs one host sync per step (all norms are stacked and read once); it is saved in
+    decision costs one host sync per step (all norms are stacked and read once; a norm that overflows
+    float32 counts as non-finite); it is saved in
     :meth:`state_dict`.
 
     Args:
@@ -53,9 +57,10 @@ class Lars(torch.optim.Optimizer):
         eps: added to the ratio's denominator, >= 0 (0 as in the paper; zero norms are guarded).
         nesterov: Nesterov momentum; needs momentum > 0.
         clip: apex LARC clipping mode (see above).
-        foreach: use the ``torch._foreach_*`` path; None picks it for a group whose parameters all
-            lie on one device (the ratios of a group are computed as one stacked tensor). Both
-            paths do the same math.
+        foreach: use the ``torch._foreach_*`` path, whose trust ratios for a whole group are one
+            stacked tensor from foreach norms; None picks it when all of a group's parameters
+            are on one CUDA device, and the in-place single-tensor path otherwise (faster on CPU,
+            see :mod:`largebatch.optim._common`). Both paths do the same math.
 
     Raises:
         ValueError: for an argument out of its range.
@@ -111,40 +116,36 @@ class Lars(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
 
-        work = []  # (group, params, grads, grad norms, foreach)
+        work = []  # (group, params, grads, foreach)
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            grads = [p.grad for p in params]
-            foreach = group["foreach"]
-            if foreach is None:
-                foreach = len({p.device for p in params}) == 1
-            if foreach:
-                g_norms = list(torch._foreach_norm(grads))
-            else:
-                g_norms = [torch.linalg.vector_norm(g) for g in grads]
-            work.append((group, params, grads, g_norms, foreach))
+            if params:
+                if any(p.grad.is_sparse for p in params):
+                    raise RuntimeError("Lars does not support sparse gradients")
+                work.append((group, params, [p.grad for p in params],
+                             use_foreach(params, group["foreach"])))
         if not work:
             return loss
-
-        all_norms = [n for w in work for n in w[3]]
-        device = all_norms[0].device
+        g_norms = norms([g for _, _, grads, _ in work for g in grads])
         # The one host sync of the step: skip everything if any gradient norm is inf or NaN.
-        if not bool(torch.stack([n.to(device) for n in all_norms]).isfinite().all()):
+        if not all_finite(g_norms):
             self.skipped_steps += 1
             return loss
 
-        for group, params, grads, g_norms, foreach in work:
-            bufs = [self.state[p].get("momentum_buffer") for p in params]
+        start = 0
+        for group, params, grads, foreach in work:
+            group_norms, start = g_norms[start:start + len(params)], start + len(params)
             hyper = {k: group[k] for k in (
                 "lr", "momentum", "weight_decay", "trust_coefficient", "eps", "nesterov", "clip",
                 "layer_adaptation")}
-            update_fn = _multi_tensor_lars if foreach else _single_tensor_lars
-            bufs = update_fn(params, grads, g_norms, bufs, **hyper)
             if group["momentum"] != 0.0:
-                for p, buf in zip(params, bufs):
-                    self.state[p]["momentum_buffer"] = buf
+                for p in params:
+                    if "momentum_buffer" not in self.state[p]:  # v_0 = 0, so step 1 gives buf = d
+                        self.state[p]["momentum_buffer"] = torch.zeros_like(
+                            p, memory_format=torch.preserve_format)
+            bufs = [self.state[p].get("momentum_buffer") for p in params]
+            update_fn = _multi_tensor_lars if foreach else _single_tensor_lars
+            update_fn(params, grads, group_norms, bufs, **hyper)
         return loss
 
 
@@ -154,48 +155,65 @@ def _trust_ratio(w_norm: Tensor, g_norm: Tensor, *, lr, weight_decay, trust_coef
     ratio = trust_coefficient * w_norm / (g_norm + weight_decay * w_norm + eps)
     if clip:
         ratio = torch.clamp(ratio / lr, max=1.0)  # lr == 0 gives inf -> 1 (and a zero step)
-    return torch.where((w_norm > 0) & (g_norm > 0), ratio, torch.ones_like(ratio))
+    return guarded(ratio, w_norm, g_norm)
+
+
+def _trust_ratio_float(w_norm: float, g_norm: float, *, lr, weight_decay, trust_coefficient, eps,
+                       clip) -> float:
+    """:func:`_trust_ratio` on host floats, for the single-tensor path."""
+    if not (w_norm > 0 and g_norm > 0):
+        return 1.0
+    ratio = trust_coefficient * w_norm / (g_norm + weight_decay * w_norm + eps)
+    if clip:
+        ratio = min(ratio / lr, 1.0) if lr > 0 else 1.0
+    return ratio
 
 
 def _single_tensor_lars(params, grads, g_norms, bufs, *, lr, momentum, weight_decay,
                         trust_coefficient, eps, nesterov, clip, layer_adaptation):
-    new_bufs = []
+    """One tensor at a time, in place, no full-size temporary. With r the ratio and
+    d = r (g + wd p): buf = m buf + r g + (r wd) p, then p -= lr buf, or with Nesterov
+    p = p (1 - lr wd r) - lr r g - lr m buf; without momentum p = p (1 - lr wd r) - lr r g.
+
+    The norms are read to the host as floats (free on CPU, where this path is the default; on
+    CUDA one sync per tensor, which is why CUDA defaults to the foreach path): a ratio computed
+    with a handful of 0-dim tensor ops per tensor costs more than the update of a small tensor."""
+    g_norms = torch.stack(g_norms).tolist() if g_norms else []
     for p, g, g_norm, buf in zip(params, grads, g_norms, bufs):
-        d = torch.add(g, p, alpha=weight_decay) if weight_decay != 0.0 else g.clone()
+        r = 1.0
         if layer_adaptation:
-            d.mul_(_trust_ratio(torch.linalg.vector_norm(p), g_norm, lr=lr,
-                                weight_decay=weight_decay, trust_coefficient=trust_coefficient,
-                                eps=eps, clip=clip))
-        update = d
+            w_norm = torch.linalg.vector_norm(p, dtype=torch.promote_types(p.dtype, torch.float32))
+            r = _trust_ratio_float(w_norm.item(), g_norm, lr=lr, weight_decay=weight_decay,
+                                   trust_coefficient=trust_coefficient, eps=eps, clip=clip)
         if momentum != 0.0:
-            buf = d.clone() if buf is None else buf.mul_(momentum).add_(d)
-            update = d.add(buf, alpha=momentum) if nesterov else buf
-        new_bufs.append(buf)
-        p.add_(update, alpha=-lr)
-    return new_bufs
+            buf.mul_(momentum).add_(g, alpha=r)
+            if weight_decay != 0.0:
+                buf.add_(p, alpha=r * weight_decay)
+            if not nesterov:
+                p.add_(buf, alpha=-lr)
+                continue
+        if weight_decay != 0.0:
+            p.mul_(1.0 - lr * weight_decay * r)
+        p.add_(g, alpha=-lr * r)
+        if momentum != 0.0:  # Nesterov: p -= lr (d + m buf)
+            p.add_(buf, alpha=-lr * momentum)
 
 
 def _multi_tensor_lars(params, grads, g_norms, bufs, *, lr, momentum, weight_decay,
                        trust_coefficient, eps, nesterov, clip, layer_adaptation):
+    """The whole group per op; the group's ratios are one stacked tensor from foreach norms."""
     if weight_decay != 0.0:
-        d = list(torch._foreach_add(grads, params, alpha=weight_decay))
+        d = torch._foreach_add(grads, params, alpha=weight_decay)
     else:
-        d = [g.clone() for g in grads]
+        d = torch._foreach_mul(grads, 1.0)
     if layer_adaptation:
-        ratios = _trust_ratio(torch.stack(torch._foreach_norm(params)), torch.stack(g_norms),
-                              lr=lr, weight_decay=weight_decay,
+        w_norms = torch.stack(norms(params)).to(g_norms[0].device)
+        ratios = _trust_ratio(w_norms, torch.stack(g_norms), lr=lr, weight_decay=weight_decay,
                               trust_coefficient=trust_coefficient, eps=eps, clip=clip)
         torch._foreach_mul_(d, list(ratios.unbind()))
     update = d
     if momentum != 0.0:
-        bufs = list(bufs)
-        old = [i for i, b in enumerate(bufs) if b is not None]
-        if old:
-            torch._foreach_mul_([bufs[i] for i in old], momentum)
-            torch._foreach_add_([bufs[i] for i in old], [d[i] for i in old])
-        for i, b in enumerate(bufs):
-            if b is None:
-                bufs[i] = d[i].clone()
+        torch._foreach_mul_(bufs, momentum)
+        torch._foreach_add_(bufs, d)
         update = torch._foreach_add(d, bufs, alpha=momentum) if nesterov else bufs
     torch._foreach_add_(params, update, alpha=-lr)
-    return bufs

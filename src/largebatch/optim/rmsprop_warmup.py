@@ -20,10 +20,13 @@ step is ``(1 - alpha_sgd) * rmsprop_lr * g / (sqrt(m) + eps)`` whatever the SGD 
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, Optional
 
 import torch
+
+from largebatch.optim._common import Scratch, all_finite, norms, use_foreach
 
 __all__ = ["RMSpropWarmup", "akiba_alpha_sgd"]
 
@@ -77,9 +80,13 @@ class RMSpropWarmup(torch.optim.Optimizer):
     per integer epoch; ``integer_epochs=True`` does that (``e = steps_done // steps_per_epoch``).
     ``alpha_sgd`` (a float) pins the weight to a constant, for tests and ablations.
 
-    Non-finite gradients: before each step all gradients are checked (one host sync per step); if
-    any holds an inf or NaN the whole step is skipped (no weight, state or counter change) and
-    ``skipped_steps`` is incremented.
+    Non-finite gradients: before each step the norms of all gradients are checked (one host sync
+    per step; a norm that overflows float32 counts as non-finite); if any is inf or NaN the whole
+    step is skipped (no weight, state or counter change) and ``skipped_steps`` is incremented.
+
+    ``foreach``: None picks the ``torch._foreach_*`` path when all of a group's parameters are on
+    one CUDA device and the single-tensor path otherwise (faster on CPU, see
+    :mod:`largebatch.optim._common`); both do the same math.
 
     Raises:
         ValueError: for an argument outside its accepted range (the message names it).
@@ -133,6 +140,7 @@ class RMSpropWarmup(torch.optim.Optimizer):
         self.alpha_sgd = alpha_sgd
         self.steps_done = 0
         self.skipped_steps = 0
+        self._scratch = Scratch()
 
     def current_alpha_sgd(self) -> float:
         """The ``alpha_sgd`` the next :meth:`step` will use (for logging)."""
@@ -163,14 +171,6 @@ class RMSpropWarmup(torch.optim.Optimizer):
         self.steps_done = steps_done
         self.skipped_steps = skipped_steps
 
-    def _all_grads_finite(self) -> bool:
-        flags = [p.grad.isfinite().all()
-                 for g in self.param_groups for p in g["params"] if p.grad is not None]
-        if not flags:
-            return True
-        device = flags[0].device
-        return bool(torch.stack([f.to(device) for f in flags]).all())  # the one host sync per step
-
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], torch.Tensor]] = None):
         """One update of every parameter that has a gradient; returns ``closure()``'s loss or None."""
@@ -178,7 +178,8 @@ class RMSpropWarmup(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        if not self._all_grads_finite():
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        if grads and not all_finite(norms(grads)):  # the one host sync per step
             self.skipped_steps += 1
             return loss
         alpha_sgd = self.current_alpha_sgd()
@@ -202,10 +203,10 @@ class RMSpropWarmup(torch.optim.Optimizer):
             lr = group["lr"]
             # alpha_rms * eta = (1 - alpha_sgd) * rmsprop_lr: undefined at eta = 0, and moot there.
             alpha_rms = (1.0 - alpha_sgd) * group["rmsprop_lr"] / lr if lr != 0 else 0.0
-            foreach = group["foreach"]
-            if foreach is None:
-                foreach = all(p.is_cuda for p in params)
-            update = _update_foreach if foreach else _update_single
+            if use_foreach(params, group["foreach"]):
+                update = _update_foreach
+            else:
+                update = functools.partial(_update_single, scratch=self._scratch)
             update(params, grads, square_avgs, deltas, lr=lr, alpha_sgd=alpha_sgd, alpha_rms=alpha_rms,
                    momentum=group["momentum"], alpha=group["alpha"], eps=group["eps"],
                    weight_decay=group["weight_decay"])
@@ -214,14 +215,16 @@ class RMSpropWarmup(torch.optim.Optimizer):
 
 
 def _update_single(params, grads, square_avgs, deltas, *, lr, alpha_sgd, alpha_rms, momentum, alpha, eps,
-                   weight_decay):
+                   weight_decay, scratch):
+    """One tensor at a time; the decayed gradient and sqrt(m) + eps live in reused scratch buffers."""
     for p, g, m, delta in zip(params, grads, square_avgs, deltas):
         if weight_decay != 0:
-            g = g.add(p, alpha=weight_decay)  # a new tensor: p.grad stays as it is
+            g = torch.add(g, p, alpha=weight_decay, out=scratch.like(p, 0))  # p.grad stays as it is
         m.mul_(alpha).addcmul_(g, g, value=1.0 - alpha)
         delta.mul_(momentum).add_(g, alpha=-alpha_sgd)
         if alpha_rms != 0:
-            delta.addcdiv_(g, m.sqrt().add_(eps), value=-alpha_rms)
+            denom = torch.sqrt(m, out=scratch.like(p, 1)).add_(eps)
+            delta.addcdiv_(g, denom, value=-alpha_rms)
         p.add_(delta, alpha=lr)
 
 
