@@ -120,7 +120,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_recipes(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
-    from largebatch.config import ConfigError, resolve
+    from largebatch.config import ConfigError, resolve_stages
     from largebatch.recipes import get_recipe, recipe_names
 
     if not args.name:
@@ -134,7 +134,10 @@ def cmd_recipes(args: argparse.Namespace) -> int:
         return _fail(err.args[0] if isinstance(err, KeyError) else str(err))
     print(OmegaConf.to_yaml(OmegaConf.structured(cfg)), end="")
     try:
-        print(f"# derived for train.nproc={cfg.train.nproc}: {resolve(cfg, cfg.train.nproc).describe()}")
+        stages = resolve_stages(cfg, cfg.train.nproc)
+        for st in stages:
+            where = f" (batch stage {st.index}, from epoch {st.start_epoch})" if len(stages) > 1 else ""
+            print(f"# derived for train.nproc={cfg.train.nproc}{where}: {st.plan.describe()}")
     except ConfigError as err:
         print(f"# not valid for train.nproc={cfg.train.nproc}: {err}")
     return 0

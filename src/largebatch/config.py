@@ -31,6 +31,8 @@ LR_SCALINGS = ("linear", "sqrt", "none")
 PRECISIONS = ("fp32", "bf16", "fp16")
 ALPHA_VARIANTS = ("printed", "smooth")
 DEVICES = ("auto", "cpu", "cuda")
+BN_STATISTICS = ("moving_average", "last_batch", "precise")
+VARIANCE_AVERAGINGS = ("mean", "pooled")
 
 
 class ConfigError(ValueError):
@@ -88,6 +90,24 @@ class ModelConfig:
 
 
 @dataclass(kw_only=True)
+class BatchStage:
+    """One stage of a batch-size schedule (Mikami et al. 2018's batch-size control)."""
+
+    start_epoch: int = 0
+    """First epoch of the stage (the first stage starts at 0)."""
+    global_batch_size: int = 256
+    """Global batch from start_epoch on."""
+    lr_scaling: str = "linear"
+    """Peak LR of the stage from optim.base_lr per optim.base_batch_size: ``linear``, ``sqrt`` or
+    ``none``; ignored when peak_lr is set."""
+    peak_lr: float = 0.0
+    """Explicit peak LR of the stage (0: use lr_scaling)."""
+    bn_batch_size: int = 0
+    """BN batch of the stage (0: keep train.bn_batch_size); Mikami's per-GPU batch, and so its BN
+    batch, doubles at the switch."""
+
+
+@dataclass(kw_only=True)
 class TrainConfig:
     epochs: int = 90
     """Number of passes over the training set."""
@@ -95,7 +115,25 @@ class TrainConfig:
     """Samples per optimizer step summed over all workers (the paper's kn)."""
     bn_batch_size: int = 32
     """Samples per BN group: the paper's per-worker n. Each process splits its batch into groups of
-    this size and normalizes each group on its own (ghost BN). 0: one group per forward pass."""
+    this size and normalizes each group on its own (ghost BN). 0: one group per forward pass. With
+    bn_sync_ranks = g > 1 it is the BN span: each of g processes holds bn_batch_size / g of a group."""
+    bn_statistics: str = "moving_average"
+    """Where the evaluation statistics of BN come from: ``moving_average`` (momentum 0.1, averaged
+    over workers before evaluation), ``last_batch`` (Akiba et al. 2017: the last step's batch
+    statistics averaged over workers, no moving average) or ``precise`` (population statistics
+    recomputed over precise_bn_batches training batches before each evaluation, all-reduced)."""
+    bn_variance_averaging: str = "mean"
+    """``last_batch``: average the workers' variances (``mean``, the literal reading) or take the
+    variance of their union (``pooled``) [U]."""
+    precise_bn_batches: int = 10
+    """``precise``: number of global training batches whose statistics are accumulated."""
+    bn_sync_ranks: int = 1
+    """Group-synchronized BN: consecutive processes that share BN statistics (Ying et al. 2018's
+    distributed BN; NVIDIA's MLPerf entry uses 2 GPUs x 16 = 32). 1: per-process BN."""
+    batch_schedule: list[BatchStage] = field(default_factory=list)
+    """Batch-size control (Mikami et al. 2018): stages of (start_epoch, global_batch_size, LR rule).
+    Empty: train.global_batch_size throughout. The first stage starts at epoch 0 with
+    train.global_batch_size."""
     accumulation_steps: int = 0
     """Forward/backward passes per optimizer step on each process (gradient accumulation). 0: the
     fewest that keep a forward pass within max_micro_batch_size samples."""
@@ -339,7 +377,12 @@ class Plan:
     """Samples per forward pass = per_worker_batch_size / accumulation_steps."""
     accumulation_steps: int
     bn_batch_size: int
-    """Samples per BN group (equals micro_batch_size when train.bn_batch_size is 0)."""
+    """Samples per BN statistic, the BN span (micro_batch_size x bn_sync_ranks when
+    train.bn_batch_size is 0)."""
+    bn_sync_ranks: int
+    """Processes sharing each BN group (group-synchronized BN; 1: none)."""
+    bn_local_batch_size: int
+    """Samples of each BN group held by one process = bn_batch_size / bn_sync_ranks."""
     bn_groups_per_micro_batch: int
     simulated_workers: int
     """The paper's k: global_batch_size / bn_batch_size."""
@@ -347,12 +390,23 @@ class Plan:
     """LR after warmup: optim.lr_scaling (linear by default) applied to optim.base_lr."""
 
     def describe(self) -> str:
+        sync = (f" (each BN group spans {self.bn_sync_ranks} processes: BN batch {self.bn_batch_size})"
+                if self.bn_sync_ranks > 1 else "")
         return (
             f"global batch {self.global_batch_size} = {self.world_size} process(es) x "
             f"{self.accumulation_steps} accumulation step(s) x {self.bn_groups_per_micro_batch} "
-            f"BN group(s) x {self.bn_batch_size} samples (k = {self.simulated_workers} simulated "
+            f"BN group(s) x {self.bn_local_batch_size} samples{sync} (k = {self.simulated_workers} simulated "
             f"workers); peak LR {self.peak_lr:g}"
         )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Stage:
+    """A stage of the batch schedule with its plan (a run without a schedule has one stage)."""
+
+    index: int
+    start_epoch: int
+    plan: Plan
 
 
 def _check(cond: bool, key: str, value: Any, accepted: str) -> None:
@@ -360,8 +414,9 @@ def _check(cond: bool, key: str, value: Any, accepted: str) -> None:
         raise ConfigError(f"{key}={value!r} is invalid: {accepted}")
 
 
-def resolve(cfg: Config, world_size: int) -> Plan:
-    """Validate ``cfg`` for ``world_size`` processes and derive the :class:`Plan`.
+def resolve_stages(cfg: Config, world_size: int) -> list[Stage]:
+    """Validate ``cfg`` for ``world_size`` processes and derive the :class:`Plan` of every stage of
+    its batch schedule (one stage without a schedule).
 
     Raises:
         ConfigError: naming the key, the value and what is accepted.
@@ -426,48 +481,118 @@ def resolve(cfg: Config, world_size: int) -> Plan:
     _check(0 <= cfg.train.target_top1 <= 100, "train.target_top1", cfg.train.target_top1, "a percentage in [0, 100]")
     _check(world_size >= 1, "world size", world_size, "at least 1 process")
 
-    gbs = cfg.train.global_batch_size
+    _check(cfg.train.bn_statistics in BN_STATISTICS, "train.bn_statistics", cfg.train.bn_statistics,
+           f"one of {', '.join(BN_STATISTICS)}")
+    _check(cfg.train.bn_variance_averaging in VARIANCE_AVERAGINGS, "train.bn_variance_averaging",
+           cfg.train.bn_variance_averaging, f"one of {', '.join(VARIANCE_AVERAGINGS)}")
+    _check(cfg.train.bn_variance_averaging == "mean" or cfg.train.bn_statistics == "last_batch",
+           "train.bn_variance_averaging", cfg.train.bn_variance_averaging,
+           "'mean' unless train.bn_statistics=last_batch (pooling applies to last-batch statistics)")
+    _check(cfg.train.precise_bn_batches >= 1, "train.precise_bn_batches", cfg.train.precise_bn_batches,
+           "a positive integer")
+    g = cfg.train.bn_sync_ranks
+    _check(g >= 1, "train.bn_sync_ranks", g, "a positive integer (1: no synchronization)")
+    if g > 1 and world_size % g:
+        raise ConfigError(f"train.bn_sync_ranks={g} does not divide the {world_size} processes; use a divisor of "
+                          f"{world_size} or another number of processes")
+    stages = _stages(cfg)
+    plans = [_plan(cfg, world_size, gbs=stage.global_batch_size,
+                   bn_req=stage.bn_batch_size or cfg.train.bn_batch_size, where=where,
+                   peak_lr=stage.peak_lr or scaled_lr(stage.lr_scaling, cfg.optim.base_lr,
+                                                      base_batch_size=cfg.optim.base_batch_size,
+                                                      global_batch_size=stage.global_batch_size))
+             for stage, where in stages]
+    return [Stage(index=i, start_epoch=stage.start_epoch, plan=p) for i, ((stage, _), p) in enumerate(zip(stages, plans))]
+
+
+def resolve(cfg: Config, world_size: int) -> Plan:
+    """Validate ``cfg`` (every stage of its batch schedule) for ``world_size`` processes and return
+    the :class:`Plan` of the first stage.
+
+    Raises:
+        ConfigError: naming the key, the value and what is accepted.
+    """
+    return resolve_stages(cfg, world_size)[0].plan
+
+
+def _stages(cfg: Config) -> list[tuple[BatchStage, str]]:
+    """The batch schedule as (stage, key prefix for messages); one stage without a schedule."""
+    t = cfg.train
+    if not t.batch_schedule:
+        return [(BatchStage(start_epoch=0, global_batch_size=t.global_batch_size, lr_scaling=cfg.optim.lr_scaling),
+                 "train")]
+    out = []
+    for i, st in enumerate(t.batch_schedule):
+        key = f"train.batch_schedule[{i}]"
+        _check(st.lr_scaling in LR_SCALINGS, f"{key}.lr_scaling", st.lr_scaling, f"one of {', '.join(LR_SCALINGS)}")
+        _check(st.peak_lr >= 0 and math.isfinite(st.peak_lr), f"{key}.peak_lr", st.peak_lr,
+               "0 (use lr_scaling) or a positive finite float")
+        _check(st.global_batch_size >= 1, f"{key}.global_batch_size", st.global_batch_size, "a positive integer")
+        _check(st.bn_batch_size >= 0, f"{key}.bn_batch_size", st.bn_batch_size,
+               "an integer >= 0 (0: keep train.bn_batch_size)")
+        if i == 0:
+            _check(st.start_epoch == 0, f"{key}.start_epoch", st.start_epoch, "0 (the first stage starts the run)")
+            _check(st.global_batch_size == t.global_batch_size, f"{key}.global_batch_size", st.global_batch_size,
+                   f"equal to train.global_batch_size={t.global_batch_size} (the first stage's batch); set both")
+        else:
+            prev = t.batch_schedule[i - 1].start_epoch
+            _check(prev < st.start_epoch < t.epochs, f"{key}.start_epoch", st.start_epoch,
+                   f"an epoch after the previous stage's ({prev}) and before train.epochs={t.epochs}")
+        out.append((st, key))
+    return out
+
+
+def _plan(cfg: Config, world_size: int, *, gbs: int, bn_req: int, peak_lr: float, where: str) -> Plan:
+    """The split of one global batch over processes, micro-batches and BN groups. ``where`` names the
+    config entry the batch comes from (``train`` or ``train.batch_schedule[i]``) for messages."""
+    sync = cfg.train.bn_sync_ranks
     accum = cfg.train.accumulation_steps
+    gkey = f"{where}.global_batch_size"
+    bkey = f"{where}.bn_batch_size" if where != "train" and bn_req != cfg.train.bn_batch_size else "train.bn_batch_size"
     if gbs % world_size:
         raise ConfigError(
-            f"train.global_batch_size={gbs} does not split evenly over {world_size} workers; "
+            f"{gkey}={gbs} does not split evenly over {world_size} workers; "
             f"choose a multiple of {world_size} (e.g. {world_size * max(1, round(gbs / world_size))}) "
             f"or another number of workers"
         )
     per_worker = gbs // world_size
-    bn_req = cfg.train.bn_batch_size
-    if bn_req and per_worker % bn_req:
+    if bn_req and bn_req % sync:
+        raise ConfigError(f"{bkey}={bn_req} does not split over train.bn_sync_ranks={sync} processes; "
+                          f"choose a BN batch that is a multiple of {sync}")
+    local = bn_req // sync  # samples of each BN group on one process (0: the whole micro-batch)
+    if local and per_worker % local:
         raise ConfigError(
-            f"train.global_batch_size={gbs} does not split into {world_size} workers x BN groups of "
-            f"train.bn_batch_size={bn_req} (per-worker batch {per_worker}); use a global batch that is a multiple "
-            f"of {world_size * bn_req}, or a bn_batch_size that divides {per_worker}"
+            f"{gkey}={gbs} does not split into {world_size} workers x BN groups of "
+            f"{bkey}={bn_req} (per-worker batch {per_worker}"
+            f"{f', {local} samples of each group per process' if sync > 1 else ''}); use a global batch that is a "
+            f"multiple of {world_size * local}, or a bn_batch_size that divides {per_worker * sync}"
         )
     if accum == 0:
         # Fewest micro-batches that divide the per-worker batch into whole BN groups within the bound.
         fits = [a for a in range(1, per_worker + 1) if per_worker % a == 0
-                and (bn_req == 0 or (per_worker // a) % bn_req == 0)
+                and (local == 0 or (per_worker // a) % local == 0)
                 and per_worker // a <= cfg.train.max_micro_batch_size]
         if not fits:
             raise ConfigError(
                 f"train.max_micro_batch_size={cfg.train.max_micro_batch_size}: no number of accumulation steps "
-                f"splits the per-worker batch of {per_worker} (train.global_batch_size={gbs} / {world_size} workers) "
+                f"splits the per-worker batch of {per_worker} ({gkey}={gbs} / {world_size} workers) "
                 f"into micro-batches of at most that many samples made of whole BN groups of "
-                f"train.bn_batch_size={bn_req}; raise max_micro_batch_size or set train.accumulation_steps"
+                f"{bkey}={bn_req}; raise max_micro_batch_size or set train.accumulation_steps"
             )
         accum = fits[0]
     if per_worker % accum:
         raise ConfigError(
             f"train.accumulation_steps={accum} does not divide the per-worker batch {per_worker} "
-            f"(train.global_batch_size={gbs} / {world_size} workers); choose a divisor of {per_worker} or 0 (auto)"
+            f"({gkey}={gbs} / {world_size} workers); choose a divisor of {per_worker} or 0 (auto)"
         )
     micro = per_worker // accum
-    bn = cfg.train.bn_batch_size or micro
-    if micro % bn:
+    local = local or micro
+    if micro % local:
         raise ConfigError(
-            f"train.bn_batch_size={cfg.train.bn_batch_size} does not divide the micro-batch of {micro} samples "
-            f"(train.global_batch_size={gbs} = {world_size} workers x {accum} accumulation steps x {micro}); "
+            f"{bkey}={bn_req} does not divide the micro-batch of {micro} samples "
+            f"({gkey}={gbs} = {world_size} workers x {accum} accumulation steps x {micro}); "
             f"the global batch must split into workers x BN groups: choose a bn_batch_size that divides {micro}, "
-            f"or a global batch that is a multiple of {world_size * accum * bn}"
+            f"or a global batch that is a multiple of {world_size * accum * local}"
         )
     return Plan(
         world_size=world_size,
@@ -475,11 +600,12 @@ def resolve(cfg: Config, world_size: int) -> Plan:
         per_worker_batch_size=per_worker,
         micro_batch_size=micro,
         accumulation_steps=accum,
-        bn_batch_size=bn,
-        bn_groups_per_micro_batch=micro // bn,
-        simulated_workers=gbs // bn,
-        peak_lr=scaled_lr(cfg.optim.lr_scaling, cfg.optim.base_lr, base_batch_size=cfg.optim.base_batch_size,
-                          global_batch_size=gbs),
+        bn_batch_size=local * sync,
+        bn_sync_ranks=sync,
+        bn_local_batch_size=local,
+        bn_groups_per_micro_batch=micro // local,
+        simulated_workers=gbs // (local * sync),
+        peak_lr=peak_lr,
     )
 
 

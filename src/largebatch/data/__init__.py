@@ -26,9 +26,13 @@ def check_data(cfg) -> None:
     known = {"fashion_mnist": FASHION_MNIST_TRAIN_SAMPLES, "synthetic": data_cfg.synthetic_train_samples}
     if data_cfg.name in known:
         n = min(known[data_cfg.name], data_cfg.train_subset or known[data_cfg.name])
-        if n < cfg.train.global_batch_size:
+        largest, key = cfg.train.global_batch_size, "train.global_batch_size"
+        for i, stage in enumerate(cfg.train.batch_schedule):
+            if stage.global_batch_size > largest:
+                largest, key = stage.global_batch_size, f"train.batch_schedule[{i}].global_batch_size"
+        if n < largest:
             raise ConfigError(
-                f"train.global_batch_size={cfg.train.global_batch_size} exceeds the {n} training samples of "
+                f"{key}={largest} exceeds the {n} training samples of "
                 f"{data_cfg.name} (data.train_subset={data_cfg.train_subset}); an epoch would have no step: lower "
                 f"the global batch or use more samples")
     if data_cfg.name == "fashion_mnist":

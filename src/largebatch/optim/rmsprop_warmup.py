@@ -78,7 +78,9 @@ class RMSpropWarmup(torch.optim.Optimizer):
     :meth:`state_dict`) and uses ``e = steps_done / steps_per_epoch``, a fractional epoch, so
     ``alpha_sgd`` changes every step [U: our reading]. The Chainer re-implementation updated it once
     per integer epoch; ``integer_epochs=True`` does that (``e = steps_done // steps_per_epoch``).
-    ``alpha_sgd`` (a float) pins the weight to a constant, for tests and ablations.
+    ``alpha_sgd`` (a float) pins the weight to a constant, for tests and ablations. A trainer whose
+    steps per epoch change (a batch-size schedule) sets ``epoch_position`` (fractional epochs of
+    samples seen) before each step instead; it takes precedence over the step count.
 
     Non-finite gradients: before each step the norms of all gradients are checked (one host sync
     per step; a norm that overflows float32 counts as non-finite); if any is inf or NaN the whole
@@ -140,13 +142,16 @@ class RMSpropWarmup(torch.optim.Optimizer):
         self.alpha_sgd = alpha_sgd
         self.steps_done = 0
         self.skipped_steps = 0
+        self.epoch_position: Optional[float] = None
         self._scratch = Scratch()
 
     def current_alpha_sgd(self) -> float:
         """The ``alpha_sgd`` the next :meth:`step` will use (for logging)."""
         if self.alpha_sgd is not None:
             return float(self.alpha_sgd)
-        if self.integer_epochs:
+        if self.epoch_position is not None:  # set by a trainer whose steps per epoch change
+            epoch = float(math.floor(self.epoch_position)) if self.integer_epochs else self.epoch_position
+        elif self.integer_epochs:
             epoch = float(self.steps_done // self.steps_per_epoch)
         else:
             epoch = self.steps_done / self.steps_per_epoch

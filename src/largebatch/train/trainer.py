@@ -33,10 +33,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from largebatch.config import Config, ConfigError, Plan, config_from_dict, config_hash, to_dict
-from largebatch.data import GlobalBatchSampler, build_data
-from largebatch.dist import DistEnv, all_reduce_sum, average_buffers, barrier
-from largebatch.nn import build_model
+from largebatch.config import Config, ConfigError, Plan, Stage, config_from_dict, config_hash, resolve_stages, to_dict
+from largebatch.data import GlobalBatchSampler, build_data, derive_seed
+from largebatch.dist import DistEnv, all_reduce_sum, barrier, consecutive_groups
+from largebatch.nn import (average_bn_statistics, build_model, configure_bn, recompute_bn_statistics,
+                           set_bn_batch_size, start_bn_step)
 from largebatch.optim import build_optimizer
 from largebatch.schedules import build_schedule
 from largebatch.train import checkpoint as ckpt_io
@@ -100,11 +101,13 @@ class Trainer:
         t = cfg.train
         self.data = build_data(cfg, device=env.device)
         torch.manual_seed(t.seed)  # identical initial weights on every rank (DDP also broadcasts them)
+        self.stages: list[Stage] = resolve_stages(cfg, env.world_size)
+        self.stage = self.stages[0]
         model = build_model(
             cfg.model.name,
             num_classes=self.data.num_classes,
             in_channels=self.data.in_channels,
-            bn_batch_size=plan.bn_batch_size,
+            bn_batch_size=plan.bn_local_batch_size,
             width=cfg.model.width,
             blocks_per_stage=cfg.model.blocks_per_stage,
             zero_init_residual=cfg.model.zero_init_residual,
@@ -113,17 +116,37 @@ class Trainer:
         if cfg.model.channels_last:
             model = model.to(memory_format=torch.channels_last)
         torch.manual_seed(t.seed + env.rank)  # per-rank seed for anything random beyond data and init
+        sync_group = consecutive_groups(plan.bn_sync_ranks) if env.distributed and plan.bn_sync_ranks > 1 else None
+        configure_bn(model, statistics=t.bn_statistics, variance_averaging=t.bn_variance_averaging,
+                     sync_group=sync_group, sync_ranks=plan.bn_sync_ranks)
         self.model = model
         # BN buffers stay per worker (Goyal sec. 2.3): no broadcast from rank 0 at every forward.
         self.ddp = DDP(model, forward_sync_buffers=False, device_ids=[env.device.index] if env.device.type == "cuda" else None) \
             if env.distributed else model
-        self.sampler = GlobalBatchSampler(self.data.num_train, plan.global_batch_size, world_size=env.world_size,
-                                          rank=env.rank, seed=t.seed)
-        self.steps_per_epoch = self.sampler.steps_per_epoch
-        self.total_steps = t.epochs * self.steps_per_epoch
-        self.schedule = build_schedule(cfg.schedule, peak_lr=plan.peak_lr, base_lr=cfg.optim.base_lr,
-                                       steps_per_epoch=self.steps_per_epoch, epochs=t.epochs)
-        self.optimizer = build_optimizer(model, cfg.optim, lr=self.schedule(0), steps_per_epoch=self.steps_per_epoch)
+        # Steps of each epoch follow its stage's global batch (drop last); epoch e starts at step
+        # epoch_start[e]. Without a batch schedule every epoch has the same steps_per_epoch.
+        n = self.data.num_train
+        if any(n < st.plan.global_batch_size for st in self.stages):
+            GlobalBatchSampler(n, max(st.plan.global_batch_size for st in self.stages), world_size=env.world_size,
+                               rank=env.rank, seed=t.seed)  # raises the sampler's clear error
+        self.epoch_steps = [n // self._stage_of(e).plan.global_batch_size for e in range(t.epochs)]
+        self.epoch_start = [sum(self.epoch_steps[:e]) for e in range(t.epochs + 1)]
+        self.steps_per_epoch = self.epoch_steps[0]
+        self.total_steps = self.epoch_start[-1]
+        self.batch_schedule = bool(t.batch_schedule)
+        if not self.batch_schedule:
+            # A pure function of the step (bitwise the behaviour of a fixed-batch run).
+            self.schedule = build_schedule(cfg.schedule, peak_lr=plan.peak_lr, base_lr=cfg.optim.base_lr,
+                                           steps_per_epoch=self.steps_per_epoch, epochs=t.epochs)
+            self.stage_schedules = [self.schedule]
+        else:
+            # Positions in samples of the nominal epoch (N per epoch): warmup and decay boundaries sit
+            # at the same epochs whatever the batch of each stage; each stage has its own peak LR.
+            self.stage_schedules = [build_schedule(cfg.schedule, peak_lr=st.plan.peak_lr, base_lr=cfg.optim.base_lr,
+                                                   steps_per_epoch=n, epochs=t.epochs) for st in self.stages]
+            self.schedule = self.stage_schedules[0]
+        self.sampler = self._make_sampler(self.stage)
+        self.optimizer = build_optimizer(model, cfg.optim, lr=self.lr_at(0), steps_per_epoch=self.steps_per_epoch)
         # Mixed precision: autocast for bf16/fp16; fp16 adds dynamic loss scaling. GradScaler.step
         # unscales the all-reduced gradients before the optimizer (so trust ratios see true norms)
         # and skips a step whose gradient is not finite.
@@ -132,10 +155,59 @@ class Trainer:
         self.state = TrainState()
         self.metrics = MetricsLogger(self.run_dir, enabled=env.is_main)
         log.info("%s", plan.describe())
-        log.info("%d training samples, %d steps/epoch (drop last %d), %d steps in %d epochs, warmup %d steps, "
-                 "decay at steps %s", self.data.num_train, self.steps_per_epoch,
-                 self.data.num_train - self.steps_per_epoch * plan.global_batch_size, self.total_steps, t.epochs,
-                 self.schedule.warmup_steps, list(self.schedule.decay_steps))
+        log.info("BN: %s statistics%s", t.bn_statistics,
+                 f" ({t.bn_variance_averaging} variance)" if t.bn_statistics == "last_batch" else
+                 f" over {t.precise_bn_batches} batches before each evaluation" if t.bn_statistics == "precise" else "")
+        if self.batch_schedule:
+            for st in self.stages:
+                log.info("batch stage %d from epoch %d: %s; %d steps/epoch", st.index, st.start_epoch,
+                         st.plan.describe(), n // st.plan.global_batch_size)
+            log.info("%d training samples, %d steps in %d epochs; warmup and decay positions in epochs of samples "
+                     "seen", n, self.total_steps, t.epochs)
+        else:
+            log.info("%d training samples, %d steps/epoch (drop last %d), %d steps in %d epochs, warmup %d steps, "
+                     "decay at steps %s", n, self.steps_per_epoch,
+                     n - self.steps_per_epoch * plan.global_batch_size, self.total_steps, t.epochs,
+                     self.schedule.warmup_steps, list(self.schedule.decay_steps))
+
+    # ----------------------------------------------------------------------------------- stages
+    def _stage_of(self, epoch: int) -> Stage:
+        """The batch stage that ``epoch`` belongs to."""
+        return [st for st in self.stages if st.start_epoch <= epoch][-1]
+
+    def _make_sampler(self, stage: Stage) -> GlobalBatchSampler:
+        # The shuffle of an epoch depends on (seed, epoch) only, so a stage change keeps one
+        # permutation per epoch; only how it is cut into global batches changes.
+        return GlobalBatchSampler(self.data.num_train, stage.plan.global_batch_size, world_size=self.env.world_size,
+                                  rank=self.env.rank, seed=self.cfg.train.seed)
+
+    def _enter_stage(self, stage: Stage) -> None:
+        """Switch the per-process batch, accumulation and BN groups to ``stage`` (same process group)."""
+        self.stage, self.plan = stage, stage.plan
+        self.sampler = self._make_sampler(stage)
+        set_bn_batch_size(self.model, stage.plan.bn_local_batch_size)
+        log.info("batch stage %d from epoch %d: %s", stage.index, stage.start_epoch, stage.plan.describe())
+        self.metrics.write("stage", step=self.state.step, epoch=self.epoch_position(self.state.step),
+                           stage=stage.index, global_batch_size=stage.plan.global_batch_size,
+                           accumulation_steps=stage.plan.accumulation_steps, bn_batch_size=stage.plan.bn_batch_size,
+                           peak_lr=stage.plan.peak_lr)
+
+    def epoch_position(self, step: int) -> float:
+        """Fractional epoch reached after ``step`` optimizer steps (epoch + share of its steps done)."""
+        epoch = max(e for e in range(len(self.epoch_steps)) if self.epoch_start[e] <= step) \
+            if step < self.total_steps else len(self.epoch_steps)
+        if epoch >= len(self.epoch_steps):
+            return float(epoch)
+        return epoch + (step - self.epoch_start[epoch]) / self.epoch_steps[epoch]
+
+    def lr_at(self, step: int) -> float:
+        """LR of optimizer step ``step``: the schedule at the step (fixed batch), or at the position in
+        samples seen with the peak of the step's stage (batch schedule)."""
+        if not self.batch_schedule:
+            return self.schedule(step)
+        position = self.epoch_position(step)
+        stage = self._stage_of(min(int(position), len(self.epoch_steps) - 1))
+        return self.stage_schedules[stage.index](position * self.data.num_train)
 
     # ----------------------------------------------------------------------------------- checkpoints
     def checkpoint_payload(self) -> dict:
@@ -153,13 +225,17 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler else None,
             "train_state": asdict(self.state),
             "sampler": {"seed": self.sampler.seed, "epoch": self.state.epoch,
-                        "step_in_epoch": self.state.step - self.state.epoch * self.steps_per_epoch},
+                        "step_in_epoch": self.state.step - self.epoch_start[min(self.state.epoch, len(self.epoch_steps))],
+                        "stage": self.stage.index, "global_batch_size": self.plan.global_batch_size},
             "world_size": self.env.world_size,
             "rng": states,
         }
 
+    def _average_bn(self) -> None:
+        average_bn_statistics(self.model, samples_per_step=self.plan.global_batch_size)
+
     def save(self) -> None:
-        average_buffers(self.model)  # every rank's BN statistics become the checkpointed ones
+        self._average_bn()  # every rank's BN statistics become the checkpointed ones
         payload = self.checkpoint_payload()
         if self.env.is_main:
             ckpt_io.save_checkpoint(self.run_dir, self.state.step, payload, keep=self.cfg.train.keep_checkpoints)
@@ -197,6 +273,7 @@ class Trainer:
         (unreduced, on-device) micro-batch losses, without a host sync."""
         accum = self.plan.accumulation_steps
         loss_sum = torch.zeros((), device=self.env.device)
+        start_bn_step(self.model)
         if self.cfg.model.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         for i, (x, y) in enumerate(zip(images.chunk(accum), labels.chunk(accum))):
@@ -217,8 +294,11 @@ class Trainer:
         return loss_sum
 
     def _evaluate_and_log(self, wall_s) -> None:
-        """Average BN buffers across ranks, evaluate, log; ``wall_s()`` gives the run's elapsed seconds."""
-        average_buffers(self.model)
+        """Settle the BN statistics (precise BN recomputes them; otherwise they are averaged across
+        ranks), evaluate, log; ``wall_s()`` gives the run's elapsed seconds."""
+        if self.cfg.train.bn_statistics == "precise":
+            self._precise_bn()
+        self._average_bn()
         result = evaluate(self.model, self.data, self.env, channels_last=self.cfg.model.channels_last,
                           batch_size=self.cfg.train.eval_batch_size)
         st = self.state
@@ -228,15 +308,35 @@ class Trainer:
         target = self.cfg.train.target_top1
         if target and st.time_to_target_s is None and result["top1"] >= target:
             st.time_to_target_s = wall
-        self.metrics.write("eval", step=st.step, epoch=st.step / self.steps_per_epoch, lr=self.schedule(max(st.step - 1, 0)),
+        self.metrics.write("eval", step=st.step, epoch=self.epoch_position(st.step), lr=self.lr_at(max(st.step - 1, 0)),
                            loss=result["loss"], top1=result["top1"], top5=result.get("top5"), wall_s=wall)
         log.info("eval epoch %d step %d: top-1 %.2f%%%s, loss %.4f (%d images)", st.epoch, st.step, result["top1"],
                  f", top-5 {result['top5']:.2f}%" if "top5" in result else "", result["loss"], result["count"])
 
+    def _precise_bn(self) -> None:
+        """Population BN statistics over train.precise_bn_batches global batches of the current epoch's
+        stage (at most one epoch), drawn with their own shuffle and augmentation seed."""
+        k = min(self.cfg.train.precise_bn_batches, self.sampler.steps_per_epoch)
+        sampler = GlobalBatchSampler(self.data.num_train, self.plan.global_batch_size, world_size=self.env.world_size,
+                                     rank=self.env.rank, seed=derive_seed(self.cfg.train.seed, "precise_bn"))
+        sampler.set_epoch(self.state.epoch)
+        seed = derive_seed(self.cfg.train.seed, "precise_bn_augment")
+
+        def micro_batches():
+            for step, (images, _labels) in enumerate(self.data.train_batches(sampler, seed=seed)):
+                if step >= k:
+                    break
+                if self.cfg.model.channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                yield from images.chunk(self.plan.accumulation_steps)
+
+        with torch.no_grad(), torch.autocast(self.env.device.type, dtype=self.autocast_dtype,
+                                             enabled=self.autocast_dtype is not None):
+            recompute_bn_statistics(self.model, micro_batches())
+
     def fit(self) -> TrainState:
         t = self.cfg.train
         st = self.state
-        gbs = self.plan.global_batch_size
         bar = None
         if self.env.is_main:
             from tqdm import tqdm
@@ -252,13 +352,19 @@ class Trainer:
         try:
             while st.epoch < t.epochs:
                 epoch = st.epoch
-                start_in_epoch = st.step - epoch * self.steps_per_epoch
+                stage = self._stage_of(epoch)
+                if stage.index != self.stage.index:
+                    self._enter_stage(stage)
+                start_in_epoch = st.step - self.epoch_start[epoch]
                 self.sampler.set_epoch(epoch, start_in_epoch)
                 interval_loss = torch.zeros((), device=self.env.device)
                 interval_steps, interval_t0 = 0, time.perf_counter()
+                gbs = self.plan.global_batch_size
                 for images, labels in self.data.train_batches(self.sampler, seed=t.seed):
-                    lr = self.schedule(st.step)
+                    lr = self.lr_at(st.step)
                     self._set_lr(lr)
+                    if self.batch_schedule and hasattr(self.optimizer, "epoch_position"):
+                        self.optimizer.epoch_position = self.epoch_position(st.step)  # RMSpropWarmup's alpha_SGD
                     t0 = time.perf_counter()
                     interval_loss += self._train_step(images, labels)
                     st.step_time_s += time.perf_counter() - t0
@@ -267,7 +373,7 @@ class Trainer:
                     interval_steps += 1
                     if bar is not None:
                         bar.update(1)
-                    if st.step % t.log_every_steps == 0 or st.step == (epoch + 1) * self.steps_per_epoch:
+                    if st.step % t.log_every_steps == 0 or st.step == self.epoch_start[epoch + 1]:
                         # The one host sync of the interval: reduce the summed loss across ranks.
                         loss = all_reduce_sum(interval_loss.detach().clone()).item() / (interval_steps * self.env.world_size)
                         if not math.isfinite(loss):
@@ -276,7 +382,7 @@ class Trainer:
                                 f"optim.base_lr or lengthen schedule.warmup_epochs")
                         now = time.perf_counter()
                         ips = interval_steps * gbs / (now - interval_t0)
-                        self.metrics.write("train", step=st.step, epoch=st.step / self.steps_per_epoch, lr=lr, loss=loss,
+                        self.metrics.write("train", step=st.step, epoch=self.epoch_position(st.step), lr=lr, loss=loss,
                                            images_per_s=ips, wall_s=wall_s())
                         if bar is not None and not bar.disable:
                             bar.set_postfix(epoch=epoch, loss=f"{loss:.4f}", lr=f"{lr:.4g}", img_s=f"{ips:.0f}")
