@@ -2,6 +2,7 @@
 precise BN identical on every rank and equal to the population statistics, and group-synchronized BN
 equal to BN over the concatenated group batch (forward and backward)."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -9,9 +10,10 @@ from torch import nn
 from largebatch.dist import consecutive_groups
 from largebatch.nn import (GhostBatchNorm2d, average_bn_statistics, configure_bn, recompute_bn_statistics,
                            start_bn_step)
-from tests.dist.gloo import run_ranks
+from gloo import run_ranks
 
 F64 = torch.float64
+pytestmark = pytest.mark.dist
 
 
 def rank_data(rank, shape, seed=0):

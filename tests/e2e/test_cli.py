@@ -202,3 +202,48 @@ def test_large_batch_recipe_with_lars_from_the_cli(tmp_path):
     assert config["optim"]["name"] == "lars" and config["train"]["label_smoothing"] == 0.1
     proc = largebatch("train", "--set", "optim.name=adamw", cwd=tmp_path, timeout=60)
     assert proc.returncode == 2 and "sgd, lars, lamb, rmsprop_warmup" in proc.stderr
+
+
+SCHEDULE = ["--set", "train.global_batch_size=256", "--set", "train.bn_statistics=precise",
+            "--set", "train.precise_bn_batches=2", "--set",
+            "train.batch_schedule=[{start_epoch: 0, global_batch_size: 256}, {start_epoch: 1, global_batch_size: 1024}]"]
+
+
+def test_batch_schedule_with_precise_bn_resumes_across_the_boundary(tmp_path):
+    """Mikami's growing batch from the CLI: 256 then 1024 (4x) at epoch 1, precise BN before each
+    evaluation; a run resumed from the checkpoint at the boundary ends with the same weights."""
+    out = tmp_path / "run"
+    proc = largebatch("train", "--nproc", "2", *SMALL, *SCHEDULE, "--out", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "batch stage 1 from epoch 1: global batch 1024" in proc.stderr
+    records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    stages = [r for r in records if r["kind"] == "stage"]
+    assert [(r["stage"], r["global_batch_size"], r["step"]) for r in stages] == [(1, 1024, 16)]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 16 + 4 and [s["global_batch_size"] for s in summary["batch_stages"]] == [256, 1024]
+    assert summary["top1"] > 25
+
+    resumed = tmp_path / "resumed"
+    shutil.copytree(out, resumed)
+    sorted((resumed / "checkpoints").glob("ckpt_step*.pt"))[-1].unlink()  # stopped at the boundary
+    proc = largebatch("train", "--nproc", "2", *SMALL, *SCHEDULE, "--out", str(resumed), "--resume", "auto",
+                      cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumed from" in proc.stderr and "step 16 (epoch 1)" in proc.stderr
+    a, b = final_model(out), final_model(resumed)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_last_batch_bn_synchronized_over_both_workers(tmp_path):
+    """Akiba's BN without moving averages (pooled variance) with BN groups spanning the 2 processes."""
+    out = tmp_path / "run"
+    proc = largebatch("train", "--nproc", "2", *SMALL, "--set", "train.epochs=1", "--set", "train.bn_statistics=last_batch",
+                      "--set", "train.bn_variance_averaging=pooled", "--set", "train.bn_sync_ranks=2",
+                      "--out", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "each BN group spans 2 processes: BN batch 32" in proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["bn_statistics"] == "last_batch" and summary["top1"] > 20
+    proc = largebatch("train", "--nproc", "2", *SMALL, "--set", "train.bn_sync_ranks=3", cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2 and "train.bn_sync_ranks=3 does not divide the 2 processes" in proc.stderr

@@ -116,3 +116,56 @@ def test_every_recipe_resolves_for_its_workers():
         cfg = apply_overrides(get_recipe(name), ["data.root=/data"] if get_recipe(name).data.name == "imagefolder" else [])
         plan = resolve(cfg, cfg.train.nproc)
         assert plan.global_batch_size == cfg.train.global_batch_size and plan.bn_batch_size == 32
+
+
+SCHED = "train.batch_schedule=[{start_epoch: 0, global_batch_size: 512}, {start_epoch: 4, global_batch_size: 2048}]"
+
+
+def test_batch_schedule_plans_each_stage():
+    from largebatch.config import resolve_stages
+
+    cfg = apply_overrides(get_recipe(DEFAULT_RECIPE), [SCHED])
+    stages = resolve_stages(cfg, 2)
+    assert [(s.start_epoch, s.plan.global_batch_size, s.plan.accumulation_steps) for s in stages] == [(0, 512, 1), (4, 2048, 4)]
+    assert stages[1].plan.peak_lr == pytest.approx(0.4 * 2048 / 256)  # linear rule by default
+    assert resolve(cfg, 2) == stages[0].plan
+    cfg = apply_overrides(cfg, ["train.batch_schedule=[{start_epoch: 0, global_batch_size: 512}, "
+                                "{start_epoch: 4, global_batch_size: 2048, lr_scaling: sqrt, bn_batch_size: 64}]"])
+    late = resolve_stages(cfg, 2)[1].plan
+    assert late.peak_lr == pytest.approx(0.4 * (2048 / 256) ** 0.5) and late.bn_batch_size == 64
+
+
+@pytest.mark.parametrize("schedule,fragment", [
+    ("[{start_epoch: 1, global_batch_size: 512}]", "batch_schedule[0].start_epoch=1"),
+    ("[{start_epoch: 0, global_batch_size: 1024}]", "equal to train.global_batch_size=512"),
+    ("[{start_epoch: 0, global_batch_size: 512}, {start_epoch: 0, global_batch_size: 1024}]", "batch_schedule[1].start_epoch=0"),
+    ("[{start_epoch: 0, global_batch_size: 512}, {start_epoch: 9, global_batch_size: 1024}]", "before train.epochs=9"),
+    ("[{start_epoch: 0, global_batch_size: 512}, {start_epoch: 3, global_batch_size: 1000}]", "batch_schedule[1].global_batch_size=1000"),
+    ("[{start_epoch: 0, global_batch_size: 512}, {start_epoch: 3, global_batch_size: 1024, lr_scaling: cubic}]", "lr_scaling='cubic'"),
+])
+def test_batch_schedule_errors_name_the_stage(schedule, fragment):
+    cfg = apply_overrides(get_recipe(DEFAULT_RECIPE), [f"train.batch_schedule={schedule}"])
+    with pytest.raises(ConfigError, match=fragment.replace("[", r"\[").replace("]", r"\]")):
+        resolve(cfg, 2)
+
+
+def test_bn_options_are_validated():
+    base = get_recipe(DEFAULT_RECIPE)
+    for overrides, fragment in ((["train.bn_statistics=ema"], "train.bn_statistics"),
+                                (["train.bn_variance_averaging=pooled"], "unless train.bn_statistics=last_batch"),
+                                (["train.precise_bn_batches=0"], "train.precise_bn_batches"),
+                                (["train.bn_sync_ranks=3"], "does not divide the 2 processes"),
+                                (["train.bn_sync_ranks=2", "train.bn_batch_size=33"], "does not split over train.bn_sync_ranks=2")):
+        with pytest.raises(ConfigError, match=fragment):
+            resolve(apply_overrides(base, overrides), 2)
+    plan = resolve(apply_overrides(base, ["train.bn_sync_ranks=2"]), 2)
+    assert (plan.bn_batch_size, plan.bn_local_batch_size, plan.bn_groups_per_micro_batch) == (32, 16, 16)
+    assert plan.simulated_workers == 512 // 32
+
+
+def test_data_check_uses_the_largest_stage(monkeypatch):
+    from largebatch.data import check_data
+
+    cfg = apply_overrides(get_recipe(DEFAULT_RECIPE), ["data.name=synthetic", "data.synthetic_train_samples=1024", SCHED])
+    with pytest.raises(ConfigError, match=r"train.batch_schedule\[1\].global_batch_size=2048 exceeds the 1024"):
+        check_data(cfg)
