@@ -115,7 +115,18 @@ def test_every_recipe_resolves_for_its_workers():
     for name in recipe_names():
         cfg = apply_overrides(get_recipe(name), ["data.root=/data"] if get_recipe(name).data.name == "imagefolder" else [])
         plan = resolve(cfg, cfg.train.nproc)
-        assert plan.global_batch_size == cfg.train.global_batch_size and plan.bn_batch_size == 32
+        assert plan.global_batch_size == cfg.train.global_batch_size and plan.bn_batch_size == cfg.train.bn_batch_size
+
+
+def test_mikami_recipe_keeps_2176_workers_across_the_switch():
+    from largebatch.config import resolve_stages
+
+    cfg = apply_overrides(get_recipe("mikami2018_resnet50_imagenet_34k_68k"), ["data.root=/data"])
+    stages = resolve_stages(cfg, cfg.train.nproc)
+    assert [(s.start_epoch, s.plan.global_batch_size, s.plan.bn_batch_size, s.plan.simulated_workers)
+            for s in stages] == [(0, 34816, 16, 2176), (5, 69632, 32, 2176)]
+    assert [round(s.plan.peak_lr, 1) for s in stages] == [29.2, 41.2]  # sqrt rule from 10.0 at 4096
+    assert cfg.train.label_smoothing == 0.1
 
 
 SCHED = "train.batch_schedule=[{start_epoch: 0, global_batch_size: 512}, {start_epoch: 4, global_batch_size: 2048}]"

@@ -42,4 +42,4 @@ def get_recipe(name: str) -> Config:
 
 
 def _load() -> None:
-    from largebatch.recipes import akiba2017, cpu, goyal2017, lamb, mlperf, you2018_lars  # noqa: F401  (registration)
+    from largebatch.recipes import akiba2017, cpu, goyal2017, lamb, mikami2018, mlperf, you2018_lars  # noqa: F401

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from largebatch.config import (Config, DataConfig, ModelConfig, OptimConfig, ScheduleConfig, TrainConfig)
+from largebatch.config import (BatchStage, Config, DataConfig, ModelConfig, OptimConfig, ScheduleConfig,
+                               TrainConfig)
 from largebatch.recipes import register
 
 GOYAL_EPOCHS = 90
@@ -51,7 +52,7 @@ def goyal2017_fashion_mnist() -> Config:
 
 
 def _fashion_large(recipe: str, description: str, source: str, *, optim: OptimConfig, schedule: ScheduleConfig,
-                   global_batch_size: int = 2048, label_smoothing: float = 0.0) -> Config:
+                   global_batch_size: int = 2048, label_smoothing: float = 0.0, **train: object) -> Config:
     """A Fashion-MNIST variant at a large global batch: the default recipe's data, model, 9 epochs
     and 2 workers; each worker holds 1024 samples per step as 4 micro-batches of 8 BN groups of 32."""
     base = goyal2017_fashion_mnist()
@@ -62,7 +63,7 @@ def _fashion_large(recipe: str, description: str, source: str, *, optim: OptimCo
         data=base.data,
         model=base.model,
         train=TrainConfig(epochs=base.train.epochs, global_batch_size=global_batch_size, bn_batch_size=32, nproc=2,
-                          eval_every_epochs=1, log_every_steps=5, label_smoothing=label_smoothing),
+                          eval_every_epochs=1, log_every_steps=5, label_smoothing=label_smoothing, **train),
         optim=optim,
         schedule=schedule,
     )
@@ -85,7 +86,7 @@ def akiba2017_fashion_mnist() -> Config:
                           weight_decay=1e-4, alpha_sgd_center_epochs=_scaled([10])[0],
                           alpha_sgd_period_epochs=_scaled([5])[0]),
         schedule=ScheduleConfig(name="slow_start", warmup_epochs=0, slow_start_epochs=_scaled([40, 70, 85]),
-                                slow_start_factors=[0.5, 0.075, 0.01, 0.001]),
+                                slow_start_factors=[0.5, 0.075, 0.01, 0.001]),        bn_statistics="last_batch",  # Akiba's BN without moving averages (sec. 3.3)
     )
 
 
@@ -148,4 +149,44 @@ def mlperf_lars_57k_fashion_mnist() -> Config:
         schedule=ScheduleConfig(name="poly", warmup_epochs=32 * 9 / 78, warmup_start_lr=0.0, poly_power=2.0,
                                 end_lr=1e-4),
         label_smoothing=0.1,
+    )
+
+
+def _mikami_fashion(recipe: str, description: str, **train: object) -> Config:
+    """Mikami's batch-size control on Fashion-MNIST, and the same recipe at a fixed batch: LARS as in
+    you2018_lars_fashion_mnist (2.5 per 256, linear rule), label smoothing 0.1, warmup 5/90 of the run."""
+    return _fashion_large(
+        recipe, description,
+        "Mikami et al. 2018 batch-size control (techniques.md 5.2) with label smoothing 0.1 (v2); the stage "
+        "boundary, the 4x growth and LARS are our choices [U]",
+        optim=OptimConfig(name="lars", base_lr=2.5, base_batch_size=256, momentum=0.9, nesterov=False,
+                          weight_decay=1e-4, trust_coefficient=0.001, norm_weight_decay=True, bias_weight_decay=True,
+                          norm_adaptation=True, bias_adaptation=True),
+        schedule=ScheduleConfig(name="poly", warmup_epochs=_scaled([5])[0], warmup_start_lr=0.0, poly_power=2.0,
+                                end_lr=0.0),
+        label_smoothing=0.1,
+        **train,
+    )
+
+
+@register
+def mikami2018_fashion_mnist() -> Config:
+    """Global batch 512 for epochs 0-2, then 2048 (4x) for epochs 3-8; each stage's peak LR by the
+    linear rule (5.0, then 20.0)."""
+    return _mikami_fashion(
+        "mikami2018_fashion_mnist",
+        "Mikami's batch-size control on Fashion-MNIST: ResNet-8, global batch 512 then 2048 (4x) from epoch 3, "
+        "LARS, label smoothing 0.1, BN batch 32, 2 CPU workers",
+        global_batch_size=512,
+        batch_schedule=[BatchStage(start_epoch=0, global_batch_size=512), BatchStage(start_epoch=3, global_batch_size=2048)],
+    )
+
+
+@register
+def mikami2018_fashion_mnist_fixed() -> Config:
+    """mikami2018_fashion_mnist at a fixed global batch of 2048: the comparison for batch-size control."""
+    return _mikami_fashion(
+        "mikami2018_fashion_mnist_fixed",
+        "mikami2018_fashion_mnist at a fixed global batch of 2048 (no batch-size control), for comparison",
+        global_batch_size=2048,
     )

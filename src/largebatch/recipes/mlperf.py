@@ -34,9 +34,11 @@ def mlperf_lars_resnet50_imagenet_57k() -> Config:
         source="mlcommons/training_results_v3.1 NVIDIA config_DGXH100_multi_448x8x16 and result log (techniques.md 10.2) [V]",
         data=DataConfig(name="imagefolder", root="", image_size_px=224, loader_workers=8),
         model=ModelConfig(name="resnet50"),
-        # 16 images per GPU with BN over 2 GPUs (BN span 32): the BN group is 32 samples.
-        train=TrainConfig(epochs=78, global_batch_size=57344, bn_batch_size=32, max_micro_batch_size=256, nproc=8,
-                          eval_every_epochs=4, eval_batch_size=256, target_top1=75.9, label_smoothing=0.1),
+        # 16 images per GPU with BN synchronized over 2 GPUs (BN span 32): each BN group is 32 samples
+        # spread over 2 processes (group-synchronized BN, train.bn_sync_ranks=2).
+        train=TrainConfig(epochs=78, global_batch_size=57344, bn_batch_size=32, bn_sync_ranks=2,
+                          max_micro_batch_size=256, nproc=8, eval_every_epochs=4, eval_batch_size=256,
+                          target_top1=75.9, label_smoothing=0.1),
         # LR 23.0 at 57,344, momentum 0.95, wd 2.5e-5 with the FC-bias exception, LARS eta 0.001, eps 0.
         optim=OptimConfig(name="lars", base_lr=23.0, base_batch_size=57344, momentum=0.95, nesterov=False,
                           weight_decay=2.5e-5, fc_bias_weight_decay=True, trust_coefficient=0.001, lars_eps=0.0),
