@@ -32,6 +32,9 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 ALPHA_VARIANTS = ("printed", "smooth")
 DEVICES = ("auto", "cpu", "cuda")
 BN_STATISTICS = ("moving_average", "last_batch", "precise")
+COMM_ALGORITHMS = ("allreduce", "hierarchical", "torus2d")
+COMM_COMPRESSIONS = ("none", "fp16", "bf16")
+HIERARCHICAL_MODES = ("scatter", "reduce")
 VARIANCE_AVERAGINGS = ("mean", "pooled")
 
 
@@ -253,6 +256,27 @@ class ScheduleConfig:
 
 
 @dataclass(kw_only=True)
+class CommConfig:
+    algorithm: str = "allreduce"
+    """Gradient all-reduce: ``allreduce`` (DDP's own), ``hierarchical`` (intra-node, inter-node,
+    intra-node; Goyal et al. 2017 sec. 4, Jia et al. 2018) or ``torus2d`` (Mikami et al. 2018), as DDP
+    communication hooks (largebatch.dist.hooks)."""
+    compression: str = "none"
+    """Cast gradients to ``fp16`` or ``bf16`` for the communication (PyTorch's compression hooks and
+    wrappers), or ``none``."""
+    bucket_cap_mb: float = 25.0
+    """DDP bucket size in MiB (PyTorch's default 25)."""
+    workers_per_node: int = 0
+    """Workers per node for the hierarchical and torus algorithms; 0: torchrun's LOCAL_WORLD_SIZE
+    (with --nproc, all local workers are one node). Set it to simulate several nodes on one machine."""
+    torus_x: int = 0
+    """2D-torus row length X (X * Y = number of workers); 0: workers_per_node (a row is a node)."""
+    hierarchical_mode: str = "scatter"
+    """``scatter`` (reduce-scatter / all-reduce of shards / all-gather) or ``reduce`` (reduce to
+    local rank 0 / all-reduce among nodes / broadcast, Goyal's three phases)."""
+
+
+@dataclass(kw_only=True)
 class Config:
     recipe: str = "custom"
     """Name of the recipe this config came from."""
@@ -265,6 +289,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    comm: CommConfig = field(default_factory=CommConfig)
 
 
 def _section_keys(section: Any, prefix: str) -> list[str]:
@@ -414,9 +439,10 @@ def _check(cond: bool, key: str, value: Any, accepted: str) -> None:
         raise ConfigError(f"{key}={value!r} is invalid: {accepted}")
 
 
-def resolve_stages(cfg: Config, world_size: int) -> list[Stage]:
+def resolve_stages(cfg: Config, world_size: int, *, local_world_size: int | None = None) -> list[Stage]:
     """Validate ``cfg`` for ``world_size`` processes and derive the :class:`Plan` of every stage of
-    its batch schedule (one stage without a schedule).
+    its batch schedule (one stage without a schedule). ``local_world_size`` (workers on this node;
+    default: all of them) checks the communication topology.
 
     Raises:
         ConfigError: naming the key, the value and what is accepted.
@@ -495,6 +521,23 @@ def resolve_stages(cfg: Config, world_size: int) -> list[Stage]:
     if g > 1 and world_size % g:
         raise ConfigError(f"train.bn_sync_ranks={g} does not divide the {world_size} processes; use a divisor of "
                           f"{world_size} or another number of processes")
+    c = cfg.comm
+    _check(c.algorithm in COMM_ALGORITHMS, "comm.algorithm", c.algorithm, f"one of {', '.join(COMM_ALGORITHMS)}")
+    _check(c.compression in COMM_COMPRESSIONS, "comm.compression", c.compression,
+           f"one of {', '.join(COMM_COMPRESSIONS)}")
+    _check(c.hierarchical_mode in HIERARCHICAL_MODES, "comm.hierarchical_mode", c.hierarchical_mode,
+           f"one of {', '.join(HIERARCHICAL_MODES)}")
+    _check(c.bucket_cap_mb > 0, "comm.bucket_cap_mb", c.bucket_cap_mb, "a float > 0 (MiB)")
+    _check(c.workers_per_node >= 0 and c.torus_x >= 0, "comm.workers_per_node/torus_x",
+           (c.workers_per_node, c.torus_x), "integers >= 0 (0: automatic)")
+    if c.algorithm != "allreduce":
+        from largebatch.dist.topology import make_topology  # no torch.distributed call at import
+
+        try:
+            make_topology(world_size, workers_per_node=c.workers_per_node or local_world_size or world_size,
+                          torus_x=c.torus_x)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     stages = _stages(cfg)
     plans = [_plan(cfg, world_size, gbs=stage.global_batch_size,
                    bn_req=stage.bn_batch_size or cfg.train.bn_batch_size, where=where,
@@ -505,14 +548,14 @@ def resolve_stages(cfg: Config, world_size: int) -> list[Stage]:
     return [Stage(index=i, start_epoch=stage.start_epoch, plan=p) for i, ((stage, _), p) in enumerate(zip(stages, plans))]
 
 
-def resolve(cfg: Config, world_size: int) -> Plan:
+def resolve(cfg: Config, world_size: int, *, local_world_size: int | None = None) -> Plan:
     """Validate ``cfg`` (every stage of its batch schedule) for ``world_size`` processes and return
     the :class:`Plan` of the first stage.
 
     Raises:
         ConfigError: naming the key, the value and what is accepted.
     """
-    return resolve_stages(cfg, world_size)[0].plan
+    return resolve_stages(cfg, world_size, local_world_size=local_world_size)[0].plan
 
 
 def _stages(cfg: Config) -> list[tuple[BatchStage, str]]:

@@ -129,7 +129,7 @@ def run_worker(cfg_dict: dict, out: str | None = None, resume: str | None = None
     cfg: Config = config_from_dict(cfg_dict)
     env = setup(cfg.train.device, threads_per_worker=cfg.train.threads_per_worker)
     try:
-        plan = resolve(cfg, env.world_size)
+        plan = resolve(cfg, env.world_size, local_world_size=env.local_world_size)
         # Rank 0 decides the run directory (a timestamped default differs per process) and tells the others.
         decision = None
         if env.is_main:

@@ -36,6 +36,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from largebatch.config import Config, ConfigError, Plan, Stage, config_from_dict, config_hash, resolve_stages, to_dict
 from largebatch.data import GlobalBatchSampler, build_data, derive_seed
 from largebatch.dist import DistEnv, all_reduce_sum, barrier, consecutive_groups
+from largebatch.dist.hooks import HookState, make_comm_hook
+from largebatch.dist.topology import build_groups, make_topology
 from largebatch.nn import (average_bn_statistics, build_model, configure_bn, recompute_bn_statistics,
                            set_bn_batch_size, start_bn_step)
 from largebatch.optim import build_optimizer
@@ -121,8 +123,11 @@ class Trainer:
                      sync_group=sync_group, sync_ranks=plan.bn_sync_ranks)
         self.model = model
         # BN buffers stay per worker (Goyal sec. 2.3): no broadcast from rank 0 at every forward.
-        self.ddp = DDP(model, forward_sync_buffers=False, device_ids=[env.device.index] if env.device.type == "cuda" else None) \
+        self.ddp = DDP(model, forward_sync_buffers=False, bucket_cap_mb=cfg.comm.bucket_cap_mb,
+                       device_ids=[env.device.index] if env.device.type == "cuda" else None) \
             if env.distributed else model
+        if env.distributed:
+            self._register_comm_hook()
         # Steps of each epoch follow its stage's global batch (drop last); epoch e starts at step
         # epoch_start[e]. Without a batch schedule every epoch has the same steps_per_epoch.
         n = self.data.num_train
@@ -169,6 +174,23 @@ class Trainer:
                      "decay at steps %s", n, self.steps_per_epoch,
                      n - self.steps_per_epoch * plan.global_batch_size, self.total_steps, t.epochs,
                      self.schedule.warmup_steps, list(self.schedule.decay_steps))
+
+    def _register_comm_hook(self) -> None:
+        """``comm.algorithm`` / ``comm.compression`` as a DDP communication hook (none: DDP's own)."""
+        c, env = self.cfg.comm, self.env
+        state = None
+        if c.algorithm != "allreduce":
+            topology = make_topology(env.world_size, workers_per_node=c.workers_per_node or env.local_world_size,
+                                     torus_x=c.torus_x)
+            state = HookState(groups=build_groups(topology), hierarchical_mode=c.hierarchical_mode)
+            log.info("gradient all-reduce: %s%s over %s, %s backend", c.algorithm,
+                     f" ({c.hierarchical_mode})" if c.algorithm == "hierarchical" else "", topology.describe(),
+                     env.backend)
+        pair = make_comm_hook(c.algorithm, c.compression, state)
+        if pair is not None:
+            self.ddp.register_comm_hook(*pair)
+            log.info("DDP communication hook: %s, compression %s, buckets of %g MiB", c.algorithm, c.compression,
+                     c.bucket_cap_mb)
 
     # ----------------------------------------------------------------------------------- stages
     def _stage_of(self, epoch: int) -> Stage:

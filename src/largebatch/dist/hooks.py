@@ -1,0 +1,87 @@
+"""DDP communication hooks built on :mod:`largebatch.dist.collectives`, with fp16/bf16 compression.
+
+A hook follows PyTorch's contract (``hook(state, bucket) -> Future[Tensor]``, registered with
+``DistributedDataParallel.register_comm_hook``): it receives a bucket of flattened gradients and
+returns a future holding their average over all ranks. Ours divide by the world size first (as
+PyTorch's ``allreduce_hook`` does, which keeps fp16 from overflowing), run the three phases of the
+chosen algorithm, and return an already completed future: the phases run one after the other in the
+autograd thread, so a bucket's communication does not overlap the next bucket's backward the way
+the default asynchronous all-reduce does. Compression reuses PyTorch's own ``fp16_compress_wrapper``
+and ``bf16_compress_wrapper`` (cast the bucket to half precision for the communication, back after).
+
+``comm.algorithm=allreduce`` with ``comm.compression=none`` registers nothing (DDP's built-in
+all-reduce); with compression it registers PyTorch's ``fp16_compress_hook`` / ``bf16_compress_hook``.
+"""
+
+import logging
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.distributed as dist
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+from largebatch.dist.collectives import hierarchical_all_reduce, torus2d_all_reduce
+from largebatch.dist.topology import TopologyGroups
+
+log = logging.getLogger(__name__)
+
+ALGORITHMS = ("allreduce", "hierarchical", "torus2d")
+COMPRESSIONS = ("none", "fp16", "bf16")
+
+
+@dataclass
+class HookState:
+    """What a hook needs: this rank's topology groups and the hierarchical mode. (This module does
+    not use postponed annotations: DDP checks a hook's annotations at registration.)"""
+
+    groups: TopologyGroups
+    hierarchical_mode: str = "scatter"
+
+
+def _finished(tensor: torch.Tensor) -> torch.futures.Future[torch.Tensor]:
+    fut: torch.futures.Future[torch.Tensor] = torch.futures.Future()
+    fut.set_result(tensor)
+    return fut
+
+
+def hierarchical_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+    """Average a gradient bucket over all ranks with :func:`hierarchical_all_reduce`."""
+    buffer = bucket.buffer()
+    buffer.div_(state.groups.topology.world_size)
+    hierarchical_all_reduce(buffer, state.groups, mode=state.hierarchical_mode)
+    return _finished(buffer)
+
+
+def torus2d_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+    """Average a gradient bucket over all ranks with :func:`torus2d_all_reduce`."""
+    buffer = bucket.buffer()
+    buffer.div_(state.groups.topology.world_size)
+    torus2d_all_reduce(buffer, state.groups)
+    return _finished(buffer)
+
+
+def make_comm_hook(algorithm: str, compression: str, state: Optional[HookState]) -> Optional[tuple[object, Callable]]:
+    """The (state, hook) pair to register for ``comm.algorithm`` and ``comm.compression``, or None
+    for DDP's built-in all-reduce.
+
+    Raises:
+        ValueError: for an unknown algorithm or compression, or a missing state.
+    """
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"comm.algorithm={algorithm!r} is unknown; accepted: {', '.join(ALGORITHMS)}")
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"comm.compression={compression!r} is unknown; accepted: {', '.join(COMPRESSIONS)}")
+    if algorithm == "allreduce":
+        if compression == "none":
+            return None
+        hook = default_hooks.fp16_compress_hook if compression == "fp16" else default_hooks.bf16_compress_hook
+        return None, hook  # state None: the default process group
+    if state is None:
+        raise ValueError(f"comm.algorithm={algorithm} needs the topology groups")
+    hook = hierarchical_hook if algorithm == "hierarchical" else torus2d_hook
+    if compression == "fp16":
+        hook = default_hooks.fp16_compress_wrapper(hook)
+    elif compression == "bf16":
+        hook = default_hooks.bf16_compress_wrapper(hook)
+    return state, hook
