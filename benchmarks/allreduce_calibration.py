@@ -5,8 +5,9 @@ Question: does the alpha-beta model of largebatch.sim describe a real all-reduce
 latency alpha and inverse bandwidth beta on this machine's gloo/TCP-loopback "link"?
 
 Method: for world sizes 2, 3 and 4 (spawned gloo ranks, one thread each), fp32 tensors of 4 KB to
-16 MB, `dist.all_reduce` timed on rank 0 after a barrier; 2 warm-up calls, then REPEATS calls,
-median per (size, world size). The fit is a least-squares fit of the ring model
+16 MB, `dist.all_reduce` timed on rank 0 after a barrier over a run of back-to-back calls (4 to 64,
+fewer for large tensors; a single call is dominated by the barrier's skew between ranks); 2 warm-up
+calls, then REPEATS timed runs, median per (size, world size). The fit is a least-squares fit of the ring model
 t = 2(N-1) alpha + 2(N-1)/N * D * beta (largebatch.sim.calibrate.fit_alpha_beta); we report alpha,
 beta (as GB/s), and the relative error of the model per point, median and maximum.
 
@@ -48,11 +49,13 @@ def _worker(rank: int, world: int, init: str, out: str, repeats: int) -> None:
         for _ in range(2):
             dist.all_reduce(t)
         times = []
+        calls = max(4, min(64, (8 << 20) // size))  # back-to-back calls per timing: amortizes barrier skew
         for _ in range(repeats):
             dist.barrier()
             t0 = time.perf_counter()
-            dist.all_reduce(t)
-            times.append(time.perf_counter() - t0)
+            for _ in range(calls):
+                dist.all_reduce(t)
+            times.append((time.perf_counter() - t0) / calls)
         medians[size] = statistics.median(times)
     if rank == 0:
         Path(out).write_text(json.dumps(medians))

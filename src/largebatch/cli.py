@@ -171,6 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?", help="a recipe name")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
     p.set_defaults(func=cmd_recipes)
+
+    from largebatch.sim import cli as sim_cli  # pure Python, no torch
+
+    p = sub.add_parser("simulate", help="predict all-reduce time, step time and scaling efficiency at N GPUs "
+                                        "(alpha-beta cost model, docs/comm.md)")
+    sim_cli.add_arguments(p)
+    p.set_defaults(func=sim_cli.run)
     return parser
 
 

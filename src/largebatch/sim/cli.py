@@ -1,0 +1,122 @@
+"""``largebatch simulate``: the cost model of ``largebatch.sim`` as a table and a figure.
+
+    largebatch simulate --gpus 256 --preset goyal2017 [--algorithm all] [--per-gpu-batch 32]
+                        [--epochs 90] [--torus-x 8] [--out simulate.png]
+
+Exit status 0, or 2 for bad input (the message names the option and what is accepted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from largebatch.sim.allreduce import ALGORITHMS, allreduce_cost
+from largebatch.sim.presets import PRESETS, get_preset
+from largebatch.sim.step import IMAGENET_TRAIN_IMAGES, simulate_step
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``simulate`` to ``parser`` (validated in :func:`run`)."""
+    parser.add_argument("--gpus", type=int, default=256, help="number of GPUs (default 256)")
+    parser.add_argument("--preset", default="goyal2017", help=f"hardware preset: {', '.join(PRESETS)}")
+    parser.add_argument("--algorithm", default="all", help=f"{' | '.join(ALGORITHMS)} | all (default)")
+    parser.add_argument("--per-gpu-batch", type=int, default=None, help="images per GPU per step "
+                        "(default: the preset's, 32)")
+    parser.add_argument("--epochs", type=float, default=90.0, help="epochs to train (default 90)")
+    parser.add_argument("--images", type=int, default=IMAGENET_TRAIN_IMAGES,
+                        help=f"training images per epoch (default {IMAGENET_TRAIN_IMAGES}, ImageNet-1k)")
+    parser.add_argument("--torus-x", type=int, default=None,
+                        help="2D-torus row length X (default: GPUs per node)")
+    parser.add_argument("--out", default="simulate.png", help="figure path (default simulate.png)")
+
+
+def _options(preset, algorithm: str, torus_x: int | None) -> dict:
+    if algorithm == "hierarchical":
+        return dict(preset.hierarchical)
+    if algorithm == "torus2d" and torus_x is not None:
+        return {"x": torus_x}
+    return {}
+
+
+def _fail(message: str) -> int:
+    print(f"largebatch simulate: error: {message}", file=sys.stderr)
+    return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the table for ``args.gpus`` and write the two-panel figure to ``args.out``."""
+    try:
+        preset = get_preset(args.preset)
+    except ValueError as err:
+        return _fail(f"--preset: {err}")
+    if args.gpus is None or args.gpus < 1:
+        return _fail(f"--gpus {args.gpus} is invalid; accepted: an integer >= 1")
+    algorithms = ALGORITHMS if args.algorithm == "all" else (args.algorithm,)
+    if args.algorithm != "all" and args.algorithm not in ALGORITHMS:
+        return _fail(f"--algorithm {args.algorithm!r} is unknown; accepted: {', '.join(ALGORITHMS)}, all")
+    for name, value in (("--per-gpu-batch", args.per_gpu_batch), ("--torus-x", args.torus_x)):
+        if value is not None and value < 1:
+            return _fail(f"{name} {value} is invalid; accepted: an integer >= 1")
+    if not (args.epochs > 0 and args.images >= 1):
+        return _fail(f"--epochs {args.epochs} / --images {args.images} invalid; accepted: > 0")
+    work = preset.workload(args.per_gpu_batch)
+    rows = []
+    for algorithm in algorithms:
+        try:
+            rows.append(simulate_step(preset.network, work, args.gpus, algorithm,
+                                      **_options(preset, algorithm, args.torus_x)))
+        except ValueError as err:
+            if algorithm == "torus2d" and args.torus_x is not None:
+                return _fail(f"--torus-x: {err}")
+            if args.algorithm != "all":
+                return _fail(f"--gpus/--algorithm: {err}")
+            print(f"# {algorithm}: not applicable ({err})")
+    net = preset.network
+    print(f"# {preset.name}: {preset.description}")
+    print(f"# {args.gpus} GPUs ({net.gpus_per_node} per node), {work.per_gpu_batch} images/GPU, "
+          f"{preset.gpu_images_per_s:.0f} img/s/GPU alone, gradient {work.gradient_bytes / 1e6:.1f} MB, "
+          f"buckets {len(work.buckets())}, overlap {work.overlap}; the system's own: {preset.algorithm}")
+    print(f"{'algorithm':<18}{'allreduce_ms':>13}{'step_ms':>10}{'epoch_s':>10}{'train_min':>11}"
+          f"{'efficiency_%':>14}")
+    for r in rows:
+        print(f"{r.algorithm:<18}{r.allreduce_s * 1e3:>13.2f}{r.step_s * 1e3:>10.2f}"
+              f"{r.epoch_s(args.images):>10.2f}{r.train_s(args.epochs, args.images) / 60:>11.2f}"
+              f"{r.scaling_efficiency * 100:>14.1f}")
+    _figure(preset, work, algorithms, args.gpus, args.torus_x, args.out)
+    print(f"# figure: {args.out}")
+    return 0
+
+
+def _figure(preset, work, algorithms, gpus: int, torus_x: int | None, out: str) -> None:
+    from matplotlib.figure import Figure  # lazy: matplotlib is slow to import; Agg canvas, no pyplot
+
+    top = max(4096, gpus)
+    counts = sorted({1 << k for k in range(3, top.bit_length()) if 1 << k <= top} | {gpus})
+    fig = Figure(figsize=(11, 4.2))
+    ax_time, ax_eff = fig.subplots(1, 2)
+    for algorithm in algorithms:
+        points = []
+        for n in counts:
+            try:
+                opts = _options(preset, algorithm, torus_x)
+                cost = allreduce_cost(algorithm, preset.network, n, work.gradient_bytes, **opts)
+                points.append((n, cost.time_s * 1e3, simulate_step(preset.network, work, n, algorithm,
+                                                                   **opts).scaling_efficiency * 100))
+            except ValueError:
+                continue  # e.g. a GPU count that the torus shape or the nodes do not divide
+        if points:
+            ns, times, effs = zip(*points)
+            ax_time.plot(ns, times, marker="o", label=algorithm)
+            ax_eff.plot(ns, effs, marker="o", label=algorithm)
+    for ax, label in ((ax_time, "all-reduce of the gradient (ms)"), (ax_eff, "scaling efficiency (%)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("GPUs")
+        ax.set_ylabel(label)
+        ax.axvline(gpus, color="grey", lw=0.8, ls=":")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    ax_time.set_yscale("log")
+    fig.suptitle(f"{preset.name}: {work.per_gpu_batch} images/GPU, {work.gradient_bytes / 1e6:.1f} MB gradient")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
