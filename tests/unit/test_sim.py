@@ -225,3 +225,12 @@ def test_import_does_not_load_torch():
             "bad = [m for m in ('torch', 'matplotlib', 'numpy') if m in sys.modules]; print(bad)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_simulate_is_a_subcommand_of_the_main_cli(tmp_path, capsys):
+    from largebatch.cli import main
+
+    out = tmp_path / "sim.png"
+    assert main(["simulate", "--gpus", "64", "--preset", "mikami2018", "--algorithm", "torus2d", "--out", str(out)]) == 0
+    assert "torus2d" in capsys.readouterr().out and out.stat().st_size > 10_000
+    assert main(["simulate", "--gpus", "0"]) == 2
