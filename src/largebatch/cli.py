@@ -1,7 +1,8 @@
 """Command line: ``largebatch train | eval | recipes``. Dispatch only; the work is in the packages.
 
 Exit status: 0 success, 1 a failure while running, 2 bad input (unknown key, wrong type,
-contradiction, missing data) found before any worker starts.
+contradiction, missing data) found before any worker starts, 75 stopped by SIGTERM after writing a
+checkpoint (continue with ``--resume auto``; 75 is EX_TEMPFAIL, "try again").
 """
 
 from __future__ import annotations
@@ -15,6 +16,12 @@ import sys
 log = logging.getLogger("largebatch")
 
 EXIT_BAD_INPUT = 2
+EXIT_PREEMPTED = 75
+
+
+def _preempted(result) -> bool:
+    values = result.values() if isinstance(result, dict) and "preempted" not in result else [result]
+    return any(isinstance(v, dict) and v.get("preempted") for v in values)
 
 
 def _in_torchrun() -> bool:
@@ -52,12 +59,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         rank = int(os.environ.get("RANK", "0"))
         try:
             # record: a failure is written to torchrun's error file, so its summary names the cause.
-            record(run_worker)(to_dict(cfg), args.out, args.resume)
+            result = record(run_worker)(to_dict(cfg), args.out, args.resume)
         except ConfigError as err:
             if rank == 0:
                 _fail(str(err))
             return EXIT_BAD_INPUT
-        return 0
+        return EXIT_PREEMPTED if _preempted(result) else 0
 
     nproc = args.nproc or cfg.train.nproc
     try:
@@ -67,20 +74,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     except (ConfigError, FileNotFoundError) as err:
         return _fail(str(err))
     print(f"largebatch: {cfg.recipe}: {plan.describe()}; run directory {run_dir}", file=sys.stderr)
-    worker_args = (to_dict(cfg), str(run_dir), str(resume_path) if resume_path else None)
-    if nproc == 1:
+    # The run directory is fixed here, so an elastic restart of the workers finds its checkpoints.
+    worker_args = (to_dict(cfg), str(run_dir), "auto" if args.resume == "auto" else
+                   (str(resume_path) if resume_path else None))
+    if nproc == 1 and not args.max_restarts:
         try:
-            run_worker(*worker_args)
+            result = run_worker(*worker_args)
         except ConfigError as err:
             return _fail(str(err))
-        return 0
+        return EXIT_PREEMPTED if _preempted(result) else 0
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
     from largebatch.dist.launch import WorkerFailed, launch_local
 
     try:
-        launch_local(run_worker, worker_args, nproc=nproc)
+        result = launch_local(run_worker, worker_args, nproc=nproc, max_restarts=args.max_restarts)
     except WorkerFailed as err:
         return _fail(str(err), code=1)
-    return 0
+    except SignalException as sig:  # the launcher itself got SIGTERM: its workers checkpointed and stopped
+        print(f"largebatch: stopped by {sig.sigval.name}; the workers wrote a checkpoint: continue with "
+              f"--out {run_dir} --resume auto", file=sys.stderr)
+        return EXIT_PREEMPTED
+    return EXIT_PREEMPTED if _preempted(result) else 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -159,7 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local worker processes (default: the recipe's train.nproc); not with torchrun")
     p.add_argument("--out", default=None, help="run directory (default runs/<recipe>-<timestamp>)")
     p.add_argument("--resume", default=None, metavar="auto|PATH",
-                   help="continue from the newest checkpoint of the run directory (auto) or from PATH")
+                   help="continue from the newest valid checkpoint of the run directory (auto) or from PATH")
+    p.add_argument("--max-restarts", type=int, default=0, metavar="R",
+                   help="restart all workers up to R times when one dies; each restart resumes from the newest "
+                        "valid checkpoint (torch.distributed.elastic)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on the test/validation split")
@@ -185,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "train" and args.nproc is not None and args.nproc < 1:
         return _fail(f"--nproc {args.nproc}: give at least 1 worker process")
+    if args.command == "train" and args.max_restarts < 0:
+        return _fail(f"--max-restarts {args.max_restarts}: give 0 or more restarts")
     return args.func(args)
 
 

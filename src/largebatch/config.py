@@ -20,6 +20,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
@@ -156,8 +157,19 @@ class TrainConfig:
     """Steps between metric lines (loss is reduced across workers only at these points)."""
     checkpoint_every_epochs: int = 1
     """Write a checkpoint every N epochs (and always at the end)."""
+    checkpoint_every_steps: int = 0
+    """Also write a checkpoint every N optimizer steps (0: only per epoch and at the end)."""
+    checkpoint_every_minutes: float = 0.0
+    """Also write a checkpoint when this many minutes of training passed since the last one
+    (0: off); rank 0's clock decides, all ranks follow."""
     keep_checkpoints: int = 2
     """Number of newest checkpoints kept in ``checkpoints/``."""
+    nonfinite_policy: str = "skip"
+    """A NaN or Inf in the gradients of a step: ``skip`` the step (no update, counted) or ``stop`` the
+    run with a message naming the step, the LR and the layers. fp16 runs leave this to the loss
+    scaler, which skips such steps and lowers the scale."""
+    max_nonfinite_steps: int = 20
+    """``skip``: after this many skipped steps the run stops; its last good checkpoint is kept."""
     target_top1: float = 0.0
     """Test top-1 (percent) whose first crossing is reported as time_to_target_s (0: none)."""
     label_smoothing: float = 0.0
@@ -348,7 +360,16 @@ def apply_overrides(cfg: Config, overrides: Iterable[str]) -> Config:
                 f"config key {key!r} got value {raw!r}, which is not a valid "
                 f"{_field_type_name(key)}: {str(err).splitlines()[0]}"
             ) from None
-    return OmegaConf.to_object(base)
+        except yaml.YAMLError as err:  # the value is not YAML at all (e.g. an unclosed "[")
+            raise ConfigError(
+                f"config key {key!r} got value {raw!r}, which is not valid YAML for a "
+                f"{_field_type_name(key)} ({str(err).splitlines()[0]}); quote strings, write lists as [a, b]"
+            ) from None
+    try:
+        return OmegaConf.to_object(base)
+    except OmegaConfBaseException as err:  # e.g. a required list entry left incomplete
+        raise ConfigError(f"the overrides {list(overrides)!r} do not give a complete config: "
+                          f"{str(err).splitlines()[0]}") from None
 
 
 def to_dict(cfg: Config) -> dict:
@@ -356,10 +377,26 @@ def to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 
 
+OPERATIONAL_KEYS = ("train.nproc", "train.log_every_steps", "train.checkpoint_every_steps",
+                    "train.checkpoint_every_minutes", "train.keep_checkpoints", "train.max_nonfinite_steps",
+                    "train.threads_per_worker")
+"""Keys that do not change what is computed: a run may resume with other values (e.g. on another
+number of workers, or with another checkpoint interval), so they are left out of the config hash."""
+
+
+def hashed_config(cfg: Config) -> dict:
+    """The config as a dict without :data:`OPERATIONAL_KEYS`, normalized through the typed tree."""
+    data = to_dict(config_from_dict(to_dict(cfg)))
+    for key in OPERATIONAL_KEYS:
+        section, name = key.split(".")
+        data[section].pop(name, None)
+    return data
+
+
 def config_hash(cfg: Config) -> str:
-    """SHA-256 (hex, first 16 digits) of the resolved config, stored in checkpoints. The config is
+    """SHA-256 (hex, first 16 digits) of :func:`hashed_config`, stored in checkpoints. The config is
     first passed through the typed tree, so ``30`` and ``30.0`` in a float field hash alike."""
-    blob = json.dumps(to_dict(config_from_dict(to_dict(cfg))), sort_keys=True).encode()
+    blob = json.dumps(hashed_config(cfg), sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
@@ -514,6 +551,14 @@ def resolve_stages(cfg: Config, world_size: int, *, local_world_size: int | None
     _check(cfg.train.bn_variance_averaging == "mean" or cfg.train.bn_statistics == "last_batch",
            "train.bn_variance_averaging", cfg.train.bn_variance_averaging,
            "'mean' unless train.bn_statistics=last_batch (pooling applies to last-batch statistics)")
+    _check(cfg.train.nonfinite_policy in ("skip", "stop"), "train.nonfinite_policy", cfg.train.nonfinite_policy,
+           "skip or stop")
+    _check(cfg.train.max_nonfinite_steps >= 1, "train.max_nonfinite_steps", cfg.train.max_nonfinite_steps,
+           "a positive integer")
+    _check(cfg.train.checkpoint_every_steps >= 0, "train.checkpoint_every_steps", cfg.train.checkpoint_every_steps,
+           "an integer >= 0 (0: off)")
+    _check(cfg.train.checkpoint_every_minutes >= 0 and math.isfinite(cfg.train.checkpoint_every_minutes),
+           "train.checkpoint_every_minutes", cfg.train.checkpoint_every_minutes, "a float >= 0 (0: off)")
     _check(cfg.train.precise_bn_batches >= 1, "train.precise_bn_batches", cfg.train.precise_bn_batches,
            "a positive integer")
     g = cfg.train.bn_sync_ranks

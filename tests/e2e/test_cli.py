@@ -27,7 +27,9 @@ def largebatch(*args, cwd, timeout=300, module=("-m", "largebatch")):
 
 def final_model(run_dir: Path) -> dict:
     ckpts = sorted((run_dir / "checkpoints").glob("ckpt_step*.pt"))
-    return torch.load(ckpts[-1], weights_only=True)["model"]
+    from largebatch.train.checkpoint import load_checkpoint
+
+    return load_checkpoint(ckpts[-1])["model"]
 
 
 @pytest.fixture(scope="module")

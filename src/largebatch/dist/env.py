@@ -53,6 +53,23 @@ def _pick_device(kind: str, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
+def _attempt_store(rank: int, world_size: int, timeout_s: float):
+    """Under torch.distributed.elastic, the rendezvous store with a prefix of the restart attempt.
+
+    After an elastic restart the agent's store still holds the previous attempt's keys (the gloo
+    listening addresses of the dead workers); a new worker that reads one before its peer rewrites it
+    connects to a dead port and times out. A per-attempt prefix makes every attempt's keys its own.
+    Returns None outside torchelastic (then ``env://`` is used as usual).
+    """
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if attempt is None or "MASTER_ADDR" not in os.environ or "MASTER_PORT" not in os.environ:
+        return None
+    agent_hosts = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
+                          is_master=(rank == 0 and not agent_hosts), timeout=timedelta(seconds=timeout_s))
+    return dist.PrefixStore(f"largebatch/attempt_{attempt}/", store)
+
+
 def setup(device: str = "auto", *, threads_per_worker: int = 0, timeout_s: float = 1800.0) -> DistEnv:
     """Initialize the process group from the torchrun environment (gloo on CPU, NCCL on CUDA),
     choose the device and the CPU threads, and filter logging to rank 0.
@@ -75,6 +92,9 @@ def setup(device: str = "auto", *, threads_per_worker: int = 0, timeout_s: float
         backend = "nccl" if dev.type == "cuda" else "gloo"
         if not dist.is_initialized():
             kwargs = {"device_id": dev} if dev.type == "cuda" else {}
+            store = _attempt_store(rank, world_size, timeout_s)
+            if store is not None:
+                kwargs.update(store=store, rank=rank, world_size=world_size)
             dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s), **kwargs)
     configure_logging(rank)
     env = DistEnv(rank, world_size, local_rank, local_world_size, dev, backend)

@@ -1,16 +1,26 @@
-"""Checkpoints: written by rank 0, atomically, loaded with ``weights_only=True``.
+"""Checkpoints: written by rank 0 atomically with a checksum, loaded with ``weights_only=True``.
 
-A checkpoint is a dict of tensors and plain values (no pickled classes):
-``format``, ``config`` (dict), ``config_hash``, ``model`` and ``optimizer`` state dicts,
-``train_state`` (step, epoch, best_top1, ... counters; the LR schedule is a pure function of the
-step, so it needs no state of its own), ``sampler`` (seed, epoch, step within the epoch),
-``world_size`` and ``rng`` (torch RNG state of every rank).
+File layout: the 8-byte magic ``LBCKPT2\\n``, the SHA-256 of the payload as 64 hex digits and a
+newline, then the payload, a ``torch.save`` archive of a dict of tensors and plain values (no
+pickled classes): ``format``, ``config`` (dict), ``config_hash``, ``model`` and ``optimizer`` state
+dicts, ``train_state`` (step, epoch, best_top1, ... counters; the LR schedule is a pure function of
+the step, so it needs no state of its own), ``sampler`` (seed, epoch, step within the epoch, batch
+stage), ``world_size`` and ``rng`` (torch RNG state of every rank).
+
+Writing: temporary file in the same directory, write, flush, fsync, rename over the final name,
+fsync the directory; then the oldest checkpoints beyond ``keep`` are deleted. A reader therefore
+sees either the previous set of checkpoints or the new one, never a partial file under a final
+name; a file truncated or altered later (a full disk, a bad copy) fails its checksum, and
+:func:`latest_valid_checkpoint` falls back to the previous one with a warning.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
 import os
+import pickle
 import re
 import tempfile
 from pathlib import Path
@@ -19,8 +29,14 @@ import torch
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2
+MAGIC = b"LBCKPT2\n"
+_HEADER = len(MAGIC) + 65  # magic, 64 hex digits, newline
 _NAME = re.compile(r"^ckpt_step(\d{8,})\.pt$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, truncated, corrupt, not ours, or holds pickled objects."""
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -36,22 +52,38 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def save_checkpoint(run_dir: Path, step: int, payload: dict, *, keep: int) -> Path:
-    """Write ``payload`` as ``checkpoints/ckpt_step<step>.pt`` (temporary file, fsync, rename) and
-    delete all but the newest ``keep`` checkpoints."""
-    d = checkpoint_dir(run_dir)
-    d.mkdir(parents=True, exist_ok=True)
-    path = d / f"ckpt_step{step:08d}.pt"
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{path.name}.", suffix=".tmp")
+def _atomic_write(path: Path, chunks: list[bytes]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **payload}, f)
+            for chunk in chunks:
+                f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def save_checkpoint(run_dir: Path, step: int, payload: dict, *, keep: int) -> Path:
+    """Write ``payload`` as ``checkpoints/ckpt_step<step>.pt`` (module docstring) and delete all but
+    the newest ``keep`` checkpoints. Returns the path."""
+    d = checkpoint_dir(run_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / f"ckpt_step{step:08d}.pt"
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, **payload}, buffer)
+    blob = buffer.getvalue()
+    _atomic_write(path, [MAGIC, hashlib.sha256(blob).hexdigest().encode() + b"\n", blob])
     for old in list_checkpoints(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
     log.info("checkpoint %s", path)
@@ -59,15 +91,56 @@ def save_checkpoint(run_dir: Path, step: int, payload: dict, *, keep: int) -> Pa
 
 
 def load_checkpoint(path: Path) -> dict:
-    """Load a checkpoint without unpickling code (``weights_only=True``).
+    """Read and verify a checkpoint; nothing is unpickled beyond tensors and plain values.
 
     Raises:
-        ValueError: if the file is not a largebatch checkpoint of a known format.
+        CheckpointError: if the file is missing, is not a largebatch checkpoint, fails its checksum
+            (truncated or corrupt), or holds pickled objects (refused by ``weights_only=True``).
     """
+    path = Path(path)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for corrupt files
-        raise ValueError(f"cannot read checkpoint {path}: {err}") from None
+        data = path.read_bytes()
+    except OSError as err:
+        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from None
+    if not data.startswith(MAGIC) or len(data) < _HEADER:
+        raise CheckpointError(f"{path} is not a largebatch checkpoint (no {MAGIC[:-1].decode()} header); "
+                              f"it may be truncated to {len(data)} bytes")
+    expected = data[len(MAGIC):len(MAGIC) + 64].decode(errors="replace")
+    blob = memoryview(data)[_HEADER:]
+    actual = hashlib.sha256(blob).hexdigest()
+    if actual != expected:
+        raise CheckpointError(f"{path} is corrupt or truncated: SHA-256 {actual[:12]}... does not match the "
+                              f"recorded {expected[:12]}... ({len(blob)} payload bytes)")
+    try:
+        ckpt = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(f"{path} holds pickled objects other than tensors and plain values; refused "
+                              f"(checkpoints are loaded with weights_only=True): {str(err).splitlines()[0]}") from None
+    except Exception as err:  # torch raises several types for unreadable archives
+        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a largebatch checkpoint (format {FORMAT})")
+        raise CheckpointError(f"{path} is not a largebatch checkpoint of format {FORMAT}")
     return ckpt
+
+
+def latest_valid_checkpoint(run_dir: Path) -> tuple[Path, dict] | None:
+    """The newest checkpoint of ``run_dir`` that passes :func:`load_checkpoint`, skipping (with a
+    warning naming the file and the reason) any newer one that does not; None if there is none."""
+    for path in reversed(list_checkpoints(run_dir)):
+        try:
+            return path, load_checkpoint(path)
+        except CheckpointError as err:
+            log.warning("%s; falling back to the previous checkpoint", err)
+    return None
+
+
+def export_weights(path: Path, state_dict: dict) -> Path:
+    """Write a plain ``state_dict`` (tensors only, torch.save format, atomically) that loads into
+    the matching torchvision model with ``load_state_dict`` (every BN layer's state has the keys
+    of ``torch.nn.BatchNorm2d``)."""
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, buffer)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, [buffer.getvalue()])
+    return path

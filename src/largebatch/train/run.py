@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import platform
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -117,26 +118,38 @@ def _agree(value, env):
 
 
 def run_worker(cfg_dict: dict, out: str | None = None, resume: str | None = None) -> dict | None:
-    """Train on this process; returns the summary on rank 0 (None elsewhere).
+    """Train on this process; returns the summary on rank 0 (None elsewhere), or, on every rank,
+    ``{"preempted": True, "step": ..., "run_dir": ...}`` when SIGTERM stopped the run after a
+    checkpoint. Under an elastic restart (TORCHELASTIC_RESTART_COUNT > 0) it resumes from the newest
+    valid checkpoint of ``out``.
 
     Raises:
         ConfigError: contradictory settings (the CLI turns it into exit status 2).
     """
     from largebatch.dist import cleanup, setup
     from largebatch.train.metrics import plot_curves
-    from largebatch.train.trainer import Trainer
+    from largebatch.train.trainer import Preempted, Trainer
 
     cfg: Config = config_from_dict(cfg_dict)
+    restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    if restarts and out:
+        resume = "auto"  # an elastic restart continues from the newest valid checkpoint of the run
     env = setup(cfg.train.device, threads_per_worker=cfg.train.threads_per_worker)
     try:
         plan = resolve(cfg, env.world_size, local_world_size=env.local_world_size)
-        # Rank 0 decides the run directory (a timestamped default differs per process) and tells the others.
+        # Rank 0 decides the run directory (a timestamped default differs per process) and the
+        # checkpoint to resume from (the newest one that passes its checksum), and tells the others.
         decision = None
         if env.is_main:
             try:
                 run_dir, resume_path = choose_run_dir(cfg.recipe, out, resume)
+                if resume == "auto":
+                    found = ckpt_io.latest_valid_checkpoint(run_dir)
+                    resume_path = found[0] if found else None
+                elif resume_path is not None:
+                    ckpt_io.load_checkpoint(resume_path)  # a named checkpoint must be valid
                 decision = ("ok", str(run_dir), str(resume_path) if resume_path else None)
-            except ConfigError as err:
+            except (ConfigError, ckpt_io.CheckpointError) as err:
                 decision = ("error", str(err), None)
         decision = _agree(decision, env)
         if decision[0] == "error":
@@ -153,10 +166,25 @@ def run_worker(cfg_dict: dict, out: str | None = None, resume: str | None = None
                 info = first
             env_path.write_text(json.dumps(info, indent=2) + "\n")
             log.info("run directory %s", run_dir)
+        if restarts and env.is_main:
+            log.warning("elastic restart %d: continuing from %s", restarts, resume_path or "the start (no valid checkpoint)")
         trainer = Trainer(cfg, plan, env, run_dir)
         if resume_path is not None:
             trainer.load(resume_path)
-        state = trainer.fit()
+
+        def on_sigterm(signum, frame):  # Slurm, Kubernetes and torchrun's agent send SIGTERM
+            trainer.stop_requested = True
+            log.warning("SIGTERM: writing a checkpoint at the next step boundary, then exiting")
+
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
+        try:
+            state = trainer.fit()
+        except Preempted as stop:
+            return {"preempted": True, "step": stop.args[0], "run_dir": str(run_dir)}
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        if env.is_main:
+            ckpt_io.export_weights(run_dir / "model_final.pt", trainer.model.state_dict())
         if not env.is_main:
             return None
         summary = {

@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from largebatch.config import Config, ConfigError, Plan, Stage, config_from_dict, config_hash, resolve_stages, to_dict
+from largebatch.config import (Config, ConfigError, Plan, Stage, config_from_dict, config_hash, hashed_config,
+                               resolve_stages, to_dict)
 from largebatch.data import GlobalBatchSampler, build_data, derive_seed
 from largebatch.dist import DistEnv, all_reduce_sum, barrier, consecutive_groups
 from largebatch.dist.hooks import HookState, make_comm_hook
@@ -63,6 +64,16 @@ class TrainState:
     step_time_s: float = 0.0
     """Seconds spent in optimizer steps only (for images_per_s), summed over resumes."""
     images_seen: int = 0
+    skipped_steps: int = 0
+    """Steps skipped because a gradient held a NaN or Inf (train.nonfinite_policy=skip)."""
+
+
+class Preempted(Exception):
+    """The run was asked to stop (SIGTERM) and wrote a checkpoint at a step boundary."""
+
+
+class NonFiniteGradient(FloatingPointError):
+    """A gradient held a NaN or Inf and the policy (or the number of skips) says stop."""
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -158,6 +169,12 @@ class Trainer:
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.precision)
         self.scaler = torch.amp.GradScaler(env.device.type) if t.precision == "fp16" else None
         self.state = TrainState()
+        self.stop_requested = False  # set by the SIGTERM handler of run_worker
+        self._last_step_skipped = False
+        # Control messages (stop, checkpoint due) travel on a gloo group of CPU tensors, so agreeing on
+        # them never waits for the GPU.
+        self._control = torch.distributed.new_group(backend="gloo") if env.distributed else None
+        self._last_checkpoint_time = time.monotonic()
         self.metrics = MetricsLogger(self.run_dir, enabled=env.is_main)
         log.info("%s", plan.describe())
         log.info("BN: %s statistics%s", t.bn_statistics,
@@ -257,21 +274,28 @@ class Trainer:
         average_bn_statistics(self.model, samples_per_step=self.plan.global_batch_size)
 
     def save(self) -> None:
+        self._last_checkpoint_time = time.monotonic()
         self._average_bn()  # every rank's BN statistics become the checkpointed ones
         payload = self.checkpoint_payload()
         if self.env.is_main:
             ckpt_io.save_checkpoint(self.run_dir, self.state.step, payload, keep=self.cfg.train.keep_checkpoints)
         barrier()
 
-    def load(self, path: Path) -> None:
-        """Restore model, optimizer, counters and RNG from a checkpoint.
+    def load(self, path: Path, ckpt: dict | None = None) -> None:
+        """Restore model, optimizer, counters and RNG from a checkpoint (``ckpt``: already loaded).
+
+        On another number of processes the global batch, the schedule position and the sample
+        order stay those of the checkpoint (they depend on the config and the step only); the
+        per-rank torch RNG states are restored only on the same number of processes (training draws
+        nothing from them: augmentation is derived from (seed, epoch, step)).
 
         Raises:
             ConfigError: if the checkpoint was written with another config.
+            CheckpointError: if the file is truncated, corrupt or holds pickled objects.
         """
-        ckpt = ckpt_io.load_checkpoint(path)
+        ckpt = ckpt if ckpt is not None else ckpt_io.load_checkpoint(path)
         if ckpt["config_hash"] != config_hash(self.cfg):
-            theirs, ours = to_dict(config_from_dict(ckpt["config"])), to_dict(self.cfg)
+            theirs, ours = hashed_config(config_from_dict(ckpt["config"])), hashed_config(self.cfg)
             diffs = [f"{sec}.{k}: checkpoint {theirs[sec][k]!r}, now {ours[sec][k]!r}"
                      for sec in ours if isinstance(ours[sec], dict) for k in ours[sec] if theirs[sec].get(k) != ours[sec][k]]
             raise ConfigError(f"checkpoint {path} was written with another config ({'; '.join(diffs)}); "
@@ -283,6 +307,9 @@ class Trainer:
         self.state = TrainState(**ckpt["train_state"])
         if ckpt["world_size"] == self.env.world_size:
             torch.set_rng_state(ckpt["rng"][self.env.rank])
+        else:
+            log.info("checkpoint written by %d processes, resuming on %d: same global batch %d, now %s",
+                     ckpt["world_size"], self.env.world_size, self.plan.global_batch_size, self.plan.describe())
         log.info("resumed from %s at step %d (epoch %d)", path, self.state.step, self.state.epoch)
 
     # ----------------------------------------------------------------------------------- the loop
@@ -308,12 +335,57 @@ class Trainer:
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
             loss_sum += loss.detach().float()
         if self.scaler:
-            self.scaler.step(self.optimizer)
+            self.scaler.step(self.optimizer)  # skips a non-finite step itself and lowers the scale
             self.scaler.update()
-        else:
+            self._last_step_skipped = False
+        elif self._gradients_finite():
             self.optimizer.step()
+            self._last_step_skipped = False
+        else:
+            self._last_step_skipped = True
         self.optimizer.zero_grad(set_to_none=True)
         return loss_sum
+
+    def _gradients_finite(self) -> bool:
+        """Check the all-reduced gradients; apply train.nonfinite_policy to a NaN or Inf. One host
+        sync per step (free on CPU; on CUDA it is the one sync of the step, as GradScaler's)."""
+        from largebatch.optim._common import all_finite, norms
+
+        named = [(n, p.grad) for n, p in self.model.named_parameters() if p.grad is not None]
+        if all_finite(norms([g for _, g in named])):
+            return True
+        st, t = self.state, self.cfg.train
+        bad = [n for n, g in named if not bool(torch.isfinite(g).all())]
+        where = (f"step {st.step} (epoch {st.epoch}, LR {self.lr_at(st.step):g}): non-finite gradient in "
+                 f"{', '.join(bad[:5])}{' and %d more' % (len(bad) - 5) if len(bad) > 5 else ''}")
+        if t.nonfinite_policy == "stop":
+            raise NonFiniteGradient(f"{where}; stopping (train.nonfinite_policy=stop). The last checkpoint is kept; "
+                                    f"lower optim.base_lr or lengthen schedule.warmup_epochs")
+        st.skipped_steps += 1
+        log.warning("%s; step skipped (%d of at most %d)", where, st.skipped_steps, t.max_nonfinite_steps)
+        if st.skipped_steps > t.max_nonfinite_steps:
+            raise NonFiniteGradient(f"{where}; {st.skipped_steps} steps skipped, more than "
+                                    f"train.max_nonfinite_steps={t.max_nonfinite_steps}: stopping. The last good "
+                                    f"checkpoint is kept; lower optim.base_lr or lengthen schedule.warmup_epochs")
+        return False
+
+    def _preempted(self) -> None:
+        log.warning("stop requested (SIGTERM): checkpoint written at step %d; continue with --resume auto",
+                    self.state.step)
+        raise Preempted(self.state.step)
+
+    def _control_flags(self) -> tuple[bool, bool]:
+        """(stop, checkpoint due) agreed by all ranks after a step: any rank's stop request, and
+        rank 0's step/minute checkpoint interval."""
+        t, st = self.cfg.train, self.state
+        due = bool(t.checkpoint_every_steps and st.step % t.checkpoint_every_steps == 0)
+        if self.env.is_main and t.checkpoint_every_minutes:
+            due = due or time.monotonic() - self._last_checkpoint_time >= 60.0 * t.checkpoint_every_minutes
+        if self._control is None:
+            return self.stop_requested, due
+        flags = torch.tensor([int(self.stop_requested), int(due)], dtype=torch.int32)
+        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX, group=self._control)
+        return bool(flags[0]), bool(flags[1])
 
     def _evaluate_and_log(self, wall_s) -> None:
         """Settle the BN statistics (precise BN recomputes them; otherwise they are averaged across
@@ -380,7 +452,8 @@ class Trainer:
                 start_in_epoch = st.step - self.epoch_start[epoch]
                 self.sampler.set_epoch(epoch, start_in_epoch)
                 interval_loss = torch.zeros((), device=self.env.device)
-                interval_steps, interval_t0 = 0, time.perf_counter()
+                interval_steps, interval_counted, interval_t0 = 0, 0, time.perf_counter()
+                stop_after_epoch = False
                 gbs = self.plan.global_batch_size
                 for images, labels in self.data.train_batches(self.sampler, seed=t.seed):
                     lr = self.lr_at(st.step)
@@ -388,16 +461,27 @@ class Trainer:
                     if self.batch_schedule and hasattr(self.optimizer, "epoch_position"):
                         self.optimizer.epoch_position = self.epoch_position(st.step)  # RMSpropWarmup's alpha_SGD
                     t0 = time.perf_counter()
-                    interval_loss += self._train_step(images, labels)
+                    step_loss = self._train_step(images, labels)
+                    if not self._last_step_skipped:  # a skipped step's loss is NaN or Inf: not averaged
+                        interval_loss += step_loss
+                        interval_counted += 1
                     st.step_time_s += time.perf_counter() - t0
                     st.step += 1
                     st.images_seen += gbs
                     interval_steps += 1
                     if bar is not None:
                         bar.update(1)
+                    stop, due = self._control_flags()
+                    if st.step < self.epoch_start[epoch + 1]:  # at the epoch's end the save below does it
+                        if stop or due:
+                            st.train_wall_s = wall_s()
+                            self.save()
+                        if stop:
+                            self._preempted()
+                    stop_after_epoch = stop_after_epoch or stop
                     if st.step % t.log_every_steps == 0 or st.step == self.epoch_start[epoch + 1]:
                         # The one host sync of the interval: reduce the summed loss across ranks.
-                        loss = all_reduce_sum(interval_loss.detach().clone()).item() / (interval_steps * self.env.world_size)
+                        loss = all_reduce_sum(interval_loss.detach().clone()).item() / (max(interval_counted, 1) * self.env.world_size)
                         if not math.isfinite(loss):
                             raise FloatingPointError(
                                 f"training loss is {loss} at step {st.step} (epoch {epoch}, LR {lr:g}); lower "
@@ -412,14 +496,16 @@ class Trainer:
                             log.info("step %d/%d epoch %d: loss %.4f, lr %.4g, %.0f images/s", st.step,
                                      self.total_steps, epoch, loss, lr, ips)
                         interval_loss.zero_()
-                        interval_steps, interval_t0 = 0, now
+                        interval_steps, interval_counted, interval_t0 = 0, 0, now
                 st.epoch += 1
                 last = st.epoch == t.epochs
                 if last or st.epoch % t.eval_every_epochs == 0:
                     self._evaluate_and_log(wall_s)
-                if last or st.epoch % t.checkpoint_every_epochs == 0:
+                if last or st.epoch % t.checkpoint_every_epochs == 0 or stop_after_epoch:
                     st.train_wall_s = wall_s()
                     self.save()
+                if stop_after_epoch and not last:
+                    self._preempted()
         finally:
             if bar is not None:
                 bar.close()

@@ -1,0 +1,46 @@
+"""Property-based fuzzing of the config surface (hypothesis): any key and any value, through
+--set parsing and resolve(), gives a valid plan or a ConfigError whose message names the key, never
+another exception (no traceback reaches a user)."""
+
+import string
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from largebatch.config import ConfigError, all_keys, apply_overrides, resolve
+from largebatch.recipes import DEFAULT_RECIPE, get_recipe, recipe_names
+
+KEYS = all_keys()
+VALUES = st.one_of(
+    st.integers(-10**6, 10**6).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.sampled_from(["", "null", "true", "false", "[]", "[1, 2]", "{}", "{a: 1}", "nan", "-inf", "1e400", "0", "-1",
+                     "sgd", "lars", "imagefolder", "[{start_epoch: 0, global_batch_size: 512}]",
+                     "[{start_epoch: x}]", "[0.5, 0.1]", "'quoted'", "a: b", "[", "}"]),
+    st.text(alphabet=string.printable, max_size=12),
+)
+KEY = st.one_of(st.sampled_from(KEYS), st.text(alphabet=string.ascii_lowercase + "._", min_size=1, max_size=20))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(KEY, VALUES), min_size=1, max_size=4), st.integers(1, 8),
+       st.sampled_from(recipe_names()))
+def test_any_override_gives_a_plan_or_a_clear_error(pairs, world_size, recipe):
+    cfg = get_recipe(recipe)
+    try:
+        cfg = apply_overrides(cfg, [f"{k}={v}" for k, v in pairs])
+        resolve(cfg, world_size)
+    except ConfigError as err:
+        message = str(err)
+        assert message and "Traceback" not in message
+        assert any(k in message for k, _ in pairs) or "world size" in message or "workers" in message or \
+            "override" in message or any(key.split(".")[-1] in message for key in KEYS), message
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(max_size=30))
+def test_malformed_override_strings(item):
+    try:
+        apply_overrides(get_recipe(DEFAULT_RECIPE), [item])
+    except ConfigError:
+        pass

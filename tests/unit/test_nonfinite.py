@@ -1,0 +1,58 @@
+"""Non-finite gradients in the real Trainer (one process, synthetic data): skipped and counted, or
+the run stops with a message naming the step, the LR and the layer; too many skips stop it."""
+
+import math
+import tempfile
+
+import pytest
+import torch
+
+from largebatch.config import apply_overrides, resolve
+from largebatch.dist.env import DistEnv
+from largebatch.recipes import DEFAULT_RECIPE, get_recipe
+from largebatch.train.trainer import NonFiniteGradient, Trainer
+
+OVERRIDES = ["data.name=synthetic", "data.synthetic_train_samples=256", "data.synthetic_test_samples=64",
+             "data.image_size_px=12", "train.global_batch_size=64", "train.bn_batch_size=16", "train.epochs=2",
+             "train.checkpoint_every_epochs=100", "model.width=4", "schedule.warmup_epochs=0",
+             "schedule.decay_epochs=[1.5]", "train.log_every_steps=1"]
+
+
+def run(extra, bad_steps):
+    cfg = apply_overrides(get_recipe(DEFAULT_RECIPE), OVERRIDES + extra)
+    env = DistEnv(0, 1, 0, 1, torch.device("cpu"), None)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(cfg, resolve(cfg, 1), env, tmp)
+        weight = trainer.model.fc.weight
+        weight.register_hook(lambda g: g * float("nan") if trainer.state.step in bad_steps else g)
+        before = {}
+        original = trainer.optimizer.step
+
+        def step_spy(*a, **k):
+            before[trainer.state.step] = True
+            return original(*a, **k)
+
+        trainer.optimizer.step = step_spy
+        try:
+            trainer.fit()
+        finally:
+            trainer.metrics.close()
+        return trainer, before
+
+
+def test_skip_policy_skips_and_counts():
+    trainer, stepped = run([], bad_steps={2, 5})
+    assert trainer.state.skipped_steps == 2 and trainer.state.step == 8
+    assert sorted(stepped) == [0, 1, 3, 4, 6, 7]  # the optimizer never saw the two bad steps
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    assert math.isfinite(trainer.state.top1)
+
+
+def test_stop_policy_names_step_lr_and_layer():
+    with pytest.raises(NonFiniteGradient, match=r"step 3 \(epoch 0, LR 0\.1\): non-finite gradient in fc\.weight"):
+        run(["train.nonfinite_policy=stop", "optim.base_lr=0.4"], bad_steps={3})
+
+
+def test_too_many_skips_stop_the_run():
+    with pytest.raises(NonFiniteGradient, match="more than train.max_nonfinite_steps=2"):
+        run(["train.max_nonfinite_steps=2"], bad_steps={1, 2, 3})
