@@ -41,8 +41,9 @@ def _build_config(recipe: str, overrides: list[str]):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from largebatch.config import ConfigError, resolve, to_dict
+    from largebatch.config import ConfigError, config_mismatch, resolve, to_dict
     from largebatch.data import check_data
+    from largebatch.train.checkpoint import CheckpointError, latest_valid_checkpoint, load_checkpoint
     from largebatch.train.run import choose_run_dir, run_worker
 
     try:
@@ -71,7 +72,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         plan = resolve(cfg, nproc)
         check_data(cfg)
         run_dir, resume_path = choose_run_dir(cfg.recipe, args.out, args.resume)
-    except (ConfigError, FileNotFoundError) as err:
+        if resume_path is not None:  # refuse another config's checkpoint before any worker starts
+            found = latest_valid_checkpoint(run_dir) if args.resume == "auto" else (resume_path, load_checkpoint(resume_path))
+            if found is not None and (mismatch := config_mismatch(cfg, found[1]["config"], found[0])):
+                raise ConfigError(mismatch)
+    except (ConfigError, FileNotFoundError, CheckpointError) as err:
         return _fail(str(err))
     print(f"largebatch: {cfg.recipe}: {plan.describe()}; run directory {run_dir}", file=sys.stderr)
     # The run directory is fixed here, so an elastic restart of the workers finds its checkpoints.

@@ -73,6 +73,10 @@ class DataConfig:
     """Channels of synthetic images."""
     loader_workers: int = 4
     """DataLoader worker processes per training process (imagefolder only)."""
+    bad_file_policy: str = "fail"
+    """imagefolder: an image file that cannot be decoded (zero-byte, truncated, not an image)
+    ``fail``s the run with a message naming it, or is ``skip``ped (replaced by the next readable
+    sample, so batches keep their size) and listed in bad_files.txt and summary.json at the end."""
 
 
 @dataclass(kw_only=True)
@@ -393,6 +397,20 @@ def hashed_config(cfg: Config) -> dict:
     return data
 
 
+def config_mismatch(cfg: Config, checkpoint_config: dict, path) -> str | None:
+    """None if a checkpoint written with ``checkpoint_config`` may be resumed under ``cfg``, else a
+    message naming every key that differs (operational keys may differ)."""
+    theirs, ours = hashed_config(config_from_dict(checkpoint_config)), hashed_config(cfg)
+    if theirs == ours:
+        return None
+    diffs = [f"{sec}.{k}: checkpoint {theirs[sec].get(k)!r}, now {ours[sec][k]!r}"
+             for sec in ours if isinstance(ours[sec], dict) for k in ours[sec] if theirs[sec].get(k) != ours[sec][k]]
+    diffs += [f"{sec}: checkpoint {theirs.get(sec)!r}, now {ours[sec]!r}"
+              for sec in ours if not isinstance(ours[sec], dict) and theirs.get(sec) != ours[sec]]
+    return (f"checkpoint {path} was written with another config ({'; '.join(diffs)}); resume with the same "
+            f"recipe and --set values, or start a new run directory")
+
+
 def config_hash(cfg: Config) -> str:
     """SHA-256 (hex, first 16 digits) of :func:`hashed_config`, stored in checkpoints. The config is
     first passed through the typed tree, so ``30`` and ``30.0`` in a float field hash alike."""
@@ -551,6 +569,8 @@ def resolve_stages(cfg: Config, world_size: int, *, local_world_size: int | None
     _check(cfg.train.bn_variance_averaging == "mean" or cfg.train.bn_statistics == "last_batch",
            "train.bn_variance_averaging", cfg.train.bn_variance_averaging,
            "'mean' unless train.bn_statistics=last_batch (pooling applies to last-batch statistics)")
+    _check(cfg.data.bad_file_policy in ("fail", "skip"), "data.bad_file_policy", cfg.data.bad_file_policy,
+           "fail or skip")
     _check(cfg.train.nonfinite_policy in ("skip", "stop"), "train.nonfinite_policy", cfg.train.nonfinite_policy,
            "skip or stop")
     _check(cfg.train.max_nonfinite_steps >= 1, "train.max_nonfinite_steps", cfg.train.max_nonfinite_steps,

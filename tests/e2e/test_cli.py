@@ -299,3 +299,72 @@ def test_two_node_loopback_run_with_topology_hooks(tmp_path):
     bad = largebatch("train", "--nproc", "4", *COMM_SMALL, "--set", "comm.algorithm=torus2d", "--set",
                      "comm.torus_x=3", cwd=tmp_path, timeout=60)
     assert bad.returncode == 2 and "accepted shapes X x Y: 1x4, 2x2, 4x1" in bad.stderr
+
+
+def make_imagenet(root: Path, *, per_class=(16, 4), bad=()):
+    """A small ImageNet-layout folder of JPEGs; ``bad`` adds broken files to train/ (name, bytes)."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    classes = ["n01440764", "n01443537"]
+    for split, count in zip(("train", "val"), per_class):
+        for c, wnid in enumerate(classes):
+            d = root / split / wnid
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                base = torch.zeros(36, 40, 3, dtype=torch.uint8)
+                base[..., c] = 200
+                noise = torch.randint(0, 50, (36, 40, 3), generator=g, dtype=torch.uint8)
+                Image.fromarray((base + noise).numpy()).save(d / f"{wnid}_{i}.JPEG", quality=90)
+    for name, data in bad:
+        (root / "train" / classes[0] / name).write_bytes(data)
+
+
+def test_bad_image_files_fail_or_are_skipped_and_reported(tmp_path):
+    make_imagenet(tmp_path / "imagenet")
+    jpeg = next((tmp_path / "imagenet" / "train").rglob("*.JPEG")).read_bytes()
+    bad = [("zero.JPEG", b""), ("truncated.JPEG", jpeg[: len(jpeg) // 3]), ("notes.JPEG", b"not an image at all")]
+    make_imagenet(tmp_path / "imagenet", bad=bad)
+    common = ["--nproc", "2", "--set", "data.name=imagefolder", "--set", f"data.root={tmp_path / 'imagenet'}",
+              "--set", "model.name=resnet18", "--set", "data.image_size_px=32", "--set", "data.loader_workers=0",
+              "--set", "train.epochs=1", "--set", "train.global_batch_size=16", "--set", "train.bn_batch_size=8",
+              "--set", "schedule.warmup_epochs=0", "--set", "schedule.decay_epochs=[]"]
+    proc = largebatch("train", *common, "--out", str(tmp_path / "fail"), cwd=tmp_path)
+    assert proc.returncode == 1 and "cannot decode" in proc.stderr and "data.bad_file_policy=skip" in proc.stderr
+    out = tmp_path / "skip"
+    proc = largebatch("train", *common, "--set", "data.bad_file_policy=skip", "--out", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    listed = (out / "bad_files.txt").read_text()
+    assert all(name in listed for name, _ in bad) and "unreadable image file(s) were skipped" in proc.stderr
+    assert json.loads((out / "summary.json").read_text())["bad_files"] == 3
+
+
+@pytest.mark.parametrize("layout,fragment", [
+    ("missing", "is not a directory"),
+    ("flat", "holds images directly"),
+    ("empty", "hold no image files"),
+])
+def test_bad_data_directories_exit_2_before_workers(tmp_path, layout, fragment):
+    root = tmp_path / "data"
+    if layout == "flat":
+        make_imagenet(root)
+        for wnid_dir in list((root / "train").iterdir()):
+            for f in wnid_dir.iterdir():
+                f.rename(root / "train" / f.name)
+            wnid_dir.rmdir()
+    elif layout == "empty":
+        for split in ("train", "val"):
+            (root / split / "n01440764").mkdir(parents=True)
+    proc = largebatch("train", "--set", "data.name=imagefolder", "--set", f"data.root={root}", cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2 and fragment in proc.stderr, proc.stderr[-2000:]
+    assert "rank" not in proc.stderr  # no worker started
+
+
+def test_checkpoint_from_another_config_is_refused(run):
+    cwd, out, _ = run
+    other = cwd / "other"
+    shutil.copytree(out, other)
+    proc = largebatch("train", "--nproc", "2", *SMALL, "--set", "optim.base_lr=0.3", "--out", str(other),
+                      "--resume", "auto", cwd=cwd)
+    assert proc.returncode == 2 and "was written with another config (optim.base_lr: checkpoint 0.1, now 0.3)" in proc.stderr
+    assert "rank" not in proc.stderr  # refused before any worker started

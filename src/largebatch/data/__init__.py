@@ -54,7 +54,7 @@ def build_data(cfg, *, device: torch.device):
 
         return ImageFolderData(d.root, image_size_px=d.image_size_px, augment=d.augment,
                                loader_workers=d.loader_workers, train_subset=d.train_subset,
-                               test_subset=d.test_subset, device=device)
+                               test_subset=d.test_subset, device=device, bad_file_policy=d.bad_file_policy)
     if d.name == "fashion_mnist":
         from largebatch.data.fashion_mnist import load_fashion_mnist
 

@@ -108,6 +108,15 @@ def environment_info(env) -> dict:
     return info
 
 
+def _gather_bad_files(mine: list[str], env) -> list[str]:
+    """Every rank's skipped files, merged and sorted (on every rank)."""
+    if not env.distributed:
+        return sorted(set(mine))
+    lists: list = [None] * env.world_size
+    torch.distributed.all_gather_object(lists, list(mine))
+    return sorted({b for lst in lists for b in lst})
+
+
 def _agree(value, env):
     """Rank 0's ``value`` on every rank."""
     if not env.distributed:
@@ -183,8 +192,14 @@ def run_worker(cfg_dict: dict, out: str | None = None, resume: str | None = None
             return {"preempted": True, "step": stop.args[0], "run_dir": str(run_dir)}
         finally:
             signal.signal(signal.SIGTERM, previous)
+        bad_files = _gather_bad_files(getattr(trainer.data, "bad_files", []), env)
         if env.is_main:
             ckpt_io.export_weights(run_dir / "model_final.pt", trainer.model.state_dict())
+            if bad_files:
+                (run_dir / "bad_files.txt").write_text("\n".join(bad_files) + "\n")
+                log.warning("%d unreadable image file(s) were skipped (data.bad_file_policy=skip), listed in %s: %s%s",
+                            len(bad_files), run_dir / "bad_files.txt", "; ".join(b.split("\t")[0] for b in bad_files[:5]),
+                            " ..." if len(bad_files) > 5 else "")
         if not env.is_main:
             return None
         summary = {
@@ -206,6 +221,8 @@ def run_worker(cfg_dict: dict, out: str | None = None, resume: str | None = None
             "wall_s": state.train_wall_s,
             "target_top1": cfg.train.target_top1 or None,
             "time_to_target_s": state.time_to_target_s,
+            "skipped_steps": state.skipped_steps,
+            "bad_files": len(bad_files),
             "run_dir": str(run_dir),
         }
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from largebatch.config import (Config, ConfigError, Plan, Stage, config_from_dict, config_hash, hashed_config,
-                               resolve_stages, to_dict)
+from largebatch.config import (Config, ConfigError, Plan, Stage, config_hash, config_mismatch, resolve_stages,
+                               to_dict)
 from largebatch.data import GlobalBatchSampler, build_data, derive_seed
 from largebatch.dist import DistEnv, all_reduce_sum, barrier, consecutive_groups
 from largebatch.dist.hooks import HookState, make_comm_hook
@@ -295,11 +295,8 @@ class Trainer:
         """
         ckpt = ckpt if ckpt is not None else ckpt_io.load_checkpoint(path)
         if ckpt["config_hash"] != config_hash(self.cfg):
-            theirs, ours = hashed_config(config_from_dict(ckpt["config"])), hashed_config(self.cfg)
-            diffs = [f"{sec}.{k}: checkpoint {theirs[sec][k]!r}, now {ours[sec][k]!r}"
-                     for sec in ours if isinstance(ours[sec], dict) for k in ours[sec] if theirs[sec].get(k) != ours[sec][k]]
-            raise ConfigError(f"checkpoint {path} was written with another config ({'; '.join(diffs)}); "
-                             f"resume with the same recipe and --set values, or start a new run directory")
+            raise ConfigError(config_mismatch(self.cfg, ckpt["config"], path) or
+                              f"checkpoint {path} has config hash {ckpt['config_hash']}, this run {config_hash(self.cfg)}")
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.scaler and ckpt.get("scaler"):
