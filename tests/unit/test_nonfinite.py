@@ -56,3 +56,20 @@ def test_stop_policy_names_step_lr_and_layer():
 def test_too_many_skips_stop_the_run():
     with pytest.raises(NonFiniteGradient, match="more than train.max_nonfinite_steps=2"):
         run(["train.max_nonfinite_steps=2"], bad_steps={1, 2, 3})
+
+
+def test_step_and_minute_checkpoint_intervals():
+    """train.checkpoint_every_steps and _minutes write mid-epoch checkpoints (one process)."""
+    for extra, expected in ((["train.checkpoint_every_steps=3"], [3, 6, 8]),
+                            (["train.checkpoint_every_minutes=0.000001"], [1, 2, 3, 4, 5, 6, 7, 8])):
+        cfg = apply_overrides(get_recipe(DEFAULT_RECIPE), OVERRIDES + extra)
+        env = DistEnv(0, 1, 0, 1, torch.device("cpu"), None)
+        with tempfile.TemporaryDirectory() as tmp:
+            trainer = Trainer(cfg, resolve(cfg, 1), env, tmp)
+            saved = []
+            original = trainer.save
+            trainer.save = lambda: (saved.append(trainer.state.step), original())
+            trainer.fit()
+            trainer.metrics.close()
+        # the end of the run (step 8) is always saved; the interval adds the others
+        assert sorted(set(saved)) == expected, (extra, saved)

@@ -450,7 +450,7 @@ class Trainer:
                 self.sampler.set_epoch(epoch, start_in_epoch)
                 interval_loss = torch.zeros((), device=self.env.device)
                 interval_steps, interval_counted, interval_t0 = 0, 0, time.perf_counter()
-                stop_after_epoch = False
+                stop_after_epoch = due_after_epoch = False
                 gbs = self.plan.global_batch_size
                 for images, labels in self.data.train_batches(self.sampler, seed=t.seed):
                     lr = self.lr_at(st.step)
@@ -475,7 +475,8 @@ class Trainer:
                             self.save()
                         if stop:
                             self._preempted()
-                    stop_after_epoch = stop_after_epoch or stop
+                    else:  # the epoch's last step: the epoch-end code below saves if either is set
+                        stop_after_epoch, due_after_epoch = stop_after_epoch or stop, due
                     if st.step % t.log_every_steps == 0 or st.step == self.epoch_start[epoch + 1]:
                         # The one host sync of the interval: reduce the summed loss across ranks.
                         loss = all_reduce_sum(interval_loss.detach().clone()).item() / (max(interval_counted, 1) * self.env.world_size)
@@ -498,7 +499,7 @@ class Trainer:
                 last = st.epoch == t.epochs
                 if last or st.epoch % t.eval_every_epochs == 0:
                     self._evaluate_and_log(wall_s)
-                if last or st.epoch % t.checkpoint_every_epochs == 0 or stop_after_epoch:
+                if last or st.epoch % t.checkpoint_every_epochs == 0 or stop_after_epoch or due_after_epoch:
                     st.train_wall_s = wall_s()
                     self.save()
                 if stop_after_epoch and not last:
