@@ -172,6 +172,11 @@ class TrainConfig:
     """A NaN or Inf in the gradients of a step: ``skip`` the step (no update, counted) or ``stop`` the
     run with a message naming the step, the LR and the layers. fp16 runs leave this to the loss
     scaler, which skips such steps and lowers the scale."""
+    nonfinite_check: str = "auto"
+    """Where the gradients are checked: ``host`` (one sync per step: free on CPU), ``device`` (no
+    sync: the step is applied, then undone on the device where a gradient was not finite; counted
+    and reported at the next log interval, evaluation or checkpoint) or ``auto`` (device on CUDA,
+    host elsewhere)."""
     max_nonfinite_steps: int = 20
     """``skip``: after this many skipped steps the run stops; its last good checkpoint is kept."""
     target_top1: float = 0.0
@@ -381,7 +386,7 @@ def to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 
 
-OPERATIONAL_KEYS = ("train.nproc", "train.log_every_steps", "train.checkpoint_every_steps",
+OPERATIONAL_KEYS = ("train.nproc", "train.log_every_steps", "train.checkpoint_every_steps", "train.nonfinite_check",
                     "train.checkpoint_every_minutes", "train.keep_checkpoints", "train.max_nonfinite_steps",
                     "train.threads_per_worker")
 """Keys that do not change what is computed: a run may resume with other values (e.g. on another
@@ -571,6 +576,8 @@ def resolve_stages(cfg: Config, world_size: int, *, local_world_size: int | None
            "'mean' unless train.bn_statistics=last_batch (pooling applies to last-batch statistics)")
     _check(cfg.data.bad_file_policy in ("fail", "skip"), "data.bad_file_policy", cfg.data.bad_file_policy,
            "fail or skip")
+    _check(cfg.train.nonfinite_check in ("auto", "host", "device"), "train.nonfinite_check",
+           cfg.train.nonfinite_check, "auto, host or device")
     _check(cfg.train.nonfinite_policy in ("skip", "stop"), "train.nonfinite_policy", cfg.train.nonfinite_policy,
            "skip or stop")
     _check(cfg.train.max_nonfinite_steps >= 1, "train.max_nonfinite_steps", cfg.train.max_nonfinite_steps,

@@ -73,3 +73,28 @@ def test_step_and_minute_checkpoint_intervals():
             trainer.metrics.close()
         # the end of the run (step 8) is always saved; the interval adds the others
         assert sorted(set(saved)) == expected, (extra, saved)
+
+
+@pytest.mark.parametrize("optim", [[], ["optim.name=lars", "optim.base_lr=2.0", "schedule.name=poly"]],
+                         ids=["sgd", "lars"])
+def test_device_check_skips_like_the_host_check(optim):
+    """train.nonfinite_check=device (the CUDA default: no host sync per step) applies the step and
+    undoes it on the device where a gradient is not finite; the result equals the host check's."""
+    host, _ = run(["train.nonfinite_check=host"] + optim, bad_steps={0, 2, 5})
+    device, _ = run(["train.nonfinite_check=device"] + optim, bad_steps={0, 2, 5})
+    assert device.device_guard and not host.device_guard
+    if optim:  # LARS's own host-synced check is off: the device guard alone skips the bad steps
+        assert device.optimizer.skip_nonfinite is False and host.optimizer.skip_nonfinite is True
+    assert host.state.skipped_steps == device.state.skipped_steps == 3
+    for (name, a), b in zip(host.model.state_dict().items(), device.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    a_state, b_state = host.optimizer.state_dict()["state"], device.optimizer.state_dict()["state"]
+    for k in a_state:
+        for key, v in a_state[k].items():
+            if isinstance(v, torch.Tensor):
+                assert torch.equal(v, b_state[k][key]), (k, key)
+
+
+def test_device_check_stop_policy_reports_the_first_bad_step():
+    with pytest.raises(NonFiniteGradient, match=r"step 3 \(LR 0\.1\): non-finite gradient in fc\.weight"):
+        run(["train.nonfinite_check=device", "train.nonfinite_policy=stop", "optim.base_lr=0.4"], bad_steps={3})

@@ -45,7 +45,9 @@ class Lars(torch.optim.Optimizer):
     Non-finite gradients: if any gradient norm of the step is inf or NaN, the whole step is skipped
     (no parameter or buffer changes) and the integer ``self.skipped_steps`` is incremented. The
     decision costs one host sync per step (all norms are stacked and read once; a norm that overflows
-    float32 counts as non-finite); it is saved in
+    float32 counts as non-finite). Setting the attribute ``skip_nonfinite = False`` removes the check
+    and its sync, for a caller that undoes such steps itself (the trainer's
+    ``train.nonfinite_check=device``); it is saved in
     :meth:`state_dict`.
 
     Args:
@@ -97,6 +99,7 @@ class Lars(torch.optim.Optimizer):
         )
         super().__init__(params, defaults)
         self.skipped_steps = 0
+        self.skip_nonfinite = True
 
     def state_dict(self) -> dict:
         state = super().state_dict()
@@ -127,8 +130,9 @@ class Lars(torch.optim.Optimizer):
         if not work:
             return loss
         g_norms = norms([g for _, _, grads, _ in work for g in grads])
-        # The one host sync of the step: skip everything if any gradient norm is inf or NaN.
-        if not all_finite(g_norms):
+        # The one host sync of the step: skip everything if any gradient norm is inf or NaN. A trainer
+        # that undoes non-finite steps on the device itself turns it off (skip_nonfinite = False).
+        if self.skip_nonfinite and not all_finite(g_norms):
             self.skipped_steps += 1
             return loss
 

@@ -170,7 +170,17 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(env.device.type) if t.precision == "fp16" else None
         self.state = TrainState()
         self.stop_requested = False  # set by the SIGTERM handler of run_worker
-        self._last_step_skipped = False
+        self._last_step_ok: bool | torch.Tensor = True
+        # Non-finite check: on the host (one sync per step, free on CPU) or on the device (no sync).
+        check = t.nonfinite_check
+        self.device_guard = self.scaler is None and (check == "device" or (check == "auto" and env.device.type == "cuda"))
+        self._snapshot: list[torch.Tensor] | None = None
+        self._pending_skips = torch.zeros((), dtype=torch.int32, device=env.device)
+        self._first_bad_step = torch.full((), -1, dtype=torch.int64, device=env.device)
+        self._first_bad_mask: torch.Tensor | None = None
+        self._guard_names: list[str] = []
+        if self.device_guard and hasattr(self.optimizer, "skip_nonfinite"):
+            self.optimizer.skip_nonfinite = False  # LARS: its own host-synced check becomes the guard's
         # Control messages (stop, checkpoint due) travel on a gloo group of CPU tensors, so agreeing on
         # them never waits for the GPU.
         self._control = torch.distributed.new_group(backend="gloo") if env.distributed else None
@@ -274,6 +284,7 @@ class Trainer:
         average_bn_statistics(self.model, samples_per_step=self.plan.global_batch_size)
 
     def save(self) -> None:
+        self._settle_nonfinite()
         self._last_checkpoint_time = time.monotonic()
         self._average_bn()  # every rank's BN statistics become the checkpointed ones
         payload = self.checkpoint_payload()
@@ -334,14 +345,86 @@ class Trainer:
         if self.scaler:
             self.scaler.step(self.optimizer)  # skips a non-finite step itself and lowers the scale
             self.scaler.update()
-            self._last_step_skipped = False
+            self._last_step_ok = True
+        elif self.device_guard:
+            self._last_step_ok = self._guarded_step()
         elif self._gradients_finite():
             self.optimizer.step()
-            self._last_step_skipped = False
+            self._last_step_ok = True
         else:
-            self._last_step_skipped = True
+            self._last_step_ok = False
         self.optimizer.zero_grad(set_to_none=True)
         return loss_sum
+
+    # ------------------------------------------------------------------ non-finite gradients on the device
+    def _state_tensors(self) -> list[torch.Tensor]:
+        """The optimizer's floating state tensors (momentum buffers, moments), persistent objects."""
+        return [v for state in self.optimizer.state.values() for v in state.values()
+                if isinstance(v, torch.Tensor) and v.is_floating_point()]
+
+    def _guarded_step(self) -> torch.Tensor:
+        """The optimizer step with no host sync (train.nonfinite_check=device, the CUDA default):
+        whether every gradient is finite stays a device tensor ``ok``; the step runs, and every
+        parameter and floating optimizer-state tensor is then set back to its value before the step
+        where ``ok`` is false (state created by this step back to zeros, the state before a first
+        step). Counting and the policy are applied at the next point that syncs anyway
+        (:meth:`_settle_nonfinite`). Returns ``ok``."""
+        from largebatch.optim._common import norms
+
+        named = [(n, p) for n, p in self.model.named_parameters() if p.grad is not None]
+        self._guard_names = [n for n, _ in named]
+        finite = torch.stack([n.isfinite() for n in norms([p.grad for _, p in named])])
+        ok = finite.all()
+        states = self._state_tensors()
+        before = [p.detach() for p in self.model.parameters()] + states
+        if self._snapshot is None or len(self._snapshot) != len(before) or any(
+                a.shape != b.shape for a, b in zip(self._snapshot, before)):
+            self._snapshot = [t.clone() for t in before]
+        else:
+            torch._foreach_copy_(self._snapshot, before)
+        known = {id(t) for t in states}
+        self.optimizer.step()
+        for t, old in zip(before, self._snapshot):
+            torch.where(ok, t, old, out=t)
+        for t in self._state_tensors():
+            if id(t) not in known:
+                torch.where(ok, t, torch.zeros((), dtype=t.dtype, device=t.device), out=t)
+        step = torch.tensor(self.state.step, device=ok.device)
+        first = self._first_bad_step < 0
+        self._first_bad_mask = torch.where(first & ~ok, ~finite, self._first_bad_mask) \
+            if self._first_bad_mask is not None and self._first_bad_mask.numel() == finite.numel() else ~finite & ~ok
+        self._first_bad_step = torch.where(first & ~ok, step, self._first_bad_step)
+        self._pending_skips = self._pending_skips + (~ok).int()
+        return ok
+
+    def _settle_nonfinite(self) -> None:
+        """Apply train.nonfinite_policy to the steps skipped on the device since the last call (one
+        sync, made where the loop syncs anyway: at log intervals, evaluations and checkpoints)."""
+        if not self.device_guard:
+            return
+        pending, first = torch.stack([self._pending_skips.to(torch.int64).cpu(),
+                                      self._first_bad_step.to(torch.int64).cpu()]).tolist()
+        if pending == 0:
+            return
+        st, t = self.state, self.cfg.train
+        names = self._guard_names
+        mask = self._first_bad_mask.tolist() if self._first_bad_mask is not None else []
+        bad = [n for n, m in zip(names, mask) if m]
+        where = (f"step {first} (LR {self.lr_at(first):g}): non-finite gradient in "
+                 f"{', '.join(bad[:5]) or 'a layer'}{' and %d more' % (len(bad) - 5) if len(bad) > 5 else ''}")
+        st.skipped_steps += pending
+        self._pending_skips = torch.zeros((), dtype=torch.int32, device=self.env.device)
+        self._first_bad_step = torch.full((), -1, dtype=torch.int64, device=self.env.device)
+        self._first_bad_mask = None
+        if t.nonfinite_policy == "stop":
+            raise NonFiniteGradient(f"{where}; stopping (train.nonfinite_policy=stop; found at the next sync point, "
+                                    f"the step and any after it were not applied). The last checkpoint is kept")
+        log.warning("%s; %d step(s) skipped since the last report (%d of at most %d)", where, pending,
+                    st.skipped_steps, t.max_nonfinite_steps)
+        if st.skipped_steps > t.max_nonfinite_steps:
+            raise NonFiniteGradient(f"{where}; {st.skipped_steps} steps skipped, more than "
+                                    f"train.max_nonfinite_steps={t.max_nonfinite_steps}: stopping. The last good "
+                                    f"checkpoint is kept; lower optim.base_lr or lengthen schedule.warmup_epochs")
 
     def _gradients_finite(self) -> bool:
         """Check the all-reduced gradients; apply train.nonfinite_policy to a NaN or Inf. One host
@@ -387,6 +470,7 @@ class Trainer:
     def _evaluate_and_log(self, wall_s) -> None:
         """Settle the BN statistics (precise BN recomputes them; otherwise they are averaged across
         ranks), evaluate, log; ``wall_s()`` gives the run's elapsed seconds."""
+        self._settle_nonfinite()
         if self.cfg.train.bn_statistics == "precise":
             self._precise_bn()
         self._average_bn()
@@ -459,7 +543,11 @@ class Trainer:
                         self.optimizer.epoch_position = self.epoch_position(st.step)  # RMSpropWarmup's alpha_SGD
                     t0 = time.perf_counter()
                     step_loss = self._train_step(images, labels)
-                    if not self._last_step_skipped:  # a skipped step's loss is NaN or Inf: not averaged
+                    ok = self._last_step_ok  # a skipped step's loss is NaN or Inf: not averaged
+                    if isinstance(ok, torch.Tensor):  # device check: no sync here
+                        interval_loss += torch.where(ok, step_loss, torch.zeros_like(step_loss))
+                        interval_counted = interval_counted + ok.to(torch.int64)
+                    elif ok:
                         interval_loss += step_loss
                         interval_counted += 1
                     st.step_time_s += time.perf_counter() - t0
@@ -479,7 +567,8 @@ class Trainer:
                         stop_after_epoch, due_after_epoch = stop_after_epoch or stop, due
                     if st.step % t.log_every_steps == 0 or st.step == self.epoch_start[epoch + 1]:
                         # The one host sync of the interval: reduce the summed loss across ranks.
-                        loss = all_reduce_sum(interval_loss.detach().clone()).item() / (max(interval_counted, 1) * self.env.world_size)
+                        self._settle_nonfinite()
+                        loss = all_reduce_sum(interval_loss.detach().clone()).item() / (max(int(interval_counted), 1) * self.env.world_size)
                         if not math.isfinite(loss):
                             raise FloatingPointError(
                                 f"training loss is {loss} at step {st.step} (epoch {epoch}, LR {lr:g}); lower "
