@@ -1,4 +1,4 @@
-"""Command line: ``largebatch train | eval | recipes``. Dispatch only; the work is in the packages.
+"""Command line: ``largebatch train | eval | recipes | simulate | data check``. Dispatch only; the work is in the packages.
 
 Exit status: 0 success, 1 a failure while running, 2 bad input (unknown key, wrong type,
 contradiction, missing data) found before any worker starts, 75 stopped by SIGTERM after writing a
@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 log = logging.getLogger("largebatch")
 
@@ -163,6 +164,24 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_check(args: argparse.Namespace) -> int:
+    """``largebatch data check ROOT``: exit 0 when no file is bad, 1 when some are, 2 for bad input."""
+    from largebatch.data.check import check_dataset, summary_lines, write_report
+
+    if args.workers < 0:
+        return _fail(f"--workers {args.workers}: give 0 (all cores) or more")
+    try:
+        report = check_dataset(args.root, workers=args.workers, progress=sys.stderr.isatty())
+    except FileNotFoundError as err:
+        return _fail(str(err))
+    for line in summary_lines(report):
+        print(line)
+    if args.report:
+        write_report(report, Path(args.report))
+        print(f"report: {args.report}")
+    return 0 if report.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     from largebatch import __version__
     from largebatch.recipes import DEFAULT_RECIPE
@@ -194,6 +213,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?", help="a recipe name")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
     p.set_defaults(func=cmd_recipes)
+
+    p = sub.add_parser("data", help="data set tools: check")
+    data_sub = p.add_subparsers(dest="data_command", required=True)
+    q = data_sub.add_parser("check", help="decode every image file of a data set; report bad and odd files")
+    q.add_argument("root", help="the data set's root folder (e.g. holding train/ and val/)")
+    q.add_argument("--report", default=None, help="also write the JSON report (every bad and odd file) to this path")
+    q.add_argument("--workers", type=int, default=0, help="decoding processes (default: all CPU cores)")
+    q.set_defaults(func=cmd_data_check)
 
     from largebatch.sim import cli as sim_cli  # pure Python, no torch
 
