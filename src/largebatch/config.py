@@ -73,6 +73,13 @@ class DataConfig:
     """Channels of synthetic images."""
     loader_workers: int = 4
     """DataLoader worker processes per training process (imagefolder only)."""
+    decoder: str = "torchvision"
+    """imagefolder: ``torchvision`` (decode from bytes with torchvision.io, augment uint8 tensors,
+    normalize batched on the device; the fast path) or ``pil`` (torchvision's plain ImageFolder +
+    PIL pipeline)."""
+    val_labels: str = ""
+    """imagefolder: a labels file for a flat ``val/`` (``val/*.JPEG``): ImageNet's
+    LOC_val_solution.csv or lines of ``<file> <wnid>``; empty: ``val/<wnid>/*`` folders."""
     bad_file_policy: str = "fail"
     """imagefolder: an image file that cannot be decoded (zero-byte, truncated, not an image)
     ``fail``s the run with a message naming it, or is ``skip``ped (replaced by the next readable
@@ -574,6 +581,7 @@ def resolve_stages(cfg: Config, world_size: int, *, local_world_size: int | None
     _check(cfg.train.bn_variance_averaging == "mean" or cfg.train.bn_statistics == "last_batch",
            "train.bn_variance_averaging", cfg.train.bn_variance_averaging,
            "'mean' unless train.bn_statistics=last_batch (pooling applies to last-batch statistics)")
+    _check(cfg.data.decoder in ("torchvision", "pil"), "data.decoder", cfg.data.decoder, "torchvision or pil")
     _check(cfg.data.bad_file_policy in ("fail", "skip"), "data.bad_file_policy", cfg.data.bad_file_policy,
            "fail or skip")
     _check(cfg.train.nonfinite_check in ("auto", "host", "device"), "train.nonfinite_check",

@@ -368,3 +368,40 @@ def test_checkpoint_from_another_config_is_refused(run):
                       "--resume", "auto", cwd=cwd)
     assert proc.returncode == 2 and "was written with another config (optim.base_lr: checkpoint 0.1, now 0.3)" in proc.stderr
     assert "rank" not in proc.stderr  # refused before any worker started
+
+
+def test_flat_val_with_labels_file_and_both_decoders(tmp_path):
+    """ImageNet's other validation layout (val/*.JPEG + LOC_val_solution.csv) with the PIL baseline
+    decoder; and the fast decoder's batches equal the PIL pipeline's classes and shapes."""
+    root = tmp_path / "imagenet"
+    make_imagenet(root)
+    rows = ["ImageId,PredictionString"]
+    for wnid_dir in sorted((root / "val").iterdir()):
+        for f in sorted(wnid_dir.iterdir()):
+            f.rename(root / "val" / f.name)
+            rows.append(f"{f.stem},{wnid_dir.name} 1 2 3 4")
+        wnid_dir.rmdir()
+    (tmp_path / "LOC_val_solution.csv").write_text("\n".join(rows) + "\n")
+    common = ["--set", "data.name=imagefolder", "--set", f"data.root={root}", "--set", "model.name=resnet18",
+              "--set", "data.image_size_px=32", "--set", "data.loader_workers=0", "--set", "train.epochs=1",
+              "--set", "train.global_batch_size=16", "--set", "train.bn_batch_size=8", "--set",
+              "schedule.warmup_epochs=0", "--set", "schedule.decay_epochs=[]",
+              "--set", f"data.val_labels={tmp_path / 'LOC_val_solution.csv'}"]
+    out = tmp_path / "run"
+    proc = largebatch("train", "--nproc", "1", *common, "--set", "data.decoder=pil", "--out", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    evals = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if '"eval"' in l]
+    assert len(evals) == 1 and evals[0]["top1"] >= 0
+
+    import torch as _torch
+
+    from largebatch.data.imagefolder import ImageFolderData
+
+    datas = [ImageFolderData(str(root), image_size_px=32, augment=False, loader_workers=0, train_subset=0,
+                             test_subset=0, device=_torch.device("cpu"), decoder=d,
+                             val_labels=str(tmp_path / "LOC_val_solution.csv")) for d in ("pil", "torchvision")]
+    (xa, ya), (xb, yb) = (next(d.eval_batches(world_size=1, rank=0, batch_size=8)) for d in datas)
+    assert _torch.equal(ya, yb) and xa.shape == xb.shape == (8, 3, 32, 32) and xb.dtype == _torch.float32
+    assert (xa - xb).abs().mean() < 0.1  # same images, same eval transform; resampling filters differ slightly
+    bad = largebatch("train", *common[:-2], "--set", f"data.val_labels={tmp_path / 'none.csv'}", cwd=tmp_path, timeout=60)
+    assert bad.returncode == 2 and "data.val_labels" in bad.stderr

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from largebatch.data.samplers import GlobalBatchSampler, derive_seed, eval_shard
@@ -42,7 +44,10 @@ def check_data(cfg) -> None:
     elif data_cfg.name == "imagefolder":
         from largebatch.data.imagefolder import check_layout
 
-        check_layout(data_cfg.root)
+        check_layout(data_cfg.root, flat_val=bool(data_cfg.val_labels))
+        if data_cfg.val_labels and not Path(data_cfg.val_labels).is_file():
+            raise FileNotFoundError(f"data.val_labels={data_cfg.val_labels!r} is not a file; give ImageNet's "
+                                    f"LOC_val_solution.csv or a '<file> <wnid>' list, or leave it empty for val/<wnid>/")
 
 
 def build_data(cfg, *, device: torch.device):
@@ -54,7 +59,8 @@ def build_data(cfg, *, device: torch.device):
 
         return ImageFolderData(d.root, image_size_px=d.image_size_px, augment=d.augment,
                                loader_workers=d.loader_workers, train_subset=d.train_subset,
-                               test_subset=d.test_subset, device=device, bad_file_policy=d.bad_file_policy)
+                               test_subset=d.test_subset, device=device, bad_file_policy=d.bad_file_policy,
+                               decoder=d.decoder, val_labels=d.val_labels)
     if d.name == "fashion_mnist":
         from largebatch.data.fashion_mnist import load_fashion_mnist
 

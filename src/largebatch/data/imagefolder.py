@@ -23,7 +23,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
-def check_layout(root: str) -> tuple[Path, Path]:
+def check_layout(root: str, *, flat_val: bool = False) -> tuple[Path, Path]:
     """Return (train_dir, val_dir) of an ImageNet-layout folder; cheap enough to run before workers
     start (it lists folders and stops at the first image of each split).
 
@@ -37,6 +37,12 @@ def check_layout(root: str) -> tuple[Path, Path]:
     dirs = []
     for split in ("train", "val"):
         d = base / split
+        if split == "val" and flat_val:  # images directly in val/, labels from data.val_labels
+            if not d.is_dir() or not any(p.suffix.lower() in IMAGE_SUFFIXES for p in d.iterdir()):
+                raise FileNotFoundError(f"data.root={root!r}: {d} holds no image files (data.val_labels is set, so "
+                                        f"val/ is read flat: {base}/val/*.JPEG)")
+            dirs.append(d)
+            continue
         if not d.is_dir() or not any(p.is_dir() for p in d.iterdir()):
             loose = d.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in d.iterdir())
             raise FileNotFoundError(
@@ -70,11 +76,11 @@ class _CheckedImages(torch.utils.data.Dataset):
         bad = []
         for attempt in range(len(self.folder)):
             i = (index + attempt) % len(self.folder)
-            path = self.folder.samples[i][0]
+            path = self.folder.samples[i][0]  # ImageFolder and _DecodedImages both have .samples
             try:
                 image, label = self.folder[i]
                 return image, label, "\n".join(bad)
-            except (OSError, ValueError, SyntaxError) as err:  # PIL's errors for broken files
+            except (OSError, ValueError, SyntaxError, RuntimeError) as err:  # PIL's and torchvision.io's errors
                 if self.policy == "fail":
                     raise BadImageError(f"cannot decode {path}: {err}; fix or remove the file, or set "
                                         f"data.bad_file_policy=skip to skip it and get a report") from None
@@ -82,34 +88,103 @@ class _CheckedImages(torch.utils.data.Dataset):
         raise BadImageError(f"no readable image in {self.folder.root}")
 
 
+class _DecodedImages(torch.utils.data.Dataset):
+    """(path, label) samples decoded with torchvision.io (libjpeg-turbo / libpng, straight to RGB
+    uint8 CHW, CMYK and grayscale converted) and transformed on uint8 tensors. Normalization happens
+    later, batched, on the training device (:meth:`ImageFolderData._normalize`)."""
+
+    def __init__(self, samples: list[tuple[str, int]], transform) -> None:
+        self.samples, self.transform = samples, transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        from torchvision.io import ImageReadMode, decode_image
+
+        path, label = self.samples[index]
+        data = Path(path).read_bytes()
+        if not data:
+            raise OSError("zero-byte file")
+        image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+        return self.transform(image), label
+
+
+def read_val_labels(path: str, classes: list[str]) -> dict[str, int]:
+    """{file name: class index} from a labels file for a flat ``val/``: either ImageNet's
+    ``LOC_val_solution.csv`` (``ImageId,PredictionString`` whose first word is the wnid) or lines of
+    ``<file name> <wnid or class index>``.
+
+    Raises:
+        ValueError: naming the file and line that cannot be read, or an unknown class.
+    """
+    index = {c: i for i, c in enumerate(classes)}
+    out = {}
+    lines = Path(path).read_text().splitlines()
+    for n, line in enumerate(lines, 1):
+        if not line.strip() or line.startswith("ImageId"):
+            continue
+        parts = line.replace(",", " ").split()
+        if len(parts) < 2:
+            raise ValueError(f"{path}:{n}: expected '<file> <class>' or ImageNet's CSV, got {line!r}")
+        name, label = parts[0], parts[1]
+        if label in index:
+            value = index[label]
+        elif label.isdigit() and int(label) < len(classes):
+            value = int(label)
+        else:
+            raise ValueError(f"{path}:{n}: class {label!r} is not one of the {len(classes)} train/ class folders")
+        out[name] = value
+        stem = Path(name).stem
+        out.setdefault(stem, value)
+    return out
+
+
 class ImageFolderData:
-    """Train/val ImageFolders read by DataLoader workers; same interface as TensorImageData."""
+    """ImageNet-layout folders read by DataLoader workers; same interface as TensorImageData.
+
+    ``decoder="torchvision"`` (default, the fast path): files are decoded from bytes with
+    torchvision.io and augmented on uint8 tensors (transforms.v2: crop first, then an antialiased
+    resize of the crop only), batches travel as uint8 (4x less than float) and are normalized on the
+    training device. ``decoder="pil"``: torchvision's plain ImageFolder + PIL pipeline (the
+    baseline of benchmarks/data_pipeline.py). Same augmentation either way.
+    """
 
     def __init__(self, root: str, *, image_size_px: int, augment: bool, loader_workers: int,
-                 train_subset: int, test_subset: int, device: torch.device, bad_file_policy: str = "fail") -> None:
-        from torchvision import datasets, transforms
+                 train_subset: int, test_subset: int, device: torch.device, bad_file_policy: str = "fail",
+                 decoder: str = "torchvision", val_labels: str = "") -> None:
+        from torchvision import datasets
 
-        train_dir, val_dir = check_layout(root)
-        normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
-        if augment:
-            train_tf = transforms.Compose([
-                transforms.RandomResizedCrop(image_size_px, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)),
-                transforms.RandomHorizontalFlip(),
-                transforms.ToTensor(),
-                normalize,
-            ])
+        train_dir, val_dir = check_layout(root, flat_val=bool(val_labels))
+        train_folder = datasets.ImageFolder(str(train_dir))
+        classes = train_folder.classes
+        if val_labels:
+            labels = read_val_labels(val_labels, classes)
+            files = sorted(p for p in val_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            missing = [p.name for p in files if p.name not in labels and p.stem not in labels]
+            if missing:
+                raise ValueError(f"data.val_labels={val_labels!r} has no label for {len(missing)} file(s) of {val_dir}, "
+                                 f"e.g. {missing[:3]}")
+            val_samples = [(str(p), labels.get(p.name, labels.get(p.stem))) for p in files]
         else:
-            train_tf = transforms.Compose([transforms.Resize(image_size_px * 256 // 224),
-                                           transforms.CenterCrop(image_size_px), transforms.ToTensor(), normalize])
-        eval_tf = transforms.Compose([transforms.Resize(image_size_px * 256 // 224),
-                                      transforms.CenterCrop(image_size_px), transforms.ToTensor(), normalize])
-        train_folder = datasets.ImageFolder(str(train_dir), transform=train_tf)
-        val_folder = datasets.ImageFolder(str(val_dir), transform=eval_tf)
-        if train_folder.classes != val_folder.classes:
-            raise ValueError(f"data.root={root!r}: train/ and val/ have different class folders")
-        self.num_classes = len(val_folder.classes)
-        self.train_set = _CheckedImages(train_folder, bad_file_policy)
-        self.val_set = _CheckedImages(val_folder, bad_file_policy)
+            val_folder = datasets.ImageFolder(str(val_dir))
+            if val_folder.classes != classes:
+                raise ValueError(f"data.root={root!r}: train/ and val/ have different class folders")
+            val_samples = val_folder.samples
+        self.num_classes = len(classes)
+        self.decoder = decoder
+        train_tf, eval_tf = self._transforms(decoder, image_size_px, augment)
+        if decoder == "torchvision":
+            train_base, val_base = _DecodedImages(train_folder.samples, train_tf), _DecodedImages(val_samples, eval_tf)
+        elif decoder == "pil":
+            train_base = datasets.ImageFolder(str(train_dir), transform=train_tf)
+            val_base = datasets.ImageFolder(str(train_dir), transform=eval_tf)  # replaced below
+            val_base.samples = val_base.imgs = list(val_samples)
+            val_base.targets = [label for _, label in val_samples]
+        else:
+            raise ValueError(f"data.decoder={decoder!r} is unknown; accepted: torchvision, pil")
+        self.train_set = _CheckedImages(train_base, bad_file_policy)
+        self.val_set = _CheckedImages(val_base, bad_file_policy)
         self.bad_files: list[str] = []
         """Files skipped under bad_file_policy=skip, as 'path<TAB>reason' (this rank's)."""
         if train_subset:
@@ -119,6 +194,35 @@ class ImageFolderData:
         self.in_channels = 3
         self.loader_workers = loader_workers
         self.device = device
+        self._mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
+        self._std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255
+
+    @staticmethod
+    def _transforms(decoder: str, size: int, augment: bool):
+        resize = size * 256 // 224
+        if decoder == "torchvision":
+            from torchvision.transforms import v2
+
+            train = (v2.Compose([v2.RandomResizedCrop(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), antialias=True),
+                                 v2.RandomHorizontalFlip()]) if augment else
+                     v2.Compose([v2.Resize(resize, antialias=True), v2.CenterCrop(size)]))
+            return train, v2.Compose([v2.Resize(resize, antialias=True), v2.CenterCrop(size)])
+        from torchvision import transforms
+
+        normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+        train = (transforms.Compose([transforms.RandomResizedCrop(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)),
+                                     transforms.RandomHorizontalFlip(), transforms.ToTensor(), normalize]) if augment else
+                 transforms.Compose([transforms.Resize(resize), transforms.CenterCrop(size), transforms.ToTensor(),
+                                     normalize]))
+        return train, transforms.Compose([transforms.Resize(resize), transforms.CenterCrop(size), transforms.ToTensor(),
+                                          normalize])
+
+    def _normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 batches (fast path) to normalized float on the device; float batches pass through."""
+        images = images.to(self.device, non_blocking=True)
+        if images.dtype == torch.uint8:
+            images = (images.float() - self._mean) / self._std
+        return images
 
     @property
     def num_train(self) -> int:
@@ -135,6 +239,7 @@ class ImageFolderData:
             num_workers=self.loader_workers,
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
+            prefetch_factor=4 if self.loader_workers else None,
             generator=torch.Generator().manual_seed(seed),
         )
 
@@ -143,7 +248,7 @@ class ImageFolderData:
         loader_seed = derive_seed(seed, "loader", sampler.rank, sampler.epoch, sampler.start_step)
         for images, labels, bad in self._loader(self.train_set, sampler, loader_seed):
             self._note(bad)
-            yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+            yield self._normalize(images), labels.to(self.device, non_blocking=True)
 
     def _note(self, bad: list[str]) -> None:
         for entry in bad:
@@ -156,4 +261,4 @@ class ImageFolderData:
         batches = [c.tolist() for c in idx.split(batch_size)]
         for images, labels, bad in self._loader(self.val_set, batches, 0):
             self._note(bad)
-            yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+            yield self._normalize(images), labels.to(self.device, non_blocking=True)

@@ -1,0 +1,160 @@
+"""ImageNet-style input pipeline throughput on this machine: our torchvision.io + uint8 pipeline
+against torchvision's plain ImageFolder + PIL pipeline, same JPEGs, same augmentation.
+
+Question: how many training images per second does each pipeline deliver on this 2-core machine,
+what do decoding and augmentation cost per image, and how many CPU cores would a GPU need to be fed
+at ResNet-50's training speed? Target (issue 7): at least 2x the baseline.
+
+Method: N generated JPEGs of ImageNet-like size (500x375 and 375x500, quality 90, smooth random
+content so that they compress like photographs, about 60-120 KB), 10 classes, in an ImageNet-layout
+folder (cached under --data). Each pipeline is `largebatch.data.imagefolder.ImageFolderData` with
+`data.decoder=pil` (the baseline: PIL decode, PIL random-resized crop 224 + flip, ToTensor,
+Normalize, float batches) or `torchvision` (ours: torchvision.io decode from bytes, v2 crop + flip on
+uint8, uint8 batches normalized after the loader), both through a DataLoader with WORKERS processes and
+batches of 64, one pass over the N images including the final normalization to float; the two are
+interleaved for ROUNDS rounds; median images/s and the ratio of medians in this one run. The per-image
+costs are measured in one process: decode only, then decode + augment.
+
+    python benchmarks/data_pipeline.py [--images 2000] [--workers 2] [--rounds 3] [--data /tmp/largebatch-jpegs]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import io
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torchvision
+
+import largebatch
+from largebatch.data.imagefolder import ImageFolderData
+
+
+def make_jpegs(root: Path, count: int) -> None:
+    from PIL import Image
+
+    marker = root / f".complete-{count}"
+    if marker.exists():
+        return
+    g = torch.Generator().manual_seed(0)
+    for i in range(count):
+        w, h = (500, 375) if i % 3 else (375, 500)
+        small = torch.rand(3, h // 25, w // 25, generator=g)
+        image = torch.nn.functional.interpolate(small[None], size=(h, w), mode="bicubic", align_corners=False)[0]
+        image = image + 0.08 * torch.randn(3, h, w, generator=g)
+        array = (image.clamp(0, 1) * 255).to(torch.uint8).permute(1, 2, 0).numpy()
+        d = root / "train" / f"n{i % 10:08d}"
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(array).save(d / f"img_{i:05d}.JPEG", quality=90)
+        v = root / "val" / f"n{i % 10:08d}"
+        v.mkdir(parents=True, exist_ok=True)
+    for c in range(10):  # one val image per class, so that the layout is complete
+        src = next((root / "train" / f"n{c:08d}").iterdir())
+        (root / "val" / f"n{c:08d}" / src.name).write_bytes(src.read_bytes())
+    marker.write_text("ok\n")
+
+
+def one_pass(data: ImageFolderData, batch: int) -> float:
+    from largebatch.data.samplers import GlobalBatchSampler
+
+    sampler = GlobalBatchSampler(data.num_train, batch, world_size=1, rank=0, seed=0)
+    sampler.set_epoch(0)
+    t0 = time.perf_counter()
+    n = 0
+    for images, labels in data.train_batches(sampler, seed=0):
+        assert images.dtype == torch.float32 and images.shape[1:] == (3, 224, 224)
+        n += images.shape[0]
+    return n / (time.perf_counter() - t0)
+
+
+def per_image_costs(root: Path, samples: int = 100) -> dict:
+    from PIL import Image
+    from torchvision import transforms
+    from torchvision.io import ImageReadMode, decode_image
+    from torchvision.transforms import v2
+
+    files = sorted((root / "train").rglob("*.JPEG"))[:samples]
+    blobs = [f.read_bytes() for f in files]
+    torch.set_num_threads(1)
+    out = {}
+    t0 = time.perf_counter()
+    for b in blobs:
+        Image.open(io.BytesIO(b)).convert("RGB")
+    out["pil_decode_ms"] = 1e3 * (time.perf_counter() - t0) / len(blobs)
+    pil_aug = transforms.Compose([transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(),
+                                  transforms.ToTensor(), transforms.Normalize((0.5,) * 3, (0.2,) * 3)])
+    t0 = time.perf_counter()
+    for b in blobs:
+        pil_aug(Image.open(io.BytesIO(b)).convert("RGB"))
+    out["pil_decode_augment_ms"] = 1e3 * (time.perf_counter() - t0) / len(blobs)
+    t0 = time.perf_counter()
+    for b in blobs:
+        decode_image(torch.frombuffer(bytearray(b), dtype=torch.uint8), mode=ImageReadMode.RGB)
+    out["torchvision_decode_ms"] = 1e3 * (time.perf_counter() - t0) / len(blobs)
+    tv_aug = v2.Compose([v2.RandomResizedCrop(224, antialias=True), v2.RandomHorizontalFlip()])
+    t0 = time.perf_counter()
+    for b in blobs:
+        tv_aug(decode_image(torch.frombuffer(bytearray(b), dtype=torch.uint8), mode=ImageReadMode.RGB))
+    out["torchvision_decode_augment_ms"] = 1e3 * (time.perf_counter() - t0) / len(blobs)
+    out["mean_file_kb"] = sum(len(b) for b in blobs) / len(blobs) / 1024
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--images", type=int, default=2000)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--data", default="/tmp/largebatch-jpegs")
+    ap.add_argument("--out", default="benchmarks/results/data_pipeline.json")
+    args = ap.parse_args()
+    root = Path(args.data)
+    make_jpegs(root, args.images)
+    pipes = {name: ImageFolderData(str(root), image_size_px=224, augment=True, loader_workers=args.workers,
+                                   train_subset=0, test_subset=0, device=torch.device("cpu"), decoder=name)
+             for name in ("pil", "torchvision")}
+    rates = {name: [] for name in pipes}
+    for _ in range(args.rounds):
+        for name, data in pipes.items():
+            rates[name].append(one_pass(data, args.batch))
+    med = {name: statistics.median(r) for name, r in rates.items()}
+    ratio = med["torchvision"] / med["pil"]
+    costs = per_image_costs(root)
+    for name, r in rates.items():
+        print(f"{name:12s} {med[name]:8.1f} images/s  (rounds: {', '.join(f'{x:.1f}' for x in r)})")
+    print(f"ours / baseline: {ratio:.2f}")
+    print(json.dumps(costs, indent=2))
+    # A GPU's feed: ResNet-50 training images/s per GPU from largebatch.sim presets (published figures):
+    # V100 1,098 (Sony NNL, mixed precision) and H100 7,000 (MLPerf v3.0); cores = rate x cost per image.
+    per_core = 1e3 / costs["torchvision_decode_augment_ms"]
+    feed = {gpu: {"images_per_s": rate, "cpu_cores_needed": rate / per_core}
+            for gpu, rate in (("V100 (mikami2018 preset)", 1098.4), ("H100 (h100_ndr preset)", 7000.0))}
+    print(json.dumps(feed, indent=2))
+    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                if l.startswith("model name")), platform.processor())
+    result = {
+        "benchmark": "data_pipeline", "date": dt.date.today().isoformat(), "cpu": cpu, "cpu_cores": os.cpu_count(),
+        "python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+        "largebatch": largebatch.__version__,
+        "config": {"images": args.images, "size": "500x375 / 375x500, JPEG quality 90", "classes": 10,
+                   "loader_workers": args.workers, "batch": args.batch, "rounds": args.rounds,
+                   "augmentation": "random-resized crop 224 (0.08-1, 3/4-4/3) + flip + normalize"},
+        "images_per_s": {name: {"median": med[name], "rounds": r} for name, r in rates.items()},
+        "ratio_ours_to_baseline": ratio,
+        "per_image_cost_ms_one_core": costs,
+        "gpu_feed_estimate": feed,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
