@@ -194,8 +194,9 @@ class ImageFolderData:
         self.in_channels = 3
         self.loader_workers = loader_workers
         self.device = device
-        self._mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
-        self._std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255
+        mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
+        std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255
+        self._scale, self._shift = 1.0 / std, -mean / std
 
     @staticmethod
     def _transforms(decoder: str, size: int, augment: bool):
@@ -220,8 +221,8 @@ class ImageFolderData:
     def _normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 batches (fast path) to normalized float on the device; float batches pass through."""
         images = images.to(self.device, non_blocking=True)
-        if images.dtype == torch.uint8:
-            images = (images.float() - self._mean) / self._std
+        if images.dtype == torch.uint8:  # one conversion, then in place: x * (1/std) - mean/std
+            images = images.float().mul_(self._scale).add_(self._shift)
         return images
 
     @property
