@@ -35,6 +35,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import largebatch
+from _machine import cpu_model
 
 SIZES_BYTES = [4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20]
 WORLD_SIZES = [2, 3, 4]
@@ -88,8 +89,7 @@ def main() -> None:
     print(f"alpha = {1e6 * fit.alpha_s:.1f} us, beta = {fit.beta_s_per_byte:.3e} s/B "
           f"({1e-9 / fit.beta_s_per_byte:.2f} GB/s); |error| median {100 * fit.median_abs_error:.1f}%, "
           f"max {100 * fit.max_abs_error:.1f}%")
-    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                if l.startswith("model name")), platform.processor())
+    cpu = cpu_model()
     result = {
         "benchmark": "allreduce_calibration", "date": dt.date.today().isoformat(), "cpu": cpu,
         "cpu_cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,

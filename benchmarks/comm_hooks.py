@@ -37,6 +37,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import largebatch
+from _machine import cpu_model
 
 SIZES_BYTES = [64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20]
 VARIANTS = ["allreduce (DDP default)", "hierarchical (scatter)", "hierarchical (reduce)", "torus2d 2x2",
@@ -115,8 +116,7 @@ def main() -> None:
             cells.append(f"{1e3 * med:9.2f} ms x{med / base:5.2f}")
         rows.append(row)
         print(f"{size >> 10:>6}KB  " + "  ".join(f"{c:>22}" for c in cells))
-    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                if l.startswith("model name")), platform.processor())
+    cpu = cpu_model()
     result = {
         "benchmark": "comm_hooks", "date": dt.date.today().isoformat(), "cpu": cpu, "cpu_cores": os.cpu_count(),
         "python": platform.python_version(), "torch": torch.__version__, "largebatch": largebatch.__version__,

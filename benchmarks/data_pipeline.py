@@ -34,6 +34,7 @@ import torch
 import torchvision
 
 import largebatch
+from _machine import cpu_model
 from largebatch.data.imagefolder import ImageFolderData
 
 
@@ -138,8 +139,7 @@ def main() -> None:
     feed = {gpu: {"images_per_s": rate, "cpu_cores_needed": rate / per_core}
             for gpu, rate in (("V100 (mikami2018 preset)", 1098.4), ("H100 (h100_ndr preset)", 7000.0))}
     print(json.dumps(feed, indent=2))
-    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                if l.startswith("model name")), platform.processor())
+    cpu = cpu_model()
     result = {
         "benchmark": "data_pipeline", "date": dt.date.today().isoformat(), "cpu": cpu, "cpu_cores": os.cpu_count(),
         "python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,

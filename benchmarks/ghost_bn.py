@@ -28,6 +28,7 @@ import torch.nn.functional as F
 import torchvision
 
 import largebatch
+from _machine import cpu_model
 from largebatch.nn import GhostBatchNorm2d, build_model
 
 
@@ -105,8 +106,7 @@ def main() -> None:
                      "max_step_ms": 1e3 * max(times[v]), "ratio_to_plain_bn": med / base})
         print(f"{v:48s} median {1e3 * med:7.1f} ms/step  [{1e3 * min(times[v]):.1f}, {1e3 * max(times[v]):.1f}]  "
               f"x{med / base:.3f} of plain BN")
-    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                if l.startswith("model name")), platform.processor())
+    cpu = cpu_model()
     result = {
         "benchmark": "ghost_bn", "date": dt.date.today().isoformat(), "cpu": cpu, "cores": torch.get_num_threads(),
         "threads": args.threads, "python": platform.python_version(), "torch": torch.__version__,

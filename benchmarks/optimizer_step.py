@@ -39,6 +39,7 @@ import torch
 import torchvision
 
 import largebatch
+from _machine import cpu_model
 from largebatch.optim import param_groups
 from largebatch.optim.lamb import Lamb
 from largebatch.optim.lars import Lars
@@ -123,8 +124,7 @@ def main() -> None:
         if peer in med:
             peers[f"{ours} / {peer}"] = med[ours] / med[peer]
             print(f"{ours} / {peer}: {med[ours] / med[peer]:.2f}")
-    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                if l.startswith("model name")), platform.processor())
+    cpu = cpu_model()
     try:
         import timm
 
