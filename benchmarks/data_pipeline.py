@@ -1,7 +1,8 @@
 """ImageNet-style input pipeline throughput on this machine: our torchvision.io + uint8 pipeline
 against torchvision's plain ImageFolder + PIL pipeline, same JPEGs, same augmentation.
 
-Question: how many training images per second does each pipeline deliver on this 2-core machine,
+Question: how many training images per second does each pipeline deliver on this 2-core machine
+(ours from the folder, and from the pre-resized shards of `largebatch data prepare`, short side 256),
 what do decoding and augmentation cost per image, and how many CPU cores would a GPU need to be fed
 at ResNet-50's training speed? Target (issue 7): at least 2x the baseline.
 
@@ -119,19 +120,28 @@ def main() -> None:
     args = ap.parse_args()
     root = Path(args.data)
     make_jpegs(root, args.images)
+    shards = Path(f"{root}-shards-{args.images}")
+    if not (shards / "largebatch-shards.json").exists():
+        from largebatch.data.shards import prepare
+
+        prepare(str(root), str(shards), max_side_px=256, quality=90, progress=False)
     pipes = {name: ImageFolderData(str(root), image_size_px=224, augment=True, loader_workers=args.workers,
                                    train_subset=0, test_subset=0, device=torch.device("cpu"), decoder=name)
              for name in ("pil", "torchvision")}
+    pipes["torchvision, shards"] = ImageFolderData(str(shards), image_size_px=224, augment=True,
+                                                   loader_workers=args.workers, train_subset=0, test_subset=0,
+                                                   device=torch.device("cpu"))
     rates = {name: [] for name in pipes}
     for _ in range(args.rounds):
         for name, data in pipes.items():
             rates[name].append(one_pass(data, args.batch))
     med = {name: statistics.median(r) for name, r in rates.items()}
     ratio = med["torchvision"] / med["pil"]
+    ratio_shards = med["torchvision, shards"] / med["pil"]
     costs = per_image_costs(root)
     for name, r in rates.items():
-        print(f"{name:12s} {med[name]:8.1f} images/s  (rounds: {', '.join(f'{x:.1f}' for x in r)})")
-    print(f"ours / baseline: {ratio:.2f}")
+        print(f"{name:20s} {med[name]:8.1f} images/s  (rounds: {', '.join(f'{x:.1f}' for x in r)})")
+    print(f"ours / baseline: folders {ratio:.2f}, shards {ratio_shards:.2f}")
     print(json.dumps(costs, indent=2))
     # A GPU's feed: ResNet-50 training images/s per GPU from largebatch.sim presets (published figures):
     # V100 1,098 (Sony NNL, mixed precision) and H100 7,000 (MLPerf v3.0); cores = rate x cost per image.
@@ -149,6 +159,7 @@ def main() -> None:
                    "augmentation": "random-resized crop 224 (0.08-1, 3/4-4/3) + flip + normalize"},
         "images_per_s": {name: {"median": med[name], "rounds": r} for name, r in rates.items()},
         "ratio_ours_to_baseline": ratio,
+        "ratio_ours_shards_to_baseline": ratio_shards,
         "per_image_cost_ms_one_core": costs,
         "gpu_feed_estimate": feed,
     }

@@ -182,6 +182,24 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    """``largebatch data prepare SRC DST``: 0 on success (files that cannot be decoded are left out and
+    listed), 2 for bad input."""
+    from largebatch.data.shards import prepare
+
+    try:
+        manifest = prepare(args.src, args.dst, max_side_px=args.max_side, quality=args.quality,
+                           shard_mb=args.shard_mb, workers=max(args.workers, 0), progress=sys.stderr.isatty())
+    except (FileNotFoundError, ValueError) as err:
+        return _fail(str(err))
+    for split, part in manifest["splits"].items():
+        print(f"{split}: {part['samples']} images in {len(part['shards'])} shard(s)")
+    for bad in manifest["bad_files"]:
+        print(f"left out (cannot decode): {bad['path']} ({bad['error']})")
+    print(f"train with: --set data.name=imagefolder --set data.root={args.dst}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from largebatch import __version__
     from largebatch.recipes import DEFAULT_RECIPE
@@ -214,13 +232,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
     p.set_defaults(func=cmd_recipes)
 
-    p = sub.add_parser("data", help="data set tools: check")
+    p = sub.add_parser("data", help="data set tools: check, prepare")
     data_sub = p.add_subparsers(dest="data_command", required=True)
     q = data_sub.add_parser("check", help="decode every image file of a data set; report bad and odd files")
     q.add_argument("root", help="the data set's root folder (e.g. holding train/ and val/)")
     q.add_argument("--report", default=None, help="also write the JSON report (every bad and odd file) to this path")
     q.add_argument("--workers", type=int, default=0, help="decoding processes (default: all CPU cores)")
     q.set_defaults(func=cmd_data_check)
+
+    q = data_sub.add_parser("prepare", help="convert an ImageNet folder into pre-resized tar shards with an index")
+    q.add_argument("src", help="ImageNet-layout folder (train/<wnid>/*, val/<wnid>/*)")
+    q.add_argument("dst", help="new directory for the shards (train with --set data.root=DST)")
+    q.add_argument("--max-side", type=int, default=256, help="shorter side at most this many pixels (default 256)")
+    q.add_argument("--quality", type=int, default=90, help="JPEG quality of the re-encoded images (default 90)")
+    q.add_argument("--shard-mb", type=float, default=256.0, help="approximate shard size in MiB (default 256)")
+    q.add_argument("--workers", type=int, default=0, help="processes (default: all CPU cores)")
+    q.set_defaults(func=cmd_data_prepare)
 
     from largebatch.sim import cli as sim_cli  # pure Python, no torch
 

@@ -77,3 +77,58 @@ def test_cli_exit_status_and_report(dataset, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "largebatch", "data", "check", str(tmp_path / "nope")],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "is not a directory" in proc.stderr
+
+
+def test_prepare_writes_shards_that_reproduce_the_samples_and_train(tmp_path):
+    import tarfile
+
+    import torch
+    from torchvision import datasets
+    from torchvision.io import ImageReadMode, decode_image
+    from torchvision.transforms.v2 import functional as TF
+
+    from largebatch.data.shards import MANIFEST, ShardImages
+
+    src = tmp_path / "imagenet"
+    for split, count in (("train", 12), ("val", 4)):
+        for c, wnid in enumerate(("n01", "n02")):
+            d = src / split / wnid
+            d.mkdir(parents=True)
+            for i in range(count):
+                g = torch.Generator().manual_seed(100 * c + i)
+                small = torch.rand(3, 6, 8, generator=g)
+                image = torch.nn.functional.interpolate(small[None], size=(60, 80), mode="bilinear")[0]
+                Image.fromarray((image * 255).to(torch.uint8).permute(1, 2, 0).numpy()).save(d / f"{wnid}_{i}.JPEG", quality=95)
+    (src / "train" / "n02" / "broken.JPEG").write_bytes(b"")
+    dst = tmp_path / "shards"
+    proc = subprocess.run([sys.executable, "-m", "largebatch", "data", "prepare", str(src), str(dst), "--max-side", "30",
+                           "--shard-mb", "0.01", "--workers", "2"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "left out (cannot decode)" in proc.stdout and "broken.JPEG" in proc.stdout
+    manifest = json.loads((dst / MANIFEST).read_text())
+    assert manifest["splits"]["train"]["samples"] == 24 and manifest["splits"]["val"]["samples"] == 8
+    assert len(manifest["splits"]["train"]["shards"]) > 1  # split by size
+    for shard in manifest["splits"]["train"]["shards"]:
+        with tarfile.open(dst / shard) as tar:  # plain tars any tool can read
+            assert all(m.name.endswith((".jpg", ".cls")) for m in tar.getmembers())
+    # Sample i of the shards is file i of the folder (bad file left out), resized and re-encoded.
+    folder = [s for s in datasets.ImageFolder(str(src / "train")).samples if not s[0].endswith("broken.JPEG")]
+    shards = ShardImages(str(dst), "train", transform=lambda x: x)
+    assert [label for _, label in shards.samples] == [label for _, label in folder]
+    for i in (0, 7, 23):
+        got = shards[i][0]
+        original = decode_image(folder[i][0], mode=ImageReadMode.RGB)
+        want = TF.resize(original, [30, 40], antialias=True)
+        assert got.shape == want.shape == (3, 30, 40)
+        other = TF.resize(decode_image(folder[(i + 1) % 24][0], mode=ImageReadMode.RGB), [30, 40], antialias=True)
+        same, different = (got.float() - want.float()).abs().mean(), (got.float() - other.float()).abs().mean()
+        assert same < 8 and different > 3 * same  # JPEG re-encoding of a 30x40 image at quality 90
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "largebatch", "train", "--nproc", "2", "--set", "data.name=imagefolder",
+                           "--set", f"data.root={dst}", "--set", "model.name=resnet18", "--set", "data.image_size_px=24",
+                           "--set", "data.loader_workers=1", "--set", "train.epochs=1", "--set",
+                           "train.global_batch_size=16", "--set", "train.bn_batch_size=8", "--set", "schedule.warmup_epochs=0",
+                           "--set", "schedule.decay_epochs=[]", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 1 and summary["world_size"] == 2  # 24 images // 16

@@ -44,6 +44,10 @@ def check_data(cfg) -> None:
     elif data_cfg.name == "imagefolder":
         from largebatch.data.imagefolder import check_layout
 
+        from largebatch.data.shards import is_prepared
+
+        if is_prepared(data_cfg.root):
+            return
         check_layout(data_cfg.root, flat_val=bool(data_cfg.val_labels))
         if data_cfg.val_labels and not Path(data_cfg.val_labels).is_file():
             raise FileNotFoundError(f"data.val_labels={data_cfg.val_labels!r} is not a file; give ImageNet's "

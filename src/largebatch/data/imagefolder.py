@@ -85,7 +85,7 @@ class _CheckedImages(torch.utils.data.Dataset):
                     raise BadImageError(f"cannot decode {path}: {err}; fix or remove the file, or set "
                                         f"data.bad_file_policy=skip to skip it and get a report") from None
                 bad.append(f"{path}\t{type(err).__name__}: {err}")
-        raise BadImageError(f"no readable image in {self.folder.root}")
+        raise BadImageError(f"no readable image in {getattr(self.folder, 'root', 'the data set')}")
 
 
 class _DecodedImages(torch.utils.data.Dataset):
@@ -155,6 +155,16 @@ class ImageFolderData:
                  decoder: str = "torchvision", val_labels: str = "") -> None:
         from torchvision import datasets
 
+        from largebatch.data.shards import ShardImages, is_prepared
+
+        if is_prepared(root):  # `largebatch data prepare` output: read the shards by index
+            if decoder != "torchvision":
+                raise ValueError(f"data.root={root!r} holds prepared shards, read with data.decoder=torchvision only")
+            train_tf, eval_tf = self._transforms("torchvision", image_size_px, augment)
+            self._finish(ShardImages(root, "train", train_tf), ShardImages(root, "val", eval_tf), bad_file_policy,
+                         train_subset, test_subset, loader_workers, device)
+            self.num_classes = len(self.train_set_classes)
+            return
         train_dir, val_dir = check_layout(root, flat_val=bool(val_labels))
         train_folder = datasets.ImageFolder(str(train_dir))
         classes = train_folder.classes
@@ -183,6 +193,10 @@ class ImageFolderData:
             val_base.targets = [label for _, label in val_samples]
         else:
             raise ValueError(f"data.decoder={decoder!r} is unknown; accepted: torchvision, pil")
+        self._finish(train_base, val_base, bad_file_policy, train_subset, test_subset, loader_workers, device)
+
+    def _finish(self, train_base, val_base, bad_file_policy, train_subset, test_subset, loader_workers, device) -> None:
+        self.train_set_classes = getattr(train_base, "classes", None)
         self.train_set = _CheckedImages(train_base, bad_file_policy)
         self.val_set = _CheckedImages(val_base, bad_file_policy)
         self.bad_files: list[str] = []

@@ -1,0 +1,162 @@
+"""``largebatch data prepare``: an ImageNet folder as pre-resized tar shards with an index.
+
+Layout of a prepared directory::
+
+    largebatch-shards.json            classes, splits, and per split the shard files and the index
+    train-000000.tar, train-000001.tar ...   members <index>.jpg (JPEG bytes) and <index>.cls (label)
+    val-000000.tar ...
+
+Each image is decoded (torchvision.io: CMYK, grayscale and PNG-under-JPEG files become RGB), its
+shorter side resized to at most ``max_side_px`` (antialiased; smaller images are kept as they are),
+re-encoded as JPEG at ``quality`` and written in file order into shards of about ``shard_mb``. The tars
+are plain POSIX tars (any tar tool, WebDataset, object storage streaming read them); the index
+records each sample's shard, byte offset, size and label, so training reads sample i directly with one
+seek and one read, and the global-batch sampler splits every epoch over nodes and workers exactly as
+for a folder (no sample twice, none skipped). Files that cannot be decoded are left out and listed in
+the manifest (``bad_files``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import torch
+
+MANIFEST = "largebatch-shards.json"
+
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                        category=DeprecationWarning)
+
+
+def _resize_encode(job: tuple[str, int, int]) -> tuple[bytes | None, str]:
+    """(JPEG bytes or None, error message) for one source file."""
+    from torchvision.io import ImageReadMode, decode_image, encode_jpeg
+    from torchvision.transforms.v2 import functional as TF
+
+    path, max_side, quality = job
+    try:
+        data = Path(path).read_bytes()
+        if not data:
+            return None, "zero-byte file"
+        image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+    except (OSError, RuntimeError, ValueError) as err:
+        return None, str(err).strip().splitlines()[-1][:200] if str(err).strip() else type(err).__name__
+    h, w = image.shape[-2:]
+    if min(h, w) > max_side:
+        scale = max_side / min(h, w)
+        image = TF.resize(image, [max(1, round(h * scale)), max(1, round(w * scale))], antialias=True)
+    return encode_jpeg(image, quality=quality).numpy().tobytes(), ""
+
+
+def prepare(src: str, dst: str, *, max_side_px: int = 256, quality: int = 90, shard_mb: float = 256.0,
+            workers: int = 0, progress: bool = True) -> dict:
+    """Convert the ImageNet-layout folder ``src`` (train/<wnid>/*, val/<wnid>/*) into shards in
+    ``dst``; returns the manifest.
+
+    Raises:
+        FileNotFoundError: for a source without the layout (from ``check_layout``).
+        ValueError: for a destination that already holds a prepared data set, or bad sizes.
+    """
+    from torchvision import datasets
+    from tqdm import tqdm
+
+    from largebatch.data.imagefolder import check_layout
+
+    if max_side_px < 8 or not 1 <= quality <= 100 or shard_mb <= 0:
+        raise ValueError(f"max_side_px={max_side_px}, quality={quality}, shard_mb={shard_mb}: accepted max_side_px >= 8, "
+                         f"quality in 1..100, shard_mb > 0")
+    train_dir, val_dir = check_layout(src)
+    out = Path(dst)
+    if (out / MANIFEST).exists():
+        raise ValueError(f"{dst} already holds a prepared data set ({MANIFEST}); choose another destination "
+                         f"(nothing was overwritten)")
+    out.mkdir(parents=True, exist_ok=True)
+    classes = datasets.ImageFolder(str(train_dir)).classes
+    manifest: dict = {"format": 1, "classes": classes, "max_side_px": max_side_px, "quality": quality,
+                      "source": str(Path(src).resolve()), "splits": {}, "bad_files": []}
+    pool = ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1)
+    try:
+        for split, folder in (("train", train_dir), ("val", val_dir)):
+            samples = datasets.ImageFolder(str(folder)).samples
+            if datasets.ImageFolder(str(folder)).classes != classes:
+                raise ValueError(f"{src}: train/ and val/ have different class folders")
+            shards, index = [], []
+            tar, shard_bytes = None, 0
+            bar = tqdm(total=len(samples), unit="img", desc=f"prepare {split}", disable=not progress, dynamic_ncols=True)
+            jobs = ((path, max_side_px, quality) for path, _ in samples)
+            for (path, label), (blob, error) in zip(samples, pool.map(_resize_encode, jobs, chunksize=16)):
+                bar.update(1)
+                if blob is None:
+                    manifest["bad_files"].append({"path": path, "error": error})
+                    continue
+                if tar is None or shard_bytes >= shard_mb * 2**20:
+                    if tar is not None:
+                        tar.close()
+                    name = f"{split}-{len(shards):06d}.tar"
+                    shards.append(name)
+                    tar, shard_bytes = tarfile.open(out / name, "w", format=tarfile.USTAR_FORMAT), 0
+                key = f"{len(index):08d}"
+                for suffix, payload in ((".cls", str(label).encode()), (".jpg", blob)):
+                    info = tarfile.TarInfo(key + suffix)
+                    info.size, info.mtime = len(payload), 0
+                    data_offset = tar.offset + len(info.tobuf(tar.format, tar.encoding, tar.errors))
+                    tar.addfile(info, io.BytesIO(payload))
+                tar.members.clear()  # the index below is what we keep; do not hold every TarInfo in memory
+                index.append([len(shards) - 1, data_offset, len(blob), label])
+                shard_bytes += len(blob) + 1024
+            if tar is not None:
+                tar.close()
+            bar.close()
+            manifest["splits"][split] = {"shards": shards, "index": index, "samples": len(index)}
+    finally:
+        pool.shutdown()
+    (out / MANIFEST).write_text(json.dumps(manifest) + "\n")
+    return manifest
+
+
+def is_prepared(root: str) -> bool:
+    return (Path(root) / MANIFEST).is_file()
+
+
+class ShardImages(torch.utils.data.Dataset):
+    """One split of a prepared directory: sample i is read from its shard by offset and decoded like
+    a folder's file (the same transforms follow). ``samples`` holds (\"shard:offset\", label) for
+    reports."""
+
+    def __init__(self, root: str, split: str, transform) -> None:
+        manifest = json.loads((Path(root) / MANIFEST).read_text())
+        part = manifest["splits"][split]
+        self.root, self.transform = Path(root), transform
+        self.shards = part["shards"]
+        self.index = part["index"]
+        self.classes = manifest["classes"]
+        self.samples = [(f"{self.shards[s]}:{off}", label) for s, off, _, label in self.index]
+        self._files: dict[int, object] = {}
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def read_bytes(self, i: int) -> bytes:
+        shard, offset, size, _ = self.index[i]
+        f = self._files.get(shard)
+        if f is None:  # one open file per shard and DataLoader worker
+            f = self._files[shard] = open(self.root / self.shards[shard], "rb")
+        f.seek(offset)
+        return f.read(size)
+
+    def __getitem__(self, i: int):
+        from torchvision.io import ImageReadMode, decode_image
+
+        image = decode_image(torch.frombuffer(bytearray(self.read_bytes(i)), dtype=torch.uint8), mode=ImageReadMode.RGB)
+        return self.transform(image), self.index[i][3]
+
+    def __getstate__(self):  # open files do not travel to DataLoader workers
+        state = dict(self.__dict__)
+        state["_files"] = {}
+        return state
