@@ -89,8 +89,9 @@ class DataConfig:
 @dataclass(kw_only=True)
 class ModelConfig:
     name: str = "resnet_fmnist"
-    """``resnet_fmnist`` (small ResNet for 28x28 inputs, see ``largebatch.nn.models``),
-    ``resnet18`` or ``resnet50`` (torchvision, ImageNet layout)."""
+    """``resnet_fmnist`` (small ResNet for 28x28 inputs, see ``largebatch.nn.models``) or any
+    torchvision classification model (``resnet18``, ``resnet50``, ``efficientnet_b0``, ...; ImageNet
+    layout, untrained, every BatchNorm2d replaced by ghost BN)."""
     width: int = 16
     """resnet_fmnist: channels of the first stage (doubled at each of the three stages)."""
     blocks_per_stage: int = 1
@@ -515,7 +516,11 @@ def resolve_stages(cfg: Config, world_size: int, *, local_world_size: int | None
         ConfigError: naming the key, the value and what is accepted.
     """
     _check(cfg.data.name in DATA_NAMES, "data.name", cfg.data.name, f"one of {', '.join(DATA_NAMES)}")
-    _check(cfg.model.name in MODEL_NAMES, "model.name", cfg.model.name, f"one of {', '.join(MODEL_NAMES)}")
+    if cfg.model.name not in MODEL_NAMES:
+        from largebatch.nn.models import torchvision_classifiers
+
+        _check(cfg.model.name in torchvision_classifiers(), "model.name", cfg.model.name,
+               "resnet_fmnist or a torchvision classification model, e.g. resnet18, resnet50, efficientnet_b0")
     _check(cfg.optim.name in OPTIM_NAMES, "optim.name", cfg.optim.name, f"one of {', '.join(OPTIM_NAMES)}")
     _check(cfg.schedule.name in SCHEDULE_NAMES, "schedule.name", cfg.schedule.name,
            f"one of {', '.join(SCHEDULE_NAMES)}")

@@ -36,3 +36,25 @@ def test_options_off_keep_torchvision_init():
     model = build_model("resnet18", num_classes=10, zero_init_residual=False, fc_init_std=0)
     assert all(torch.all(b.bn2.weight == 1) for b in model.modules() if isinstance(b, BasicBlock))
     assert model.fc.bias.abs().sum() > 0  # torchvision's uniform init, untouched
+
+
+def test_any_torchvision_classifier_gets_ghost_bn():
+    import torch
+    from torch import nn
+
+    from largebatch.config import ConfigError, apply_overrides, resolve
+    from largebatch.nn import GhostBatchNorm2d, build_model
+    from largebatch.recipes import DEFAULT_RECIPE, get_recipe
+
+    model = build_model("mobilenet_v3_small", num_classes=5, bn_batch_size=2)
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and all(isinstance(m, GhostBatchNorm2d) and m.bn_batch_size == 2 for m in bns)
+    assert model(torch.randn(4, 3, 32, 32)).shape == (4, 5)
+    resolve(apply_overrides(get_recipe(DEFAULT_RECIPE), ["model.name=efficientnet_b0", "data.name=synthetic",
+                                                         "data.synthetic_channels=3"]), 2)
+    import pytest
+
+    with pytest.raises(ConfigError, match="torchvision classification model"):
+        resolve(apply_overrides(get_recipe(DEFAULT_RECIPE), ["model.name=resnet51"]), 2)
+    with pytest.raises(ValueError, match="is unknown"):
+        build_model("resnet51", num_classes=5)

@@ -84,6 +84,28 @@ def goyal_init(model: nn.Module, *, zero_init_residual: bool, fc_init_std: float
         nn.init.zeros_(fc.bias)
 
 
+def _ghost_batchnorm(model: nn.Module, bn_batch_size: int) -> int:
+    """Replace every ``nn.BatchNorm2d`` of ``model`` by a :class:`GhostBatchNorm2d` with the same
+    parameters, buffers and settings; returns how many were replaced."""
+    count = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.BatchNorm2d:
+                ghost = GhostBatchNorm2d(child.num_features, bn_batch_size, eps=child.eps, momentum=child.momentum,
+                                         affine=child.affine, track_running_stats=child.track_running_stats)
+                ghost.load_state_dict(child.state_dict())
+                setattr(parent, name, ghost)
+                count += 1
+    return count
+
+
+def torchvision_classifiers() -> list[str]:
+    """Names of torchvision's image classification models (``torchvision.models.list_models``)."""
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
 def build_model(
     name: str,
     *,
@@ -95,13 +117,15 @@ def build_model(
     zero_init_residual: bool = True,
     fc_init_std: float = 0.01,
 ) -> nn.Module:
-    """Build ``resnet_fmnist``, ``resnet18`` or ``resnet50`` with ghost BN and Goyal's init.
+    """``resnet_fmnist`` or any torchvision classification model (``resnet50``, ``resnet18``,
+    ``efficientnet_b0``, ...; untrained), with ghost BN in every BatchNorm2d and Goyal's init where
+    it applies (zero last-BN gamma of torchvision's residual blocks, N(0, std^2) classifier ``fc``).
 
     Raises:
-        ValueError: for an unknown name, or torchvision ResNets with in_channels != 3.
+        ValueError: for an unknown name, or a torchvision model with in_channels != 3.
     """
-    norm_layer = functools.partial(GhostBatchNorm2d, bn_batch_size=bn_batch_size)
     if name == "resnet_fmnist":
+        norm_layer = functools.partial(GhostBatchNorm2d, bn_batch_size=bn_batch_size)
         model: nn.Module = SmallResNet(
             in_channels=in_channels,
             num_classes=num_classes,
@@ -109,13 +133,17 @@ def build_model(
             blocks_per_stage=blocks_per_stage,
             norm_layer=norm_layer,
         )
-    elif name in ("resnet18", "resnet50"):
+    elif name in torchvision_classifiers():
         if in_channels != 3:
             raise ValueError(f"model.name={name!r} expects 3-channel images, the data has {in_channels}")
-        builder = getattr(__import__("torchvision.models", fromlist=[name]), name)
-        model = builder(weights=None, num_classes=num_classes, norm_layer=norm_layer)
+        import torchvision
+
+        model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+        _ghost_batchnorm(model, bn_batch_size)
     else:
-        raise ValueError(f"model.name={name!r} is unknown; accepted: resnet_fmnist, resnet18, resnet50")
+        raise ValueError(f"model.name={name!r} is unknown; accepted: resnet_fmnist or a torchvision classification "
+                         f"model (e.g. resnet18, resnet50; `python -c \"import torchvision; "
+                         f"print(torchvision.models.list_models(module=torchvision.models))\"`)")
     goyal_init(model, zero_init_residual=zero_init_residual, fc_init_std=fc_init_std)
     return model
 
