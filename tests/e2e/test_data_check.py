@@ -132,3 +132,38 @@ def test_prepare_writes_shards_that_reproduce_the_samples_and_train(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 1 and summary["world_size"] == 2  # 24 images // 16
+
+
+@pytest.mark.parametrize("source", ["folder", "shards"])
+def test_every_image_once_per_epoch_across_two_workers(tmp_path, source):
+    """The image-folder pipeline (and the shards of `data prepare`) with the global-batch sampler on
+    2 ranks: within an epoch the two ranks' images are disjoint and together every image but the
+    drop-last tail, each exactly once (images identified by their pixels, all distinct)."""
+    import torch
+
+    from largebatch.data.imagefolder import ImageFolderData
+    from largebatch.data.samplers import GlobalBatchSampler
+    from largebatch.data.shards import prepare
+
+    root = tmp_path / "imagenet"
+    for split, count in (("train", 11), ("val", 2)):
+        for c, wnid in enumerate(("n01", "n02")):
+            d = root / split / wnid
+            d.mkdir(parents=True)
+            for i in range(count):
+                Image.new("RGB", (24, 20), (10 * i + 3, 100 * c + 7, 60)).save(d / f"{i}.JPEG", quality=100)
+    if source == "shards":
+        prepare(str(root), str(tmp_path / "shards"), max_side_px=64, progress=False, workers=1)
+        root = tmp_path / "shards"
+    seen = []
+    for rank in (0, 1):
+        data = ImageFolderData(str(root), image_size_px=16, augment=False, loader_workers=0, train_subset=0,
+                               test_subset=0, device=torch.device("cpu"))
+        sampler = GlobalBatchSampler(data.num_train, 8, world_size=2, rank=rank, seed=3)
+        sampler.set_epoch(1)
+        keys = []
+        for images, labels in data.train_batches(sampler, seed=3):
+            keys += [(int(y), round(float(x[0].mean()), 2), round(float(x[1].mean()), 2)) for x, y in zip(images, labels)]
+        seen.append(keys)
+    assert len(seen[0]) == len(seen[1]) == 8 and not set(seen[0]) & set(seen[1])  # 22 images // 8 = 2 steps
+    assert len(set(seen[0] + seen[1])) == 16  # each once; 6 dropped (the tail of the epoch's shuffle)
