@@ -10,9 +10,9 @@
 
 Both sum in place over all ranks (the result equals ``dist.all_reduce``'s, to floating-point
 reordering) and handle lengths that do not divide evenly by zero-padding to a multiple of the
-group size. Reduce-scatter and all-gather go through :func:`reduce_scatter` and :func:`all_gather`,
-which use the backend's native collectives and, on gloo, say in the log that gloo emulates
-reduce-scatter with an all-reduce (correct, twice the traffic; peers.md, pytorch#118911).
+group size. Reduce-scatter and all-gather are the backend's own single-tensor collectives (gloo
+and NCCL both have them); on gloo the log says once that gloo emulates reduce-scatter with an
+all-reduce (correct, twice the traffic; peers.md, pytorch#118911).
 """
 
 from __future__ import annotations
@@ -37,35 +37,19 @@ def _note_once(key: str, message: str) -> None:
 
 def reduce_scatter(output: torch.Tensor, input: torch.Tensor, group) -> torch.Tensor:
     """Sum ``input`` (length k * len(output), k the group size) over ``group`` and keep this rank's
-    k-th part in ``output``.
-
-    On gloo this is the library's emulation (an all-reduce of the whole input, then the chunk), logged
-    once; on NCCL a real reduce-scatter. A backend without it falls back to all-reduce + chunk.
-    """
-    backend = dist.get_backend(group)
-    if backend == "gloo":
+    k-th part in ``output``. On NCCL a real reduce-scatter; on gloo torch's emulation (an all-reduce
+    of the whole input, then the chunk), which is logged once. A communication error propagates."""
+    if dist.get_backend(group) == "gloo":
         _note_once("gloo-rs", "gloo: reduce-scatter is emulated as all-reduce + chunk (correct, 2x the bytes of a "
                               "real reduce-scatter); hierarchical and torus phases are exact but not bandwidth-optimal "
                               "on gloo; NCCL runs them natively")
-    try:
-        dist.reduce_scatter_single(output, input, group=group)
-    except (RuntimeError, NotImplementedError) as err:  # a backend without the collective
-        _note_once(f"{backend}-rs-fallback", f"{backend}: reduce_scatter unavailable ({err}); using all-reduce + chunk")
-        whole = input.clone()
-        dist.all_reduce(whole, group=group)
-        k = dist.get_group_rank(group, dist.get_rank())
-        output.copy_(whole[k * output.numel():(k + 1) * output.numel()])
+    dist.reduce_scatter_single(output, input, group=group)
     return output
 
 
 def all_gather(output: torch.Tensor, input: torch.Tensor, group) -> torch.Tensor:
     """Concatenate every rank's ``input`` of ``group`` into ``output`` (group-rank order)."""
-    try:
-        dist.all_gather_single(output, input, group=group)
-    except (RuntimeError, NotImplementedError) as err:
-        backend = dist.get_backend(group)
-        _note_once(f"{backend}-ag-fallback", f"{backend}: all_gather_single unavailable ({err}); using all_gather")
-        dist.all_gather(list(output.chunk(dist.get_world_size(group))), input, group=group)
+    dist.all_gather_single(output, input, group=group)
     return output
 
 
