@@ -148,15 +148,15 @@ def run_worker(cfg_dict: dict, out: str | None = None, resume: str | None = None
         plan = resolve(cfg, env.world_size, local_world_size=env.local_world_size)
         # Rank 0 decides the run directory (a timestamped default differs per process) and the
         # checkpoint to resume from (the newest one that passes its checksum), and tells the others.
-        decision = None
+        decision, loaded = None, None  # rank 0 keeps the checkpoint it verified, to load it only once
         if env.is_main:
             try:
                 run_dir, resume_path = choose_run_dir(cfg.recipe, out, resume)
                 if resume == "auto":
                     found = ckpt_io.latest_valid_checkpoint(run_dir)
-                    resume_path = found[0] if found else None
+                    resume_path, loaded = found if found else (None, None)
                 elif resume_path is not None:
-                    ckpt_io.load_checkpoint(resume_path)  # a named checkpoint must be valid
+                    loaded = ckpt_io.load_checkpoint(resume_path)  # a named checkpoint must be valid
                 decision = ("ok", str(run_dir), str(resume_path) if resume_path else None)
             except (ConfigError, ckpt_io.CheckpointError) as err:
                 decision = ("error", str(err), None)
@@ -179,7 +179,7 @@ def run_worker(cfg_dict: dict, out: str | None = None, resume: str | None = None
             log.warning("elastic restart %d: continuing from %s", restarts, resume_path or "the start (no valid checkpoint)")
         trainer = Trainer(cfg, plan, env, run_dir)
         if resume_path is not None:
-            trainer.load(resume_path)
+            trainer.load(resume_path, ckpt=loaded)
 
         def on_sigterm(signum, frame):  # Slurm, Kubernetes and torchrun's agent send SIGTERM
             trainer.stop_requested = True
