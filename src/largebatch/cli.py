@@ -77,7 +77,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             found = latest_valid_checkpoint(run_dir) if args.resume == "auto" else (resume_path, load_checkpoint(resume_path))
             if found is not None and (mismatch := config_mismatch(cfg, found[1]["config"], found[0])):
                 raise ConfigError(mismatch)
-    except (ConfigError, FileNotFoundError, CheckpointError) as err:
+    except (ConfigError, FileNotFoundError, CheckpointError, ImportError) as err:
         return _fail(str(err))
     print(f"largebatch: {cfg.recipe}: {plan.describe()}; run directory {run_dir}", file=sys.stderr)
     # The run directory is fixed here, so an elastic restart of the workers finds its checkpoints.

@@ -76,7 +76,12 @@ class DataConfig:
     decoder: str = "torchvision"
     """imagefolder: ``torchvision`` (decode from bytes with torchvision.io, augment uint8 tensors,
     normalize batched on the device; the fast path) or ``pil`` (torchvision's plain ImageFolder +
-    PIL pipeline)."""
+    PIL pipeline) or ``dali`` (NVIDIA DALI, ``pip install 'largebatch[dali]'``: nvJPEG decoding
+    and augmentation on the GPU, DALI's CPU operators on a CPU run; see docs/data.md)."""
+    decode_on: str = "workers"
+    """imagefolder with decoder=torchvision: ``workers`` (each image decoded and augmented in a
+    DataLoader worker process on the CPU) or ``device`` (the workers' threads only read bytes; the
+    training process decodes the whole batch on the training device: batched nvJPEG on CUDA)."""
     val_labels: str = ""
     """imagefolder: a labels file for a flat ``val/`` (``val/*.JPEG``): ImageNet's
     LOC_val_solution.csv or lines of ``<file> <wnid>``; empty: ``val/<wnid>/*`` folders."""
@@ -586,7 +591,11 @@ def resolve_stages(cfg: Config, world_size: int, *, local_world_size: int | None
     _check(cfg.train.bn_variance_averaging == "mean" or cfg.train.bn_statistics == "last_batch",
            "train.bn_variance_averaging", cfg.train.bn_variance_averaging,
            "'mean' unless train.bn_statistics=last_batch (pooling applies to last-batch statistics)")
-    _check(cfg.data.decoder in ("torchvision", "pil"), "data.decoder", cfg.data.decoder, "torchvision or pil")
+    _check(cfg.data.decoder in ("torchvision", "pil", "dali"), "data.decoder", cfg.data.decoder,
+           "torchvision, pil or dali")
+    _check(cfg.data.decode_on in ("workers", "device"), "data.decode_on", cfg.data.decode_on, "workers or device")
+    _check(cfg.data.decode_on == "workers" or cfg.data.decoder == "torchvision", "data.decode_on",
+           cfg.data.decode_on, "workers unless data.decoder=torchvision (dali always decodes on the device)")
     _check(cfg.data.bad_file_policy in ("fail", "skip"), "data.bad_file_policy", cfg.data.bad_file_policy,
            "fail or skip")
     _check(cfg.train.nonfinite_check in ("auto", "host", "device"), "train.nonfinite_check",

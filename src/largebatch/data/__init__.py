@@ -44,6 +44,11 @@ def check_data(cfg) -> None:
     elif data_cfg.name == "imagefolder":
         from largebatch.data.imagefolder import check_layout
 
+        if data_cfg.decoder == "dali":
+            from largebatch.data.dali import require_dali
+
+            require_dali()
+
         from largebatch.data.shards import is_prepared
 
         if is_prepared(data_cfg.root):
@@ -64,7 +69,7 @@ def build_data(cfg, *, device: torch.device):
         return ImageFolderData(d.root, image_size_px=d.image_size_px, augment=d.augment,
                                loader_workers=d.loader_workers, train_subset=d.train_subset,
                                test_subset=d.test_subset, device=device, bad_file_policy=d.bad_file_policy,
-                               decoder=d.decoder, val_labels=d.val_labels)
+                               decoder=d.decoder, val_labels=d.val_labels, decode_on=d.decode_on)
     if d.name == "fashion_mnist":
         from largebatch.data.fashion_mnist import load_fashion_mnist
 

@@ -72,6 +72,12 @@ class _CheckedImages(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.folder)
 
+    def __getitems__(self, indices: list[int]) -> list:
+        """The DataLoader's batched fetch: a remote data set's batch is requested at once."""
+        if hasattr(self.folder, "prefetch"):
+            self.folder.prefetch(list(indices))
+        return [self[i] for i in indices]
+
     def __getitem__(self, index: int):
         bad = []
         for attempt in range(len(self.folder)):
@@ -99,11 +105,14 @@ class _DecodedImages(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def read_bytes(self, index: int) -> bytes:
+        return Path(self.samples[index][0]).read_bytes()
+
     def __getitem__(self, index: int):
         from torchvision.io import ImageReadMode, decode_image
 
         path, label = self.samples[index]
-        data = Path(path).read_bytes()
+        data = self.read_bytes(index)
         if not data:
             raise OSError("zero-byte file")
         image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
@@ -152,14 +161,24 @@ class ImageFolderData:
 
     def __init__(self, root: str, *, image_size_px: int, augment: bool, loader_workers: int,
                  train_subset: int, test_subset: int, device: torch.device, bad_file_policy: str = "fail",
-                 decoder: str = "torchvision", val_labels: str = "") -> None:
+                 decoder: str = "torchvision", val_labels: str = "", decode_on: str = "workers") -> None:
         from torchvision import datasets
 
         from largebatch.data.shards import ShardImages, is_prepared
 
+        if decode_on not in ("workers", "device"):
+            raise ValueError(f"data.decode_on={decode_on!r} is unknown; accepted: workers, device")
+        if decode_on == "device" and decoder != "torchvision":
+            raise ValueError(f"data.decode_on=device works with data.decoder=torchvision (got {decoder!r}); "
+                             f"data.decoder=dali always decodes on the device")
+        if decoder == "dali":
+            from largebatch.data.dali import require_dali
+
+            require_dali()
+        self.decoder, self.decode_on, self.image_size_px, self.augment = decoder, decode_on, image_size_px, augment
         if is_prepared(root):  # `largebatch data prepare` output: read the shards by index
-            if decoder != "torchvision":
-                raise ValueError(f"data.root={root!r} holds prepared shards, read with data.decoder=torchvision only")
+            if decoder == "pil":
+                raise ValueError(f"data.root={root!r} holds prepared shards, read with data.decoder=torchvision or dali")
             train_tf, eval_tf = self._transforms("torchvision", image_size_px, augment)
             self._finish(ShardImages(root, "train", train_tf), ShardImages(root, "val", eval_tf), bad_file_policy,
                          train_subset, test_subset, loader_workers, device)
@@ -182,9 +201,8 @@ class ImageFolderData:
                 raise ValueError(f"data.root={root!r}: train/ and val/ have different class folders")
             val_samples = val_folder.samples
         self.num_classes = len(classes)
-        self.decoder = decoder
         train_tf, eval_tf = self._transforms(decoder, image_size_px, augment)
-        if decoder == "torchvision":
+        if decoder in ("torchvision", "dali"):
             train_base, val_base = _DecodedImages(train_folder.samples, train_tf), _DecodedImages(val_samples, eval_tf)
         elif decoder == "pil":
             train_base = datasets.ImageFolder(str(train_dir), transform=train_tf)
@@ -192,11 +210,13 @@ class ImageFolderData:
             val_base.samples = val_base.imgs = list(val_samples)
             val_base.targets = [label for _, label in val_samples]
         else:
-            raise ValueError(f"data.decoder={decoder!r} is unknown; accepted: torchvision, pil")
+            raise ValueError(f"data.decoder={decoder!r} is unknown; accepted: torchvision, pil, dali")
         self._finish(train_base, val_base, bad_file_policy, train_subset, test_subset, loader_workers, device)
 
     def _finish(self, train_base, val_base, bad_file_policy, train_subset, test_subset, loader_workers, device) -> None:
         self.train_set_classes = getattr(train_base, "classes", None)
+        self._bases, self.bad_file_policy = {"train": train_base, "val": val_base}, bad_file_policy
+        self._batch_decoders: dict[str, object] = {}
         self.train_set = _CheckedImages(train_base, bad_file_policy)
         self.val_set = _CheckedImages(val_base, bad_file_policy)
         self.bad_files: list[str] = []
@@ -258,10 +278,36 @@ class ImageFolderData:
             generator=torch.Generator().manual_seed(seed),
         )
 
+    def _batch_decoder(self, split: str):
+        """The in-process batch decoder of ``split`` (DALI, or torchvision on the device), or None
+        for the DataLoader path."""
+        if self.decoder != "dali" and self.decode_on != "device":
+            return None
+        if split not in self._batch_decoders:
+            base = self._bases[split]
+            kwargs = dict(image_size_px=self.image_size_px, train=split == "train" and self.augment,
+                          device=self.device, threads=max(1, self.loader_workers),
+                          describe=lambda i: base.samples[i][0], policy=self.bad_file_policy,
+                          read_many=base.read_many if getattr(base, "remote", False) else None)
+            labels = [label for _, label in base.samples]
+            if self.decoder == "dali":
+                from largebatch.data.dali import DaliRunner as decoder_class
+            else:
+                from largebatch.data.batch_decode import TorchvisionBatchDecoder as decoder_class
+            self._batch_decoders[split] = decoder_class(base.read_bytes, labels, **kwargs)
+        return self._batch_decoders[split]
+
+    def _batches(self, split: str, dataset, index_batches, seed: int):
+        """(images uint8 or float, labels, skipped files) from the batch decoder or DataLoader."""
+        decoder = self._batch_decoder(split)
+        if decoder is None:
+            return self._loader(dataset, index_batches, seed)
+        return decoder.batches(index_batches, seed=seed, dataset_size=len(dataset))
+
     def train_batches(self, sampler: GlobalBatchSampler, *, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         sampler.as_lists = True
         loader_seed = derive_seed(seed, "loader", sampler.rank, sampler.epoch, sampler.start_step)
-        for images, labels, bad in self._loader(self.train_set, sampler, loader_seed):
+        for images, labels, bad in self._batches("train", self.train_set, sampler, loader_seed):
             self._note(bad)
             yield self._normalize(images), labels.to(self.device, non_blocking=True)
 
@@ -274,6 +320,6 @@ class ImageFolderData:
     def eval_batches(self, *, world_size: int, rank: int, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         idx = eval_shard(self.num_test, world_size=world_size, rank=rank)
         batches = [c.tolist() for c in idx.split(batch_size)]
-        for images, labels, bad in self._loader(self.val_set, batches, 0):
+        for images, labels, bad in self._batches("val", self.val_set, batches, 0):
             self._note(bad)
             yield self._normalize(images), labels.to(self.device, non_blocking=True)

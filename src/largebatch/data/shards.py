@@ -120,30 +120,106 @@ def prepare(src: str, dst: str, *, max_side_px: int = 256, quality: int = 90, sh
     return manifest
 
 
+def is_remote(root: str) -> bool:
+    """True for an fsspec URL (``s3://``, ``gs://``, ``https://``, ``file://`` ...), False for a path."""
+    return "://" in root
+
+
+def _filesystem(root: str):
+    """(fsspec file system, path of ``root`` on it).
+
+    Raises:
+        ImportError: when fsspec (or the back-end of the URL's protocol) is missing, with the command.
+    """
+    try:
+        import fsspec
+    except ImportError:
+        raise ImportError(f"data.root={root!r} is a URL; reading shards from object storage needs fsspec: "
+                          f"pip install 'largebatch[remote]'") from None
+    try:
+        return fsspec.core.url_to_fs(root)
+    except ImportError as err:
+        raise ImportError(f"data.root={root!r}: {err} (pip install 'largebatch[remote]' installs the s3, gs and "
+                          f"http back-ends)") from None
+
+
 def is_prepared(root: str) -> bool:
-    return (Path(root) / MANIFEST).is_file()
+    """Whether ``root`` (a directory or a URL) holds a prepared data set. For a URL this is one
+    request, made before any worker starts.
+
+    Raises:
+        FileNotFoundError: for a URL without a prepared data set (a URL cannot be an image folder).
+    """
+    if not is_remote(root):
+        return (Path(root) / MANIFEST).is_file()
+    fs, path = _filesystem(root)
+    if not fs.exists(f"{path.rstrip('/')}/{MANIFEST}"):
+        raise FileNotFoundError(f"data.root={root!r} holds no {MANIFEST}: a URL must point at the output of "
+                                f"`largebatch data prepare` (copied to object storage as it is, e.g. with "
+                                f"`aws s3 sync`); image folders are read from a file system")
+    return True
 
 
 class ShardImages(torch.utils.data.Dataset):
     """One split of a prepared directory: sample i is read from its shard by offset and decoded like
     a folder's file (the same transforms follow). ``samples`` holds (\"shard:offset\", label) for
-    reports."""
+    reports.
+
+    ``root`` may be a URL that fsspec reads (``s3://bucket/imagenet-shards``, ``gs://...``,
+    ``https://...``): each sample is then one byte-range request, and a batch's requests are issued
+    together (``fs.cat_ranges``, concurrent on the asynchronous back-ends), from
+    :meth:`prefetch` (the DataLoader's batched ``__getitems__``) or :meth:`read_many` (the in-process
+    batch decoders). Nothing is downloaded ahead of the epoch, and the split over nodes and workers is
+    the sampler's, as for local shards.
+    """
 
     def __init__(self, root: str, split: str, transform) -> None:
-        manifest = json.loads((Path(root) / MANIFEST).read_text())
+        self.remote = is_remote(root)
+        if self.remote:
+            fs, path = _filesystem(root)
+            manifest = json.loads(fs.cat_file(f"{path.rstrip('/')}/{MANIFEST}"))
+        else:
+            manifest = json.loads((Path(root) / MANIFEST).read_text())
         part = manifest["splits"][split]
-        self.root, self.transform = Path(root), transform
+        self.root, self.transform = (root.rstrip("/") if self.remote else Path(root)), transform
         self.shards = part["shards"]
         self.index = part["index"]
         self.classes = manifest["classes"]
         self.samples = [(f"{self.shards[s]}:{off}", label) for s, off, _, label in self.index]
         self._files: dict[int, object] = {}
+        self._fs = None
+        self._cache: dict[int, bytes] = {}
 
     def __len__(self) -> int:
         return len(self.index)
 
+    def _remote_fs(self):
+        if self._fs is None or self._fs[0] != os.getpid():  # one per process: forked workers make their own
+            self._fs = (os.getpid(), *_filesystem(self.root))
+        return self._fs[1:]
+
+    def read_many(self, indices: list[int]) -> list[bytes]:
+        """The encoded bytes of samples ``indices``; for a URL, all requests at once."""
+        if not self.remote:
+            return [self.read_bytes(i) for i in indices]
+        fs, path = self._remote_fs()
+        rows = [self.index[i] for i in indices]
+        return fs.cat_ranges([f"{path}/{self.shards[r[0]]}" for r in rows], [r[1] for r in rows],
+                             [r[1] + r[2] for r in rows])
+
+    def prefetch(self, indices: list[int]) -> None:
+        """Fetch a batch's samples of a remote data set together; :meth:`read_bytes` then takes
+        them from memory (each once)."""
+        if self.remote:
+            self._cache.update(zip(indices, self.read_many(indices)))
+
     def read_bytes(self, i: int) -> bytes:
+        if i in self._cache:
+            return self._cache.pop(i)
         shard, offset, size, _ = self.index[i]
+        if self.remote:
+            fs, path = self._remote_fs()
+            return fs.cat_file(f"{path}/{self.shards[shard]}", start=offset, end=offset + size)
         f = self._files.get(shard)
         if f is None:  # one open file per shard and DataLoader worker
             f = self._files[shard] = open(self.root / self.shards[shard], "rb")
@@ -158,5 +234,5 @@ class ShardImages(torch.utils.data.Dataset):
 
     def __getstate__(self):  # open files do not travel to DataLoader workers
         state = dict(self.__dict__)
-        state["_files"] = {}
+        state["_files"], state["_fs"], state["_cache"] = {}, None, {}
         return state

@@ -1,0 +1,159 @@
+"""Decoding whole batches in the training process, on the training device.
+
+The DataLoader path decodes one image at a time in CPU worker processes. On a GPU node that costs
+several CPU cores per GPU (docs/data.md); decoding the batch on the GPU instead needs only the
+encoded bytes from the CPU. Two decoders share this module's loop:
+
+- :class:`TorchvisionBatchDecoder` (``data.decode_on=device``): ``torchvision.io.decode_jpeg`` on a
+  list of encoded tensors with ``device="cuda"`` (batched nvJPEG), then random-resized crop, flip
+  or resize + centre crop with ``torchvision.transforms.v2.functional`` on the GPU tensors. On a CPU
+  run the same code decodes with libjpeg-turbo in the training process (it is how the tests run it;
+  on CPU the DataLoader workers are faster).
+- :class:`largebatch.data.dali.DaliRunner` (``data.decoder=dali``): NVIDIA DALI.
+
+Both take the sampler's index batches, read the bytes on a thread pool one batch ahead, and apply
+``data.bad_file_policy`` to files that cannot be decoded: ``fail`` raises
+:class:`~largebatch.data.imagefolder.BadImageError` naming the file, ``skip`` substitutes the next
+readable sample of the data set (as the DataLoader path does) and reports the file.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from largebatch.data.samplers import derive_seed
+
+
+class BatchDecoder:
+    """Base of the in-process batch decoders; subclasses implement :meth:`_run`.
+
+    Args:
+        read_bytes: sample index -> encoded file bytes (a folder's file or a shard's member).
+        labels: label of every sample index.
+        image_size_px: side S of the output crop.
+        train: random-resized crop + flip (True) or resize to S*256/224 + centre crop (False).
+        device: the training device.
+        threads: threads reading file bytes (and DALI's CPU threads).
+        describe: sample index -> a name for messages (its path).
+        policy: ``fail`` or ``skip`` for files that cannot be decoded.
+        read_many: indices -> their bytes in one call (remote shards: concurrent range requests);
+            default: ``read_bytes`` on a thread pool.
+    """
+
+    def __init__(self, read_bytes: Callable[[int], bytes], labels: Sequence[int], *, image_size_px: int,
+                 train: bool, device: torch.device, threads: int, describe: Callable[[int], str],
+                 policy: str, read_many: Callable[[list[int]], list[bytes]] | None = None) -> None:
+        self.read_bytes, self.read_many, self.labels, self.size = read_bytes, read_many, labels, image_size_px
+        self.train, self.device, self.threads = train, device, max(1, threads)
+        self.describe, self.policy = describe, policy
+        self._pool = ThreadPoolExecutor(max_workers=self.threads)  # file reads
+        self._ahead = ThreadPoolExecutor(max_workers=1)  # the next batch's reads, while this one decodes
+
+    def _run(self, encoded: list[np.ndarray], seed: int) -> torch.Tensor:
+        """uint8 images (B, 3, S, S) on the device; RuntimeError when a sample cannot be decoded."""
+        raise NotImplementedError
+
+    def _encoded(self, indices: Sequence[int]) -> list[np.ndarray]:
+        blobs = self.read_many(list(indices)) if self.read_many else self._pool.map(self.read_bytes, indices)
+        return [np.frombuffer(b, dtype=np.uint8) for b in blobs]
+
+    @staticmethod
+    def _bad_reason(data: np.ndarray) -> str:
+        """'' when torchvision.io decodes ``data`` on the CPU, else the reason."""
+        from torchvision.io import ImageReadMode, decode_image
+
+        if data.size == 0:
+            return "OSError: zero-byte file"
+        try:
+            decode_image(torch.from_numpy(data.copy()), mode=ImageReadMode.RGB)
+        except (OSError, RuntimeError, ValueError) as err:
+            return f"{type(err).__name__}: {str(err).strip().splitlines()[-1][:200] if str(err).strip() else ''}"
+        return ""
+
+    def batches(self, index_batches: Iterator[Sequence[int]], *, seed: int, dataset_size: int
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
+        """(uint8 images (B, 3, S, S) on the device, int64 labels (B,) on the CPU, skipped files as
+        'path<TAB>reason') for each index batch. Batch k's random crops depend only on (seed, k)."""
+        pending = None
+        for k, indices in enumerate(index_batches):
+            indices = [int(i) for i in indices]
+            future = self._ahead.submit(self._encoded, indices)  # read ahead while the previous batch decodes
+            if pending is not None:
+                yield self._decode(*pending, dataset_size=dataset_size)
+            pending = (indices, future, derive_seed(seed, k) % (2**31 - 1))
+        if pending is not None:
+            yield self._decode(*pending, dataset_size=dataset_size)
+
+    def _decode(self, indices: list[int], future, seed: int, *, dataset_size: int):
+        from largebatch.data.imagefolder import BadImageError
+
+        encoded = future.result()
+        skipped: list[str] = []
+        for _ in range(dataset_size + 1):
+            try:
+                if any(e.size == 0 for e in encoded):
+                    raise RuntimeError("empty sample")
+                images = self._run(encoded, seed)
+                return images, torch.tensor([self.labels[i] for i in indices], dtype=torch.int64), skipped
+            except RuntimeError as decode_error:
+                bad = [(pos, reason) for pos, e in enumerate(encoded) if (reason := self._bad_reason(e))]
+                if not bad:
+                    raise
+                for pos, reason in bad:
+                    name = self.describe(indices[pos])
+                    if self.policy == "fail":
+                        raise BadImageError(f"cannot decode {name}: {reason}; fix or remove the file, or set "
+                                            f"data.bad_file_policy=skip to skip it and get a report") from decode_error
+                    skipped.append(f"{name}\t{reason}")
+                    indices[pos] = (indices[pos] + 1) % dataset_size
+                    encoded[pos] = self._encoded([indices[pos]])[0]
+        raise BadImageError("no readable image in the data set")
+
+
+class TorchvisionBatchDecoder(BatchDecoder):
+    """``data.decode_on=device``: batched ``torchvision.io.decode_jpeg`` on the training device
+    (nvJPEG on CUDA; libjpeg-turbo on CPU), then the augmentation on the decoded tensors there.
+    Non-JPEG or CMYK files that nvJPEG refuses are decoded on the CPU and moved over."""
+
+    def _decode_images(self, encoded: list[np.ndarray]) -> list[torch.Tensor]:
+        from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+
+        tensors = [torch.from_numpy(e.copy()) for e in encoded]
+        if self.device.type == "cuda":
+            try:
+                return decode_jpeg(tensors, mode=ImageReadMode.RGB, device=self.device)
+            except RuntimeError:
+                pass  # one odd file in the batch: per image below, on the CPU where nvJPEG refuses
+            out = []
+            for t in tensors:
+                try:
+                    out.append(decode_jpeg(t, mode=ImageReadMode.RGB, device=self.device))
+                except RuntimeError:
+                    out.append(decode_image(t, mode=ImageReadMode.RGB).to(self.device))
+            return out
+        return [decode_image(t, mode=ImageReadMode.RGB) for t in tensors]
+
+    def _run(self, encoded: list[np.ndarray], seed: int) -> torch.Tensor:
+        from torchvision import transforms
+        from torchvision.transforms.v2 import functional as TF
+
+        images = self._decode_images(encoded)
+        size = self.size
+        out = torch.empty(len(images), 3, size, size, dtype=torch.uint8, device=self.device)
+        if self.train:
+            with torch.random.fork_rng(devices=[]):  # the crop draws leave the training RNG alone
+                torch.manual_seed(seed)
+                params = [(transforms.RandomResizedCrop.get_params(img, (0.08, 1.0), (3 / 4, 4 / 3)),
+                           bool(torch.rand(()) < 0.5)) for img in images]
+            for k, (img, ((top, left, h, w), flip)) in enumerate(zip(images, params)):
+                crop = TF.resized_crop(img, top, left, h, w, [size, size], antialias=True)
+                out[k] = TF.horizontal_flip(crop) if flip else crop
+        else:
+            resize = size * 256 // 224
+            for k, img in enumerate(images):
+                out[k] = TF.center_crop(TF.resize(img, resize, antialias=True), [size, size])
+        return out
