@@ -12,7 +12,9 @@ folder (cached under --data). Each pipeline is `largebatch.data.imagefolder.Imag
 `data.decoder=pil` (the baseline: PIL decode, PIL random-resized crop 224 + flip, ToTensor,
 Normalize, float batches) or `torchvision` (ours: torchvision.io decode from bytes, v2 crop + flip on
 uint8, uint8 batches normalized after the loader), both through a DataLoader with WORKERS processes and
-batches of 64, one pass over the N images including the final normalization to float; the two are
+batches of 64; also ours with `data.decode_on=device` (bytes read on WORKERS threads, the batch decoded
+in the training process: nvJPEG on a GPU, here the CPU) and `data.decoder=dali` (DALI's CPU operators
+on WORKERS threads, when DALI is installed), one pass over the N images including the final normalization to float; the two are
 interleaved for ROUNDS rounds; median images/s and the ratio of medians in this one run. The per-image
 costs are measured in one process: decode only, then decode + augment.
 
@@ -109,6 +111,15 @@ def per_image_costs(root: Path, samples: int = 100) -> dict:
     return out
 
 
+def _dali_version() -> str:
+    try:
+        import nvidia.dali
+
+        return nvidia.dali.__version__
+    except ImportError:
+        return "not installed"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=2000)
@@ -128,9 +139,19 @@ def main() -> None:
     pipes = {name: ImageFolderData(str(root), image_size_px=224, augment=True, loader_workers=args.workers,
                                    train_subset=0, test_subset=0, device=torch.device("cpu"), decoder=name)
              for name in ("pil", "torchvision")}
-    pipes["torchvision, shards"] = ImageFolderData(str(shards), image_size_px=224, augment=True,
-                                                   loader_workers=args.workers, train_subset=0, test_subset=0,
-                                                   device=torch.device("cpu"))
+    def pipe(path, **kwargs):
+        return ImageFolderData(str(path), image_size_px=224, augment=True, loader_workers=args.workers,
+                               train_subset=0, test_subset=0, device=torch.device("cpu"), **kwargs)
+
+    pipes["torchvision, shards"] = pipe(shards)
+    # Batch decoding in the training process (on a GPU node: on the GPU); here on the CPU.
+    pipes["torchvision decode_on=device, folders"] = pipe(root, decode_on="device")
+    pipes["torchvision decode_on=device, shards"] = pipe(shards, decode_on="device")
+    from largebatch.data.dali import dali_available
+
+    if dali_available():  # DALI's CPU operators with WORKERS threads (on a GPU node: nvJPEG, GPU resize)
+        pipes["dali (cpu), folders"] = pipe(root, decoder="dali")
+        pipes["dali (cpu), shards"] = pipe(shards, decoder="dali")
     rates = {name: [] for name in pipes}
     for _ in range(args.rounds):
         for name, data in pipes.items():
@@ -140,7 +161,7 @@ def main() -> None:
     ratio_shards = med["torchvision, shards"] / med["pil"]
     costs = per_image_costs(root)
     for name, r in rates.items():
-        print(f"{name:20s} {med[name]:8.1f} images/s  (rounds: {', '.join(f'{x:.1f}' for x in r)})")
+        print(f"{name:38s} {med[name]:8.1f} images/s  (rounds: {', '.join(f'{x:.1f}' for x in r)})")
     print(f"ours / baseline: folders {ratio:.2f}, shards {ratio_shards:.2f}")
     print(json.dumps(costs, indent=2))
     # A GPU's feed: ResNet-50 training images/s per GPU from largebatch.sim presets (published figures):
@@ -160,6 +181,8 @@ def main() -> None:
         "images_per_s": {name: {"median": med[name], "rounds": r} for name, r in rates.items()},
         "ratio_ours_to_baseline": ratio,
         "ratio_ours_shards_to_baseline": ratio_shards,
+        "ratio_to_baseline": {name: m / med["pil"] for name, m in med.items()},
+        "dali": _dali_version(),
         "per_image_cost_ms_one_core": costs,
         "gpu_feed_estimate": feed,
     }

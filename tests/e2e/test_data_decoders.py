@@ -149,7 +149,7 @@ def served_shards(folder, tmp_path):
     server.shutdown()
 
 
-@pytest.mark.parametrize("variant,workers", [(None, 2), ("device", 1), ("dali", 1)])
+@pytest.mark.parametrize("variant,workers", [(None, 2), ("device", 2), ("dali", 2)])
 def test_shards_from_a_url_give_the_local_shards_batches(served_shards, variant, workers):
     """The same sample order, labels and pixels from the HTTP server as from the directory, through
     DataLoader workers (batched range requests in __getitems__) and through the batch decoders."""

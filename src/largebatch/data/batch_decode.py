@@ -114,46 +114,80 @@ class BatchDecoder:
         raise BadImageError("no readable image in the data set")
 
 
+def crop_params(height: int, width: int, generator: torch.Generator, scale=(0.08, 1.0),
+                ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+    """(top, left, crop height, crop width) of a random-resized crop (the Inception crop:
+    Szegedy et al. 2015, sec. 6; Goyal et al. 2017, sec. 5.1): area uniform in ``scale`` of the
+    image, log-aspect uniform in log ``ratio``, 10 tries, else the centre crop of the clamped
+    aspect. torchvision's algorithm with an explicit generator, so threads can draw without the
+    global RNG."""
+    area = height * width
+    log_ratio = torch.log(torch.tensor(ratio))
+    for _ in range(10):
+        target = area * float(torch.empty(1).uniform_(scale[0], scale[1], generator=generator))
+        aspect = float(torch.exp(torch.empty(1).uniform_(float(log_ratio[0]), float(log_ratio[1]), generator=generator)))
+        w = int(round((target * aspect) ** 0.5))
+        h = int(round((target / aspect) ** 0.5))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, (1,), generator=generator))
+            left = int(torch.randint(0, width - w + 1, (1,), generator=generator))
+            return top, left, h, w
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        h, w = height, int(round(height * max(ratio)))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
 class TorchvisionBatchDecoder(BatchDecoder):
     """``data.decode_on=device``: batched ``torchvision.io.decode_jpeg`` on the training device
-    (nvJPEG on CUDA; libjpeg-turbo on CPU), then the augmentation on the decoded tensors there.
-    Non-JPEG or CMYK files that nvJPEG refuses are decoded on the CPU and moved over."""
+    (nvJPEG on CUDA) then the augmentation there; on a CPU run each image is decoded
+    (libjpeg-turbo) and augmented on one of ``threads`` threads of the training process (the C++
+    kernels release the GIL), with no worker processes and no copies between processes. Non-JPEG
+    or CMYK files that nvJPEG refuses are decoded on the CPU and moved over. Image k of a batch
+    uses the random crop and flip drawn from (batch seed, k)."""
 
-    def _decode_images(self, encoded: list[np.ndarray]) -> list[torch.Tensor]:
+    def _decode_cuda(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
-        tensors = [torch.from_numpy(e.copy()) for e in encoded]
-        if self.device.type == "cuda":
+        try:
+            return decode_jpeg(tensors, mode=ImageReadMode.RGB, device=self.device)
+        except RuntimeError:
+            pass  # one odd file in the batch: per image below, on the CPU where nvJPEG refuses
+        out = []
+        for t in tensors:
             try:
-                return decode_jpeg(tensors, mode=ImageReadMode.RGB, device=self.device)
+                out.append(decode_jpeg(t, mode=ImageReadMode.RGB, device=self.device))
             except RuntimeError:
-                pass  # one odd file in the batch: per image below, on the CPU where nvJPEG refuses
-            out = []
-            for t in tensors:
-                try:
-                    out.append(decode_jpeg(t, mode=ImageReadMode.RGB, device=self.device))
-                except RuntimeError:
-                    out.append(decode_image(t, mode=ImageReadMode.RGB).to(self.device))
-            return out
-        return [decode_image(t, mode=ImageReadMode.RGB) for t in tensors]
+                out.append(decode_image(t, mode=ImageReadMode.RGB).to(self.device))
+        return out
 
-    def _run(self, encoded: list[np.ndarray], seed: int) -> torch.Tensor:
-        from torchvision import transforms
+    def _transform(self, image: torch.Tensor, seed: int, k: int) -> torch.Tensor:
         from torchvision.transforms.v2 import functional as TF
 
-        images = self._decode_images(encoded)
         size = self.size
-        out = torch.empty(len(images), 3, size, size, dtype=torch.uint8, device=self.device)
-        if self.train:
-            with torch.random.fork_rng(devices=[]):  # the crop draws leave the training RNG alone
-                torch.manual_seed(seed)
-                params = [(transforms.RandomResizedCrop.get_params(img, (0.08, 1.0), (3 / 4, 4 / 3)),
-                           bool(torch.rand(()) < 0.5)) for img in images]
-            for k, (img, ((top, left, h, w), flip)) in enumerate(zip(images, params)):
-                crop = TF.resized_crop(img, top, left, h, w, [size, size], antialias=True)
-                out[k] = TF.horizontal_flip(crop) if flip else crop
-        else:
-            resize = size * 256 // 224
-            for k, img in enumerate(images):
-                out[k] = TF.center_crop(TF.resize(img, resize, antialias=True), [size, size])
+        if not self.train:
+            return TF.center_crop(TF.resize(image, size * 256 // 224, antialias=True), [size, size])
+        g = torch.Generator().manual_seed(seed * 4099 + k)
+        top, left, h, w = crop_params(image.shape[-2], image.shape[-1], g)
+        crop = TF.resized_crop(image, top, left, h, w, [size, size], antialias=True)
+        return TF.horizontal_flip(crop) if bool(torch.rand((), generator=g) < 0.5) else crop
+
+    def _run(self, encoded: list[np.ndarray], seed: int) -> torch.Tensor:
+        from torchvision.io import ImageReadMode, decode_image
+
+        tensors = [torch.from_numpy(e.copy()) for e in encoded]
+        out = torch.empty(len(tensors), 3, self.size, self.size, dtype=torch.uint8, device=self.device)
+        if self.device.type == "cuda":
+            for k, image in enumerate(self._decode_cuda(tensors)):
+                out[k] = self._transform(image, seed, k)
+            return out
+
+        def one(k: int) -> None:
+            out[k] = self._transform(decode_image(tensors[k], mode=ImageReadMode.RGB), seed, k)
+
+        list(self._pool.map(one, range(len(tensors))))
         return out

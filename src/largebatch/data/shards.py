@@ -186,7 +186,7 @@ class ShardImages(torch.utils.data.Dataset):
         self.index = part["index"]
         self.classes = manifest["classes"]
         self.samples = [(f"{self.shards[s]}:{off}", label) for s, off, _, label in self.index]
-        self._files: dict[int, object] = {}
+        self._files: dict[int, int] = {}
         self._fs = None
         self._cache: dict[int, bytes] = {}
 
@@ -220,11 +220,10 @@ class ShardImages(torch.utils.data.Dataset):
         if self.remote:
             fs, path = self._remote_fs()
             return fs.cat_file(f"{path}/{self.shards[shard]}", start=offset, end=offset + size)
-        f = self._files.get(shard)
-        if f is None:  # one open file per shard and DataLoader worker
-            f = self._files[shard] = open(self.root / self.shards[shard], "rb")
-        f.seek(offset)
-        return f.read(size)
+        fd = self._files.get(shard)
+        if fd is None:  # one descriptor per shard and process; pread keeps concurrent threads apart
+            fd = self._files[shard] = os.open(self.root / self.shards[shard], os.O_RDONLY)
+        return os.pread(fd, size, offset)
 
     def __getitem__(self, i: int):
         from torchvision.io import ImageReadMode, decode_image
