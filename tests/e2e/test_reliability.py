@@ -18,8 +18,8 @@ from largebatch.train.checkpoint import list_checkpoints, load_checkpoint
 
 pytestmark = pytest.mark.e2e
 
-# 8192 images / 512 = 16 steps per epoch, 3 epochs: 48 steps, about 15 s on 2 cores.
-CFG = ["--set", "data.train_subset=8192", "--set", "data.test_subset=1000", "--set", "train.epochs=3",
+# 4096 images / 512 = 8 steps per epoch, 3 epochs: 24 steps.
+CFG = ["--set", "data.train_subset=4096", "--set", "data.test_subset=500", "--set", "train.epochs=3",
        "--set", "train.log_every_steps=1", "--set", "schedule.warmup_epochs=0.5", "--set", "schedule.decay_epochs=[2.5]",
        "--set", "optim.base_lr=0.1", "--set", "train.checkpoint_every_steps=4", "--set", "train.keep_checkpoints=3"]
 ENV = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -103,7 +103,7 @@ def test_sigterm_checkpoints_and_resume_auto_finishes_the_run(reference, tmp_pat
     assert proc.returncode == 75, err[-3000:]
     assert "--resume auto" in err
     step = int(list_checkpoints(out)[-1].name[9:17])
-    assert 0 < step < 48
+    assert 0 < step < 24
     done = train("--nproc", "2", *CFG, "--set", "train.checkpoint_every_steps=0", "--out", str(out),
                  "--resume", "auto", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -136,13 +136,16 @@ def test_resume_on_one_worker_keeps_the_global_batch(reference, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "checkpoint written by 2 processes, resuming on 1: same global batch 512" in done.stderr
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["world_size"] == 1 and summary["global_batch_size"] == 512 and summary["steps"] == 48
+    assert summary["world_size"] == 1 and summary["global_batch_size"] == 512 and summary["steps"] == 24
     got, ref = weights(out), weights(reference)
+    start = load_checkpoint(list_checkpoints(reference)[0])["model"]
     for k, v in ref.items():
-        # Parameters follow the same mathematics (to reduction order). BN moving averages do not: one
-        # process now accumulates 2 micro-batches per step, one EMA update each (docs/reliability.md).
-        if v.is_floating_point() and "running" not in k:
-            assert torch.allclose(got[k], v, rtol=1e-3, atol=1e-4), k
+        # Parameters follow the same mathematics (to reduction order, which drifts over the 20 steps
+        # after the checkpoint by about 1e-4); a different global batch or LR would move them as far
+        # as the training itself. BN moving averages do not follow: one process now accumulates 2
+        # micro-batches per step, one EMA update each (docs/reliability.md).
+        if v.is_floating_point() and "running" not in k and (moved := (v - start[k]).abs().max()) > 0:
+            assert (got[k] - v).abs().max() < 0.05 * moved, k
 
 
 def test_pickled_checkpoint_is_refused(tmp_path):
