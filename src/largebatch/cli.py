@@ -96,6 +96,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         result = launch_local(run_worker, worker_args, nproc=nproc, max_restarts=args.max_restarts)
     except WorkerFailed as err:
+        if err.exitcode == EXIT_PREEMPTED:  # a worker got SIGTERM, checkpointed and left (run_worker)
+            print(f"largebatch: stopped by SIGTERM; the workers wrote a checkpoint: continue with "
+                  f"--out {run_dir} --resume auto", file=sys.stderr)
+            return EXIT_PREEMPTED
         return _fail(str(err), code=1)
     except SignalException as sig:  # the launcher itself got SIGTERM: its workers checkpointed and stopped
         print(f"largebatch: stopped by {sig.sigval.name}; the workers wrote a checkpoint: continue with "

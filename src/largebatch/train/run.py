@@ -126,6 +126,19 @@ def _agree(value, env):
     return box[0]
 
 
+EXIT_PREEMPTED = 75
+"""Exit status of a worker (and of the CLI) stopped by SIGTERM after writing a checkpoint."""
+
+
+def _exit_now(code: int) -> None:
+    """Flush the logs and leave the process with ``code`` (no interpreter teardown)."""
+    for handler in logging.getLogger().handlers + log.handlers:
+        handler.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def run_worker(cfg_dict: dict, out: str | None = None, resume: str | None = None) -> dict | None:
     """Train on this process; returns the summary on rank 0 (None elsewhere), or, on every rank,
     ``{"preempted": True, "step": ..., "run_dir": ...}`` when SIGTERM stopped the run after a
@@ -189,7 +202,14 @@ def run_worker(cfg_dict: dict, out: str | None = None, resume: str | None = None
         try:
             state = trainer.fit()
         except Preempted as stop:
-            return {"preempted": True, "step": stop.args[0], "run_dir": str(run_dir)}
+            preempted = {"preempted": True, "step": stop.args[0], "run_dir": str(run_dir)}
+            if "TORCHELASTIC_RUN_ID" in os.environ:
+                # Under an elastic agent (ours or torchrun's), a returning worker waits for the agent to
+                # collect its result; an agent that is itself stopping never does, and kills the worker
+                # 30 s later. The checkpoint is on disk: leave now with the preempted status instead.
+                cleanup()
+                _exit_now(EXIT_PREEMPTED)
+            return preempted
         finally:
             signal.signal(signal.SIGTERM, previous)
         bad_files = _gather_bad_files(getattr(trainer.data, "bad_files", []), env)
