@@ -1,4 +1,4 @@
-"""Command line: ``largebatch train | eval | recipes | simulate | data check``. Dispatch only; the work is in the packages.
+"""Command line: ``largebatch train | eval | recipes | simulate | data check | data prepare | sweep | advise``. Dispatch only; the work is in the packages.
 
 Exit status: 0 success, 1 a failure while running, 2 bad input (unknown key, wrong type,
 contradiction, missing data) found before any worker starts, 75 stopped by SIGTERM after writing a
@@ -204,6 +204,49 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated integers, e.g. 128,256,512") from None
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from largebatch.config import ConfigError
+    from largebatch.study.sweep import SweepError, run_sweep
+
+    methods = [m for m in args.methods.split(",") if m]
+    try:
+        rows = run_sweep(args.out, methods, args.batch_sizes, args.seeds, args.epochs, args.set, args.nproc)
+    except (SweepError, ConfigError, KeyError) as err:
+        return _fail(err.args[0] if isinstance(err, KeyError) else str(err))
+    except RuntimeError as err:
+        return _fail(str(err), code=1)
+    out = Path(args.out)
+    print((out / "sweep.md").read_text() if rows else "no finished runs")
+    print(f"table {out / 'sweep.md'}, {out / 'sweep.csv'}; figure {out / 'sweep.png'}")
+    return 0
+
+
+def cmd_advise(args: argparse.Namespace) -> int:
+    from largebatch.config import ConfigError
+    from largebatch.study.advise import advise
+
+    out = args.out or f"runs/advise-{args.recipe}"
+    if Path(out).exists() and any(Path(out).iterdir()):
+        return _fail(f"--out {out} already holds files; give a new directory (nothing was overwritten)")
+    try:
+        result = advise(args.recipe, args.set, out=out, probe_epochs=args.probe_epochs, nproc=args.nproc,
+                        preset=args.preset)
+    except (ConfigError, ValueError, KeyError) as err:
+        return _fail(err.args[0] if isinstance(err, KeyError) else str(err))
+    except RuntimeError as err:
+        return _fail(str(err), code=1)
+    print(result.text())
+    print(f"(probe run and advice.json in {out})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from largebatch import __version__
     from largebatch.recipes import DEFAULT_RECIPE
@@ -252,6 +295,33 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--shard-mb", type=float, default=256.0, help="approximate shard size in MiB (default 256)")
     q.add_argument("--workers", type=int, default=0, help="processes (default: all CPU cores)")
     q.set_defaults(func=cmd_data_prepare)
+
+    p = sub.add_parser("sweep", help="accuracy against global batch size for several large-batch methods "
+                                     "(Goyal et al. 2017, Fig. 1); table and figure")
+    p.add_argument("--methods", default="no_scaling,linear_no_warmup,goyal,lars,lamb,akiba,mikami",
+                   help="comma-separated: no_scaling, linear_no_warmup, goyal, lars, lamb, akiba, mikami")
+    p.add_argument("--batch-sizes", type=_int_list, default=[128, 256, 512, 1024, 2048, 4096, 8192, 16384],
+                   help="comma-separated global batch sizes (default 128,...,16384)")
+    p.add_argument("--seeds", type=_int_list, default=[0], help="comma-separated seeds (default 0)")
+    p.add_argument("--epochs", type=int, default=4, help="epochs of every run (default 4); schedules are scaled to it")
+    p.add_argument("--nproc", type=int, default=1, help="worker processes per run (default 1)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key in every run, e.g. --set data.train_subset=16384")
+    p.add_argument("--out", default="runs/sweep", help="sweep directory; runs already finished there are kept "
+                                                      "(default runs/sweep)")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("advise", help="measure the gradient noise scale in a short probe; report the critical "
+                                      "batch size, the linear-scaling range, GPUs and time to train")
+    p.add_argument("--recipe", default=DEFAULT_RECIPE, help="recipe to probe")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+    p.add_argument("--probe-epochs", type=float, default=1.0, help="length of the probe in epochs (default 1; "
+                                                                   "below 1 trains on that share of the data)")
+    p.add_argument("--nproc", type=int, default=2, help="worker processes of the probe (at least 2; default 2)")
+    p.add_argument("--preset", default="h100_ndr", help="cost-model cluster (see `largebatch simulate --help`; "
+                                                        "default h100_ndr); empty: no estimate")
+    p.add_argument("--out", default=None, help="probe run directory (default runs/advise-<recipe>)")
+    p.set_defaults(func=cmd_advise)
 
     from largebatch.sim import cli as sim_cli  # pure Python, no torch
 

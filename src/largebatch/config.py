@@ -196,6 +196,12 @@ class TrainConfig:
     """Test top-1 (percent) whose first crossing is reported as time_to_target_s (0: none)."""
     label_smoothing: float = 0.0
     """Label smoothing of the cross-entropy loss (torch's built-in; 0.1 in MLPerf's reference)."""
+    noise_scale: bool = True
+    """Measure the gradient noise scale B_simple (McCandlish et al. 2018) from each worker's gradient
+    and the all-reduced one (a DDP hook: two norms per bucket, no extra communication), logged as
+    ``noise_scale`` in metrics and TensorBoard at every log interval. Needs 2 or more workers."""
+    noise_scale_decay: float = 0.99
+    """Per-step decay of the moving averages behind the noise scale (0.99: about 100 steps)."""
     precision: str = "fp32"
     """``fp32``, ``bf16`` (autocast) or ``fp16`` (autocast + dynamic loss scaling; the optimizer sees
     the unscaled, all-reduced gradient, and a step with a non-finite gradient is skipped)."""
@@ -401,7 +407,7 @@ def to_dict(cfg: Config) -> dict:
 
 OPERATIONAL_KEYS = ("train.nproc", "train.log_every_steps", "train.checkpoint_every_steps", "train.nonfinite_check",
                     "train.checkpoint_every_minutes", "train.keep_checkpoints", "train.max_nonfinite_steps",
-                    "train.threads_per_worker")
+                    "train.threads_per_worker", "train.noise_scale", "train.noise_scale_decay")
 """Keys that do not change what is computed: a run may resume with other values (e.g. on another
 number of workers, or with another checkpoint interval), so they are left out of the config hash."""
 
@@ -567,6 +573,8 @@ def resolve_stages(cfg: Config, world_size: int, *, local_world_size: int | None
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
         _check(value >= 0, key, value, "an integer >= 0")
+    _check(0 <= cfg.train.noise_scale_decay < 1, "train.noise_scale_decay", cfg.train.noise_scale_decay,
+           "a number in [0, 1)")
     _check(cfg.optim.base_lr > 0 and math.isfinite(cfg.optim.base_lr), "optim.base_lr", cfg.optim.base_lr,
            "a positive finite float")
     _check(0 <= cfg.optim.momentum < 1, "optim.momentum", cfg.optim.momentum, "a float in [0, 1)")

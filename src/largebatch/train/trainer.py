@@ -137,6 +137,10 @@ class Trainer:
         self.ddp = DDP(model, forward_sync_buffers=False, bucket_cap_mb=cfg.comm.bucket_cap_mb,
                        device_ids=[env.device.index] if env.device.type == "cuda" else None) \
             if env.distributed else model
+        from largebatch.train.noise_scale import NoiseScaleEstimator
+
+        self._noise_hook = None
+        self.noise = NoiseScaleEstimator(decay=t.noise_scale_decay)
         if env.distributed:
             self._register_comm_hook()
         # Steps of each epoch follow its stage's global batch (drop last); epoch e starts at step
@@ -214,8 +218,16 @@ class Trainer:
                      f" ({c.hierarchical_mode})" if c.algorithm == "hierarchical" else "", topology.describe(),
                      env.backend)
         pair = make_comm_hook(c.algorithm, c.compression, state)
-        if pair is not None:
+        if self.cfg.train.noise_scale:  # wraps the chosen all-reduce (or DDP's own): norms before and after
+            from largebatch.train.noise_scale import wrap_hook
+
+            self._noise_hook, hook = wrap_hook(pair)
+            self.ddp.register_comm_hook(self._noise_hook, hook)
+            log.info("gradient noise scale (McCandlish et al. 2018): worker batch %d against global batch %d",
+                     self.plan.per_worker_batch_size, self.plan.global_batch_size)
+        elif pair is not None:
             self.ddp.register_comm_hook(*pair)
+        if pair is not None:
             log.info("DDP communication hook: %s, compression %s, buckets of %g MiB", c.algorithm, c.compression,
                      c.bucket_cap_mb)
 
@@ -354,7 +366,23 @@ class Trainer:
         else:
             self._last_step_ok = False
         self.optimizer.zero_grad(set_to_none=True)
+        if self._noise_hook is not None:
+            local_sq, global_sq = self._noise_hook.take()
+            if local_sq is not None and global_sq is not None:  # device tensors: no sync
+                self.noise.update(local_sq, global_sq, self.plan.per_worker_batch_size, self.plan.global_batch_size)
         return loss_sum
+
+    def _noise_scale_values(self) -> dict:
+        """{noise_scale, grad_sq_norm, grad_cov_trace}: the workers' smoothed estimates averaged
+        (one all-reduce of two numbers), or {} when not measured."""
+        if self._noise_hook is None or self.noise.steps == 0 or float(self.noise.weight) == 0:
+            return {}
+        pair = torch.stack([torch.as_tensor(self.noise.g_sq, dtype=torch.float32, device=self.env.device),
+                            torch.as_tensor(self.noise.trace, dtype=torch.float32, device=self.env.device)])
+        pair = all_reduce_sum(pair) / (self.env.world_size * float(self.noise.weight))
+        g_sq, trace = float(pair[0]), float(pair[1])
+        return {"noise_scale": trace / g_sq if g_sq > 0 else float("inf"), "grad_sq_norm": g_sq,
+                "grad_cov_trace": trace}
 
     # ------------------------------------------------------------------ non-finite gradients on the device
     def _state_tensors(self) -> list[torch.Tensor]:
@@ -575,8 +603,9 @@ class Trainer:
                                 f"optim.base_lr or lengthen schedule.warmup_epochs")
                         now = time.perf_counter()
                         ips = interval_steps * gbs / (now - interval_t0)
+                        noise = self._noise_scale_values()
                         self.metrics.write("train", step=st.step, epoch=self.epoch_position(st.step), lr=lr, loss=loss,
-                                           images_per_s=ips, wall_s=wall_s())
+                                           images_per_s=ips, wall_s=wall_s(), **noise)
                         if bar is not None and not bar.disable:
                             bar.set_postfix(epoch=epoch, loss=f"{loss:.4f}", lr=f"{lr:.4g}", img_s=f"{ips:.0f}")
                         else:

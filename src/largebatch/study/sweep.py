@@ -1,0 +1,269 @@
+"""``largebatch sweep``: accuracy against global batch size, one line per large-batch method.
+
+The study of Goyal et al. 2017 (Fig. 1, Table 1): train the same model for the same number of
+epochs at a range of global batch sizes and see where the error rises. Each method is a recipe plus
+the overrides that make it that method; each (method, global batch, seed) is an ordinary
+``largebatch train`` run directory under the sweep directory, so an interrupted sweep resumes
+(finished runs are kept, a run with checkpoints continues with ``--resume auto``) and a later
+sweep with more batch sizes or seeds into the same directory only runs what is missing.
+
+Epoch-valued settings of a recipe (warmup, decay, slow-start and batch-stage boundaries, Akiba's
+alpha_SGD centre and period) are scaled from the recipe's epochs to the sweep's, so every method
+keeps its own schedule's shape at equal epochs.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Method:
+    recipe: str
+    label: str
+    overrides: tuple[str, ...] = ()
+    source: str = ""
+
+
+METHODS: dict[str, Method] = {
+    "no_scaling": Method("goyal2017_fashion_mnist", "SGD, no LR scaling", ("optim.lr_scaling=none",),
+                         "base LR 0.4 at every batch (Goyal et al. 2017 sec. 2.1 without the rule)"),
+    "linear_no_warmup": Method("goyal2017_fashion_mnist", "SGD, linear scaling, no warmup",
+                               ("schedule.warmup_epochs=0",), "Goyal et al. 2017 Table 1 'no warmup'"),
+    "goyal": Method("goyal2017_fashion_mnist", "SGD, linear scaling + gradual warmup (Goyal)", (),
+                    "Goyal et al. 2017 sec. 2.1-2.2"),
+    "lars": Method("you2018_lars_fashion_mnist", "LARS (You)", (), "You et al. 2017, Algorithm 1"),
+    "lamb": Method("lamb_fashion_mnist", "LAMB", (), "You et al. 2019"),
+    "akiba": Method("akiba2017_fashion_mnist", "RMSprop warm-up + slow start (Akiba)", (), "Akiba et al. 2017"),
+    "mikami": Method("mikami2018_fashion_mnist", "batch-size control, B/4 then B (Mikami)", (),
+                     "Mikami et al. 2018 sec. 3.1: the batch grows 4x after the first third of the epochs"),
+}
+
+
+class SweepError(ValueError):
+    """A sweep that cannot run as asked (named method, batch or key); raised before any run starts."""
+
+
+def _scale_epochs(cfg, epochs: int):
+    """``cfg`` with every epoch-valued setting scaled from ``cfg.train.epochs`` to ``epochs``."""
+    f = epochs / cfg.train.epochs
+    s, o, t = cfg.schedule, cfg.optim, cfg.train
+    schedule = dataclasses.replace(s, warmup_epochs=s.warmup_epochs * f,
+                                   decay_epochs=[e * f for e in s.decay_epochs],
+                                   slow_start_epochs=[e * f for e in s.slow_start_epochs])
+    optim = dataclasses.replace(o, alpha_sgd_center_epochs=o.alpha_sgd_center_epochs * f,
+                                alpha_sgd_period_epochs=o.alpha_sgd_period_epochs * f)
+    stages = [dataclasses.replace(st, start_epoch=round(st.start_epoch * f)) for st in t.batch_schedule]
+    train = dataclasses.replace(t, epochs=epochs, batch_schedule=stages, eval_every_epochs=epochs,
+                                checkpoint_every_epochs=epochs)
+    return dataclasses.replace(cfg, schedule=schedule, optim=optim, train=train)
+
+
+def run_config(method: str, global_batch_size: int, seed: int, epochs: int, overrides: list[str]):
+    """The complete config of one run of the sweep.
+
+    Raises:
+        SweepError: for an unknown method.
+        ConfigError: for an override the config refuses.
+    """
+    from largebatch.config import apply_overrides
+    from largebatch.recipes import get_recipe
+
+    if method not in METHODS:
+        raise SweepError(f"method {method!r} is unknown; accepted: {', '.join(METHODS)}")
+    m = METHODS[method]
+    cfg = apply_overrides(get_recipe(m.recipe), [*m.overrides, *overrides])
+    cfg = _scale_epochs(cfg, epochs)
+    if cfg.train.batch_schedule:  # Mikami: the recipe's growth factor, ending at this global batch
+        first, last = cfg.train.batch_schedule[0], cfg.train.batch_schedule[-1]
+        growth = last.global_batch_size // first.global_batch_size
+        start = max(1, last.start_epoch)
+        stages = [dataclasses.replace(first, start_epoch=0, global_batch_size=max(1, global_batch_size // growth)),
+                  dataclasses.replace(last, start_epoch=start, global_batch_size=global_batch_size)]
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_schedule=stages))
+    train = dataclasses.replace(cfg.train, global_batch_size=(cfg.train.batch_schedule[0].global_batch_size
+                                                              if cfg.train.batch_schedule else global_batch_size),
+                                seed=seed)
+    return dataclasses.replace(cfg, recipe=f"sweep-{method}-b{global_batch_size}-s{seed}", train=train)
+
+
+def _overrides_of(cfg) -> list[str]:
+    """``--set`` arguments that reproduce ``cfg`` exactly (every leaf as JSON, which YAML reads)."""
+    from largebatch.config import to_dict
+
+    out = []
+    for section, values in to_dict(cfg).items():
+        if not isinstance(values, dict):
+            continue
+        for key, value in values.items():
+            out.append(f"{section}.{key}={json.dumps(value)}")
+    return out
+
+
+def run_dir_of(out: Path, method: str, global_batch_size: int, seed: int) -> Path:
+    return out / method / f"b{global_batch_size:06d}_s{seed}"
+
+
+def plan_sweep(methods: list[str], batch_sizes: list[int], seeds: list[int], epochs: int, overrides: list[str],
+               nproc: int) -> list[tuple[str, int, int, object]]:
+    """Every run's (method, batch, seed, config), each validated for ``nproc`` workers.
+
+    Raises:
+        SweepError: naming the method and batch that cannot run and why.
+    """
+    from largebatch.config import ConfigError, resolve_stages
+
+    if epochs < 1:
+        raise SweepError(f"--epochs {epochs}: give at least 1")
+    if not methods or not batch_sizes or not seeds:
+        raise SweepError("give at least one method, one global batch size and one seed")
+    runs = []
+    for method in methods:
+        for b in batch_sizes:
+            for seed in seeds:
+                try:
+                    cfg = run_config(method, b, seed, epochs, overrides)
+                    resolve_stages(cfg, nproc)
+                except ConfigError as err:
+                    raise SweepError(f"{method} at global batch {b}: {err}") from None
+                runs.append((method, b, seed, cfg))
+    return runs
+
+
+def read_result(run_dir: Path) -> dict | None:
+    """The finished run's numbers (top1, steps, wall_s, ...) from summary.json, or None."""
+    path = run_dir / "summary.json"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+def run_sweep(out: str, methods: list[str], batch_sizes: list[int], seeds: list[int], epochs: int,
+              overrides: list[str], nproc: int, *, progress: bool = True) -> list[dict]:
+    """Run what is missing of the sweep, then write its table and figure; returns the rows.
+
+    Raises:
+        SweepError: before any run, for a sweep that cannot run as asked.
+        RuntimeError: when a run fails (its command and the end of its log are in the message;
+            finished runs are kept, so the same command resumes).
+    """
+    from tqdm import tqdm
+
+    runs = plan_sweep(methods, batch_sizes, seeds, epochs, overrides, nproc)
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    todo = [r for r in runs if read_result(run_dir_of(out_dir, r[0], r[1], r[2])) is None]
+    print(f"largebatch sweep: {len(runs)} runs ({len(runs) - len(todo)} already finished) in {out_dir}",
+          file=sys.stderr)
+    bar = tqdm(total=len(todo), unit="run", disable=not progress or not sys.stderr.isatty(), dynamic_ncols=True)
+    for method, b, seed, cfg in todo:
+        run_dir = run_dir_of(out_dir, method, b, seed)
+        cmd = [sys.executable, "-m", "largebatch", "train", "--nproc", str(nproc), "--out", str(run_dir),
+               "--recipe", METHODS[method].recipe]
+        for item in _overrides_of(cfg):
+            cmd += ["--set", item]
+        if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
+            cmd += ["--resume", "auto"]
+        t0 = time.perf_counter()
+        log_path = out_dir / "logs" / f"{method}_b{b:06d}_s{seed}.log"
+        log_path.parent.mkdir(exist_ok=True)
+        with open(log_path, "w") as log_file:
+            proc = subprocess.run(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        if proc.returncode != 0:
+            tail = log_path.read_text()[-2000:]
+            raise RuntimeError(f"{method} at global batch {b}, seed {seed} failed (exit {proc.returncode}); log "
+                               f"{log_path}:\n{tail}\nfinished runs are kept: the same command continues the sweep")
+        result = read_result(run_dir) or {}
+        bar.update(1)
+        line = (f"{method} b={b} seed={seed}: top-1 {result.get('top1', float('nan')):.2f}%, "
+                f"{result.get('steps', 0)} steps, {time.perf_counter() - t0:.0f} s")
+        if bar.disable:
+            print(f"largebatch sweep: {line}", file=sys.stderr)
+        else:
+            bar.set_postfix_str(line)
+    bar.close()
+    rows = collect(out_dir, methods, batch_sizes, seeds)
+    write_outputs(out_dir, rows, epochs=epochs, nproc=nproc, overrides=overrides)
+    return rows
+
+
+def collect(out_dir: Path, methods: list[str], batch_sizes: list[int], seeds: list[int]) -> list[dict]:
+    """One row per (method, global batch): top-1 mean, spread (min, max, std), steps, time, seeds."""
+    rows = []
+    for method in methods:
+        for b in batch_sizes:
+            results = [r for s in seeds if (r := read_result(run_dir_of(out_dir, method, b, s))) is not None]
+            if not results:
+                continue
+            top1 = [r["top1"] for r in results]
+            rows.append({"method": method, "global_batch_size": b, "seeds": len(results),
+                         "top1_mean": statistics.fmean(top1), "top1_min": min(top1), "top1_max": max(top1),
+                         "top1_std": statistics.stdev(top1) if len(top1) > 1 else 0.0,
+                         "error_mean": 100 - statistics.fmean(top1),
+                         "steps": results[0].get("steps"),
+                         "wall_s_mean": statistics.fmean(r.get("wall_s", float("nan")) for r in results)})
+    return rows
+
+
+def write_outputs(out_dir: Path, rows: list[dict], *, epochs: int, nproc: int, overrides: list[str]) -> None:
+    """``sweep.csv`` (one row per method and batch), ``sweep.md`` (batch x method table) and
+    ``sweep.png`` (error against global batch, log axis, one line per method: Goyal et al. Fig. 1)."""
+    if not rows:
+        return
+    with open(out_dir / "sweep.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    batches = sorted({r["global_batch_size"] for r in rows})
+    cell = {(r["method"], r["global_batch_size"]): r for r in rows}
+    lines = [f"Test top-1 (%) after {epochs} epochs: mean over seeds, [min, max], steps, minutes per run "
+             f"({nproc} worker process(es){'; ' + ' '.join(overrides) if overrides else ''}).", "",
+             "| global batch | " + " | ".join(METHODS[m].label for m in methods) + " |",
+             "|---" * (len(methods) + 1) + "|"]
+    for b in batches:
+        cells = []
+        for m in methods:
+            r = cell.get((m, b))
+            cells.append("" if r is None else
+                         f"{r['top1_mean']:.2f} [{r['top1_min']:.2f}, {r['top1_max']:.2f}] n={r['seeds']}, "
+                         f"{r['steps']} steps, {r['wall_s_mean'] / 60:.1f} min")
+        lines.append(f"| {b} | " + " | ".join(cells) + " |")
+    (out_dir / "sweep.md").write_text("\n".join(lines) + "\n")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for m in methods:
+        pts = sorted((r["global_batch_size"], r) for r in rows if r["method"] == m)
+        xs = [b for b, _ in pts]
+        ys = [r["error_mean"] for _, r in pts]
+        lo = [r["error_mean"] - (100 - r["top1_max"]) for _, r in pts]
+        hi = [(100 - r["top1_min"]) - r["error_mean"] for _, r in pts]
+        ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=METHODS[m].label)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(batches, [f"{b // 1024}k" if b >= 1024 and b % 1024 == 0 else str(b) for b in batches])
+    ax.set_xlabel("global batch size (images)")
+    ax.set_ylabel(f"test error after {epochs} epochs (%)")
+    finite = [r["error_mean"] for r in rows if math.isfinite(r["error_mean"])]
+    if finite:
+        ax.set_ylim(max(0.0, min(finite) - 2), min(100.0, max(finite) + 2))
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("Error against global batch size (as Goyal et al. 2017, Fig. 1)")
+    fig.tight_layout()
+    fig.savefig(out_dir / "sweep.png", dpi=120)
+    plt.close(fig)

@@ -1,0 +1,84 @@
+"""``largebatch sweep`` (a small sweep on real Fashion-MNIST: table, CSV and figure; resuming it runs
+nothing again) and ``largebatch advise`` (a probe on 2 workers logs the noise scale, and the advice
+follows the empirical model's closed forms)."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+from largebatch.study.advise import Advice, epochs_ratio, read_noise_scale
+from largebatch.study.sweep import METHODS, SweepError, plan_sweep, run_config
+
+pytestmark = pytest.mark.e2e
+
+SUBSET = ["--set", "data.train_subset=2048", "--set", "data.test_subset=500"]
+
+
+def largebatch(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "largebatch", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_sweep_writes_table_and_figure_and_resumes(tmp_path):
+    out = tmp_path / "sweep"
+    proc = largebatch("sweep", "--methods", "goyal", "--batch-sizes", "128,512", "--epochs", "1", *SUBSET,
+                      "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = list(csv.DictReader((out / "sweep.csv").open()))
+    assert [(r["method"], int(r["global_batch_size"]), int(r["steps"])) for r in rows] == [
+        ("goyal", 128, 16), ("goyal", 512, 4)]  # 2048 // B steps in one epoch
+    for r in rows:
+        summary = json.loads((out / "goyal" / f"b{int(r['global_batch_size']):06d}_s0" / "summary.json").read_text())
+        assert float(r["top1_mean"]) == pytest.approx(summary["top1"]) and summary["global_batch_size"] == int(
+            r["global_batch_size"])
+    table = (out / "sweep.md").read_text()
+    assert "| 128 |" in table and "| 512 |" in table and METHODS["goyal"].label in table
+    assert (out / "sweep.png").stat().st_size > 10_000
+    again = largebatch("sweep", "--methods", "goyal", "--batch-sizes", "128,512", "--epochs", "1", *SUBSET,
+                       "--out", str(out))
+    assert again.returncode == 0 and "(2 already finished)" in again.stderr
+    bad = largebatch("sweep", "--methods", "goyal,adam", "--batch-sizes", "128", "--epochs", "1", "--out", str(out))
+    assert bad.returncode == 2 and "method 'adam' is unknown" in bad.stderr
+
+
+def test_sweep_configs_scale_schedules_and_mikami_stages():
+    cfg = run_config("mikami", 4096, 3, 3, [])
+    stages = [(st.start_epoch, st.global_batch_size) for st in cfg.train.batch_schedule]
+    assert stages == [(0, 1024), (1, 4096)]  # the recipe's 4x growth after a third of the epochs
+    assert cfg.train.seed == 3 and cfg.train.epochs == 3
+    goyal = run_config("goyal", 1024, 0, 3, [])
+    assert goyal.schedule.warmup_epochs == pytest.approx(0.5 * 3 / 9) and goyal.schedule.decay_epochs == pytest.approx(
+        [1.5, 7 / 3, 8.5 / 3])
+    assert run_config("no_scaling", 1024, 0, 3, []).optim.lr_scaling == "none"
+    assert run_config("linear_no_warmup", 1024, 0, 3, []).schedule.warmup_epochs == 0
+    with pytest.raises(SweepError, match="lars at global batch 100"):
+        plan_sweep(["lars"], [100], [0], 3, [], 1)  # not a multiple of the BN batch of 32
+
+
+def test_advice_follows_the_empirical_model():
+    # E(B)/E(B0) = (1 + B/Bn) / (1 + B0/Bn): at B = Bn twice the minimum, against (1 + B0/Bn) at B0
+    assert epochs_ratio(1000, 1000, 1000) == 1
+    assert epochs_ratio(2000, 0, 2000) == pytest.approx(2)
+    assert epochs_ratio(100, 10, 1000) == pytest.approx(1.1 / 1.01)
+    text = Advice("r", 512, 3000, 1500, 100, 300, 3000, 9, 9 * epochs_ratio(3000, 512, 3000)).text()
+    assert "B_simple = 3,000" in text and "rising" in text and "up to a global batch of about 300" in text
+
+
+def test_advise_probe_logs_the_noise_scale(tmp_path):
+    out = tmp_path / "probe"
+    proc = largebatch("advise", "--probe-epochs", "1", "--set", "data.train_subset=4096", "--set",
+                      "data.test_subset=500", "--set", "train.global_batch_size=256", "--set", "train.log_every_steps=4",
+                      "--out", str(out))  # 16 steps, 4 log records
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    series = read_noise_scale(out)
+    assert [s for s, _ in series] == [4, 8, 12, 16] and all(v > 0 for _, v in series)
+    advice = json.loads((out / "advice.json").read_text())
+    assert advice["b_simple"] == pytest.approx(series[-1][1])
+    assert advice["linear_scaling_max_batch"] == pytest.approx(advice["b_simple"] / 10)
+    cluster = advice["cluster"]
+    assert cluster["preset"] == "h100_ndr" and cluster["gpus"] >= 1 and 0 < cluster["scaling_efficiency"] <= 1
+    assert "critical batch B_crit" in proc.stdout
+    one = largebatch("advise", "--nproc", "1", "--out", str(tmp_path / "one"))
+    assert one.returncode == 2 and "at least 2 workers" in one.stderr
