@@ -19,6 +19,7 @@ readable sample of the data set (as the DataLoader path does) and reports the fi
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator, Sequence
 
@@ -28,7 +29,7 @@ import torch
 from largebatch.data.samplers import derive_seed
 
 
-class BatchDecoder:
+class BatchDecoder(ABC):
     """Base of the in-process batch decoders; subclasses implement :meth:`_run`.
 
     Args:
@@ -53,9 +54,10 @@ class BatchDecoder:
         self._pool = ThreadPoolExecutor(max_workers=self.threads)  # file reads
         self._ahead = ThreadPoolExecutor(max_workers=1)  # the next batch's reads, while this one decodes
 
+    @abstractmethod
     def _run(self, encoded: list[np.ndarray], seed: int) -> torch.Tensor:
-        """uint8 images (B, 3, S, S) on the device; RuntimeError when a sample cannot be decoded."""
-        raise NotImplementedError
+        """uint8 images (B, 3, S, S) on the device; RuntimeError when a sample cannot be decoded.
+        ``seed``: this batch's, from (the call's seed, batch number)."""
 
     def _encoded(self, indices: Sequence[int]) -> list[np.ndarray]:
         blobs = self.read_many(list(indices)) if self.read_many else self._pool.map(self.read_bytes, indices)
@@ -78,6 +80,7 @@ class BatchDecoder:
                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
         """(uint8 images (B, 3, S, S) on the device, int64 labels (B,) on the CPU, skipped files as
         'path<TAB>reason') for each index batch. Batch k's random crops depend only on (seed, k)."""
+        self.segment_seed = seed % (2**31 - 1)
         pending = None
         for k, indices in enumerate(index_batches):
             indices = [int(i) for i in indices]

@@ -12,8 +12,8 @@ encoded bytes of a batch through ``fn.external_source`` and decodes and augments
 Augmentation follows the standard ImageNet recipe (Goyal et al. 2017, sec. 5.1; Szegedy et al.
 2015): random-resized crop to ``image_size_px`` with area (0.08, 1) and aspect (3/4, 4/3),
 horizontal flip with probability 1/2; evaluation resizes the shorter side to 256/224 of the crop
-and centre-crops. The random stream is DALI's own, seeded from (seed, rank, epoch, first step), so
-a resumed epoch repeats the same crops; it differs from the torchvision path's crops and depends on
+and centre-crops. The random stream is DALI's own, seeded from (seed, rank, epoch, first step) of
+each ``batches`` call, as the DataLoader path seeds its workers; it differs from the torchvision path's crops and depends on
 the number of processes (documented in docs/data.md).
 
 Files DALI cannot decode are identified by decoding the failed batch again with torchvision.io,
@@ -48,7 +48,7 @@ def require_dali() -> None:
 class DaliRunner(BatchDecoder):
     """Decode and augment batches of encoded images with a DALI pipeline (arguments and yields
     of :class:`~largebatch.data.batch_decode.BatchDecoder`). The pipeline is built for the largest
-    batch seen and the batch's seed, and rebuilt after a decoding error.
+    batch seen and the seed of the ``batches`` call, and rebuilt after a decoding error.
 
     Raises:
         ImportError: when DALI is not installed, with the command that installs it.
@@ -58,6 +58,10 @@ class DaliRunner(BatchDecoder):
         require_dali()
         super().__init__(*args, **kwargs)
         self._pipe, self._pipe_key, self._max_batch = None, None, 0
+
+    def batches(self, index_batches, *, seed: int, dataset_size: int):
+        self._pipe = None  # a fresh random stream for each call, as the DataLoader path's workers
+        return super().batches(index_batches, seed=seed, dataset_size=dataset_size)
 
     def _build(self, max_batch: int, seed: int):
         from nvidia.dali import fn, pipeline_def, types
@@ -87,10 +91,10 @@ class DaliRunner(BatchDecoder):
         return pipe
 
     def _run(self, encoded: list[np.ndarray], seed: int) -> torch.Tensor:
-        # One pipeline per (largest batch, seed): the seed fixes this batch's crops, so resuming
-        # at a step repeats them. Building costs about a millisecond on CPU.
+        # One pipeline per batches() call (seeded from its seed), rebuilt only for a larger batch or
+        # after an error: building allocates decoder state, which is not for every step.
         self._max_batch = max(self._max_batch, len(encoded))
-        key = (self._max_batch, seed if self.train else 0)
+        key = (self._max_batch, self.segment_seed if self.train else 0)
         if self._pipe is None or self._pipe_key != key:
             self._pipe, self._pipe_key = self._build(*key), key
         self._pipe.feed_input("encoded", encoded)
