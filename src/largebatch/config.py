@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -388,16 +389,51 @@ def apply_overrides(cfg: Config, overrides: Iterable[str]) -> Config:
                 f"config key {key!r} got value {raw!r}, which is not a valid "
                 f"{_field_type_name(key)}: {str(err).splitlines()[0]}"
             ) from None
+        except (TypeError, ValueError) as err:  # e.g. a mapping given for a list key: omegaconf cannot merge them
+            raise ConfigError(
+                f"config key {key!r} got value {raw!r}, which is not a valid "
+                f"{_field_type_name(key)}: {err}"
+            ) from None
         except yaml.YAMLError as err:  # the value is not YAML at all (e.g. an unclosed "[")
             raise ConfigError(
                 f"config key {key!r} got value {raw!r}, which is not valid YAML for a "
                 f"{_field_type_name(key)} ({str(err).splitlines()[0]}); quote strings, write lists as [a, b]"
             ) from None
     try:
-        return OmegaConf.to_object(base)
+        result = OmegaConf.to_object(base)
     except OmegaConfBaseException as err:  # e.g. a required list entry left incomplete
         raise ConfigError(f"the overrides {list(overrides)!r} do not give a complete config: "
                           f"{str(err).splitlines()[0]}") from None
+    _check_list_items(result, "")
+    return result
+
+
+def _check_list_items(section: Any, prefix: str) -> None:
+    """omegaconf does not type the items of a ``list[float]`` node on merge (``[{a: 1}]`` passes):
+    check every list field's items against the declared item type.
+
+    Raises:
+        ConfigError: naming the key, the bad item and the type expected.
+    """
+    hints = typing.get_type_hints(type(section))
+    for f in dataclasses.fields(section):
+        value, hint, key = getattr(section, f.name), hints[f.name], f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            _check_list_items(value, key + ".")
+        elif typing.get_origin(hint) is list and isinstance(value, list):
+            (item_type,) = typing.get_args(hint)
+            for i, item in enumerate(value):
+                ok = (isinstance(item, (int, float)) and not isinstance(item, bool)) if item_type is float else \
+                    (isinstance(item, int) and not isinstance(item, bool)) if item_type is int else \
+                    isinstance(item, item_type)
+                if not ok:
+                    raise ConfigError(f"config key {key!r}: item {i} is {item!r}, expected a "
+                                      f"{getattr(item_type, '__name__', item_type)}; example: {key}=[30, 60, 80]"
+                                      if item_type in (int, float) else
+                                      f"config key {key!r}: item {i} is {item!r}, expected a "
+                                      f"{getattr(item_type, '__name__', item_type)} mapping")
+                if dataclasses.is_dataclass(item):
+                    _check_list_items(item, f"{key}[{i}].")
 
 
 def to_dict(cfg: Config) -> dict:

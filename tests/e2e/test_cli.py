@@ -97,6 +97,17 @@ def test_resume_is_bitwise_equal(run):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+    # the gradient-noise-scale averages travel in the checkpoint: after the resume they go on as if
+    # the run had never stopped (restarted averages would give other values for about 100 steps)
+    resume_step = json.loads(proc.stderr.split("resumed from")[1].split("at step")[1].split()[0].strip("(,"))
+    logged = {}
+    for path in (out, resumed):
+        records = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
+        logged[path] = {r["step"]: r["noise_scale"] for r in records if r["kind"] == "train" and "noise_scale" in r}
+    after = sorted(step for step in logged[resumed] if step > resume_step)
+    assert after, logged[resumed]
+    for step in after:
+        assert logged[resumed][step] == pytest.approx(logged[out][step], rel=1e-4), step
 
 
 def test_torchrun_gives_the_same_run(run):
@@ -223,6 +234,7 @@ def test_batch_schedule_with_precise_bn_resumes_across_the_boundary(tmp_path):
     assert [(r["stage"], r["global_batch_size"], r["step"]) for r in stages] == [(1, 1024, 16)]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 16 + 4 and [s["global_batch_size"] for s in summary["batch_stages"]] == [256, 1024]
+    assert summary["global_batch_size"] == 1024  # named by its final stage, as Mikami et al. name 34k->68k "68k"
     assert summary["top1"] > 25
 
     resumed = tmp_path / "resumed"

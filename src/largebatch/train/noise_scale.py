@@ -74,6 +74,15 @@ class NoiseScaleEstimator:
         self.g_sq, self.trace, self.weight = new_g, new_t, new_w
         self.steps += 1
 
+    def state_dict(self) -> dict:
+        """The averages as plain floats (for a checkpoint; one host sync)."""
+        return {"g_sq": float(self.g_sq), "trace": float(self.trace), "weight": float(self.weight), "steps": self.steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` output; ``decay`` stays this estimator's (it is an operational key)."""
+        self.g_sq, self.trace, self.weight = float(state["g_sq"]), float(state["trace"]), float(state["weight"])
+        self.steps = int(state["steps"])
+
     def values(self) -> tuple[float, float, float]:
         """(B_simple, |G|^2, tr(Sigma)) from the smoothed estimates (NaN before any step; B_simple
         is infinite where the smoothed |G|^2 is not positive)."""

@@ -290,7 +290,19 @@ class Trainer:
                         "stage": self.stage.index, "global_batch_size": self.plan.global_batch_size},
             "world_size": self.env.world_size,
             "rng": states,
+            "noise_scale": self._noise_scale_state(),
         }
+
+    def _noise_scale_state(self) -> dict | None:
+        """The noise-scale averages averaged over ranks (what is logged), so a resumed run, on any
+        number of workers, goes on from the same smoothed estimate. Collective: every rank calls it."""
+        if self._noise_hook is None or self.noise.steps == 0:
+            return None
+        state = self.noise.state_dict()
+        pair = torch.tensor([state["g_sq"], state["trace"], state["weight"]], dtype=torch.float64)
+        if self.env.distributed:
+            pair = all_reduce_sum(pair.to(self.env.device)).cpu() / self.env.world_size
+        return {**state, "g_sq": float(pair[0]), "trace": float(pair[1]), "weight": float(pair[2])}
 
     def _average_bn(self) -> None:
         average_bn_statistics(self.model, samples_per_step=self.plan.global_batch_size)
@@ -325,6 +337,8 @@ class Trainer:
         if self.scaler and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         self.state = TrainState(**ckpt["train_state"])
+        if ckpt.get("noise_scale"):
+            self.noise.load_state_dict(ckpt["noise_scale"])
         if ckpt["world_size"] == self.env.world_size:
             torch.set_rng_state(ckpt["rng"][self.env.rank])
         else:
