@@ -356,6 +356,7 @@ class Trainer:
         (unreduced, on-device) micro-batch losses, without a host sync."""
         accum = self.plan.accumulation_steps
         loss_sum = torch.zeros((), device=self.env.device)
+        grad_scale = None
         start_bn_step(self.model)
         if self.cfg.model.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -369,6 +370,9 @@ class Trainer:
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
             loss_sum += loss.detach().float()
         if self.scaler:
+            # the all-reduced gradients the noise-scale hook measured carry this scale (update() changes it in place)
+            if self._noise_hook is not None and self.scaler.is_enabled():
+                grad_scale = self.scaler._get_scale_async().detach().clone()
             self.scaler.step(self.optimizer)  # skips a non-finite step itself and lowers the scale
             self.scaler.update()
             self._last_step_ok = True
@@ -383,6 +387,8 @@ class Trainer:
         if self._noise_hook is not None:
             local_sq, global_sq = self._noise_hook.take()
             if local_sq is not None and global_sq is not None:  # device tensors: no sync
+                if grad_scale is not None:  # fp16 loss scaling: measure the unscaled gradients' norms
+                    local_sq, global_sq = local_sq / grad_scale.square(), global_sq / grad_scale.square()
                 self.noise.update(local_sq, global_sq, self.plan.per_worker_batch_size, self.plan.global_batch_size)
         return loss_sum
 
