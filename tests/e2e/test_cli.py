@@ -302,7 +302,7 @@ def test_two_node_loopback_run_with_topology_hooks(tmp_path):
     assert plain.returncode == 0, plain.stderr[-3000:]
     ref = final_model(tmp_path / "plain")
     # (8 steps of SGD with momentum and BN amplify the reordered sums; the hooks themselves equal
-    # DDP to 1e-6 per step in tests/dist/test_collectives.py)
+    # DDP to 1e-6 per step in tests/distributed/test_collectives.py)
     for name, (rtol, atol) in (("two_nodes", (1e-3, 1e-3)), ("torus", (5e-2, 5e-3))):
         got = final_model(tmp_path / name)
         for k, v in ref.items():
