@@ -422,16 +422,11 @@ def _check_list_items(section: Any, prefix: str) -> None:
             _check_list_items(value, key + ".")
         elif typing.get_origin(hint) is list and isinstance(value, list):
             (item_type,) = typing.get_args(hint)
+            accepted = (int, float) if item_type is float else item_type  # an int is a valid float
             for i, item in enumerate(value):
-                ok = (isinstance(item, (int, float)) and not isinstance(item, bool)) if item_type is float else \
-                    (isinstance(item, int) and not isinstance(item, bool)) if item_type is int else \
-                    isinstance(item, item_type)
-                if not ok:
-                    raise ConfigError(f"config key {key!r}: item {i} is {item!r}, expected a "
-                                      f"{getattr(item_type, '__name__', item_type)}; example: {key}=[30, 60, 80]"
-                                      if item_type in (int, float) else
-                                      f"config key {key!r}: item {i} is {item!r}, expected a "
-                                      f"{getattr(item_type, '__name__', item_type)} mapping")
+                if isinstance(item, bool) or not isinstance(item, accepted):
+                    raise ConfigError(f"config key {key!r}: item {i} is {item!r}, expected a {item_type.__name__}"
+                                      + (f"; example: {key}=[30, 60, 80]" if item_type in (int, float) else " mapping"))
                 if dataclasses.is_dataclass(item):
                     _check_list_items(item, f"{key}[{i}].")
 

@@ -24,7 +24,7 @@ approximate there (docs/noise_scale.md).
 
 # No postponed annotations: DDP checks a hook's annotations at registration.
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import torch
@@ -103,14 +103,11 @@ class NoiseScaleHookState:
     inner_hook: Callable
     local_sq: Optional[torch.Tensor] = None
     global_sq: Optional[torch.Tensor] = None
-    buckets: int = 0
-    extra: dict = field(default_factory=dict)
 
     def take(self) -> tuple[torch.Tensor, torch.Tensor]:
         """This step's (worker |g|^2, all-reduced |g|^2), summed over buckets; resets them."""
         out = (self.local_sq, self.global_sq)
         self.local_sq = self.global_sq = None
-        self.buckets = 0
         return out
 
 
@@ -123,7 +120,6 @@ def noise_scale_hook(state: NoiseScaleHookState, bucket: dist.GradBucket) -> tor
     hook's all-reduce, accumulated into ``state``."""
     local = _sq_norm(bucket.buffer())
     state.local_sq = local if state.local_sq is None else state.local_sq + local
-    state.buckets += 1
 
     def after(fut: torch.futures.Future) -> torch.Tensor:
         value = fut.value()

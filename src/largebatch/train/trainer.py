@@ -294,15 +294,16 @@ class Trainer:
         }
 
     def _noise_scale_state(self) -> dict | None:
-        """The noise-scale averages averaged over ranks (what is logged), so a resumed run, on any
-        number of workers, goes on from the same smoothed estimate. Collective: every rank calls it."""
+        """The noise-scale averages (g_sq, trace, weight) averaged over ranks, or None when not
+        measured. What is logged and what a checkpoint keeps, so a resumed run, on any number of
+        workers, goes on from the same smoothed estimate. Collective: every rank calls it."""
         if self._noise_hook is None or self.noise.steps == 0:
             return None
         state = self.noise.state_dict()
-        pair = torch.tensor([state["g_sq"], state["trace"], state["weight"]], dtype=torch.float64)
-        if self.env.distributed:
-            pair = all_reduce_sum(pair.to(self.env.device)).cpu() / self.env.world_size
-        return {**state, "g_sq": float(pair[0]), "trace": float(pair[1]), "weight": float(pair[2])}
+        values = torch.tensor([state["g_sq"], state["trace"], state["weight"]], dtype=torch.float64,
+                              device=self.env.device)
+        g_sq, trace, weight = (all_reduce_sum(values) / self.env.world_size).tolist()
+        return {**state, "g_sq": g_sq, "trace": trace, "weight": weight}
 
     def _average_bn(self) -> None:
         average_bn_statistics(self.model, samples_per_step=self.plan.global_batch_size)
@@ -356,7 +357,7 @@ class Trainer:
         (unreduced, on-device) micro-batch losses, without a host sync."""
         accum = self.plan.accumulation_steps
         loss_sum = torch.zeros((), device=self.env.device)
-        grad_scale = None
+        grad_scale_sq = None
         start_bn_step(self.model)
         if self.cfg.model.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -372,7 +373,7 @@ class Trainer:
         if self.scaler:
             # the all-reduced gradients the noise-scale hook measured carry this scale (update() changes it in place)
             if self._noise_hook is not None and self.scaler.is_enabled():
-                grad_scale = self.scaler._get_scale_async().detach().clone()
+                grad_scale_sq = self.scaler._get_scale_async().detach().square()  # a new tensor
             self.scaler.step(self.optimizer)  # skips a non-finite step itself and lowers the scale
             self.scaler.update()
             self._last_step_ok = True
@@ -387,20 +388,18 @@ class Trainer:
         if self._noise_hook is not None:
             local_sq, global_sq = self._noise_hook.take()
             if local_sq is not None and global_sq is not None:  # device tensors: no sync
-                if grad_scale is not None:  # fp16 loss scaling: measure the unscaled gradients' norms
-                    local_sq, global_sq = local_sq / grad_scale.square(), global_sq / grad_scale.square()
+                if grad_scale_sq is not None:  # fp16 loss scaling: measure the unscaled gradients' norms
+                    local_sq, global_sq = local_sq / grad_scale_sq, global_sq / grad_scale_sq
                 self.noise.update(local_sq, global_sq, self.plan.per_worker_batch_size, self.plan.global_batch_size)
         return loss_sum
 
     def _noise_scale_values(self) -> dict:
         """{noise_scale, grad_sq_norm, grad_cov_trace}: the workers' smoothed estimates averaged
-        (one all-reduce of two numbers), or {} when not measured."""
-        if self._noise_hook is None or self.noise.steps == 0 or float(self.noise.weight) == 0:
+        (one all-reduce of three numbers), or {} when not measured."""
+        state = self._noise_scale_state()
+        if state is None or state["weight"] == 0:
             return {}
-        pair = torch.stack([torch.as_tensor(self.noise.g_sq, dtype=torch.float32, device=self.env.device),
-                            torch.as_tensor(self.noise.trace, dtype=torch.float32, device=self.env.device)])
-        pair = all_reduce_sum(pair) / (self.env.world_size * float(self.noise.weight))
-        g_sq, trace = float(pair[0]), float(pair[1])
+        g_sq, trace = state["g_sq"] / state["weight"], state["trace"] / state["weight"]
         return {"noise_scale": trace / g_sq if g_sq > 0 else float("inf"), "grad_sq_norm": g_sq,
                 "grad_cov_trace": trace}
 
