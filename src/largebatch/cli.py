@@ -116,6 +116,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from largebatch.dist import cleanup, setup
     from largebatch.nn import build_model
     from largebatch.train.checkpoint import load_checkpoint
+    from largebatch.train.precision import choose_precision
     from largebatch.train.trainer import evaluate
 
     try:
@@ -132,9 +133,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         model.load_state_dict(ckpt["model"])
         if cfg.model.channels_last:
             model = model.to(memory_format=torch.channels_last)
+        precision = choose_precision(cfg.train.precision, env.device)  # as the training's evaluations
         result = evaluate(model, data, env, channels_last=cfg.model.channels_last,
-                          batch_size=cfg.train.eval_batch_size)
-        result.update(checkpoint=str(args.checkpoint), step=ckpt["train_state"]["step"], recipe=cfg.recipe)
+                          batch_size=cfg.train.eval_batch_size, autocast_dtype=precision.autocast_dtype)
+        result.update(checkpoint=str(args.checkpoint), step=ckpt["train_state"]["step"], recipe=cfg.recipe,
+                      precision=precision.precision)
         if env.is_main:
             print(json.dumps(result, indent=2))
     finally:

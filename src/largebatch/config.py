@@ -30,7 +30,7 @@ MODEL_NAMES = ("resnet_fmnist", "resnet18", "resnet50")
 OPTIM_NAMES = ("sgd", "lars", "lamb", "rmsprop_warmup")
 SCHEDULE_NAMES = ("step", "poly", "cosine", "slow_start")
 LR_SCALINGS = ("linear", "sqrt", "none")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 ALPHA_VARIANTS = ("printed", "smooth")
 DEVICES = ("auto", "cpu", "cuda")
 BN_STATISTICS = ("moving_average", "last_batch", "precise")
@@ -57,6 +57,12 @@ class DataConfig:
     """Use only the first N training samples (0: all). For tests and short studies."""
     test_subset: int = 0
     """Evaluate on only the first N test samples (0: all)."""
+    val_size: int = 0
+    """Hold out N images of the training set (after ``train_subset``) as a validation split: a
+    permutation seeded by ``train.seed`` picks them, they are never trained on, and the split is
+    the same on any number of workers. Evaluated at every evaluation, like the test set, and logged
+    as ``val_top1`` / ``val_loss``; choose hyperparameters on it, never on the test set (0: none).
+    fashion_mnist and synthetic only."""
     augment: bool = True
     """Training augmentation: random crop with padding + horizontal flip (Fashion-MNIST, synthetic);
     random-resized crop + flip (imagefolder)."""
@@ -203,9 +209,12 @@ class TrainConfig:
     ``noise_scale`` in metrics and TensorBoard at every log interval. Needs 2 or more workers."""
     noise_scale_decay: float = 0.99
     """Per-step decay of the moving averages behind the noise scale (0.99: about 100 steps)."""
-    precision: str = "fp32"
-    """``fp32``, ``bf16`` (autocast) or ``fp16`` (autocast + dynamic loss scaling; the optimizer sees
-    the unscaled, all-reduced gradient, and a step with a non-finite gradient is skipped)."""
+    precision: str = "auto"
+    """``auto`` (bf16 where the device runs it natively: CUDA GPUs with bf16, CPUs with AVX-512 BF16
+    or AMX; fp32 elsewhere; see ``largebatch.train.precision``), ``fp32``, ``bf16`` (autocast) or
+    ``fp16`` (autocast + dynamic loss scaling; the optimizer sees the unscaled, all-reduced
+    gradient, and a step with a non-finite gradient is skipped). docs/precision.md says what each
+    changes."""
     device: str = "auto"
     """``auto`` (CUDA when present), ``cpu`` or ``cuda``."""
     threads_per_worker: int = 0
@@ -599,7 +608,7 @@ def resolve_stages(cfg: Config, world_size: int, *, local_world_size: int | None
         value = getattr(getattr(cfg, section), name)
         _check(value >= 1, key, value, "a positive integer")
     _check(cfg.data.synthetic_classes >= 2, "data.synthetic_classes", cfg.data.synthetic_classes, "an integer >= 2")
-    for key in ("train.bn_batch_size", "train.accumulation_steps", "data.train_subset", "data.test_subset", "data.crop_padding_px",
+    for key in ("train.bn_batch_size", "train.accumulation_steps", "data.train_subset", "data.test_subset", "data.val_size", "data.crop_padding_px",
                 "data.loader_workers", "train.threads_per_worker"):
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
@@ -637,6 +646,9 @@ def resolve_stages(cfg: Config, world_size: int, *, local_world_size: int | None
            cfg.data.decode_on, "workers unless data.decoder=torchvision (dali always decodes on the device)")
     _check(cfg.data.bad_file_policy in ("fail", "skip"), "data.bad_file_policy", cfg.data.bad_file_policy,
            "fail or skip")
+    _check(cfg.data.val_size == 0 or cfg.data.name in ("fashion_mnist", "synthetic"), "data.val_size",
+           cfg.data.val_size, "0 for imagefolder (a held-out split is built for fashion_mnist and synthetic; on "
+           "ImageNet keep the official val/ as the test split and hold out a train/ subset by hand)")
     _check(cfg.train.nonfinite_check in ("auto", "host", "device"), "train.nonfinite_check",
            cfg.train.nonfinite_check, "auto, host or device")
     _check(cfg.train.nonfinite_policy in ("skip", "stop"), "train.nonfinite_policy", cfg.train.nonfinite_policy,

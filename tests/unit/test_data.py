@@ -122,3 +122,48 @@ def test_augmented_global_batch_does_not_depend_on_world_size():
     s.set_epoch(1)
     idx = next(iter(s))
     assert not torch.equal(one[0], data._normalize(data.train_images[idx]))
+
+
+def test_validation_split_is_disjoint_fixed_by_the_seed_and_complete():
+    from largebatch.data import validation_split
+
+    train, val = validation_split(1000, 100, seed=0)
+    assert val.numel() == 100 and train.numel() == 900
+    assert torch.equal(torch.cat([train, val]).sort().values, torch.arange(1000))  # disjoint, covering
+    assert torch.equal(val, val.sort().values) and torch.equal(train, train.sort().values)
+    again, other = validation_split(1000, 100, seed=0), validation_split(1000, 100, seed=1)
+    assert torch.equal(again[1], val) and not torch.equal(other[1], val)
+    assert val.float().mean().item() == pytest.approx(500, abs=100)  # a random draw, not the first 100
+    with pytest.raises(ValueError, match="data.val_size=1000 must be between 1 and 999"):
+        validation_split(1000, 1000, seed=0)
+
+
+def test_build_data_holds_the_validation_images_out_of_training():
+    cfg = apply_overrides(get_recipe(DEFAULT_RECIPE), [
+        "data.name=synthetic", "data.synthetic_train_samples=600", "data.synthetic_test_samples=50",
+        "data.image_size_px=8", "data.val_size=100", "train.global_batch_size=128", "train.bn_batch_size=32"])
+    plain = build_data(apply_overrides(cfg, ["data.val_size=0"]), device=torch.device("cpu"))
+    data = build_data(cfg, device=torch.device("cpu"))
+    assert data.num_train == 500 and data.num_val == 100 and plain.num_val == 0
+    from largebatch.data import validation_split
+
+    train_idx, val_idx = validation_split(600, 100, seed=cfg.train.seed)
+    assert torch.equal(data.val_images, plain.train_images[val_idx])
+    assert torch.equal(data.train_images, plain.train_images[train_idx])
+    # every validation image once across 2 ranks, none of them a training image
+    seen = [lbl for r in range(2) for _, lbl in data.eval_batches(world_size=2, rank=r, batch_size=32, split="val")]
+    assert sum(s.numel() for s in seen) == 100
+    with pytest.raises(ValueError, match="no validation split"):
+        next(plain.eval_batches(world_size=1, rank=0, batch_size=32, split="val"))
+
+
+def test_validation_split_errors_before_launch():
+    from largebatch.config import ConfigError, resolve
+
+    cfg = get_recipe(DEFAULT_RECIPE)
+    with pytest.raises(ConfigError, match="data.val_size=60000 holds out all 60000"):
+        check_data(apply_overrides(cfg, ["data.val_size=60000"]))
+    with pytest.raises(ConfigError, match="train.global_batch_size=512 exceeds the 100"):
+        check_data(apply_overrides(cfg, ["data.train_subset=600", "data.val_size=500"]))
+    with pytest.raises(ConfigError, match="data.val_size=10 is invalid: 0 for imagefolder"):
+        resolve(apply_overrides(cfg, ["data.name=imagefolder", "data.root=/x", "data.val_size=10"]), 2)

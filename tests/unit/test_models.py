@@ -58,3 +58,15 @@ def test_any_torchvision_classifier_gets_ghost_bn():
         resolve(apply_overrides(get_recipe(DEFAULT_RECIPE), ["model.name=resnet51"]), 2)
     with pytest.raises(ValueError, match="is unknown"):
         build_model("resnet51", num_classes=5)
+
+
+def test_channels_last_guard_names_the_narrow_strided_1x1_convs():
+    from largebatch.nn import build_model, channels_last_unsafe_convs
+
+    cpu = torch.device("cpu")
+    narrow = build_model("resnet_fmnist", num_classes=10, in_channels=1, width=4)
+    assert channels_last_unsafe_convs(narrow, cpu) == ["layer2.0.downsample.0"]  # 4 -> 8 channels, stride 2
+    assert channels_last_unsafe_convs(narrow, torch.device("cuda", 0)) == []
+    for width in (8, 16):
+        assert channels_last_unsafe_convs(build_model("resnet_fmnist", num_classes=10, in_channels=1, width=width),
+                                          cpu) == []

@@ -8,7 +8,7 @@ import torch
 
 from largebatch.data.samplers import GlobalBatchSampler, derive_seed, eval_shard
 
-__all__ = ["GlobalBatchSampler", "build_data", "check_data", "derive_seed", "eval_shard"]
+__all__ = ["GlobalBatchSampler", "build_data", "check_data", "derive_seed", "eval_shard", "validation_split"]
 
 
 FASHION_MNIST_TRAIN_SAMPLES = 60_000
@@ -28,6 +28,10 @@ def check_data(cfg) -> None:
     known = {"fashion_mnist": FASHION_MNIST_TRAIN_SAMPLES, "synthetic": data_cfg.synthetic_train_samples}
     if data_cfg.name in known:
         n = min(known[data_cfg.name], data_cfg.train_subset or known[data_cfg.name])
+        if data_cfg.val_size >= n:
+            raise ConfigError(f"data.val_size={data_cfg.val_size} holds out all {n} training samples of "
+                              f"{data_cfg.name}; hold out fewer (5000 of Fashion-MNIST's 60,000, say)")
+        n -= data_cfg.val_size
         largest, key = cfg.train.global_batch_size, "train.global_batch_size"
         for i, stage in enumerate(cfg.train.batch_schedule):
             if stage.global_batch_size > largest:
@@ -90,7 +94,28 @@ def build_data(cfg, *, device: torch.device):
         train_x, train_y = train_x[: d.train_subset], train_y[: d.train_subset]
     if d.test_subset:
         test_x, test_y = test_x[: d.test_subset], test_y[: d.test_subset]
+    val = None
+    if d.val_size:
+        train_idx, val_idx = validation_split(train_x.shape[0], d.val_size, seed=cfg.train.seed)
+        val = (train_x[val_idx], train_y[val_idx])
+        train_x, train_y = train_x[train_idx], train_y[train_idx]
     from largebatch.data.tensors import TensorImageData
 
     return TensorImageData(train_x, train_y, test_x, test_y, num_classes=num_classes, augment=d.augment,
-                           padding_px=d.crop_padding_px, device=device)
+                           padding_px=d.crop_padding_px, device=device, val=val)
+
+
+def validation_split(num_samples: int, val_size: int, *, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train indices, validation indices) of a training set of ``num_samples``: ``val_size``
+    indices drawn by a permutation seeded by (seed, "validation split"), both sorted, disjoint and
+    covering all samples. A function of its arguments only, so every rank holds out the same images.
+
+    Raises:
+        ValueError: if ``val_size`` is not in [1, num_samples).
+    """
+    if not 0 < val_size < num_samples:
+        raise ValueError(f"data.val_size={val_size} must be between 1 and {num_samples - 1} "
+                         f"(the training set has {num_samples} samples)")
+    g = torch.Generator().manual_seed(derive_seed(seed, "validation split"))
+    perm = torch.randperm(num_samples, generator=g)
+    return perm[val_size:].sort().values, perm[:val_size].sort().values

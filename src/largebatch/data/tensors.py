@@ -50,6 +50,8 @@ class TensorImageData:
         num_classes: number of classes.
         augment: apply random crop (with ``padding_px``) and flip to training batches.
         device: where batches are produced (the data is moved there once).
+        val: optional (uint8 images, int64 labels) validation split held out of the training set,
+            normalized with the training split's statistics and evaluated like the test split.
     """
 
     def __init__(
@@ -63,6 +65,7 @@ class TensorImageData:
         augment: bool,
         padding_px: int,
         device: torch.device,
+        val: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
         if train_images.dtype != torch.uint8 or train_images.ndim != 4:
             raise ValueError(f"train images must be uint8 (N, C, H, W), got {train_images.dtype} {tuple(train_images.shape)}")
@@ -71,6 +74,8 @@ class TensorImageData:
         self.train_labels = train_labels.to(device)
         self.test_images = test_images.to(device)
         self.test_labels = test_labels.to(device)
+        self.val_images = val[0].to(device) if val is not None else None
+        self.val_labels = val[1].to(device) if val is not None else None
         self.num_classes = num_classes
         self.augment = augment
         self.padding_px = padding_px
@@ -86,6 +91,11 @@ class TensorImageData:
     @property
     def num_test(self) -> int:
         return self.test_images.shape[0]
+
+    @property
+    def num_val(self) -> int:
+        """Images of the held-out validation split (0: none)."""
+        return 0 if self.val_images is None else self.val_images.shape[0]
 
     @property
     def in_channels(self) -> int:
@@ -109,8 +119,13 @@ class TensorImageData:
                 images = random_crop_flip(images, offsets.to(self.device), flips.to(self.device), self.padding_px)
             yield self._normalize(images), self.train_labels[idx]
 
-    def eval_batches(self, *, world_size: int, rank: int, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The rank's share of the test split (every sample exactly once across ranks)."""
-        idx = eval_shard(self.num_test, world_size=world_size, rank=rank).to(self.device)
+    def eval_batches(self, *, world_size: int, rank: int, batch_size: int,
+                     split: str = "test") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The rank's share of the ``test`` (or held-out ``val``) split, every sample exactly once
+        across ranks."""
+        images, labels = (self.val_images, self.val_labels) if split == "val" else (self.test_images, self.test_labels)
+        if images is None:
+            raise ValueError("no validation split: set data.val_size to hold out training images")
+        idx = eval_shard(images.shape[0], world_size=world_size, rank=rank).to(self.device)
         for chunk in idx.split(batch_size):
-            yield self._normalize(self.test_images[chunk]), self.test_labels[chunk]
+            yield self._normalize(images[chunk]), labels[chunk]

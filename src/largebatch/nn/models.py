@@ -99,6 +99,19 @@ def _ghost_batchnorm(model: nn.Module, bn_batch_size: int) -> int:
     return count
 
 
+def channels_last_unsafe_convs(model: nn.Module, device: torch.device) -> list[str]:
+    """Names of the convolutions of ``model`` whose channels_last weight gradient corrupts memory on
+    the CPU: a 1x1 convolution with stride > 1 and fewer than 8 input channels (a ResNet
+    ``downsample`` of ``model.width`` < 8). Seen with torch 2.14.1 on an AVX2 AMD EPYC: the backward
+    pass aborts with 'corrupted double-linked list' or a segmentation fault for 2, 4 and 6 input
+    channels, not for 8 or 12. Empty on other devices. The trainer then keeps the model contiguous.
+    """
+    if device.type != "cpu":
+        return []
+    return [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)
+            and m.stride != (1, 1) and m.in_channels < 8]
+
+
 def torchvision_classifiers() -> list[str]:
     """Names of torchvision's image classification models (``torchvision.models.list_models``)."""
     import torchvision

@@ -15,6 +15,7 @@ import platform
 import signal
 import socket
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -69,6 +70,21 @@ def choose_run_dir(recipe: str, out: str | None, resume: str | None) -> tuple[Pa
                               f"or choose another --out (nothing was overwritten)")
         return Path(out), None
     return default_run_dir(recipe), None
+
+
+def _process_start_perf() -> float:
+    """This process's start, on the ``time.perf_counter`` clock (from /proc; the first import of
+    this module elsewhere)."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        age = uptime - ticks / os.sysconf("SC_CLK_TCK")
+        return time.perf_counter() - max(age, 0.0)
+    except (OSError, ValueError, IndexError):
+        return _IMPORTED_AT
+
+
+_IMPORTED_AT = time.perf_counter()
 
 
 def environment_info(env) -> dict:
@@ -156,9 +172,14 @@ def run_worker(cfg_dict: dict, out: str | None = None, resume: str | None = None
     restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
     if restarts and out:
         resume = "auto"  # an elastic restart continues from the newest valid checkpoint of the run
+    from largebatch.train.precision import choose_precision
+
+    t_setup = time.perf_counter()
     env = setup(cfg.train.device, threads_per_worker=cfg.train.threads_per_worker)
+    startup = {"process_start_to_worker_s": t_setup - _process_start_perf(), "dist_setup_s": time.perf_counter() - t_setup}
     try:
         plan = resolve(cfg, env.world_size, local_world_size=env.local_world_size)
+        precision = choose_precision(cfg.train.precision, env.device)
         # Rank 0 decides the run directory (a timestamped default differs per process) and the
         # checkpoint to resume from (the newest one that passes its checksum), and tells the others.
         decision, loaded = None, None  # rank 0 keeps the checkpoint it verified, to load it only once
@@ -180,7 +201,7 @@ def run_worker(cfg_dict: dict, out: str | None = None, resume: str | None = None
         if env.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
-            env_path, info = run_dir / "env.json", environment_info(env)
+            env_path, info = run_dir / "env.json", {**environment_info(env), **precision.as_dict()}
             if resume_path is not None and env_path.is_file():
                 # Keep the first segment's record; each resume adds its own environment.
                 first = json.loads(env_path.read_text())
@@ -190,7 +211,10 @@ def run_worker(cfg_dict: dict, out: str | None = None, resume: str | None = None
             log.info("run directory %s", run_dir)
         if restarts and env.is_main:
             log.warning("elastic restart %d: continuing from %s", restarts, resume_path or "the start (no valid checkpoint)")
-        trainer = Trainer(cfg, plan, env, run_dir)
+        t_build = time.perf_counter()
+        trainer = Trainer(cfg, plan, env, run_dir, precision=precision)
+        startup.update(trainer.build_times)
+        startup["trainer_build_s"] = time.perf_counter() - t_build
         if resume_path is not None:
             trainer.load(resume_path, ckpt=loaded)
 
@@ -242,6 +266,15 @@ def run_worker(cfg_dict: dict, out: str | None = None, resume: str | None = None
             "wall_s": state.train_wall_s,
             "target_top1": cfg.train.target_top1 or None,
             "time_to_target_s": state.time_to_target_s,
+            "val_top1": state.val_top1,
+            "best_val_top1": state.best_val_top1,
+            "val_size": cfg.data.val_size,
+            **precision.as_dict(),
+            # seconds of rank 0 before its first training step (this segment of the run)
+            "startup_s": startup,
+            # when this segment's training loop started (Unix time): with the command's own start it
+            # gives the time to target from the start of the command, the MLPerf way
+            "train_started_unix_s": trainer.fit_started_unix_s,
             "skipped_steps": state.skipped_steps,
             "bad_files": len(bad_files),
             "run_dir": str(run_dir),

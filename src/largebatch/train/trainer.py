@@ -39,12 +39,13 @@ from largebatch.data import GlobalBatchSampler, build_data, derive_seed
 from largebatch.dist import DistEnv, all_reduce_sum, barrier, consecutive_groups
 from largebatch.dist.hooks import HookState, make_comm_hook
 from largebatch.dist.topology import build_groups, make_topology
-from largebatch.nn import (average_bn_statistics, build_model, configure_bn, recompute_bn_statistics,
-                           set_bn_batch_size, start_bn_step)
+from largebatch.nn import (average_bn_statistics, build_model, channels_last_unsafe_convs, configure_bn,
+                           recompute_bn_statistics, set_bn_batch_size, start_bn_step)
 from largebatch.optim import build_optimizer
 from largebatch.schedules import build_schedule
 from largebatch.train import checkpoint as ckpt_io
 from largebatch.train.metrics import MetricsLogger
+from largebatch.train.precision import PrecisionChoice, choose_precision
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,9 @@ class TrainState:
     """Epoch the next step belongs to."""
     best_top1: float = 0.0
     top1: float = float("nan")
+    val_top1: float | None = None
+    """Top-1 on the held-out validation split (data.val_size) at the last evaluation."""
+    best_val_top1: float | None = None
     time_to_target_s: float | None = None
     train_wall_s: float = 0.0
     """Seconds spent in the training loop (steps, evaluation, checkpoints), summed over resumes."""
@@ -81,16 +85,22 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data, env: DistEnv, *, channels_last: bool, batch_size: int) -> dict:
-    """Top-1 (and top-5 when there are more than 10 classes) and mean loss on the test split; every
-    test sample is counted exactly once across ranks (sums all-reduced)."""
+def evaluate(model: nn.Module, data, env: DistEnv, *, channels_last: bool, batch_size: int,
+             split: str = "test", autocast_dtype: torch.dtype | None = None) -> dict:
+    """Top-1 (and top-5 when there are more than 10 classes) and mean loss on the ``test`` split (or
+    the held-out ``val`` split); every sample is counted exactly once across ranks (sums
+    all-reduced). ``autocast_dtype``: the forward pass in that autocast (the run's precision); the
+    loss and the counts are summed in fp64."""
     model.eval()
     topk = (1, 5) if data.num_classes > 10 else (1,)
     sums = torch.zeros(2 + len(topk), dtype=torch.float64, device=env.device)  # loss, count, correct@k
-    for images, labels in data.eval_batches(world_size=env.world_size, rank=env.rank, batch_size=batch_size):
+    batches = data.eval_batches(world_size=env.world_size, rank=env.rank, batch_size=batch_size,
+                                **({"split": split} if split != "test" else {}))
+    for images, labels in batches:
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        logits = model(images)
+        with torch.autocast(env.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            logits = model(images).float()
         sums[0] += F.cross_entropy(logits, labels, reduction="sum").double()
         sums[1] += labels.numel()
         pred = logits.topk(max(topk), dim=1).indices
@@ -109,10 +119,14 @@ def evaluate(model: nn.Module, data, env: DistEnv, *, channels_last: bool, batch
 class Trainer:
     """Builds data, model, optimizer and schedule for one process and runs the epochs."""
 
-    def __init__(self, cfg: Config, plan: Plan, env: DistEnv, run_dir: Path) -> None:
+    def __init__(self, cfg: Config, plan: Plan, env: DistEnv, run_dir: Path,
+                 precision: PrecisionChoice | None = None) -> None:
         self.cfg, self.plan, self.env, self.run_dir = cfg, plan, env, Path(run_dir)
         t = cfg.train
+        self.precision = precision or choose_precision(t.precision, env.device)
+        t0 = time.perf_counter()
         self.data = build_data(cfg, device=env.device)
+        self.build_times = {"data_load_s": time.perf_counter() - t0}
         torch.manual_seed(t.seed)  # identical initial weights on every rank (DDP also broadcasts them)
         self.stages: list[Stage] = resolve_stages(cfg, env.world_size)
         self.stage = self.stages[0]
@@ -126,7 +140,14 @@ class Trainer:
             zero_init_residual=cfg.model.zero_init_residual,
             fc_init_std=cfg.model.fc_init_std,
         ).to(env.device)
-        if cfg.model.channels_last:
+        self.channels_last = cfg.model.channels_last
+        unsafe = channels_last_unsafe_convs(model, env.device) if self.channels_last else []
+        if unsafe:
+            self.channels_last = False
+            log.warning("model.channels_last=true ignored: channels_last weight gradients of %s (1x1, stride 2, fewer "
+                        "than 8 input channels) corrupt memory on this CPU with torch %s; the model stays contiguous "
+                        "(use model.width >= 8 for channels_last)", ", ".join(unsafe), torch.__version__)
+        if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         torch.manual_seed(t.seed + env.rank)  # per-rank seed for anything random beyond data and init
         sync_group = consecutive_groups(plan.bn_sync_ranks) if env.distributed and plan.bn_sync_ranks > 1 else None
@@ -170,8 +191,8 @@ class Trainer:
         # Mixed precision: autocast for bf16/fp16; fp16 adds dynamic loss scaling. GradScaler.step
         # unscales the all-reduced gradients before the optimizer (so trust ratios see true norms)
         # and skips a step whose gradient is not finite.
-        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.precision)
-        self.scaler = torch.amp.GradScaler(env.device.type) if t.precision == "fp16" else None
+        self.autocast_dtype = self.precision.autocast_dtype
+        self.scaler = torch.amp.GradScaler(env.device.type) if self.precision.precision == "fp16" else None
         self.state = TrainState()
         self.stop_requested = False  # set by the SIGTERM handler of run_worker
         self._last_step_ok: bool | torch.Tensor = True
@@ -191,6 +212,7 @@ class Trainer:
         self._last_checkpoint_time = time.monotonic()
         self.metrics = MetricsLogger(self.run_dir, enabled=env.is_main)
         log.info("%s", plan.describe())
+        log.info("precision %s (train.precision=%s): %s", self.precision.precision, t.precision, self.precision.reason)
         log.info("BN: %s statistics%s", t.bn_statistics,
                  f" ({t.bn_variance_averaging} variance)" if t.bn_statistics == "last_batch" else
                  f" over {t.precise_bn_batches} batches before each evaluation" if t.bn_statistics == "precise" else "")
@@ -291,6 +313,7 @@ class Trainer:
             "world_size": self.env.world_size,
             "rng": states,
             "noise_scale": self._noise_scale_state(),
+            "precision": self.precision.precision,
         }
 
     def _noise_scale_state(self) -> dict | None:
@@ -333,6 +356,10 @@ class Trainer:
         if ckpt["config_hash"] != config_hash(self.cfg):
             raise ConfigError(config_mismatch(self.cfg, ckpt["config"], path) or
                               f"checkpoint {path} has config hash {ckpt['config_hash']}, this run {config_hash(self.cfg)}")
+        if ckpt.get("precision", self.precision.precision) != self.precision.precision:
+            log.warning("checkpoint %s was trained in %s, this segment runs in %s (%s): the run goes on, but is not "
+                        "bitwise an uninterrupted one; set train.precision=%s to keep it", path, ckpt["precision"],
+                        self.precision.precision, self.precision.reason, ckpt["precision"])
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.scaler and ckpt.get("scaler"):
@@ -359,7 +386,7 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.env.device)
         grad_scale_sq = None
         start_bn_step(self.model)
-        if self.cfg.model.channels_last:
+        if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         for i, (x, y) in enumerate(zip(images.chunk(accum), labels.chunk(accum))):
             sync = i == accum - 1
@@ -521,9 +548,16 @@ class Trainer:
         if self.cfg.train.bn_statistics == "precise":
             self._precise_bn()
         self._average_bn()
-        result = evaluate(self.model, self.data, self.env, channels_last=self.cfg.model.channels_last,
-                          batch_size=self.cfg.train.eval_batch_size)
+        kwargs = dict(channels_last=self.channels_last, batch_size=self.cfg.train.eval_batch_size,
+                      autocast_dtype=self.autocast_dtype)
+        result = evaluate(self.model, self.data, self.env, **kwargs)
         st = self.state
+        val = {}
+        if getattr(self.data, "num_val", 0):
+            v = evaluate(self.model, self.data, self.env, split="val", **kwargs)
+            st.val_top1 = v["top1"]
+            st.best_val_top1 = max(st.best_val_top1 or 0.0, v["top1"])
+            val = {"val_top1": v["top1"], "val_loss": v["loss"]}
         st.top1 = result["top1"]
         st.best_top1 = max(st.best_top1, result["top1"])
         wall = wall_s()
@@ -531,9 +565,10 @@ class Trainer:
         if target and st.time_to_target_s is None and result["top1"] >= target:
             st.time_to_target_s = wall
         self.metrics.write("eval", step=st.step, epoch=self.epoch_position(st.step), lr=self.lr_at(max(st.step - 1, 0)),
-                           loss=result["loss"], top1=result["top1"], top5=result.get("top5"), wall_s=wall)
-        log.info("eval epoch %d step %d: top-1 %.2f%%%s, loss %.4f (%d images)", st.epoch, st.step, result["top1"],
-                 f", top-5 {result['top5']:.2f}%" if "top5" in result else "", result["loss"], result["count"])
+                           loss=result["loss"], top1=result["top1"], top5=result.get("top5"), wall_s=wall, **val)
+        log.info("eval epoch %d step %d: top-1 %.2f%%%s, loss %.4f (%d images)%s", st.epoch, st.step, result["top1"],
+                 f", top-5 {result['top5']:.2f}%" if "top5" in result else "", result["loss"], result["count"],
+                 f"; validation top-1 {val['val_top1']:.2f}%" if val else "")
 
     def _precise_bn(self) -> None:
         """Population BN statistics over train.precise_bn_batches global batches of the current epoch's
@@ -548,7 +583,7 @@ class Trainer:
             for step, (images, _labels) in enumerate(self.data.train_batches(sampler, seed=seed)):
                 if step >= k:
                     break
-                if self.cfg.model.channels_last:
+                if self.channels_last:
                     images = images.contiguous(memory_format=torch.channels_last)
                 yield from images.chunk(self.plan.accumulation_steps)
 
@@ -567,6 +602,7 @@ class Trainer:
             bar = tqdm(total=self.total_steps, initial=st.step, unit="step", dynamic_ncols=True, leave=False,
                        disable=not sys.stderr.isatty())
         wall_start = time.perf_counter()
+        self.fit_started_unix_s = time.time()
         wall_before = st.train_wall_s
 
         def wall_s() -> float:
