@@ -1,12 +1,18 @@
 """The README's main job, timed as a whole command: `largebatch train` (default recipe).
 
 Question: does the default recipe (Goyal's method on Fashion-MNIST, 2 CPU workers) reach its target
-(>= 91.0% test top-1) with the whole command under 6 minutes on the 2-core machine?
+(>= 91.0% test top-1), and how long does the whole command take on this machine?
 
 Method: run the command as a user would (`python -m largebatch train --out DIR`, nothing else
 running), time it from start to exit (process spawn, data loading, training, evaluations,
 checkpoints and plots included) and record its summary.json with the hardware and versions.
 REPEATS runs give median and spread; the recipe's fixed seed makes runs differ only in timing.
+
+Reported per run: the whole command; the time to target the MLPerf way (from the start of the
+command to the end of the first evaluation at or above train.target_top1); and where the time goes:
+before the first step (the CLI and the launcher; each worker's interpreter start and imports, its
+process-group set-up, data loading and model build), the training loop (steps, evaluations,
+checkpoints) and after it (weights export, summary, plots, shutdown).
 
     python benchmarks/main_job.py [--repeats 1] [--recipe NAME] [--out benchmarks/results/main_job.json] [-- --set KEY=VALUE ...]
 
@@ -27,6 +33,31 @@ import time
 from pathlib import Path
 
 
+def profile(summary: dict, command_s: float, command_start_unix: float) -> dict:
+    """Where the command's seconds went, from its summary.json (rank 0's view) and its start time."""
+    startup = summary.get("startup_s") or {}
+    before = summary["train_started_unix_s"] - command_start_unix
+    worker = {
+        "worker_interpreter_and_imports": startup.get("process_start_to_worker_s", 0.0),
+        "worker_process_group": startup.get("dist_setup_s", 0.0),
+        "worker_data_load": startup.get("data_load_s", 0.0),
+        "worker_model_and_optimizer": startup.get("trainer_build_s", 0.0) - startup.get("data_load_s", 0.0),
+    }
+    train = summary["wall_s"]
+    out = {
+        "cli_and_launcher": before - sum(worker.values()),
+        **worker,
+        "before_first_step": before,
+        "training_steps": train - summary.get("eval_s", 0.0) - summary.get("checkpoint_s", 0.0),
+        "evaluations": summary.get("eval_s", 0.0),
+        "checkpoints": summary.get("checkpoint_s", 0.0),
+        "after_training": command_s - before - train,
+        "time_to_target_from_command_s": before + summary["time_to_target_s"]
+        if summary.get("time_to_target_s") is not None else None,
+    }
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=1)
@@ -40,7 +71,7 @@ def main() -> None:
             run_dir = Path(tmp) / "run"
             recipe = ["--recipe", args.recipe] if args.recipe else []
             cmd = [sys.executable, "-m", "largebatch", "train", *recipe, "--out", str(run_dir), *args.extra]
-            t0 = time.perf_counter()
+            t0, t0_unix = time.perf_counter(), time.time()
             proc = subprocess.run(cmd, capture_output=True, text=True)
             command_s = time.perf_counter() - t0
             if proc.returncode:
@@ -50,11 +81,15 @@ def main() -> None:
             config = json.loads((run_dir / "config.json").read_text())
             evals = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
             evals = [{"epoch": r["epoch"], "top1": r["top1"]} for r in evals if r["kind"] == "eval"]
-        runs.append({"command_s": command_s, "summary": summary, "evals": evals})
+        phases = profile(summary, command_s, t0_unix)
+        runs.append({"command_s": command_s, "time_to_target_from_command_s": phases.pop("time_to_target_from_command_s"),
+                     "phases_s": phases, "summary": summary, "evals": evals})
         print(f"run {i}: top-1 {summary['top1']:.2f}% (best {summary['best_top1']:.2f}%), command {command_s:.1f} s, "
               f"training {summary['wall_s']:.1f} s, {summary['images_per_s']:.0f} images/s, "
-              f"time to {summary['target_top1']}%: {summary['time_to_target_s']}")
+              f"time to {summary['target_top1']}% from the command's start: {runs[-1]['time_to_target_from_command_s']}; "
+              + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()), flush=True)
     times = [r["command_s"] for r in runs]
+    to_target = [r["time_to_target_from_command_s"] for r in runs if r["time_to_target_from_command_s"] is not None]
     top1 = [r["summary"]["top1"] for r in runs]
     result = {
         "benchmark": "main_job",
@@ -68,6 +103,8 @@ def main() -> None:
         "min_command_s": min(times),
         "max_command_s": max(times),
         "median_top1": statistics.median(top1),
+        "median_time_to_target_from_command_s": statistics.median(to_target) if len(to_target) == len(runs) else None,
+        "median_phases_s": {k: statistics.median(r["phases_s"][k] for r in runs) for k in runs[0]["phases_s"]},
         "runs": runs,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -91,10 +91,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         return EXIT_PREEMPTED if _preempted(result) else 0
     from torch.distributed.elastic.multiprocessing.api import SignalException
 
-    from largebatch.dist.launch import WorkerFailed, launch_local
+    from largebatch.dist.launch import WorkerFailed, default_start_method, launch_local
 
     try:
-        result = launch_local(run_worker, worker_args, nproc=nproc, max_restarts=args.max_restarts)
+        result = launch_local(run_worker, worker_args, nproc=nproc, max_restarts=args.max_restarts,
+                              start_method=default_start_method(cfg.train.device))
     except WorkerFailed as err:
         if err.exitcode == EXIT_PREEMPTED:  # a worker got SIGTERM, checkpointed and left (run_worker)
             print(f"largebatch: stopped by SIGTERM; the workers wrote a checkpoint: continue with "

@@ -57,15 +57,17 @@ def assert_same_weights(a: dict, b: dict, *, exact_buffers: bool = True):
 
 
 def worker_pids(parent: int) -> list[int]:
-    """The spawned worker processes of the launcher ``parent`` (not multiprocessing's helpers)."""
+    """The worker processes of the launcher ``parent`` (not multiprocessing's helpers): spawned
+    ones run spawn_main, forked ones (the CPU default) keep the launcher's command line."""
     pids = []
+    launcher = (Path("/proc") / str(parent) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
             cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             continue
-        if int(fields[1]) == parent and "spawn_main" in cmdline:
+        if int(fields[1]) == parent and ("spawn_main" in cmdline or cmdline == launcher):
             pids.append(int(stat.parent.name))
     return pids
 

@@ -1,12 +1,17 @@
 """Start N local workers with torch.distributed's elastic launcher (what ``torchrun`` uses).
 
 The rendezvous is c10d on loopback (127.0.0.1, a free port), so a single-machine run opens no port
-to the network. A worker that raises ends the whole group: the agent stops the other workers and
+to the network. On a machine without NVIDIA devices the workers are forked from this process after
+it has imported torch, torchvision and the trainer, so they skip the 3-5 s of imports a fresh
+interpreter needs (benchmarks/README.md); where CUDA may be used they are spawned (a forked child
+cannot use CUDA once a parent touched it). A worker that raises ends the whole group: the agent stops the other workers and
 :func:`launch_local` raises :class:`WorkerFailed` with the failing rank's error message.
 """
 
 from __future__ import annotations
 
+import glob
+import os
 import uuid
 from typing import Any, Callable
 
@@ -22,8 +27,31 @@ class WorkerFailed(RuntimeError):
         self.exitcode = exitcode
 
 
-def launch_local(entrypoint: Callable[..., Any], args: tuple, *, nproc: int, max_restarts: int = 0) -> dict[int, Any]:
-    """Run ``entrypoint(*args)`` on ``nproc`` local processes with torchrun's environment variables.
+def default_start_method(device: str) -> str:
+    """``fork`` for CPU runs on Linux (``train.device=cpu``, or ``auto`` on a machine without
+    /dev/nvidia* devices), ``spawn`` otherwise. ``LARGEBATCH_START_METHOD`` (fork, spawn or
+    forkserver) overrides it."""
+    forced = os.environ.get("LARGEBATCH_START_METHOD", "")
+    if forced in ("fork", "spawn", "forkserver"):
+        return forced
+    if not hasattr(os, "fork"):
+        return "spawn"
+    cpu_only = device == "cpu" or (device == "auto" and not glob.glob("/dev/nvidia[0-9]*"))
+    return "fork" if cpu_only else "spawn"
+
+
+def preload_worker_modules() -> None:
+    """Import what every worker needs (torch, torchvision, the trainer) in this process, before the
+    workers are forked from it; runs no torch operation, so no thread pool is forked."""
+    import torchvision  # noqa: F401
+
+    import largebatch.train.trainer  # noqa: F401
+
+
+def launch_local(entrypoint: Callable[..., Any], args: tuple, *, nproc: int, max_restarts: int = 0,
+                 start_method: str = "spawn") -> dict[int, Any]:
+    """Run ``entrypoint(*args)`` on ``nproc`` local processes with torchrun's environment variables,
+    started by ``start_method`` (``spawn``, ``fork`` or ``forkserver``; see :func:`default_start_method`).
 
     Returns:
         {local rank: return value}.
@@ -41,9 +69,11 @@ def launch_local(entrypoint: Callable[..., Any], args: tuple, *, nproc: int, max
         rdzv_configs={"is_host": True},
         max_restarts=max_restarts,
         monitor_interval=0.1,
-        start_method="spawn",
+        start_method=start_method,
         local_addr="127.0.0.1",
     )
+    if start_method == "fork":
+        preload_worker_modules()
     try:
         return elastic_launch(config, entrypoint)(*args)
     except ChildFailedError as err:

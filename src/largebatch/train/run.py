@@ -264,6 +264,8 @@ def run_worker(cfg_dict: dict, out: str | None = None, resume: str | None = None
                               "peak_lr": st.plan.peak_lr} for st in trainer.stages],
             "images_per_s": state.images_seen / state.step_time_s if state.step_time_s else None,
             "wall_s": state.train_wall_s,
+            "eval_s": state.eval_s,
+            "checkpoint_s": state.checkpoint_s,
             "target_top1": cfg.train.target_top1 or None,
             "time_to_target_s": state.time_to_target_s,
             "val_top1": state.val_top1,

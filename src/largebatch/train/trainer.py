@@ -67,6 +67,10 @@ class TrainState:
     """Seconds spent in the training loop (steps, evaluation, checkpoints), summed over resumes."""
     step_time_s: float = 0.0
     """Seconds spent in optimizer steps only (for images_per_s), summed over resumes."""
+    eval_s: float = 0.0
+    """Seconds spent in evaluations (BN settling included), summed over resumes."""
+    checkpoint_s: float = 0.0
+    """Seconds spent writing checkpoints, summed over resumes."""
     images_seen: int = 0
     skipped_steps: int = 0
     """Steps skipped because a gradient held a NaN or Inf (train.nonfinite_policy=skip)."""
@@ -332,6 +336,7 @@ class Trainer:
         average_bn_statistics(self.model, samples_per_step=self.plan.global_batch_size)
 
     def save(self) -> None:
+        t0 = time.perf_counter()
         self._settle_nonfinite()
         self._last_checkpoint_time = time.monotonic()
         self._average_bn()  # every rank's BN statistics become the checkpointed ones
@@ -339,6 +344,7 @@ class Trainer:
         if self.env.is_main:
             ckpt_io.save_checkpoint(self.run_dir, self.state.step, payload, keep=self.cfg.train.keep_checkpoints)
         barrier()
+        self.state.checkpoint_s += time.perf_counter() - t0
 
     def load(self, path: Path, ckpt: dict | None = None) -> None:
         """Restore model, optimizer, counters and RNG from a checkpoint (``ckpt``: already loaded).
@@ -544,6 +550,7 @@ class Trainer:
     def _evaluate_and_log(self, wall_s) -> None:
         """Settle the BN statistics (precise BN recomputes them; otherwise they are averaged across
         ranks), evaluate, log; ``wall_s()`` gives the run's elapsed seconds."""
+        t0 = time.perf_counter()
         self._settle_nonfinite()
         if self.cfg.train.bn_statistics == "precise":
             self._precise_bn()
@@ -569,6 +576,7 @@ class Trainer:
         log.info("eval epoch %d step %d: top-1 %.2f%%%s, loss %.4f (%d images)%s", st.epoch, st.step, result["top1"],
                  f", top-5 {result['top5']:.2f}%" if "top5" in result else "", result["loss"], result["count"],
                  f"; validation top-1 {val['val_top1']:.2f}%" if val else "")
+        st.eval_s += time.perf_counter() - t0
 
     def _precise_bn(self) -> None:
         """Population BN statistics over train.precise_bn_batches global batches of the current epoch's
