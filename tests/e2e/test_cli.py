@@ -68,6 +68,14 @@ def test_every_output_file(run):
     assert summary["world_size"] == 2 and summary["global_batch_size"] == 512 and summary["epochs"] == 2
     assert summary["top1"] == evals[-1]["top1"] and summary["best_top1"] == max(r["top1"] for r in evals)
     assert summary["top1"] > 25  # 16 steps on 4096 real images: measured 37.4%, chance is 10%
+    # train.precision=auto: torch's CPU query decides, and says so in both records
+    from largebatch.train.precision import cpu_bf16_support
+
+    native, reason = cpu_bf16_support()
+    for record in (env, summary):
+        assert record["precision_requested"] == "auto" and record["precision_reason"] == reason
+        assert record["precision"] == ("bf16" if native else "fp32")
+    assert summary["startup_s"]["data_load_s"] > 0 and summary["eval_s"] > 0
     assert summary["time_to_target_s"] is not None and 0 < summary["time_to_target_s"] <= summary["wall_s"]
 
 
@@ -417,3 +425,20 @@ def test_flat_val_with_labels_file_and_both_decoders(tmp_path):
     assert (xa - xb).abs().mean() < 0.1  # same images, same eval transform; resampling filters differ slightly
     bad = largebatch("train", *common[:-2], "--set", f"data.val_labels={tmp_path / 'none.csv'}", cwd=tmp_path, timeout=60)
     assert bad.returncode == 2 and "data.val_labels" in bad.stderr
+
+
+def test_forced_bf16_and_a_validation_split_from_the_cli(tmp_path):
+    """LARGEBATCH_CPU_BF16=1 makes auto pick bf16 on any CPU; data.val_size evaluates a held-out split."""
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHONUNBUFFERED="1", LARGEBATCH_CPU_BF16="1")
+    proc = subprocess.run([sys.executable, "-m", "largebatch", "train", "--set", "data.train_subset=1536",
+                           "--set", "data.val_size=512", "--set", "data.test_subset=500", "--set", "train.epochs=1",
+                           "--set", "schedule.decay_epochs=[0.5]", "--out", str(out)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["precision"] == "bf16" and summary["precision_reason"] == "LARGEBATCH_CPU_BF16=1"
+    assert summary["steps"] == 2 and summary["val_size"] == 512  # 1024 training images left: 2 steps of 512
+    evals = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if '"eval"' in l]
+    assert evals[-1]["val_top1"] == summary["val_top1"] and 0 <= summary["val_top1"] <= 100
+    assert "precision bf16 (train.precision=auto): LARGEBATCH_CPU_BF16=1" in proc.stderr
