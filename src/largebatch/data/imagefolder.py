@@ -267,6 +267,9 @@ class ImageFolderData:
     def num_test(self) -> int:
         return len(self.val_set)
 
+    num_val = 0
+    """No held-out validation split (data.val_size applies to the in-memory data sets)."""
+
     def _loader(self, dataset, batch_sampler, seed: int) -> DataLoader:
         return DataLoader(
             dataset,
@@ -317,7 +320,10 @@ class ImageFolderData:
                 if line not in self.bad_files:
                     self.bad_files.append(line)
 
-    def eval_batches(self, *, world_size: int, rank: int, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def eval_batches(self, *, world_size: int, rank: int, batch_size: int,
+                     split: str = "test") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if split != "test":
+            raise ValueError("imagefolder has no held-out validation split (data.val_size is 0 there)")
         idx = eval_shard(self.num_test, world_size=world_size, rank=rank)
         batches = [c.tolist() for c in idx.split(batch_size)]
         for images, labels, bad in self._batches("val", self.val_set, batches, 0):

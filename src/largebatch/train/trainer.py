@@ -98,8 +98,7 @@ def evaluate(model: nn.Module, data, env: DistEnv, *, channels_last: bool, batch
     model.eval()
     topk = (1, 5) if data.num_classes > 10 else (1,)
     sums = torch.zeros(2 + len(topk), dtype=torch.float64, device=env.device)  # loss, count, correct@k
-    batches = data.eval_batches(world_size=env.world_size, rank=env.rank, batch_size=batch_size,
-                                **({"split": split} if split != "test" else {}))
+    batches = data.eval_batches(world_size=env.world_size, rank=env.rank, batch_size=batch_size, split=split)
     for images, labels in batches:
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -560,7 +559,7 @@ class Trainer:
         result = evaluate(self.model, self.data, self.env, **kwargs)
         st = self.state
         val = {}
-        if getattr(self.data, "num_val", 0):
+        if self.data.num_val:
             v = evaluate(self.model, self.data, self.env, split="val", **kwargs)
             st.val_top1 = v["top1"]
             st.best_val_top1 = max(st.best_val_top1 or 0.0, v["top1"])
