@@ -5,6 +5,10 @@ import pytest
 
 # Tests run on CPU: keep each process to one intra-op thread unless a test says otherwise.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# train.precision=auto picks bf16 on CPUs with AVX-512 BF16 or AMX and fp32 elsewhere; the suite's
+# equivalence tolerances are fp32 ones, so it pins fp32 on every machine (spawned ranks and CLI runs
+# inherit this). Tests of bf16 force it with LARGEBATCH_CPU_BF16=1 or train.precision=bf16.
+os.environ.setdefault("LARGEBATCH_CPU_BF16", "0")
 sys.path.insert(0, os.path.dirname(__file__))
 
 # Property-based tests (hypothesis): the default profile is derandomized, so the suite (and CI) runs

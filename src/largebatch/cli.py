@@ -220,6 +220,24 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from largebatch.study.sweep import SweepError, run_sweep
 
     methods = [m for m in args.methods.split(",") if m]
+    if args.tune:
+        from largebatch.study.tune import TuneSpec, run_tuned_sweep
+
+        spec = TuneSpec(out=Path(args.out), methods=methods, batch_sizes=args.batch_sizes, epochs=args.epochs,
+                        trials=args.trials, objective=args.objective, target_val_top1=args.target_val_top1,
+                        val_size=args.val_size, evals_per_epoch=args.evals_per_epoch, pruner=args.pruner,
+                        storage=args.storage, seeds=tuple(args.seeds), overrides=tuple(args.set), nproc=args.nproc)
+        try:
+            run_tuned_sweep(spec)
+        except (SweepError, ConfigError, KeyError) as err:
+            return _fail(err.args[0] if isinstance(err, KeyError) else str(err))
+        except RuntimeError as err:
+            return _fail(str(err), code=1)
+        out = Path(args.out)
+        print((out / "tuned.md").read_text())
+        figure = "steps_to_target.png" if args.objective == "steps" else "equal_epochs.png"
+        print(f"table {out / 'tuned.md'}, {out / 'tuned.json'}; figure {out / figure}; study {spec.storage_url}")
+        return 0
     try:
         rows = run_sweep(args.out, methods, args.batch_sizes, args.seeds, args.epochs, args.set, args.nproc)
     except (SweepError, ConfigError, KeyError) as err:
@@ -303,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="accuracy against global batch size for several large-batch methods "
                                      "(Goyal et al. 2017, Fig. 1); table and figure")
     p.add_argument("--methods", default="no_scaling,linear_no_warmup,goyal,lars,lamb,akiba,mikami",
-                   help="comma-separated: no_scaling, linear_no_warmup, goyal, lars, lamb, akiba, mikami")
+                   help="comma-separated: no_scaling, linear_no_warmup, goyal, nesterov, lars, lamb, akiba, mikami")
     p.add_argument("--batch-sizes", type=_int_list, default=[128, 256, 512, 1024, 2048, 4096, 8192, 16384],
                    help="comma-separated global batch sizes (default 128,...,16384)")
     p.add_argument("--seeds", type=_int_list, default=[0], help="comma-separated seeds (default 0)")
@@ -313,6 +331,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config key in every run, e.g. --set data.train_subset=16384")
     p.add_argument("--out", default="runs/sweep", help="sweep directory; runs already finished there are kept "
                                                       "(default runs/sweep)")
+    g = p.add_argument_group("tuning (--tune): every (method, batch) searched on a validation split with Optuna")
+    g.add_argument("--tune", action="store_true", help="tune each cell instead of running the recipes as written; "
+                   "--seeds beyond the first re-run each cell's chosen trial")
+    g.add_argument("--trials", type=int, default=8, help="finished trials per tuned cell (default 8)")
+    g.add_argument("--objective", default="steps", choices=["steps", "accuracy"],
+                   help="steps: fewest steps to --target-val-top1, trials stop there (Shallue et al. 2018); "
+                        "accuracy: validation top-1 after --epochs (equal epochs). Default steps")
+    g.add_argument("--target-val-top1", type=float, default=90.0,
+                   help="validation top-1 target in percent (default 90: Shallue et al.'s 0.10 error on Fashion-MNIST)")
+    g.add_argument("--val-size", type=int, default=5000, help="images held out of the training set (default 5000)")
+    g.add_argument("--evals-per-epoch", type=int, default=4,
+                   help="validation evaluations per epoch: the resolution of steps to target (default 4)")
+    g.add_argument("--pruner", default="median", choices=["median", "halving", "none"],
+                   help="early stopping of trials that fall behind (default median)")
+    g.add_argument("--storage", default="",
+                   help="Optuna storage URL (default sqlite:///OUT/study.db); a PostgreSQL or MySQL URL shared by "
+                        "several machines runs one study on all of them")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("advise", help="measure the gradient noise scale in a short probe; report the critical "

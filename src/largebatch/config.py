@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -30,6 +31,30 @@ MODEL_NAMES = ("resnet_fmnist", "resnet18", "resnet50")
 OPTIM_NAMES = ("sgd", "lars", "lamb", "rmsprop_warmup")
 SCHEDULE_NAMES = ("step", "poly", "cosine", "slow_start")
 LR_SCALINGS = ("linear", "sqrt", "none")
+
+
+@dataclass(frozen=True)
+class ReferenceLR:
+    """An optimizer's reference learning rate: ``base_lr`` at ``base_batch_size`` images, carried to
+    other global batch sizes by ``lr_scaling`` (Goyal et al. 2017 sec. 2.1 for the linear rule;
+    Krizhevsky 2014 and You et al. 2019 sec. 4 for the square-root rule)."""
+
+    base_lr: float
+    base_batch_size: int
+    lr_scaling: str
+    source: str
+
+
+REFERENCE_LRS: dict[str, ReferenceLR] = {
+    # The Fashion-MNIST ResNet-8 of the CPU recipes; docs/optimizers.md says where each was chosen.
+    "sgd": ReferenceLR(0.4, 256, "linear", "goyal2017_fashion_mnist: tuned at 512 on the default recipe (docs/recipes.md)"),
+    "lars": ReferenceLR(2.5, 256, "linear", "you2018_lars_fashion_mnist (trust coefficient 0.001)"),
+    "lamb": ReferenceLR(0.02, 2048, "sqrt", "lamb_fashion_mnist (You et al. 2019 sec. 4: square-root scaling)"),
+    "rmsprop_warmup": ReferenceLR(0.4, 256, "linear", "akiba2017_fashion_mnist (eta_base of the SGD phase)"),
+}
+"""The LR each optimizer takes when ``--set optim.name=NAME`` switches a recipe's optimizer and no
+``optim.base_lr``, ``optim.base_batch_size`` or ``optim.lr_scaling`` is given: the LR of one
+optimizer means nothing to another (LARS multiplies it by a trust ratio of about 0.001)."""
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 ALPHA_VARIANTS = ("printed", "smooth")
 DEVICES = ("auto", "cpu", "cuda")
@@ -201,6 +226,22 @@ class TrainConfig:
     """``skip``: after this many skipped steps the run stops; its last good checkpoint is kept."""
     target_top1: float = 0.0
     """Test top-1 (percent) whose first crossing is reported as time_to_target_s (0: none)."""
+    val_every_steps: int = 0
+    """Also evaluate the validation split (data.val_size > 0) every N optimizer steps, logged as
+    ``val_top1`` eval records: the resolution of steps to target (Shallue et al. 2018 sec. 3.2
+    measure it at regular step intervals). 0: only with the per-epoch evaluations."""
+    stop_at_val_top1: float = 0.0
+    """Stop training at the first evaluation whose validation top-1 (percent) reaches this target,
+    after a final test evaluation and checkpoint; summary.json records ``steps_to_val_target`` and
+    ``images_to_val_target``. Needs data.val_size > 0. 0: train all epochs (a crossing is still
+    recorded when this is 0 and val_target_top1 is set)."""
+    val_target_top1: float = 0.0
+    """Validation top-1 (percent) whose first crossing is recorded as steps_to_val_target without
+    stopping (stop_at_val_top1 sets it too). 0: none."""
+    init_from: str = ""
+    """A checkpoint (file) whose model weights and BN buffers start this run, with a fresh optimizer,
+    schedule and step count: the branches of Merrill et al. 2025 ("Critical batch size revisited",
+    sec. 3) start this way from checkpoints of one run. Empty: initialize from train.seed."""
     label_smoothing: float = 0.0
     """Label smoothing of the cross-entropy loss (torch's built-in; 0.1 in MLPerf's reference)."""
     noise_scale: bool = True
@@ -413,6 +454,12 @@ def apply_overrides(cfg: Config, overrides: Iterable[str]) -> Config:
     except OmegaConfBaseException as err:  # e.g. a required list entry left incomplete
         raise ConfigError(f"the overrides {list(overrides)!r} do not give a complete config: "
                           f"{str(err).splitlines()[0]}") from None
+    given = {item.split("=", 1)[0].strip() for item in overrides}
+    lr_keys = {"optim.base_lr", "optim.base_batch_size", "optim.lr_scaling"}
+    if result.optim.name != cfg.optim.name and result.optim.name in REFERENCE_LRS and not given & lr_keys:
+        ref = REFERENCE_LRS[result.optim.name]
+        result = dataclasses.replace(result, optim=dataclasses.replace(
+            result.optim, base_lr=ref.base_lr, base_batch_size=ref.base_batch_size, lr_scaling=ref.lr_scaling))
     _check_list_items(result, "")
     return result
 
@@ -630,6 +677,16 @@ def resolve_stages(cfg: Config, world_size: int, *, local_world_size: int | None
     _check(all(d > 0 for d in decays) and decays == sorted(decays), "schedule.decay_epochs", decays,
            "an increasing list of positive epochs, e.g. [30, 60, 80]")
     _check(0 <= cfg.train.target_top1 <= 100, "train.target_top1", cfg.train.target_top1, "a percentage in [0, 100]")
+    for key in ("stop_at_val_top1", "val_target_top1"):
+        value = getattr(cfg.train, key)
+        _check(0 <= value <= 100, f"train.{key}", value, "a percentage in [0, 100] (0: off)")
+        _check(value == 0 or cfg.data.val_size > 0, f"train.{key}", value,
+               "0 unless data.val_size > 0 (the target is on the validation split; set data.val_size=5000)")
+    _check(cfg.train.val_every_steps >= 0, "train.val_every_steps", cfg.train.val_every_steps, "an integer >= 0 (0: off)")
+    _check(cfg.train.val_every_steps == 0 or cfg.data.val_size > 0, "train.val_every_steps",
+           cfg.train.val_every_steps, "0 unless data.val_size > 0 (set data.val_size=5000)")
+    _check(not cfg.train.init_from or os.path.isfile(cfg.train.init_from), "train.init_from", cfg.train.init_from,
+           "an existing checkpoint file (e.g. RUN/checkpoints/step_00001000.pt), or empty")
     _check(world_size >= 1, "world size", world_size, "at least 1 process")
 
     _check(cfg.train.bn_statistics in BN_STATISTICS, "train.bn_statistics", cfg.train.bn_statistics,

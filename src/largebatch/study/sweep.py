@@ -42,6 +42,8 @@ METHODS: dict[str, Method] = {
                                ("schedule.warmup_epochs=0",), "Goyal et al. 2017 Table 1 'no warmup'"),
     "goyal": Method("goyal2017_fashion_mnist", "SGD, linear scaling + gradual warmup (Goyal)", (),
                     "Goyal et al. 2017 sec. 2.1-2.2"),
+    "nesterov": Method("goyal2017_fashion_mnist", "Nesterov momentum, retuned per batch (Nado)", (),
+                       "Nado et al. 2021 sec. 3: Nesterov momentum with LR, momentum and warmup tuned at every batch"),
     "lars": Method("you2018_lars_fashion_mnist", "LARS (You)", (), "You et al. 2017, Algorithm 1"),
     "lamb": Method("lamb_fashion_mnist", "LAMB", (), "You et al. 2019"),
     "akiba": Method("akiba2017_fashion_mnist", "RMSprop warm-up + slow start (Akiba)", (), "Akiba et al. 2017"),

@@ -271,6 +271,11 @@ def run_worker(cfg_dict: dict, out: str | None = None, resume: str | None = None
             "val_top1": state.val_top1,
             "best_val_top1": state.best_val_top1,
             "val_size": cfg.data.val_size,
+            "val_target_top1": (cfg.train.stop_at_val_top1 or cfg.train.val_target_top1) or None,
+            "steps_to_val_target": state.steps_to_val_target,
+            "images_to_val_target": state.images_to_val_target,
+            "stopped_at_target": state.stopped_at_target,
+            "init_from": cfg.train.init_from or None,
             **precision.as_dict(),
             # seconds of rank 0 before its first training step (this segment of the run)
             "startup_s": startup,

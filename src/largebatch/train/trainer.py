@@ -74,6 +74,13 @@ class TrainState:
     images_seen: int = 0
     skipped_steps: int = 0
     """Steps skipped because a gradient held a NaN or Inf (train.nonfinite_policy=skip)."""
+    steps_to_val_target: int | None = None
+    """Optimizer steps at the first evaluation whose validation top-1 reached train.val_target_top1
+    (or train.stop_at_val_top1)."""
+    images_to_val_target: int | None = None
+    """Training images seen by then (steps x global batch, summed over batch stages)."""
+    stopped_at_target: bool = False
+    """The run ended early because train.stop_at_val_top1 was reached."""
 
 
 class Preempted(Exception):
@@ -143,6 +150,8 @@ class Trainer:
             zero_init_residual=cfg.model.zero_init_residual,
             fc_init_std=cfg.model.fc_init_std,
         ).to(env.device)
+        if t.init_from:
+            self._init_from(model, t.init_from)
         self.channels_last = cfg.model.channels_last
         unsafe = channels_last_unsafe_convs(model, env.device) if self.channels_last else []
         if unsafe:
@@ -230,6 +239,22 @@ class Trainer:
                      "decay at steps %s", n, self.steps_per_epoch,
                      n - self.steps_per_epoch * plan.global_batch_size, self.total_steps, t.epochs,
                      self.schedule.warmup_steps, list(self.schedule.decay_steps))
+
+    @staticmethod
+    def _init_from(model: nn.Module, path: str) -> None:
+        """Model weights and BN buffers from the checkpoint ``path`` (train.init_from).
+
+        Raises:
+            ConfigError: if the checkpoint's model does not have this model's tensors and shapes.
+        """
+        state = ckpt_io.load_checkpoint(Path(path))["model"]
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as err:
+            first = str(err).strip().splitlines()
+            raise ConfigError(f"train.init_from={path}: its model does not fit this one ({first[1].strip() if len(first) > 1 else first[0]}); "
+                              "use the model.* settings of the run that wrote it") from None
+        log.info("model weights and BN buffers from %s (train.init_from); optimizer, schedule and steps start fresh", path)
 
     def _register_comm_hook(self) -> None:
         """``comm.algorithm`` / ``comm.compression`` as a DDP communication hook (none: DDP's own)."""
@@ -546,6 +571,35 @@ class Trainer:
         torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX, group=self._control)
         return bool(flags[0]), bool(flags[1])
 
+    def _record_val_target(self, val_top1: float) -> bool:
+        """Record the first crossing of the validation target; True when the run should stop there."""
+        t, st = self.cfg.train, self.state
+        target = t.stop_at_val_top1 or t.val_target_top1
+        if target and st.steps_to_val_target is None and val_top1 >= target:
+            st.steps_to_val_target, st.images_to_val_target = st.step, st.images_seen
+            log.info("validation top-1 %.2f%% reached the target %.2f%% at step %d (%d images)", val_top1, target,
+                     st.step, st.images_seen)
+        return bool(t.stop_at_val_top1) and st.steps_to_val_target is not None
+
+    def _evaluate_val(self, wall_s) -> bool:
+        """Evaluate the validation split only (train.val_every_steps); True when the run should stop
+        at the validation target."""
+        t0 = time.perf_counter()
+        self._settle_nonfinite()
+        if self.cfg.train.bn_statistics == "precise":
+            self._precise_bn()
+        self._average_bn()
+        v = evaluate(self.model, self.data, self.env, split="val", channels_last=self.channels_last,
+                     batch_size=self.cfg.train.eval_batch_size, autocast_dtype=self.autocast_dtype)
+        st = self.state
+        st.val_top1 = v["top1"]
+        st.best_val_top1 = max(st.best_val_top1 or 0.0, v["top1"])
+        self.metrics.write("eval", step=st.step, epoch=self.epoch_position(st.step), lr=self.lr_at(max(st.step - 1, 0)),
+                           val_top1=v["top1"], val_loss=v["loss"], wall_s=wall_s())
+        log.info("eval step %d: validation top-1 %.2f%%, loss %.4f", st.step, v["top1"], v["loss"])
+        st.eval_s += time.perf_counter() - t0
+        return self._record_val_target(v["top1"])
+
     def _evaluate_and_log(self, wall_s) -> None:
         """Settle the BN statistics (precise BN recomputes them; otherwise they are averaged across
         ranks), evaluate, log; ``wall_s()`` gives the run's elapsed seconds."""
@@ -564,6 +618,7 @@ class Trainer:
             st.val_top1 = v["top1"]
             st.best_val_top1 = max(st.best_val_top1 or 0.0, v["top1"])
             val = {"val_top1": v["top1"], "val_loss": v["loss"]}
+            self._record_val_target(v["top1"])
         st.top1 = result["top1"]
         st.best_top1 = max(st.best_top1, result["top1"])
         wall = wall_s()
@@ -615,7 +670,7 @@ class Trainer:
         def wall_s() -> float:
             return wall_before + time.perf_counter() - wall_start
         try:
-            while st.epoch < t.epochs:
+            while st.epoch < t.epochs and not st.stopped_at_target:
                 epoch = st.epoch
                 stage = self._stage_of(epoch)
                 if stage.index != self.stage.index:
@@ -655,7 +710,13 @@ class Trainer:
                             self._preempted()
                     else:  # the epoch's last step: the epoch-end code below saves if either is set
                         stop_after_epoch, due_after_epoch = stop_after_epoch or stop, due
-                    if st.step % t.log_every_steps == 0 or st.step == self.epoch_start[epoch + 1]:
+                    epoch_end = st.step == self.epoch_start[epoch + 1]
+                    will_eval = epoch_end and ((epoch + 1) % t.eval_every_epochs == 0 or epoch + 1 == t.epochs)
+                    if (t.val_every_steps and st.step % t.val_every_steps == 0 and not will_eval
+                            and self._evaluate_val(wall_s)):
+                        st.stopped_at_target = True
+                        break
+                    if st.step % t.log_every_steps == 0 or epoch_end:
                         # The one host sync of the interval: reduce the summed loss across ranks.
                         self._settle_nonfinite()
                         loss = all_reduce_sum(interval_loss.detach().clone()).item() / (max(int(interval_counted), 1) * self.env.world_size)
@@ -675,10 +736,19 @@ class Trainer:
                                      self.total_steps, epoch, loss, lr, ips)
                         interval_loss.zero_()
                         interval_steps, interval_counted, interval_t0 = 0, 0, now
+                if st.stopped_at_target:  # mid-epoch: the final test evaluation and checkpoint of the run
+                    self._evaluate_and_log(wall_s)
+                    st.train_wall_s = wall_s()
+                    self.save()
+                    break
                 st.epoch += 1
                 last = st.epoch == t.epochs
                 if last or st.epoch % t.eval_every_epochs == 0:
                     self._evaluate_and_log(wall_s)
+                    if t.stop_at_val_top1 and st.steps_to_val_target is not None and not last:
+                        st.stopped_at_target = True
+                        log.info("stopping at the validation target (train.stop_at_val_top1=%g)", t.stop_at_val_top1)
+                        last = True
                 if last or st.epoch % t.checkpoint_every_epochs == 0 or stop_after_epoch or due_after_epoch:
                     st.train_wall_s = wall_s()
                     self.save()

@@ -1,0 +1,624 @@
+"""``largebatch sweep --tune``: each (method, global batch) tuned on a validation split, with pruning.
+
+The protocol of Shallue et al. 2018 ("Measuring the effects of data parallelism on neural network
+training", sec. 3) and Nado et al. 2021 ("A large batch optimizer reality check", sec. 3): every
+method gets its own search over its hyperparameters at every global batch size, trials are judged
+on a validation split held out of the training set (``data.val_size``), never on the test set, and
+the test top-1 of the chosen trial is what is reported. Goyal et al. 2017's method is the exception
+the paper defines: its reference LR is tuned once, at the smallest batch of the sweep, and carried to
+the other batches by the linear rule with gradual warmup (sec. 2.1-2.2); that carrying is what is
+tested, so those cells run one trial. ``no_scaling`` and ``linear_no_warmup`` are its ablations,
+at the same tuned LR.
+
+Two objectives:
+
+- ``steps`` (Shallue et al. sec. 3.2, Fig. 1): the fewest optimizer steps to reach a validation
+  top-1 target. Trials stop once they reach it (``train.stop_at_val_top1``); a trial that never
+  reaches it scores ``total_steps * (1 + (target - best_val_top1) / 100)``, worse than any trial that
+  does and ordered by how close it came.
+- ``accuracy`` (Goyal et al. Fig. 1, equal epochs): the validation top-1 after the run's epochs.
+
+The search is Optuna's (TPE sampler; median or successive-halving pruner on the validation top-1
+reported at every evaluation; ``optuna.storages.RDBStorage``, a SQLite file by default). Several
+machines share one study by passing the same PostgreSQL or MySQL URL as ``--storage``: each runs
+trials until the cell has ``--trials`` finished ones. The study is resumable: the same command goes
+on from the storage; a trial whose process died (no heartbeat) is retried with its parameters and
+continues from its run directory's newest checkpoint. Every trial is an ordinary ``largebatch
+train`` run directory, ``OUT/METHOD/bBATCH/trial_NNN``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from largebatch.study.sweep import METHODS, SweepError, _overrides_of, read_result, run_config
+
+OBJECTIVES = ("steps", "accuracy")
+PRUNERS = ("median", "halving", "none")
+FIXED_METHODS = ("goyal", "no_scaling", "linear_no_warmup")
+"""Methods whose hyperparameters are tuned only at the base batch (Goyal's reference LR) and carried
+to every other batch by their rule."""
+
+
+def _log_uniform(trial, name: str, low: float, high: float) -> float:
+    return trial.suggest_float(name, low, high, log=True)
+
+
+def _warmup(trial, epochs: int) -> float:
+    return trial.suggest_float("warmup_epochs", 0.0, max(0.5, 0.25 * epochs))
+
+
+def _momentum(trial) -> float:
+    """Momentum searched as 1 - momentum on a log scale in [0.01, 0.2] (Shallue et al. sec. 3.3)."""
+    return 1.0 - _log_uniform(trial, "one_minus_momentum", 0.01, 0.2)
+
+
+def _space_sgd(trial, epochs: int, batch: int) -> list[str]:
+    return [f"optim.base_lr={_log_uniform(trial, 'base_lr', 0.01, 3.0)}", "optim.base_batch_size=256",
+            "optim.lr_scaling=linear", f"schedule.warmup_epochs={_warmup(trial, epochs)}",
+            f"optim.momentum={_momentum(trial)}"]
+
+
+def _space_lars(trial, epochs: int, batch: int) -> list[str]:
+    return [f"optim.base_lr={_log_uniform(trial, 'base_lr', 0.1, 30.0)}", "optim.base_batch_size=256",
+            "optim.lr_scaling=linear", f"schedule.warmup_epochs={_warmup(trial, epochs)}",
+            f"optim.momentum={_momentum(trial)}"]
+
+
+def _space_lamb(trial, epochs: int, batch: int) -> list[str]:
+    # the LR at this batch itself (no rule: it is retuned at every batch)
+    return [f"optim.base_lr={_log_uniform(trial, 'lr', 1e-3, 0.2)}", f"optim.base_batch_size={batch}",
+            "optim.lr_scaling=linear", f"schedule.warmup_epochs={_warmup(trial, epochs)}"]
+
+
+def _space_akiba(trial, epochs: int, batch: int) -> list[str]:
+    # eta_base of the SGD phase and momentum; the RMSprop-to-SGD transition and slow start as the recipe
+    return [f"optim.base_lr={_log_uniform(trial, 'base_lr', 0.02, 3.0)}", "optim.base_batch_size=256",
+            "optim.lr_scaling=linear", f"optim.momentum={_momentum(trial)}"]
+
+
+def _space_goyal_base(trial, epochs: int, batch: int) -> list[str]:
+    # Goyal et al. sec. 2.1: the reference LR is the one hyperparameter tuned, at the base batch
+    return [f"optim.base_lr={_log_uniform(trial, 'base_lr', 0.01, 3.0)}", "optim.base_batch_size=256",
+            "optim.lr_scaling=linear"]
+
+
+SPACES: dict[str, Callable] = {
+    "nesterov": _space_sgd,
+    "lars": _space_lars,
+    "lamb": _space_lamb,
+    "akiba": _space_akiba,
+    "mikami": _space_lars,
+    "goyal": _space_goyal_base,
+}
+"""What each method searches: names, ranges and scales. Keys of ``METHODS`` not here use ``goyal``'s
+tuned reference LR."""
+
+
+@dataclass
+class TuneSpec:
+    """A tuned sweep as asked on the command line."""
+
+    out: Path
+    methods: list[str]
+    batch_sizes: list[int]
+    epochs: int
+    trials: int
+    objective: str = "steps"
+    target_val_top1: float = 90.0
+    val_size: int = 5000
+    evals_per_epoch: int = 4
+    pruner: str = "median"
+    storage: str = ""
+    seeds: tuple[int, ...] = (0,)
+    overrides: tuple[str, ...] = ()
+    nproc: int = 1
+
+    @property
+    def base_batch(self) -> int:
+        return min(self.batch_sizes)
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or f"sqlite:///{(self.out / 'study.db').resolve()}"
+
+
+def study_name(method: str, batch: int, spec: TuneSpec) -> str:
+    return f"{method}-b{batch}-{spec.objective}-e{spec.epochs}"
+
+
+def trial_dir(out: Path, method: str, batch: int, number: int) -> Path:
+    return Path(out) / method / f"b{batch:06d}" / f"trial_{number:03d}"
+
+
+def check_spec(spec: TuneSpec) -> None:
+    """Raises SweepError for a tuned sweep that cannot run as asked (before any trial starts)."""
+    if spec.objective not in OBJECTIVES:
+        raise SweepError(f"--objective {spec.objective!r}: use one of {', '.join(OBJECTIVES)}")
+    if spec.pruner not in PRUNERS:
+        raise SweepError(f"--pruner {spec.pruner!r}: use one of {', '.join(PRUNERS)}")
+    if spec.trials < 1:
+        raise SweepError(f"--trials {spec.trials}: give at least 1")
+    if spec.val_size < 1:
+        raise SweepError(f"--val-size {spec.val_size}: tuning needs a validation split (e.g. 5000)")
+    if not 0 < spec.target_val_top1 <= 100:
+        raise SweepError(f"--target-val-top1 {spec.target_val_top1}: a percentage in (0, 100]")
+    unknown = [m for m in spec.methods if m not in METHODS]
+    if unknown:
+        raise SweepError(f"method {unknown[0]!r} is unknown; accepted: {', '.join(METHODS)}")
+    if spec.evals_per_epoch < 1:
+        raise SweepError(f"--evals-per-epoch {spec.evals_per_epoch}: give at least 1")
+
+
+def trial_config(spec: TuneSpec, method: str, batch: int, params_overrides: list[str], seed: int = 0):
+    """The config of one trial: the method's recipe at ``batch`` and ``spec.epochs`` (its schedule
+    scaled), the validation split, evaluations every 1/evals_per_epoch epoch, the target, then the
+    trial's hyperparameters.
+
+    Raises:
+        ConfigError: for an override the config refuses.
+    """
+    import dataclasses
+
+    from largebatch.config import apply_overrides
+
+    cfg = run_config(method, batch, seed, spec.epochs, list(spec.overrides))
+    n_train = _train_images(cfg, spec.val_size)
+    steps_per_epoch = max(1, n_train // cfg.train.global_batch_size)
+    run = [f"data.val_size={spec.val_size}",
+           f"train.val_every_steps={max(1, round(steps_per_epoch / spec.evals_per_epoch))}",
+           "train.checkpoint_every_minutes=5"]
+    run.append(f"train.stop_at_val_top1={spec.target_val_top1}" if spec.objective == "steps"
+               else f"train.val_target_top1={spec.target_val_top1}")
+    cfg = apply_overrides(cfg, [*run, *params_overrides])
+    return dataclasses.replace(cfg, recipe=f"tune-{method}-b{batch}-s{seed}")
+
+
+def _train_images(cfg, val_size: int) -> int:
+    """Training images left after the validation split (the data set's size without loading it)."""
+    sizes = {"fashion_mnist": 60000, "synthetic": cfg.data.synthetic_train_samples}
+    n = sizes.get(cfg.data.name, 0)
+    if cfg.data.train_subset:
+        n = min(n, cfg.data.train_subset) if n else cfg.data.train_subset
+    return max(1, n - val_size)
+
+
+def _eval_records(run_dir: Path, start: int) -> tuple[list[dict], int]:
+    """New ``eval`` records of metrics.jsonl from byte ``start``; returns them and the new offset."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return [], start
+    with path.open("rb") as f:
+        f.seek(start)
+        data = f.read()
+    end = data.rfind(b"\n") + 1  # a record being written is read next time
+    records = []
+    for line in data[:end].splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if rec.get("kind") == "eval" and rec.get("val_top1") is not None:
+            records.append(rec)
+    return records, start + end
+
+
+class TrialDiverged(Exception):
+    """The trial's training loss became NaN or Inf, or its gradients kept being non-finite."""
+
+
+def run_trial(cfg, run_dir: Path, *, recipe: str, nproc: int, report: Callable[[float, int], bool],
+              log_path: Path) -> dict:
+    """Run one trial as ``largebatch train`` into ``run_dir``; ``report(val_top1, step)`` is called at
+    every validation evaluation and returns True to prune (the run gets SIGTERM, checkpoints and
+    stops). Returns the run's summary (``pruned`` set when it was stopped).
+
+    Raises:
+        TrialDiverged: when the run stopped on a non-finite loss or gradient.
+        RuntimeError: when it failed otherwise (its log named).
+    """
+    cmd = [sys.executable, "-m", "largebatch", "train", "--nproc", str(nproc), "--out", str(run_dir),
+           "--recipe", recipe]
+    for item in _overrides_of(cfg):
+        cmd += ["--set", item]
+    ckpts = run_dir / "checkpoints"
+    if ckpts.is_dir() and any(ckpts.glob("*.pt")):
+        cmd += ["--resume", "auto"]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    offset = 0
+    pruned = False
+    with open(log_path, "a") as log_file:
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+                                env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        try:
+            while True:
+                try:
+                    proc.wait(timeout=1.0)
+                    finished = True
+                except subprocess.TimeoutExpired:
+                    finished = False
+                records, offset = _eval_records(run_dir, offset)
+                for rec in records:
+                    if not pruned and report(rec["val_top1"], int(rec["step"])):
+                        pruned = True
+                        proc.send_signal(signal.SIGTERM)  # checkpoint at the step, exit 75
+                if finished:
+                    break
+        except BaseException:
+            with_group = getattr(os, "killpg", None)
+            if with_group is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+            raise
+    if pruned:
+        return {**(read_result(run_dir) or {}), "pruned": True}
+    if proc.returncode != 0:
+        tail = log_path.read_text()[-3000:]
+        if "training loss is" in tail or "NonFiniteGradient" in tail or "stopping (train.nonfinite_policy" in tail \
+                or "train.max_nonfinite_steps" in tail:
+            raise TrialDiverged(tail.strip().splitlines()[-1][:300])
+        raise RuntimeError(f"trial {run_dir} failed (exit {proc.returncode}); log {log_path}:\n{tail}")
+    result = read_result(run_dir)
+    if result is None:
+        raise RuntimeError(f"trial {run_dir} exited 0 without summary.json; log {log_path}")
+    return result
+
+
+def trial_value(result: dict, spec: TuneSpec, total_steps: int) -> float:
+    """The objective of a finished trial (see the module docstring)."""
+    if spec.objective == "accuracy":
+        return float(result.get("val_top1") or 0.0)
+    steps = result.get("steps_to_val_target")
+    if steps is not None:
+        return float(steps)
+    best = result.get("best_val_top1") or 0.0
+    return total_steps * (1.0 + max(0.0, spec.target_val_top1 - best) / 100.0)
+
+
+def _pruner(spec: TuneSpec, warmup_steps: int):
+    import optuna
+
+    if spec.pruner == "median":
+        # a trial is stopped when its validation top-1 is below the median of earlier trials at the same
+        # step, once 2 trials have finished and past the first fifth of the run (early evaluations are noisy)
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=warmup_steps, interval_steps=1)
+    if spec.pruner == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    return optuna.pruners.NopPruner()
+
+
+def _storage(spec: TuneSpec):
+    import optuna
+
+    spec.out.mkdir(parents=True, exist_ok=True)
+    kwargs = {}
+    if spec.storage_url.startswith("sqlite"):
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+    return optuna.storages.RDBStorage(spec.storage_url, heartbeat_interval=30, grace_period=120,
+                                      failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=3),
+                                      **kwargs)
+
+
+def _finished(study) -> list:
+    import optuna
+
+    return [t for t in study.get_trials(deepcopy=False)
+            if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+
+
+def fixed_params(spec: TuneSpec, storage, method: str) -> list[str]:
+    """Goyal's tuned reference LR from the base batch's study (the best trial there), as ``method``
+    carries it: per 256 images by the linear rule (goyal, linear_no_warmup), or the base batch's
+    peak LR kept at every batch (no_scaling).
+
+    Raises:
+        SweepError: when the base batch has no finished trial yet.
+    """
+    import optuna
+
+    base = optuna.load_study(study_name="goyal-b%d-%s-e%d" % (spec.base_batch, spec.objective, spec.epochs),
+                             storage=storage)
+    try:
+        best = base.best_trial
+    except ValueError:
+        raise SweepError(f"goyal at the base batch {spec.base_batch} has no finished trial: tune it first") from None
+    lr = best.params["base_lr"]
+    if method == "no_scaling":
+        return [f"optim.base_lr={lr * spec.base_batch / 256}", f"optim.base_batch_size={spec.base_batch}",
+                "optim.lr_scaling=none"]
+    return [f"optim.base_lr={lr}", "optim.base_batch_size=256", "optim.lr_scaling=linear"]
+
+
+def total_steps_of(cfg, val_size: int, nproc: int) -> int:
+    """Optimizer steps of the whole run (every batch stage's epochs, drop last)."""
+    from largebatch.config import resolve_stages
+
+    stages = resolve_stages(cfg, nproc)
+    n = _train_images(cfg, val_size)
+    steps = 0
+    for epoch in range(cfg.train.epochs):
+        stage = [st for st in stages if st.start_epoch <= epoch][-1]
+        steps += n // stage.plan.global_batch_size
+    return steps
+
+
+def tune_cell(spec: TuneSpec, method: str, batch: int, storage, *, progress: Callable[[str], None]) -> None:
+    """Run the missing trials of one (method, global batch) study."""
+    import optuna
+    from optuna.storages import RetryFailedTrialCallback
+
+    fixed = method in FIXED_METHODS and not (method == "goyal" and batch == spec.base_batch)
+    n_trials = 1 if fixed else spec.trials
+    name = study_name(method, batch, spec)
+    planned_steps = total_steps_of(trial_config(spec, method, batch, []), spec.val_size, spec.nproc)
+    study = optuna.create_study(
+        study_name=name, storage=storage, load_if_exists=True,
+        direction="minimize" if spec.objective == "steps" else "maximize",
+        sampler=optuna.samplers.TPESampler(seed=zlib.crc32(name.encode()), n_startup_trials=min(4, n_trials)),
+        pruner=_pruner(spec, warmup_steps=planned_steps // 5))
+    study.set_metric_names(["steps_to_val_target" if spec.objective == "steps" else "val_top1"])
+    if len(_finished(study)) >= n_trials:
+        return
+    fixed_overrides = fixed_params(spec, storage, method) if fixed else []
+    space = SPACES.get(method, _space_goyal_base)
+
+    def objective(trial) -> float:
+        params = fixed_overrides or space(trial, spec.epochs, batch)
+        retried = RetryFailedTrialCallback.retried_trial_number(trial)
+        number = retried if retried is not None else trial.number
+        run_dir = trial_dir(spec.out, method, batch, number)
+        cfg = trial_config(spec, method, batch, params)
+        total_steps = total_steps_of(cfg, spec.val_size, spec.nproc)
+        trial.set_user_attr("run_dir", str(run_dir))
+        trial.set_user_attr("overrides", params)
+        direction_error = spec.objective == "steps"
+        last = {}
+
+        def report(val_top1: float, step: int) -> bool:
+            last.update(val_top1=val_top1, steps=step)
+            trial.report(100.0 - val_top1 if direction_error else val_top1, step)
+            return trial.should_prune()
+
+        t0 = time.perf_counter()
+        try:
+            result = run_trial(cfg, run_dir, recipe=METHODS[method].recipe, nproc=spec.nproc, report=report,
+                               log_path=run_dir.parent / f"trial_{number:03d}.log")
+        except TrialDiverged as err:
+            trial.set_user_attr("trial_wall_s", time.perf_counter() - t0)
+            trial.set_user_attr("diverged", str(err))
+            progress(f"{name} trial {number}: diverged ({err})")
+            raise optuna.TrialPruned(f"diverged: {err}") from None
+        result = {**last, **{k: v for k, v in result.items() if v is not None}}
+        for key in ("top1", "val_top1", "best_val_top1", "steps", "steps_to_val_target", "images_to_val_target",
+                    "wall_s", "peak_lr"):
+            if result.get(key) is not None:
+                trial.set_user_attr(key, result[key])
+        wall = time.perf_counter() - t0
+        trial.set_user_attr("trial_wall_s", wall)
+        if result.get("pruned"):
+            progress(f"{name} trial {number}: pruned at step {result.get('steps', '?')} "
+                     f"(val top-1 {result.get('val_top1') or 0:.2f}%), {wall:.0f} s")
+            raise optuna.TrialPruned()
+        value = trial_value(result, spec, total_steps)
+        progress(f"{name} trial {number}: {'steps ' if spec.objective == 'steps' else 'val top-1 '}{value:.4g} "
+                 f"(val top-1 {result.get('val_top1') or 0:.2f}%, test {result.get('top1', float('nan')):.2f}%), {wall:.0f} s")
+        return value
+
+    study.optimize(objective, callbacks=[optuna.study.MaxTrialsCallback(
+        n_trials, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))],
+        catch=())
+
+
+def confirm_seeds(spec: TuneSpec, method: str, batch: int, storage, *, progress: Callable[[str], None]) -> None:
+    """Re-run the chosen trial of a cell with each further seed of ``spec.seeds`` (``confirm_sN``)."""
+    import optuna
+
+    study = optuna.load_study(study_name=study_name(method, batch, spec), storage=storage)
+    try:
+        best = study.best_trial
+    except ValueError:
+        return
+    params = list(best.user_attrs.get("overrides", []))
+    for seed in spec.seeds[1:]:
+        run_dir = Path(spec.out) / method / f"b{batch:06d}" / f"confirm_s{seed}"
+        if read_result(run_dir) is not None:
+            continue
+        cfg = trial_config(spec, method, batch, params, seed=seed)
+        result = run_trial(cfg, run_dir, recipe=METHODS[method].recipe, nproc=spec.nproc,
+                           report=lambda v, s: False, log_path=run_dir.parent / f"confirm_s{seed}.log")
+        progress(f"{study_name(method, batch, spec)} seed {seed}: test top-1 {result.get('top1', float('nan')):.2f}%")
+
+
+def run_tuned_sweep(spec: TuneSpec, *, progress: Callable[[str], None] | None = None) -> list[dict]:
+    """Tune every (method, batch) cell that is not finished, confirm the chosen trials over the
+    further seeds, then write the tables and figures; returns the rows (see :func:`collect_tuned`).
+
+    Raises:
+        SweepError: before any trial, for a sweep that cannot run as asked.
+        RuntimeError: when a trial fails for a reason other than divergence (the same command resumes).
+    """
+    import optuna
+
+    from largebatch.config import ConfigError, resolve_stages
+
+    check_spec(spec)
+    import warnings
+
+    # Optuna marks set_metric_names and the retry callback experimental; the study does not depend on it
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning, module="optuna")
+    say = progress or (lambda line: print(f"largebatch sweep: {line}", file=sys.stderr, flush=True))
+    for method in spec.methods:  # every cell's config must resolve before any trial runs
+        for b in spec.batch_sizes:
+            try:
+                resolve_stages(trial_config(spec, method, b, []), spec.nproc)
+            except ConfigError as err:
+                raise SweepError(f"{method} at global batch {b}: {err}") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = _storage(spec)
+    say(f"study storage {spec.storage_url}; {len(spec.methods)} methods x {len(spec.batch_sizes)} batches, "
+        f"{spec.trials} trials per cell, objective {spec.objective}")
+    order = sorted(spec.methods, key=lambda m: m not in FIXED_METHODS)  # goyal's base cell before its rule
+    for method in order:
+        cells = sorted(spec.batch_sizes)
+        for b in cells:
+            tune_cell(spec, method, b, storage, progress=say)
+            confirm_seeds(spec, method, b, storage, progress=say)
+    rows = collect_tuned(spec, storage)
+    write_tuned_outputs(spec, rows)
+    return rows
+
+
+def collect_tuned(spec: TuneSpec, storage=None) -> list[dict]:
+    """One row per (method, global batch) with a finished trial: the chosen (best) trial's number,
+    hyperparameters, steps to the validation target, validation and test top-1 (seed 0, and the mean
+    and spread over the confirmed seeds), trials finished and pruned."""
+    import statistics
+
+    import optuna
+
+    storage = storage or _storage(spec)
+    rows = []
+    for method in spec.methods:
+        for b in sorted(spec.batch_sizes):
+            try:
+                study = optuna.load_study(study_name=study_name(method, b, spec), storage=storage)
+            except KeyError:
+                continue
+            trials = _finished(study)
+            complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+            if not complete:
+                continue
+            best = study.best_trial
+            tests = [best.user_attrs.get("top1")]
+            for seed in spec.seeds[1:]:
+                r = read_result(Path(spec.out) / method / f"b{b:06d}" / f"confirm_s{seed}")
+                if r is not None:
+                    tests.append(r.get("top1"))
+            tests = [t for t in tests if t is not None]
+            reached = [t.user_attrs["steps_to_val_target"] for t in complete
+                       if t.user_attrs.get("steps_to_val_target") is not None]
+            rows.append({
+                "method": method, "global_batch_size": b, "trial": best.number,
+                "params": {k: round(v, 6) for k, v in best.params.items()},
+                "overrides": best.user_attrs.get("overrides", []),
+                "value": best.value,
+                "steps_to_target": min(reached) if reached else None,
+                "val_top1": best.user_attrs.get("val_top1"),
+                "test_top1": tests[0] if tests else None,
+                "test_top1_mean": statistics.fmean(tests) if tests else None,
+                "test_top1_min": min(tests) if tests else None, "test_top1_max": max(tests) if tests else None,
+                "seeds": len(tests),
+                "trials": len(trials), "pruned": len(trials) - len(complete),
+                "diverged": sum(1 for t in trials if "diverged" in t.user_attrs),
+                "wall_s": sum(t.user_attrs.get("trial_wall_s", 0.0) for t in trials),
+                "run_dir": best.user_attrs.get("run_dir"),
+            })
+    return rows
+
+
+def write_tuned_outputs(spec: TuneSpec, rows: list[dict]) -> None:
+    """``tuned.json`` and ``tuned.md`` (best trial per cell), and the figure of the objective:
+    ``steps_to_target.png`` (Shallue et al. Fig. 1, with the McCandlish et al. fit per method) or
+    ``equal_epochs.png`` (test error against batch, Goyal et al. Fig. 1)."""
+    from largebatch.study.scaling import fit_steps_to_target
+
+    out = Path(spec.out)
+    out.mkdir(parents=True, exist_ok=True)
+    fits = {}
+    if spec.objective == "steps":
+        for method in spec.methods:
+            pts = [(r["global_batch_size"], r["steps_to_target"]) for r in rows
+                   if r["method"] == method and r["steps_to_target"] is not None]
+            if len(pts) >= 3:
+                fits[method] = fit_steps_to_target([b for b, _ in pts], [s for _, s in pts]).as_dict()
+    (out / "tuned.json").write_text(json.dumps({"spec": {
+        "methods": spec.methods, "batch_sizes": spec.batch_sizes, "epochs": spec.epochs, "trials": spec.trials,
+        "objective": spec.objective, "target_val_top1": spec.target_val_top1, "val_size": spec.val_size,
+        "evals_per_epoch": spec.evals_per_epoch, "pruner": spec.pruner, "seeds": list(spec.seeds),
+        "overrides": list(spec.overrides), "nproc": spec.nproc}, "rows": rows, "fits": fits}, indent=1) + "\n")
+    head = ("steps to val top-1 " + f"{spec.target_val_top1:g}%" if spec.objective == "steps"
+            else f"val top-1 after {spec.epochs} epochs")
+    lines = [f"Best trial per cell by {head} ({spec.trials} trials per tuned cell, pruner {spec.pruner}, "
+             f"validation split {spec.val_size} images); test top-1 of that trial (mean [min, max] over "
+             f"{len(spec.seeds)} seed(s)).", "",
+             "| method | global batch | trial | hyperparameters | steps to target | val top-1 | test top-1 | "
+             "trials (pruned, diverged) | CPU min |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        params = ", ".join(f"{k} {v:.4g}" for k, v in r["params"].items()) or "rule: " + " ".join(r["overrides"])
+        test = ("" if r["test_top1_mean"] is None else
+                f"{r['test_top1_mean']:.2f}" + (f" [{r['test_top1_min']:.2f}, {r['test_top1_max']:.2f}]"
+                                                 if r["seeds"] > 1 else ""))
+        lines.append(f"| {r['method']} | {r['global_batch_size']} | {r['trial']} | {params} | "
+                     f"{r['steps_to_target'] if r['steps_to_target'] is not None else 'not reached'} | "
+                     f"{(r['val_top1'] or 0):.2f} | {test} | {r['trials']} ({r['pruned']}, {r['diverged']}) | "
+                     f"{r['wall_s'] * spec.nproc / 60:.1f} |")
+    for method, fit in fits.items():
+        lines.append("")
+        lines.append(f"{method}: S = S_min (1 + B_noise / B) fit: S_min {fit['s_min']:.1f} +- {fit['s_min_se']:.1f} "
+                     f"steps, B_noise (critical batch) {fit['b_noise']:.0f} +- {fit['b_noise_se']:.0f} images")
+    (out / "tuned.md").write_text("\n".join(lines) + "\n")
+    _plot(spec, rows, fits, out)
+
+
+def _plot(spec: TuneSpec, rows: list[dict], fits: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    batches = sorted({r["global_batch_size"] for r in rows})
+    if spec.objective == "steps":
+        for m in methods:
+            pts = sorted((r["global_batch_size"], r["steps_to_target"]) for r in rows
+                         if r["method"] == m and r["steps_to_target"] is not None)
+            if not pts:
+                continue
+            line, = ax.plot([b for b, _ in pts], [s for _, s in pts], marker="o", label=METHODS[m].label)
+            if m in fits:
+                f = fits[m]
+                xs = [batches[0] * (batches[-1] / batches[0]) ** (i / 50) for i in range(51)]
+                ax.plot(xs, [f["s_min"] * (1 + f["b_noise"] / x) for x in xs], ls=":", color=line.get_color())
+        best = {}
+        for r in rows:
+            if r["steps_to_target"] is not None:
+                b = r["global_batch_size"]
+                best[b] = min(best.get(b, math.inf), r["steps_to_target"])
+        if best:
+            b0 = min(best)
+            ax.plot(batches, [best[b0] * b0 / b for b in batches], color="gray", ls="--", lw=1,
+                    label="perfect scaling (steps x batch constant)")
+        ax.set_yscale("log")
+        ax.set_ylabel(f"steps to val top-1 {spec.target_val_top1:g}%")
+        ax.set_title("Steps to target against global batch (as Shallue et al. 2018, Fig. 1)")
+    else:
+        for m in methods:
+            pts = sorted((r["global_batch_size"], 100 - r["test_top1_mean"]) for r in rows
+                         if r["method"] == m and r["test_top1_mean"] is not None)
+            ax.plot([b for b, _ in pts], [e for _, e in pts], marker="o", label=METHODS[m].label)
+        ax.set_ylabel(f"test error after {spec.epochs} epochs (%), chosen on validation")
+        ax.set_title("Error against global batch at equal epochs (as Goyal et al. 2017, Fig. 1)")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(batches, [f"{b // 1024}k" if b >= 1024 and b % 1024 == 0 else str(b) for b in batches])
+    ax.set_xlabel("global batch size (images)")
+    ax.grid(True, which="both", alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / ("steps_to_target.png" if spec.objective == "steps" else "equal_epochs.png"), dpi=120)
+    plt.close(fig)
