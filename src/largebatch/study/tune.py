@@ -307,9 +307,10 @@ def _storage(spec: TuneSpec):
     kwargs = {}
     if spec.storage_url.startswith("sqlite"):
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+    # Optuna 4.9 renamed the retry callback; older 4.x releases have only the first name
+    retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
     return optuna.storages.RDBStorage(spec.storage_url, heartbeat_interval=30, grace_period=120,
-                                      failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=3),
-                                      **kwargs)
+                                      failed_trial_callback=retry(max_retry=3), **kwargs)
 
 
 def _finished(study) -> list:
@@ -358,8 +359,8 @@ def total_steps_of(cfg, val_size: int, nproc: int) -> int:
 def tune_cell(spec: TuneSpec, method: str, batch: int, storage, *, progress: Callable[[str], None]) -> None:
     """Run the missing trials of one (method, global batch) study."""
     import optuna
-    from optuna.storages import RetryFailedTrialCallback
 
+    retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
     fixed = method in FIXED_METHODS and not (method == "goyal" and batch == spec.base_batch)
     n_trials = 1 if fixed else spec.trials
     name = study_name(method, batch, spec)
@@ -377,7 +378,7 @@ def tune_cell(spec: TuneSpec, method: str, batch: int, storage, *, progress: Cal
 
     def objective(trial) -> float:
         params = fixed_overrides or space(trial, spec.epochs, batch)
-        retried = RetryFailedTrialCallback.retried_trial_number(trial)
+        retried = retry.retried_trial_number(trial)
         number = retried if retried is not None else trial.number
         run_dir = trial_dir(spec.out, method, batch, number)
         cfg = trial_config(spec, method, batch, params)

@@ -1,0 +1,106 @@
+"""``largebatch sweep --tune`` on real Fashion-MNIST (a 2,000-image subset): the search fills each
+cell's Optuna study with ordinary run directories, a second command resumes from the storage and
+runs only the missing trials, a pruned trial is stopped by SIGTERM at a validation evaluation, a
+diverging one is pruned and marked, and Goyal's cells carry the base batch's tuned LR by the rule."""
+
+import json
+import subprocess
+import sys
+
+import optuna
+import pytest
+
+from largebatch.study import tune
+from largebatch.study.tune import TuneSpec, run_tuned_sweep, study_name, trial_dir
+
+pytestmark = pytest.mark.e2e
+
+SUBSET = ("data.train_subset=2000", "data.test_subset=500", "train.log_every_steps=2")
+
+
+def spec_for(out, **kw):
+    args = dict(out=out, methods=["nesterov"], batch_sizes=[256, 512], epochs=1, trials=2, objective="steps",
+                target_val_top1=99.0, val_size=400, evals_per_epoch=2, pruner="none", overrides=SUBSET, nproc=1)
+    args.update(kw)
+    return TuneSpec(**args)
+
+
+def finished(out, spec, method, batch):
+    study = optuna.load_study(study_name=study_name(method, batch, spec), storage=f"sqlite:///{out / 'study.db'}")
+    return [t for t in study.get_trials() if t.state.is_finished()]
+
+
+def test_tuned_sweep_searches_carries_the_rule_and_resumes_from_the_storage(tmp_path):
+    out = tmp_path / "tune"
+    spec = spec_for(out, methods=["goyal", "no_scaling"])
+    rows = run_tuned_sweep(spec, progress=lambda line: None)
+    cells = {(r["method"], r["global_batch_size"]): r for r in rows}
+    # Goyal's reference LR is searched at the base (smallest) batch only; the rule carries it
+    assert {k: r["trials"] for k, r in cells.items()} == {("goyal", 256): 2, ("goyal", 512): 1,
+                                                          ("no_scaling", 256): 1, ("no_scaling", 512): 1}
+    base = finished(out, spec, "goyal", 256)
+    assert len({t.params["base_lr"] for t in base}) == 2  # two different draws
+    base_lr = min(base, key=lambda t: t.value).params["base_lr"]
+    mtimes = {}
+    for (method, b), row in cells.items():
+        (t,) = [t for t in finished(out, spec, method, b) if t.number == row["trial"]]
+        run = trial_dir(out, method, b, t.number)
+        summary = json.loads((run / "summary.json").read_text())
+        config = json.loads((run / "config.json").read_text())
+        assert config["data"]["val_size"] == 400 and summary["val_size"] == 400
+        assert summary["val_top1"] == pytest.approx(t.user_attrs["val_top1"])
+        # target 99% is not reached: the value is the run's steps plus the penalty for the gap
+        steps = (2000 - 400) // b
+        assert summary["steps"] == steps and summary["steps_to_val_target"] is None
+        assert t.value == pytest.approx(steps * (1 + (99.0 - summary["best_val_top1"]) / 100))
+        evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert [e["step"] for e in evals if e["kind"] == "eval"][-1] == steps
+        mtimes[run] = (run / "summary.json").stat().st_mtime_ns
+    assert cells["goyal", 512]["params"] == {} and summary  # a rule cell searches nothing
+    peak = {k: json.loads((trial_dir(out, *k, 0) / "summary.json").read_text())["peak_lr"]
+            for k in [("goyal", 512), ("no_scaling", 512)]}
+    assert peak["goyal", 512] == pytest.approx(base_lr * 512 / 256)  # the linear rule from the tuned LR
+    assert peak["no_scaling", 512] == pytest.approx(base_lr)  # the base batch's LR, unscaled
+    table = (out / "tuned.md").read_text()
+    assert "| goyal | 256 |" in table and (out / "steps_to_target.png").stat().st_size > 10_000
+
+    # the same command with a third trial per cell: one new run directory at the base batch (rule
+    # cells have their one trial), every earlier run untouched
+    rows = run_tuned_sweep(spec_for(out, methods=["goyal", "no_scaling"], trials=3), progress=lambda line: None)
+    assert [r["trials"] for r in rows] == [3, 1, 1, 1]
+    for run, mtime in mtimes.items():
+        assert (run / "summary.json").stat().st_mtime_ns == mtime
+    assert sorted(p.name for p in (out / "goyal" / "b000256").glob("trial_???")) == [
+        "trial_000", "trial_001", "trial_002"]
+
+
+def test_pruned_trial_stops_at_an_evaluation_and_diverged_trial_is_marked(tmp_path, monkeypatch):
+    out = tmp_path / "prune"
+    # a pruner that stops every trial at its first report: the trial's run gets SIGTERM there
+    monkeypatch.setattr(tune, "_pruner", lambda spec, warmup_steps: optuna.pruners.ThresholdPruner(upper=-1.0))
+    spec = spec_for(out, batch_sizes=[128], trials=1, evals_per_epoch=4)
+    assert run_tuned_sweep(spec, progress=lambda line: None) == []  # no completed trial: no row
+    (t,) = finished(out, spec, "nesterov", 128)
+    assert t.state == optuna.trial.TrialState.PRUNED and len(t.intermediate_values) >= 1
+    run = trial_dir(out, "nesterov", 128, t.number)
+    assert not (run / "summary.json").exists()  # stopped before its end
+    assert list((run / "checkpoints").glob("*.pt"))  # but it checkpointed at the step (SIGTERM, exit 75)
+
+    # a base LR of 1e5 diverges: the trial is pruned, marked diverged, and the study goes on
+    monkeypatch.setattr(tune, "_pruner", lambda spec, warmup_steps: optuna.pruners.NopPruner())
+    monkeypatch.setitem(tune.SPACES, "nesterov", lambda trial, epochs, batch: [
+        f"optim.base_lr={trial.suggest_float('base_lr', 1e5, 2e5)}", "train.nonfinite_policy=stop"])
+    spec = spec_for(out, batch_sizes=[256], trials=1)
+    run_tuned_sweep(spec, progress=lambda line: None)
+    (t,) = finished(out, spec, "nesterov", 256)
+    assert t.state == optuna.trial.TrialState.PRUNED and "diverged" in t.user_attrs
+
+
+def test_tune_refuses_bad_requests_before_any_trial(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "largebatch", "sweep", "--tune", "--methods", "nesterov,adam",
+                           "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "method 'adam' is unknown" in proc.stderr and "Traceback" not in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "largebatch", "sweep", "--tune", "--val-size", "0",
+                           "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "validation split" in proc.stderr
+    assert not (tmp_path / "x" / "study.db").exists()
