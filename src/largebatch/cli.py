@@ -1,4 +1,4 @@
-"""Command line: ``largebatch train | eval | recipes | simulate | data check | data prepare | sweep | advise``. Dispatch only; the work is in the packages.
+"""Command line: ``largebatch train | eval | recipes | simulate | data check | data prepare | sweep | critical-batch | advise``. Dispatch only; the work is in the packages.
 
 Exit status: 0 success, 1 a failure while running, 2 bad input (unknown key, wrong type,
 contradiction, missing data) found before any worker starts, 75 stopped by SIGTERM after writing a
@@ -135,7 +135,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if cfg.model.channels_last:
             model = model.to(memory_format=torch.channels_last)
         precision = choose_precision(cfg.train.precision, env.device)  # as the training's evaluations
-        result = evaluate(model, data, env, channels_last=cfg.model.channels_last,
+        result = evaluate(model, data, env, channels_last=cfg.model.channels_last, split=args.split,
                           batch_size=cfg.train.eval_batch_size, autocast_dtype=precision.autocast_dtype)
         result.update(checkpoint=str(args.checkpoint), step=ckpt["train_state"]["step"], recipe=cfg.recipe,
                       precision=precision.precision)
@@ -250,6 +250,24 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_critical_batch(args: argparse.Namespace) -> int:
+    from largebatch.config import ConfigError
+    from largebatch.study.branch import BranchError, run_branches
+
+    try:
+        report = run_branches(Path(args.run), Path(args.out or Path(args.run) / "critical_batch"),
+                              steps=args.steps, batch_sizes=args.batch_sizes, budget_images=args.budget_images,
+                              tolerance=args.tolerance, nproc=args.nproc, overrides=args.set)
+    except (BranchError, ConfigError) as err:
+        return _fail(str(err))
+    except RuntimeError as err:
+        return _fail(str(err), code=1)
+    from largebatch.study.branch import report_text
+
+    print(report_text(report))
+    return 0
+
+
 def cmd_advise(args: argparse.Namespace) -> int:
     from largebatch.config import ConfigError
     from largebatch.study.advise import advise
@@ -293,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on the test/validation split")
     p.add_argument("--checkpoint", required=True, help="a checkpoint file (runs/<run>/checkpoints/*.pt)")
+    p.add_argument("--split", default="test", choices=["test", "val"],
+                   help="test (default) or val: the data.val_size images held out of the training set")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
     p.set_defaults(func=cmd_eval)
 
@@ -349,6 +369,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Optuna storage URL (default sqlite:///OUT/study.db); a PostgreSQL or MySQL URL shared by "
                         "several machines runs one study on all of them")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("critical-batch", help="measure the critical batch size by branching short runs at several "
+                                              "batch sizes from checkpoints of a run (Merrill et al. 2025)")
+    p.add_argument("run", help="run directory of the reference run (its checkpoints/ and metrics.jsonl)")
+    p.add_argument("--steps", type=_int_list, default=None,
+                   help="comma-separated checkpoint steps to branch from (default: every checkpoint of the run)")
+    p.add_argument("--batch-sizes", type=_int_list, default=[128, 256, 512, 1024, 2048, 4096],
+                   help="comma-separated global batch sizes of the branches (default 128,...,4096)")
+    p.add_argument("--budget-images", type=int, default=32768,
+                   help="training images per branch, the same at every batch (default 32768)")
+    p.add_argument("--tolerance", type=float, default=0.2,
+                   help="a batch is below the critical one while it keeps 1 - tolerance of the smallest batch's "
+                        "loss reduction (default 0.2)")
+    p.add_argument("--nproc", type=int, default=1, help="worker processes per branch (default 1)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key in every branch")
+    p.add_argument("--out", default=None, help="study directory (default RUN/critical_batch); finished branches "
+                                               "there are kept")
+    p.set_defaults(func=cmd_critical_batch)
 
     p = sub.add_parser("advise", help="measure the gradient noise scale in a short probe; report the critical "
                                       "batch size, the linear-scaling range, GPUs and time to train")

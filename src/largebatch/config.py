@@ -238,6 +238,10 @@ class TrainConfig:
     val_target_top1: float = 0.0
     """Validation top-1 (percent) whose first crossing is recorded as steps_to_val_target without
     stopping (stop_at_val_top1 sets it too). 0: none."""
+    stop_after_images: int = 0
+    """End the run (final test evaluation and checkpoint) once this many training images have been
+    seen, mid-epoch if need be; the schedule is still laid out over train.epochs. A fixed data budget
+    for every batch size, as the branches of Merrill et al. 2025 use. 0: all epochs."""
     init_from: str = ""
     """A checkpoint (file) whose model weights and BN buffers start this run, with a fresh optimizer,
     schedule and step count: the branches of Merrill et al. 2025 ("Critical batch size revisited",
@@ -682,6 +686,8 @@ def resolve_stages(cfg: Config, world_size: int, *, local_world_size: int | None
         _check(0 <= value <= 100, f"train.{key}", value, "a percentage in [0, 100] (0: off)")
         _check(value == 0 or cfg.data.val_size > 0, f"train.{key}", value,
                "0 unless data.val_size > 0 (the target is on the validation split; set data.val_size=5000)")
+    _check(cfg.train.stop_after_images >= 0, "train.stop_after_images", cfg.train.stop_after_images,
+           "an integer >= 0 (0: off)")
     _check(cfg.train.val_every_steps >= 0, "train.val_every_steps", cfg.train.val_every_steps, "an integer >= 0 (0: off)")
     _check(cfg.train.val_every_steps == 0 or cfg.data.val_size > 0, "train.val_every_steps",
            cfg.train.val_every_steps, "0 unless data.val_size > 0 (set data.val_size=5000)")

@@ -275,6 +275,7 @@ def run_worker(cfg_dict: dict, out: str | None = None, resume: str | None = None
             "steps_to_val_target": state.steps_to_val_target,
             "images_to_val_target": state.images_to_val_target,
             "stopped_at_target": state.stopped_at_target,
+            "stopped_at_budget": state.stopped_at_budget,
             "init_from": cfg.train.init_from or None,
             **precision.as_dict(),
             # seconds of rank 0 before its first training step (this segment of the run)

@@ -81,6 +81,8 @@ class TrainState:
     """Training images seen by then (steps x global batch, summed over batch stages)."""
     stopped_at_target: bool = False
     """The run ended early because train.stop_at_val_top1 was reached."""
+    stopped_at_budget: bool = False
+    """The run ended early because train.stop_after_images images were seen."""
 
 
 class Preempted(Exception):
@@ -670,7 +672,7 @@ class Trainer:
         def wall_s() -> float:
             return wall_before + time.perf_counter() - wall_start
         try:
-            while st.epoch < t.epochs and not st.stopped_at_target:
+            while st.epoch < t.epochs and not (st.stopped_at_target or st.stopped_at_budget):
                 epoch = st.epoch
                 stage = self._stage_of(epoch)
                 if stage.index != self.stage.index:
@@ -716,6 +718,9 @@ class Trainer:
                             and self._evaluate_val(wall_s)):
                         st.stopped_at_target = True
                         break
+                    if t.stop_after_images and st.images_seen >= t.stop_after_images and not epoch_end:
+                        st.stopped_at_budget = True
+                        break
                     if st.step % t.log_every_steps == 0 or epoch_end:
                         # The one host sync of the interval: reduce the summed loss across ranks.
                         self._settle_nonfinite()
@@ -736,19 +741,25 @@ class Trainer:
                                      self.total_steps, epoch, loss, lr, ips)
                         interval_loss.zero_()
                         interval_steps, interval_counted, interval_t0 = 0, 0, now
-                if st.stopped_at_target:  # mid-epoch: the final test evaluation and checkpoint of the run
+                if st.stopped_at_target or st.stopped_at_budget:  # mid-epoch: the run's final evaluation and checkpoint
                     self._evaluate_and_log(wall_s)
                     st.train_wall_s = wall_s()
                     self.save()
                     break
                 st.epoch += 1
                 last = st.epoch == t.epochs
-                if last or st.epoch % t.eval_every_epochs == 0:
+                evaluated = last or st.epoch % t.eval_every_epochs == 0
+                if evaluated:
                     self._evaluate_and_log(wall_s)
                     if t.stop_at_val_top1 and st.steps_to_val_target is not None and not last:
                         st.stopped_at_target = True
                         log.info("stopping at the validation target (train.stop_at_val_top1=%g)", t.stop_at_val_top1)
                         last = True
+                if t.stop_after_images and st.images_seen >= t.stop_after_images and not last:
+                    st.stopped_at_budget = True
+                    last = True
+                    if not evaluated:
+                        self._evaluate_and_log(wall_s)
                 if last or st.epoch % t.checkpoint_every_epochs == 0 or stop_after_epoch or due_after_epoch:
                     st.train_wall_s = wall_s()
                     self.save()
