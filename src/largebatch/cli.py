@@ -226,7 +226,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         spec = TuneSpec(out=Path(args.out), methods=methods, batch_sizes=args.batch_sizes, epochs=args.epochs,
                         trials=args.trials, objective=args.objective, target_val_top1=args.target_val_top1,
                         val_size=args.val_size, evals_per_epoch=args.evals_per_epoch, pruner=args.pruner,
-                        storage=args.storage, seeds=tuple(args.seeds), overrides=tuple(args.set), nproc=args.nproc)
+                        storage=args.storage, seeds=tuple(args.seeds), overrides=tuple(args.set), nproc=args.nproc,
+                        epochs_at=tuple(args.epochs_at))
         try:
             run_tuned_sweep(spec)
         except (SweepError, ConfigError, KeyError) as err:
@@ -248,6 +249,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print((out / "sweep.md").read_text() if rows else "no finished runs")
     print(f"table {out / 'sweep.md'}, {out / 'sweep.csv'}; figure {out / 'sweep.png'}")
     return 0
+
+
+def _batch_epochs(text: str) -> list[tuple[int, int]]:
+    """``B=E,B=E`` pairs of --epochs-at."""
+    try:
+        pairs = [item.split("=") for item in text.split(",") if item]
+        return [(int(b), int(e)) for b, e in pairs]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not B=E,... (e.g. 4096=16,8192=32)") from None
 
 
 def cmd_critical_batch(args: argparse.Namespace) -> int:
@@ -365,6 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="validation evaluations per epoch: the resolution of steps to target (default 4)")
     g.add_argument("--pruner", default="median", choices=["median", "halving", "none"],
                    help="early stopping of trials that fall behind (default median)")
+    g.add_argument("--epochs-at", type=_batch_epochs, default=[], metavar="B=E,...",
+                   help="epochs at given global batches instead of --epochs, e.g. 4096=16,8192=32 (larger batches "
+                        "need more epochs to reach the target)")
     g.add_argument("--storage", default="",
                    help="Optuna storage URL (default sqlite:///OUT/study.db); a PostgreSQL or MySQL URL shared by "
                         "several machines runs one study on all of them")

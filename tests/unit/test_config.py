@@ -180,3 +180,22 @@ def test_data_check_uses_the_largest_stage(monkeypatch):
     cfg = apply_overrides(get_recipe(DEFAULT_RECIPE), ["data.name=synthetic", "data.synthetic_train_samples=1024", SCHED])
     with pytest.raises(ConfigError, match=r"train.batch_schedule\[1\].global_batch_size=2048 exceeds the 1024"):
         check_data(cfg)
+
+
+def test_switching_optim_name_takes_the_reference_lr_unless_an_lr_key_is_given():
+    from largebatch.config import REFERENCE_LRS, apply_overrides
+    from largebatch.recipes import get_recipe
+
+    base = get_recipe("goyal2017_fashion_mnist")  # SGD, 0.4 per 256
+    for name, ref in REFERENCE_LRS.items():
+        cfg = apply_overrides(base, [f"optim.name={name}"])
+        want = (base.optim.base_lr, base.optim.base_batch_size, base.optim.lr_scaling) if name == base.optim.name \
+            else (ref.base_lr, ref.base_batch_size, ref.lr_scaling)
+        assert (cfg.optim.base_lr, cfg.optim.base_batch_size, cfg.optim.lr_scaling) == want, name
+    given = apply_overrides(base, ["optim.name=lars", "optim.base_lr=1.5"])
+    assert (given.optim.base_lr, given.optim.base_batch_size, given.optim.lr_scaling) == (1.5, 256, "linear")
+    scaled = apply_overrides(base, ["optim.name=lamb", "optim.lr_scaling=none"])
+    assert (scaled.optim.base_lr, scaled.optim.lr_scaling) == (0.4, "none")  # one LR key given: all kept
+    # a recipe already on LARS keeps its own LR when the name is restated
+    lars = get_recipe("mlperf_lars_fashion_mnist")
+    assert apply_overrides(lars, ["optim.name=lars"]).optim.base_lr == lars.optim.base_lr

@@ -123,6 +123,13 @@ class TuneSpec:
     seeds: tuple[int, ...] = (0,)
     overrides: tuple[str, ...] = ()
     nproc: int = 1
+    epochs_at: tuple[tuple[int, int], ...] = ()
+    """(global batch, epochs) pairs that replace ``epochs`` at those batches: larger batches need more
+    epochs to reach a target (Shallue et al. give every batch its own step budget)."""
+
+    def epochs_for(self, batch: int) -> int:
+        """Epochs of the runs at ``batch``."""
+        return dict(self.epochs_at).get(batch, self.epochs)
 
     @property
     def base_batch(self) -> int:
@@ -134,7 +141,7 @@ class TuneSpec:
 
 
 def study_name(method: str, batch: int, spec: TuneSpec) -> str:
-    return f"{method}-b{batch}-{spec.objective}-e{spec.epochs}"
+    return f"{method}-b{batch}-{spec.objective}-e{spec.epochs_for(batch)}"
 
 
 def trial_dir(out: Path, method: str, batch: int, number: int) -> Path:
@@ -153,6 +160,8 @@ def check_spec(spec: TuneSpec) -> None:
         raise SweepError(f"--val-size {spec.val_size}: tuning needs a validation split (e.g. 5000)")
     if not 0 < spec.target_val_top1 <= 100:
         raise SweepError(f"--target-val-top1 {spec.target_val_top1}: a percentage in (0, 100]")
+    if spec.epochs < 1 or any(e < 1 for _, e in spec.epochs_at):
+        raise SweepError("--epochs and every --epochs-at value must be at least 1")
     unknown = [m for m in spec.methods if m not in METHODS]
     if unknown:
         raise SweepError(f"method {unknown[0]!r} is unknown; accepted: {', '.join(METHODS)}")
@@ -172,7 +181,7 @@ def trial_config(spec: TuneSpec, method: str, batch: int, params_overrides: list
 
     from largebatch.config import apply_overrides
 
-    cfg = run_config(method, batch, seed, spec.epochs, list(spec.overrides))
+    cfg = run_config(method, batch, seed, spec.epochs_for(batch), list(spec.overrides))
     n_train = _train_images(cfg, spec.val_size)
     steps_per_epoch = max(1, n_train // cfg.train.global_batch_size)
     run = [f"data.val_size={spec.val_size}",
@@ -330,8 +339,7 @@ def fixed_params(spec: TuneSpec, storage, method: str) -> list[str]:
     """
     import optuna
 
-    base = optuna.load_study(study_name="goyal-b%d-%s-e%d" % (spec.base_batch, spec.objective, spec.epochs),
-                             storage=storage)
+    base = optuna.load_study(study_name=study_name("goyal", spec.base_batch, spec), storage=storage)
     try:
         best = base.best_trial
     except ValueError:
@@ -377,7 +385,7 @@ def tune_cell(spec: TuneSpec, method: str, batch: int, storage, *, progress: Cal
     space = SPACES.get(method, _space_goyal_base)
 
     def objective(trial) -> float:
-        params = fixed_overrides or space(trial, spec.epochs, batch)
+        params = fixed_overrides or space(trial, spec.epochs_for(batch), batch)
         retried = retry.retried_trial_number(trial)
         number = retried if retried is not None else trial.number
         run_dir = trial_dir(spec.out, method, batch, number)
@@ -547,7 +555,7 @@ def write_tuned_outputs(spec: TuneSpec, rows: list[dict]) -> None:
             if len(pts) >= 3:
                 fits[method] = fit_steps_to_target([b for b, _ in pts], [s for _, s in pts]).as_dict()
     (out / "tuned.json").write_text(json.dumps({"spec": {
-        "methods": spec.methods, "batch_sizes": spec.batch_sizes, "epochs": spec.epochs, "trials": spec.trials,
+        "methods": spec.methods, "batch_sizes": spec.batch_sizes, "epochs": spec.epochs, "epochs_at": dict(spec.epochs_at), "trials": spec.trials,
         "objective": spec.objective, "target_val_top1": spec.target_val_top1, "val_size": spec.val_size,
         "evals_per_epoch": spec.evals_per_epoch, "pruner": spec.pruner, "seeds": list(spec.seeds),
         "overrides": list(spec.overrides), "nproc": spec.nproc}, "rows": rows, "fits": fits}, indent=1) + "\n")

@@ -1,0 +1,94 @@
+"""Steps to a validation target, a fixed image budget, starting from a checkpoint's weights, and
+``largebatch critical-batch`` branching from checkpoints (real Fashion-MNIST, a 2,000-image subset)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from largebatch.study.branch import critical_from_reductions
+from largebatch.train.checkpoint import load_checkpoint
+
+pytestmark = pytest.mark.e2e
+
+SUBSET = ["--set", "data.train_subset=2000", "--set", "data.test_subset=500", "--set", "data.val_size=400",
+          "--set", "train.log_every_steps=2", "--set", "optim.base_lr=0.1", "--set", "train.noise_scale=false"]
+
+
+def train(out, *sets, nproc=1, resume=False):
+    cmd = [sys.executable, "-m", "largebatch", "train", "--nproc", str(nproc), "--out", str(out), *SUBSET]
+    for item in sets:
+        cmd += ["--set", item]
+    if resume:
+        cmd += ["--resume", "auto"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((out / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "run"
+    train(out, "train.epochs=2", "train.global_batch_size=128", "train.keep_checkpoints=4")
+    return out
+
+
+def test_stop_at_the_validation_target_records_steps_and_a_resume_does_nothing(reference, tmp_path):
+    evals = [json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()]
+    curve = [(e["step"], e["val_top1"]) for e in evals if e["kind"] == "eval"]
+    target = curve[0][1] - 0.01  # reached at the first evaluation of a run evaluating every 3 steps
+    out = tmp_path / "stop"
+    s = train(out, "train.epochs=2", "train.global_batch_size=128", "train.val_every_steps=3",
+              f"train.stop_at_val_top1={target}")
+    val = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    first = next(e for e in val if e["kind"] == "eval" and e["val_top1"] >= target)
+    assert s["stopped_at_target"] and s["steps_to_val_target"] == first["step"] == s["steps"] < 2 * (1600 // 128)
+    assert s["images_to_val_target"] == s["steps"] * 128 and s["top1"] > 0  # the test split evaluated at the stop
+    again = train(out, "train.epochs=2", "train.global_batch_size=128", "train.val_every_steps=3",
+                  f"train.stop_at_val_top1={target}", resume=True)
+    assert again["steps"] == s["steps"]  # a finished run stays finished
+
+
+def test_init_from_and_the_image_budget(reference, tmp_path):
+    (ckpt, *_) = sorted((reference / "checkpoints").glob("ckpt_step*.pt"))
+    out = tmp_path / "branch"
+    s = train(out, f"train.init_from={ckpt}", "train.epochs=3", "train.global_batch_size=256",
+              "train.stop_after_images=1024", "optim.base_lr=1e-30", "optim.weight_decay=0", "schedule.warmup_epochs=0")
+    assert s["stopped_at_budget"] and s["steps"] == 4 and s["init_from"] == str(ckpt)
+    start, end = load_checkpoint(ckpt)["model"], load_checkpoint(sorted((out / "checkpoints").glob("*.pt"))[-1])["model"]
+    for name, w in start.items():  # an LR of 1e-30 moves nothing: the run started from the checkpoint's weights
+        if w.is_floating_point() and "running" not in name:
+            assert torch.equal(w, end[name]), name
+    with pytest.raises(AssertionError, match="train.init_from"):
+        train(tmp_path / "bad", "train.init_from=/nonexistent.pt", "train.epochs=1")
+
+
+def test_critical_batch_branches_every_batch_on_the_same_budget(reference, tmp_path):
+    steps = sorted(int(p.stem.removeprefix("ckpt_step")) for p in (reference / "checkpoints").glob("*.pt"))
+    out = tmp_path / "cb"
+    cmd = [sys.executable, "-m", "largebatch", "critical-batch", str(reference), "--steps", str(steps[0]),
+           "--batch-sizes", "64,256", "--budget-images", "1024", "--out", str(out),
+           "--set", "data.train_subset=2000", "--set", "data.test_subset=500"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "critical_batch.json").read_text())
+    (point,) = report["points"]
+    assert point["step"] == steps[0] and [b["batch"] for b in point["branches"]] == [64, 256]
+    assert [b["steps"] for b in point["branches"]] == [16, 4]  # the same 1024 images at each batch
+    for b in point["branches"]:  # linear and square-root LRs tried, the better counted
+        assert set(b["losses"]) == {"linear", "sqrt"} and b["best_val_loss"] == min(b["losses"].values())
+        run = out / f"step{steps[0]:08d}" / f"b{b['batch']:06d}_linear"
+        assert json.loads((run / "summary.json").read_text())["steps"] == b["steps"]
+    assert "measured B_crit" in proc.stdout
+    bad = subprocess.run([sys.executable, "-m", "largebatch", "critical-batch", str(reference), "--steps", "99999"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "no checkpoint at step(s) [99999]" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_critical_batch_reading_of_reductions():
+    # halving the reduction's share: 1.0, 0.95, 0.7 (below 80% of 1.0) -> between 256 and 512 on log2 B
+    assert critical_from_reductions([128, 256, 512], [1.0, 0.95, 0.7], 0.2) == pytest.approx(2 ** (8 + 0.15 / 0.25))
+    assert critical_from_reductions([128, 256], [1.0, 0.9], 0.2) == 256.0  # every batch passes: a lower bound
+    assert critical_from_reductions([128, 256], [-0.1, 0.5], 0.2) is None  # the smallest batch did not learn
