@@ -49,7 +49,8 @@ REFERENCE_LRS: dict[str, ReferenceLR] = {
     # The Fashion-MNIST ResNet-8 of the CPU recipes; docs/optimizers.md says where each was chosen.
     "sgd": ReferenceLR(0.4, 256, "linear", "goyal2017_fashion_mnist: tuned at 512 on the default recipe (docs/recipes.md)"),
     "lars": ReferenceLR(2.5, 256, "linear", "you2018_lars_fashion_mnist (trust coefficient 0.001)"),
-    "lamb": ReferenceLR(0.02, 2048, "sqrt", "lamb_fashion_mnist (You et al. 2019 sec. 4: square-root scaling)"),
+    "lamb": ReferenceLR(0.01, 256, "linear", "chosen at 512 on the default recipe in 2 epochs: 0.005-0.0075 per 256 "
+                        "trained slower, 0.015 diverged (docs/optimizers.md)"),
     "rmsprop_warmup": ReferenceLR(0.4, 256, "linear", "akiba2017_fashion_mnist (eta_base of the SGD phase)"),
 }
 """The LR each optimizer takes when ``--set optim.name=NAME`` switches a recipe's optimizer and no

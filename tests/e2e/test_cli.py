@@ -447,13 +447,15 @@ def test_forced_bf16_and_a_validation_split_from_the_cli(tmp_path):
 @pytest.mark.parametrize("name", ["sgd", "lars", "lamb", "rmsprop_warmup"])
 def test_switching_the_optimizer_takes_its_reference_lr_and_trains(tmp_path, name):
     """``--set optim.name=NAME`` on the default recipe takes NAME's reference LR (REFERENCE_LRS) and
-    reaches 80% test top-1 in 2 epochs on the whole training set (precision auto: bf16 where the
-    CPU has it)."""
+    reaches 80% test top-1 in 2 epochs on the whole training set, the recipe's schedule scaled to 2
+    epochs (precision auto: bf16 where the CPU has it)."""
     from largebatch.config import REFERENCE_LRS
 
     env = {k: v for k, v in os.environ.items() if k != "LARGEBATCH_CPU_BF16"}
     proc = subprocess.run([sys.executable, "-m", "largebatch", "train", "--set", f"optim.name={name}",
                            "--set", "train.epochs=2", "--set", "data.test_subset=2000", "--set", "train.noise_scale=false",
+                           # the recipe's schedule scaled from its 9 epochs to 2 (as `largebatch sweep` scales it)
+                           "--set", "schedule.warmup_epochs=0.111", "--set", "schedule.decay_epochs=[1.0,1.556,1.889]",
                            "--out", str(tmp_path / name)], capture_output=True, text=True, timeout=900,
                           env=dict(env, PYTHONUNBUFFERED="1"))
     assert proc.returncode == 0, proc.stderr[-3000:]
