@@ -267,7 +267,8 @@ def cmd_critical_batch(args: argparse.Namespace) -> int:
     try:
         report = run_branches(Path(args.run), Path(args.out or Path(args.run) / "critical_batch"),
                               steps=args.steps, batch_sizes=args.batch_sizes, budget_images=args.budget_images,
-                              tolerance=args.tolerance, nproc=args.nproc, overrides=args.set)
+                              tolerance=args.tolerance, min_reduction=args.min_reduction, nproc=args.nproc,
+                              overrides=args.set)
     except (BranchError, ConfigError) as err:
         return _fail(str(err))
     except RuntimeError as err:
@@ -395,6 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tolerance", type=float, default=0.2,
                    help="a batch is below the critical one while it keeps 1 - tolerance of the smallest batch's "
                         "loss reduction (default 0.2)")
+    p.add_argument("--min-reduction", type=float, default=0.02,
+                   help="validation loss reduction (nats) the smallest batch's branch must exceed for a reading; "
+                        "below it the point is reported as not resolved (default 0.02)")
     p.add_argument("--nproc", type=int, default=1, help="worker processes per branch (default 1)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key in every branch")
     p.add_argument("--out", default=None, help="study directory (default RUN/critical_batch); finished branches "

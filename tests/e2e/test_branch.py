@@ -69,7 +69,7 @@ def test_critical_batch_branches_every_batch_on_the_same_budget(reference, tmp_p
     steps = sorted(int(p.stem.removeprefix("ckpt_step")) for p in (reference / "checkpoints").glob("*.pt"))
     out = tmp_path / "cb"
     cmd = [sys.executable, "-m", "largebatch", "critical-batch", str(reference), "--steps", str(steps[0]),
-           "--batch-sizes", "64,256", "--budget-images", "1024", "--out", str(out),
+           "--batch-sizes", "64,256", "--budget-images", "1024", "--min-reduction", "0", "--out", str(out),
            "--set", "data.train_subset=2000", "--set", "data.test_subset=500"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -92,3 +92,4 @@ def test_critical_batch_reading_of_reductions():
     assert critical_from_reductions([128, 256, 512], [1.0, 0.95, 0.7], 0.2) == pytest.approx(2 ** (8 + 0.15 / 0.25))
     assert critical_from_reductions([128, 256], [1.0, 0.9], 0.2) == 256.0  # every batch passes: a lower bound
     assert critical_from_reductions([128, 256], [-0.1, 0.5], 0.2) is None  # the smallest batch did not learn
+    assert critical_from_reductions([128, 256], [0.01, 0.005], 0.2, min_reduction=0.02) is None  # within the noise

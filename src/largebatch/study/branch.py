@@ -89,13 +89,16 @@ def branch_points(run_dir: Path, steps: list[int] | None) -> list[BranchPoint]:
     return points
 
 
-def critical_from_reductions(batch_sizes: list[int], reductions: list[float], tolerance: float) -> float | None:
+def critical_from_reductions(batch_sizes: list[int], reductions: list[float], tolerance: float,
+                             min_reduction: float = 0.0) -> float | None:
     """The largest batch whose loss reduction is at least ``(1 - tolerance)`` of the smallest batch's,
     interpolated on log2 B to where the reduction crosses that level; None when the smallest batch
-    did not reduce the loss. The largest batch itself when every batch passes (a lower bound)."""
+    reduced the loss by no more than ``min_reduction`` (nats): the branches cannot tell the batches
+    apart from the evaluation's noise. The largest batch itself when every batch passes (a lower
+    bound)."""
     pts = sorted(zip(batch_sizes, reductions))
     ref = pts[0][1]
-    if not ref > 0:
+    if not ref > max(0.0, min_reduction):
         return None
     level = (1 - tolerance) * ref
     for (b0, r0), (b1, r1) in zip(pts, pts[1:]):
@@ -127,7 +130,7 @@ def _val_loss_at(run_dir: Path) -> float | None:
 
 
 def run_branches(reference: Path, out: Path, *, steps: list[int] | None, batch_sizes: list[int], budget_images: int,
-                 tolerance: float = 0.2, nproc: int = 1, overrides: list[str] = (),
+                 tolerance: float = 0.2, min_reduction: float = 0.02, nproc: int = 1, overrides: list[str] = (),
                  progress: Callable[[str], None] | None = None) -> dict:
     """Branch every (checkpoint, batch, LR rule) that has no result under ``out``, then write
     ``critical_batch.json`` and ``critical_batch.md``; returns the report (see the module docstring).
@@ -197,7 +200,7 @@ def run_branches(reference: Path, out: Path, *, steps: list[int] | None, batch_s
                 f"{_val_loss_at(run_dir) if proc.returncode == 0 else 'diverged'}")
         if p.step not in base_loss:
             base_loss[p.step] = _checkpoint_val_loss(p, ref_cfg, val_size, nproc, out)
-    report = _report(points, plan, out, base_loss, batch_sizes, budget_images, tolerance, ref_batch)
+    report = _report(points, plan, out, base_loss, batch_sizes, budget_images, tolerance, ref_batch, min_reduction)
     (out / "critical_batch.json").write_text(json.dumps(report, indent=1) + "\n")
     (out / "critical_batch.md").write_text(report_text(report) + "\n")
     return report
@@ -224,7 +227,8 @@ def _checkpoint_val_loss(point: BranchPoint, ref_cfg, val_size: int, nproc: int,
     return result["loss"]
 
 
-def _report(points, plan, out: Path, base_loss: dict, batch_sizes, budget_images, tolerance, ref_batch) -> dict:
+def _report(points, plan, out: Path, base_loss: dict, batch_sizes, budget_images, tolerance, ref_batch,
+            min_reduction: float) -> dict:
     rows = []
     for p in points:
         per_batch = {}
@@ -241,13 +245,15 @@ def _report(points, plan, out: Path, base_loss: dict, batch_sizes, budget_images
             entry["best_val_loss"] = min(finite) if finite else None
             entry["reduction"] = (base_loss[p.step] - entry["best_val_loss"]) if finite else -math.inf
         entries = [per_batch[b] for b in sorted(per_batch)]
-        b_crit = critical_from_reductions([e["batch"] for e in entries], [e["reduction"] for e in entries], tolerance)
+        b_crit = critical_from_reductions([e["batch"] for e in entries], [e["reduction"] for e in entries], tolerance,
+                                          min_reduction)
         rows.append({"step": p.step, "checkpoint": str(p.checkpoint), "lr": p.lr, "val_loss_at_checkpoint": base_loss[p.step],
                      "branches": entries, "critical_batch": b_crit,
                      "critical_batch_is_lower_bound": b_crit == float(max(batch_sizes)),
                      "b_simple": p.b_simple,
                      "ratio_b_simple_to_measured": (p.b_simple / b_crit) if (p.b_simple and b_crit) else None})
     return {"reference_batch": ref_batch, "budget_images": budget_images, "tolerance": tolerance,
+            "min_reduction": min_reduction,
             "batch_sizes": sorted(batch_sizes), "points": rows}
 
 
@@ -263,12 +269,14 @@ def report_text(report: dict) -> str:
         cells = []
         for e in r["branches"]:
             cells.append("diverged" if e["best_val_loss"] is None else f"{e['reduction']:+.3f}")
-        crit = "n/a" if r["critical_batch"] is None else (
+        crit = "not resolved" if r["critical_batch"] is None else (
             f">= {r['critical_batch']:.0f}" if r["critical_batch_is_lower_bound"] else f"{r['critical_batch']:.0f}")
         ratio = "" if r["ratio_b_simple_to_measured"] is None else f"{r['ratio_b_simple_to_measured']:.2f}"
         b_simple = "" if r["b_simple"] is None else f"{r['b_simple']:.0f}"
         lines.append(f"| {r['step']} | {r['val_loss_at_checkpoint']:.4f} | " + " | ".join(cells) +
                      f" | {crit} | {b_simple} | {ratio} |")
     lines.append("")
-    lines.append("Cells: validation loss reduction of each batch's branch over the same images (higher is better).")
+    lines.append("Cells: validation loss reduction of each batch's branch over the same images (higher is better). "
+                 f"Not resolved: the smallest batch reduced the loss by at most {report.get('min_reduction', 0):g}, "
+                 "within the evaluation's noise; give a larger --budget-images.")
     return "\n".join(lines)
