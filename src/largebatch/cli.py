@@ -230,6 +230,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                         epochs_at=tuple(args.epochs_at))
         try:
             run_tuned_sweep(spec)
+        except KeyboardInterrupt:
+            print(f"largebatch sweep: interrupted; the running trial checkpointed. The same command continues the "
+                  f"study from {spec.storage_url}", file=sys.stderr)
+            return 75
         except (SweepError, ConfigError, KeyError) as err:
             return _fail(err.args[0] if isinstance(err, KeyError) else str(err))
         except RuntimeError as err:

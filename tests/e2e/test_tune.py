@@ -104,3 +104,35 @@ def test_tune_refuses_bad_requests_before_any_trial(tmp_path):
                            "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "validation split" in proc.stderr
     assert not (tmp_path / "x" / "study.db").exists()
+
+
+def test_sigterm_to_the_sweep_checkpoints_the_trial_and_the_same_command_resumes_it(tmp_path):
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "sig"
+    cmd = [sys.executable, "-m", "largebatch", "sweep", "--tune", "--methods", "nesterov", "--batch-sizes", "128",
+           "--epochs", "2", "--trials", "1", "--val-size", "400", "--target-val-top1", "99", "--pruner", "none",
+           "--evals-per-epoch", "4", "--out", str(out)]
+    for item in SUBSET:
+        cmd += ["--set", item]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = out / "nesterov" / "b000128" / "trial_000" / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not (metrics.is_file() and '"eval"' in metrics.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 75 and "continues the study" in err and "Traceback" not in err, err[-2000:]
+    run = out / "nesterov" / "b000128" / "trial_000"
+    assert list((run / "checkpoints").glob("*.pt")) and not (run / "summary.json").exists()
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 2 * ((2000 - 400) // 128)  # the interrupted trial finished in its own directory
+    assert not (out / "nesterov" / "b000128" / "trial_001").exists()
+    spec = spec_for(out, batch_sizes=[128], epochs=2)
+    states = sorted(t.state.name for t in optuna.load_study(
+        study_name=study_name("nesterov", 128, spec), storage=f"sqlite:///{out / 'study.db'}").get_trials())
+    assert states == ["COMPLETE", "FAIL"]  # the interrupted attempt and its resumption

@@ -381,13 +381,25 @@ def tune_cell(spec: TuneSpec, method: str, batch: int, storage, *, progress: Cal
     study.set_metric_names(["steps_to_val_target" if spec.objective == "steps" else "val_top1"])
     if len(_finished(study)) >= n_trials:
         return
+    # a trial interrupted by SIGTERM or Ctrl-C (state FAIL, marked) is run again with its parameters in
+    # its own run directory, from its newest checkpoint; one killed outright is retried by the heartbeat
+    trials = study.get_trials(deepcopy=False)
+    taken = {t.user_attrs.get("resume_run_number") for t in trials}
+    for t in trials:
+        if t.state == optuna.trial.TrialState.FAIL and t.user_attrs.get("interrupted") \
+                and t.user_attrs.get("run_number") not in taken:
+            study.enqueue_trial(t.params, user_attrs={"resume_run_number": t.user_attrs["run_number"]})
+            taken.add(t.user_attrs["run_number"])
     fixed_overrides = fixed_params(spec, storage, method) if fixed else []
     space = SPACES.get(method, _space_goyal_base)
 
     def objective(trial) -> float:
         params = fixed_overrides or space(trial, spec.epochs_for(batch), batch)
         retried = retry.retried_trial_number(trial)
-        number = retried if retried is not None else trial.number
+        number = trial.user_attrs.get("resume_run_number", trial.number)
+        if retried is not None:
+            number = study.trials[retried].user_attrs.get("run_number", retried)
+        trial.set_user_attr("run_number", number)
         run_dir = trial_dir(spec.out, method, batch, number)
         cfg = trial_config(spec, method, batch, params)
         total_steps = total_steps_of(cfg, spec.val_size, spec.nproc)
@@ -405,6 +417,9 @@ def tune_cell(spec: TuneSpec, method: str, batch: int, storage, *, progress: Cal
         try:
             result = run_trial(cfg, run_dir, recipe=METHODS[method].recipe, nproc=spec.nproc, report=report,
                                log_path=run_dir.parent / f"trial_{number:03d}.log")
+        except KeyboardInterrupt:
+            trial.set_user_attr("interrupted", True)
+            raise
         except TrialDiverged as err:
             trial.set_user_attr("trial_wall_s", time.perf_counter() - t0)
             trial.set_user_attr("diverged", str(err))
@@ -476,8 +491,23 @@ def run_tuned_sweep(spec: TuneSpec, *, progress: Callable[[str], None] | None = 
                 resolve_stages(trial_config(spec, method, b, []), spec.nproc)
             except ConfigError as err:
                 raise SweepError(f"{method} at global batch {b}: {err}") from None
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # its per-trial warnings (with tracebacks) stay out of the terminal
     storage = _storage(spec)
+
+    def on_sigterm(signum, frame):  # the running trial checkpoints and stops; the command resumes it
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        _run_cells(spec, storage, say)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    rows = collect_tuned(spec, storage)
+    write_tuned_outputs(spec, rows)
+    return rows
+
+
+def _run_cells(spec: TuneSpec, storage, say: Callable[[str], None]) -> None:
     say(f"study storage {spec.storage_url}; {len(spec.methods)} methods x {len(spec.batch_sizes)} batches, "
         f"{spec.trials} trials per cell, objective {spec.objective}")
     order = sorted(spec.methods, key=lambda m: m not in FIXED_METHODS)  # goyal's base cell before its rule
@@ -486,9 +516,6 @@ def run_tuned_sweep(spec: TuneSpec, *, progress: Callable[[str], None] | None = 
         for b in cells:
             tune_cell(spec, method, b, storage, progress=say)
             confirm_seeds(spec, method, b, storage, progress=say)
-    rows = collect_tuned(spec, storage)
-    write_tuned_outputs(spec, rows)
-    return rows
 
 
 def collect_tuned(spec: TuneSpec, storage=None) -> list[dict]:
