@@ -78,7 +78,7 @@ def test_pruned_trial_stops_at_an_evaluation_and_diverged_trial_is_marked(tmp_pa
     out = tmp_path / "prune"
     # a pruner that stops every trial at its first report: the trial's run gets SIGTERM there
     monkeypatch.setattr(tune, "_pruner", lambda spec, warmup_steps: optuna.pruners.ThresholdPruner(upper=-1.0))
-    spec = spec_for(out, batch_sizes=[128], trials=1, evals_per_epoch=4)
+    spec = spec_for(out, batch_sizes=[128], trials=1, evals_per_epoch=4, epochs=4)  # 48 steps: stopped long before
     assert run_tuned_sweep(spec, progress=lambda line: None) == []  # no completed trial: no row
     (t,) = finished(out, spec, "nesterov", 128)
     assert t.state == optuna.trial.TrialState.PRUNED and len(t.intermediate_values) >= 1

@@ -252,7 +252,7 @@ def run_trial(cfg, run_dir: Path, *, recipe: str, nproc: int, report: Callable[[
         try:
             while True:
                 try:
-                    proc.wait(timeout=1.0)
+                    proc.wait(timeout=0.25)
                     finished = True
                 except subprocess.TimeoutExpired:
                     finished = False
