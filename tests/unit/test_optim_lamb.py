@@ -1,4 +1,4 @@
-"""LAMB against its equations (You et al. 2019, Alg. 2; techniques.md sec. 6.1), written out here."""
+"""LAMB against its equations (You et al. 2019, Alg. 2;), written out here."""
 
 import copy
 import io

@@ -30,7 +30,7 @@ def first_step(w_norm, g_norm, *, lr=1.0, weight_decay=0.0, layer_adaptation=Tru
     return before - p.detach(), before, g
 
 
-# techniques.md sec. 12 (eta = 0.001): (||w||, ||g||, wd) -> ratio, given to 5 significant digits.
+# the papers (eta = 0.001): (||w||, ||g||, wd) -> ratio, given to 5 significant digits.
 @pytest.mark.parametrize("w_norm,g_norm,wd,ratio", [(1.0, 0.01, 1e-4, 0.0990099),
                                                     (2.0, 0.5, 5e-4, 0.0039920)])
 def test_paper_trust_ratio_vectors(w_norm, g_norm, wd, ratio):
@@ -54,7 +54,7 @@ def test_excluded_group_gets_ratio_one():
 
 
 def test_larc_clip_vector():
-    # techniques.md sec. 12: eta 0.02, lr 3.2, ||w|| 1, ||g|| 0.01, wd 1e-4: local lr 1.980198,
+    # the papers: eta 0.02, lr 3.2, ||w|| 1, ||g|| 0.01, wd 1e-4: local lr 1.980198,
     # scale min(1.980198 / 3.2, 1) = 0.618812.
     lr, wd = 3.2, 1e-4
     update, p, g = first_step(1.0, 0.01, lr=lr, weight_decay=wd, trust_coefficient=0.02, clip=True)

@@ -1,4 +1,4 @@
-"""RMSprop warm-up (Akiba et al. 2017): the alpha_SGD table of techniques.md 3.1, the two limits
+"""RMSprop warm-up (Akiba et al. 2017): the alpha_SGD table of, the two limits
 (momentum SGD at alpha_sgd = 1, RMSprop with momentum at alpha_sgd = 0), the blend against the
 equations written out here, foreach == single-tensor, skipped non-finite steps, exact resume."""
 

@@ -1,4 +1,4 @@
-"""Goyal et al. 2017 LR schedule: the test vectors of techniques.md sec. 2.7 and the momentum forms."""
+"""Goyal et al. 2017 LR schedule: the test vectors of and the momentum forms."""
 
 import pytest
 import torch
@@ -33,7 +33,7 @@ def test_linear_scaling_rule():
      (4680, 0.32), (9359, 0.32), (9360, 0.032), (12479, 0.032), (12480, 0.0032), (14039, 0.0032)],
 )
 def test_goyal_table(step, lr):
-    """techniques.md sec. 2.7: kn = 8192, I = 156 iterations/epoch, T_w = 780."""
+    """Goyal et al. 2017: kn = 8192, I = 156 iterations/epoch, T_w = 780."""
     assert STEPS_PER_EPOCH == 156
     sched = goyal_8k()
     assert sched.warmup_steps == 780
@@ -94,7 +94,7 @@ def test_torch_sgd_is_form_9_and_equals_corrected_form_10():
 @pytest.mark.parametrize("step, lr", [(0, 0.0), (1, 0.00639), (782, 4.996805), (1565, 10.0), (1566, 9.998273),
                                       (7355, 2.500938), (13145, 1e-4)])
 def test_mlperf_poly_vectors(step, lr):
-    """techniques.md 10.1: B = 4096, 313 steps/epoch (ceil), warmup 5 epochs = 1565 steps from 0,
+    """the MLPerf Training ResNet-50 reference: B = 4096, 313 steps/epoch (ceil), warmup 5 epochs = 1565 steps from 0,
     42 epochs = 13146 steps, poly power 2 to 1e-4 over total - warmup + 1 steps."""
     sched = LRSchedule(kind="poly", peak_lr=10.0, warmup_start_lr=0.0, warmup_steps=5 * 313,
                        total_steps=42 * 313, end_lr=1e-4, power=2.0)
@@ -104,7 +104,7 @@ def test_mlperf_poly_vectors(step, lr):
 @pytest.mark.parametrize("epoch, lr", [(0, 6.4), (39.9, 6.4), (40, 0.96), (69.9, 0.96), (70, 0.128),
                                        (84.9, 0.128), (85, 0.0128), (89.9, 0.0128)])
 def test_akiba_slow_start_vectors(epoch, lr):
-    """techniques.md 3.2: B = 32768, eta_base = 12.8 -> 6.4 / 0.96 / 0.128 / 0.0128 at 0/40/70/85."""
+    """Akiba et al. 2017: B = 32768, eta_base = 12.8 -> 6.4 / 0.96 / 0.128 / 0.0128 at 0/40/70/85."""
     spe = 1_281_167 // 32768  # 39 steps per epoch
     sched = LRSchedule(kind="slow_start", peak_lr=linear_scaled_lr(0.1, base_batch_size=256, global_batch_size=32768),
                        warmup_start_lr=0.0, warmup_steps=0, total_steps=90 * spe,

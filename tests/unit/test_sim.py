@@ -1,4 +1,4 @@
-"""largebatch.sim: closed forms of techniques.md 5.3, hand-computed times, the overlap model,
+"""largebatch.sim: closed forms of Mikami et al. 2018, hand-computed times, the overlap model,
 calibration, presets and the ``simulate`` CLI. Pure Python, no torch."""
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def net(gpus_per_node=8, nics=1, nic_gbyte_s=6.25, intra_gbyte_s=20.0, alpha_int
                    nic_bandwidth_bytes_per_s=nic_gbyte_s * 1e9, nics_per_node=nics)
 
 
-# --- techniques.md 5.3: steps and bytes per GPU -----------------------------------------------
+# --- Mikami et al. 2018: steps and bytes per GPU -----------------------------------------------
 
 @pytest.mark.parametrize("n", [2, 8, 64, 256, 4096])
 def test_ring_and_halving_doubling_closed_forms(n):

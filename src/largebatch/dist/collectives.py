@@ -5,14 +5,14 @@
   reduce-scatter, inter-node all-reduce of each rank's shard (one ring per local rank, all in
   parallel), intra-node all-gather. ``mode="reduce"``: intra-node reduce to local rank 0, all-reduce
   among the nodes' rank 0, intra-node broadcast (Goyal's three phases).
-* :func:`torus2d_all_reduce` (Mikami et al. 2018, techniques.md 5.3): reduce-scatter along the torus
+* :func:`torus2d_all_reduce` (Mikami et al. 2018): reduce-scatter along the torus
   row (X ranks), all-reduce along the column (Y ranks) of the D/X shard, all-gather along the row.
 
 Both sum in place over all ranks (the result equals ``dist.all_reduce``'s, to floating-point
 reordering) and handle lengths that do not divide evenly by zero-padding to a multiple of the
 group size. Reduce-scatter and all-gather are the backend's own single-tensor collectives (gloo
 and NCCL both have them); on gloo the log says once that gloo emulates reduce-scatter with an
-all-reduce (correct, twice the traffic; peers.md, pytorch#118911).
+all-reduce (correct, twice the traffic; pytorch#118911).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Rank r lives on node ``r // workers_per_node`` with local rank ``r % workers_per
 numbering). The torus puts X consecutive ranks in a row: rank r is at row ``r // X``, column ``r % X``.
 With X = workers_per_node (the default) a row is a node, so the row phases of Mikami et al.'s 2D-torus
 all-reduce run over the fast intra-node links and the column phase crosses nodes, X column rings in
-parallel, each on 1/X of the data (Mikami et al. 2018, techniques.md 5.3; Horovod's torus all-reduce
+parallel, each on 1/X of the data (Mikami et al. 2018; Horovod's torus all-reduce
 has the same structure with the node as the row).
 """
 

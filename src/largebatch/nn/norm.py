@@ -18,7 +18,7 @@ Where the evaluation statistics come from is ``statistics`` (``train.bn_statisti
 
 * ``moving_average``: the exponential moving average above (momentum 0.1, Caffe2's 0.9), averaged
   across processes before evaluation and checkpoints.
-* ``last_batch``: Akiba et al. 2017's "BN without moving averages" (techniques.md 3.3): the running
+* ``last_batch``: Akiba et al. 2017's "BN without moving averages": the running
   statistics are those of the last training step, i.e. the mean over every BN group of the step (all
   micro-batches: a process that accumulates A micro-batches of G groups averages its A x G groups),
   then averaged across processes before evaluation. With equal groups everywhere that is the average

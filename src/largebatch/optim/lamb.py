@@ -1,7 +1,7 @@
 """LAMB: Adam moments with a per-tensor trust ratio (You et al. 2019, arXiv 1904.00962, Alg. 2).
 
 The paper's variant with phi(z) = z: no clipping of the trust ratio, no global gradient
-pre-normalization (that is NVIDIA's "NVLAMB", a different optimizer). See techniques.md sec. 6.1.
+pre-normalization (that is NVIDIA's "NVLAMB", a different optimizer). See You et al. 2019 (LAMB).
 """
 
 from __future__ import annotations

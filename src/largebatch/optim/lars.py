@@ -1,5 +1,5 @@
 """LARS: SGD with momentum and a per-tensor trust ratio (You, Gitman, Ginsburg 2017, arXiv
-1708.03888, Algorithm 1), written in PyTorch's momentum form. See techniques.md sec. 4.1-4.2.
+1708.03888, Algorithm 1), written in PyTorch's momentum form. See You et al. 2017 (LARS).
 """
 
 from __future__ import annotations

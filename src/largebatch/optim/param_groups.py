@@ -10,7 +10,7 @@ rule misses torchvision's ``downsample.1`` BN layers):
 * other 1-D parameters (biases, e.g. ``fc.bias``): no weight decay unless ``bias_weight_decay``, no
   adaptation unless ``bias_adaptation``. Goyal et al. do not address the FC bias; we treat it like
   the BN parameters, as MLPerf's reference does. NVIDIA's MLPerf LARS keeps weight decay on the
-  classifier's bias only (techniques.md sec. 10.3): ``fc_bias_weight_decay`` does that, where the
+  classifier's bias only (the MLPerf Training ResNet-50 reference): ``fc_bias_weight_decay`` does that, where the
   classifier is the last ``nn.Linear`` of the model;
 * every other parameter (conv and linear weights): weight decay and adaptation.
 

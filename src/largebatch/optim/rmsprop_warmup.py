@@ -1,6 +1,6 @@
 """RMSprop warm-up: a per-element blend of RMSprop and momentum SGD (Akiba, Suzuki, Fukuda 2017,
 "Extremely Large Minibatch SGD: Training ResNet-50 on ImageNet in 15 Minutes", arXiv 1711.04325,
-sec. 3.1 of techniques.md).
+sec. 3.1 [S]).
 
 Training starts as RMSprop and moves to momentum SGD as ``alpha_sgd`` rises from about 0 to 1 over
 the first ``center_epochs + period_epochs / 2`` epochs; per element, with ``eta`` the group's LR::
@@ -46,7 +46,7 @@ def akiba_alpha_sgd(
     with ``c = center_epochs`` (10 in the paper) and ``p = period_epochs`` (5). The ``printed`` branch
     is what both secondary sources show; it is discontinuous: it climbs to 1.5 just before
     ``c + p / 2`` and falls back to 1 there. ``smooth`` has the slope of the exponential at ``c``
-    (``1 / p``) and reaches 1 exactly at ``c + p / 2``; it is our inference [U] (techniques.md 11.1).
+    (``1 / p``) and reaches 1 exactly at ``c + p / 2``; it is our inference [U].
 
     Raises:
         ValueError: if ``period_epochs <= 0`` or ``variant`` is not ``printed`` or ``smooth``.

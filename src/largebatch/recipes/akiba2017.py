@@ -1,5 +1,5 @@
 """Akiba, Suzuki, Fukuda 2017, "Extremely Large Minibatch SGD: Training ResNet-50 on ImageNet in 15
-Minutes" (arXiv 1711.04325). Equations from secondary sources [S] (techniques.md sec. 3)."""
+Minutes" (arXiv 1711.04325). Equations from secondary sources [S] (Akiba et al. 2017)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ def akiba2017_resnet50_imagenet_32k() -> Config:
     return Config(
         recipe="akiba2017_resnet50_imagenet_32k",
         description="ResNet-50 on ImageNet, global batch 32768 (1024 x 32), RMSprop warm-up + slow-start LR, 90 epochs; paper: 74.9% in 15 min on 1024 P100",
-        source="Akiba et al. 2017, sec. 3 (arXiv 1711.04325); equations via techniques.md sec. 3 [S]",
+        source="Akiba et al. 2017, sec. 3 (arXiv 1711.04325); equations via [S]",
         data=DataConfig(name="imagefolder", root="", image_size_px=224, loader_workers=8),
         model=ModelConfig(name="resnet50"),
         # BN without moving averages: the last batch's statistics averaged over workers before each

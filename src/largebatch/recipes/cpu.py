@@ -141,7 +141,7 @@ def mlperf_lars_fashion_mnist() -> Config:
     return _fashion_large(
         "mlperf_lars_fashion_mnist",
         "MLPerf-reference LARS on Fashion-MNIST: ResNet-8, global batch 2048 (64 BN groups x 32), label smoothing 0.1, 2 CPU workers",
-        "MLPerf ResNet-50 reference (techniques.md 10.1): LR 0.625 per 256, wd 2e-4, poly 2 to 1e-4, warmup 5/42 of the run",
+        "MLPerf ResNet-50 reference: LR 0.625 per 256, wd 2e-4, poly 2 to 1e-4, warmup 5/42 of the run",
         optim=OptimConfig(name="lars", base_lr=0.625, base_batch_size=256, momentum=0.9, nesterov=False,
                           weight_decay=2e-4, trust_coefficient=0.001, lars_eps=0.0),
         schedule=ScheduleConfig(name="poly", warmup_epochs=5 * 9 / 42, warmup_start_lr=0.0, poly_power=2.0,
@@ -156,7 +156,7 @@ def lamb_fashion_mnist() -> Config:
     return _fashion_large(
         "lamb_fashion_mnist",
         "LAMB on Fashion-MNIST: ResNet-8, global batch 2048 (64 BN groups x 32), sqrt LR scaling, 2 CPU workers",
-        "You et al. 2019 Algorithm 2; hyperparameters ours (techniques.md 6.2 has no verified ResNet values)",
+        "You et al. 2019 Algorithm 2; hyperparameters ours (You et al. 2019 give no ResNet-50 values we could verify)",
         optim=OptimConfig(name="lamb", base_lr=0.02, base_batch_size=2048, lr_scaling="sqrt", weight_decay=0.01),
         schedule=ScheduleConfig(name="poly", warmup_epochs=_scaled([5])[0], warmup_start_lr=0.0, poly_power=2.0,
                                 end_lr=0.0),
@@ -170,7 +170,7 @@ def mlperf_lars_57k_fashion_mnist() -> Config:
     return _fashion_large(
         "mlperf_lars_57k_fashion_mnist",
         "NVIDIA MLPerf v3.0 LARS settings on Fashion-MNIST: ResNet-8, global batch 2048 (64 BN groups x 32), 2 CPU workers",
-        "MLPerf v3.0 NVIDIA 448x8x16 config (techniques.md 10.2): LR per sample kept, warmup 32/78 of the run",
+        "MLPerf v3.0 NVIDIA 448x8x16 config: LR per sample kept, warmup 32/78 of the run",
         optim=OptimConfig(name="lars", base_lr=23.0, base_batch_size=57344, momentum=0.95, nesterov=False,
                           weight_decay=2.5e-5, fc_bias_weight_decay=True, trust_coefficient=0.001, lars_eps=0.0),
         schedule=ScheduleConfig(name="poly", warmup_epochs=32 * 9 / 78, warmup_start_lr=0.0, poly_power=2.0,
@@ -184,7 +184,7 @@ def _mikami_fashion(recipe: str, description: str, **train: object) -> Config:
     you2018_lars_fashion_mnist (2.5 per 256, linear rule), label smoothing 0.1, warmup 5/90 of the run."""
     return _fashion_large(
         recipe, description,
-        "Mikami et al. 2018 batch-size control (techniques.md 5.2) with label smoothing 0.1 (v2); the stage "
+        "Mikami et al. 2018 batch-size control with label smoothing 0.1 (v2); the stage "
         "boundary, the 4x growth and LARS are our choices [U]",
         **_you2018_lars_fashion(),
         label_smoothing=0.1,

@@ -1,5 +1,5 @@
 """You et al. 2019, "Large Batch Optimization for Deep Learning: Training BERT in 76 minutes" (LAMB,
-arXiv 1904.00962); the ResNet-50 settings are not verified (techniques.md 6.2 [U])."""
+arXiv 1904.00962); the ResNet-50 settings are not verified (You et al. 2019 (LAMB) [U])."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ def lamb_resnet50_imagenet_16k() -> Config:
     return Config(
         recipe="lamb_resnet50_imagenet_16k",
         description="ResNet-50 on ImageNet, global batch 16384, LAMB, sqrt-scaled LR, warmup + poly 2, 90 epochs (paper reports ~77% at 16K [U])",
-        source="You et al. 2019 Algorithm 2 (LAMB); ResNet-50 hyperparameters are assumptions, techniques.md 6.2 [U]",
+        source="You et al. 2019 Algorithm 2 (LAMB); ResNet-50 hyperparameters are assumptions [U]",
         data=DataConfig(name="imagefolder", root="", image_size_px=224, loader_workers=8),
         model=ModelConfig(name="resnet50"),
         train=TrainConfig(epochs=90, global_batch_size=16384, bn_batch_size=32, max_micro_batch_size=256, nproc=8,

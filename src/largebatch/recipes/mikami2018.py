@@ -1,6 +1,6 @@
 """Mikami et al. 2018, "Massively Distributed SGD: ImageNet/ResNet-50 Training in a Flash" (arXiv
 1811.05233; v1 "ImageNet/ResNet-50 Training in 224 Seconds"): batch-size control and label
-smoothing (techniques.md sec. 5). Only the batch sizes and the 5-epoch switch are sourced [S];
+smoothing (Mikami et al. 2018). Only the batch sizes and the 5-epoch switch are sourced [S];
 everything else is an option marked [U]."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ def mikami2018_resnet50_imagenet_34k_68k() -> Config:
     return Config(
         recipe="mikami2018_resnet50_imagenet_34k_68k",
         description="ResNet-50 on ImageNet with batch-size control: 34816 for 5 epochs then 69632, LARS, label smoothing 0.1; paper v1: 75.03% in 224 s on 2176 V100",
-        source="Mikami et al. 2018 (arXiv 1811.05233) v1/v2; batch sizes and the 5-epoch switch [S] (techniques.md 5.1-5.2), the rest [U]",
+        source="Mikami et al. 2018 (arXiv 1811.05233) v1/v2; batch sizes and the 5-epoch switch [S] (Mikami et al. 2018), the rest [U]",
         data=DataConfig(name="imagefolder", root="", image_size_px=224, loader_workers=8),
         model=ModelConfig(name="resnet50"),
         # Per-GPU batch (and so BN batch) 16 -> 32 at the switch, derived from 34K/68K over 2176 GPUs [S].
@@ -32,7 +32,7 @@ def mikami2018_resnet50_imagenet_34k_68k() -> Config:
         ),
         # The optimizer is not published [U]. LARS with MLPerf's exclusions, 10.0 at 4096 scaled by the
         # square root: 29.2 at 34,816 and 41.2 at 69,632, close to the TPU reference's 34 (32k) and 41 (64k)
-        # (techniques.md 7) [U].
+        # (Ying et al. 2018) [U].
         optim=OptimConfig(name="lars", base_lr=10.0, base_batch_size=4096, lr_scaling="sqrt", momentum=0.9,
                           nesterov=False, weight_decay=1e-4, trust_coefficient=0.001, lars_eps=0.0),
         # Linear warmup from 0 over the 5 small-batch epochs, poly 2 to 1e-4 [U].

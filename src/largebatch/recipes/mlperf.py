@@ -1,4 +1,4 @@
-"""MLPerf Training ResNet-50 (closed division): the reference and NVIDIA's 3,584-GPU entry (techniques.md sec. 10)."""
+"""MLPerf Training ResNet-50 (closed division): the reference and NVIDIA's 3,584-GPU entry (the MLPerf Training ResNet-50 reference)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ def mlperf_lars_resnet50_imagenet_4k() -> Config:
     return Config(
         recipe="mlperf_lars_resnet50_imagenet_4k",
         description="MLPerf reference: ResNet-50 v1.5, global batch 4096, LARS, LR 10, 5 warmup epochs, poly 2, label smoothing 0.1, 42 epochs; target 75.9%",
-        source="mlcommons/training image_classification README and lars_util.py (techniques.md 10.1) [V]",
+        source="mlcommons/training image_classification README and lars_util.py (the MLPerf Training ResNet-50 reference) [V]",
         data=DataConfig(name="imagefolder", root="", image_size_px=224, loader_workers=8),
         model=ModelConfig(name="resnet50"),
         train=TrainConfig(epochs=42, global_batch_size=4096, bn_batch_size=32, max_micro_batch_size=256, nproc=8,
@@ -31,7 +31,7 @@ def mlperf_lars_resnet50_imagenet_57k() -> Config:
     return Config(
         recipe="mlperf_lars_resnet50_imagenet_57k",
         description="MLPerf v3.0 NVIDIA: global batch 57344 (3584 x 16), LARS, LR 23, 32 warmup epochs, poly 2 over 78 epochs, BN over 32; 0.183 min",
-        source="mlcommons/training_results_v3.1 NVIDIA config_DGXH100_multi_448x8x16 and result log (techniques.md 10.2) [V]",
+        source="mlcommons/training_results_v3.1 NVIDIA config_DGXH100_multi_448x8x16 and result log (the MLPerf Training ResNet-50 reference) [V]",
         data=DataConfig(name="imagefolder", root="", image_size_px=224, loader_workers=8),
         model=ModelConfig(name="resnet50"),
         # 16 images per GPU with BN synchronized over 2 GPUs (BN span 32): each BN group is 32 samples

@@ -1,5 +1,5 @@
 """You, Gitman, Ginsburg 2017 "Large Batch Training of Convolutional Networks" (LARS, arXiv 1708.03888)
-and You et al. 2018 "ImageNet Training in Minutes" (ICPP'18, arXiv 1709.05011); techniques.md sec. 4."""
+and You et al. 2018 "ImageNet Training in Minutes" (ICPP'18, arXiv 1709.05011)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ def you2018_lars_resnet50_imagenet_32k() -> Config:
     return Config(
         recipe="you2018_lars_resnet50_imagenet_32k",
         description="ResNet-50 on ImageNet, global batch 32768, LARS (trust coefficient 0.001), warmup + poly 2, 90 epochs; paper: 74.9-75.4% in 20 min on 2048 KNL",
-        source="You et al. 2017 Algorithm 1; You et al. 2018 (ICPP) sec. 4; values marked [U] in techniques.md 4.3 are options",
+        source="You et al. 2017 Algorithm 1; You et al. 2018 (ICPP) sec. 4; values marked [U] are options",
         data=DataConfig(name="imagefolder", root="", image_size_px=224, loader_workers=8),
         model=ModelConfig(name="resnet50"),
         train=TrainConfig(epochs=90, global_batch_size=32768, bn_batch_size=32, max_micro_batch_size=256, nproc=8,

@@ -4,14 +4,14 @@ The trainer asks the schedule for the LR of step ``t`` and writes it into the op
 groups before the step; only the step counter goes into checkpoints.
 
 Epoch boundaries are converted to steps with ``round(epoch * steps_per_epoch)`` where
-``steps_per_epoch = floor(N / B)`` (drop-last loader), the convention of techniques.md sec. 0.
+``steps_per_epoch = floor(N / B)`` (drop-last loader), our docs' convention (docs/recipes.md).
 
 Every schedule is linear warmup (from a configurable start: Goyal starts at the small-batch LR,
 MLPerf at 0) followed by one decay rule:
 
 * ``step``: multiply by ``decay_factor`` at each decay step (Goyal et al. 2017, sec. 5.1);
 * ``poly``: ``end + (peak - end) * (1 - t' / D) ** power`` with ``t'`` the steps after warmup and
-  ``D = total - warmup + 1`` (the MLPerf reference ``PolynomialDecayWithWarmup``, techniques.md 10.1);
+  ``D = total - warmup + 1`` (the MLPerf reference ``PolynomialDecayWithWarmup``);
 * ``cosine``: ``end + (peak - end) * (1 + cos(pi * t' / D)) / 2``;
 * ``slow_start``: piecewise constant multiples of the peak (Akiba et al. 2017, sec. 3.2: 0.5, 0.075,
   0.01, 0.001 of the scaled LR from epochs 0, 40, 70, 85 of 90), usually without warmup since the
@@ -49,7 +49,7 @@ def goyal_lr(
     Raises:
         ValueError: for a negative step.
 
-    Example (techniques.md sec. 2.7, kn = 8192, 156 steps/epoch): t = 390 -> 1.65, t = 4680 -> 0.32.
+    Example (Goyal et al. 2017, kn = 8192, 156 steps/epoch): t = 390 -> 1.65, t = 4680 -> 0.32.
     """
     return LRSchedule(kind="step", peak_lr=peak_lr, warmup_start_lr=warmup_start_lr, warmup_steps=warmup_steps,
                       total_steps=max(warmup_steps, 1), decay_steps=tuple(decay_steps),

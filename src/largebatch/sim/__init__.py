@@ -1,7 +1,7 @@
 """Cost model of gradient all-reduce and data-parallel training steps (pure Python, no torch).
 
 * :mod:`.allreduce`: alpha-beta model of ring, halving/doubling, hierarchical and 2D-torus
-  all-reduce on nodes of GPUs (techniques.md 5.3).
+  all-reduce on nodes of GPUs (Mikami et al. 2018).
 * :mod:`.step`: step time with bucketed overlap of communication and backward; throughput, epoch
   time, scaling efficiency.
 * :mod:`.presets`: the published systems (Goyal 2017, Akiba 2017, Mikami 2018, a DGX H100), sourced.

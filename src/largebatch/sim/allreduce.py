@@ -2,7 +2,7 @@
 
 A step that sends ``m`` bytes over a link costs ``alpha + m / bandwidth``; steps of one algorithm
 run one after the other, and the slowest link a step uses sets its time. Ranks are numbered node
-by node (rank r on node ``r // gpus_per_node``, torchrun's order). Closed forms: techniques.md 5.3
+by node (rank r on node ``r // gpus_per_node``, torchrun's order). Closed forms: Mikami et al. 2018
 (the table this module reproduces), Goyal et al. 2017 sec. 4 (halving/doubling, binary blocks),
 Jia et al. 2018 (reduce to a master), Mikami et al. 2018 (2D torus).
 
@@ -190,8 +190,8 @@ def hierarchical(net: Network, gpus: int, nbytes: float, *, mode: str = "scatter
 
 
 def torus2d(net: Network, gpus: int, nbytes: float, *, x: int | None = None) -> AllReduceCost:
-    """2D-torus all-reduce on an X x Y grid of consecutive rows (Mikami et al. 2018; techniques.md
-    5.3): ring reduce-scatter along each row of X, ring all-reduce of the nbytes/X shards along each
+    """2D-torus all-reduce on an X x Y grid of consecutive rows (Mikami et al. 2018,
+    sec. 3.2): ring reduce-scatter along each row of X, ring all-reduce of the nbytes/X shards along each
     of the X columns of Y (concurrently, sharing the NICs), ring all-gather along each row.
     Steps 2(X-1) + 2(Y-1); bytes per GPU 2(X-1)/X * nbytes in rows + 2(Y-1)/(XY) * nbytes in columns.
     ``x`` defaults to gpus_per_node (a row is a node).

@@ -9,7 +9,7 @@ that all sit behind the same kind of link (one node, or one GPU per node), with 
     ring:              steps = 2(N-1),         sent = 2(N-1)/N * nbytes
     halving_doubling:  steps = 2 log2(P) (+2), sent = 2(P-1)/P * nbytes (+2 nbytes), P = 2^floor(log2 N)
 
-(the +2 terms are the binary-blocks steps of a non-power-of-two N; techniques.md 2.6, 5.3). The fit
+(the +2 terms are the binary-blocks steps of a non-power-of-two N; Goyal et al. 2017, 5.3). The fit
 minimizes the sum of squared *relative* errors, so that microsecond and second-long measurements
 weigh alike. Pure Python; no numpy.
 """

@@ -66,7 +66,7 @@ GOYAL2017 = Preset(
     hierarchical={"mode": "reduce", "inter": "halving_doubling"},
     sources={
         "gpus_per_node, NVLink, NIC": "Goyal et al. 2017 sec. 5 (Big Basin: 8 P100, NVLink, Mellanox "
-                                      "ConnectX-4 50 Gbit Ethernet); techniques.md 2.6",
+                                      "ConnectX-4 50 Gbit Ethernet); Goyal et al. 2017",
         "intra_node_bandwidth": f"{NCCL_TOPO} SM60_NVLINK_BW = 18 GB/s, one NVLink per ring hop [assumption]",
         "intra_node_latency": f"{NCCL_TUNING}: NVLink 3.4 us",
         "inter_node_latency": f"{NCCL_TUNING}: network 9.6 us (NCCL 2.7) [assumption: Gloo over 50 GbE "
@@ -96,7 +96,7 @@ AKIBA2017 = Preset(
         "intra_node_bandwidth": f"{NCCL_TOPO} PCI_BW = 12 GB/s (PCIe Gen3 x16)",
         "intra_node_latency": f"{NCCL_TUNING}: PCIe 5.7 us",
         "inter_node_latency": f"{NCCL_TUNING}: network 9.6 us (NCCL 2.7; the run used NCCL 2.0.5)",
-        "gradient_bytes_per_parameter": "techniques.md 3.4: fp16 gradients for the all-reduce [S]",
+        "gradient_bytes_per_parameter": "Akiba et al. 2017: fp16 gradients for the all-reduce [S]",
         "gpu_images_per_s": "no published Chainer P100 figure found; the P100 baseline of Goyal et al. "
                             "2017 sec. 1 (29 h, 8 P100 SXM2) [assumption: PCIe P100 at the SXM2 rate]",
         "overlap, bucket_cap_mb": "ChainerMN packs all gradients in one buffer and added overlap (double "
@@ -117,17 +117,17 @@ MIKAMI2018 = Preset(
     algorithm="torus2d",
     hierarchical={"mode": "reduce", "inter": "ring"},
     sources={
-        "gpus_per_node, NIC": "techniques.md 5 (ABCI, 2x InfiniBand EDR); NVIDIA blog "
+        "gpus_per_node, NIC": "Mikami et al. 2018 (ABCI, 2x InfiniBand EDR); NVIDIA blog "
                               "https://developer.nvidia.com/blog/sony-breaks-resnet-50-training-record-with-nvidia-v100-tensor-core-gpus/",
         "intra_node_bandwidth": f"{NCCL_TOPO} SM70_NVLINK_BW = 20 GB/s x 2 links per GPU pair "
                                 "[assumption: 4-GPU NVLink full mesh]",
         "intra_node_latency": f"{NCCL_TUNING}: NVLink 3.4 us",
         "inter_node_latency": f"{NCCL_TUNING}: network 9.6 us (NCCL 2.7)",
-        "gradient_bytes_per_parameter": "fp16 forward/backward [S: InfoQ, techniques.md 5.1]; fp16 all-reduce [assumption]",
+        "gradient_bytes_per_parameter": "fp16 forward/backward [S: InfoQ, Mikami et al. 2018]; fp16 all-reduce [assumption]",
         "gpu_images_per_s": "sony/nnabla-examples image-classification/imagenet/README.md "
                             "(ResNet50, 4 x V100, MP, batch 192/GPU, Step90: 7.29 h)",
         "overlap, bucket_cap_mb": "[assumption] DDP-like 25 MiB buckets overlapped with backward",
-        "torus x": "[assumption] X = 4 GPUs per node; the paper's grid shape is not known (techniques.md 5.3)",
+        "torus x": "[assumption] X = 4 GPUs per node; the paper's grid shape is not known (Mikami et al. 2018)",
     },
 )
 
