@@ -190,8 +190,8 @@ def hierarchical(net: Network, gpus: int, nbytes: float, *, mode: str = "scatter
 
 
 def torus2d(net: Network, gpus: int, nbytes: float, *, x: int | None = None) -> AllReduceCost:
-    """2D-torus all-reduce on an X x Y grid of consecutive rows (Mikami et al. 2018,
-    sec. 3.2): ring reduce-scatter along each row of X, ring all-reduce of the nbytes/X shards along each
+    """2D-torus all-reduce on an X x Y grid of consecutive rows (Mikami et al. 2018):
+    ring reduce-scatter along each row of X, ring all-reduce of the nbytes/X shards along each
     of the X columns of Y (concurrently, sharing the NICs), ring all-gather along each row.
     Steps 2(X-1) + 2(Y-1); bytes per GPU 2(X-1)/X * nbytes in rows + 2(Y-1)/(XY) * nbytes in columns.
     ``x`` defaults to gpus_per_node (a row is a node).

@@ -110,9 +110,9 @@ def critical_from_reductions(batch_sizes: list[int], reductions: list[float], to
     return float(pts[-1][0])
 
 
-def _branch_overrides(cfg_dict: dict, point: BranchPoint, batch: int, lr: float, budget_images: int,
+def _branch_overrides(n_train: int, point: BranchPoint, batch: int, lr: float, budget_images: int,
                       val_size: int) -> list[str]:
-    epochs = max(1, math.ceil(budget_images / max(1, cfg_dict["_train_images"])))
+    epochs = max(1, math.ceil(budget_images / max(1, n_train)))
     return [f"train.init_from={point.checkpoint}", f"train.global_batch_size={batch}", f"train.epochs={epochs}",
             f"train.stop_after_images={budget_images}", "train.batch_schedule=[]",
             f"optim.base_lr={lr}", f"optim.base_batch_size={batch}", "optim.lr_scaling=linear",
@@ -168,7 +168,7 @@ def run_branches(reference: Path, out: Path, *, steps: list[int] | None, batch_s
                 factor = b / ref_batch if rule == "linear" else math.sqrt(b / ref_batch)
                 if rule == "sqrt" and b == ref_batch:
                     continue  # the same LR as the linear rule
-                items = _branch_overrides({"_train_images": n_train}, p, b, p.lr * factor, budget_images, val_size)
+                items = _branch_overrides(n_train, p, b, p.lr * factor, budget_images, val_size)
                 try:
                     cfg = apply_overrides(ref_cfg, [*items, *overrides])
                     resolve_stages(cfg, nproc)

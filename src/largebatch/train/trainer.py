@@ -573,6 +573,14 @@ class Trainer:
         torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX, group=self._control)
         return bool(flags[0]), bool(flags[1])
 
+    def _settle_bn_for_eval(self) -> None:
+        """Before any evaluation: pending non-finite skips settled, then the BN statistics the
+        evaluation uses (precise BN recomputed, or the workers' statistics averaged)."""
+        self._settle_nonfinite()
+        if self.cfg.train.bn_statistics == "precise":
+            self._precise_bn()
+        self._average_bn()
+
     def _record_val_target(self, val_top1: float) -> bool:
         """Record the first crossing of the validation target; True when the run should stop there."""
         t, st = self.cfg.train, self.state
@@ -587,10 +595,7 @@ class Trainer:
         """Evaluate the validation split only (train.val_every_steps); True when the run should stop
         at the validation target."""
         t0 = time.perf_counter()
-        self._settle_nonfinite()
-        if self.cfg.train.bn_statistics == "precise":
-            self._precise_bn()
-        self._average_bn()
+        self._settle_bn_for_eval()
         v = evaluate(self.model, self.data, self.env, split="val", channels_last=self.channels_last,
                      batch_size=self.cfg.train.eval_batch_size, autocast_dtype=self.autocast_dtype)
         st = self.state
@@ -606,10 +611,7 @@ class Trainer:
         """Settle the BN statistics (precise BN recomputes them; otherwise they are averaged across
         ranks), evaluate, log; ``wall_s()`` gives the run's elapsed seconds."""
         t0 = time.perf_counter()
-        self._settle_nonfinite()
-        if self.cfg.train.bn_statistics == "precise":
-            self._precise_bn()
-        self._average_bn()
+        self._settle_bn_for_eval()
         kwargs = dict(channels_last=self.channels_last, batch_size=self.cfg.train.eval_batch_size,
                       autocast_dtype=self.autocast_dtype)
         result = evaluate(self.model, self.data, self.env, **kwargs)
