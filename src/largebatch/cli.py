@@ -292,7 +292,7 @@ def cmd_advise(args: argparse.Namespace) -> int:
         return _fail(f"--out {out} already holds files; give a new directory (nothing was overwritten)")
     try:
         result = advise(args.recipe, args.set, out=out, probe_epochs=args.probe_epochs, nproc=args.nproc,
-                        preset=args.preset)
+                        preset=args.preset, measured=args.measured)
     except (ConfigError, ValueError, KeyError) as err:
         return _fail(err.args[0] if isinstance(err, KeyError) else str(err))
     except RuntimeError as err:
@@ -419,6 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="h100_ndr", help="cost-model cluster (see `largebatch simulate --help`; "
                                                         "default h100_ndr); empty: no estimate")
     p.add_argument("--out", default=None, help="probe run directory (default runs/advise-<recipe>)")
+    p.add_argument("--measured", default=None, metavar="CRITICAL_BATCH_JSON",
+                   help="a report of `largebatch critical-batch`: compare the advice with each measured critical "
+                        "batch (ratio, and whether within 2x)")
     p.set_defaults(func=cmd_advise)
 
     from largebatch.sim import cli as sim_cli  # pure Python, no torch

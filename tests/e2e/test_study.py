@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from largebatch.study.advise import Advice, epochs_ratio, read_noise_scale
+from largebatch.study.advise import Advice, against_measured, epochs_ratio, read_noise_scale
 from largebatch.study.sweep import METHODS, SweepError, plan_sweep, run_config
 
 pytestmark = pytest.mark.e2e
@@ -66,11 +66,31 @@ def test_advice_follows_the_empirical_model():
     assert "B_simple = 3,000" in text and "rising" in text and "up to a global batch of about 300" in text
 
 
+def test_advice_against_measured_critical_batches():
+    report = {"points": [{"step": 107, "critical_batch": 512.0, "critical_batch_is_lower_bound": False, "b_simple": 67.0},
+                         {"step": 321, "critical_batch": None, "b_simple": 234.0},
+                         {"step": 642, "critical_batch": 2048.0, "critical_batch_is_lower_bound": True}]}
+    rows = against_measured(300.0, report)
+    assert [r["ratio"] for r in rows] == [pytest.approx(300 / 512), None, pytest.approx(300 / 2048)]
+    assert [r["within_2x"] for r in rows] == [True, False, False]  # 0.59x inside, 0.15x outside
+    assert against_measured(1024.0, report)[0]["within_2x"] and not against_measured(1025.0, report)[0]["within_2x"]
+    advice = Advice("r", 512, 300, 100, 100, 30, 300, 9, 9.0, measured=rows)
+    text = advice.text()
+    assert "measured B_crit at step 107 (branching, Merrill et al. 2025): 512; this advice's 300 is 0.59x it " \
+           "(within 2x); the B_simple that run logged at that step, 67, is 0.13x it" in text
+    assert "step 321 (branching): not resolved" in text and ">= 2,048; this advice's 300 is 0.15x it (outside 2x)" in text
+
+
 def test_advise_probe_logs_the_noise_scale(tmp_path):
     out = tmp_path / "probe"
+    measured = tmp_path / "critical_batch.json"
+    measured.write_text(json.dumps({"points": [{"step": 16, "critical_batch": 256.0, "b_simple": 40.0}]}))
+    bad = largebatch("advise", "--measured", str(tmp_path / "none.json"), "--out", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and "--measured" in bad.stderr and "no such file" in bad.stderr
+    assert "Traceback" not in bad.stderr and not (tmp_path / "bad").exists()  # refused before the probe
     proc = largebatch("advise", "--probe-epochs", "1", "--set", "data.train_subset=4096", "--set",
                       "data.test_subset=500", "--set", "train.global_batch_size=256", "--set", "train.log_every_steps=4",
-                      "--out", str(out))  # 16 steps, 4 log records
+                      "--measured", str(measured), "--out", str(out))  # 16 steps, 4 log records
     assert proc.returncode == 0, proc.stderr[-3000:]
     series = read_noise_scale(out)
     assert [s for s, _ in series] == [4, 8, 12, 16] and all(v > 0 for _, v in series)
@@ -80,5 +100,8 @@ def test_advise_probe_logs_the_noise_scale(tmp_path):
     cluster = advice["cluster"]
     assert cluster["preset"] == "h100_ndr" and cluster["gpus"] >= 1 and 0 < cluster["scaling_efficiency"] <= 1
     assert "critical batch B_crit" in proc.stdout
+    (row,) = advice["measured"]
+    assert row["step"] == 16 and row["ratio"] == pytest.approx(advice["b_simple"] / 256.0)
+    assert "measured B_crit at step 16" in proc.stdout and f"is {row['ratio']:.2f}x it" in proc.stdout
     one = largebatch("advise", "--nproc", "1", "--out", str(tmp_path / "one"))
     assert one.returncode == 2 and "at least 2 workers" in one.stderr

@@ -45,6 +45,9 @@ class Advice:
     epochs_at_recipe_batch: float
     epochs_at_critical_batch: float
     cluster: dict = field(default_factory=dict)
+    measured: list = field(default_factory=list)
+    """One dict per point of a ``largebatch critical-batch`` report given with ``--measured`` (see
+    :func:`against_measured`)."""
 
     def text(self) -> str:
         trend = ("rising" if self.b_simple > 1.1 * self.b_simple_first_half else
@@ -69,7 +72,57 @@ class Advice:
                 f"{c['images_per_s']:,.0f} images/s, scaling efficiency {100 * c['scaling_efficiency']:.0f}%, "
                 f"{_duration(c['train_s'])} for {self.epochs_at_critical_batch:.1f} epochs of {c['train_images']:,} "
                 f"images")
+        for m in self.measured:
+            if m["measured"] is None:
+                lines.append(f"measured B_crit at step {m['step']} (branching): not resolved; no comparison")
+                continue
+            bound = ">= " if m["lower_bound"] else ""
+            line = (f"measured B_crit at step {m['step']} (branching, Merrill et al. 2025): {bound}{m['measured']:,.0f}; "
+                    f"this advice's {self.critical_batch:,.0f} is {m['ratio']:.2f}x it "
+                    f"({'within' if m['within_2x'] else 'outside'} 2x)")
+            if m.get("b_simple_there") is not None:
+                line += (f"; the B_simple that run logged at that step, {m['b_simple_there']:,.0f}, is "
+                         f"{m['b_simple_there'] / m['measured']:.2f}x it")
+            lines.append(line)
         return "\n".join(lines)
+
+
+def read_measured(path: str | Path) -> dict:
+    """The report ``largebatch critical-batch`` wrote (``critical_batch.json``).
+
+    Raises:
+        ValueError: when the file is missing, is not JSON, or holds no ``points`` list.
+    """
+    path = Path(path)
+    try:
+        report = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"--measured {path}: no such file; give the critical_batch.json that "
+                         f"`largebatch critical-batch` wrote") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"--measured {path}: not a readable JSON report ({err})") from None
+    points = report.get("points") if isinstance(report, dict) else None
+    if not isinstance(points, list) or not all(isinstance(p, dict) and "step" in p and "critical_batch" in p
+                                               for p in points):
+        raise ValueError(f"--measured {path}: not a `largebatch critical-batch` report (no points with step and "
+                         f"critical_batch)")
+    return report
+
+
+def against_measured(predicted: float, report: dict) -> list[dict]:
+    """``predicted`` (a critical batch in images) against every point of a branching report: per
+    point the step, the measured critical batch (None when not resolved), whether it is a lower bound,
+    the ratio predicted / measured and whether that lies within a factor of 2 either way, and the
+    B_simple the reference run logged at that step. The target of the comparison is agreement within
+    2x (Merrill et al. 2025 measure; McCandlish et al. 2018 sec. 2.2 predict B_crit ~ B_simple)."""
+    rows = []
+    for p in report["points"]:
+        measured = p["critical_batch"]
+        ratio = predicted / measured if measured else None
+        rows.append({"step": p["step"], "measured": measured, "lower_bound": bool(p.get("critical_batch_is_lower_bound")),
+                     "ratio": ratio, "within_2x": ratio is not None and 0.5 <= ratio <= 2.0,
+                     "b_simple_there": p.get("b_simple")})
+    return rows
 
 
 def _duration(seconds: float) -> str:
@@ -150,12 +203,15 @@ def _parameter_count(cfg) -> int:
 
 
 def advise(recipe: str, overrides: list[str], *, out: str, probe_epochs: float, nproc: int,
-           preset: str = "h100_ndr") -> Advice:
+           preset: str = "h100_ndr", measured: str | Path | None = None) -> Advice:
     """Run the probe (``largebatch train`` of the recipe for ``probe_epochs`` epochs on ``nproc``
-    >= 2 workers, noise scale on) into ``out``, then build the :class:`Advice`.
+    >= 2 workers, noise scale on) into ``out``, then build the :class:`Advice`; with ``measured`` (a
+    ``critical_batch.json`` of ``largebatch critical-batch``) the advice's critical batch is compared
+    with each measured point (:func:`against_measured`).
 
     Raises:
-        ValueError: for fewer than 2 workers or a non-positive probe length.
+        ValueError: for fewer than 2 workers, a non-positive probe length or an unreadable ``measured``
+            report (all before the probe starts).
         RuntimeError: when the probe fails or logs no noise scale (its log's end in the message).
     """
     from largebatch.cli import _build_config
@@ -165,6 +221,7 @@ def advise(recipe: str, overrides: list[str], *, out: str, probe_epochs: float, 
                          f"one, so the probe needs at least 2 workers")
     if probe_epochs <= 0:
         raise ValueError(f"--probe-epochs {probe_epochs}: give a positive number of epochs")
+    report = read_measured(measured) if measured else None
     cfg = _build_config(recipe, overrides)
     epochs = max(1, math.ceil(probe_epochs))
     subset = ""
@@ -193,6 +250,8 @@ def advise(recipe: str, overrides: list[str], *, out: str, probe_epochs: float, 
                     epochs_at_recipe_batch=cfg.train.epochs, epochs_at_critical_batch=epochs_crit)
     if preset:
         advice.cluster = cluster_estimate(cfg, b_noise, epochs_crit, n_images, preset)
+    if report is not None:
+        advice.measured = against_measured(b_noise, report)
     (run_dir / "advice.json").write_text(json.dumps(advice.__dict__, indent=2) + "\n")
     return advice
 
