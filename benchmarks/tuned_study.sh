@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The tuned large-batch study of docs/results.md, in the order it is being measured. Every command is
+# resumable: finished trials live in the Optuna storage (SQLite files under docs/results/) and are
+# not run again; a trial interrupted by SIGTERM or Ctrl-C (exit 75) is retried from its checkpoint.
+# Run it from the repository root on an otherwise idle machine, in the background:
+#
+#   nohup bash benchmarks/tuned_study.sh > runs/tuned_study.log 2>&1 &
+#
+# Stages (STAGES="1 3" runs only those). CPU cost on the 2-core VM, measured or estimated from the
+# trials run so far (3-6 CPU-minutes per 8-epoch trial at 256-2048, 6-7 at 4096-8192):
+#   1  steps to 90% val, Goyal / Nesterov / LARS, 256-8192, 8 epochs         (Goyal, Nesterov done: 2.4 core-h)
+#   2  the same with more epochs at the large batches, to locate the bend    (~6 core-h)
+#   3  steps to 90% val, LAMB / Akiba / Mikami / ablations, 256-8192         (~8 core-h)
+#   4  equal epochs (16), test top-1 per method, 256-8192                     (~12 core-h)
+#   5  a second seed of every chosen trial of stages 1-4                      (~4 core-h)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+LB=${LB:-.venv/bin/largebatch}
+STAGES=${STAGES:-"1 2 3 4 5"}
+R=docs/results
+BATCHES=256,512,1024,2048,4096,8192
+COMMON=(--target-val-top1 90 --val-size 5000 --nproc 2)
+
+for stage in $STAGES; do
+  case $stage in
+    1) "$LB" sweep --tune --objective steps --methods goyal,nesterov,lars --batch-sizes $BATCHES --epochs 8 \
+         --trials 4 "${COMMON[@]}" --out runs/study_steps --storage "sqlite:///$R/tuned_steps_e8/study.db" ;;
+    2) "$LB" sweep --tune --objective steps --methods nesterov,lars --batch-sizes 2048,4096,8192 --epochs 8 \
+         --epochs-at 2048=16,4096=32,8192=64 --trials 4 "${COMMON[@]}" --out runs/study_steps_long \
+         --storage "sqlite:///$R/tuned_steps_long/study.db" ;;
+    3) "$LB" sweep --tune --objective steps --methods goyal,no_scaling,linear_no_warmup,lamb,akiba,mikami \
+         --batch-sizes $BATCHES --epochs 8 --trials 4 "${COMMON[@]}" --out runs/study_steps \
+         --storage "sqlite:///$R/tuned_steps_e8/study.db" ;;
+    4) "$LB" sweep --tune --objective accuracy --methods goyal,nesterov,lars,lamb --batch-sizes $BATCHES \
+         --epochs 16 --trials 4 "${COMMON[@]}" --out runs/study_epochs \
+         --storage "sqlite:///$R/tuned_epochs_e16/study.db" ;;
+    5) "$LB" sweep --tune --objective steps --methods goyal,nesterov,lars,lamb,akiba,mikami --batch-sizes $BATCHES \
+         --epochs 8 --trials 4 --seeds 0,1 "${COMMON[@]}" --out runs/study_steps \
+         --storage "sqlite:///$R/tuned_steps_e8/study.db" ;;
+    *) echo "unknown stage $stage (stages are 1-5)" >&2; exit 2 ;;
+  esac
+done
