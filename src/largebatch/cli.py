@@ -439,7 +439,11 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"--nproc {args.nproc}: give at least 1 worker process")
     if args.command == "train" and args.max_restarts < 0:
         return _fail(f"--max-restarts {args.max_restarts}: give 0 or more restarts")
-    return args.func(args)
+    try:
+        return args.func(args)
+    except BrokenPipeError:  # the reader went away (`largebatch recipes NAME | head`): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 0
 
 
 if __name__ == "__main__":

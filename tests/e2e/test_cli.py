@@ -176,6 +176,16 @@ def test_recipes_command(tmp_path):
     assert "decay_epochs" in proc.stdout
     proc = largebatch("recipes", "nope", cwd=tmp_path, timeout=60)
     assert proc.returncode == 2 and "known recipes" in proc.stderr
+    # a reader that went away (`| head -1`) ends the command quietly: here the pipe's read end is
+    # closed before the command writes, so every write fails
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        piped = subprocess.run([sys.executable, "-m", "largebatch", "recipes", "goyal2017_resnet50_imagenet_8k"],
+                               cwd=tmp_path, stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write_end)
+    assert piped.returncode == 0 and "Traceback" not in piped.stderr, piped.stderr
 
 
 def test_imagefolder_run(tmp_path):
