@@ -48,7 +48,8 @@ class ReferenceLR:
 REFERENCE_LRS: dict[str, ReferenceLR] = {
     # The Fashion-MNIST ResNet-8 of the CPU recipes; docs/optimizers.md says where each was chosen.
     "sgd": ReferenceLR(0.4, 256, "linear", "goyal2017_fashion_mnist: tuned at 512 on the default recipe (docs/recipes.md)"),
-    "lars": ReferenceLR(2.5, 256, "linear", "you2018_lars_fashion_mnist (trust coefficient 0.001)"),
+    "lars": ReferenceLR(2.5, 256, "linear", "you2018_lars_fashion_mnist untuned (trust coefficient 0.001); "
+                         "its 2048 tuning (3.8) fits that batch and schedule only"),
     "lamb": ReferenceLR(0.01, 256, "linear", "chosen at 512 on the default recipe in 2 epochs: 0.005-0.0075 per 256 "
                         "trained slower, 0.015 diverged (docs/optimizers.md)"),
     "rmsprop_warmup": ReferenceLR(0.4, 256, "linear", "akiba2017_fashion_mnist (eta_base of the SGD phase)"),
