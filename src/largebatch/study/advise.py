@@ -80,9 +80,9 @@ class Advice:
             line = (f"measured B_crit at step {m['step']} (branching, Merrill et al. 2025): {bound}{m['measured']:,.0f}; "
                     f"this advice's {self.critical_batch:,.0f} is {m['ratio']:.2f}x it "
                     f"({'within' if m['within_2x'] else 'outside'} 2x)")
-            if m.get("b_simple_there") is not None:
+            if m["b_simple_ratio"] is not None:
                 line += (f"; the B_simple that run logged at that step, {m['b_simple_there']:,.0f}, is "
-                         f"{m['b_simple_there'] / m['measured']:.2f}x it")
+                         f"{m['b_simple_ratio']:.2f}x it")
             lines.append(line)
         return "\n".join(lines)
 
@@ -119,9 +119,11 @@ def against_measured(predicted: float, report: dict) -> list[dict]:
     for p in report["points"]:
         measured = p["critical_batch"]
         ratio = predicted / measured if measured else None
+        b_simple = p.get("b_simple")
         rows.append({"step": p["step"], "measured": measured, "lower_bound": bool(p.get("critical_batch_is_lower_bound")),
                      "ratio": ratio, "within_2x": ratio is not None and 0.5 <= ratio <= 2.0,
-                     "b_simple_there": p.get("b_simple")})
+                     "b_simple_there": b_simple,
+                     "b_simple_ratio": b_simple / measured if (b_simple is not None and measured) else None})
     return rows
 
 
