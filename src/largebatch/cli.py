@@ -16,7 +16,7 @@ from pathlib import Path
 
 log = logging.getLogger("largebatch")
 
-EXIT_BAD_INPUT = 2
+EXIT_BAD_INPUT = 2  # the same values as largebatch.api's (not imported here: the CLI starts without torch)
 EXIT_PREEMPTED = 75
 
 
@@ -34,29 +34,30 @@ def _fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
     return code
 
 
-def _build_config(recipe: str, overrides: list[str]):
-    from largebatch.config import apply_overrides
-    from largebatch.recipes import get_recipe
+def _build_config(recipe: str, overrides: list[str], config_file: str | None = None):
+    from largebatch.api import load_config
 
-    return apply_overrides(get_recipe(recipe), overrides)
+    return load_config(config_file or recipe, overrides)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from largebatch.config import ConfigError, config_mismatch, resolve, to_dict
-    from largebatch.data import check_data
-    from largebatch.train.checkpoint import CheckpointError, latest_valid_checkpoint, load_checkpoint
-    from largebatch.train.run import choose_run_dir, run_worker
+    from largebatch.api import launch, prepare_run
+    from largebatch.config import ConfigError, to_dict
 
+    if args.config and args.recipe:
+        return _fail("--config and --recipe both name the config; give one (--set applies on top of either)")
     try:
-        cfg = _build_config(args.recipe, args.set)
-    except (KeyError, ConfigError) as err:
-        return _fail(err.args[0] if isinstance(err, KeyError) else str(err))
+        cfg = _build_config(args.recipe, args.set, args.config)
+    except ConfigError as err:
+        return _fail(str(err))
 
     if _in_torchrun():
         # torchrun started this process: it is one worker; the world size comes from the environment.
         if args.nproc:
             return _fail("--nproc starts local workers itself; under torchrun set --nproc_per_node instead")
         from torch.distributed.elastic.multiprocessing.errors import record
+
+        from largebatch.train.run import run_worker
 
         rank = int(os.environ.get("RANK", "0"))
         try:
@@ -68,45 +69,76 @@ def cmd_train(args: argparse.Namespace) -> int:
             return EXIT_BAD_INPUT
         return EXIT_PREEMPTED if _preempted(result) else 0
 
-    nproc = args.nproc or cfg.train.nproc
     try:
-        plan = resolve(cfg, nproc)
-        check_data(cfg)
-        run_dir, resume_path = choose_run_dir(cfg.recipe, args.out, args.resume)
-        if resume_path is not None:  # refuse another config's checkpoint before any worker starts
-            found = latest_valid_checkpoint(run_dir) if args.resume == "auto" else (resume_path, load_checkpoint(resume_path))
-            if found is not None and (mismatch := config_mismatch(cfg, found[1]["config"], found[0])):
-                raise ConfigError(mismatch)
-    except (ConfigError, FileNotFoundError, CheckpointError, ImportError) as err:
+        run = prepare_run(cfg, nproc=args.nproc, out=args.out, resume=args.resume)
+    except (ConfigError, FileNotFoundError, ImportError) as err:
         return _fail(str(err))
-    print(f"largebatch: {cfg.recipe}: {plan.describe()}; run directory {run_dir}", file=sys.stderr)
+    print(f"largebatch: {cfg.recipe}: {run.plan.describe()}; run directory {run.run_dir}", file=sys.stderr)
     # The run directory is fixed here, so an elastic restart of the workers finds its checkpoints.
-    worker_args = (to_dict(cfg), str(run_dir), "auto" if args.resume == "auto" else
-                   (str(resume_path) if resume_path else None))
-    if nproc == 1 and not args.max_restarts:
-        try:
-            result = run_worker(*worker_args)
-        except ConfigError as err:
-            return _fail(str(err))
-        return EXIT_PREEMPTED if _preempted(result) else 0
     from torch.distributed.elastic.multiprocessing.api import SignalException
 
-    from largebatch.dist.launch import WorkerFailed, default_start_method, launch_local
+    from largebatch.dist.launch import WorkerFailed
 
     try:
-        result = launch_local(run_worker, worker_args, nproc=nproc, max_restarts=args.max_restarts,
-                              start_method=default_start_method(cfg.train.device))
+        result = launch(run, max_restarts=args.max_restarts)
+    except ConfigError as err:
+        return _fail(str(err))
     except WorkerFailed as err:
         if err.exitcode == EXIT_PREEMPTED:  # a worker got SIGTERM, checkpointed and left (run_worker)
             print(f"largebatch: stopped by SIGTERM; the workers wrote a checkpoint: continue with "
-                  f"--out {run_dir} --resume auto", file=sys.stderr)
+                  f"--out {run.run_dir} --resume auto", file=sys.stderr)
             return EXIT_PREEMPTED
         return _fail(str(err), code=1)
     except SignalException as sig:  # the launcher itself got SIGTERM: its workers checkpointed and stopped
         print(f"largebatch: stopped by {sig.sigval.name}; the workers wrote a checkpoint: continue with "
-              f"--out {run_dir} --resume auto", file=sys.stderr)
+              f"--out {run.run_dir} --resume auto", file=sys.stderr)
         return EXIT_PREEMPTED
     return EXIT_PREEMPTED if _preempted(result) else 0
+
+
+def _eval_source(path_text: str):
+    """(config dict, model state_dict, step, what was read) for ``largebatch eval PATH``: a
+    checkpoint, a run directory (its ``model_final.pt``, else its newest valid checkpoint) or a
+    ``model_final.pt`` (with the ``config.json`` beside it).
+
+    Raises:
+        ConfigError: nothing usable at PATH (one line, naming it).
+    """
+    from pathlib import Path
+
+    import torch
+
+    from largebatch.config import ConfigError
+    from largebatch.train.checkpoint import CheckpointError, latest_valid_checkpoint, load_checkpoint
+
+    path = Path(path_text)
+    if path.is_dir():
+        if (path / "model_final.pt").is_file():
+            path = path / "model_final.pt"
+        else:
+            found = latest_valid_checkpoint(path)
+            if found is None:
+                raise ConfigError(f"{path_text!r} holds neither model_final.pt nor a valid checkpoint; give a run "
+                                  f"directory, a checkpoint or a model_final.pt")
+            path = found[0]
+    if not path.is_file():
+        raise ConfigError(f"{path_text!r}: no such file or run directory")
+    if path.name.startswith("ckpt_step") or not (path.parent / "config.json").is_file():
+        try:
+            ckpt = load_checkpoint(path)
+        except CheckpointError as err:
+            raise ConfigError(str(err)) from None
+        if "config" not in ckpt or "model" not in ckpt:
+            raise ConfigError(f"{path} has no config or model state: not a training checkpoint")
+        return ckpt["config"], ckpt["model"], ckpt.get("train_state", {}).get("step"), str(path)
+    try:  # exported weights: a plain state_dict, the run's config beside it
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        cfg = json.loads((path.parent / "config.json").read_text())
+    except Exception as err:  # unreadable weights or config: one line
+        raise ConfigError(f"cannot read {path} with {path.parent / 'config.json'}: {str(err).splitlines()[0]}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(f"{path} is not a state_dict of tensors")
+    return cfg, state, None, str(path)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -116,13 +148,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from largebatch.data import build_data, check_data
     from largebatch.dist import cleanup, setup
     from largebatch.nn import build_model
-    from largebatch.train.checkpoint import load_checkpoint
     from largebatch.train.precision import choose_precision
     from largebatch.train.trainer import evaluate
 
+    target = args.path or args.checkpoint
+    if not target:
+        return _fail("give what to evaluate: a run directory, a checkpoint or a model_final.pt (largebatch eval PATH)")
     try:
-        ckpt = load_checkpoint(args.checkpoint)
-        cfg = apply_overrides(config_from_dict(ckpt["config"]), args.set)
+        cfg_dict, state, step, source = _eval_source(target)
+        cfg = apply_overrides(config_from_dict(cfg_dict), args.set)
         check_data(cfg)
     except (ConfigError, ValueError, FileNotFoundError) as err:
         return _fail(str(err))
@@ -131,14 +165,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         data = build_data(cfg, device=env.device)
         model = build_model(cfg.model.name, num_classes=data.num_classes, in_channels=data.in_channels,
                             width=cfg.model.width, blocks_per_stage=cfg.model.blocks_per_stage).to(env.device)
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(state)
         if cfg.model.channels_last:
             model = model.to(memory_format=torch.channels_last)
         precision = choose_precision(cfg.train.precision, env.device)  # as the training's evaluations
         result = evaluate(model, data, env, channels_last=cfg.model.channels_last, split=args.split,
                           batch_size=cfg.train.eval_batch_size, autocast_dtype=precision.autocast_dtype)
-        result.update(checkpoint=str(args.checkpoint), step=ckpt["train_state"]["step"], recipe=cfg.recipe,
-                      precision=precision.precision)
+        result.update(checkpoint=source, step=step, recipe=cfg.recipe, precision=precision.precision)
         if env.is_main:
             print(json.dumps(result, indent=2))
     finally:
@@ -312,7 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
     set_help = "override a config key, e.g. --set train.epochs=10 (repeatable; values are YAML)"
 
     p = sub.add_parser("train", help="train a recipe (data-parallel)")
-    p.add_argument("--recipe", default=DEFAULT_RECIPE, help=f"recipe name (default {DEFAULT_RECIPE}); see `largebatch recipes`")
+    p.add_argument("--recipe", default=None, help=f"recipe name (default {DEFAULT_RECIPE}); see `largebatch recipes`")
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="a YAML or JSON config (what `largebatch recipes NAME` prints, or a run's config.json or "
+                        "run directory) instead of --recipe; --set applies on top")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
     p.add_argument("--nproc", type=int, default=None,
                    help="local worker processes (default: the recipe's train.nproc); not with torchrun")
@@ -324,8 +360,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "valid checkpoint (torch.distributed.elastic)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="evaluate a checkpoint on the test/validation split")
-    p.add_argument("--checkpoint", required=True, help="a checkpoint file (runs/<run>/checkpoints/*.pt)")
+    p = sub.add_parser("eval", help="evaluate a run, a checkpoint or a model_final.pt on the test/validation split")
+    p.add_argument("path", nargs="?", default=None,
+                   help="a run directory (its model_final.pt, else its newest valid checkpoint), a checkpoint file "
+                        "(runs/<run>/checkpoints/*.pt) or a model_final.pt with its run's config.json beside it")
+    p.add_argument("--checkpoint", default=None, help="the same as PATH (kept for scripts)")
     p.add_argument("--split", default="test", choices=["test", "val"],
                    help="test (default) or val: the data.val_size images held out of the training set")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)

@@ -619,12 +619,20 @@ def resolve_stages(cfg: Config, world_size: int, *, local_world_size: int | None
     Raises:
         ConfigError: naming the key, the value and what is accepted.
     """
-    _check(cfg.data.name in DATA_NAMES, "data.name", cfg.data.name, f"one of {', '.join(DATA_NAMES)}")
-    if cfg.model.name not in MODEL_NAMES:
+    from largebatch.registry import DATASET_GROUP, MODEL_GROUP, is_plugin, load_plugin
+
+    for name, group, key in ((cfg.data.name, DATASET_GROUP, "data.name"), (cfg.model.name, MODEL_GROUP, "model.name")):
+        if name not in DATA_NAMES + MODEL_NAMES and is_plugin(name, group):
+            load_plugin(name, group, key)  # a user factory that cannot be imported is refused here, before workers
+
+    _check(cfg.data.name in DATA_NAMES or is_plugin(cfg.data.name, DATASET_GROUP), "data.name", cfg.data.name,
+           f"one of {', '.join(DATA_NAMES)}, or a user factory package.module:callable (docs/api.md)")
+    if cfg.model.name not in MODEL_NAMES and not is_plugin(cfg.model.name, MODEL_GROUP):
         from largebatch.nn.models import torchvision_classifiers
 
         _check(cfg.model.name in torchvision_classifiers(), "model.name", cfg.model.name,
-               "resnet_fmnist or a torchvision classification model, e.g. resnet18, resnet50, efficientnet_b0")
+               "resnet_fmnist, a torchvision classification model (e.g. resnet18, resnet50, efficientnet_b0) or a "
+               "user factory package.module:callable (docs/api.md)")
     _check(cfg.optim.name in OPTIM_NAMES, "optim.name", cfg.optim.name, f"one of {', '.join(OPTIM_NAMES)}")
     _check(cfg.schedule.name in SCHEDULE_NAMES, "schedule.name", cfg.schedule.name,
            f"one of {', '.join(SCHEDULE_NAMES)}")
@@ -711,7 +719,7 @@ def resolve_stages(cfg: Config, world_size: int, *, local_world_size: int | None
            cfg.data.decode_on, "workers unless data.decoder=torchvision (dali always decodes on the device)")
     _check(cfg.data.bad_file_policy in ("fail", "skip"), "data.bad_file_policy", cfg.data.bad_file_policy,
            "fail or skip")
-    _check(cfg.data.val_size == 0 or cfg.data.name in ("fashion_mnist", "synthetic"), "data.val_size",
+    _check(cfg.data.val_size == 0 or cfg.data.name != "imagefolder", "data.val_size",
            cfg.data.val_size, "0 for imagefolder (a held-out split is built for fashion_mnist and synthetic; on "
            "ImageNet keep the official val/ as the test split and hold out a train/ subset by hand)")
     _check(cfg.train.nonfinite_check in ("auto", "host", "device"), "train.nonfinite_check",

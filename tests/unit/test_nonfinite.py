@@ -83,8 +83,9 @@ def test_device_check_skips_like_the_host_check(optim):
     host, _ = run(["train.nonfinite_check=host"] + optim, bad_steps={0, 2, 5})
     device, _ = run(["train.nonfinite_check=device"] + optim, bad_steps={0, 2, 5})
     assert device.device_guard and not host.device_guard
-    if optim:  # LARS's own host-synced check is off: the device guard alone skips the bad steps
-        assert device.optimizer.skip_nonfinite is False and host.optimizer.skip_nonfinite is True
+    if optim:  # one guard, the trainer's: the optimizer's own host-synced check is off in both modes
+        assert device.optimizer.skip_nonfinite is False and host.optimizer.skip_nonfinite is False
+        assert device.optimizer.skipped_steps == host.optimizer.skipped_steps == 0  # counted once, by the trainer
     assert host.state.skipped_steps == device.state.skipped_steps == 3
     for (name, a), b in zip(host.model.state_dict().items(), device.model.state_dict().values()):
         assert torch.equal(a, b), name
@@ -98,3 +99,25 @@ def test_device_check_skips_like_the_host_check(optim):
 def test_device_check_stop_policy_reports_the_first_bad_step():
     with pytest.raises(NonFiniteGradient, match=r"step 3 \(LR 0\.1\): non-finite gradient in fc\.weight"):
         run(["train.nonfinite_check=device", "train.nonfinite_policy=stop", "optim.base_lr=0.4"], bad_steps={3})
+
+
+@pytest.mark.parametrize("optim", [["optim.name=lamb", "optim.base_lr=0.002"],
+                                   ["optim.name=rmsprop_warmup", "optim.base_lr=0.1"]], ids=["lamb", "rmsprop_warmup"])
+def test_device_check_counts_bad_steps_once_and_takes_back_the_optimizers_counters(optim):
+    """LAMB and RMSprop warm-up keep host step counters that an undone step advances; the guard takes
+    them back at its next sync, so after the run they equal the host check's (bad steps 0, 2, 5 are
+    each settled at the next log, after every step)."""
+    host, _ = run(["train.nonfinite_check=host", "train.log_every_steps=1"] + optim, bad_steps={0, 2, 5})
+    device, _ = run(["train.nonfinite_check=device", "train.log_every_steps=1"] + optim, bad_steps={0, 2, 5})
+    assert host.state.skipped_steps == device.state.skipped_steps == 3
+    assert host.optimizer.skip_nonfinite is False and device.optimizer.skip_nonfinite is False
+    assert device.optimizer.skipped_steps == 0
+    if optim[0].endswith("lamb"):
+        counts = lambda opt: sorted(s["step"] for s in opt.state.values())  # noqa: E731
+        assert counts(device.optimizer) == counts(host.optimizer) and max(counts(host.optimizer)) == 5
+    else:
+        assert device.optimizer.steps_done == host.optimizer.steps_done == 5
+    # with a settle after every step, each undone step's count is taken back before the next step:
+    # the two guards give the same weights
+    for (name, a), b in zip(host.model.state_dict().items(), device.model.state_dict().values()):
+        assert torch.equal(a, b), name

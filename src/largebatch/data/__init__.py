@@ -12,6 +12,9 @@ __all__ = ["GlobalBatchSampler", "build_data", "check_data", "derive_seed", "eva
 
 
 FASHION_MNIST_TRAIN_SAMPLES = 60_000
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                         "Ankle boot")
+"""Label names of Fashion-MNIST's classes 0-9 (Xiao, Rasul, Vollgraf 2017, Table 1)."""
 
 
 def check_data(cfg) -> None:
@@ -78,7 +81,7 @@ def build_data(cfg, *, device: torch.device):
         from largebatch.data.fashion_mnist import load_fashion_mnist
 
         train_x, train_y, test_x, test_y = load_fashion_mnist(d.root)
-        num_classes = 10
+        num_classes, classes = 10, list(FASHION_MNIST_CLASSES)
     elif d.name == "synthetic":
         from largebatch.data.synthetic import make_synthetic
 
@@ -87,9 +90,17 @@ def build_data(cfg, *, device: torch.device):
             num_classes=d.synthetic_classes, channels=d.synthetic_channels, size_px=d.image_size_px,
             seed=cfg.train.seed,
         )
-        num_classes = d.synthetic_classes
+        num_classes, classes = d.synthetic_classes, None
     else:
-        raise ValueError(f"data.name={d.name!r} is unknown; accepted: fashion_mnist, synthetic, imagefolder")
+        from largebatch.registry import DATASET_GROUP, is_plugin, load_user_dataset
+
+        if not is_plugin(d.name, DATASET_GROUP):
+            raise ValueError(f"data.name={d.name!r} is unknown; accepted: fashion_mnist, synthetic, imagefolder or a "
+                             f"user factory package.module:callable (docs/api.md)")
+        user = load_user_dataset(d.name, root=d.root, seed=cfg.train.seed)
+        train_x, train_y, test_x, test_y = (user[k] for k in ("train_images", "train_labels", "test_images",
+                                                                "test_labels"))
+        num_classes, classes = user["num_classes"], user.get("classes")
     if d.train_subset:
         train_x, train_y = train_x[: d.train_subset], train_y[: d.train_subset]
     if d.test_subset:
@@ -102,7 +113,7 @@ def build_data(cfg, *, device: torch.device):
     from largebatch.data.tensors import TensorImageData
 
     return TensorImageData(train_x, train_y, test_x, test_y, num_classes=num_classes, augment=d.augment,
-                           padding_px=d.crop_padding_px, device=device, val=val)
+                           padding_px=d.crop_padding_px, device=device, val=val, classes=classes)
 
 
 def validation_split(num_samples: int, val_size: int, *, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -232,6 +232,14 @@ class ImageFolderData:
         std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255
         self._scale, self._shift = 1.0 / std, -mean / std
 
+    def input_spec(self) -> dict:
+        """What a model trained on these batches expects (see ``TensorImageData.input_spec``): RGB,
+        the evaluation transform (resize of the short side, center crop), ImageNet's mean and std."""
+        size = self.image_size_px
+        return {"in_channels": 3, "image_size_px": [size, size], "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+                "num_classes": self.num_classes, "classes": self.train_set_classes,
+                "eval_transform": f"resize the short side to {size * 256 // 224} px, center crop {size} px"}
+
     @staticmethod
     def _transforms(decoder: str, size: int, augment: bool):
         resize = size * 256 // 224

@@ -66,6 +66,7 @@ class TensorImageData:
         padding_px: int,
         device: torch.device,
         val: tuple[torch.Tensor, torch.Tensor] | None = None,
+        classes: list[str] | None = None,
     ) -> None:
         if train_images.dtype != torch.uint8 or train_images.ndim != 4:
             raise ValueError(f"train images must be uint8 (N, C, H, W), got {train_images.dtype} {tuple(train_images.shape)}")
@@ -77,6 +78,7 @@ class TensorImageData:
         self.val_images = val[0].to(device) if val is not None else None
         self.val_labels = val[1].to(device) if val is not None else None
         self.num_classes = num_classes
+        self.classes = list(classes) if classes else None
         self.augment = augment
         self.padding_px = padding_px
         pixels = train_images.float().div_(255)
@@ -100,6 +102,15 @@ class TensorImageData:
     @property
     def in_channels(self) -> int:
         return self.train_images.shape[1]
+
+    def input_spec(self) -> dict:
+        """What a model trained on these batches expects: channels, image size (H, W) in pixels,
+        per-channel mean and std of pixels scaled to [0, 1] (``x = (pixels / 255 - mean) / std``),
+        and the class names (None if unknown)."""
+        return {"in_channels": self.in_channels, "image_size_px": list(self.train_images.shape[-2:]),
+                "mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist(),
+                "num_classes": self.num_classes, "classes": self.classes,
+                "eval_transform": "none: the image as is"}
 
     def _normalize(self, images: torch.Tensor) -> torch.Tensor:
         return (images.float().div_(255) - self.mean) / self.std

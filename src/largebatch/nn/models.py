@@ -21,6 +21,7 @@ from torch import nn
 from torchvision.models import resnet as tv_resnet
 
 from largebatch.nn.norm import GhostBatchNorm2d
+from largebatch.registry import MODEL_GROUP, build_user_model, is_plugin
 
 
 class SmallResNet(nn.Module):
@@ -84,9 +85,14 @@ def goyal_init(model: nn.Module, *, zero_init_residual: bool, fc_init_std: float
         nn.init.zeros_(fc.bias)
 
 
-def _ghost_batchnorm(model: nn.Module, bn_batch_size: int) -> int:
-    """Replace every ``nn.BatchNorm2d`` of ``model`` by a :class:`GhostBatchNorm2d` with the same
-    parameters, buffers and settings; returns how many were replaced."""
+def convert_to_ghost_bn(model: nn.Module, bn_batch_size: int = 0) -> int:
+    """Replace every ``nn.BatchNorm2d`` of ``model``, in place, by a :class:`GhostBatchNorm2d` with
+    the same parameters, buffers and settings; returns how many were replaced.
+
+    ``bn_batch_size`` is the number of samples each BN group normalizes over (Hoffer et al. 2017,
+    ghost batch normalization; Goyal et al. 2017 sec. 5.1 use 32 per worker); 0 means the whole
+    per-worker micro-batch, i.e. plain BN until :func:`largebatch.nn.set_bn_batch_size` sets it.
+    Subclasses of ``BatchNorm2d`` (SyncBatchNorm, frozen BN) are left alone."""
     count = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
@@ -133,6 +139,8 @@ def build_model(
     """``resnet_fmnist`` or any torchvision classification model (``resnet50``, ``resnet18``,
     ``efficientnet_b0``, ...; untrained), with ghost BN in every BatchNorm2d and Goyal's init where
     it applies (zero last-BN gamma of torchvision's residual blocks, N(0, std^2) classifier ``fc``).
+    ``name`` may also be a user factory, ``package.module:callable`` or an entry point of the group
+    ``largebatch.models`` (:mod:`largebatch.registry`).
 
     Raises:
         ValueError: for an unknown name, or a torchvision model with in_channels != 3.
@@ -146,17 +154,21 @@ def build_model(
             blocks_per_stage=blocks_per_stage,
             norm_layer=norm_layer,
         )
-    elif name in torchvision_classifiers():
+    elif ":" not in name and name in torchvision_classifiers():
         if in_channels != 3:
             raise ValueError(f"model.name={name!r} expects 3-channel images, the data has {in_channels}")
         import torchvision
 
         model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
-        _ghost_batchnorm(model, bn_batch_size)
+        convert_to_ghost_bn(model, bn_batch_size)
+    elif is_plugin(name, MODEL_GROUP):
+        model = build_user_model(name, num_classes=num_classes, in_channels=in_channels)
+        convert_to_ghost_bn(model, bn_batch_size)
     else:
-        raise ValueError(f"model.name={name!r} is unknown; accepted: resnet_fmnist or a torchvision classification "
+        raise ValueError(f"model.name={name!r} is unknown; accepted: resnet_fmnist, a torchvision classification "
                          f"model (e.g. resnet18, resnet50; `python -c \"import torchvision; "
-                         f"print(torchvision.models.list_models(module=torchvision.models))\"`)")
+                         f"print(torchvision.models.list_models(module=torchvision.models))\"`) or a user "
+                         f"factory package.module:callable (docs/api.md)")
     goyal_init(model, zero_init_residual=zero_init_residual, fc_init_std=fc_init_std)
     return model
 

@@ -1,16 +1,32 @@
-"""Optimizers for large-batch training and the param-group policy."""
+"""Optimizers for large-batch training and the param-group policy.
+
+Use them from any training script::
+
+    from largebatch.optim import Lars, param_groups
+    opt = Lars(param_groups(model, weight_decay=5e-5, norm_adaptation=False, bias_adaptation=False),
+               lr=9.0, momentum=0.9, trust_coefficient=0.001)
+
+:class:`Lars` (You, Gitman, Ginsburg 2017), :class:`Lamb` (You et al. 2019) and :class:`RMSpropWarmup`
+(Akiba et al. 2017) are ``torch.optim.Optimizer`` subclasses: any ``torch.optim.lr_scheduler`` (or
+:class:`largebatch.schedules.LRSchedule`) drives their ``lr``; they survive ``copy.deepcopy``, ``pickle``
+and ``state_dict`` round trips.
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from largebatch.optim.lamb import Lamb
+from largebatch.optim.lars import Lars
 from largebatch.optim.param_groups import param_groups
+from largebatch.optim.rmsprop_warmup import RMSpropWarmup, akiba_alpha_sgd
 
-__all__ = ["build_optimizer", "param_groups"]
+__all__ = ["Lamb", "Lars", "RMSpropWarmup", "akiba_alpha_sgd", "build_optimizer", "param_groups"]
 
 
-def build_optimizer(model: nn.Module, optim_cfg, *, lr: float, steps_per_epoch: int = 1) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, optim_cfg, *, lr: float, steps_per_epoch: int = 1,
+                    skip_nonfinite: bool = True) -> torch.optim.Optimizer:
     """The optimizer named by ``optim.name`` over :func:`param_groups` of ``model``.
 
     * ``sgd``: ``torch.optim.SGD``, which keeps the LR outside the momentum buffer (Goyal et al.
@@ -20,6 +36,9 @@ def build_optimizer(model: nn.Module, optim_cfg, *, lr: float, steps_per_epoch: 
     * ``lamb``: :class:`~largebatch.optim.lamb.Lamb` (You et al. 2019).
     * ``rmsprop_warmup``: :class:`~largebatch.optim.rmsprop_warmup.RMSpropWarmup` (Akiba et al. 2017);
       its alpha_SGD schedule counts epochs in steps of ``steps_per_epoch``.
+
+    ``skip_nonfinite`` is passed to the three large-batch optimizers (SGD has no check of its own):
+    the trainer passes False because it guards every step itself.
 
     Raises:
         ValueError: for an unknown optimizer name.
@@ -37,19 +56,13 @@ def build_optimizer(model: nn.Module, optim_cfg, *, lr: float, steps_per_epoch: 
     if o.name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=o.momentum, nesterov=o.nesterov)
     if o.name == "lars":
-        from largebatch.optim.lars import Lars
-
         return Lars(groups, lr=lr, momentum=o.momentum, nesterov=o.nesterov, trust_coefficient=o.trust_coefficient,
-                    eps=o.lars_eps, clip=o.lars_clip)
+                    eps=o.lars_eps, clip=o.lars_clip, skip_nonfinite=skip_nonfinite)
     if o.name == "lamb":
-        from largebatch.optim.lamb import Lamb
-
-        return Lamb(groups, lr=lr, betas=(o.lamb_beta1, o.lamb_beta2), eps=o.lamb_eps)
+        return Lamb(groups, lr=lr, betas=(o.lamb_beta1, o.lamb_beta2), eps=o.lamb_eps, skip_nonfinite=skip_nonfinite)
     if o.name == "rmsprop_warmup":
-        from largebatch.optim.rmsprop_warmup import RMSpropWarmup
-
         return RMSpropWarmup(groups, lr=lr, momentum=o.momentum, alpha=o.rmsprop_alpha, eps=o.rmsprop_eps,
                              rmsprop_lr=o.rmsprop_lr, steps_per_epoch=steps_per_epoch,
                              center_epochs=o.alpha_sgd_center_epochs, period_epochs=o.alpha_sgd_period_epochs,
-                             variant=o.alpha_sgd_variant)
+                             variant=o.alpha_sgd_variant, skip_nonfinite=skip_nonfinite)
     raise ValueError(f"optim.name={o.name!r} is unknown; accepted: sgd, lars, lamb, rmsprop_warmup")

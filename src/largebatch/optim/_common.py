@@ -72,3 +72,31 @@ class Scratch:
             buf = torch.empty(t.numel(), dtype=t.dtype, device=t.device)
             self._buffers[key] = buf
         return buf[: t.numel()].view(t.shape)
+
+
+class Settings:
+    """Mixin for optimizers that keep settings and counters outside ``torch.optim.Optimizer``'s own
+    ``defaults``/``state``/``param_groups``. ``Optimizer.__getstate__`` keeps only those three, so
+    without this a ``copy.deepcopy`` or ``pickle`` round trip drops every other attribute and the
+    copy's ``step()`` fails. The names in ``_settings`` travel with the copy; the scratch buffers
+    (never state) are made anew."""
+
+    _settings: tuple[str, ...] = ()
+
+    def forget_steps(self, n: int) -> None:
+        """Take back ``n`` steps from the optimizer's own step counters: called by a guard that let
+        ``n`` non-finite steps run and undid their tensors on the device (the trainer's
+        ``train.nonfinite_check=device``), once it learns ``n`` at its next host sync. No counter here."""
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state["largebatch_settings"] = {name: getattr(self, name) for name in self._settings}
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        state = dict(state)
+        settings = state.pop("largebatch_settings", {})
+        super().__setstate__(state)
+        for name, value in settings.items():
+            setattr(self, name, value)
+        self._scratch = Scratch()

@@ -12,10 +12,10 @@ from typing import Any
 
 import torch
 
-from largebatch.optim._common import Scratch, all_finite, guarded, norms, use_foreach
+from largebatch.optim._common import Scratch, Settings, all_finite, guarded, norms, use_foreach
 
 
-class Lamb(torch.optim.Optimizer):
+class Lamb(Settings, torch.optim.Optimizer):
     r"""LAMB, layer-wise adaptive moments (You et al. 2019, Algorithm 2).
 
     For each parameter tensor ``x`` with gradient ``g``, at its step ``t`` (1-indexed)::
@@ -39,8 +39,9 @@ class Lamb(torch.optim.Optimizer):
     Non-finite gradients: if the norm of any gradient of the step is inf or NaN, the whole step
     is skipped (no parameter, moment or step-counter change) and ``self.skipped_steps`` is
     incremented. Deciding that costs one host sync per step (per device); a norm that overflows
-    float32 counts as non-finite. ``skipped_steps`` is
-    saved in :meth:`state_dict`.
+    float32 counts as non-finite. ``skipped_steps`` is saved in :meth:`state_dict`.
+    ``skip_nonfinite=False`` removes the check and its sync, for a caller that guards steps itself.
+    ``copy.deepcopy`` and ``pickle`` keep every setting and counter.
 
     Args:
         params: parameters or param-group dicts.
@@ -53,6 +54,7 @@ class Lamb(torch.optim.Optimizer):
             stacked tensor from foreach norms; None picks it when all of a group's parameters
             are on one CUDA device, and the single-tensor path otherwise (faster on CPU, see
             :mod:`largebatch.optim._common`). Both paths do the same math.
+        skip_nonfinite: skip a step whose gradients hold inf or NaN (one host sync per step).
 
     Raises:
         ValueError: for an argument out of its range.
@@ -67,6 +69,7 @@ class Lamb(torch.optim.Optimizer):
         weight_decay: float = 0.0,
         bias_correction: bool = True,
         foreach: bool | None = None,
+        skip_nonfinite: bool = True,
     ):
         if not lr >= 0.0:  # 0 is legal: a warmup from 0 (MLPerf) starts there
             raise ValueError(f"lr={lr!r} is invalid; accepted: lr >= 0")
@@ -80,7 +83,10 @@ class Lamb(torch.optim.Optimizer):
                         bias_correction=bias_correction, foreach=foreach, layer_adaptation=True)
         super().__init__(params, defaults)
         self.skipped_steps = 0
+        self.skip_nonfinite = bool(skip_nonfinite)
         self._scratch = Scratch()
+
+    _settings = ("skipped_steps", "skip_nonfinite")
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
@@ -90,6 +96,14 @@ class Lamb(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         self.skipped_steps = int(state_dict.get("skipped_steps", 0))
+
+    def forget_steps(self, n: int) -> None:
+        """Take back ``n`` steps of every parameter's bias-correction count ``t`` (see
+        :meth:`largebatch.optim._common.Settings.forget_steps`); a state created by an undone step is
+        zeros with ``t = 0`` again."""
+        for state in self.state.values():
+            if "step" in state:
+                state["step"] = max(0, state["step"] - n)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -109,7 +123,7 @@ class Lamb(torch.optim.Optimizer):
         if not work:
             return loss
         # The one host sync of the step: skip everything if any gradient norm is inf or NaN.
-        if not all_finite(norms([g for _, _, grads, _ in work for g in grads])):
+        if self.skip_nonfinite and not all_finite(norms([g for _, _, grads, _ in work for g in grads])):
             self.skipped_steps += 1
             return loss
         for group, params, grads, foreach in work:

@@ -7,10 +7,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from largebatch.optim._common import all_finite, guarded, norms, use_foreach
+from largebatch.optim._common import Settings, all_finite, guarded, norms, use_foreach
 
 
-class Lars(torch.optim.Optimizer):
+class Lars(Settings, torch.optim.Optimizer):
     r"""LARS with the learning rate outside the momentum buffer (PyTorch form).
 
     For each parameter tensor ``p`` with gradient ``g`` (a "layer" is one tensor; weights and
@@ -45,10 +45,8 @@ class Lars(torch.optim.Optimizer):
     Non-finite gradients: if any gradient norm of the step is inf or NaN, the whole step is skipped
     (no parameter or buffer changes) and the integer ``self.skipped_steps`` is incremented. The
     decision costs one host sync per step (all norms are stacked and read once; a norm that overflows
-    float32 counts as non-finite). Setting the attribute ``skip_nonfinite = False`` removes the check
-    and its sync, for a caller that undoes such steps itself (the trainer's
-    ``train.nonfinite_check=device``); it is saved in
-    :meth:`state_dict`.
+    float32 counts as non-finite). ``skip_nonfinite=False`` removes the check and its sync, for a
+    caller that guards steps itself (the trainer always does, on the host or on the device).
 
     Args:
         params: parameters or param-group dicts.
@@ -63,6 +61,9 @@ class Lars(torch.optim.Optimizer):
             stacked tensor from foreach norms; None picks it when all of a group's parameters
             are on one CUDA device, and the in-place single-tensor path otherwise (faster on CPU,
             see :mod:`largebatch.optim._common`). Both paths do the same math.
+        skip_nonfinite: skip a step whose gradients hold inf or NaN (one host sync per step).
+
+    ``copy.deepcopy`` and ``pickle`` keep every setting and counter.
 
     Raises:
         ValueError: for an argument out of its range.
@@ -79,6 +80,7 @@ class Lars(torch.optim.Optimizer):
         nesterov: bool = False,
         clip: bool = False,
         foreach: bool | None = None,
+        skip_nonfinite: bool = True,
     ):
         if not lr >= 0.0:
             raise ValueError(f"lr={lr} is invalid; accepted: lr >= 0")
@@ -99,7 +101,9 @@ class Lars(torch.optim.Optimizer):
         )
         super().__init__(params, defaults)
         self.skipped_steps = 0
-        self.skip_nonfinite = True
+        self.skip_nonfinite = bool(skip_nonfinite)
+
+    _settings = ("skipped_steps", "skip_nonfinite")
 
     def state_dict(self) -> dict:
         state = super().state_dict()

@@ -26,7 +26,7 @@ from typing import Callable, Optional
 
 import torch
 
-from largebatch.optim._common import Scratch, all_finite, norms, use_foreach
+from largebatch.optim._common import Scratch, Settings, all_finite, norms, use_foreach
 
 __all__ = ["RMSpropWarmup", "akiba_alpha_sgd"]
 
@@ -63,7 +63,7 @@ def akiba_alpha_sgd(
     return 1.0
 
 
-class RMSpropWarmup(torch.optim.Optimizer):
+class RMSpropWarmup(Settings, torch.optim.Optimizer):
     """Akiba et al.'s RMSprop warm-up (equations in the module docstring).
 
     Per-group options: ``lr`` (``eta``, the SGD LR, written by the trainer each step), ``momentum``
@@ -85,6 +85,8 @@ class RMSpropWarmup(torch.optim.Optimizer):
     Non-finite gradients: before each step the norms of all gradients are checked (one host sync
     per step; a norm that overflows float32 counts as non-finite); if any is inf or NaN the whole
     step is skipped (no weight, state or counter change) and ``skipped_steps`` is incremented.
+    ``skip_nonfinite=False`` removes the check and its sync, for a caller that guards steps itself.
+    ``copy.deepcopy`` and ``pickle`` keep every setting and counter.
 
     ``foreach``: None picks the ``torch._foreach_*`` path when all of a group's parameters are on
     one CUDA device and the single-tensor path otherwise (faster on CPU, see
@@ -111,6 +113,7 @@ class RMSpropWarmup(torch.optim.Optimizer):
         integer_epochs: bool = False,
         alpha_sgd: Optional[float] = None,
         foreach: Optional[bool] = None,
+        skip_nonfinite: bool = True,
     ):
         checks = [
             ("lr", lr, lr >= 0, ">= 0"),
@@ -143,7 +146,11 @@ class RMSpropWarmup(torch.optim.Optimizer):
         self.steps_done = 0
         self.skipped_steps = 0
         self.epoch_position: Optional[float] = None
+        self.skip_nonfinite = bool(skip_nonfinite)
         self._scratch = Scratch()
+
+    _settings = ("steps_per_epoch", "center_epochs", "period_epochs", "variant", "integer_epochs", "alpha_sgd",
+                 "steps_done", "skipped_steps", "epoch_position", "skip_nonfinite")
 
     def current_alpha_sgd(self) -> float:
         """The ``alpha_sgd`` the next :meth:`step` will use (for logging)."""
@@ -157,6 +164,10 @@ class RMSpropWarmup(torch.optim.Optimizer):
             epoch = self.steps_done / self.steps_per_epoch
         return akiba_alpha_sgd(epoch, center_epochs=self.center_epochs,
                                period_epochs=self.period_epochs, variant=self.variant)
+
+    def forget_steps(self, n: int) -> None:
+        """Take back ``n`` of ``steps_done`` (see :meth:`largebatch.optim._common.Settings.forget_steps`)."""
+        self.steps_done = max(0, self.steps_done - n)
 
     def state_dict(self) -> dict:
         """``torch.optim`` state plus the counters ``steps_done`` and ``skipped_steps``."""
@@ -184,7 +195,7 @@ class RMSpropWarmup(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
-        if grads and not all_finite(norms(grads)):  # the one host sync per step
+        if self.skip_nonfinite and grads and not all_finite(norms(grads)):  # the one host sync per step
             self.skipped_steps += 1
             return loss
         alpha_sgd = self.current_alpha_sgd()

@@ -216,7 +216,7 @@ def advise(recipe: str, overrides: list[str], *, out: str, probe_epochs: float, 
             report (all before the probe starts).
         RuntimeError: when the probe fails or logs no noise scale (its log's end in the message).
     """
-    from largebatch.cli import _build_config
+    from largebatch.api import load_config
 
     if nproc < 2:
         raise ValueError(f"--nproc {nproc}: the noise scale compares one worker's gradient with the all-reduced "
@@ -224,7 +224,7 @@ def advise(recipe: str, overrides: list[str], *, out: str, probe_epochs: float, 
     if probe_epochs <= 0:
         raise ValueError(f"--probe-epochs {probe_epochs}: give a positive number of epochs")
     report = read_measured(measured) if measured else None
-    cfg = _build_config(recipe, overrides)
+    cfg = load_config(recipe, overrides)
     epochs = max(1, math.ceil(probe_epochs))
     subset = ""
     if probe_epochs < 1:

@@ -1,23 +1,28 @@
 """Checkpoints: written by rank 0 atomically with a checksum, loaded with ``weights_only=True``.
 
-File layout: the 8-byte magic ``LBCKPT2\\n``, the SHA-256 of the payload as 64 hex digits and a
-newline, then the payload, a ``torch.save`` archive of a dict of tensors and plain values (no
-pickled classes): ``format``, ``config`` (dict), ``config_hash``, ``model`` and ``optimizer`` state
-dicts, ``train_state`` (step, epoch, best_top1, ... counters; the LR schedule is a pure function of
-the step, so it needs no state of its own), ``sampler`` (seed, epoch, step within the epoch, batch
-stage), ``world_size`` and ``rng`` (torch RNG state of every rank).
+Files (format 3): ``checkpoints/ckpt_step<8 digits>.pt`` is a plain ``torch.save`` archive that
+``torch.load(path, weights_only=True)`` reads anywhere; beside it ``ckpt_step<...>.pt.sha256`` holds
+its SHA-256 in ``sha256sum`` format (``sha256sum -c`` checks it). The archive is a dict of tensors
+and plain values (no pickled classes): ``format``, ``config`` (dict), ``config_hash``, ``model`` and
+``optimizer`` state dicts, ``train_state`` (step, epoch, best_top1, ... counters; the LR schedule is
+a pure function of the step, so it needs no state of its own), ``sampler`` (seed, epoch, step within
+the epoch, batch stage), ``world_size`` and ``rng`` (torch RNG state of every rank). Checkpoints of
+format 2 (one file: an ``LBCKPT2`` header with the checksum, then the archive) still load.
 
-Writing: temporary file in the same directory, write, flush, fsync, rename over the final name,
-fsync the directory; then the oldest checkpoints beyond ``keep`` are deleted. A reader therefore
-sees either the previous set of checkpoints or the new one, never a partial file under a final
-name; a file truncated or altered later (a full disk, a bad copy) fails its checksum, and
-:func:`latest_valid_checkpoint` falls back to the previous one with a warning.
+Writing: the checksum file first, then the archive; each goes to a temporary file in the same
+directory, is flushed and fsynced, renamed over its final name, and the directory fsynced; then the
+oldest checkpoints beyond ``keep`` are deleted. A reader therefore sees either the previous set of
+checkpoints or the new one, never a partial file under a final name; a file truncated or altered
+later (a full disk, a bad copy) fails its checksum, and :func:`latest_valid_checkpoint` falls back to
+the previous one with a warning. Files get the mode the user's umask gives (0644 under the usual
+022), so teammates can read a shared run directory.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import os
 import pickle
@@ -29,8 +34,9 @@ import torch
 
 log = logging.getLogger(__name__)
 
-FORMAT = 2
-MAGIC = b"LBCKPT2\n"
+FORMAT = 3
+LEGACY_FORMAT = 2
+MAGIC = b"LBCKPT2\n"  # the header of format-2 files
 _HEADER = len(MAGIC) + 65  # magic, 64 hex digits, newline
 _NAME = re.compile(r"^ckpt_step(\d{8,})\.pt$")
 
@@ -52,9 +58,21 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def checksum_path(path: Path) -> Path:
+    """The ``.sha256`` file beside a checkpoint."""
+    return Path(path).with_name(Path(path).name + ".sha256")
+
+
 def _atomic_write(path: Path, chunks: list[bytes]) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give what open() would
         with os.fdopen(fd, "wb") as f:
             for chunk in chunks:
                 f.write(chunk)
@@ -83,9 +101,11 @@ def save_checkpoint(run_dir: Path, step: int, payload: dict, *, keep: int) -> Pa
     buffer = io.BytesIO()
     torch.save({"format": FORMAT, **payload}, buffer)
     blob = buffer.getvalue()
-    _atomic_write(path, [MAGIC, hashlib.sha256(blob).hexdigest().encode() + b"\n", blob])
+    _atomic_write(checksum_path(path), [f"{hashlib.sha256(blob).hexdigest()}  {path.name}\n".encode()])
+    _atomic_write(path, [blob])
     for old in list_checkpoints(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
+        checksum_path(old).unlink(missing_ok=True)
     log.info("checkpoint %s", path)
     return path
 
@@ -102,15 +122,25 @@ def load_checkpoint(path: Path) -> dict:
         data = path.read_bytes()
     except OSError as err:
         raise CheckpointError(f"cannot read checkpoint {path}: {err}") from None
-    if not data.startswith(MAGIC) or len(data) < _HEADER:
-        raise CheckpointError(f"{path} is not a largebatch checkpoint (no {MAGIC[:-1].decode()} header); "
-                              f"it may be truncated to {len(data)} bytes")
-    expected = data[len(MAGIC):len(MAGIC) + 64].decode(errors="replace")
-    blob = memoryview(data)[_HEADER:]
+    if data.startswith(MAGIC):  # format 2: the checksum in a header
+        if len(data) < _HEADER:
+            raise CheckpointError(f"{path} is corrupt or truncated to {len(data)} bytes (format-2 header cut)")
+        expected, blob, fmt = data[len(MAGIC):len(MAGIC) + 64].decode(errors="replace"), memoryview(data)[_HEADER:], \
+            LEGACY_FORMAT
+    else:
+        side = checksum_path(path)
+        try:
+            expected = side.read_text().split()[0] if side.is_file() else None
+        except (OSError, UnicodeDecodeError, IndexError):
+            expected = ""
+        if expected is None:
+            raise CheckpointError(f"{path} is not a largebatch checkpoint: no checksum file {side.name} beside it "
+                                  f"(copy both files)")
+        blob, fmt = memoryview(data), FORMAT
     actual = hashlib.sha256(blob).hexdigest()
     if actual != expected:
         raise CheckpointError(f"{path} is corrupt or truncated: SHA-256 {actual[:12]}... does not match the "
-                              f"recorded {expected[:12]}... ({len(blob)} payload bytes)")
+                              f"recorded {expected[:12] or '(unreadable)'}... ({len(blob)} bytes)")
     try:
         ckpt = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -118,8 +148,8 @@ def load_checkpoint(path: Path) -> dict:
                               f"(checkpoints are loaded with weights_only=True): {str(err).splitlines()[0]}") from None
     except Exception as err:  # torch raises several types for unreadable archives
         raise CheckpointError(f"cannot read checkpoint {path}: {err}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a largebatch checkpoint of format {FORMAT}")
+    if not isinstance(ckpt, dict) or ckpt.get("format") != fmt:
+        raise CheckpointError(f"{path} is not a largebatch checkpoint of format {fmt}")
     return ckpt
 
 
@@ -134,13 +164,17 @@ def latest_valid_checkpoint(run_dir: Path) -> tuple[Path, dict] | None:
     return None
 
 
-def export_weights(path: Path, state_dict: dict) -> Path:
+def export_weights(path: Path, state_dict: dict, info: dict | None = None) -> Path:
     """Write a plain ``state_dict`` (tensors only, torch.save format, atomically) that loads into
     the matching torchvision model with ``load_state_dict`` (every BN layer's state has the keys
-    of ``torch.nn.BatchNorm2d``)."""
+    of ``torch.nn.BatchNorm2d``), and, given ``info``, a JSON sidecar (``model_final.pt`` ->
+    ``model_final.json``) saying what the model expects: architecture, channels, input size,
+    normalization mean/std, classes (:func:`largebatch.train.run.model_card`)."""
     buffer = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, buffer)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write(path, [buffer.getvalue()])
+    if info is not None:
+        _atomic_write(path.with_suffix(".json"), [(json.dumps(info, indent=2) + "\n").encode()])
     return path

@@ -72,6 +72,35 @@ def choose_run_dir(recipe: str, out: str | None, resume: str | None) -> tuple[Pa
     return default_run_dir(recipe), None
 
 
+def model_card(cfg: Config, data) -> dict:
+    """What ``model_final.pt`` needs to be used outside largebatch (written as ``model_final.json``):
+    the architecture and how to build it, the input (channels, size in pixels, the evaluation
+    transform and the normalization ``x = (pixels / 255 - mean) / std`` per channel) and the classes."""
+    spec = data.input_spec()
+    m = cfg.model
+    if m.name == "resnet_fmnist":
+        build = (f"largebatch.nn.build_model('resnet_fmnist', num_classes={spec['num_classes']}, "
+                 f"in_channels={spec['in_channels']}, width={m.width}, blocks_per_stage={m.blocks_per_stage})")
+    elif ":" in m.name:
+        build = f"{m.name}(num_classes={spec['num_classes']}, in_channels={spec['in_channels']})"
+    else:
+        build = f"torchvision.models.get_model({m.name!r}, num_classes={spec['num_classes']})"
+    return {
+        "format": "largebatch model card 1",
+        "weights": "model_final.pt (a state_dict: torch.load(path, weights_only=True))",
+        "architecture": {"name": m.name, "width": m.width, "blocks_per_stage": m.blocks_per_stage, "build": build},
+        "input": {"channels": spec["in_channels"], "size_px": spec["image_size_px"],
+                  "memory_format": "channels_last" if m.channels_last else "contiguous",
+                  "eval_transform": spec["eval_transform"],
+                  "normalization": {"mean": spec["mean"], "std": spec["std"],
+                                    "formula": "x = (pixels / 255 - mean) / std, per channel"}},
+        "num_classes": spec["num_classes"],
+        "classes": spec["classes"],
+        "recipe": cfg.recipe,
+        "data": cfg.data.name,
+    }
+
+
 def _process_start_perf() -> float:
     """This process's start, on the ``time.perf_counter`` clock (from /proc; the first import of
     this module elsewhere)."""
@@ -238,7 +267,7 @@ def run_worker(cfg_dict: dict, out: str | None = None, resume: str | None = None
             signal.signal(signal.SIGTERM, previous)
         bad_files = _gather_bad_files(getattr(trainer.data, "bad_files", []), env)
         if env.is_main:
-            ckpt_io.export_weights(run_dir / "model_final.pt", trainer.model.state_dict())
+            ckpt_io.export_weights(run_dir / "model_final.pt", trainer.model.state_dict(), model_card(cfg, trainer.data))
             if bad_files:
                 (run_dir / "bad_files.txt").write_text("\n".join(bad_files) + "\n")
                 log.warning("%d unreadable image file(s) were skipped (data.bad_file_policy=skip), listed in %s: %s%s",

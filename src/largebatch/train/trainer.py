@@ -42,6 +42,7 @@ from largebatch.dist.topology import build_groups, make_topology
 from largebatch.nn import (average_bn_statistics, build_model, channels_last_unsafe_convs, configure_bn,
                            recompute_bn_statistics, set_bn_batch_size, start_bn_step)
 from largebatch.optim import build_optimizer
+from largebatch.optim._common import Settings
 from largebatch.schedules import build_schedule
 from largebatch.train import checkpoint as ckpt_io
 from largebatch.train.metrics import MetricsLogger
@@ -201,7 +202,10 @@ class Trainer:
                                                    steps_per_epoch=n, epochs=t.epochs) for st in self.stages]
             self.schedule = self.stage_schedules[0]
         self.sampler = self._make_sampler(self.stage)
-        self.optimizer = build_optimizer(model, cfg.optim, lr=self.lr_at(0), steps_per_epoch=self.steps_per_epoch)
+        # The trainer guards every step itself (host check, device guard or the fp16 scaler), so the
+        # optimizers' own check and its host sync are off: one guard, one count of skipped steps.
+        self.optimizer = build_optimizer(model, cfg.optim, lr=self.lr_at(0), steps_per_epoch=self.steps_per_epoch,
+                                         skip_nonfinite=False)
         # Mixed precision: autocast for bf16/fp16; fp16 adds dynamic loss scaling. GradScaler.step
         # unscales the all-reduced gradients before the optimizer (so trust ratios see true norms)
         # and skips a step whose gradient is not finite.
@@ -218,8 +222,6 @@ class Trainer:
         self._first_bad_step = torch.full((), -1, dtype=torch.int64, device=env.device)
         self._first_bad_mask: torch.Tensor | None = None
         self._guard_names: list[str] = []
-        if self.device_guard and hasattr(self.optimizer, "skip_nonfinite"):
-            self.optimizer.skip_nonfinite = False  # LARS: its own host-synced check becomes the guard's
         # Control messages (stop, checkpoint due) travel on a gloo group of CPU tensors, so agreeing on
         # them never waits for the GPU.
         self._control = torch.distributed.new_group(backend="gloo") if env.distributed else None
@@ -519,6 +521,11 @@ class Trainer:
         where = (f"step {first} (LR {self.lr_at(first):g}): non-finite gradient in "
                  f"{', '.join(bad[:5]) or 'a layer'}{' and %d more' % (len(bad) - 5) if len(bad) > 5 else ''}")
         st.skipped_steps += pending
+        if isinstance(self.optimizer, Settings):
+            # The undone steps still advanced the optimizer's host counters (LAMB's bias-correction t,
+            # RMSprop warm-up's epoch count); take them back now. The steps between the bad one and
+            # this sync used a count higher by one, the price of not syncing every step.
+            self.optimizer.forget_steps(pending)
         self._pending_skips = torch.zeros((), dtype=torch.int32, device=self.env.device)
         self._first_bad_step = torch.full((), -1, dtype=torch.int64, device=self.env.device)
         self._first_bad_mask = None

@@ -1,0 +1,187 @@
+"""The Python entry to a training run: ``largebatch.train(...)``, the same run as ``largebatch train``.
+
+::
+
+    import largebatch
+
+    summary = largebatch.train("goyal2017_fashion_mnist", overrides=["train.epochs=2"], nproc=2,
+                               out="runs/two_epochs")
+    print(summary["top1"], summary["run_dir"])
+
+The command line is a thin layer over :func:`load_config`, :func:`prepare_run` and :func:`launch`:
+each error it reports with exit status 2 is a :class:`~largebatch.config.ConfigError` here (or a
+``FileNotFoundError`` for missing data), raised before any worker starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from largebatch.config import Config, ConfigError, apply_overrides, config_from_dict, config_mismatch, resolve, to_dict
+
+EXIT_BAD_INPUT = 2
+"""Exit status of bad input found before any worker starts (unknown key, wrong type, missing data)."""
+EXIT_PREEMPTED = 75
+"""Exit status of a run stopped by SIGTERM after writing a checkpoint (EX_TEMPFAIL: try again)."""
+
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def read_config_file(path: str | os.PathLike) -> Config:
+    """A :class:`Config` from a YAML or JSON file: the output of ``largebatch recipes NAME`` or a run's
+    ``config.json``; a run directory stands for its ``config.json``.
+
+    Raises:
+        ConfigError: the file is missing, is not YAML/JSON, or holds an unknown key or a wrong type.
+    """
+    import yaml
+    from omegaconf.errors import OmegaConfBaseException
+
+    p = Path(path)
+    if p.is_dir():
+        p = p / "config.json"
+    if not p.is_file():
+        raise ConfigError(f"--config {str(path)!r}: no such file (give the YAML printed by `largebatch recipes NAME` "
+                          f"or a run's config.json)")
+    try:
+        text = p.read_text()
+        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as err:
+        raise ConfigError(f"--config {str(p)!r} is not readable {'JSON' if p.suffix == '.json' else 'YAML'}: "
+                          f"{str(err).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {str(p)!r} holds a {type(data).__name__}, not a mapping of config sections")
+    try:
+        return config_from_dict(data)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"--config {str(p)!r}: {str(err).splitlines()[0]}; `largebatch recipes NAME` prints "
+                          f"a valid file") from None
+
+
+def load_config(config: str | os.PathLike | Config | dict = "", overrides: Iterable[str] = ()) -> Config:
+    """The config of a run, with ``KEY=VALUE`` overrides applied on top.
+
+    Args:
+        config: a recipe name (``largebatch recipes`` lists them; empty: the default recipe), a YAML or
+            JSON file (``*.yaml``, ``*.yml``, ``*.json``) or a run directory, a :class:`Config`, or a
+            dict as :func:`largebatch.config.to_dict` writes it.
+        overrides: ``KEY=VALUE`` strings, as ``--set`` takes them (values are YAML).
+
+    Raises:
+        ConfigError: an unknown recipe, file, key or value (one line, naming it).
+    """
+    from largebatch.recipes import DEFAULT_RECIPE, get_recipe
+
+    if isinstance(config, Config):
+        cfg = config
+    elif isinstance(config, dict):
+        cfg = config_from_dict(config)
+    else:
+        text = os.fspath(config) if config else DEFAULT_RECIPE
+        if text.endswith(CONFIG_SUFFIXES) or Path(text).is_dir() or os.sep in text:
+            cfg = read_config_file(text)
+        else:
+            try:
+                cfg = get_recipe(text)
+            except KeyError as err:
+                raise ConfigError(err.args[0]) from None
+    return apply_overrides(cfg, list(overrides))
+
+
+@dataclass(frozen=True)
+class PreparedRun:
+    """What :func:`prepare_run` decided, once, before any worker starts."""
+
+    config: Config
+    nproc: int
+    plan: Any  # largebatch.config.Plan of the first batch stage
+    run_dir: Path
+    resume_path: Path | None
+    resume: str | None  # what the workers are told: "auto", a checkpoint path, or None
+
+    def worker_args(self) -> tuple:
+        return (to_dict(self.config), str(self.run_dir), self.resume)
+
+
+def prepare_run(cfg: Config, *, nproc: int | None = None, out: str | os.PathLike | None = None,
+                resume: str | None = None) -> PreparedRun:
+    """Validate ``cfg`` for ``nproc`` workers (default ``train.nproc``), check the data, and choose the
+    run directory and the checkpoint to resume from (``resume``: None, ``"auto"`` or a path).
+
+    Raises:
+        ConfigError: a contradiction, an ``out`` that holds another run's checkpoints without
+            ``resume``, or a checkpoint written with another config.
+        FileNotFoundError: the data set's files are missing (the message says how to get them).
+    """
+    from largebatch.data import check_data
+    from largebatch.train.checkpoint import CheckpointError, latest_valid_checkpoint, load_checkpoint
+    from largebatch.train.run import choose_run_dir
+
+    nproc = nproc or cfg.train.nproc
+    if nproc < 1:
+        raise ConfigError(f"nproc={nproc}: give at least 1 worker process")
+    plan = resolve(cfg, nproc)
+    check_data(cfg)
+    out = os.fspath(out) if out is not None else None
+    run_dir, resume_path = choose_run_dir(cfg.recipe, out, resume)
+    if resume_path is not None:  # refuse another config's checkpoint before any worker starts
+        try:
+            found = latest_valid_checkpoint(run_dir) if resume == "auto" else (resume_path, load_checkpoint(resume_path))
+        except CheckpointError as err:
+            raise ConfigError(str(err)) from None
+        if found is not None and (mismatch := config_mismatch(cfg, found[1]["config"], found[0])):
+            raise ConfigError(mismatch)
+    told = "auto" if resume == "auto" else (str(resume_path) if resume_path else None)
+    return PreparedRun(cfg, nproc, plan, run_dir, resume_path, told)
+
+
+def launch(run: PreparedRun, *, max_restarts: int = 0) -> dict:
+    """Train the prepared run on ``run.nproc`` local worker processes (in this process when it is one
+    and no restart is asked for) and return rank 0's summary (the run's ``summary.json``), or
+    ``{"preempted": True, "step": ..., "run_dir": ...}`` when SIGTERM stopped it after a checkpoint.
+
+    Raises:
+        ConfigError: a contradiction a worker found (e.g. against the devices it sees).
+        largebatch.dist.launch.WorkerFailed: a worker failed (its rank, exit code and message).
+    """
+    from largebatch.train.run import run_worker
+
+    if run.nproc == 1 and not max_restarts:
+        return run_worker(*run.worker_args())
+    from largebatch.dist.launch import default_start_method, launch_local
+
+    results = launch_local(run_worker, run.worker_args(), nproc=run.nproc, max_restarts=max_restarts,
+                           start_method=default_start_method(run.config.train.device))
+    preempted = [r for r in results.values() if isinstance(r, dict) and r.get("preempted")]
+    return preempted[0] if preempted else results[min(results)]
+
+
+def train(config: str | os.PathLike | Config | dict = "", overrides: Iterable[str] = (), *,
+          nproc: int | None = None, out: str | os.PathLike | None = None, resume: str | None = None,
+          max_restarts: int = 0) -> dict:
+    """Train a recipe, a config file or a :class:`Config` on local worker processes, like
+    ``largebatch train``; returns the run's summary (``top1``, ``val_top1``, ``steps``,
+    ``images_per_s``, ``run_dir``, ...; ``{"preempted": True, ...}`` after a SIGTERM).
+
+    Args:
+        config: see :func:`load_config`.
+        overrides: ``KEY=VALUE`` strings applied on top (``["train.epochs=2"]``).
+        nproc: local worker processes (default ``train.nproc``).
+        out: the run directory (default ``runs/<recipe>-<timestamp>``).
+        resume: None (a new run; refused if ``out`` holds checkpoints), ``"auto"`` (the newest valid
+            checkpoint of ``out``) or a checkpoint path.
+        max_restarts: restart the worker group up to this many times when a worker dies, each time
+            from the newest valid checkpoint (torch.distributed.elastic).
+
+    Raises:
+        ConfigError: bad input, found before any worker starts.
+        FileNotFoundError: missing data files.
+        largebatch.dist.launch.WorkerFailed: a worker failed while training.
+    """
+    cfg = load_config(config, overrides)
+    return launch(prepare_run(cfg, nproc=nproc, out=out, resume=resume), max_restarts=max_restarts)
+

@@ -1,0 +1,132 @@
+"""User models and data sets, named in the config like the built-in ones.
+
+``model.name`` and ``data.name`` take, besides the built-in names, either
+
+* ``package.module:callable``: imported in every worker (the module must be importable there: on
+  ``sys.path``, e.g. installed or on ``PYTHONPATH``), or
+* the name of an entry point of the group ``largebatch.models`` or ``largebatch.datasets`` that an
+  installed package declares (``[project.entry-points."largebatch.models"] mynet = "mypkg:build"``).
+
+Contracts:
+
+* a **model factory** is called as ``factory(num_classes=int, in_channels=int)`` and returns an
+  ``nn.Module`` mapping a float (N, C, H, W) batch to (N, num_classes) logits. Every ``BatchNorm2d``
+  in it becomes a ghost-BN layer (:func:`largebatch.nn.norm.convert_to_ghost_bn`), and Goyal et al.
+  2017's initialization (sec. 5.1) is applied where it fits, as for the built-in models.
+* a **data-set factory** is called as ``factory(root=str, seed=int)`` and returns a mapping with
+  ``train_images`` and ``test_images`` (uint8 tensors (N, C, H, W)), ``train_labels`` and
+  ``test_labels`` (int64 (N,) in [0, num_classes)) and ``num_classes`` (int). The images are held in
+  memory like Fashion-MNIST's: ``data.val_size``, ``data.train_subset``, augmentation and the
+  per-channel normalization apply to them the same way. A folder of JPEGs is ``data.name=imagefolder``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib import metadata
+from typing import Any, Callable
+
+from largebatch.config import ConfigError
+
+MODEL_GROUP = "largebatch.models"
+DATASET_GROUP = "largebatch.datasets"
+
+
+class RegistryError(ConfigError):
+    """A user model or data set that cannot be found, imported or used (one line, naming the key); a
+    :class:`~largebatch.config.ConfigError`, so the CLI reports it before any worker starts (exit 2)."""
+
+
+def is_plugin(name: str, group: str) -> bool:
+    """True if ``name`` is a ``module:callable`` path or an entry point of ``group``."""
+    return ":" in name or any(ep.name == name for ep in metadata.entry_points(group=group))
+
+
+def load_plugin(name: str, group: str, key: str) -> Callable[..., Any]:
+    """The callable that ``name`` (``module:callable`` or an entry-point name of ``group``) denotes.
+
+    Raises:
+        RegistryError: the module cannot be imported, the attribute is missing or not callable, or
+            no entry point has that name; the message names ``key`` and how to fix it.
+    """
+    if ":" in name:
+        module_name, _, attr = name.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as err:  # any error of the user's module: report it in one line
+            raise RegistryError(f"{key}={name!r}: cannot import {module_name!r} ({type(err).__name__}: {err}); "
+                                f"put the module on PYTHONPATH or install its package") from None
+        target: Any = module
+        for part in attr.split("."):
+            target = getattr(target, part, None)
+            if target is None:
+                raise RegistryError(f"{key}={name!r}: module {module_name!r} has no attribute {attr!r}")
+    else:
+        found = [ep for ep in metadata.entry_points(group=group) if ep.name == name]
+        if not found:
+            raise RegistryError(f"{key}={name!r}: no built-in name and no entry point of group {group!r}; "
+                                f"give package.module:callable")
+        try:
+            target = found[0].load()
+        except Exception as err:
+            raise RegistryError(f"{key}={name!r}: entry point {found[0].value!r} failed to load "
+                                f"({type(err).__name__}: {err})") from None
+    if not callable(target):
+        raise RegistryError(f"{key}={name!r} is a {type(target).__name__}, not a callable")
+    return target
+
+
+def build_user_model(name: str, *, num_classes: int, in_channels: int):
+    """Call a user model factory and check that it returned an ``nn.Module``.
+
+    Raises:
+        RegistryError: the factory is missing, fails, or returns something else.
+    """
+    from torch import nn
+
+    factory = load_plugin(name, MODEL_GROUP, "model.name")
+    try:
+        model = factory(num_classes=num_classes, in_channels=in_channels)
+    except Exception as err:
+        raise RegistryError(f"model.name={name!r}: the factory failed with {type(err).__name__}: {err} "
+                            f"(it is called as factory(num_classes={num_classes}, in_channels={in_channels}))") from None
+    if not isinstance(model, nn.Module):
+        raise RegistryError(f"model.name={name!r}: the factory returned a {type(model).__name__}, not an nn.Module")
+    return model
+
+
+DATASET_KEYS = ("train_images", "train_labels", "test_images", "test_labels", "num_classes")
+
+
+def load_user_dataset(name: str, *, root: str, seed: int) -> dict:
+    """Call a user data-set factory and check its tensors (dtypes, shapes, label range).
+
+    Raises:
+        RegistryError: naming what is missing or wrong.
+    """
+    import torch
+
+    factory = load_plugin(name, DATASET_GROUP, "data.name")
+    try:
+        data = factory(root=root, seed=seed)
+    except Exception as err:
+        raise RegistryError(f"data.name={name!r}: the factory failed with {type(err).__name__}: {err} "
+                            f"(it is called as factory(root={root!r}, seed={seed}))") from None
+    missing = [k for k in DATASET_KEYS if not (hasattr(data, "keys") and k in data)]
+    if missing:
+        raise RegistryError(f"data.name={name!r}: the factory's result lacks {', '.join(missing)}; return a dict "
+                            f"with {', '.join(DATASET_KEYS)}")
+    k = int(data["num_classes"])
+    for split in ("train", "test"):
+        x, y = data[f"{split}_images"], data[f"{split}_labels"]
+        if not (isinstance(x, torch.Tensor) and x.dtype == torch.uint8 and x.dim() == 4):
+            raise RegistryError(f"data.name={name!r}: {split}_images must be a uint8 tensor (N, C, H, W), got "
+                                f"{getattr(x, 'dtype', type(x).__name__)} of shape {tuple(getattr(x, 'shape', ()))}")
+        if not (isinstance(y, torch.Tensor) and y.dim() == 1 and y.shape[0] == x.shape[0]
+                and not y.is_floating_point()):
+            raise RegistryError(f"data.name={name!r}: {split}_labels must be an integer tensor (N,) with one label "
+                                f"per image ({x.shape[0]})")
+        if y.numel() and not (0 <= int(y.min()) and int(y.max()) < k):
+            raise RegistryError(f"data.name={name!r}: {split}_labels outside [0, num_classes={k})")
+    return {**data, "train_labels": data["train_labels"].long(), "test_labels": data["test_labels"].long(),
+            "num_classes": k}
