@@ -24,10 +24,12 @@ def _model():
     return nn.Sequential(nn.Linear(13, 9), nn.Tanh(), nn.Linear(9, 5))
 
 
-def _ddp_grads(rank, hook_pair):
+def _ddp_grads(rank, hook_pair, register=None):
     model = DDP(_model(), bucket_cap_mb=0.0001)  # several buckets
     if hook_pair is not None:
         model.register_comm_hook(*hook_pair)
+    if register is not None:
+        register(model)
     g = torch.Generator().manual_seed(rank)
     x, y = torch.randn(6, 13, generator=g), torch.randn(6, 5, generator=g)
     ((model(x) - y) ** 2).mean().backward()
@@ -60,6 +62,16 @@ def collectives_on_ranks(rank, world, shapes):
             for compression in ("none", "fp16", "bf16"):
                 pair = make_comm_hook(algorithm, compression, state)
                 out[(wpn, x, "ddp", algorithm, compression)] = (_ddp_grads(rank, pair), plain)
+    # the public one-call registration, as a user's own DDP script calls it
+    from largebatch.dist import register_comm_hook
+
+    for wpn, x in shapes:
+        for algorithm in ("hierarchical", "torus2d"):
+            kw = dict(workers_per_node=wpn, torus_x=x)
+            out[(wpn, x, "ddp", "public-" + algorithm, "none")] = (
+                _ddp_grads(rank, None, lambda m: register_comm_hook(m, algorithm, **kw)), plain)
+    out[(0, 0, "ddp", "public-default", "bf16")] = (  # workers_per_node from LOCAL_WORLD_SIZE
+        _ddp_grads(rank, None, lambda m: register_comm_hook(m, compression="bf16")), plain)
     return out
 
 

@@ -79,6 +79,29 @@ def test_every_output_file(run):
     assert summary["time_to_target_s"] is not None and 0 < summary["time_to_target_s"] <= summary["wall_s"]
 
 
+def test_model_card_gives_plain_torch_the_training_accuracy(run):
+    """model_final.json says how inputs are normalized: plain torch, fed raw Fashion-MNIST pixels by it,
+    scores what the training's last evaluation scored (unnormalized pixels would score near chance)."""
+    from largebatch.data.fashion_mnist import load_fashion_mnist
+    from largebatch.nn import build_model
+
+    _, out, _ = run
+    card = json.loads((out / "model_final.json").read_text())
+    assert card["classes"][0] == "T-shirt/top" and card["num_classes"] == 10 and card["input"]["size_px"] == [28, 28]
+    arch = card["architecture"]
+    model = build_model(arch["name"], num_classes=10, in_channels=card["input"]["channels"], width=arch["width"],
+                        blocks_per_stage=arch["blocks_per_stage"])
+    model.load_state_dict(torch.load(out / "model_final.pt", weights_only=True))
+    _, _, test_x, test_y = load_fashion_mnist("")
+    test_x, test_y = test_x[:2000], test_y[:2000]
+    norm = card["input"]["normalization"]
+    mean, std = (torch.tensor(norm[k]).view(1, -1, 1, 1) for k in ("mean", "std"))
+    with torch.no_grad():
+        top1 = (model.eval()((test_x.float() / 255 - mean) / std).argmax(1) == test_y).float().mean().item() * 100
+    summary = json.loads((out / "summary.json").read_text())
+    assert top1 == pytest.approx(summary["top1"], abs=0.1)
+
+
 def test_eval_command_matches_training_eval(run):
     cwd, out, _ = run
     ckpt = sorted((out / "checkpoints").glob("ckpt_step*.pt"))[-1]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from largebatch.config import linear_scaled_lr
-from largebatch.schedules import LRSchedule, epoch_to_step, goyal_lr
+from largebatch.schedules import LRSchedule, ScheduledLR, epoch_to_step, goyal_lr
 
 IMAGENET_TRAIN = 1_281_167
 STEPS_PER_EPOCH = IMAGENET_TRAIN // 8192  # 156, drop-last convention
@@ -126,3 +126,23 @@ def test_slow_start_needs_matching_factors():
     with pytest.raises(ValueError, match="one more factor"):
         LRSchedule(kind="slow_start", peak_lr=1.0, warmup_start_lr=0.0, warmup_steps=0, total_steps=10,
                    decay_steps=(5,), factors=(1.0,))
+
+
+def test_schedule_as_a_pytorch_lr_scheduler_follows_the_schedule_and_resumes():
+    schedule = LRSchedule(kind="poly", peak_lr=2.0, warmup_start_lr=0.0, warmup_steps=3, total_steps=10, power=2.0)
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    opt = torch.optim.SGD([{"params": params}, {"params": [torch.nn.Parameter(torch.zeros(1))]}], lr=123.0)
+    scheduler = ScheduledLR(opt, schedule)
+    seen = []
+    for _ in range(6):
+        seen.append([g["lr"] for g in opt.param_groups])
+        opt.step()
+        scheduler.step()
+    assert seen == [[schedule(t)] * 2 for t in range(6)] and seen[3][0] == 2.0 and seen[1][0] == pytest.approx(2 / 3)
+    state = scheduler.state_dict()
+    opt2 = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=5.0)
+    resumed = ScheduledLR(opt2, schedule)
+    resumed.load_state_dict(state)
+    resumed.step()
+    scheduler.step()
+    assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"] == schedule(7)

@@ -85,3 +85,37 @@ def make_comm_hook(algorithm: str, compression: str, state: Optional[HookState])
     elif compression == "bf16":
         hook = default_hooks.bf16_compress_wrapper(hook)
     return state, hook
+
+
+def register_comm_hook(ddp_model, algorithm: str = "hierarchical", *, workers_per_node: int | None = None,
+                       torus_x: int = 0, compression: str = "none",
+                       hierarchical_mode: str = "scatter") -> Optional[HookState]:
+    """Register a topology-aware gradient all-reduce on a ``DistributedDataParallel`` model, in one call.
+
+    ``algorithm``: ``hierarchical`` (reduce within each node, all-reduce across nodes, broadcast
+    back; Goyal et al. 2017 sec. 4 and Jia et al. 2018), ``torus2d`` (Mikami et al. 2018 sec. 3.2:
+    reduce-scatter along one axis of a ``torus_x`` x (world / torus_x) grid, all-reduce along the
+    other, all-gather back) or ``allreduce`` (DDP's own, only worth registering with compression).
+    ``workers_per_node`` defaults to ``LOCAL_WORLD_SIZE`` (torchrun sets it). Every rank must call it,
+    after ``torch.distributed.init_process_group``: it creates the topology's process groups.
+
+    Returns:
+        the hook's state (its process groups), or None when DDP's own all-reduce stays.
+
+    Raises:
+        ValueError: an unknown algorithm or compression, or a world that the topology cannot tile.
+    """
+    import os
+
+    from largebatch.dist.topology import build_groups, make_topology
+
+    state = None
+    if algorithm != "allreduce":
+        world = dist.get_world_size()
+        per_node = workers_per_node or int(os.environ.get("LOCAL_WORLD_SIZE", world))
+        topology = make_topology(world, workers_per_node=per_node, torus_x=torus_x)
+        state = HookState(groups=build_groups(topology), hierarchical_mode=hierarchical_mode)
+    pair = make_comm_hook(algorithm, compression, state)
+    if pair is not None:
+        ddp_model.register_comm_hook(*pair)
+    return state

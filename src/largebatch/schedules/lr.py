@@ -24,6 +24,8 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
+import torch
+
 
 def epoch_to_step(epoch: float, steps_per_epoch: int) -> int:
     """Step index at which ``epoch`` (possibly fractional) begins: ``round(epoch * steps_per_epoch)``."""
@@ -135,3 +137,29 @@ def build_schedule(schedule_cfg, *, peak_lr: float, base_lr: float, steps_per_ep
         end_lr=s.end_lr,
         power=s.poly_power,
     )
+
+
+class ScheduledLR(torch.optim.lr_scheduler.LRScheduler):
+    """An :class:`LRSchedule` as a ``torch.optim.lr_scheduler.LRScheduler``, for a training loop of
+    one's own: every param group's ``lr`` is ``schedule(t)`` at step ``t``; call ``step()`` after each
+    ``optimizer.step()``, as with any PyTorch scheduler. ``state_dict()`` holds the step count
+    (``last_epoch``, PyTorch's name; it counts optimizer steps here), so a resumed loop continues
+    the schedule where it stopped.
+
+    Example::
+
+        schedule = LRSchedule("poly", peak_lr=9.0, warmup_start_lr=0.0, warmup_steps=500, total_steps=5000)
+        scheduler = ScheduledLR(optimizer, schedule)
+        for images, labels in loader:
+            ...; optimizer.step(); scheduler.step()
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, schedule: "LRSchedule", last_epoch: int = -1) -> None:
+        self.schedule = schedule
+        super().__init__(optimizer, last_epoch)
+
+    def get_lr(self) -> list[float]:
+        return [self.schedule(max(self.last_epoch, 0))] * len(self.optimizer.param_groups)
+
+    def _get_closed_form_lr(self) -> list[float]:
+        return self.get_lr()
