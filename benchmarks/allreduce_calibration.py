@@ -33,9 +33,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from _machine import cpu_model
 
 import largebatch
-from _machine import cpu_model
 
 SIZES_BYTES = [4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20]
 WORLD_SIZES = [2, 3, 4]

@@ -35,9 +35,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from _machine import cpu_model
 
 import largebatch
-from _machine import cpu_model
 
 SIZES_BYTES = [64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20]
 VARIANTS = ["allreduce (DDP default)", "hierarchical (scatter)", "hierarchical (reduce)", "torus2d 2x2",

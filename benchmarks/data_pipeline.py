@@ -35,9 +35,9 @@ from pathlib import Path
 
 import torch
 import torchvision
+from _machine import cpu_model
 
 import largebatch
-from _machine import cpu_model
 from largebatch.data.imagefolder import ImageFolderData
 
 
@@ -72,7 +72,7 @@ def one_pass(data: ImageFolderData, batch: int) -> float:
     sampler.set_epoch(0)
     t0 = time.perf_counter()
     n = 0
-    for images, labels in data.train_batches(sampler, seed=0):
+    for images, _labels in data.train_batches(sampler, seed=0):
         assert images.dtype == torch.float32 and images.shape[1:] == (3, 224, 224)
         n += images.shape[0]
     return n / (time.perf_counter() - t0)

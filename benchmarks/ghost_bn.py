@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import torchvision
+from _machine import cpu_model
 
 import largebatch
-from _machine import cpu_model
 from largebatch.nn import GhostBatchNorm2d, build_model
 
 
@@ -57,7 +57,7 @@ def make(variant: str):
     bn = 0 if variant == "plain BN (1 group of 256)" else 32
     model = build_model("resnet_fmnist", num_classes=10, in_channels=1, bn_batch_size=bn)
     if variant.startswith("folded"):
-        for name, m in list(model.named_modules()):
+        for _name, m in list(model.named_modules()):
             for child_name, child in list(m.named_children()):
                 if isinstance(child, GhostBatchNorm2d):
                     new = FoldedGhostBN(child.num_features, bn_batch_size=32)

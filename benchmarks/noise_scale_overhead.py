@@ -34,9 +34,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from _machine import cpu_model
 
 import largebatch
-from _machine import cpu_model
 
 MODELS = {"resnet_fmnist": (1, 28, 256), "resnet18": (3, 64, 32)}
 

@@ -37,14 +37,13 @@ from pathlib import Path
 
 import torch
 import torchvision
+from _machine import cpu_model
 
 import largebatch
-from _machine import cpu_model
 from largebatch.optim import param_groups
 from largebatch.optim.lamb import Lamb
 from largebatch.optim.lars import Lars
 from largebatch.optim.rmsprop_warmup import RMSpropWarmup
-
 
 FLOOR = "torch SGD momentum (foreach=True), the floor"
 SINGLE_FLOOR = "torch SGD momentum (foreach=False)"

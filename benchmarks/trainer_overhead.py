@@ -183,8 +183,8 @@ def main() -> None:
     args = ap.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     import largebatch
-    from largebatch.train.precision import choose_precision
     from largebatch.sim.peak import machine_peak
+    from largebatch.train.precision import choose_precision
 
     precision = choose_precision("auto", torch.device("cpu"))
     with tempfile.TemporaryDirectory() as tmp:

@@ -5,7 +5,7 @@
 converter in :mod:`largebatch.nn`, the comm hooks in :mod:`largebatch.dist`. See docs/api.md.
 """
 
-__version__ = "0.1.0"
+from largebatch._version import __version__
 
 __all__ = ["__version__", "load_config", "train"]
 

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from largebatch.config import Config, ConfigError, apply_overrides, config_from_dict, config_mismatch, resolve, to_dict
 
@@ -155,7 +156,8 @@ def launch(run: PreparedRun, *, max_restarts: int = 0) -> dict:
     from largebatch.dist.launch import default_start_method, launch_local
 
     results = launch_local(run_worker, run.worker_args(), nproc=run.nproc, max_restarts=max_restarts,
-                           start_method=default_start_method(run.config.train.device))
+                           start_method=default_start_method(run.config.train.device),
+                           preload=("largebatch.train.trainer",))
     preempted = [r for r in results.values() if isinstance(r, dict) and r.get("preempted")]
     return preempted[0] if preempted else results[min(results)]
 

@@ -336,7 +336,7 @@ def cmd_advise(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from largebatch import __version__
+    from largebatch._version import __version__
     from largebatch.recipes import DEFAULT_RECIPE
 
     parser = argparse.ArgumentParser(prog="largebatch", description=__doc__.splitlines()[0])

@@ -19,12 +19,15 @@ import json
 import math
 import os
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+from largebatch.errors import ConfigError  # noqa: F401  (re-exported: largebatch.config.ConfigError)
 
 DATA_NAMES = ("fashion_mnist", "synthetic", "imagefolder")
 MODEL_NAMES = ("resnet_fmnist", "resnet18", "resnet50")
@@ -65,10 +68,6 @@ COMM_ALGORITHMS = ("allreduce", "hierarchical", "torus2d")
 COMM_COMPRESSIONS = ("none", "fp16", "bf16")
 HIERARCHICAL_MODES = ("scatter", "reduce")
 VARIANCE_AVERAGINGS = ("mean", "pooled")
-
-
-class ConfigError(ValueError):
-    """A config key has a value that is unknown, of the wrong type, or contradicts another key."""
 
 
 @dataclass(kw_only=True)

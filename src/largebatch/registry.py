@@ -23,10 +23,11 @@ Contracts:
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from importlib import metadata
-from typing import Any, Callable
+from typing import Any
 
-from largebatch.config import ConfigError
+from largebatch.errors import ConfigError
 
 MODEL_GROUP = "largebatch.models"
 DATASET_GROUP = "largebatch.datasets"

@@ -9,7 +9,6 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-
 # Ranks are forked from one server process that imported torch, torchvision and the trainer once
 # (and never ran an op, so no thread pool is forked): a rank starts in well under a second instead of
 # the 4-5 s a fresh interpreter needs to import them on this 2-core machine.

@@ -4,7 +4,6 @@ boundary per the stage's rule, and the same weights on 1 and 2 processes."""
 
 import pytest
 import torch
-
 from gloo import run_ranks
 
 pytestmark = pytest.mark.dist

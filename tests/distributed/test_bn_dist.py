@@ -5,12 +5,11 @@ equal to BN over the concatenated group batch (forward and backward)."""
 import pytest
 import torch
 import torch.nn.functional as F
+from gloo import run_ranks
 from torch import nn
 
 from largebatch.dist import consecutive_groups
-from largebatch.nn import (GhostBatchNorm2d, average_bn_statistics, configure_bn, recompute_bn_statistics,
-                           start_bn_step)
-from gloo import run_ranks
+from largebatch.nn import GhostBatchNorm2d, average_bn_statistics, configure_bn, recompute_bn_statistics, start_bn_step
 
 F64 = torch.float64
 pytestmark = pytest.mark.dist

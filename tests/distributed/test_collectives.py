@@ -4,10 +4,9 @@ hooks built on them (and with fp16/bf16 compression) give DDP's own gradients.""
 
 import pytest
 import torch
+from gloo import run_ranks
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
-
-from gloo import run_ranks
 
 pytestmark = pytest.mark.dist
 
@@ -45,15 +44,15 @@ def collectives_on_ranks(rank, world, shapes):
 
     out = {}
     reference = {n: rank_tensor(rank, n) for n in SIZES}
-    for n, t in reference.items():
+    for t in reference.values():
         dist.all_reduce(t)
     plain = _ddp_grads(rank, None)
     for wpn, x in shapes:
         groups = build_groups(make_topology(world, workers_per_node=wpn, torus_x=x))
         for n in SIZES:
-            for name, fn in (("hier_scatter", lambda t: hierarchical_all_reduce(t, groups, mode="scatter")),
-                             ("hier_reduce", lambda t: hierarchical_all_reduce(t, groups, mode="reduce")),
-                             ("torus", lambda t: torus2d_all_reduce(t, groups))):
+            for name, fn in (("hier_scatter", lambda t, g=groups: hierarchical_all_reduce(t, g, mode="scatter")),
+                             ("hier_reduce", lambda t, g=groups: hierarchical_all_reduce(t, g, mode="reduce")),
+                             ("torus", lambda t, g=groups: torus2d_all_reduce(t, g))):
                 t = rank_tensor(rank, n)
                 fn(t)
                 out[(wpn, x, name, n)] = (t, reference[n])
@@ -69,7 +68,7 @@ def collectives_on_ranks(rank, world, shapes):
         for algorithm in ("hierarchical", "torus2d"):
             kw = dict(workers_per_node=wpn, torus_x=x)
             out[(wpn, x, "ddp", "public-" + algorithm, "none")] = (
-                _ddp_grads(rank, None, lambda m: register_comm_hook(m, algorithm, **kw)), plain)
+                _ddp_grads(rank, None, lambda m, a=algorithm, kw=kw: register_comm_hook(m, a, **kw)), plain)
     out[(0, 0, "ddp", "public-default", "bf16")] = (  # workers_per_node from LOCAL_WORLD_SIZE
         _ddp_grads(rank, None, lambda m: register_comm_hook(m, compression="bf16")), plain)
     return out

@@ -14,10 +14,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from gloo import run_ranks
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
-
-from gloo import run_ranks
 
 from largebatch.nn import build_model
 

@@ -4,9 +4,9 @@ per-example gradient covariance is known in closed form."""
 import pytest
 import torch
 import torch.distributed as dist
+from gloo import run_ranks
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from gloo import run_ranks
 from largebatch.dist.hooks import make_comm_hook
 from largebatch.train.noise_scale import NoiseScaleEstimator, wrap_hook
 

@@ -9,7 +9,6 @@
 
 import pytest
 import torch
-
 from gloo import run_ranks
 from test_ddp_equivalence import TRAINER_OVERRIDES, trainer_init_fc, trainer_weights
 

@@ -5,8 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from largebatch.nn import (GhostBatchNorm2d, average_bn_statistics, configure_bn, recompute_bn_statistics,
-                           start_bn_step)
+from largebatch.nn import GhostBatchNorm2d, average_bn_statistics, configure_bn, recompute_bn_statistics, start_bn_step
 
 F64 = torch.float64
 

@@ -14,8 +14,16 @@ import torch
 import torchvision
 
 from largebatch.nn import build_model, configure_bn
-from largebatch.train.checkpoint import (MAGIC, CheckpointError, checksum_path, export_weights, latest_valid_checkpoint,
-                                         list_checkpoints, load_checkpoint, save_checkpoint)
+from largebatch.train.checkpoint import (
+    MAGIC,
+    CheckpointError,
+    checksum_path,
+    export_weights,
+    latest_valid_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 
 def payload(step):

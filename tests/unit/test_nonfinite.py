@@ -68,7 +68,7 @@ def test_step_and_minute_checkpoint_intervals():
             trainer = Trainer(cfg, resolve(cfg, 1), env, tmp)
             saved = []
             original = trainer.save
-            trainer.save = lambda: (saved.append(trainer.state.step), original())
+            trainer.save = lambda saved=saved, trainer=trainer, original=original: (saved.append(trainer.state.step), original())
             trainer.fit()
             trainer.metrics.close()
         # the end of the run (step 8) is always saved; the interval adds the others

@@ -15,6 +15,7 @@ from largebatch.sim import (
     Network,
     Workload,
     allreduce_cost,
+    cli,
     fit_alpha_beta,
     get_preset,
     halving_doubling,
@@ -23,7 +24,6 @@ from largebatch.sim import (
     simulate_step,
     torus2d,
 )
-from largebatch.sim import cli
 
 D = 1e8  # bytes per GPU
 

@@ -49,7 +49,7 @@ def check_data(cfg) -> None:
 
         find_files(data_cfg.root)
     elif data_cfg.name == "imagefolder":
-        from largebatch.data.imagefolder import check_layout
+        from largebatch.data.layout import check_layout
 
         if data_cfg.decoder == "dali":
             from largebatch.data.dali import require_dali

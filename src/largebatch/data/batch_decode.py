@@ -20,8 +20,8 @@ readable sample of the data set (as the DataLoader path does) and reports the fi
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -92,7 +92,7 @@ class BatchDecoder(ABC):
             yield self._decode(*pending, dataset_size=dataset_size)
 
     def _decode(self, indices: list[int], future, seed: int, *, dataset_size: int):
-        from largebatch.data.imagefolder import BadImageError
+        from largebatch.data.layout import BadImageError
 
         encoded = future.result()
         skipped: list[str] = []

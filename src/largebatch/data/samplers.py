@@ -14,7 +14,7 @@ W takes the r-th contiguous slice of B / W samples of each global batch. Consequ
 from __future__ import annotations
 
 import hashlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 

@@ -66,7 +66,7 @@ def prepare(src: str, dst: str, *, max_side_px: int = 256, quality: int = 90, sh
     from torchvision import datasets
     from tqdm import tqdm
 
-    from largebatch.data.imagefolder import check_layout
+    from largebatch.data.layout import check_layout
 
     if max_side_px < 8 or not 1 <= quality <= 100 or shard_mb <= 0:
         raise ValueError(f"max_side_px={max_side_px}, quality={quality}, shard_mb={shard_mb}: accepted max_side_px >= 8, "

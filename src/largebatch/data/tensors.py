@@ -8,7 +8,7 @@ slice, so the augmented global batch does not depend on the number of processes 
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 

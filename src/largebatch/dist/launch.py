@@ -40,18 +40,23 @@ def default_start_method(device: str) -> str:
     return "fork" if cpu_only else "spawn"
 
 
-def preload_worker_modules() -> None:
-    """Import what every worker needs (torch, torchvision, the trainer) in this process, before the
-    workers are forked from it; runs no torch operation, so no thread pool is forked."""
+def preload_worker_modules(modules: tuple[str, ...] = ()) -> None:
+    """Import what every worker needs (torch, torchvision and ``modules``, e.g. the trainer) in this
+    process, before the workers are forked from it; runs no torch operation, so no thread pool is
+    forked."""
+    import importlib
+
     import torchvision  # noqa: F401
 
-    import largebatch.train.trainer  # noqa: F401
+    for name in modules:
+        importlib.import_module(name)
 
 
 def launch_local(entrypoint: Callable[..., Any], args: tuple, *, nproc: int, max_restarts: int = 0,
-                 start_method: str = "spawn") -> dict[int, Any]:
+                 start_method: str = "spawn", preload: tuple[str, ...] = ()) -> dict[int, Any]:
     """Run ``entrypoint(*args)`` on ``nproc`` local processes with torchrun's environment variables,
     started by ``start_method`` (``spawn``, ``fork`` or ``forkserver``; see :func:`default_start_method`).
+    Under ``fork``, the modules named in ``preload`` are imported first, once, in this process.
 
     Returns:
         {local rank: return value}.
@@ -73,7 +78,7 @@ def launch_local(entrypoint: Callable[..., Any], args: tuple, *, nproc: int, max
         local_addr="127.0.0.1",
     )
     if start_method == "fork":
-        preload_worker_modules()
+        preload_worker_modules(preload)
     try:
         return elastic_launch(config, entrypoint)(*args)
     except ChildFailedError as err:

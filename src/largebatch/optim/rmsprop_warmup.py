@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 
@@ -111,8 +111,8 @@ class RMSpropWarmup(Settings, torch.optim.Optimizer):
         period_epochs: float = 5.0,
         variant: str = "printed",
         integer_epochs: bool = False,
-        alpha_sgd: Optional[float] = None,
-        foreach: Optional[bool] = None,
+        alpha_sgd: float | None = None,
+        foreach: bool | None = None,
         skip_nonfinite: bool = True,
     ):
         checks = [
@@ -145,7 +145,7 @@ class RMSpropWarmup(Settings, torch.optim.Optimizer):
         self.alpha_sgd = alpha_sgd
         self.steps_done = 0
         self.skipped_steps = 0
-        self.epoch_position: Optional[float] = None
+        self.epoch_position: float | None = None
         self.skip_nonfinite = bool(skip_nonfinite)
         self._scratch = Scratch()
 
@@ -188,7 +188,7 @@ class RMSpropWarmup(Settings, torch.optim.Optimizer):
         self.skipped_steps = skipped_steps
 
     @torch.no_grad()
-    def step(self, closure: Optional[Callable[[], torch.Tensor]] = None):
+    def step(self, closure: Callable[[], torch.Tensor] | None = None):
         """One update of every parameter that has a gradient; returns ``closure()``'s loss or None."""
         loss = None
         if closure is not None:

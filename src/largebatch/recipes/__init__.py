@@ -5,7 +5,7 @@ This is a leaf layer: it imports ``largebatch.config`` and nothing imports it bu
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from largebatch.config import Config
 

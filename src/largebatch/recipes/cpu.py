@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from largebatch.config import (BatchStage, Config, DataConfig, ModelConfig, OptimConfig, ScheduleConfig,
-                               TrainConfig)
+from largebatch.config import BatchStage, Config, DataConfig, ModelConfig, OptimConfig, ScheduleConfig, TrainConfig
 from largebatch.recipes import register
 
 GOYAL_EPOCHS = 90

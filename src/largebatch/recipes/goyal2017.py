@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from largebatch.config import (Config, DataConfig, ModelConfig, OptimConfig, ScheduleConfig, TrainConfig)
+from largebatch.config import Config, DataConfig, ModelConfig, OptimConfig, ScheduleConfig, TrainConfig
 from largebatch.recipes import register
 
 

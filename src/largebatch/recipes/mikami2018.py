@@ -5,8 +5,7 @@ everything else is an option marked [U]."""
 
 from __future__ import annotations
 
-from largebatch.config import (BatchStage, Config, DataConfig, ModelConfig, OptimConfig, ScheduleConfig,
-                               TrainConfig)
+from largebatch.config import BatchStage, Config, DataConfig, ModelConfig, OptimConfig, ScheduleConfig, TrainConfig
 from largebatch.recipes import register
 
 

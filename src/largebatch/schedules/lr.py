@@ -21,8 +21,8 @@ MLPerf at 0) followed by one decay rule:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -154,7 +154,7 @@ class ScheduledLR(torch.optim.lr_scheduler.LRScheduler):
             ...; optimizer.step(); scheduler.step()
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, schedule: "LRSchedule", last_epoch: int = -1) -> None:
+    def __init__(self, optimizer: torch.optim.Optimizer, schedule: LRSchedule, last_epoch: int = -1) -> None:
         self.schedule = schedule
         super().__init__(optimizer, last_epoch)
 

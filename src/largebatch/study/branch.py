@@ -25,9 +25,9 @@ import json
 import math
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 
 class BranchError(ValueError):
@@ -232,7 +232,7 @@ def _report(points, plan, out: Path, base_loss: dict, batch_sizes, budget_images
     rows = []
     for p in points:
         per_batch = {}
-        for q, b, rule, cfg in plan:
+        for q, b, rule, _cfg in plan:
             if q.step != p.step:
                 continue
             run_dir = out / f"step{p.step:08d}" / f"b{b:06d}_{rule}"

@@ -37,9 +37,9 @@ import subprocess
 import sys
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from largebatch.study.sweep import METHODS, SweepError, _overrides_of, read_result, run_config
 

@@ -24,8 +24,9 @@ approximate there (docs/noise_scale.md).
 
 # No postponed annotations: DDP checks a hook's annotations at registration.
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -101,8 +102,8 @@ class NoiseScaleHookState:
 
     inner_state: Any
     inner_hook: Callable
-    local_sq: Optional[torch.Tensor] = None
-    global_sq: Optional[torch.Tensor] = None
+    local_sq: torch.Tensor | None = None
+    global_sq: torch.Tensor | None = None
 
     def take(self) -> tuple[torch.Tensor, torch.Tensor]:
         """This step's (worker |g|^2, all-reduced |g|^2), summed over buckets; resets them."""
@@ -131,7 +132,7 @@ def noise_scale_hook(state: NoiseScaleHookState, bucket: dist.GradBucket) -> tor
     return state.inner_hook(state.inner_state, bucket).then(after)
 
 
-def wrap_hook(pair: Optional[tuple[Any, Callable]], process_group=None) -> tuple[NoiseScaleHookState, Callable]:
+def wrap_hook(pair: tuple[Any, Callable] | None, process_group=None) -> tuple[NoiseScaleHookState, Callable]:
     """The (state, hook) to register instead of ``pair`` (None: DDP's own all-reduce, which
     PyTorch's ``allreduce_hook`` reproduces)."""
     from torch.distributed.algorithms.ddp_comm_hooks import default_hooks

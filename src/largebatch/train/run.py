@@ -120,7 +120,7 @@ def environment_info(env) -> dict:
     """Versions, world size and hardware, for env.json."""
     import torchvision
 
-    from largebatch import __version__
+    from largebatch._version import __version__
 
     cpu = platform.processor()
     try:

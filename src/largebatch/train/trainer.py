@@ -33,14 +33,20 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from largebatch.config import (Config, ConfigError, Plan, Stage, config_hash, config_mismatch, resolve_stages,
-                               to_dict)
+from largebatch.config import Config, ConfigError, Plan, Stage, config_hash, config_mismatch, resolve_stages, to_dict
 from largebatch.data import GlobalBatchSampler, build_data, derive_seed
 from largebatch.dist import DistEnv, all_reduce_sum, barrier, consecutive_groups
 from largebatch.dist.hooks import HookState, make_comm_hook
 from largebatch.dist.topology import build_groups, make_topology
-from largebatch.nn import (average_bn_statistics, build_model, channels_last_unsafe_convs, configure_bn,
-                           recompute_bn_statistics, set_bn_batch_size, start_bn_step)
+from largebatch.nn import (
+    average_bn_statistics,
+    build_model,
+    channels_last_unsafe_convs,
+    configure_bn,
+    recompute_bn_statistics,
+    set_bn_batch_size,
+    start_bn_step,
+)
 from largebatch.optim import build_optimizer
 from largebatch.optim._common import Settings
 from largebatch.schedules import build_schedule
@@ -519,7 +525,7 @@ class Trainer:
         mask = self._first_bad_mask.tolist() if self._first_bad_mask is not None else []
         bad = [n for n, m in zip(names, mask) if m]
         where = (f"step {first} (LR {self.lr_at(first):g}): non-finite gradient in "
-                 f"{', '.join(bad[:5]) or 'a layer'}{' and %d more' % (len(bad) - 5) if len(bad) > 5 else ''}")
+                 f"{', '.join(bad[:5]) or 'a layer'}{f' and {len(bad) - 5} more' if len(bad) > 5 else ''}")
         st.skipped_steps += pending
         if isinstance(self.optimizer, Settings):
             # The undone steps still advanced the optimizer's host counters (LAMB's bias-correction t,
@@ -550,7 +556,7 @@ class Trainer:
         st, t = self.state, self.cfg.train
         bad = [n for n, g in named if not bool(torch.isfinite(g).all())]
         where = (f"step {st.step} (epoch {st.epoch}, LR {self.lr_at(st.step):g}): non-finite gradient in "
-                 f"{', '.join(bad[:5])}{' and %d more' % (len(bad) - 5) if len(bad) > 5 else ''}")
+                 f"{', '.join(bad[:5])}{f' and {len(bad) - 5} more' if len(bad) > 5 else ''}")
         if t.nonfinite_policy == "stop":
             raise NonFiniteGradient(f"{where}; stopping (train.nonfinite_policy=stop). The last checkpoint is kept; "
                                     f"lower optim.base_lr or lengthen schedule.warmup_epochs")
