@@ -136,3 +136,21 @@ def test_sigterm_to_the_sweep_checkpoints_the_trial_and_the_same_command_resumes
     states = sorted(t.state.name for t in optuna.load_study(
         study_name=study_name("nesterov", 128, spec), storage=f"sqlite:///{out / 'study.db'}").get_trials())
     assert states == ["COMPLETE", "FAIL"]  # the interrupted attempt and its resumption
+
+
+def test_a_resumed_study_does_not_draw_its_first_parameters_again(tmp_path):
+    """Each start of the sweep builds a new sampler; seeded by the study's name alone, a resumed study
+    would draw the parameters of its first trials again (seen: a repeated 8-minute trial)."""
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+
+    def first_draw():
+        study = optuna.create_study(study_name="cell", storage=storage, load_if_exists=True,
+                                    sampler=optuna.samplers.TPESampler(seed=tune.sampler_seed("cell", storage)))
+        trial = study.ask()
+        lr = trial.suggest_float("lr", 1e-3, 1.0, log=True)
+        study.tell(trial, lr)
+        return lr
+
+    draws = [first_draw() for _ in range(3)]
+    assert len(set(draws)) == 3, draws
+    assert tune.sampler_seed("fresh", storage) == tune.sampler_seed("fresh", storage)  # deterministic

@@ -364,6 +364,19 @@ def total_steps_of(cfg, val_size: int, nproc: int) -> int:
     return steps
 
 
+def sampler_seed(name: str, storage) -> int:
+    """The TPE sampler's seed for study ``name``: a function of the name and of how many trials the
+    storage already holds, so a resumed study does not draw its first trials' parameters again (a
+    sampler seeded by the name alone restarts its random stream on every resume)."""
+    import optuna
+
+    try:
+        existing = len(optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False))
+    except KeyError:  # no such study yet
+        existing = 0
+    return zlib.crc32(name.encode() if existing == 0 else f"{name}#{existing}".encode())
+
+
 def tune_cell(spec: TuneSpec, method: str, batch: int, storage, *, progress: Callable[[str], None]) -> None:
     """Run the missing trials of one (method, global batch) study."""
     import optuna
@@ -376,7 +389,7 @@ def tune_cell(spec: TuneSpec, method: str, batch: int, storage, *, progress: Cal
     study = optuna.create_study(
         study_name=name, storage=storage, load_if_exists=True,
         direction="minimize" if spec.objective == "steps" else "maximize",
-        sampler=optuna.samplers.TPESampler(seed=zlib.crc32(name.encode()), n_startup_trials=min(4, n_trials)),
+        sampler=optuna.samplers.TPESampler(seed=sampler_seed(name, storage), n_startup_trials=min(4, n_trials)),
         pruner=_pruner(spec, warmup_steps=planned_steps // 5))
     study.set_metric_names(["steps_to_val_target" if spec.objective == "steps" else "val_top1"])
     if len(_finished(study)) >= n_trials:
