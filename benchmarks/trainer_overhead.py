@@ -67,7 +67,7 @@ def _config(steps: int, precision: str, variant: str):
 
 def run_trainer(env, steps: int, precision: str, variant: str) -> float:
     """images/s of Trainer.fit's training loop for ``variant``."""
-    from largebatch.config import resolve
+    from largebatch.plan import resolve
     from largebatch.train.metrics import read_metrics
     from largebatch.train.trainer import Trainer
 
@@ -77,9 +77,9 @@ def run_trainer(env, steps: int, precision: str, variant: str) -> float:
         dist.broadcast_object_list(box, src=0)  # rank 0's directory: the run's files are in one place
         trainer = Trainer(cfg, resolve(cfg, env.world_size), env, Path(box[0]) / "run")
         if variant == "no_control":
-            trainer._control_flags = lambda: (False, False)
+            trainer.triggers.control_flags = lambda step: (False, False)
         if variant == "no_nonfinite_check":
-            trainer._gradients_finite = lambda: True
+            trainer.guard.gradients_finite = lambda state: True
         trainer.fit()
         seconds = 0.0
         if env.is_main:

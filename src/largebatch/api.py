@@ -22,12 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from largebatch.config import Config, ConfigError, apply_overrides, config_from_dict, config_mismatch, resolve, to_dict
-
-EXIT_BAD_INPUT = 2
-"""Exit status of bad input found before any worker starts (unknown key, wrong type, missing data)."""
-EXIT_PREEMPTED = 75
-"""Exit status of a run stopped by SIGTERM after writing a checkpoint (EX_TEMPFAIL: try again)."""
+from largebatch.config import Config, ConfigError, apply_overrides, config_from_dict, config_mismatch, to_dict
+from largebatch.plan import resolve
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -99,7 +95,7 @@ class PreparedRun:
 
     config: Config
     nproc: int
-    plan: Any  # largebatch.config.Plan of the first batch stage
+    plan: Any  # largebatch.plan.Plan of the first batch stage
     run_dir: Path
     resume_path: Path | None
     resume: str | None  # what the workers are told: "auto", a checkpoint path, or None

@@ -14,10 +14,9 @@ import os
 import sys
 from pathlib import Path
 
-log = logging.getLogger("largebatch")
+from largebatch.errors import EXIT_BAD_INPUT, EXIT_PREEMPTED  # torch-free: the CLI starts fast
 
-EXIT_BAD_INPUT = 2  # the same values as largebatch.api's (not imported here: the CLI starts without torch)
-EXIT_PREEMPTED = 75
+log = logging.getLogger("largebatch")
 
 
 def _preempted(result) -> bool:
@@ -182,7 +181,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_recipes(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
-    from largebatch.config import ConfigError, resolve_stages
+    from largebatch.config import ConfigError
+    from largebatch.plan import resolve_stages
     from largebatch.recipes import get_recipe, recipe_names
 
     if not args.name:

@@ -1,11 +1,12 @@
-"""The config tree: typed, keyword-only dataclasses, overrides, validation and the derived plan.
+"""The config tree: typed, keyword-only dataclasses, overrides, validation and hashing.
 
 A recipe (``largebatch.recipes``) returns a complete :class:`Config`. Users edit it with
 ``--set KEY=VALUE`` overrides, which OmegaConf merges into the typed tree, so an unknown key or a
-value of the wrong type is rejected by the library rather than by hand-written parsing. Then
-:func:`resolve` checks the contradictions that depend on the number of workers and computes the
-derived values (per-worker batch, BN groups, accumulation, peak LR) once, into a :class:`Plan`.
-Derived values are never written back into the config.
+value of the wrong type is rejected by the library rather than by hand-written parsing.
+:func:`validate` checks every key that does not depend on the number of workers; the batch planner
+(:mod:`largebatch.plan`) checks the rest and computes the derived values (per-worker batch, BN
+groups, accumulation, peak LR) once, into a ``Plan``. Derived values are never written back into
+the config.
 
 Every error is a :class:`ConfigError` (a ``ValueError``) whose message names the key, the value and
 what is accepted; the CLI turns it into exit status 2 before any worker starts.
@@ -534,86 +535,16 @@ def config_hash(cfg: Config) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def linear_scaled_lr(base_lr: float, *, base_batch_size: int, global_batch_size: int) -> float:
-    """Linear scaling rule (Goyal et al. 2017, sec. 2.1): lr = base_lr * global_batch / base_batch."""
-    return base_lr * global_batch_size / base_batch_size
-
-
-def scaled_lr(rule: str, base_lr: float, *, base_batch_size: int, global_batch_size: int) -> float:
-    """The LR for ``global_batch_size`` under ``rule``: ``linear`` (Goyal sec. 2.1), ``sqrt``
-    (base_lr * sqrt(B / base_batch), used with adaptive optimizers, e.g. LAMB) or ``none``.
-
-    Raises:
-        ValueError: for an unknown rule.
-    """
-    if rule == "linear":
-        return linear_scaled_lr(base_lr, base_batch_size=base_batch_size, global_batch_size=global_batch_size)
-    if rule == "sqrt":
-        return base_lr * math.sqrt(global_batch_size / base_batch_size)
-    if rule == "none":
-        return base_lr
-    raise ValueError(f"optim.lr_scaling={rule!r} is unknown; accepted: {', '.join(LR_SCALINGS)}")
-
-
-@dataclass(frozen=True, kw_only=True)
-class Plan:
-    """Values derived from a config and the number of processes; computed once by :func:`resolve`.
-
-    A process may stand in for several of the paper's workers: it splits each micro-batch into
-    ``bn_groups_per_micro_batch`` BN groups of ``bn_batch_size`` samples and runs
-    ``accumulation_steps`` micro-batches per step.
-    """
-
-    world_size: int
-    """Number of processes (torch.distributed ranks)."""
-    global_batch_size: int
-    per_worker_batch_size: int
-    """Samples per step on one process = global_batch_size / world_size."""
-    micro_batch_size: int
-    """Samples per forward pass = per_worker_batch_size / accumulation_steps."""
-    accumulation_steps: int
-    bn_batch_size: int
-    """Samples per BN statistic, the BN span (micro_batch_size x bn_sync_ranks when
-    train.bn_batch_size is 0)."""
-    bn_sync_ranks: int
-    """Processes sharing each BN group (group-synchronized BN; 1: none)."""
-    bn_local_batch_size: int
-    """Samples of each BN group held by one process = bn_batch_size / bn_sync_ranks."""
-    bn_groups_per_micro_batch: int
-    simulated_workers: int
-    """The paper's k: global_batch_size / bn_batch_size."""
-    peak_lr: float
-    """LR after warmup: optim.lr_scaling (linear by default) applied to optim.base_lr."""
-
-    def describe(self) -> str:
-        sync = (f" (each BN group spans {self.bn_sync_ranks} processes: BN batch {self.bn_batch_size})"
-                if self.bn_sync_ranks > 1 else "")
-        return (
-            f"global batch {self.global_batch_size} = {self.world_size} process(es) x "
-            f"{self.accumulation_steps} accumulation step(s) x {self.bn_groups_per_micro_batch} "
-            f"BN group(s) x {self.bn_local_batch_size} samples{sync} (k = {self.simulated_workers} simulated "
-            f"workers); peak LR {self.peak_lr:g}"
-        )
-
-
-@dataclass(frozen=True, kw_only=True)
-class Stage:
-    """A stage of the batch schedule with its plan (a run without a schedule has one stage)."""
-
-    index: int
-    start_epoch: int
-    plan: Plan
-
-
-def _check(cond: bool, key: str, value: Any, accepted: str) -> None:
+def require(cond: bool, key: str, value: Any, accepted: str) -> None:
+    """Raise ConfigError('KEY=VALUE is invalid: ACCEPTED') unless ``cond``."""
     if not cond:
         raise ConfigError(f"{key}={value!r} is invalid: {accepted}")
 
 
-def resolve_stages(cfg: Config, world_size: int, *, local_world_size: int | None = None) -> list[Stage]:
-    """Validate ``cfg`` for ``world_size`` processes and derive the :class:`Plan` of every stage of
-    its batch schedule (one stage without a schedule). ``local_world_size`` (workers on this node;
-    default: all of them) checks the communication topology.
+def validate(cfg: Config) -> None:
+    """Check every key of ``cfg`` that does not depend on the number of processes: names, ranges,
+    contradictions between keys, user factories that cannot be imported. The batch split over
+    processes is checked by :func:`largebatch.plan.resolve_stages`, which calls this first.
 
     Raises:
         ConfigError: naming the key, the value and what is accepted.
@@ -624,40 +555,40 @@ def resolve_stages(cfg: Config, world_size: int, *, local_world_size: int | None
         if name not in DATA_NAMES + MODEL_NAMES and is_plugin(name, group):
             load_plugin(name, group, key)  # a user factory that cannot be imported is refused here, before workers
 
-    _check(cfg.data.name in DATA_NAMES or is_plugin(cfg.data.name, DATASET_GROUP), "data.name", cfg.data.name,
+    require(cfg.data.name in DATA_NAMES or is_plugin(cfg.data.name, DATASET_GROUP), "data.name", cfg.data.name,
            f"one of {', '.join(DATA_NAMES)}, or a user factory package.module:callable (docs/api.md)")
     if cfg.model.name not in MODEL_NAMES and not is_plugin(cfg.model.name, MODEL_GROUP):
         from largebatch.nn.models import torchvision_classifiers
 
-        _check(cfg.model.name in torchvision_classifiers(), "model.name", cfg.model.name,
+        require(cfg.model.name in torchvision_classifiers(), "model.name", cfg.model.name,
                "resnet_fmnist, a torchvision classification model (e.g. resnet18, resnet50, efficientnet_b0) or a "
                "user factory package.module:callable (docs/api.md)")
-    _check(cfg.optim.name in OPTIM_NAMES, "optim.name", cfg.optim.name, f"one of {', '.join(OPTIM_NAMES)}")
-    _check(cfg.schedule.name in SCHEDULE_NAMES, "schedule.name", cfg.schedule.name,
+    require(cfg.optim.name in OPTIM_NAMES, "optim.name", cfg.optim.name, f"one of {', '.join(OPTIM_NAMES)}")
+    require(cfg.schedule.name in SCHEDULE_NAMES, "schedule.name", cfg.schedule.name,
            f"one of {', '.join(SCHEDULE_NAMES)}")
-    _check(cfg.train.device in DEVICES, "train.device", cfg.train.device, f"one of {', '.join(DEVICES)}")
-    _check(cfg.optim.lr_scaling in LR_SCALINGS, "optim.lr_scaling", cfg.optim.lr_scaling,
+    require(cfg.train.device in DEVICES, "train.device", cfg.train.device, f"one of {', '.join(DEVICES)}")
+    require(cfg.optim.lr_scaling in LR_SCALINGS, "optim.lr_scaling", cfg.optim.lr_scaling,
            f"one of {', '.join(LR_SCALINGS)}")
-    _check(cfg.train.precision in PRECISIONS, "train.precision", cfg.train.precision, f"one of {', '.join(PRECISIONS)}")
-    _check(cfg.optim.alpha_sgd_variant in ALPHA_VARIANTS, "optim.alpha_sgd_variant", cfg.optim.alpha_sgd_variant,
+    require(cfg.train.precision in PRECISIONS, "train.precision", cfg.train.precision, f"one of {', '.join(PRECISIONS)}")
+    require(cfg.optim.alpha_sgd_variant in ALPHA_VARIANTS, "optim.alpha_sgd_variant", cfg.optim.alpha_sgd_variant,
            f"one of {', '.join(ALPHA_VARIANTS)}")
-    _check(0 <= cfg.train.label_smoothing < 1, "train.label_smoothing", cfg.train.label_smoothing, "a float in [0, 1)")
-    _check(cfg.optim.trust_coefficient > 0, "optim.trust_coefficient", cfg.optim.trust_coefficient, "a float > 0")
+    require(0 <= cfg.train.label_smoothing < 1, "train.label_smoothing", cfg.train.label_smoothing, "a float in [0, 1)")
+    require(cfg.optim.trust_coefficient > 0, "optim.trust_coefficient", cfg.optim.trust_coefficient, "a float > 0")
     for key in ("optim.lamb_beta1", "optim.lamb_beta2", "optim.rmsprop_alpha"):
         value = getattr(cfg.optim, key.split(".")[1])
-        _check(0 <= value < 1, key, value, "a float in [0, 1)")
+        require(0 <= value < 1, key, value, "a float in [0, 1)")
     for key in ("optim.lars_eps", "optim.lamb_eps", "optim.rmsprop_eps", "optim.rmsprop_lr", "schedule.end_lr"):
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
-        _check(value >= 0, key, value, "a float >= 0")
-    _check(cfg.optim.alpha_sgd_period_epochs > 0, "optim.alpha_sgd_period_epochs", cfg.optim.alpha_sgd_period_epochs,
+        require(value >= 0, key, value, "a float >= 0")
+    require(cfg.optim.alpha_sgd_period_epochs > 0, "optim.alpha_sgd_period_epochs", cfg.optim.alpha_sgd_period_epochs,
            "a float > 0")
     slow = list(cfg.schedule.slow_start_epochs)
-    _check(slow == sorted(slow) and len(cfg.schedule.slow_start_factors) == len(slow) + 1,
+    require(slow == sorted(slow) and len(cfg.schedule.slow_start_factors) == len(slow) + 1,
            "schedule.slow_start_factors", cfg.schedule.slow_start_factors,
            f"one more factor than schedule.slow_start_epochs ({len(slow)} boundaries, increasing)")
     if cfg.data.name == "imagefolder":
-        _check(bool(cfg.data.root), "data.root", cfg.data.root,
+        require(bool(cfg.data.root), "data.root", cfg.data.root,
                "an ImageNet-layout folder with train/<class>/ and val/<class>/ is required for imagefolder")
     for key in ("train.epochs", "train.global_batch_size", "train.max_micro_batch_size", "train.nproc",
                 "train.eval_every_epochs", "train.eval_batch_size", "train.log_every_steps", "train.checkpoint_every_epochs",
@@ -666,207 +597,83 @@ def resolve_stages(cfg: Config, world_size: int, *, local_world_size: int | None
                 "data.synthetic_test_samples", "data.synthetic_channels"):
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
-        _check(value >= 1, key, value, "a positive integer")
-    _check(cfg.data.synthetic_classes >= 2, "data.synthetic_classes", cfg.data.synthetic_classes, "an integer >= 2")
+        require(value >= 1, key, value, "a positive integer")
+    require(cfg.data.synthetic_classes >= 2, "data.synthetic_classes", cfg.data.synthetic_classes, "an integer >= 2")
     for key in ("train.bn_batch_size", "train.accumulation_steps", "data.train_subset", "data.test_subset", "data.val_size", "data.crop_padding_px",
                 "data.loader_workers", "train.threads_per_worker"):
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
-        _check(value >= 0, key, value, "an integer >= 0")
-    _check(0 <= cfg.train.noise_scale_decay < 1, "train.noise_scale_decay", cfg.train.noise_scale_decay,
+        require(value >= 0, key, value, "an integer >= 0")
+    require(0 <= cfg.train.noise_scale_decay < 1, "train.noise_scale_decay", cfg.train.noise_scale_decay,
            "a number in [0, 1)")
-    _check(cfg.optim.base_lr > 0 and math.isfinite(cfg.optim.base_lr), "optim.base_lr", cfg.optim.base_lr,
+    require(cfg.optim.base_lr > 0 and math.isfinite(cfg.optim.base_lr), "optim.base_lr", cfg.optim.base_lr,
            "a positive finite float")
-    _check(0 <= cfg.optim.momentum < 1, "optim.momentum", cfg.optim.momentum, "a float in [0, 1)")
-    _check(not (cfg.optim.nesterov and cfg.optim.momentum == 0), "optim.nesterov", cfg.optim.nesterov,
+    require(0 <= cfg.optim.momentum < 1, "optim.momentum", cfg.optim.momentum, "a float in [0, 1)")
+    require(not (cfg.optim.nesterov and cfg.optim.momentum == 0), "optim.nesterov", cfg.optim.nesterov,
            "false when optim.momentum is 0 (Nesterov needs momentum)")
-    _check(cfg.optim.weight_decay >= 0, "optim.weight_decay", cfg.optim.weight_decay, "a float >= 0")
-    _check(cfg.schedule.warmup_epochs >= 0, "schedule.warmup_epochs", cfg.schedule.warmup_epochs, "a float >= 0")
-    _check(cfg.schedule.warmup_start_lr is None or cfg.schedule.warmup_start_lr >= 0, "schedule.warmup_start_lr",
+    require(cfg.optim.weight_decay >= 0, "optim.weight_decay", cfg.optim.weight_decay, "a float >= 0")
+    require(cfg.schedule.warmup_epochs >= 0, "schedule.warmup_epochs", cfg.schedule.warmup_epochs, "a float >= 0")
+    require(cfg.schedule.warmup_start_lr is None or cfg.schedule.warmup_start_lr >= 0, "schedule.warmup_start_lr",
            cfg.schedule.warmup_start_lr, "null (start at optim.base_lr) or a float >= 0")
-    _check(0 < cfg.schedule.decay_factor <= 1, "schedule.decay_factor", cfg.schedule.decay_factor,
+    require(0 < cfg.schedule.decay_factor <= 1, "schedule.decay_factor", cfg.schedule.decay_factor,
            "a float in (0, 1]")
     decays = list(cfg.schedule.decay_epochs)
-    _check(all(d > 0 for d in decays) and decays == sorted(decays), "schedule.decay_epochs", decays,
+    require(all(d > 0 for d in decays) and decays == sorted(decays), "schedule.decay_epochs", decays,
            "an increasing list of positive epochs, e.g. [30, 60, 80]")
-    _check(0 <= cfg.train.target_top1 <= 100, "train.target_top1", cfg.train.target_top1, "a percentage in [0, 100]")
+    require(0 <= cfg.train.target_top1 <= 100, "train.target_top1", cfg.train.target_top1, "a percentage in [0, 100]")
     for key in ("stop_at_val_top1", "val_target_top1"):
         value = getattr(cfg.train, key)
-        _check(0 <= value <= 100, f"train.{key}", value, "a percentage in [0, 100] (0: off)")
-        _check(value == 0 or cfg.data.val_size > 0, f"train.{key}", value,
+        require(0 <= value <= 100, f"train.{key}", value, "a percentage in [0, 100] (0: off)")
+        require(value == 0 or cfg.data.val_size > 0, f"train.{key}", value,
                "0 unless data.val_size > 0 (the target is on the validation split; set data.val_size=5000)")
-    _check(cfg.train.stop_after_images >= 0, "train.stop_after_images", cfg.train.stop_after_images,
+    require(cfg.train.stop_after_images >= 0, "train.stop_after_images", cfg.train.stop_after_images,
            "an integer >= 0 (0: off)")
-    _check(cfg.train.val_every_steps >= 0, "train.val_every_steps", cfg.train.val_every_steps, "an integer >= 0 (0: off)")
-    _check(cfg.train.val_every_steps == 0 or cfg.data.val_size > 0, "train.val_every_steps",
+    require(cfg.train.val_every_steps >= 0, "train.val_every_steps", cfg.train.val_every_steps, "an integer >= 0 (0: off)")
+    require(cfg.train.val_every_steps == 0 or cfg.data.val_size > 0, "train.val_every_steps",
            cfg.train.val_every_steps, "0 unless data.val_size > 0 (set data.val_size=5000)")
-    _check(not cfg.train.init_from or os.path.isfile(cfg.train.init_from), "train.init_from", cfg.train.init_from,
+    require(not cfg.train.init_from or os.path.isfile(cfg.train.init_from), "train.init_from", cfg.train.init_from,
            "an existing checkpoint file (e.g. RUN/checkpoints/step_00001000.pt), or empty")
-    _check(world_size >= 1, "world size", world_size, "at least 1 process")
 
-    _check(cfg.train.bn_statistics in BN_STATISTICS, "train.bn_statistics", cfg.train.bn_statistics,
+    require(cfg.train.bn_statistics in BN_STATISTICS, "train.bn_statistics", cfg.train.bn_statistics,
            f"one of {', '.join(BN_STATISTICS)}")
-    _check(cfg.train.bn_variance_averaging in VARIANCE_AVERAGINGS, "train.bn_variance_averaging",
+    require(cfg.train.bn_variance_averaging in VARIANCE_AVERAGINGS, "train.bn_variance_averaging",
            cfg.train.bn_variance_averaging, f"one of {', '.join(VARIANCE_AVERAGINGS)}")
-    _check(cfg.train.bn_variance_averaging == "mean" or cfg.train.bn_statistics == "last_batch",
+    require(cfg.train.bn_variance_averaging == "mean" or cfg.train.bn_statistics == "last_batch",
            "train.bn_variance_averaging", cfg.train.bn_variance_averaging,
            "'mean' unless train.bn_statistics=last_batch (pooling applies to last-batch statistics)")
-    _check(cfg.data.decoder in ("torchvision", "pil", "dali"), "data.decoder", cfg.data.decoder,
+    require(cfg.data.decoder in ("torchvision", "pil", "dali"), "data.decoder", cfg.data.decoder,
            "torchvision, pil or dali")
-    _check(cfg.data.decode_on in ("workers", "device"), "data.decode_on", cfg.data.decode_on, "workers or device")
-    _check(cfg.data.decode_on == "workers" or cfg.data.decoder == "torchvision", "data.decode_on",
+    require(cfg.data.decode_on in ("workers", "device"), "data.decode_on", cfg.data.decode_on, "workers or device")
+    require(cfg.data.decode_on == "workers" or cfg.data.decoder == "torchvision", "data.decode_on",
            cfg.data.decode_on, "workers unless data.decoder=torchvision (dali always decodes on the device)")
-    _check(cfg.data.bad_file_policy in ("fail", "skip"), "data.bad_file_policy", cfg.data.bad_file_policy,
+    require(cfg.data.bad_file_policy in ("fail", "skip"), "data.bad_file_policy", cfg.data.bad_file_policy,
            "fail or skip")
-    _check(cfg.data.val_size == 0 or cfg.data.name != "imagefolder", "data.val_size",
+    require(cfg.data.val_size == 0 or cfg.data.name != "imagefolder", "data.val_size",
            cfg.data.val_size, "0 for imagefolder (a held-out split is built for fashion_mnist and synthetic; on "
            "ImageNet keep the official val/ as the test split and hold out a train/ subset by hand)")
-    _check(cfg.train.nonfinite_check in ("auto", "host", "device"), "train.nonfinite_check",
+    require(cfg.train.nonfinite_check in ("auto", "host", "device"), "train.nonfinite_check",
            cfg.train.nonfinite_check, "auto, host or device")
-    _check(cfg.train.nonfinite_policy in ("skip", "stop"), "train.nonfinite_policy", cfg.train.nonfinite_policy,
+    require(cfg.train.nonfinite_policy in ("skip", "stop"), "train.nonfinite_policy", cfg.train.nonfinite_policy,
            "skip or stop")
-    _check(cfg.train.max_nonfinite_steps >= 1, "train.max_nonfinite_steps", cfg.train.max_nonfinite_steps,
+    require(cfg.train.max_nonfinite_steps >= 1, "train.max_nonfinite_steps", cfg.train.max_nonfinite_steps,
            "a positive integer")
-    _check(cfg.train.checkpoint_every_steps >= 0, "train.checkpoint_every_steps", cfg.train.checkpoint_every_steps,
+    require(cfg.train.checkpoint_every_steps >= 0, "train.checkpoint_every_steps", cfg.train.checkpoint_every_steps,
            "an integer >= 0 (0: off)")
-    _check(cfg.train.checkpoint_every_minutes >= 0 and math.isfinite(cfg.train.checkpoint_every_minutes),
+    require(cfg.train.checkpoint_every_minutes >= 0 and math.isfinite(cfg.train.checkpoint_every_minutes),
            "train.checkpoint_every_minutes", cfg.train.checkpoint_every_minutes, "a float >= 0 (0: off)")
-    _check(cfg.train.precise_bn_batches >= 1, "train.precise_bn_batches", cfg.train.precise_bn_batches,
+    require(cfg.train.precise_bn_batches >= 1, "train.precise_bn_batches", cfg.train.precise_bn_batches,
            "a positive integer")
     g = cfg.train.bn_sync_ranks
-    _check(g >= 1, "train.bn_sync_ranks", g, "a positive integer (1: no synchronization)")
-    if g > 1 and world_size % g:
-        raise ConfigError(f"train.bn_sync_ranks={g} does not divide the {world_size} processes; use a divisor of "
-                          f"{world_size} or another number of processes")
+    require(g >= 1, "train.bn_sync_ranks", g, "a positive integer (1: no synchronization)")
     c = cfg.comm
-    _check(c.algorithm in COMM_ALGORITHMS, "comm.algorithm", c.algorithm, f"one of {', '.join(COMM_ALGORITHMS)}")
-    _check(c.compression in COMM_COMPRESSIONS, "comm.compression", c.compression,
+    require(c.algorithm in COMM_ALGORITHMS, "comm.algorithm", c.algorithm, f"one of {', '.join(COMM_ALGORITHMS)}")
+    require(c.compression in COMM_COMPRESSIONS, "comm.compression", c.compression,
            f"one of {', '.join(COMM_COMPRESSIONS)}")
-    _check(c.hierarchical_mode in HIERARCHICAL_MODES, "comm.hierarchical_mode", c.hierarchical_mode,
+    require(c.hierarchical_mode in HIERARCHICAL_MODES, "comm.hierarchical_mode", c.hierarchical_mode,
            f"one of {', '.join(HIERARCHICAL_MODES)}")
-    _check(c.bucket_cap_mb > 0, "comm.bucket_cap_mb", c.bucket_cap_mb, "a float > 0 (MiB)")
-    _check(c.workers_per_node >= 0 and c.torus_x >= 0, "comm.workers_per_node/torus_x",
+    require(c.bucket_cap_mb > 0, "comm.bucket_cap_mb", c.bucket_cap_mb, "a float > 0 (MiB)")
+    require(c.workers_per_node >= 0 and c.torus_x >= 0, "comm.workers_per_node/torus_x",
            (c.workers_per_node, c.torus_x), "integers >= 0 (0: automatic)")
-    if c.algorithm != "allreduce":
-        from largebatch.dist.topology import make_topology  # no torch.distributed call at import
-
-        try:
-            make_topology(world_size, workers_per_node=c.workers_per_node or local_world_size or world_size,
-                          torus_x=c.torus_x)
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
-    stages = _stages(cfg)
-    plans = [_plan(cfg, world_size, gbs=stage.global_batch_size,
-                   bn_req=stage.bn_batch_size or cfg.train.bn_batch_size, where=where,
-                   peak_lr=stage.peak_lr or scaled_lr(stage.lr_scaling, cfg.optim.base_lr,
-                                                      base_batch_size=cfg.optim.base_batch_size,
-                                                      global_batch_size=stage.global_batch_size))
-             for stage, where in stages]
-    return [Stage(index=i, start_epoch=stage.start_epoch, plan=p) for i, ((stage, _), p) in enumerate(zip(stages, plans))]
-
-
-def resolve(cfg: Config, world_size: int, *, local_world_size: int | None = None) -> Plan:
-    """Validate ``cfg`` (every stage of its batch schedule) for ``world_size`` processes and return
-    the :class:`Plan` of the first stage.
-
-    Raises:
-        ConfigError: naming the key, the value and what is accepted.
-    """
-    return resolve_stages(cfg, world_size, local_world_size=local_world_size)[0].plan
-
-
-def _stages(cfg: Config) -> list[tuple[BatchStage, str]]:
-    """The batch schedule as (stage, key prefix for messages); one stage without a schedule."""
-    t = cfg.train
-    if not t.batch_schedule:
-        return [(BatchStage(start_epoch=0, global_batch_size=t.global_batch_size, lr_scaling=cfg.optim.lr_scaling),
-                 "train")]
-    out = []
-    for i, st in enumerate(t.batch_schedule):
-        key = f"train.batch_schedule[{i}]"
-        _check(st.lr_scaling in LR_SCALINGS, f"{key}.lr_scaling", st.lr_scaling, f"one of {', '.join(LR_SCALINGS)}")
-        _check(st.peak_lr >= 0 and math.isfinite(st.peak_lr), f"{key}.peak_lr", st.peak_lr,
-               "0 (use lr_scaling) or a positive finite float")
-        _check(st.global_batch_size >= 1, f"{key}.global_batch_size", st.global_batch_size, "a positive integer")
-        _check(st.bn_batch_size >= 0, f"{key}.bn_batch_size", st.bn_batch_size,
-               "an integer >= 0 (0: keep train.bn_batch_size)")
-        if i == 0:
-            _check(st.start_epoch == 0, f"{key}.start_epoch", st.start_epoch, "0 (the first stage starts the run)")
-            _check(st.global_batch_size == t.global_batch_size, f"{key}.global_batch_size", st.global_batch_size,
-                   f"equal to train.global_batch_size={t.global_batch_size} (the first stage's batch); set both")
-        else:
-            prev = t.batch_schedule[i - 1].start_epoch
-            _check(prev < st.start_epoch < t.epochs, f"{key}.start_epoch", st.start_epoch,
-                   f"an epoch after the previous stage's ({prev}) and before train.epochs={t.epochs}")
-        out.append((st, key))
-    return out
-
-
-def _plan(cfg: Config, world_size: int, *, gbs: int, bn_req: int, peak_lr: float, where: str) -> Plan:
-    """The split of one global batch over processes, micro-batches and BN groups. ``where`` names the
-    config entry the batch comes from (``train`` or ``train.batch_schedule[i]``) for messages."""
-    sync = cfg.train.bn_sync_ranks
-    accum = cfg.train.accumulation_steps
-    gkey = f"{where}.global_batch_size"
-    bkey = f"{where}.bn_batch_size" if where != "train" and bn_req != cfg.train.bn_batch_size else "train.bn_batch_size"
-    if gbs % world_size:
-        raise ConfigError(
-            f"{gkey}={gbs} does not split evenly over {world_size} workers; "
-            f"choose a multiple of {world_size} (e.g. {world_size * max(1, round(gbs / world_size))}) "
-            f"or another number of workers"
-        )
-    per_worker = gbs // world_size
-    if bn_req and bn_req % sync:
-        raise ConfigError(f"{bkey}={bn_req} does not split over train.bn_sync_ranks={sync} processes; "
-                          f"choose a BN batch that is a multiple of {sync}")
-    local = bn_req // sync  # samples of each BN group on one process (0: the whole micro-batch)
-    if local and per_worker % local:
-        raise ConfigError(
-            f"{gkey}={gbs} does not split into {world_size} workers x BN groups of "
-            f"{bkey}={bn_req} (per-worker batch {per_worker}"
-            f"{f', {local} samples of each group per process' if sync > 1 else ''}); use a global batch that is a "
-            f"multiple of {world_size * local}, or a bn_batch_size that divides {per_worker * sync}"
-        )
-    if accum == 0:
-        # Fewest micro-batches that divide the per-worker batch into whole BN groups within the bound.
-        fits = [a for a in range(1, per_worker + 1) if per_worker % a == 0
-                and (local == 0 or (per_worker // a) % local == 0)
-                and per_worker // a <= cfg.train.max_micro_batch_size]
-        if not fits:
-            raise ConfigError(
-                f"train.max_micro_batch_size={cfg.train.max_micro_batch_size}: no number of accumulation steps "
-                f"splits the per-worker batch of {per_worker} ({gkey}={gbs} / {world_size} workers) "
-                f"into micro-batches of at most that many samples made of whole BN groups of "
-                f"{bkey}={bn_req}; raise max_micro_batch_size or set train.accumulation_steps"
-            )
-        accum = fits[0]
-    if per_worker % accum:
-        raise ConfigError(
-            f"train.accumulation_steps={accum} does not divide the per-worker batch {per_worker} "
-            f"({gkey}={gbs} / {world_size} workers); choose a divisor of {per_worker} or 0 (auto)"
-        )
-    micro = per_worker // accum
-    local = local or micro
-    if micro % local:
-        raise ConfigError(
-            f"{bkey}={bn_req} does not divide the micro-batch of {micro} samples "
-            f"({gkey}={gbs} = {world_size} workers x {accum} accumulation steps x {micro}); "
-            f"the global batch must split into workers x BN groups: choose a bn_batch_size that divides {micro}, "
-            f"or a global batch that is a multiple of {world_size * accum * local}"
-        )
-    return Plan(
-        world_size=world_size,
-        global_batch_size=gbs,
-        per_worker_batch_size=per_worker,
-        micro_batch_size=micro,
-        accumulation_steps=accum,
-        bn_batch_size=local * sync,
-        bn_sync_ranks=sync,
-        bn_local_batch_size=local,
-        bn_groups_per_micro_batch=micro // local,
-        simulated_workers=gbs // (local * sync),
-        peak_lr=peak_lr,
-    )
 
 
 def config_from_dict(data: dict) -> Config:

@@ -1,5 +1,14 @@
-"""The project's input error, importable from every layer (docs/architecture.md): the config, the
-user-plugin registry and the data checks raise it; the command line turns it into exit status 2."""
+"""The project's input error and exit statuses, importable from every layer (docs/architecture.md)
+without importing torch: the config, the user-plugin registry and the data checks raise
+:class:`ConfigError`; the command line turns it into :data:`EXIT_BAD_INPUT`."""
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+"""A failure while running (a worker's error, a non-finite stop)."""
+EXIT_BAD_INPUT = 2
+"""Bad input found before any worker starts: unknown key, wrong type, contradiction, missing data."""
+EXIT_PREEMPTED = 75
+"""Stopped by SIGTERM after writing a checkpoint; continue with ``--resume auto`` (EX_TEMPFAIL: try again)."""
 
 
 class ConfigError(ValueError):

@@ -23,9 +23,10 @@ OVERRIDES = [
 def scheduled_run(rank, world, overrides):
     import tempfile
 
-    from largebatch.config import apply_overrides, resolve
+    from largebatch.config import apply_overrides
     from largebatch.data import GlobalBatchSampler
     from largebatch.dist.env import DistEnv
+    from largebatch.plan import resolve
     from largebatch.recipes import DEFAULT_RECIPE, get_recipe
     from largebatch.train.trainer import Trainer
 

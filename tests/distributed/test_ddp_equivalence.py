@@ -97,8 +97,9 @@ def trainer_weights(rank, world, overrides):
     """Run the real Trainer for a few steps in an existing process group; return final weights."""
     import tempfile
 
-    from largebatch.config import apply_overrides, resolve
+    from largebatch.config import apply_overrides
     from largebatch.dist.env import DistEnv
+    from largebatch.plan import resolve
     from largebatch.recipes import DEFAULT_RECIPE, get_recipe
     from largebatch.train.trainer import Trainer
 
@@ -185,8 +186,9 @@ def trainer_noise_scale(rank, world, overrides):
     """Run the real Trainer on 2 ranks; return this rank's smoothed (B_simple, |G|^2, tr Sigma)."""
     import tempfile
 
-    from largebatch.config import apply_overrides, resolve
+    from largebatch.config import apply_overrides
     from largebatch.dist.env import DistEnv
+    from largebatch.plan import resolve
     from largebatch.recipes import DEFAULT_RECIPE, get_recipe
     from largebatch.train.trainer import Trainer
 

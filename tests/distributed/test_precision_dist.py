@@ -22,8 +22,9 @@ def resumed_weights(rank, world, overrides, root):
     new trainer) on this rank; the runs write under ``root``, shared by the ranks."""
     from pathlib import Path
 
-    from largebatch.config import apply_overrides, resolve
+    from largebatch.config import apply_overrides
     from largebatch.dist.env import DistEnv
+    from largebatch.plan import resolve
     from largebatch.recipes import DEFAULT_RECIPE, get_recipe
     from largebatch.train import checkpoint as ckpt_io
     from largebatch.train.trainer import Trainer

@@ -2,7 +2,8 @@
 
 import pytest
 
-from largebatch.config import ConfigError, apply_overrides, config_from_dict, config_hash, resolve, to_dict
+from largebatch.config import ConfigError, apply_overrides, config_from_dict, config_hash, to_dict
+from largebatch.plan import resolve
 from largebatch.recipes import DEFAULT_RECIPE, get_recipe, recipe_names
 
 
@@ -119,7 +120,7 @@ def test_every_recipe_resolves_for_its_workers():
 
 
 def test_mikami_recipe_keeps_2176_workers_across_the_switch():
-    from largebatch.config import resolve_stages
+    from largebatch.plan import resolve_stages
 
     cfg = apply_overrides(get_recipe("mikami2018_resnet50_imagenet_34k_68k"), ["data.root=/data"])
     stages = resolve_stages(cfg, cfg.train.nproc)
@@ -133,7 +134,7 @@ SCHED = "train.batch_schedule=[{start_epoch: 0, global_batch_size: 512}, {start_
 
 
 def test_batch_schedule_plans_each_stage():
-    from largebatch.config import resolve_stages
+    from largebatch.plan import resolve_stages
 
     cfg = apply_overrides(get_recipe(DEFAULT_RECIPE), [SCHED])
     stages = resolve_stages(cfg, 2)

@@ -10,7 +10,8 @@ import string
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from largebatch.config import ConfigError, all_keys, apply_overrides, resolve
+from largebatch.config import ConfigError, all_keys, apply_overrides
+from largebatch.plan import resolve
 from largebatch.recipes import DEFAULT_RECIPE, get_recipe, recipe_names
 
 KEYS = all_keys()

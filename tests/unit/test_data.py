@@ -158,7 +158,8 @@ def test_build_data_holds_the_validation_images_out_of_training():
 
 
 def test_validation_split_errors_before_launch():
-    from largebatch.config import ConfigError, resolve
+    from largebatch.config import ConfigError
+    from largebatch.plan import resolve
 
     cfg = get_recipe(DEFAULT_RECIPE)
     with pytest.raises(ConfigError, match="data.val_size=60000 holds out all 60000"):

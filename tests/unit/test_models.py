@@ -42,8 +42,9 @@ def test_any_torchvision_classifier_gets_ghost_bn():
     import torch
     from torch import nn
 
-    from largebatch.config import ConfigError, apply_overrides, resolve
+    from largebatch.config import ConfigError, apply_overrides
     from largebatch.nn import GhostBatchNorm2d, build_model
+    from largebatch.plan import resolve
     from largebatch.recipes import DEFAULT_RECIPE, get_recipe
 
     model = build_model("mobilenet_v3_small", num_classes=5, bn_batch_size=2)

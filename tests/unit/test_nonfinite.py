@@ -7,8 +7,9 @@ import tempfile
 import pytest
 import torch
 
-from largebatch.config import apply_overrides, resolve
+from largebatch.config import apply_overrides
 from largebatch.dist.env import DistEnv
+from largebatch.plan import resolve
 from largebatch.recipes import DEFAULT_RECIPE, get_recipe
 from largebatch.train.trainer import NonFiniteGradient, Trainer
 

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from largebatch.config import ConfigError, apply_overrides, resolve
+from largebatch.config import ConfigError, apply_overrides
+from largebatch.plan import resolve
 from largebatch.recipes import DEFAULT_RECIPE, get_recipe
 from largebatch.train.precision import PRECISION_ENV, choose_precision, cpu_bf16_support
 

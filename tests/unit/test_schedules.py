@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from largebatch.config import linear_scaled_lr
+from largebatch.plan import linear_scaled_lr
 from largebatch.schedules import LRSchedule, ScheduledLR, epoch_to_step, goyal_lr
 
 IMAGENET_TRAIN = 1_281_167

@@ -2,9 +2,10 @@
 
 import pytest
 
-from largebatch.config import ConfigError, apply_overrides, resolve
+from largebatch.config import ConfigError, apply_overrides
 from largebatch.dist.hooks import make_comm_hook
 from largebatch.dist.topology import factor_pairs, make_topology
+from largebatch.plan import resolve
 from largebatch.recipes import DEFAULT_RECIPE, get_recipe
 
 

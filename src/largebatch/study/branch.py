@@ -139,7 +139,8 @@ def run_branches(reference: Path, out: Path, *, steps: list[int] | None, batch_s
         BranchError: before any branch, for a study that cannot run as asked.
         RuntimeError: when a branch fails other than by diverging (the same command resumes).
     """
-    from largebatch.config import ConfigError, apply_overrides, config_from_dict, resolve_stages
+    from largebatch.config import ConfigError, apply_overrides, config_from_dict
+    from largebatch.plan import resolve_stages
 
     say = progress or (lambda line: print(f"largebatch critical-batch: {line}", file=sys.stderr, flush=True))
     reference, out = Path(reference), Path(out)

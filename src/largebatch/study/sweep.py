@@ -123,7 +123,8 @@ def plan_sweep(methods: list[str], batch_sizes: list[int], seeds: list[int], epo
     Raises:
         SweepError: naming the method and batch that cannot run and why.
     """
-    from largebatch.config import ConfigError, resolve_stages
+    from largebatch.config import ConfigError
+    from largebatch.plan import resolve_stages
 
     if epochs < 1:
         raise SweepError(f"--epochs {epochs}: give at least 1")

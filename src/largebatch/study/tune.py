@@ -353,7 +353,7 @@ def fixed_params(spec: TuneSpec, storage, method: str) -> list[str]:
 
 def total_steps_of(cfg, val_size: int, nproc: int) -> int:
     """Optimizer steps of the whole run (every batch stage's epochs, drop last)."""
-    from largebatch.config import resolve_stages
+    from largebatch.plan import resolve_stages
 
     stages = resolve_stages(cfg, nproc)
     n = _train_images(cfg, val_size)
@@ -489,7 +489,8 @@ def run_tuned_sweep(spec: TuneSpec, *, progress: Callable[[str], None] | None = 
     """
     import optuna
 
-    from largebatch.config import ConfigError, resolve_stages
+    from largebatch.config import ConfigError
+    from largebatch.plan import resolve_stages
 
     check_spec(spec)
     import warnings

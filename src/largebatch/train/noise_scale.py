@@ -139,3 +139,48 @@ def wrap_hook(pair: tuple[Any, Callable] | None, process_group=None) -> tuple[No
 
     inner_state, inner_hook = pair if pair is not None else (process_group, default_hooks.allreduce_hook)
     return NoiseScaleHookState(inner_state=inner_state, inner_hook=inner_hook), noise_scale_hook
+
+
+class NoiseScaleMonitor:
+    """The trainer's side of the measurement: the hook's per-step norms fed to a
+    :class:`NoiseScaleEstimator`, averaged over ranks for the log and the checkpoint.
+
+    ``hook`` is the :class:`NoiseScaleHookState` registered on DDP (None: not measured)."""
+
+    def __init__(self, decay: float, device: torch.device, world_size: int) -> None:
+        self.estimator = NoiseScaleEstimator(decay=decay)
+        self.hook: NoiseScaleHookState | None = None
+        self.device, self.world_size = device, world_size
+
+    def after_step(self, plan, grad_scale_sq: torch.Tensor | None) -> None:
+        """Take the step's norms from the hook (device tensors: no sync); under fp16 loss scaling
+        ``grad_scale_sq`` unscales them."""
+        if self.hook is None:
+            return
+        local_sq, global_sq = self.hook.take()
+        if local_sq is not None and global_sq is not None:
+            if grad_scale_sq is not None:
+                local_sq, global_sq = local_sq / grad_scale_sq, global_sq / grad_scale_sq
+            self.estimator.update(local_sq, global_sq, plan.per_worker_batch_size, plan.global_batch_size)
+
+    def state(self) -> dict | None:
+        """The averages (g_sq, trace, weight) averaged over ranks, or None when not measured: what is
+        logged and what a checkpoint keeps, so a resumed run, on any number of workers, goes on from
+        the same smoothed estimate. Collective: every rank calls it."""
+        if self.hook is None or self.estimator.steps == 0:
+            return None
+        state = self.estimator.state_dict()
+        values = torch.tensor([state["g_sq"], state["trace"], state["weight"]], dtype=torch.float64, device=self.device)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(values)
+        g_sq, trace, weight = (values / self.world_size).tolist()
+        return {**state, "g_sq": g_sq, "trace": trace, "weight": weight}
+
+    def values(self) -> dict:
+        """{noise_scale, grad_sq_norm, grad_cov_trace} of :meth:`state`, or {} when not measured."""
+        state = self.state()
+        if state is None or state["weight"] == 0:
+            return {}
+        g_sq, trace = state["g_sq"] / state["weight"], state["trace"] / state["weight"]
+        return {"noise_scale": trace / g_sq if g_sq > 0 else float("inf"), "grad_sq_norm": g_sq,
+                "grad_cov_trace": trace}

@@ -20,7 +20,9 @@ from pathlib import Path
 
 import torch
 
-from largebatch.config import Config, ConfigError, config_from_dict, resolve, to_dict
+from largebatch.config import Config, ConfigError, config_from_dict, to_dict
+from largebatch.errors import EXIT_PREEMPTED
+from largebatch.plan import resolve
 from largebatch.train import checkpoint as ckpt_io
 
 log = logging.getLogger(__name__)
@@ -171,7 +173,6 @@ def _agree(value, env):
     return box[0]
 
 
-EXIT_PREEMPTED = 75
 """Exit status of a worker (and of the CLI) stopped by SIGTERM after writing a checkpoint."""
 
 
