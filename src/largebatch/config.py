@@ -28,13 +28,27 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
+from largebatch.choices import (  # noqa: F401  (re-exported: largebatch.config.OPTIM_NAMES, ...)
+    ALPHA_VARIANTS,
+    BAD_FILE_POLICIES,
+    BN_STATISTICS,
+    COMM_ALGORITHMS,
+    COMM_COMPRESSIONS,
+    DATA_NAMES,
+    DECODE_ON,
+    DECODERS,
+    DEVICES,
+    HIERARCHICAL_MODES,
+    LR_SCALINGS,
+    MODEL_NAMES,
+    NONFINITE_CHECKS,
+    NONFINITE_POLICIES,
+    OPTIM_NAMES,
+    PRECISIONS,
+    SCHEDULE_NAMES,
+    VARIANCE_AVERAGINGS,
+)
 from largebatch.errors import ConfigError  # noqa: F401  (re-exported: largebatch.config.ConfigError)
-
-DATA_NAMES = ("fashion_mnist", "synthetic", "imagefolder")
-MODEL_NAMES = ("resnet_fmnist", "resnet18", "resnet50")
-OPTIM_NAMES = ("sgd", "lars", "lamb", "rmsprop_warmup")
-SCHEDULE_NAMES = ("step", "poly", "cosine", "slow_start")
-LR_SCALINGS = ("linear", "sqrt", "none")
 
 
 @dataclass(frozen=True)
@@ -61,14 +75,6 @@ REFERENCE_LRS: dict[str, ReferenceLR] = {
 """The LR each optimizer takes when ``--set optim.name=NAME`` switches a recipe's optimizer and no
 ``optim.base_lr``, ``optim.base_batch_size`` or ``optim.lr_scaling`` is given: the LR of one
 optimizer means nothing to another (LARS multiplies it by a trust ratio of about 0.001)."""
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-ALPHA_VARIANTS = ("printed", "smooth")
-DEVICES = ("auto", "cpu", "cuda")
-BN_STATISTICS = ("moving_average", "last_batch", "precise")
-COMM_ALGORITHMS = ("allreduce", "hierarchical", "torus2d")
-COMM_COMPRESSIONS = ("none", "fp16", "bf16")
-HIERARCHICAL_MODES = ("scatter", "reduce")
-VARIANCE_AVERAGINGS = ("mean", "pooled")
 
 
 @dataclass(kw_only=True)
@@ -641,20 +647,19 @@ def validate(cfg: Config) -> None:
     require(cfg.train.bn_variance_averaging == "mean" or cfg.train.bn_statistics == "last_batch",
            "train.bn_variance_averaging", cfg.train.bn_variance_averaging,
            "'mean' unless train.bn_statistics=last_batch (pooling applies to last-batch statistics)")
-    require(cfg.data.decoder in ("torchvision", "pil", "dali"), "data.decoder", cfg.data.decoder,
-           "torchvision, pil or dali")
-    require(cfg.data.decode_on in ("workers", "device"), "data.decode_on", cfg.data.decode_on, "workers or device")
+    require(cfg.data.decoder in DECODERS, "data.decoder", cfg.data.decoder, f"one of {', '.join(DECODERS)}")
+    require(cfg.data.decode_on in DECODE_ON, "data.decode_on", cfg.data.decode_on, f"one of {', '.join(DECODE_ON)}")
     require(cfg.data.decode_on == "workers" or cfg.data.decoder == "torchvision", "data.decode_on",
            cfg.data.decode_on, "workers unless data.decoder=torchvision (dali always decodes on the device)")
-    require(cfg.data.bad_file_policy in ("fail", "skip"), "data.bad_file_policy", cfg.data.bad_file_policy,
-           "fail or skip")
+    require(cfg.data.bad_file_policy in BAD_FILE_POLICIES, "data.bad_file_policy", cfg.data.bad_file_policy,
+            f"one of {', '.join(BAD_FILE_POLICIES)}")
     require(cfg.data.val_size == 0 or cfg.data.name != "imagefolder", "data.val_size",
            cfg.data.val_size, "0 for imagefolder (a held-out split is built for fashion_mnist and synthetic; on "
            "ImageNet keep the official val/ as the test split and hold out a train/ subset by hand)")
-    require(cfg.train.nonfinite_check in ("auto", "host", "device"), "train.nonfinite_check",
-           cfg.train.nonfinite_check, "auto, host or device")
-    require(cfg.train.nonfinite_policy in ("skip", "stop"), "train.nonfinite_policy", cfg.train.nonfinite_policy,
-           "skip or stop")
+    require(cfg.train.nonfinite_check in NONFINITE_CHECKS, "train.nonfinite_check", cfg.train.nonfinite_check,
+            f"one of {', '.join(NONFINITE_CHECKS)}")
+    require(cfg.train.nonfinite_policy in NONFINITE_POLICIES, "train.nonfinite_policy", cfg.train.nonfinite_policy,
+            f"one of {', '.join(NONFINITE_POLICIES)}")
     require(cfg.train.max_nonfinite_steps >= 1, "train.max_nonfinite_steps", cfg.train.max_nonfinite_steps,
            "a positive integer")
     require(cfg.train.checkpoint_every_steps >= 0, "train.checkpoint_every_steps", cfg.train.checkpoint_every_steps,

@@ -125,6 +125,9 @@ def test_truncated_newest_checkpoint_falls_back_with_a_warning(reference, tmp_pa
     broken = out / "checkpoints" / "ckpt_step00000099.pt"
     data = ckpts[0].read_bytes()
     broken.write_bytes(data[: len(data) // 2])
+    # its checksum file arrived whole (it is written first), naming the full file's SHA-256
+    sha = (out / "checkpoints" / (ckpts[0].name + ".sha256")).read_text().split()[0]
+    (out / "checkpoints" / (broken.name + ".sha256")).write_text(f"{sha}  {broken.name}\n")
     done = train("--nproc", "2", *CFG, "--out", str(out), "--resume", "auto", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "ckpt_step00000099.pt is corrupt or truncated" in done.stderr and "falling back" in done.stderr

@@ -21,13 +21,13 @@ import torch
 import torch.distributed as dist
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
+from largebatch.choices import COMM_ALGORITHMS, COMM_COMPRESSIONS
 from largebatch.dist.collectives import hierarchical_all_reduce, torus2d_all_reduce
 from largebatch.dist.topology import TopologyGroups
 
 log = logging.getLogger(__name__)
 
-ALGORITHMS = ("allreduce", "hierarchical", "torus2d")
-COMPRESSIONS = ("none", "fp16", "bf16")
+ALGORITHMS, COMPRESSIONS = COMM_ALGORITHMS, COMM_COMPRESSIONS
 
 
 @dataclass

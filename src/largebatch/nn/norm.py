@@ -46,8 +46,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-BN_STATISTICS = ("moving_average", "last_batch", "precise")
-VARIANCE_AVERAGING = ("mean", "pooled")
+from largebatch.choices import BN_STATISTICS, VARIANCE_AVERAGINGS
+
+VARIANCE_AVERAGING = VARIANCE_AVERAGINGS
 
 
 class GhostBatchNorm2d(nn.BatchNorm2d):

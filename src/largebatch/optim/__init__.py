@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from largebatch.choices import OPTIM_NAMES
 from largebatch.optim.lamb import Lamb
 from largebatch.optim.lars import Lars
 from largebatch.optim.param_groups import param_groups
@@ -65,4 +66,4 @@ def build_optimizer(model: nn.Module, optim_cfg, *, lr: float, steps_per_epoch: 
                              rmsprop_lr=o.rmsprop_lr, steps_per_epoch=steps_per_epoch,
                              center_epochs=o.alpha_sgd_center_epochs, period_epochs=o.alpha_sgd_period_epochs,
                              variant=o.alpha_sgd_variant, skip_nonfinite=skip_nonfinite)
-    raise ValueError(f"optim.name={o.name!r} is unknown; accepted: sgd, lars, lamb, rmsprop_warmup")
+    raise ValueError(f"optim.name={o.name!r} is unknown; accepted: {', '.join(OPTIM_NAMES)}")

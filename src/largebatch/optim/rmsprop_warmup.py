@@ -26,11 +26,12 @@ from collections.abc import Callable
 
 import torch
 
+from largebatch.choices import ALPHA_VARIANTS
 from largebatch.optim._common import Scratch, Settings, all_finite, norms, use_foreach
 
 __all__ = ["RMSpropWarmup", "akiba_alpha_sgd"]
 
-VARIANTS = ("printed", "smooth")
+VARIANTS = ALPHA_VARIANTS
 
 
 def akiba_alpha_sgd(

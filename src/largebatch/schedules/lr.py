@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
+from largebatch.choices import SCHEDULE_NAMES
+
 
 def epoch_to_step(epoch: float, steps_per_epoch: int) -> int:
     """Step index at which ``epoch`` (possibly fractional) begins: ``round(epoch * steps_per_epoch)``."""
@@ -88,8 +90,8 @@ class LRSchedule:
     power: float = 2.0
 
     def __post_init__(self) -> None:
-        if self.kind not in ("step", "poly", "cosine", "slow_start"):
-            raise ValueError(f"schedule kind {self.kind!r} is unknown; accepted: step, poly, cosine, slow_start")
+        if self.kind not in SCHEDULE_NAMES:
+            raise ValueError(f"schedule kind {self.kind!r} is unknown; accepted: {', '.join(SCHEDULE_NAMES)}")
         if self.kind == "slow_start" and len(self.factors) != len(self.decay_steps) + 1:
             raise ValueError(f"slow_start needs one more factor than boundaries, got {len(self.factors)} factors "
                              f"and {len(self.decay_steps)} boundaries")
