@@ -77,6 +77,17 @@ def load_plugin(name: str, group: str, key: str) -> Callable[..., Any]:
     return target
 
 
+def _call(name: str, group: str, key: str, **kwargs):
+    """The factory ``name`` of ``group`` called with ``kwargs``; any error it raises becomes one line."""
+    factory = load_plugin(name, group, key)
+    try:
+        return factory(**kwargs)
+    except Exception as err:
+        args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+        raise RegistryError(f"{key}={name!r}: the factory failed with {type(err).__name__}: {err} "
+                            f"(it is called as factory({args}))") from None
+
+
 def build_user_model(name: str, *, num_classes: int, in_channels: int):
     """Call a user model factory and check that it returned an ``nn.Module``.
 
@@ -85,12 +96,7 @@ def build_user_model(name: str, *, num_classes: int, in_channels: int):
     """
     from torch import nn
 
-    factory = load_plugin(name, MODEL_GROUP, "model.name")
-    try:
-        model = factory(num_classes=num_classes, in_channels=in_channels)
-    except Exception as err:
-        raise RegistryError(f"model.name={name!r}: the factory failed with {type(err).__name__}: {err} "
-                            f"(it is called as factory(num_classes={num_classes}, in_channels={in_channels}))") from None
+    model = _call(name, MODEL_GROUP, "model.name", num_classes=num_classes, in_channels=in_channels)
     if not isinstance(model, nn.Module):
         raise RegistryError(f"model.name={name!r}: the factory returned a {type(model).__name__}, not an nn.Module")
     return model
@@ -107,12 +113,7 @@ def load_user_dataset(name: str, *, root: str, seed: int) -> dict:
     """
     import torch
 
-    factory = load_plugin(name, DATASET_GROUP, "data.name")
-    try:
-        data = factory(root=root, seed=seed)
-    except Exception as err:
-        raise RegistryError(f"data.name={name!r}: the factory failed with {type(err).__name__}: {err} "
-                            f"(it is called as factory(root={root!r}, seed={seed}))") from None
+    data = _call(name, DATASET_GROUP, "data.name", root=root, seed=seed)
     missing = [k for k in DATASET_KEYS if not (hasattr(data, "keys") and k in data)]
     if missing:
         raise RegistryError(f"data.name={name!r}: the factory's result lacks {', '.join(missing)}; return a dict "

@@ -22,7 +22,7 @@ import torch
 
 from largebatch.config import Config, ConfigError, config_from_dict, to_dict
 from largebatch.errors import EXIT_PREEMPTED
-from largebatch.plan import resolve
+from largebatch.plan import resolve_stages
 from largebatch.train import checkpoint as ckpt_io
 
 log = logging.getLogger(__name__)
@@ -208,7 +208,8 @@ def run_worker(cfg_dict: dict, out: str | None = None, resume: str | None = None
     env = setup(cfg.train.device, threads_per_worker=cfg.train.threads_per_worker)
     startup = {"process_start_to_worker_s": t_setup - _process_start_perf(), "dist_setup_s": time.perf_counter() - t_setup}
     try:
-        plan = resolve(cfg, env.world_size, local_world_size=env.local_world_size)
+        stages = resolve_stages(cfg, env.world_size, local_world_size=env.local_world_size)
+        plan = stages[0].plan
         precision = choose_precision(cfg.train.precision, env.device)
         # Rank 0 decides the run directory (a timestamped default differs per process) and the
         # checkpoint to resume from (the newest one that passes its checksum), and tells the others.
@@ -242,7 +243,7 @@ def run_worker(cfg_dict: dict, out: str | None = None, resume: str | None = None
         if restarts and env.is_main:
             log.warning("elastic restart %d: continuing from %s", restarts, resume_path or "the start (no valid checkpoint)")
         t_build = time.perf_counter()
-        trainer = Trainer(cfg, plan, env, run_dir, precision=precision)
+        trainer = Trainer(cfg, plan, env, run_dir, precision=precision, stages=stages)  # validated once here
         startup.update(trainer.build_times)
         startup["trainer_build_s"] = time.perf_counter() - t_build
         if resume_path is not None:

@@ -57,7 +57,7 @@ class Trainer:
     """Builds data, model, optimizer and schedule for one process and runs the epochs."""
 
     def __init__(self, cfg: Config, plan: Plan, env: DistEnv, run_dir: Path,
-                 precision: PrecisionChoice | None = None) -> None:
+                 precision: PrecisionChoice | None = None, stages: list[Stage] | None = None) -> None:
         self.cfg, self.plan, self.env, self.run_dir = cfg, plan, env, Path(run_dir)
         t = cfg.train
         self.precision = precision or choose_precision(t.precision, env.device)
@@ -65,7 +65,7 @@ class Trainer:
         t0 = time.perf_counter()
         self.data = build_data(cfg, device=env.device)
         self.build_times = {"data_load_s": time.perf_counter() - t0}
-        self.stages: list[Stage] = resolve_stages(cfg, env.world_size)
+        self.stages: list[Stage] = stages or resolve_stages(cfg, env.world_size)
         self.stage = self.stages[0]
         self.model, self.channels_last = build.build_run_model(cfg, plan, env, self.data)
         self.ddp = build.wrap_ddp(self.model, cfg, env)
