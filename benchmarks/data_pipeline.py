@@ -9,11 +9,11 @@ at ResNet-50's training speed? Target (issue 7): at least 2x the baseline.
 Method: N generated JPEGs of ImageNet-like size (500x375 and 375x500, quality 90, smooth random
 content so that they compress like photographs, about 60-120 KB), 10 classes, in an ImageNet-layout
 folder (cached under --data). Each pipeline is `largebatch.data.imagefolder.ImageFolderData` with
-`data.decoder=pil` (the baseline: PIL decode, PIL random-resized crop 224 + flip, ToTensor,
+`data.imagefolder.decoder=pil` (the baseline: PIL decode, PIL random-resized crop 224 + flip, ToTensor,
 Normalize, float batches) or `torchvision` (ours: torchvision.io decode from bytes, v2 crop + flip on
 uint8, uint8 batches normalized after the loader), both through a DataLoader with WORKERS processes and
-batches of 64; also ours with `data.decode_on=device` (bytes read on WORKERS threads, the batch decoded
-in the training process: nvJPEG on a GPU, here the CPU) and `data.decoder=dali` (DALI's CPU operators
+batches of 64; also ours with `data.imagefolder.decode_on=device` (bytes read on WORKERS threads, the batch decoded
+in the training process: nvJPEG on a GPU, here the CPU) and `data.imagefolder.decoder=dali` (DALI's CPU operators
 on WORKERS threads, when DALI is installed), one pass over the N images including the final normalization to float; the two are
 interleaved for ROUNDS rounds; median images/s and the ratio of medians in this one run. The per-image
 costs are measured in one process: decode only, then decode + augment.

@@ -181,7 +181,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_recipes(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
-    from largebatch.config import ConfigError
+    from largebatch.config import ConfigError, active_dict
     from largebatch.plan import resolve_stages
     from largebatch.recipes import get_recipe, recipe_names
 
@@ -194,7 +194,8 @@ def cmd_recipes(args: argparse.Namespace) -> int:
         cfg = _build_config(args.name, args.set)
     except (KeyError, ConfigError) as err:
         return _fail(err.args[0] if isinstance(err, KeyError) else str(err))
-    print(OmegaConf.to_yaml(OmegaConf.structured(cfg)), end="")
+    print(OmegaConf.to_yaml(OmegaConf.create(active_dict(cfg))), end="")
+    print("# the settings of the optimizers, schedules and data sources not chosen here are left out")
     try:
         stages = resolve_stages(cfg, cfg.train.nproc)
         for st in stages:

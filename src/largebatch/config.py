@@ -103,32 +103,10 @@ class DataConfig:
     """Zero padding, in pixels, on each side before the random crop back to the input size."""
     image_size_px: int = 224
     """Training crop side for imagefolder, and the side of synthetic images."""
-    synthetic_train_samples: int = 4096
-    """Number of training samples of the synthetic data set."""
-    synthetic_test_samples: int = 1024
-    """Number of test samples of the synthetic data set."""
-    synthetic_classes: int = 10
-    """Number of classes of the synthetic data set."""
-    synthetic_channels: int = 1
-    """Channels of synthetic images."""
-    loader_workers: int = 4
-    """DataLoader worker processes per training process (imagefolder only)."""
-    decoder: str = "torchvision"
-    """imagefolder: ``torchvision`` (decode from bytes with torchvision.io, augment uint8 tensors,
-    normalize batched on the device; the fast path) or ``pil`` (torchvision's plain ImageFolder +
-    PIL pipeline) or ``dali`` (NVIDIA DALI, ``pip install 'largebatch[dali]'``: nvJPEG decoding
-    and augmentation on the GPU, DALI's CPU operators on a CPU run; see docs/data.md)."""
-    decode_on: str = "workers"
-    """imagefolder with decoder=torchvision: ``workers`` (each image decoded and augmented in a
-    DataLoader worker process on the CPU) or ``device`` (the workers' threads only read bytes; the
-    training process decodes the whole batch on the training device: batched nvJPEG on CUDA)."""
-    val_labels: str = ""
-    """imagefolder: a labels file for a flat ``val/`` (``val/*.JPEG``): ImageNet's
-    LOC_val_solution.csv or lines of ``<file> <wnid>``; empty: ``val/<wnid>/*`` folders."""
-    bad_file_policy: str = "fail"
-    """imagefolder: an image file that cannot be decoded (zero-byte, truncated, not an image)
-    ``fail``s the run with a message naming it, or is ``skip``ped (replaced by the next readable
-    sample, so batches keep their size) and listed in bad_files.txt and summary.json at the end."""
+    synthetic: SyntheticConfig = field(default_factory=lambda: SyntheticConfig())
+    """``data.name=synthetic``: size, classes and channels of the random data set."""
+    imagefolder: ImageFolderConfig = field(default_factory=lambda: ImageFolderConfig())
+    """``data.name=imagefolder``: the loader, the decoder and the bad-file policy."""
 
 
 @dataclass(kw_only=True)
@@ -275,6 +253,90 @@ class TrainConfig:
 
 
 @dataclass(kw_only=True)
+class LarsConfig:
+    trust_coefficient: float = 0.001
+    """Trust coefficient eta (You et al. 2017: 0.001; apex LARC uses 0.02 with clipping)."""
+    eps: float = 0.0
+    """Epsilon in the trust-ratio denominator (MLPerf: 0; TF turns 0 into 1e-7)."""
+    clip: bool = False
+    """apex LARC clipping mode: effective LR min(lr, local LR)."""
+
+
+@dataclass(kw_only=True)
+class LambConfig:
+    beta1: float = 0.9
+    """First-moment decay."""
+    beta2: float = 0.999
+    """Second-moment decay."""
+    eps: float = 1e-6
+    """Epsilon (TF-Addons default)."""
+
+
+@dataclass(kw_only=True)
+class RMSpropWarmupConfig:
+    lr: float = 3e-4
+    """eta_RMSprop of alpha_RMSprop = (1 - alpha_SGD) * eta_RMSprop / lr [S]."""
+    alpha: float = 0.99
+    """Second-moment decay mu2 [S]."""
+    eps: float = 1e-8
+    """Epsilon [S]."""
+    center_epochs: float = 10.0
+    """beta_center of the alpha_SGD schedule, in epochs [S]."""
+    period_epochs: float = 5.0
+    """beta_period of the alpha_SGD schedule, in epochs [S]."""
+    variant: str = "printed"
+    """alpha_SGD: ``printed`` (as published, discontinuous) or ``smooth`` (our C1 reading) [U]."""
+
+
+@dataclass(kw_only=True)
+class PolyConfig:
+    power: float = 2.0
+    """The exponent (2 in You et al. and MLPerf)."""
+
+
+@dataclass(kw_only=True)
+class SlowStartConfig:
+    epochs: list[float] = field(default_factory=lambda: [40.0, 70.0, 85.0])
+    """Epochs where the next factor begins (Akiba sec. 3.2: 40/70/85 of 90) [S]."""
+    factors: list[float] = field(default_factory=lambda: [0.5, 0.075, 0.01, 0.001])
+    """Multiples of the scaled LR, one more than ``epochs`` [S]."""
+
+
+@dataclass(kw_only=True)
+class ImageFolderConfig:
+    loader_workers: int = 4
+    """DataLoader worker processes per training process."""
+    decoder: str = "torchvision"
+    """``torchvision`` (decode from bytes with torchvision.io, augment uint8 tensors,
+    normalize batched on the device; the fast path) or ``pil`` (torchvision's plain ImageFolder +
+    PIL pipeline) or ``dali`` (NVIDIA DALI, ``pip install 'largebatch[dali]'``: nvJPEG decoding
+    and augmentation on the GPU, DALI's CPU operators on a CPU run; see docs/data.md)."""
+    decode_on: str = "workers"
+    """With decoder=torchvision: ``workers`` (each image decoded and augmented in a
+    DataLoader worker process on the CPU) or ``device`` (the workers' threads only read bytes; the
+    training process decodes the whole batch on the training device: batched nvJPEG on CUDA)."""
+    val_labels: str = ""
+    """A labels file for a flat ``val/`` (``val/*.JPEG``): ImageNet's
+    LOC_val_solution.csv or lines of ``<file> <wnid>``; empty: ``val/<wnid>/*`` folders."""
+    bad_file_policy: str = "fail"
+    """An image file that cannot be decoded (zero-byte, truncated, not an image)
+    ``fail``s the run with a message naming it, or is ``skip``ped (replaced by the next readable
+    sample, so batches keep their size) and listed in bad_files.txt and summary.json at the end."""
+
+
+@dataclass(kw_only=True)
+class SyntheticConfig:
+    train_samples: int = 4096
+    """Number of training samples."""
+    test_samples: int = 1024
+    """Number of test samples."""
+    classes: int = 10
+    """Number of classes."""
+    channels: int = 1
+    """Channels of the images."""
+
+
+@dataclass(kw_only=True)
 class OptimConfig:
     name: str = "sgd"
     """``sgd`` (torch.optim.SGD, Goyal et al. form (9): no momentum correction needed), ``lars``
@@ -304,30 +366,12 @@ class OptimConfig:
     """Apply the LARS/LAMB trust ratio to normalization parameters (MLPerf: no)."""
     bias_adaptation: bool = False
     """Apply the LARS/LAMB trust ratio to biases (MLPerf: no)."""
-    trust_coefficient: float = 0.001
-    """LARS trust coefficient eta (You et al. 2017: 0.001; apex LARC uses 0.02 with clipping)."""
-    lars_eps: float = 0.0
-    """LARS epsilon in the trust-ratio denominator (MLPerf: 0; TF turns 0 into 1e-7)."""
-    lars_clip: bool = False
-    """apex LARC clipping mode: effective LR min(lr, local LR)."""
-    lamb_beta1: float = 0.9
-    """LAMB first-moment decay."""
-    lamb_beta2: float = 0.999
-    """LAMB second-moment decay."""
-    lamb_eps: float = 1e-6
-    """LAMB epsilon (TF-Addons default)."""
-    rmsprop_lr: float = 3e-4
-    """RMSprop warm-up: eta_RMSprop of alpha_RMSprop = (1 - alpha_SGD) * eta_RMSprop / lr [S]."""
-    rmsprop_alpha: float = 0.99
-    """RMSprop warm-up: second-moment decay mu2 [S]."""
-    rmsprop_eps: float = 1e-8
-    """RMSprop warm-up: epsilon [S]."""
-    alpha_sgd_center_epochs: float = 10.0
-    """RMSprop warm-up: beta_center of the alpha_SGD schedule, in epochs [S]."""
-    alpha_sgd_period_epochs: float = 5.0
-    """RMSprop warm-up: beta_period of the alpha_SGD schedule, in epochs [S]."""
-    alpha_sgd_variant: str = "printed"
-    """RMSprop warm-up: ``printed`` (as published, discontinuous) or ``smooth`` (our C1 reading) [U]."""
+    lars: LarsConfig = field(default_factory=lambda: LarsConfig())
+    """``optim.name=lars``: LARS's own settings."""
+    lamb: LambConfig = field(default_factory=lambda: LambConfig())
+    """``optim.name=lamb``: LAMB's own settings."""
+    rmsprop_warmup: RMSpropWarmupConfig = field(default_factory=lambda: RMSpropWarmupConfig())
+    """``optim.name=rmsprop_warmup``: the RMSprop blend and its alpha_SGD schedule."""
 
 
 @dataclass(kw_only=True)
@@ -347,15 +391,13 @@ class ScheduleConfig:
     """``step``: the multiplier applied at each decay epoch."""
     end_lr: float = 1e-4
     """``poly`` and ``cosine``: the final LR (MLPerf: 1e-4)."""
-    poly_power: float = 2.0
-    """``poly``: the exponent (2 in You et al. and MLPerf)."""
+    poly: PolyConfig = field(default_factory=lambda: PolyConfig())
+    """``schedule.name=poly``: its exponent."""
     decay_end_epochs: float | None = None
     """``poly`` and ``cosine``: epoch at which the decay reaches end_lr (None: train.epochs; NVIDIA's
     MLPerf 57k run decays over 78 epochs)."""
-    slow_start_epochs: list[float] = field(default_factory=lambda: [40.0, 70.0, 85.0])
-    """``slow_start``: epochs where the next factor begins (Akiba sec. 3.2: 40/70/85 of 90) [S]."""
-    slow_start_factors: list[float] = field(default_factory=lambda: [0.5, 0.075, 0.01, 0.001])
-    """``slow_start``: multiples of the scaled LR, one more than slow_start_epochs [S]."""
+    slow_start: SlowStartConfig = field(default_factory=lambda: SlowStartConfig())
+    """``schedule.name=slow_start``: boundaries and factors (Akiba et al. 2017 sec. 3.2)."""
 
 
 @dataclass(kw_only=True)
@@ -395,6 +437,88 @@ class Config:
     comm: CommConfig = field(default_factory=CommConfig)
 
 
+LEGACY_KEYS = {
+    'optim.trust_coefficient': 'optim.lars.trust_coefficient',
+    'optim.lars_eps': 'optim.lars.eps',
+    'optim.lars_clip': 'optim.lars.clip',
+    'optim.lamb_beta1': 'optim.lamb.beta1',
+    'optim.lamb_beta2': 'optim.lamb.beta2',
+    'optim.lamb_eps': 'optim.lamb.eps',
+    'optim.rmsprop_lr': 'optim.rmsprop_warmup.lr',
+    'optim.rmsprop_alpha': 'optim.rmsprop_warmup.alpha',
+    'optim.rmsprop_eps': 'optim.rmsprop_warmup.eps',
+    'optim.alpha_sgd_center_epochs': 'optim.rmsprop_warmup.center_epochs',
+    'optim.alpha_sgd_period_epochs': 'optim.rmsprop_warmup.period_epochs',
+    'optim.alpha_sgd_variant': 'optim.rmsprop_warmup.variant',
+    'schedule.poly_power': 'schedule.poly.power',
+    'schedule.slow_start_epochs': 'schedule.slow_start.epochs',
+    'schedule.slow_start_factors': 'schedule.slow_start.factors',
+    'data.synthetic_train_samples': 'data.synthetic.train_samples',
+    'data.synthetic_test_samples': 'data.synthetic.test_samples',
+    'data.synthetic_classes': 'data.synthetic.classes',
+    'data.synthetic_channels': 'data.synthetic.channels',
+    'data.loader_workers': 'data.imagefolder.loader_workers',
+    'data.decoder': 'data.imagefolder.decoder',
+    'data.decode_on': 'data.imagefolder.decode_on',
+    'data.val_labels': 'data.imagefolder.val_labels',
+    'data.bad_file_policy': 'data.imagefolder.bad_file_policy',
+}
+"""Flat keys of configs written before the optimizer, schedule and data-source settings were nested
+(``optim.lars_eps`` is now ``optim.lars.eps``): :func:`migrate` moves them, so old checkpoints, run
+directories and ``--set`` lines keep working."""
+
+
+CHOICE_KEYS = {
+    "optim": ("name", {"lars": ("lars",), "lamb": ("lamb",), "rmsprop_warmup": ("rmsprop_warmup",)}),
+    "schedule": ("name", {"decay_epochs": ("step",), "decay_factor": ("step",), "poly": ("poly",),
+                          "end_lr": ("poly", "cosine"), "decay_end_epochs": ("poly", "cosine"),
+                          "slow_start": ("slow_start",)}),
+    "data": ("name", {"synthetic": ("synthetic",), "imagefolder": ("imagefolder",)}),
+}
+"""Per section: the key that chooses, and {key: the choices that read it} for the keys only some
+choices read (``optim.lamb`` only by ``optim.name=lamb``)."""
+
+
+def active_dict(cfg: Config) -> dict:
+    """:func:`to_dict` without the keys that the chosen optimizer, schedule and data source do not read
+    (a LAMB config has no ``optim.lars``); reading it back gives the same config, since an omitted key
+    keeps its default and nothing reads it."""
+    data = to_dict(cfg)
+    for section, (chooser, keys) in CHOICE_KEYS.items():
+        chosen = data[section][chooser]
+        for key, readers in keys.items():
+            if chosen not in readers:
+                data[section].pop(key, None)
+    return data
+
+
+def get_key(cfg, key: str):
+    """The value of a dotted key (``optim.lars.eps``) of a config."""
+    value = cfg
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def migrate_key(key: str) -> str:
+    """The current name of a config key (a legacy flat key is renamed; others are returned as given)."""
+    return LEGACY_KEYS.get(key.strip(), key.strip())
+
+
+def migrate(data: dict) -> dict:
+    """A copy of a config dict (``to_dict`` output, a checkpoint's or a run's ``config.json``) with
+    every legacy flat key moved to its nested place."""
+    out = {sec: dict(val) if isinstance(val, dict) else val for sec, val in data.items()}
+    for old, new in LEGACY_KEYS.items():
+        section, name = old.split(".")
+        if isinstance(out.get(section), dict) and name in out[section]:
+            value = out[section].pop(name)
+            _, sub, leaf = new.split(".")
+            out[section].setdefault(sub, {})
+            out[section][sub] = {**out[section][sub], leaf: value}
+    return out
+
+
 def _section_keys(section: Any, prefix: str) -> list[str]:
     keys = []
     for f in dataclasses.fields(section):
@@ -415,7 +539,8 @@ def _field_type_name(key: str) -> str:
     section: Any = Config
     parts = key.split(".")
     for part in parts[:-1]:
-        section = {f.name: f for f in dataclasses.fields(section)}[part].default_factory
+        factory = {f.name: f for f in dataclasses.fields(section)}[part].default_factory
+        section = factory if isinstance(factory, type) else type(factory())  # a class or a lambda building one
     f = {f.name: f for f in dataclasses.fields(section)}[parts[-1]]
     return str(f.type)
 
@@ -432,7 +557,7 @@ def apply_overrides(cfg: Config, overrides: Iterable[str]) -> Config:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not KEY=VALUE; example: --set train.epochs=10")
         key, raw = item.split("=", 1)
-        key = key.strip()
+        key = migrate_key(key)  # a legacy flat key (optim.lars_eps) names its nested place (optim.lars.eps)
         if key not in all_keys(cfg):
             section = key.rsplit(".", 1)[0] if "." in key else ""
             near = [k for k in all_keys(cfg) if k.startswith(section + ".")] if section else []
@@ -576,39 +701,36 @@ def validate(cfg: Config) -> None:
     require(cfg.optim.lr_scaling in LR_SCALINGS, "optim.lr_scaling", cfg.optim.lr_scaling,
            f"one of {', '.join(LR_SCALINGS)}")
     require(cfg.train.precision in PRECISIONS, "train.precision", cfg.train.precision, f"one of {', '.join(PRECISIONS)}")
-    require(cfg.optim.alpha_sgd_variant in ALPHA_VARIANTS, "optim.alpha_sgd_variant", cfg.optim.alpha_sgd_variant,
+    require(cfg.optim.rmsprop_warmup.variant in ALPHA_VARIANTS, "optim.rmsprop_warmup.variant", cfg.optim.rmsprop_warmup.variant,
            f"one of {', '.join(ALPHA_VARIANTS)}")
     require(0 <= cfg.train.label_smoothing < 1, "train.label_smoothing", cfg.train.label_smoothing, "a float in [0, 1)")
-    require(cfg.optim.trust_coefficient > 0, "optim.trust_coefficient", cfg.optim.trust_coefficient, "a float > 0")
-    for key in ("optim.lamb_beta1", "optim.lamb_beta2", "optim.rmsprop_alpha"):
-        value = getattr(cfg.optim, key.split(".")[1])
+    require(cfg.optim.lars.trust_coefficient > 0, "optim.lars.trust_coefficient", cfg.optim.lars.trust_coefficient, "a float > 0")
+    for key in ("optim.lamb.beta1", "optim.lamb.beta2", "optim.rmsprop_warmup.alpha"):
+        value = get_key(cfg, key)
         require(0 <= value < 1, key, value, "a float in [0, 1)")
-    for key in ("optim.lars_eps", "optim.lamb_eps", "optim.rmsprop_eps", "optim.rmsprop_lr", "schedule.end_lr"):
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
+    for key in ("optim.lars.eps", "optim.lamb.eps", "optim.rmsprop_warmup.eps", "optim.rmsprop_warmup.lr", "schedule.end_lr"):
+        value = get_key(cfg, key)
         require(value >= 0, key, value, "a float >= 0")
-    require(cfg.optim.alpha_sgd_period_epochs > 0, "optim.alpha_sgd_period_epochs", cfg.optim.alpha_sgd_period_epochs,
+    require(cfg.optim.rmsprop_warmup.period_epochs > 0, "optim.rmsprop_warmup.period_epochs", cfg.optim.rmsprop_warmup.period_epochs,
            "a float > 0")
-    slow = list(cfg.schedule.slow_start_epochs)
-    require(slow == sorted(slow) and len(cfg.schedule.slow_start_factors) == len(slow) + 1,
-           "schedule.slow_start_factors", cfg.schedule.slow_start_factors,
-           f"one more factor than schedule.slow_start_epochs ({len(slow)} boundaries, increasing)")
+    slow = list(cfg.schedule.slow_start.epochs)
+    require(slow == sorted(slow) and len(cfg.schedule.slow_start.factors) == len(slow) + 1,
+           "schedule.slow_start.factors", cfg.schedule.slow_start.factors,
+           f"one more factor than schedule.slow_start.epochs ({len(slow)} boundaries, increasing)")
     if cfg.data.name == "imagefolder":
         require(bool(cfg.data.root), "data.root", cfg.data.root,
                "an ImageNet-layout folder with train/<class>/ and val/<class>/ is required for imagefolder")
     for key in ("train.epochs", "train.global_batch_size", "train.max_micro_batch_size", "train.nproc",
                 "train.eval_every_epochs", "train.eval_batch_size", "train.log_every_steps", "train.checkpoint_every_epochs",
                 "train.keep_checkpoints", "optim.base_batch_size", "model.width",
-                "model.blocks_per_stage", "data.image_size_px", "data.synthetic_train_samples",
-                "data.synthetic_test_samples", "data.synthetic_channels"):
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
+                "model.blocks_per_stage", "data.image_size_px", "data.synthetic.train_samples",
+                "data.synthetic.test_samples", "data.synthetic.channels"):
+        value = get_key(cfg, key)
         require(value >= 1, key, value, "a positive integer")
-    require(cfg.data.synthetic_classes >= 2, "data.synthetic_classes", cfg.data.synthetic_classes, "an integer >= 2")
+    require(cfg.data.synthetic.classes >= 2, "data.synthetic.classes", cfg.data.synthetic.classes, "an integer >= 2")
     for key in ("train.bn_batch_size", "train.accumulation_steps", "data.train_subset", "data.test_subset", "data.val_size", "data.crop_padding_px",
-                "data.loader_workers", "train.threads_per_worker"):
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
+                "data.imagefolder.loader_workers", "train.threads_per_worker"):
+        value = get_key(cfg, key)
         require(value >= 0, key, value, "an integer >= 0")
     require(0 <= cfg.train.noise_scale_decay < 1, "train.noise_scale_decay", cfg.train.noise_scale_decay,
            "a number in [0, 1)")
@@ -647,11 +769,11 @@ def validate(cfg: Config) -> None:
     require(cfg.train.bn_variance_averaging == "mean" or cfg.train.bn_statistics == "last_batch",
            "train.bn_variance_averaging", cfg.train.bn_variance_averaging,
            "'mean' unless train.bn_statistics=last_batch (pooling applies to last-batch statistics)")
-    require(cfg.data.decoder in DECODERS, "data.decoder", cfg.data.decoder, f"one of {', '.join(DECODERS)}")
-    require(cfg.data.decode_on in DECODE_ON, "data.decode_on", cfg.data.decode_on, f"one of {', '.join(DECODE_ON)}")
-    require(cfg.data.decode_on == "workers" or cfg.data.decoder == "torchvision", "data.decode_on",
-           cfg.data.decode_on, "workers unless data.decoder=torchvision (dali always decodes on the device)")
-    require(cfg.data.bad_file_policy in BAD_FILE_POLICIES, "data.bad_file_policy", cfg.data.bad_file_policy,
+    require(cfg.data.imagefolder.decoder in DECODERS, "data.imagefolder.decoder", cfg.data.imagefolder.decoder, f"one of {', '.join(DECODERS)}")
+    require(cfg.data.imagefolder.decode_on in DECODE_ON, "data.imagefolder.decode_on", cfg.data.imagefolder.decode_on, f"one of {', '.join(DECODE_ON)}")
+    require(cfg.data.imagefolder.decode_on == "workers" or cfg.data.imagefolder.decoder == "torchvision", "data.imagefolder.decode_on",
+           cfg.data.imagefolder.decode_on, "workers unless data.imagefolder.decoder=torchvision (dali always decodes on the device)")
+    require(cfg.data.imagefolder.bad_file_policy in BAD_FILE_POLICIES, "data.imagefolder.bad_file_policy", cfg.data.imagefolder.bad_file_policy,
             f"one of {', '.join(BAD_FILE_POLICIES)}")
     require(cfg.data.val_size == 0 or cfg.data.name != "imagefolder", "data.val_size",
            cfg.data.val_size, "0 for imagefolder (a held-out split is built for fashion_mnist and synthetic; on "
@@ -683,4 +805,4 @@ def validate(cfg: Config) -> None:
 
 def config_from_dict(data: dict) -> Config:
     """Rebuild a :class:`Config` from :func:`to_dict` output (e.g. a checkpoint or config.json)."""
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(data)))
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(migrate(data))))

@@ -112,7 +112,7 @@ def trainer_weights(rank, world, overrides):
 
 
 TRAINER_OVERRIDES = [
-    "data.name=synthetic", "data.synthetic_train_samples=512", "data.synthetic_test_samples=64",
+    "data.name=synthetic", "data.synthetic.train_samples=512", "data.synthetic.test_samples=64",
     "data.image_size_px=12", "train.global_batch_size=128", "train.bn_batch_size=16", "train.epochs=2",
     "train.checkpoint_every_epochs=100", "model.width=4", "schedule.warmup_epochs=1", "schedule.decay_epochs=[1.5]",
 ]
@@ -150,9 +150,9 @@ def trainer_init_fc():
 @pytest.mark.parametrize("optim", [
     ["optim.name=lars", "optim.base_lr=2.0", "schedule.name=poly", "schedule.warmup_start_lr=0.0"],
     ["optim.name=lamb", "optim.base_lr=0.02", "optim.weight_decay=0.01", "schedule.name=cosine"],
-    ["optim.name=rmsprop_warmup", "optim.nesterov=false", "optim.alpha_sgd_center_epochs=1",
-     "optim.alpha_sgd_period_epochs=1", "schedule.name=slow_start", "schedule.warmup_epochs=0",
-     "schedule.slow_start_epochs=[1,1.5]", "schedule.slow_start_factors=[0.5,0.1,0.01]"],
+    ["optim.name=rmsprop_warmup", "optim.nesterov=false", "optim.rmsprop_warmup.center_epochs=1",
+     "optim.rmsprop_warmup.period_epochs=1", "schedule.name=slow_start", "schedule.warmup_epochs=0",
+     "schedule.slow_start.epochs=[1,1.5]", "schedule.slow_start.factors=[0.5,0.1,0.01]"],
 ], ids=["lars", "lamb", "rmsprop_warmup"])
 def test_large_batch_optimizers_on_two_ranks_match_one_process(optim):
     """Each optimizer sees the all-reduced gradient: 2 gloo ranks give the weights of 1 process."""

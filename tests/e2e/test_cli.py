@@ -230,7 +230,7 @@ def test_imagefolder_run(tmp_path):
     out = tmp_path / "run"
     proc = largebatch("train", "--nproc", "2", "--set", "data.name=imagefolder", "--set",
                       f"data.root={tmp_path / 'imagenet'}", "--set", "model.name=resnet18", "--set",
-                      "data.image_size_px=32", "--set", "data.loader_workers=0", "--set", "train.epochs=2",
+                      "data.image_size_px=32", "--set", "data.imagefolder.loader_workers=0", "--set", "train.epochs=2",
                       "--set", "train.global_batch_size=32", "--set", "train.bn_batch_size=8", "--set",
                       "schedule.warmup_epochs=0", "--set", "schedule.decay_epochs=[]", "--out", str(out),
                       cwd=tmp_path)
@@ -379,13 +379,13 @@ def test_bad_image_files_fail_or_are_skipped_and_reported(tmp_path):
     bad = [("zero.JPEG", b""), ("truncated.JPEG", jpeg[: len(jpeg) // 3]), ("notes.JPEG", b"not an image at all")]
     make_imagenet(tmp_path / "imagenet", bad=bad)
     common = ["--nproc", "2", "--set", "data.name=imagefolder", "--set", f"data.root={tmp_path / 'imagenet'}",
-              "--set", "model.name=resnet18", "--set", "data.image_size_px=32", "--set", "data.loader_workers=0",
+              "--set", "model.name=resnet18", "--set", "data.image_size_px=32", "--set", "data.imagefolder.loader_workers=0",
               "--set", "train.epochs=1", "--set", "train.global_batch_size=16", "--set", "train.bn_batch_size=8",
               "--set", "schedule.warmup_epochs=0", "--set", "schedule.decay_epochs=[]"]
     proc = largebatch("train", *common, "--out", str(tmp_path / "fail"), cwd=tmp_path)
-    assert proc.returncode == 1 and "cannot decode" in proc.stderr and "data.bad_file_policy=skip" in proc.stderr
+    assert proc.returncode == 1 and "cannot decode" in proc.stderr and "data.imagefolder.bad_file_policy=skip" in proc.stderr
     out = tmp_path / "skip"
-    proc = largebatch("train", *common, "--set", "data.bad_file_policy=skip", "--out", str(out), cwd=tmp_path)
+    proc = largebatch("train", *common, "--set", "data.imagefolder.bad_file_policy=skip", "--out", str(out), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     listed = (out / "bad_files.txt").read_text()
     assert all(name in listed for name, _ in bad) and "unreadable image file(s) were skipped" in proc.stderr
@@ -436,12 +436,12 @@ def test_flat_val_with_labels_file_and_both_decoders(tmp_path):
         wnid_dir.rmdir()
     (tmp_path / "LOC_val_solution.csv").write_text("\n".join(rows) + "\n")
     common = ["--set", "data.name=imagefolder", "--set", f"data.root={root}", "--set", "model.name=resnet18",
-              "--set", "data.image_size_px=32", "--set", "data.loader_workers=0", "--set", "train.epochs=1",
+              "--set", "data.image_size_px=32", "--set", "data.imagefolder.loader_workers=0", "--set", "train.epochs=1",
               "--set", "train.global_batch_size=16", "--set", "train.bn_batch_size=8", "--set",
               "schedule.warmup_epochs=0", "--set", "schedule.decay_epochs=[]",
-              "--set", f"data.val_labels={tmp_path / 'LOC_val_solution.csv'}"]
+              "--set", f"data.imagefolder.val_labels={tmp_path / 'LOC_val_solution.csv'}"]
     out = tmp_path / "run"
-    proc = largebatch("train", "--nproc", "1", *common, "--set", "data.decoder=pil", "--out", str(out), cwd=tmp_path)
+    proc = largebatch("train", "--nproc", "1", *common, "--set", "data.imagefolder.decoder=pil", "--out", str(out), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     evals = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if '"eval"' in l]
     assert len(evals) == 1 and evals[0]["top1"] >= 0
@@ -456,8 +456,8 @@ def test_flat_val_with_labels_file_and_both_decoders(tmp_path):
     (xa, ya), (xb, yb) = (next(d.eval_batches(world_size=1, rank=0, batch_size=8)) for d in datas)
     assert _torch.equal(ya, yb) and xa.shape == xb.shape == (8, 3, 32, 32) and xb.dtype == _torch.float32
     assert (xa - xb).abs().mean() < 0.1  # same images, same eval transform; resampling filters differ slightly
-    bad = largebatch("train", *common[:-2], "--set", f"data.val_labels={tmp_path / 'none.csv'}", cwd=tmp_path, timeout=60)
-    assert bad.returncode == 2 and "data.val_labels" in bad.stderr
+    bad = largebatch("train", *common[:-2], "--set", f"data.imagefolder.val_labels={tmp_path / 'none.csv'}", cwd=tmp_path, timeout=60)
+    assert bad.returncode == 2 and "data.imagefolder.val_labels" in bad.stderr
 
 
 def test_forced_bf16_and_a_validation_split_from_the_cli(tmp_path):

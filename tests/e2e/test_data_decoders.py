@@ -1,5 +1,5 @@
-"""The in-process batch decoders (``data.decode_on=device``: torchvision.io on the training device;
-``data.decoder=dali``: NVIDIA DALI, run here on its CPU operators) and shards read from a URL through
+"""The in-process batch decoders (``data.imagefolder.decode_on=device``: torchvision.io on the training device;
+``data.imagefolder.decoder=dali``: NVIDIA DALI, run here on its CPU operators) and shards read from a URL through
 fsspec (an HTTP server with byte ranges, as object storage serves them), on generated
 ImageNet-layout folders with the odd and bad files real ImageNet copies hold."""
 
@@ -168,10 +168,10 @@ def test_cli_trains_from_shards_over_http_with_dali_and_on_the_folder_decoding_o
                                                                                           tmp_path):
     _, url = served_shards
     common = ["--set", "data.name=imagefolder", "--set", "model.name=resnet18", "--set", "data.image_size_px=24",
-              "--set", "data.loader_workers=1", "--set", "train.epochs=1", "--set", "train.global_batch_size=8",
+              "--set", "data.imagefolder.loader_workers=1", "--set", "train.epochs=1", "--set", "train.global_batch_size=8",
               "--set", "train.bn_batch_size=4", "--set", "schedule.warmup_epochs=0", "--set", "schedule.decay_epochs=[]"]
-    runs = {"dali_http": ["--nproc", "2", "--set", f"data.root={url}", "--set", "data.decoder=dali"],
-            "device_folder": ["--set", f"data.root={folder}", "--set", "data.decode_on=device"]}
+    runs = {"dali_http": ["--nproc", "2", "--set", f"data.root={url}", "--set", "data.imagefolder.decoder=dali"],
+            "device_folder": ["--set", f"data.root={folder}", "--set", "data.imagefolder.decode_on=device"]}
     for name, extra in runs.items():
         out = tmp_path / name
         proc = subprocess.run([sys.executable, "-m", "largebatch", "train", *common, *extra, "--out", str(out)],
@@ -183,6 +183,6 @@ def test_cli_trains_from_shards_over_http_with_dali_and_on_the_folder_decoding_o
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "holds no largebatch-shards.json" in proc.stderr
     proc = subprocess.run([sys.executable, "-m", "largebatch", "train", *common, "--set", f"data.root={folder}",
-                           "--set", "data.decoder=pil", "--set", "data.decode_on=device"],
+                           "--set", "data.imagefolder.decoder=pil", "--set", "data.imagefolder.decode_on=device"],
                           capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "data.decode_on" in proc.stderr
+    assert proc.returncode == 2 and "data.imagefolder.decode_on" in proc.stderr

@@ -1,6 +1,7 @@
 """Config overrides, validation and the derived plan."""
 
 import pytest
+import torch
 
 from largebatch.config import ConfigError, apply_overrides, config_from_dict, config_hash, to_dict
 from largebatch.plan import resolve
@@ -178,7 +179,7 @@ def test_bn_options_are_validated():
 def test_data_check_uses_the_largest_stage(monkeypatch):
     from largebatch.data import check_data
 
-    cfg = apply_overrides(get_recipe(DEFAULT_RECIPE), ["data.name=synthetic", "data.synthetic_train_samples=1024", SCHED])
+    cfg = apply_overrides(get_recipe(DEFAULT_RECIPE), ["data.name=synthetic", "data.synthetic.train_samples=1024", SCHED])
     with pytest.raises(ConfigError, match=r"train.batch_schedule\[1\].global_batch_size=2048 exceeds the 1024"):
         check_data(cfg)
 
@@ -200,3 +201,40 @@ def test_switching_optim_name_takes_the_reference_lr_unless_an_lr_key_is_given()
     # a recipe already on LARS keeps its own LR when the name is restated
     lars = get_recipe("mlperf_lars_fashion_mnist")
     assert apply_overrides(lars, ["optim.name=lars"]).optim.base_lr == lars.optim.base_lr
+
+
+def _flatten_to_legacy(data: dict) -> dict:
+    """A config dict in the layout written before the optimizer, schedule and data-source settings were
+    nested (what older checkpoints and run directories hold)."""
+    from largebatch.config import LEGACY_KEYS
+
+    out = {sec: dict(val) if isinstance(val, dict) else val for sec, val in data.items()}
+    for old, new in LEGACY_KEYS.items():
+        section, flat = old.split(".")
+        _, sub, leaf = new.split(".")
+        out[section][flat] = out[section][sub][leaf]
+    for new in LEGACY_KEYS.values():
+        section, sub, _ = new.split(".")
+        out[section].pop(sub, None)
+    return out
+
+
+@pytest.mark.parametrize("recipe", ["lamb_fashion_mnist", "akiba2017_fashion_mnist", "mlperf_lars_fashion_mnist"])
+def test_legacy_flat_configs_still_load_compare_and_take_overrides(recipe):
+    from largebatch.config import apply_overrides, config_from_dict, config_mismatch, to_dict
+    from largebatch.train.build import check_resumable
+    from largebatch.train.precision import choose_precision
+
+    cfg = get_recipe(recipe)
+    legacy = _flatten_to_legacy(to_dict(cfg))
+    assert "lars" not in legacy["optim"] and "lars_eps" in legacy["optim"] and "poly_power" in legacy["schedule"]
+    assert config_from_dict(legacy) == cfg  # an old checkpoint's or run's config reads as today's
+    assert config_mismatch(cfg, legacy, "old.pt") is None
+    # resuming an old checkpoint: compared key by key, not by the hash of the old layout
+    check_resumable(cfg, {"config": legacy, "config_hash": "0123456789abcdef", "precision": "fp32"}, "old.pt",
+                    choose_precision("fp32", torch.device("cpu")))
+    changed = dict(legacy, optim={**legacy["optim"], "lars_eps": 0.5})
+    assert "optim.lars: checkpoint" in config_mismatch(cfg, changed, "old.pt")
+    # a --set line with a legacy key names the nested key
+    got = apply_overrides(cfg, ["optim.lars_eps=0.25", "schedule.poly_power=3", "data.synthetic_channels=3"])
+    assert got.optim.lars.eps == 0.25 and got.schedule.poly.power == 3.0 and got.data.synthetic.channels == 3

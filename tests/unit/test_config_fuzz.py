@@ -28,7 +28,7 @@ KEY = st.one_of(st.sampled_from(KEYS), st.text(alphabet=string.ascii_lowercase +
 
 @given(st.lists(st.tuples(KEY, VALUES), min_size=1, max_size=4), st.integers(1, 8),
        st.sampled_from(recipe_names()))
-@example(pairs=[("schedule.slow_start_epochs", "{}")], world_size=1, recipe="akiba2017_fashion_mnist")  # CI 2026-12-02
+@example(pairs=[("schedule.slow_start.epochs", "{}")], world_size=1, recipe="akiba2017_fashion_mnist")  # CI 2026-12-02
 def test_any_override_gives_a_plan_or_a_clear_error(pairs, world_size, recipe):
     cfg = get_recipe(recipe)
     try:

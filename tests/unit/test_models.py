@@ -52,7 +52,7 @@ def test_any_torchvision_classifier_gets_ghost_bn():
     assert bns and all(isinstance(m, GhostBatchNorm2d) and m.bn_batch_size == 2 for m in bns)
     assert model(torch.randn(4, 3, 32, 32)).shape == (4, 5)
     resolve(apply_overrides(get_recipe(DEFAULT_RECIPE), ["model.name=efficientnet_b0", "data.name=synthetic",
-                                                         "data.synthetic_channels=3"]), 2)
+                                                         "data.synthetic.channels=3"]), 2)
     import pytest
 
     with pytest.raises(ConfigError, match="torchvision classification model"):

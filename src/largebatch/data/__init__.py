@@ -28,7 +28,7 @@ def check_data(cfg) -> None:
     from largebatch.config import ConfigError
 
     data_cfg = cfg.data
-    known = {"fashion_mnist": FASHION_MNIST_TRAIN_SAMPLES, "synthetic": data_cfg.synthetic_train_samples}
+    known = {"fashion_mnist": FASHION_MNIST_TRAIN_SAMPLES, "synthetic": data_cfg.synthetic.train_samples}
     if data_cfg.name in known:
         n = min(known[data_cfg.name], data_cfg.train_subset or known[data_cfg.name])
         if data_cfg.val_size >= n:
@@ -51,7 +51,7 @@ def check_data(cfg) -> None:
     elif data_cfg.name == "imagefolder":
         from largebatch.data.layout import check_layout
 
-        if data_cfg.decoder == "dali":
+        if data_cfg.imagefolder.decoder == "dali":
             from largebatch.data.dali import require_dali
 
             require_dali()
@@ -60,9 +60,9 @@ def check_data(cfg) -> None:
 
         if is_prepared(data_cfg.root):
             return
-        check_layout(data_cfg.root, flat_val=bool(data_cfg.val_labels))
-        if data_cfg.val_labels and not Path(data_cfg.val_labels).is_file():
-            raise FileNotFoundError(f"data.val_labels={data_cfg.val_labels!r} is not a file; give ImageNet's "
+        check_layout(data_cfg.root, flat_val=bool(data_cfg.imagefolder.val_labels))
+        if data_cfg.imagefolder.val_labels and not Path(data_cfg.imagefolder.val_labels).is_file():
+            raise FileNotFoundError(f"data.imagefolder.val_labels={data_cfg.imagefolder.val_labels!r} is not a file; give ImageNet's "
                                     f"LOC_val_solution.csv or a '<file> <wnid>' list, or leave it empty for val/<wnid>/")
 
 
@@ -74,9 +74,10 @@ def build_data(cfg, *, device: torch.device):
         from largebatch.data.imagefolder import ImageFolderData
 
         return ImageFolderData(d.root, image_size_px=d.image_size_px, augment=d.augment,
-                               loader_workers=d.loader_workers, train_subset=d.train_subset,
-                               test_subset=d.test_subset, device=device, bad_file_policy=d.bad_file_policy,
-                               decoder=d.decoder, val_labels=d.val_labels, decode_on=d.decode_on)
+                               loader_workers=d.imagefolder.loader_workers, train_subset=d.train_subset,
+                               test_subset=d.test_subset, device=device, bad_file_policy=d.imagefolder.bad_file_policy,
+                               decoder=d.imagefolder.decoder, val_labels=d.imagefolder.val_labels,
+                               decode_on=d.imagefolder.decode_on)
     if d.name == "fashion_mnist":
         from largebatch.data.fashion_mnist import load_fashion_mnist
 
@@ -86,11 +87,11 @@ def build_data(cfg, *, device: torch.device):
         from largebatch.data.synthetic import make_synthetic
 
         train_x, train_y, test_x, test_y = make_synthetic(
-            num_train=d.synthetic_train_samples, num_test=d.synthetic_test_samples,
-            num_classes=d.synthetic_classes, channels=d.synthetic_channels, size_px=d.image_size_px,
+            num_train=d.synthetic.train_samples, num_test=d.synthetic.test_samples,
+            num_classes=d.synthetic.classes, channels=d.synthetic.channels, size_px=d.image_size_px,
             seed=cfg.train.seed,
         )
-        num_classes, classes = d.synthetic_classes, None
+        num_classes, classes = d.synthetic.classes, None
     else:
         from largebatch.registry import DATASET_GROUP, is_plugin, load_user_dataset
 

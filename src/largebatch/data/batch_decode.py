@@ -4,15 +4,15 @@ The DataLoader path decodes one image at a time in CPU worker processes. On a GP
 several CPU cores per GPU (docs/data.md); decoding the batch on the GPU instead needs only the
 encoded bytes from the CPU. Two decoders share this module's loop:
 
-- :class:`TorchvisionBatchDecoder` (``data.decode_on=device``): ``torchvision.io.decode_jpeg`` on a
+- :class:`TorchvisionBatchDecoder` (``data.imagefolder.decode_on=device``): ``torchvision.io.decode_jpeg`` on a
   list of encoded tensors with ``device="cuda"`` (batched nvJPEG), then random-resized crop, flip
   or resize + centre crop with ``torchvision.transforms.v2.functional`` on the GPU tensors. On a CPU
   run the same code decodes with libjpeg-turbo in the training process (it is how the tests run it;
   on CPU the DataLoader workers are faster).
-- :class:`largebatch.data.dali.DaliRunner` (``data.decoder=dali``): NVIDIA DALI.
+- :class:`largebatch.data.dali.DaliRunner` (``data.imagefolder.decoder=dali``): NVIDIA DALI.
 
 Both take the sampler's index batches, read the bytes on a thread pool one batch ahead, and apply
-``data.bad_file_policy`` to files that cannot be decoded: ``fail`` raises
+``data.imagefolder.bad_file_policy`` to files that cannot be decoded: ``fail`` raises
 :class:`~largebatch.data.imagefolder.BadImageError` naming the file, ``skip`` substitutes the next
 readable sample of the data set (as the DataLoader path does) and reports the file.
 """
@@ -110,7 +110,7 @@ class BatchDecoder(ABC):
                     name = self.describe(indices[pos])
                     if self.policy == "fail":
                         raise BadImageError(f"cannot decode {name}: {reason}; fix or remove the file, or set "
-                                            f"data.bad_file_policy=skip to skip it and get a report") from decode_error
+                                            f"data.imagefolder.bad_file_policy=skip to skip it and get a report") from decode_error
                     skipped.append(f"{name}\t{reason}")
                     indices[pos] = (indices[pos] + 1) % dataset_size
                     encoded[pos] = self._encoded([indices[pos]])[0]
@@ -146,7 +146,7 @@ def crop_params(height: int, width: int, generator: torch.Generator, scale=(0.08
 
 
 class TorchvisionBatchDecoder(BatchDecoder):
-    """``data.decode_on=device``: batched ``torchvision.io.decode_jpeg`` on the training device
+    """``data.imagefolder.decode_on=device``: batched ``torchvision.io.decode_jpeg`` on the training device
     (nvJPEG on CUDA) then the augmentation there; on a CPU run each image is decoded
     (libjpeg-turbo) and augmented on one of ``threads`` threads of the training process (the C++
     kernels release the GIL), with no worker processes and no copies between processes. Non-JPEG

@@ -5,7 +5,7 @@ saved under a ``.JPEG`` name, and, after a bad copy, zero-byte or truncated file
 and decoded with torchvision.io (libjpeg-turbo, libpng: the decoders the training pipeline uses) and
 classified:
 
-* bad (the run would fail on them, or skip them under ``data.bad_file_policy=skip``): ``empty``
+* bad (the run would fail on them, or skip them under ``data.imagefolder.bad_file_policy=skip``): ``empty``
   (zero bytes), ``unreadable`` (the OS refused), ``not_an_image`` (no known image signature and not
   decodable), ``corrupt`` (an image signature, but decoding fails: truncated or damaged);
 * odd but valid (decoded and converted to RGB by the pipeline): ``cmyk``, ``grayscale``,

@@ -1,4 +1,4 @@
-"""NVIDIA DALI as the image pipeline (``data.decoder=dali``; ``pip install 'largebatch[dali]'``).
+"""NVIDIA DALI as the image pipeline (``data.imagefolder.decoder=dali``; ``pip install 'largebatch[dali]'``).
 
 Our global-batch sampler still decides which samples each worker reads at each step (so the split
 over nodes, the BN groups and resuming are the same as with the DataLoader path); DALI takes the
@@ -17,7 +17,7 @@ each ``batches`` call, as the DataLoader path seeds its workers; it differs from
 the number of processes (documented in docs/data.md).
 
 Files DALI cannot decode are identified by decoding the failed batch again with torchvision.io,
-then ``data.bad_file_policy`` applies exactly as on the DataLoader path (``fail`` names the file,
+then ``data.imagefolder.bad_file_policy`` applies exactly as on the DataLoader path (``fail`` names the file,
 ``skip`` substitutes the next readable sample and reports it). A DALI pipeline is dead after an
 error, so it is rebuilt.
 """
@@ -41,8 +41,8 @@ def dali_available() -> bool:
 def require_dali() -> None:
     """Raises ImportError with the install command when DALI is missing."""
     if not dali_available():
-        raise ImportError("data.decoder=dali needs NVIDIA DALI: pip install 'largebatch[dali]' (the "
-                          "nvidia-dali-cuda120 wheel from PyPI; it also runs CPU-only), or use data.decoder=torchvision")
+        raise ImportError("data.imagefolder.decoder=dali needs NVIDIA DALI: pip install 'largebatch[dali]' (the "
+                          "nvidia-dali-cuda120 wheel from PyPI; it also runs CPU-only), or use data.imagefolder.decoder=torchvision")
 
 
 class DaliRunner(BatchDecoder):

@@ -54,7 +54,7 @@ class _CheckedImages(torch.utils.data.Dataset):
             except (OSError, ValueError, SyntaxError, RuntimeError) as err:  # PIL's and torchvision.io's errors
                 if self.policy == "fail":
                     raise BadImageError(f"cannot decode {path}: {err}; fix or remove the file, or set "
-                                        f"data.bad_file_policy=skip to skip it and get a report") from None
+                                        f"data.imagefolder.bad_file_policy=skip to skip it and get a report") from None
                 bad.append(f"{path}\t{type(err).__name__}: {err}")
         raise BadImageError(f"no readable image in {getattr(self.folder, 'root', 'the data set')}")
 
@@ -102,10 +102,10 @@ class ImageFolderData:
         from largebatch.data.shards import ShardImages, is_prepared
 
         if decode_on not in ("workers", "device"):
-            raise ValueError(f"data.decode_on={decode_on!r} is unknown; accepted: workers, device")
+            raise ValueError(f"data.imagefolder.decode_on={decode_on!r} is unknown; accepted: workers, device")
         if decode_on == "device" and decoder != "torchvision":
-            raise ValueError(f"data.decode_on=device works with data.decoder=torchvision (got {decoder!r}); "
-                             f"data.decoder=dali always decodes on the device")
+            raise ValueError(f"data.imagefolder.decode_on=device works with data.imagefolder.decoder=torchvision (got {decoder!r}); "
+                             f"data.imagefolder.decoder=dali always decodes on the device")
         if decoder == "dali":
             from largebatch.data.dali import require_dali
 
@@ -113,7 +113,7 @@ class ImageFolderData:
         self.decoder, self.decode_on, self.image_size_px, self.augment = decoder, decode_on, image_size_px, augment
         if is_prepared(root):  # `largebatch data prepare` output: read the shards by index
             if decoder == "pil":
-                raise ValueError(f"data.root={root!r} holds prepared shards, read with data.decoder=torchvision or dali")
+                raise ValueError(f"data.root={root!r} holds prepared shards, read with data.imagefolder.decoder=torchvision or dali")
             train_tf, eval_tf = self._transforms("torchvision", image_size_px, augment)
             self._finish(ShardImages(root, "train", train_tf), ShardImages(root, "val", eval_tf), bad_file_policy,
                          train_subset, test_subset, loader_workers, device)
@@ -127,7 +127,7 @@ class ImageFolderData:
             files = sorted(p for p in val_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
             missing = [p.name for p in files if p.name not in labels and p.stem not in labels]
             if missing:
-                raise ValueError(f"data.val_labels={val_labels!r} has no label for {len(missing)} file(s) of {val_dir}, "
+                raise ValueError(f"data.imagefolder.val_labels={val_labels!r} has no label for {len(missing)} file(s) of {val_dir}, "
                                  f"e.g. {missing[:3]}")
             val_samples = [(str(p), labels.get(p.name, labels.get(p.stem))) for p in files]
         else:
@@ -145,7 +145,7 @@ class ImageFolderData:
             val_base.samples = val_base.imgs = list(val_samples)
             val_base.targets = [label for _, label in val_samples]
         else:
-            raise ValueError(f"data.decoder={decoder!r} is unknown; accepted: torchvision, pil, dali")
+            raise ValueError(f"data.imagefolder.decoder={decoder!r} is unknown; accepted: torchvision, pil, dali")
         self._finish(train_base, val_base, bad_file_policy, train_subset, test_subset, loader_workers, device)
 
     def _finish(self, train_base, val_base, bad_file_policy, train_subset, test_subset, loader_workers, device) -> None:

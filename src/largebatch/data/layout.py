@@ -28,9 +28,9 @@ def check_layout(root: str, *, flat_val: bool = False) -> tuple[Path, Path]:
     dirs = []
     for split in ("train", "val"):
         d = base / split
-        if split == "val" and flat_val:  # images directly in val/, labels from data.val_labels
+        if split == "val" and flat_val:  # images directly in val/, labels from data.imagefolder.val_labels
             if not d.is_dir() or not any(p.suffix.lower() in IMAGE_SUFFIXES for p in d.iterdir()):
-                raise FileNotFoundError(f"data.root={root!r}: {d} holds no image files (data.val_labels is set, so "
+                raise FileNotFoundError(f"data.root={root!r}: {d} holds no image files (data.imagefolder.val_labels is set, so "
                                         f"val/ is read flat: {base}/val/*.JPEG)")
             dirs.append(d)
             continue

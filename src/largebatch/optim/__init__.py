@@ -57,13 +57,13 @@ def build_optimizer(model: nn.Module, optim_cfg, *, lr: float, steps_per_epoch: 
     if o.name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=o.momentum, nesterov=o.nesterov)
     if o.name == "lars":
-        return Lars(groups, lr=lr, momentum=o.momentum, nesterov=o.nesterov, trust_coefficient=o.trust_coefficient,
-                    eps=o.lars_eps, clip=o.lars_clip, skip_nonfinite=skip_nonfinite)
+        return Lars(groups, lr=lr, momentum=o.momentum, nesterov=o.nesterov, trust_coefficient=o.lars.trust_coefficient,
+                    eps=o.lars.eps, clip=o.lars.clip, skip_nonfinite=skip_nonfinite)
     if o.name == "lamb":
-        return Lamb(groups, lr=lr, betas=(o.lamb_beta1, o.lamb_beta2), eps=o.lamb_eps, skip_nonfinite=skip_nonfinite)
+        return Lamb(groups, lr=lr, betas=(o.lamb.beta1, o.lamb.beta2), eps=o.lamb.eps, skip_nonfinite=skip_nonfinite)
     if o.name == "rmsprop_warmup":
-        return RMSpropWarmup(groups, lr=lr, momentum=o.momentum, alpha=o.rmsprop_alpha, eps=o.rmsprop_eps,
-                             rmsprop_lr=o.rmsprop_lr, steps_per_epoch=steps_per_epoch,
-                             center_epochs=o.alpha_sgd_center_epochs, period_epochs=o.alpha_sgd_period_epochs,
-                             variant=o.alpha_sgd_variant, skip_nonfinite=skip_nonfinite)
+        r = o.rmsprop_warmup
+        return RMSpropWarmup(groups, lr=lr, momentum=o.momentum, alpha=r.alpha, eps=r.eps, rmsprop_lr=r.lr,
+                             steps_per_epoch=steps_per_epoch, center_epochs=r.center_epochs,
+                             period_epochs=r.period_epochs, variant=r.variant, skip_nonfinite=skip_nonfinite)
     raise ValueError(f"optim.name={o.name!r} is unknown; accepted: {', '.join(OPTIM_NAMES)}")

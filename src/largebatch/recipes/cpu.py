@@ -4,7 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 
-from largebatch.config import BatchStage, Config, DataConfig, ModelConfig, OptimConfig, ScheduleConfig, TrainConfig
+from largebatch.config import (
+    BatchStage,
+    Config,
+    DataConfig,
+    LarsConfig,
+    ModelConfig,
+    OptimConfig,
+    PolyConfig,
+    RMSpropWarmupConfig,
+    ScheduleConfig,
+    SlowStartConfig,
+    TrainConfig,
+)
 from largebatch.recipes import register
 
 GOYAL_EPOCHS = 90
@@ -101,10 +113,8 @@ def akiba2017_fashion_mnist() -> Config:
         "Akiba et al. 2017 sec. 3 [S]; alpha_SGD centre/period and slow-start epochs scaled from 90 to 9 epochs",
         # The reference LR of the default recipe (0.4 per 256), scaled linearly as eta_base.
         optim=OptimConfig(name="rmsprop_warmup", base_lr=0.4, base_batch_size=256, momentum=0.9, nesterov=False,
-                          weight_decay=1e-4, alpha_sgd_center_epochs=_scaled([10])[0],
-                          alpha_sgd_period_epochs=_scaled([5])[0]),
-        schedule=ScheduleConfig(name="slow_start", warmup_epochs=0, slow_start_epochs=_scaled([40, 70, 85]),
-                                slow_start_factors=[0.5, 0.075, 0.01, 0.001]),        bn_statistics="last_batch",  # Akiba's BN without moving averages (sec. 3.3)
+                          weight_decay=1e-4, rmsprop_warmup=RMSpropWarmupConfig(center_epochs=_scaled([10])[0], period_epochs=_scaled([5])[0])),
+        schedule=ScheduleConfig(name="slow_start", warmup_epochs=0, slow_start=SlowStartConfig(epochs=_scaled([40, 70, 85]), factors=[0.5, 0.075, 0.01, 0.001])),        bn_statistics="last_batch",  # Akiba's BN without moving averages (sec. 3.3)
     )
 
 
@@ -113,9 +123,9 @@ def _you2018_lars_fashion(base_lr: float = 2.5, warmup_epochs: float = _scaled([
     ``base_lr`` per 256 (linear rule; 2.5 untuned), warmup from 0 (5/90 of the run untuned), poly 2 to 0."""
     return dict(
         optim=OptimConfig(name="lars", base_lr=base_lr, base_batch_size=256, momentum=momentum, nesterov=False,
-                          weight_decay=1e-4, trust_coefficient=0.001, norm_weight_decay=True, bias_weight_decay=True,
+                          weight_decay=1e-4, lars=LarsConfig(trust_coefficient=0.001), norm_weight_decay=True, bias_weight_decay=True,
                           norm_adaptation=True, bias_adaptation=True),
-        schedule=ScheduleConfig(name="poly", warmup_epochs=warmup_epochs, warmup_start_lr=0.0, poly_power=2.0,
+        schedule=ScheduleConfig(name="poly", warmup_epochs=warmup_epochs, warmup_start_lr=0.0, poly=PolyConfig(power=2.0),
                                 end_lr=0.0),
     )
 
@@ -161,8 +171,8 @@ def mlperf_lars_fashion_mnist() -> Config:
         "MLPerf-reference LARS on Fashion-MNIST: ResNet-8, global batch 2048 (64 BN groups x 32), label smoothing 0.1, 2 CPU workers",
         "MLPerf ResNet-50 reference: LR 0.625 per 256, wd 2e-4, poly 2 to 1e-4, warmup 5/42 of the run",
         optim=OptimConfig(name="lars", base_lr=0.625, base_batch_size=256, momentum=0.9, nesterov=False,
-                          weight_decay=2e-4, trust_coefficient=0.001, lars_eps=0.0),
-        schedule=ScheduleConfig(name="poly", warmup_epochs=5 * 9 / 42, warmup_start_lr=0.0, poly_power=2.0,
+                          weight_decay=2e-4, lars=LarsConfig(trust_coefficient=0.001, eps=0.0)),
+        schedule=ScheduleConfig(name="poly", warmup_epochs=5 * 9 / 42, warmup_start_lr=0.0, poly=PolyConfig(power=2.0),
                                 end_lr=1e-4),
         label_smoothing=0.1,
     )
@@ -176,7 +186,7 @@ def lamb_fashion_mnist() -> Config:
         "LAMB on Fashion-MNIST: ResNet-8, global batch 2048 (64 BN groups x 32), sqrt LR scaling, 2 CPU workers",
         "You et al. 2019 Algorithm 2; hyperparameters ours (You et al. 2019 give no ResNet-50 values we could verify)",
         optim=OptimConfig(name="lamb", base_lr=0.02, base_batch_size=2048, lr_scaling="sqrt", weight_decay=0.01),
-        schedule=ScheduleConfig(name="poly", warmup_epochs=_scaled([5])[0], warmup_start_lr=0.0, poly_power=2.0,
+        schedule=ScheduleConfig(name="poly", warmup_epochs=_scaled([5])[0], warmup_start_lr=0.0, poly=PolyConfig(power=2.0),
                                 end_lr=0.0),
     )
 
@@ -190,8 +200,8 @@ def mlperf_lars_57k_fashion_mnist() -> Config:
         "NVIDIA MLPerf v3.0 LARS settings on Fashion-MNIST: ResNet-8, global batch 2048 (64 BN groups x 32), 2 CPU workers",
         "MLPerf v3.0 NVIDIA 448x8x16 config: LR per sample kept, warmup 32/78 of the run",
         optim=OptimConfig(name="lars", base_lr=23.0, base_batch_size=57344, momentum=0.95, nesterov=False,
-                          weight_decay=2.5e-5, fc_bias_weight_decay=True, trust_coefficient=0.001, lars_eps=0.0),
-        schedule=ScheduleConfig(name="poly", warmup_epochs=32 * 9 / 78, warmup_start_lr=0.0, poly_power=2.0,
+                          weight_decay=2.5e-5, fc_bias_weight_decay=True, lars=LarsConfig(trust_coefficient=0.001, eps=0.0)),
+        schedule=ScheduleConfig(name="poly", warmup_epochs=32 * 9 / 78, warmup_start_lr=0.0, poly=PolyConfig(power=2.0),
                                 end_lr=1e-4),
         label_smoothing=0.1,
     )

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from largebatch.config import Config, DataConfig, ModelConfig, OptimConfig, ScheduleConfig, TrainConfig
+from largebatch.config import (
+    Config,
+    DataConfig,
+    ImageFolderConfig,
+    ModelConfig,
+    OptimConfig,
+    ScheduleConfig,
+    TrainConfig,
+)
 from largebatch.recipes import register
 
 
@@ -13,7 +21,7 @@ def goyal2017_resnet50_imagenet_8k() -> Config:
         recipe="goyal2017_resnet50_imagenet_8k",
         description="ResNet-50 on ImageNet, global batch 8192 (256 workers x 32), 90 epochs; paper: 76.26% top-1 in ~1 h on 256 P100",
         source="Goyal et al. 2017, sec. 2-5 and Table 1 (arXiv 1706.02677)",
-        data=DataConfig(name="imagefolder", root="", image_size_px=224, loader_workers=8),
+        data=DataConfig(name="imagefolder", root="", image_size_px=224, imagefolder=ImageFolderConfig(loader_workers=8)),
         model=ModelConfig(name="resnet50", zero_init_residual=True, fc_init_std=0.01),
         train=TrainConfig(
             epochs=90,

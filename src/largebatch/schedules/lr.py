@@ -124,7 +124,7 @@ def build_schedule(schedule_cfg, *, peak_lr: float, base_lr: float, steps_per_ep
     if s.name == "step":
         bounds = s.decay_epochs
     elif s.name == "slow_start":
-        bounds = s.slow_start_epochs
+        bounds = s.slow_start.epochs
     else:
         bounds = []
     return LRSchedule(
@@ -135,9 +135,9 @@ def build_schedule(schedule_cfg, *, peak_lr: float, base_lr: float, steps_per_ep
         total_steps=epoch_to_step(decay_end, steps_per_epoch),
         decay_steps=tuple(epoch_to_step(e, steps_per_epoch) for e in bounds),
         decay_factor=s.decay_factor,
-        factors=tuple(s.slow_start_factors),
+        factors=tuple(s.slow_start.factors),
         end_lr=s.end_lr,
-        power=s.poly_power,
+        power=s.poly.power,
     )
 
 

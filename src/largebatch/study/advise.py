@@ -172,7 +172,7 @@ def _model_of(cfg):
     from largebatch.nn.models import build_model
 
     fashion = cfg.data.name in ("fashion_mnist", "synthetic")
-    channels = 1 if cfg.data.name == "fashion_mnist" else (cfg.data.synthetic_channels if fashion else 3)
+    channels = 1 if cfg.data.name == "fashion_mnist" else (cfg.data.synthetic.channels if fashion else 3)
     size = 28 if cfg.data.name == "fashion_mnist" else cfg.data.image_size_px
     model = build_model(cfg.model.name, num_classes=10 if fashion else 1000, in_channels=channels,
                         bn_batch_size=1, width=cfg.model.width, blocks_per_stage=cfg.model.blocks_per_stage,
@@ -261,7 +261,7 @@ def advise(recipe: str, overrides: list[str], *, out: str, probe_epochs: float, 
 def _train_images(cfg) -> int:
     from largebatch.data import FASHION_MNIST_TRAIN_SAMPLES
 
-    known = {"fashion_mnist": FASHION_MNIST_TRAIN_SAMPLES, "synthetic": cfg.data.synthetic_train_samples,
+    known = {"fashion_mnist": FASHION_MNIST_TRAIN_SAMPLES, "synthetic": cfg.data.synthetic.train_samples,
              "imagefolder": 1_281_167}
     n = known.get(cfg.data.name, 1_281_167)
     return min(n, cfg.data.train_subset) if cfg.data.train_subset else n

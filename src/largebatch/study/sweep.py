@@ -62,9 +62,9 @@ def _scale_epochs(cfg, epochs: int):
     s, o, t = cfg.schedule, cfg.optim, cfg.train
     schedule = dataclasses.replace(s, warmup_epochs=s.warmup_epochs * f,
                                    decay_epochs=[e * f for e in s.decay_epochs],
-                                   slow_start_epochs=[e * f for e in s.slow_start_epochs])
-    optim = dataclasses.replace(o, alpha_sgd_center_epochs=o.alpha_sgd_center_epochs * f,
-                                alpha_sgd_period_epochs=o.alpha_sgd_period_epochs * f)
+                                   slow_start=dataclasses.replace(s.slow_start, epochs=[e * f for e in s.slow_start.epochs]))
+    optim = dataclasses.replace(o, rmsprop_warmup=dataclasses.replace(
+        o.rmsprop_warmup, center_epochs=o.rmsprop_warmup.center_epochs * f, period_epochs=o.rmsprop_warmup.period_epochs * f))
     stages = [dataclasses.replace(st, start_epoch=round(st.start_epoch * f)) for st in t.batch_schedule]
     train = dataclasses.replace(t, epochs=epochs, batch_schedule=stages, eval_every_epochs=epochs,
                                 checkpoint_every_epochs=epochs)

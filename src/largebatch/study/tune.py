@@ -195,7 +195,7 @@ def trial_config(spec: TuneSpec, method: str, batch: int, params_overrides: list
 
 def _train_images(cfg, val_size: int) -> int:
     """Training images left after the validation split (the data set's size without loading it)."""
-    sizes = {"fashion_mnist": 60000, "synthetic": cfg.data.synthetic_train_samples}
+    sizes = {"fashion_mnist": 60000, "synthetic": cfg.data.synthetic.train_samples}
     n = sizes.get(cfg.data.name, 0)
     if cfg.data.train_subset:
         n = min(n, cfg.data.train_subset) if n else cfg.data.train_subset

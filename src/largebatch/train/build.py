@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from largebatch.config import Config, ConfigError, config_hash, config_mismatch
+from largebatch.config import Config, ConfigError, config_mismatch
 from largebatch.data import GlobalBatchSampler
 from largebatch.dist import DistEnv, consecutive_groups
 from largebatch.dist.hooks import HookState, make_comm_hook
@@ -125,9 +125,11 @@ def check_resumable(cfg: Config, ckpt: dict, path, precision) -> None:
     Raises:
         ConfigError: naming every key that differs.
     """
-    if ckpt["config_hash"] != config_hash(cfg):
-        raise ConfigError(config_mismatch(cfg, ckpt["config"], path) or
-                          f"checkpoint {path} has config hash {ckpt['config_hash']}, this run {config_hash(cfg)}")
+    # Compared key by key after migrating the checkpoint's config (the stored hash is that of the
+    # config's layout when it was written, so an older checkpoint of the same run still resumes).
+    mismatch = config_mismatch(cfg, ckpt["config"], path)
+    if mismatch:
+        raise ConfigError(mismatch)
     if ckpt.get("precision", precision.precision) != precision.precision:
         log.warning("checkpoint %s was trained in %s, this segment runs in %s (%s): the run goes on, but is not "
                     "bitwise an uninterrupted one; set train.precision=%s to keep it", path, ckpt["precision"],

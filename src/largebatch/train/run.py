@@ -272,7 +272,7 @@ def run_worker(cfg_dict: dict, out: str | None = None, resume: str | None = None
             ckpt_io.export_weights(run_dir / "model_final.pt", trainer.model.state_dict(), model_card(cfg, trainer.data))
             if bad_files:
                 (run_dir / "bad_files.txt").write_text("\n".join(bad_files) + "\n")
-                log.warning("%d unreadable image file(s) were skipped (data.bad_file_policy=skip), listed in %s: %s%s",
+                log.warning("%d unreadable image file(s) were skipped (data.imagefolder.bad_file_policy=skip), listed in %s: %s%s",
                             len(bad_files), run_dir / "bad_files.txt", "; ".join(b.split("\t")[0] for b in bad_files[:5]),
                             " ..." if len(bad_files) > 5 else "")
         if not env.is_main:
