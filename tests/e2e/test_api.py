@@ -191,3 +191,20 @@ def test_user_model_gets_ghost_bn_and_a_bad_factory_is_named(tmp_path, monkeypat
         build_model("userplug_unit:not_a_model", num_classes=2, in_channels=1)
     with pytest.raises(RegistryError, match="cannot import 'no_such_pkg_xyz'"):
         build_model("no_such_pkg_xyz:net", num_classes=2, in_channels=1)
+
+
+def test_entry_point_names_a_user_model(tmp_path, monkeypatch):
+    """A package that declares ``[project.entry-points."largebatch.models"]`` is found by name: an
+    installed distribution's metadata (a dist-info folder on sys.path) is what importlib.metadata reads."""
+    from largebatch.nn import GhostBatchNorm2d, build_model
+    from largebatch.registry import MODEL_GROUP, is_plugin
+
+    (tmp_path / "userplug_ep.py").write_text(USER_MODULE)
+    info = tmp_path / "userplug_ep-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: userplug-ep\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[largebatch.models]\ntiny_halves_net = userplug_ep:tiny_net\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert is_plugin("tiny_halves_net", MODEL_GROUP) and not is_plugin("no_such_entry", MODEL_GROUP)
+    model = build_model("tiny_halves_net", num_classes=2, in_channels=1, bn_batch_size=4)
+    assert isinstance(model[1], GhostBatchNorm2d) and model(torch.zeros(8, 1, 12, 12)).shape == (8, 2)

@@ -104,11 +104,17 @@ def _overrides_of(cfg) -> list[str]:
     from largebatch.config import to_dict
 
     out = []
-    for section, values in to_dict(cfg).items():
-        if not isinstance(values, dict):
-            continue
+
+    def leaves(prefix: str, values: dict) -> None:
         for key, value in values.items():
-            out.append(f"{section}.{key}={json.dumps(value)}")
+            if isinstance(value, dict):  # a sub-section (optim.lars, data.synthetic, ...)
+                leaves(f"{prefix}{key}.", value)
+            else:
+                out.append(f"{prefix}{key}={json.dumps(value)}")
+
+    for section, values in to_dict(cfg).items():
+        if isinstance(values, dict):
+            leaves(f"{section}.", values)
     return out
 
 
