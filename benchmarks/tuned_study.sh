@@ -11,6 +11,8 @@
 #   1  steps to 90% val, Goyal / Nesterov / LARS, 256-8192, 8 epochs         (Goyal, Nesterov done: 2.4 core-h)
 #   2  the same with more epochs at the large batches, to locate the bend    (~6 core-h)
 #   3  steps to 90% val, LAMB / Akiba / Mikami / ablations, 256-8192         (~8 core-h)
+#   4p equal epochs (16): Goyal/Nesterov at 256, 4096, 8192 and LARS at 4096, 8192, 3 trials each
+#      (Goyal done, Nesterov 256 and 4096 done, 8192 begun: 1.7 h wall on both cores so far)
 #   4  equal epochs (16), test top-1 per method, 256-8192                     (~12 core-h)
 #   5  a second seed of every chosen trial of stages 1-4                      (~4 core-h)
 set -euo pipefail
@@ -31,12 +33,16 @@ for stage in $STAGES; do
     3) "$LB" sweep --tune --objective steps --methods goyal,no_scaling,linear_no_warmup,lamb,akiba,mikami \
          --batch-sizes $BATCHES --epochs 8 --trials 4 "${COMMON[@]}" --out runs/study_steps \
          --storage "sqlite:///$R/tuned_steps_e8/study.db" ;;
+    4p) # the cells the equal-epochs targets compare first: base 256 and 16x / 32x, 3 trials each (begun 2026-12-03)
+       for cell in "goyal,nesterov 256,4096,8192" "lars 4096,8192"; do set -- $cell
+         "$LB" sweep --tune --objective accuracy --methods "$1" --batch-sizes "$2" --epochs 16 --trials 3 \
+           "${COMMON[@]}" --out runs/study_epochs --storage "sqlite:///$R/tuned_epochs_e16/study.db"; done ;;
     4) "$LB" sweep --tune --objective accuracy --methods goyal,nesterov,lars,lamb --batch-sizes $BATCHES \
          --epochs 16 --trials 4 "${COMMON[@]}" --out runs/study_epochs \
          --storage "sqlite:///$R/tuned_epochs_e16/study.db" ;;
     5) "$LB" sweep --tune --objective steps --methods goyal,nesterov,lars,lamb,akiba,mikami --batch-sizes $BATCHES \
          --epochs 8 --trials 4 --seeds 0,1 "${COMMON[@]}" --out runs/study_steps \
          --storage "sqlite:///$R/tuned_steps_e8/study.db" ;;
-    *) echo "unknown stage $stage (stages are 1-5)" >&2; exit 2 ;;
+    *) echo "unknown stage $stage (stages are 1-5 and 4p)" >&2; exit 2 ;;
   esac
 done

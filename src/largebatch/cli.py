@@ -56,7 +56,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             return _fail("--nproc starts local workers itself; under torchrun set --nproc_per_node instead")
         from torch.distributed.elastic.multiprocessing.errors import record
 
-        from largebatch.train.run import run_worker
+        from largebatch.train.run import exit_now, run_worker
 
         rank = int(os.environ.get("RANK", "0"))
         try:
@@ -66,7 +66,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             if rank == 0:
                 _fail(str(err))
             return EXIT_BAD_INPUT
-        return EXIT_PREEMPTED if _preempted(result) else 0
+        # The run is written and the process group destroyed. Leave without the interpreter's teardown:
+        # gloo's threads can still hold work objects with tensors then, and freeing them during
+        # finalization aborts the process now and then (SIGABRT after a finished run, seen under torchrun
+        # on 2026-12-03), which torchrun reports as a failed run. Workers of --nproc leave this way too.
+        exit_now(EXIT_PREEMPTED if _preempted(result) else 0)
 
     try:
         run = prepare_run(cfg, nproc=args.nproc, out=args.out, resume=args.resume)

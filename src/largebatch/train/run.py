@@ -176,7 +176,7 @@ def _agree(value, env):
 """Exit status of a worker (and of the CLI) stopped by SIGTERM after writing a checkpoint."""
 
 
-def _exit_now(code: int) -> None:
+def exit_now(code: int) -> None:
     """Flush the logs and leave the process with ``code`` (no interpreter teardown)."""
     for handler in logging.getLogger().handlers + log.handlers:
         handler.flush()
@@ -263,7 +263,7 @@ def run_worker(cfg_dict: dict, out: str | None = None, resume: str | None = None
                 # collect its result; an agent that is itself stopping never does, and kills the worker
                 # 30 s later. The checkpoint is on disk: leave now with the preempted status instead.
                 cleanup()
-                _exit_now(EXIT_PREEMPTED)
+                exit_now(EXIT_PREEMPTED)
             return preempted
         finally:
             signal.signal(signal.SIGTERM, previous)
