@@ -178,3 +178,25 @@ def export_weights(path: Path, state_dict: dict, info: dict | None = None) -> Pa
     if info is not None:
         _atomic_write(path.with_suffix(".json"), [(json.dumps(info, indent=2) + "\n").encode()])
     return path
+
+
+class ProcessRNG:
+    """The torch RNG state of every rank, as a checkpoint part: ``state_dict()`` gathers the ranks'
+    states (collective on several processes), ``load_state_dict`` restores this rank's only when the
+    checkpoint has one per rank of this run (on another number of processes training draws nothing
+    from them: sample order and augmentation depend on (seed, epoch, step) only)."""
+
+    def __init__(self, env) -> None:
+        self.env = env
+
+    def state_dict(self) -> list[torch.Tensor]:
+        rng = torch.get_rng_state()
+        if not self.env.distributed:
+            return [rng]
+        states = [None] * self.env.world_size
+        torch.distributed.all_gather_object(states, rng)
+        return states
+
+    def load_state_dict(self, states: list[torch.Tensor]) -> None:
+        if len(states) == self.env.world_size:
+            torch.set_rng_state(states[self.env.rank])

@@ -8,7 +8,7 @@ import logging
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 
@@ -51,6 +51,18 @@ class TrainState:
     """The run ended early because train.stop_at_val_top1 was reached."""
     stopped_at_budget: bool = False
     """The run ended early because train.stop_after_images images were seen."""
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        """Every counter from ``state`` (those it lacks keep their defaults).
+
+        Raises:
+            TypeError: ``state`` has a key that is not a counter."""
+        fresh = TrainState(**state)
+        for f in fields(self):
+            setattr(self, f.name, getattr(fresh, f.name))
 
 
 class Preempted(Exception):

@@ -17,8 +17,10 @@ each, for any number of processes W, because the global batch, its BN groups and
 depend only on (seed, epoch, step). Floating-point sums are ordered differently for different W,
 so results agree to rounding, and bitwise for the same W.
 
-The parts own their state (docs/architecture.md): position, guard, BN policy, evaluator, interval
-log and checkpoint triggers, each in its own module of ``largebatch.train``.
+The parts own their state (docs/architecture.md): the step position, the non-finite guard and the
+BN policy, and the callbacks (``largebatch.train.callbacks``: noise scale, evaluation and stop rules,
+checkpointing, training log) that ``fit`` calls after each step and epoch. A checkpoint is assembled
+from the ``state_dict()`` of each part (:meth:`Trainer.checkpoint_parts`) and of each callback.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -40,9 +41,17 @@ from largebatch.plan import Plan, Stage, resolve_stages
 from largebatch.train import build
 from largebatch.train import checkpoint as ckpt_io
 from largebatch.train.bn_policy import BNPolicy
+from largebatch.train.callbacks import (
+    CallbackList,
+    CheckpointCallback,
+    EvalCallback,
+    LogCallback,
+    NoiseScaleCallback,
+    StepEnd,
+)
 from largebatch.train.evaluation import Evaluator, evaluate  # noqa: F401  (evaluate: re-exported)
 from largebatch.train.guard import NonFiniteGradient, NonFiniteGuard  # noqa: F401  (re-exported)
-from largebatch.train.loop import CheckpointTriggers, IntervalLog, Preempted, Progress, TrainState, WallClock
+from largebatch.train.loop import CheckpointTriggers, Preempted, TrainState, WallClock
 from largebatch.train.metrics import MetricsLogger
 from largebatch.train.noise_scale import NoiseScaleMonitor
 from largebatch.train.position import StepPosition
@@ -89,11 +98,14 @@ class Trainer:
                            autocast_dtype=self.autocast_dtype)
         self.state = TrainState()
         self.stop_requested = False  # set by the SIGTERM handler of run_worker
-        self.triggers = CheckpointTriggers(t, env, lambda: self.stop_requested)
         self.metrics = MetricsLogger(self.run_dir, enabled=env.is_main)
         self.evaluator = Evaluator(self.model, self.data, env, t, self.metrics, self.position,
                                    channels_last=self.channels_last, autocast_dtype=self.autocast_dtype,
                                    prepare=self._before_eval)
+        self.triggers = CheckpointTriggers(t, env, lambda: self.stop_requested)
+        self.callbacks = CallbackList([NoiseScaleCallback(self.noise_monitor), EvalCallback(self.evaluator, t),
+                                       CheckpointCallback(self.triggers, t), LogCallback(t, self.noise_monitor.values)])
+        self.rng = ckpt_io.ProcessRNG(env)
         self._last_step_ok: bool | torch.Tensor = True
         build.log_setup(cfg, plan, self.precision, self.position)
 
@@ -123,22 +135,22 @@ class Trainer:
                            peak_lr=stage.plan.peak_lr)
 
     # ------------------------------------------------------------------ checkpoints
+    def checkpoint_parts(self) -> dict:
+        """{checkpoint key: the part whose ``state_dict()`` it holds}, in the order they are restored."""
+        parts = {"model": self.model, "optimizer": self.optimizer, "train_state": self.state, "rng": self.rng}
+        return {**parts, "scaler": self.scaler} if self.scaler else parts
+
     def checkpoint_payload(self) -> dict:
-        rng = torch.get_rng_state()
-        states = [None] * self.env.world_size if self.env.distributed else [rng]
-        if self.env.distributed:
-            torch.distributed.all_gather_object(states, rng)
+        """The header (config, world size, precision, sample position) and every part's and
+        callback's ``state_dict()``. Collective: every rank calls it."""
         st = self.state
-        return {
-            "config": to_dict(self.cfg), "config_hash": config_hash(self.cfg),
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler else None, "train_state": asdict(st),
-            "sampler": {"seed": self.sampler.seed, "epoch": st.epoch,
-                        "step_in_epoch": self.position.step_in_epoch(st.step, st.epoch),
-                        "stage": self.stage.index, "global_batch_size": self.plan.global_batch_size},
-            "world_size": self.env.world_size, "rng": states, "noise_scale": self.noise_monitor.state(),
-            "precision": self.precision.precision,
-        }
+        header = {"config": to_dict(self.cfg), "config_hash": config_hash(self.cfg), "world_size": self.env.world_size,
+                  "precision": self.precision.precision, "scaler": None,
+                  "sampler": {"seed": self.sampler.seed, "epoch": st.epoch,
+                              "step_in_epoch": self.position.step_in_epoch(st.step, st.epoch),
+                              "stage": self.stage.index, "global_batch_size": self.plan.global_batch_size}}
+        parts = {name: part.state_dict() for name, part in self.checkpoint_parts().items()}
+        return {**header, **parts, **self.callbacks.state_dict()}
 
     def save(self) -> None:
         t0 = time.perf_counter()
@@ -161,16 +173,11 @@ class Trainer:
         """
         ckpt = ckpt if ckpt is not None else ckpt_io.load_checkpoint(path)
         build.check_resumable(self.cfg, ckpt, path, self.precision)
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        if self.scaler and ckpt.get("scaler"):
-            self.scaler.load_state_dict(ckpt["scaler"])
-        self.state = TrainState(**ckpt["train_state"])
-        if ckpt.get("noise_scale"):
-            self.noise.load_state_dict(ckpt["noise_scale"])
-        if ckpt["world_size"] == self.env.world_size:
-            torch.set_rng_state(ckpt["rng"][self.env.rank])
-        else:
+        for name, part in self.checkpoint_parts().items():
+            if ckpt.get(name) is not None:
+                part.load_state_dict(ckpt[name])
+        self.callbacks.load_state_dict(ckpt)
+        if ckpt["world_size"] != self.env.world_size:
             log.info("checkpoint written by %d processes, resuming on %d: same global batch %d, now %s",
                      ckpt["world_size"], self.env.world_size, self.plan.global_batch_size, self.plan.describe())
         log.info("resumed from %s at step %d (epoch %d)", path, self.state.step, self.state.epoch)
@@ -186,9 +193,10 @@ class Trainer:
         self.guard.settle(self.state)
         self.bn.before_eval(self.state.epoch, self.sampler.steps_per_epoch)
 
-    def _train_step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """One optimizer step over this rank's share of the global batch; returns the summed
-        (unreduced, on-device) micro-batch losses, without a host sync."""
+    def _train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One optimizer step over this rank's share of the global batch, without a host sync; returns
+        the summed (unreduced, on-device) micro-batch losses and the squared fp16 loss scale the
+        gradients carried (None without loss scaling or noise-scale hook)."""
         accum = self.plan.accumulation_steps
         loss_sum = torch.zeros((), device=self.env.device)
         self.bn.begin_step()
@@ -207,93 +215,63 @@ class Trainer:
             grad_scale_sq = self.scaler._get_scale_async().detach().square()  # a new tensor
         self._last_step_ok = self.guard.step(self.state)
         self.optimizer.zero_grad(set_to_none=True)
-        self.noise_monitor.after_step(self.plan, grad_scale_sq)
-        return loss_sum
+        return loss_sum, grad_scale_sq
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> TrainState:
-        t, st = self.cfg.train, self.state
-        progress = Progress(self.env, self.total_steps, st.step)
+        """Train from ``state`` to the last epoch or a stop rule: the steps, then the callbacks.
+
+        Raises: Preempted (SIGTERM: checkpoint written), NonFiniteGradient, FloatingPointError."""
+        st = self.state
         self.fit_started_unix_s = time.time()
         self.clock = WallClock(st.train_wall_s)
+        self.callbacks.call("on_fit_start", self)
         try:
-            while st.epoch < t.epochs and not (st.stopped_at_target or st.stopped_at_budget):
-                if self._run_epoch(progress):  # stopped mid-epoch: the run's final evaluation and checkpoint
-                    self.evaluator.full(st, wall_clock=self.clock)
-                    self._save_now()
+            while not self.finished():
+                if self._run_epoch():  # stopped inside it: the run's last evaluation and checkpoint
+                    self.callbacks.call("on_stop_in_epoch", self)
                     break
-                self._end_epoch()
+                st.epoch += 1
+                self.callbacks.call("on_epoch_end", self)
         finally:
-            progress.close()
+            self.callbacks.call("on_fit_end", self)
             self.metrics.close()
         st.train_wall_s = self.clock()
         return st
 
-    def _save_now(self) -> None:
-        self.state.train_wall_s = self.clock()
-        self.save()
+    def finished(self) -> bool:
+        """All epochs done, or a stop rule (validation target, image budget) ended the run."""
+        st = self.state
+        return st.epoch >= self.cfg.train.epochs or st.stopped_at_target or st.stopped_at_budget
 
-    def _run_epoch(self, progress: Progress) -> bool:
-        """The steps of the current epoch; True if the run stopped inside it (validation target or
-        image budget)."""
-        t, st, epoch = self.cfg.train, self.state, self.state.epoch
+    def _run_epoch(self) -> bool:
+        """The steps of the current epoch; True if a callback stopped the run inside it."""
+        st, epoch = self.state, self.state.epoch
         stage = self.position.stage_of(epoch)
         if stage.index != self.stage.index:
             self._enter_stage(stage)
         self.sampler.set_epoch(epoch, self.position.step_in_epoch(st.step, epoch))
-        interval = IntervalLog(self.env, self.metrics, progress, self.total_steps)
-        self.triggers.start_epoch()
-        gbs = self.plan.global_batch_size
-        for images, labels in self.data.train_batches(self.sampler, seed=t.seed):
+        self.callbacks.call("on_epoch_start", self)
+        for images, labels in self.data.train_batches(self.sampler, seed=self.cfg.train.seed):
             lr = self.lr_at(st.step)
             self._set_lr(lr)
             if self.position.batch_schedule and hasattr(self.optimizer, "epoch_position"):
                 self.optimizer.epoch_position = self.epoch_position(st.step)  # RMSpropWarmup's alpha_SGD
             t0 = time.perf_counter()
-            step_loss = self._train_step(images, labels)
-            interval.add(step_loss, self._last_step_ok)  # a skipped step's loss is NaN or Inf: not averaged
+            loss, grad_scale_sq = self._train_step(images, labels)
             st.step_time_s += time.perf_counter() - t0
-            st.step, st.images_seen = st.step + 1, st.images_seen + gbs
-            progress.update()
-            epoch_end = self.position.is_epoch_end(st.step, epoch)
-            if self.triggers.after_step(st.step, epoch_end):
-                self._save_now()
-                if self.triggers.stop:
-                    raise self._preempted()
-            will_eval = epoch_end and ((epoch + 1) % t.eval_every_epochs == 0 or epoch + 1 == t.epochs)
-            if t.val_every_steps and st.step % t.val_every_steps == 0 and not will_eval \
-                    and self.evaluator.validation(st, wall_clock=self.clock):
-                st.stopped_at_target = True
+            st.step, st.images_seen = st.step + 1, st.images_seen + self.plan.global_batch_size
+            end = StepEnd(loss, self._last_step_ok, lr, epoch, self.position.is_epoch_end(st.step, epoch), grad_scale_sq)
+            if self.callbacks.step_end(self, end):
                 return True
-            if t.stop_after_images and st.images_seen >= t.stop_after_images and not epoch_end:
-                st.stopped_at_budget = True
-                return True
-            if st.step % t.log_every_steps == 0 or epoch_end:
-                self.guard.settle(st)
-                interval.flush(st, epoch, lr, gbs, self.epoch_position(st.step), self.clock, self.noise_monitor.values)
         return False
 
-    def _end_epoch(self) -> None:
-        """Evaluation, stop rules and checkpoint at the end of an epoch."""
-        t, st = self.cfg.train, self.state
-        st.epoch += 1
-        last = st.epoch == t.epochs
-        evaluated = last or st.epoch % t.eval_every_epochs == 0
-        if evaluated:
-            self.evaluator.full(st, wall_clock=self.clock)
-            if self.evaluator.reached_val_stop(st) and not last:
-                st.stopped_at_target = last = True
-                log.info("stopping at the validation target (train.stop_at_val_top1=%g)", t.stop_at_val_top1)
-        if t.stop_after_images and st.images_seen >= t.stop_after_images and not last:
-            st.stopped_at_budget = last = True
-            if not evaluated:
-                self.evaluator.full(st, wall_clock=self.clock)
-        if last or st.epoch % t.checkpoint_every_epochs == 0 or self.triggers.pending_at_epoch_end:
-            self._save_now()
-        if self.triggers.stop_at_epoch_end and not last:
-            raise self._preempted()
+    def save_now(self) -> None:
+        """A checkpoint of the current step, with the wall clock so far (callbacks call it)."""
+        self.state.train_wall_s = self.clock()
+        self.save()
 
-    def _preempted(self) -> Preempted:
+    def preempted(self) -> Preempted:
         log.warning("stop requested (SIGTERM): checkpoint written at step %d; continue with --resume auto",
                     self.state.step)
         return Preempted(self.state.step)
