@@ -142,8 +142,32 @@ class BatchStage:
     peak_lr: float = 0.0
     """Explicit peak LR of the stage (0: use lr_scaling)."""
     bn_batch_size: int = 0
-    """BN batch of the stage (0: keep train.bn_batch_size); Mikami's per-GPU batch, and so its BN
+    """BN batch of the stage (0: keep train.bn.batch_size); Mikami's per-GPU batch, and so its BN
     batch, doubles at the switch."""
+
+
+@dataclass(kw_only=True)
+class BNConfig:
+    """Batch normalization over the global batch (docs/bn.md)."""
+
+    batch_size: int = 32
+    """Samples per BN group, the BN batch: the paper's per-worker n (Goyal et al. 2017 sec. 2.3). Each
+    process splits its batch into groups of this size and normalizes each group on its own (ghost BN,
+    Hoffer et al. 2017 sec. 4.1). 0: one group per forward pass. With sync_ranks = g > 1 it is the BN
+    span: each of g processes holds batch_size / g of a group."""
+    statistics: str = "moving_average"
+    """Where the evaluation statistics of BN come from: ``moving_average`` (momentum 0.1, averaged
+    over workers before evaluation), ``last_batch`` (Akiba et al. 2017 sec. 3.3: the last step's batch
+    statistics averaged over workers, no moving average) or ``precise`` (population statistics
+    recomputed over precise_batches training batches before each evaluation, all-reduced)."""
+    variance_averaging: str = "mean"
+    """``last_batch``: average the workers' variances (``mean``, the literal reading) or take the
+    variance of their union (``pooled``) [U]."""
+    precise_batches: int = 10
+    """``precise``: number of global training batches whose statistics are accumulated."""
+    sync_ranks: int = 1
+    """Group-synchronized BN: consecutive processes that share BN statistics (Ying et al. 2018's
+    distributed BN; NVIDIA's MLPerf entry uses 2 GPUs x 16 = 32). 1: per-process BN."""
 
 
 @dataclass(kw_only=True)
@@ -152,23 +176,8 @@ class TrainConfig:
     """Number of passes over the training set."""
     global_batch_size: int = 256
     """Samples per optimizer step summed over all workers (the paper's kn)."""
-    bn_batch_size: int = 32
-    """Samples per BN group: the paper's per-worker n. Each process splits its batch into groups of
-    this size and normalizes each group on its own (ghost BN). 0: one group per forward pass. With
-    bn_sync_ranks = g > 1 it is the BN span: each of g processes holds bn_batch_size / g of a group."""
-    bn_statistics: str = "moving_average"
-    """Where the evaluation statistics of BN come from: ``moving_average`` (momentum 0.1, averaged
-    over workers before evaluation), ``last_batch`` (Akiba et al. 2017: the last step's batch
-    statistics averaged over workers, no moving average) or ``precise`` (population statistics
-    recomputed over precise_bn_batches training batches before each evaluation, all-reduced)."""
-    bn_variance_averaging: str = "mean"
-    """``last_batch``: average the workers' variances (``mean``, the literal reading) or take the
-    variance of their union (``pooled``) [U]."""
-    precise_bn_batches: int = 10
-    """``precise``: number of global training batches whose statistics are accumulated."""
-    bn_sync_ranks: int = 1
-    """Group-synchronized BN: consecutive processes that share BN statistics (Ying et al. 2018's
-    distributed BN; NVIDIA's MLPerf entry uses 2 GPUs x 16 = 32). 1: per-process BN."""
+    bn: BNConfig = field(default_factory=lambda: BNConfig())
+    """Batch normalization across workers: the BN batch, the evaluation statistics, synchronization."""
     batch_schedule: list[BatchStage] = field(default_factory=list)
     """Batch-size control (Mikami et al. 2018): stages of (start_epoch, global_batch_size, LR rule).
     Empty: train.global_batch_size throughout. The first stage starts at epoch 0 with
@@ -462,9 +471,14 @@ LEGACY_KEYS = {
     'data.decode_on': 'data.imagefolder.decode_on',
     'data.val_labels': 'data.imagefolder.val_labels',
     'data.bad_file_policy': 'data.imagefolder.bad_file_policy',
+    'train.bn_batch_size': 'train.bn.batch_size',
+    'train.bn_statistics': 'train.bn.statistics',
+    'train.bn_variance_averaging': 'train.bn.variance_averaging',
+    'train.precise_bn_batches': 'train.bn.precise_batches',
+    'train.bn_sync_ranks': 'train.bn.sync_ranks',
 }
-"""Flat keys of configs written before the optimizer, schedule and data-source settings were nested
-(``optim.lars_eps`` is now ``optim.lars.eps``): :func:`migrate` moves them, so old checkpoints, run
+"""Flat keys of configs written before the optimizer, schedule, data-source and BN settings were
+nested (``optim.lars_eps`` is now ``optim.lars.eps``, ``train.bn_batch_size`` ``train.bn.batch_size``): :func:`migrate` moves them, so old checkpoints, run
 directories and ``--set`` lines keep working."""
 
 
@@ -728,7 +742,7 @@ def validate(cfg: Config) -> None:
         value = get_key(cfg, key)
         require(value >= 1, key, value, "a positive integer")
     require(cfg.data.synthetic.classes >= 2, "data.synthetic.classes", cfg.data.synthetic.classes, "an integer >= 2")
-    for key in ("train.bn_batch_size", "train.accumulation_steps", "data.train_subset", "data.test_subset", "data.val_size", "data.crop_padding_px",
+    for key in ("train.bn.batch_size", "train.accumulation_steps", "data.train_subset", "data.test_subset", "data.val_size", "data.crop_padding_px",
                 "data.imagefolder.loader_workers", "train.threads_per_worker"):
         value = get_key(cfg, key)
         require(value >= 0, key, value, "an integer >= 0")
@@ -762,13 +776,13 @@ def validate(cfg: Config) -> None:
     require(not cfg.train.init_from or os.path.isfile(cfg.train.init_from), "train.init_from", cfg.train.init_from,
            "an existing checkpoint file (e.g. RUN/checkpoints/step_00001000.pt), or empty")
 
-    require(cfg.train.bn_statistics in BN_STATISTICS, "train.bn_statistics", cfg.train.bn_statistics,
+    require(cfg.train.bn.statistics in BN_STATISTICS, "train.bn.statistics", cfg.train.bn.statistics,
            f"one of {', '.join(BN_STATISTICS)}")
-    require(cfg.train.bn_variance_averaging in VARIANCE_AVERAGINGS, "train.bn_variance_averaging",
-           cfg.train.bn_variance_averaging, f"one of {', '.join(VARIANCE_AVERAGINGS)}")
-    require(cfg.train.bn_variance_averaging == "mean" or cfg.train.bn_statistics == "last_batch",
-           "train.bn_variance_averaging", cfg.train.bn_variance_averaging,
-           "'mean' unless train.bn_statistics=last_batch (pooling applies to last-batch statistics)")
+    require(cfg.train.bn.variance_averaging in VARIANCE_AVERAGINGS, "train.bn.variance_averaging",
+           cfg.train.bn.variance_averaging, f"one of {', '.join(VARIANCE_AVERAGINGS)}")
+    require(cfg.train.bn.variance_averaging == "mean" or cfg.train.bn.statistics == "last_batch",
+           "train.bn.variance_averaging", cfg.train.bn.variance_averaging,
+           "'mean' unless train.bn.statistics=last_batch (pooling applies to last-batch statistics)")
     require(cfg.data.imagefolder.decoder in DECODERS, "data.imagefolder.decoder", cfg.data.imagefolder.decoder, f"one of {', '.join(DECODERS)}")
     require(cfg.data.imagefolder.decode_on in DECODE_ON, "data.imagefolder.decode_on", cfg.data.imagefolder.decode_on, f"one of {', '.join(DECODE_ON)}")
     require(cfg.data.imagefolder.decode_on == "workers" or cfg.data.imagefolder.decoder == "torchvision", "data.imagefolder.decode_on",
@@ -788,10 +802,10 @@ def validate(cfg: Config) -> None:
            "an integer >= 0 (0: off)")
     require(cfg.train.checkpoint_every_minutes >= 0 and math.isfinite(cfg.train.checkpoint_every_minutes),
            "train.checkpoint_every_minutes", cfg.train.checkpoint_every_minutes, "a float >= 0 (0: off)")
-    require(cfg.train.precise_bn_batches >= 1, "train.precise_bn_batches", cfg.train.precise_bn_batches,
+    require(cfg.train.bn.precise_batches >= 1, "train.bn.precise_batches", cfg.train.bn.precise_batches,
            "a positive integer")
-    g = cfg.train.bn_sync_ranks
-    require(g >= 1, "train.bn_sync_ranks", g, "a positive integer (1: no synchronization)")
+    g = cfg.train.bn.sync_ranks
+    require(g >= 1, "train.bn.sync_ranks", g, "a positive integer (1: no synchronization)")
     c = cfg.comm
     require(c.algorithm in COMM_ALGORITHMS, "comm.algorithm", c.algorithm, f"one of {', '.join(COMM_ALGORITHMS)}")
     require(c.compression in COMM_COMPRESSIONS, "comm.compression", c.compression,

@@ -53,7 +53,7 @@ class Plan:
     accumulation_steps: int
     bn_batch_size: int
     """Samples per BN statistic, the BN span (micro_batch_size x bn_sync_ranks when
-    train.bn_batch_size is 0)."""
+    train.bn.batch_size is 0)."""
     bn_sync_ranks: int
     """Processes sharing each BN group (group-synchronized BN; 1: none)."""
     bn_local_batch_size: int
@@ -108,7 +108,7 @@ def _stages(cfg: Config) -> list[tuple[BatchStage, str]]:
                "0 (use lr_scaling) or a positive finite float")
         require(st.global_batch_size >= 1, f"{key}.global_batch_size", st.global_batch_size, "a positive integer")
         require(st.bn_batch_size >= 0, f"{key}.bn_batch_size", st.bn_batch_size,
-               "an integer >= 0 (0: keep train.bn_batch_size)")
+               "an integer >= 0 (0: keep train.bn.batch_size)")
         if i == 0:
             require(st.start_epoch == 0, f"{key}.start_epoch", st.start_epoch, "0 (the first stage starts the run)")
             require(st.global_batch_size == t.global_batch_size, f"{key}.global_batch_size", st.global_batch_size,
@@ -124,10 +124,10 @@ def _stages(cfg: Config) -> list[tuple[BatchStage, str]]:
 def _plan(cfg: Config, world_size: int, *, gbs: int, bn_req: int, peak_lr: float, where: str) -> Plan:
     """The split of one global batch over processes, micro-batches and BN groups. ``where`` names the
     config entry the batch comes from (``train`` or ``train.batch_schedule[i]``) for messages."""
-    sync = cfg.train.bn_sync_ranks
+    sync = cfg.train.bn.sync_ranks
     accum = cfg.train.accumulation_steps
     gkey = f"{where}.global_batch_size"
-    bkey = f"{where}.bn_batch_size" if where != "train" and bn_req != cfg.train.bn_batch_size else "train.bn_batch_size"
+    bkey = f"{where}.bn_batch_size" if where != "train" and bn_req != cfg.train.bn.batch_size else "train.bn.batch_size"
     if gbs % world_size:
         raise ConfigError(
             f"{gkey}={gbs} does not split evenly over {world_size} workers; "
@@ -136,7 +136,7 @@ def _plan(cfg: Config, world_size: int, *, gbs: int, bn_req: int, peak_lr: float
         )
     per_worker = gbs // world_size
     if bn_req and bn_req % sync:
-        raise ConfigError(f"{bkey}={bn_req} does not split over train.bn_sync_ranks={sync} processes; "
+        raise ConfigError(f"{bkey}={bn_req} does not split over train.bn.sync_ranks={sync} processes; "
                           f"choose a BN batch that is a multiple of {sync}")
     local = bn_req // sync  # samples of each BN group on one process (0: the whole micro-batch)
     if local and per_worker % local:
@@ -144,7 +144,7 @@ def _plan(cfg: Config, world_size: int, *, gbs: int, bn_req: int, peak_lr: float
             f"{gkey}={gbs} does not split into {world_size} workers x BN groups of "
             f"{bkey}={bn_req} (per-worker batch {per_worker}"
             f"{f', {local} samples of each group per process' if sync > 1 else ''}); use a global batch that is a "
-            f"multiple of {world_size * local}, or a bn_batch_size that divides {per_worker * sync}"
+            f"multiple of {world_size * local}, or a train.bn.batch_size that divides {per_worker * sync}"
         )
     if accum == 0:
         # Fewest micro-batches that divide the per-worker batch into whole BN groups within the bound.
@@ -170,7 +170,7 @@ def _plan(cfg: Config, world_size: int, *, gbs: int, bn_req: int, peak_lr: float
         raise ConfigError(
             f"{bkey}={bn_req} does not divide the micro-batch of {micro} samples "
             f"({gkey}={gbs} = {world_size} workers x {accum} accumulation steps x {micro}); "
-            f"the global batch must split into workers x BN groups: choose a bn_batch_size that divides {micro}, "
+            f"the global batch must split into workers x BN groups: choose a train.bn.batch_size that divides {micro}, "
             f"or a global batch that is a multiple of {world_size * accum * local}"
         )
     return Plan(
@@ -198,9 +198,9 @@ def resolve_stages(cfg: Config, world_size: int, *, local_world_size: int | None
     """
     validate(cfg)
     require(world_size >= 1, "world size", world_size, "at least 1 process")
-    g = cfg.train.bn_sync_ranks
+    g = cfg.train.bn.sync_ranks
     if g > 1 and world_size % g:
-        raise ConfigError(f"train.bn_sync_ranks={g} does not divide the {world_size} processes; use a divisor of "
+        raise ConfigError(f"train.bn.sync_ranks={g} does not divide the {world_size} processes; use a divisor of "
                           f"{world_size} or another number of processes")
     c = cfg.comm
     if c.algorithm != "allreduce":
@@ -213,7 +213,7 @@ def resolve_stages(cfg: Config, world_size: int, *, local_world_size: int | None
             raise ConfigError(str(err)) from None
     stages = _stages(cfg)
     plans = [_plan(cfg, world_size, gbs=stage.global_batch_size,
-                   bn_req=stage.bn_batch_size or cfg.train.bn_batch_size, where=where,
+                   bn_req=stage.bn_batch_size or cfg.train.bn.batch_size, where=where,
                    peak_lr=stage.peak_lr or scaled_lr(stage.lr_scaling, cfg.optim.base_lr,
                                                       base_batch_size=cfg.optim.base_batch_size,
                                                       global_batch_size=stage.global_batch_size))

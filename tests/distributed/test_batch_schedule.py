@@ -10,7 +10,7 @@ pytestmark = pytest.mark.dist
 
 OVERRIDES = [
     "data.name=synthetic", "data.synthetic.train_samples=512", "data.synthetic.test_samples=64",
-    "data.image_size_px=12", "train.global_batch_size=64", "train.bn_batch_size=16", "train.epochs=3",
+    "data.image_size_px=12", "train.global_batch_size=64", "train.bn.batch_size=16", "train.epochs=3",
     "train.checkpoint_every_epochs=100", "model.width=4", "schedule.warmup_epochs=0.5",
     "schedule.decay_epochs=[2.5]", "optim.base_lr=0.1",
     # 64 for epoch 0 (8 steps), then 256 (2 steps per epoch) with the linear rule; 208 is not a

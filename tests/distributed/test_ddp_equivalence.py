@@ -113,7 +113,7 @@ def trainer_weights(rank, world, overrides):
 
 TRAINER_OVERRIDES = [
     "data.name=synthetic", "data.synthetic.train_samples=512", "data.synthetic.test_samples=64",
-    "data.image_size_px=12", "train.global_batch_size=128", "train.bn_batch_size=16", "train.epochs=2",
+    "data.image_size_px=12", "train.global_batch_size=128", "train.bn.batch_size=16", "train.epochs=2",
     "train.checkpoint_every_epochs=100", "model.width=4", "schedule.warmup_epochs=1", "schedule.decay_epochs=[1.5]",
 ]
 

@@ -50,7 +50,7 @@ USER_MODULE = textwrap.dedent('''
 ''')
 
 OVERRIDES = ["data.name=userplug:halves", "model.name=userplug:tiny_net", "train.epochs=3",
-             "train.global_batch_size=128", "train.bn_batch_size=32", "optim.base_lr=0.2",
+             "train.global_batch_size=128", "train.bn.batch_size=32", "optim.base_lr=0.2",
              "schedule.warmup_epochs=0.5", "schedule.decay_epochs=[2]", "data.val_size=256",
              "train.log_every_steps=4"]
 

@@ -195,7 +195,7 @@ def test_recipes_command(tmp_path):
     assert "Goyal et al. 2017" in proc.stdout
     proc = largebatch("recipes", "goyal2017_resnet50_imagenet_8k", cwd=tmp_path, timeout=60)
     assert proc.returncode == 0
-    assert "global_batch_size: 8192" in proc.stdout and "bn_batch_size: 32" in proc.stdout
+    assert "global_batch_size: 8192" in proc.stdout and "bn:\n    batch_size: 32" in proc.stdout
     assert "decay_epochs" in proc.stdout
     proc = largebatch("recipes", "nope", cwd=tmp_path, timeout=60)
     assert proc.returncode == 2 and "known recipes" in proc.stderr
@@ -231,7 +231,7 @@ def test_imagefolder_run(tmp_path):
     proc = largebatch("train", "--nproc", "2", "--set", "data.name=imagefolder", "--set",
                       f"data.root={tmp_path / 'imagenet'}", "--set", "model.name=resnet18", "--set",
                       "data.image_size_px=32", "--set", "data.imagefolder.loader_workers=0", "--set", "train.epochs=2",
-                      "--set", "train.global_batch_size=32", "--set", "train.bn_batch_size=8", "--set",
+                      "--set", "train.global_batch_size=32", "--set", "train.bn.batch_size=8", "--set",
                       "schedule.warmup_epochs=0", "--set", "schedule.decay_epochs=[]", "--out", str(out),
                       cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -258,8 +258,8 @@ def test_large_batch_recipe_with_lars_from_the_cli(tmp_path):
     assert proc.returncode == 2 and "sgd, lars, lamb, rmsprop_warmup" in proc.stderr
 
 
-SCHEDULE = ["--set", "train.global_batch_size=256", "--set", "train.bn_statistics=precise",
-            "--set", "train.precise_bn_batches=2", "--set",
+SCHEDULE = ["--set", "train.global_batch_size=256", "--set", "train.bn.statistics=precise",
+            "--set", "train.bn.precise_batches=2", "--set",
             "train.batch_schedule=[{start_epoch: 0, global_batch_size: 256}, {start_epoch: 1, global_batch_size: 1024}]"]
 
 
@@ -293,19 +293,19 @@ def test_batch_schedule_with_precise_bn_resumes_across_the_boundary(tmp_path):
 def test_last_batch_bn_synchronized_over_both_workers(tmp_path):
     """Akiba's BN without moving averages (pooled variance) with BN groups spanning the 2 processes."""
     out = tmp_path / "run"
-    proc = largebatch("train", "--nproc", "2", *SMALL, "--set", "train.epochs=1", "--set", "train.bn_statistics=last_batch",
-                      "--set", "train.bn_variance_averaging=pooled", "--set", "train.bn_sync_ranks=2",
+    proc = largebatch("train", "--nproc", "2", *SMALL, "--set", "train.epochs=1", "--set", "train.bn.statistics=last_batch",
+                      "--set", "train.bn.variance_averaging=pooled", "--set", "train.bn.sync_ranks=2",
                       "--out", str(out), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "each BN group spans 2 processes: BN batch 32" in proc.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["bn_statistics"] == "last_batch" and summary["top1"] > 20
-    proc = largebatch("train", "--nproc", "2", *SMALL, "--set", "train.bn_sync_ranks=3", cwd=tmp_path, timeout=60)
-    assert proc.returncode == 2 and "train.bn_sync_ranks=3 does not divide the 2 processes" in proc.stderr
+    proc = largebatch("train", "--nproc", "2", *SMALL, "--set", "train.bn.sync_ranks=3", cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2 and "train.bn.sync_ranks=3 does not divide the 2 processes" in proc.stderr
 
 
 COMM_SMALL = [*SMALL, "--set", "train.epochs=1", "--set", "data.train_subset=2048", "--set", "train.global_batch_size=256",
-              "--set", "train.bn_batch_size=32", "--set", "comm.bucket_cap_mb=0.05"]
+              "--set", "train.bn.batch_size=32", "--set", "comm.bucket_cap_mb=0.05"]
 
 
 def free_port() -> int:
@@ -380,7 +380,7 @@ def test_bad_image_files_fail_or_are_skipped_and_reported(tmp_path):
     make_imagenet(tmp_path / "imagenet", bad=bad)
     common = ["--nproc", "2", "--set", "data.name=imagefolder", "--set", f"data.root={tmp_path / 'imagenet'}",
               "--set", "model.name=resnet18", "--set", "data.image_size_px=32", "--set", "data.imagefolder.loader_workers=0",
-              "--set", "train.epochs=1", "--set", "train.global_batch_size=16", "--set", "train.bn_batch_size=8",
+              "--set", "train.epochs=1", "--set", "train.global_batch_size=16", "--set", "train.bn.batch_size=8",
               "--set", "schedule.warmup_epochs=0", "--set", "schedule.decay_epochs=[]"]
     proc = largebatch("train", *common, "--out", str(tmp_path / "fail"), cwd=tmp_path)
     assert proc.returncode == 1 and "cannot decode" in proc.stderr and "data.imagefolder.bad_file_policy=skip" in proc.stderr
@@ -437,7 +437,7 @@ def test_flat_val_with_labels_file_and_both_decoders(tmp_path):
     (tmp_path / "LOC_val_solution.csv").write_text("\n".join(rows) + "\n")
     common = ["--set", "data.name=imagefolder", "--set", f"data.root={root}", "--set", "model.name=resnet18",
               "--set", "data.image_size_px=32", "--set", "data.imagefolder.loader_workers=0", "--set", "train.epochs=1",
-              "--set", "train.global_batch_size=16", "--set", "train.bn_batch_size=8", "--set",
+              "--set", "train.global_batch_size=16", "--set", "train.bn.batch_size=8", "--set",
               "schedule.warmup_epochs=0", "--set", "schedule.decay_epochs=[]",
               "--set", f"data.imagefolder.val_labels={tmp_path / 'LOC_val_solution.csv'}"]
     out = tmp_path / "run"

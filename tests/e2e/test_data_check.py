@@ -127,7 +127,7 @@ def test_prepare_writes_shards_that_reproduce_the_samples_and_train(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "largebatch", "train", "--nproc", "2", "--set", "data.name=imagefolder",
                            "--set", f"data.root={dst}", "--set", "model.name=resnet18", "--set", "data.image_size_px=24",
                            "--set", "data.imagefolder.loader_workers=1", "--set", "train.epochs=1", "--set",
-                           "train.global_batch_size=16", "--set", "train.bn_batch_size=8", "--set", "schedule.warmup_epochs=0",
+                           "train.global_batch_size=16", "--set", "train.bn.batch_size=8", "--set", "schedule.warmup_epochs=0",
                            "--set", "schedule.decay_epochs=[]", "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())

@@ -169,7 +169,7 @@ def test_cli_trains_from_shards_over_http_with_dali_and_on_the_folder_decoding_o
     _, url = served_shards
     common = ["--set", "data.name=imagefolder", "--set", "model.name=resnet18", "--set", "data.image_size_px=24",
               "--set", "data.imagefolder.loader_workers=1", "--set", "train.epochs=1", "--set", "train.global_batch_size=8",
-              "--set", "train.bn_batch_size=4", "--set", "schedule.warmup_epochs=0", "--set", "schedule.decay_epochs=[]"]
+              "--set", "train.bn.batch_size=4", "--set", "schedule.warmup_epochs=0", "--set", "schedule.decay_epochs=[]"]
     runs = {"dali_http": ["--nproc", "2", "--set", f"data.root={url}", "--set", "data.imagefolder.decoder=dali"],
             "device_folder": ["--set", f"data.root={folder}", "--set", "data.imagefolder.decode_on=device"]}
     for name, extra in runs.items():

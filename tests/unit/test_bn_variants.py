@@ -82,13 +82,13 @@ def test_precise_bn_equals_exact_population_statistics():
 
 
 def test_precise_bn_without_data_raises():
-    with pytest.raises(ValueError, match="precise_bn_batches"):
+    with pytest.raises(ValueError, match="train.bn.precise_batches"):
         recompute_bn_statistics(nn.Sequential(GhostBatchNorm2d(2)), [])
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(statistics="ema"), "bn_statistics"),
-    (dict(variance_averaging="median"), "bn_variance_averaging"),
+    (dict(statistics="ema"), "train.bn.statistics"),
+    (dict(variance_averaging="median"), "train.bn.variance_averaging"),
     (dict(statistics="moving_average", variance_averaging="pooled"), "last_batch"),
 ])
 def test_configure_bn_rejects_bad_values(kwargs, match):

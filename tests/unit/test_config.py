@@ -15,10 +15,12 @@ def default():
 def test_required_keys_exist():
     cfg = default()
     for key in ("data.name", "data.root", "model.name", "train.epochs", "train.global_batch_size",
-                "train.bn_batch_size", "train.seed", "optim.name", "optim.base_lr", "optim.base_batch_size",
+                "train.bn.batch_size", "train.seed", "optim.name", "optim.base_lr", "optim.base_batch_size",
                 "schedule.warmup_epochs"):
-        section, name = key.split(".")
-        assert hasattr(getattr(cfg, section), name), key
+        node = cfg
+        for part in key.split("."):
+            assert hasattr(node, part), key
+            node = getattr(node, part)
 
 
 def test_override_types_are_converted():
@@ -72,7 +74,7 @@ def test_auto_accumulation_keeps_micro_batch_bound():
     (["train.global_batch_size=513"], 2, "does not split evenly over 2 workers"),
     (["train.global_batch_size=528"], 2, "does not split into 2 workers x BN groups"),
     (["train.accumulation_steps=3"], 2, "does not divide the per-worker batch 256"),
-    (["train.accumulation_steps=4", "train.bn_batch_size=128"], 2, "does not divide the micro-batch of 64"),
+    (["train.accumulation_steps=4", "train.bn.batch_size=128"], 2, "does not divide the micro-batch of 64"),
     (["optim.base_lr=-1"], 2, "optim.base_lr=-1.0 is invalid"),
     (["optim.momentum=1.5"], 2, "optim.momentum"),
     (["schedule.decay_epochs=[5,2]"], 2, "increasing list"),
@@ -117,7 +119,7 @@ def test_every_recipe_resolves_for_its_workers():
     for name in recipe_names():
         cfg = apply_overrides(get_recipe(name), ["data.root=/data"] if get_recipe(name).data.name == "imagefolder" else [])
         plan = resolve(cfg, cfg.train.nproc)
-        assert plan.global_batch_size == cfg.train.global_batch_size and plan.bn_batch_size == cfg.train.bn_batch_size
+        assert plan.global_batch_size == cfg.train.global_batch_size and plan.bn_batch_size == cfg.train.bn.batch_size
 
 
 def test_mikami_recipe_keeps_2176_workers_across_the_switch():
@@ -164,14 +166,14 @@ def test_batch_schedule_errors_name_the_stage(schedule, fragment):
 
 def test_bn_options_are_validated():
     base = get_recipe(DEFAULT_RECIPE)
-    for overrides, fragment in ((["train.bn_statistics=ema"], "train.bn_statistics"),
-                                (["train.bn_variance_averaging=pooled"], "unless train.bn_statistics=last_batch"),
-                                (["train.precise_bn_batches=0"], "train.precise_bn_batches"),
-                                (["train.bn_sync_ranks=3"], "does not divide the 2 processes"),
-                                (["train.bn_sync_ranks=2", "train.bn_batch_size=33"], "does not split over train.bn_sync_ranks=2")):
+    for overrides, fragment in ((["train.bn.statistics=ema"], "train.bn.statistics"),
+                                (["train.bn.variance_averaging=pooled"], "unless train.bn.statistics=last_batch"),
+                                (["train.bn.precise_batches=0"], "train.bn.precise_batches"),
+                                (["train.bn.sync_ranks=3"], "does not divide the 2 processes"),
+                                (["train.bn.sync_ranks=2", "train.bn.batch_size=33"], "does not split over train.bn.sync_ranks=2")):
         with pytest.raises(ConfigError, match=fragment):
             resolve(apply_overrides(base, overrides), 2)
-    plan = resolve(apply_overrides(base, ["train.bn_sync_ranks=2"]), 2)
+    plan = resolve(apply_overrides(base, ["train.bn.sync_ranks=2"]), 2)
     assert (plan.bn_batch_size, plan.bn_local_batch_size, plan.bn_groups_per_micro_batch) == (32, 16, 16)
     assert plan.simulated_workers == 512 // 32
 
@@ -204,8 +206,8 @@ def test_switching_optim_name_takes_the_reference_lr_unless_an_lr_key_is_given()
 
 
 def _flatten_to_legacy(data: dict) -> dict:
-    """A config dict in the layout written before the optimizer, schedule and data-source settings were
-    nested (what older checkpoints and run directories hold)."""
+    """A config dict in the layout written before the optimizer, schedule, data-source and BN settings
+    were nested (what older checkpoints and run directories hold)."""
     from largebatch.config import LEGACY_KEYS
 
     out = {sec: dict(val) if isinstance(val, dict) else val for sec, val in data.items()}
@@ -228,6 +230,7 @@ def test_legacy_flat_configs_still_load_compare_and_take_overrides(recipe):
     cfg = get_recipe(recipe)
     legacy = _flatten_to_legacy(to_dict(cfg))
     assert "lars" not in legacy["optim"] and "lars_eps" in legacy["optim"] and "poly_power" in legacy["schedule"]
+    assert "bn" not in legacy["train"] and legacy["train"]["bn_batch_size"] == cfg.train.bn.batch_size
     assert config_from_dict(legacy) == cfg  # an old checkpoint's or run's config reads as today's
     assert config_mismatch(cfg, legacy, "old.pt") is None
     # resuming an old checkpoint: compared key by key, not by the hash of the old layout
@@ -236,5 +239,7 @@ def test_legacy_flat_configs_still_load_compare_and_take_overrides(recipe):
     changed = dict(legacy, optim={**legacy["optim"], "lars_eps": 0.5})
     assert "optim.lars: checkpoint" in config_mismatch(cfg, changed, "old.pt")
     # a --set line with a legacy key names the nested key
-    got = apply_overrides(cfg, ["optim.lars_eps=0.25", "schedule.poly_power=3", "data.synthetic_channels=3"])
+    got = apply_overrides(cfg, ["optim.lars_eps=0.25", "schedule.poly_power=3", "data.synthetic_channels=3",
+                                "train.bn_statistics=precise", "train.precise_bn_batches=4"])
     assert got.optim.lars.eps == 0.25 and got.schedule.poly.power == 3.0 and got.data.synthetic.channels == 3
+    assert got.train.bn.statistics == "precise" and got.train.bn.precise_batches == 4

@@ -141,7 +141,7 @@ def test_validation_split_is_disjoint_fixed_by_the_seed_and_complete():
 def test_build_data_holds_the_validation_images_out_of_training():
     cfg = apply_overrides(get_recipe(DEFAULT_RECIPE), [
         "data.name=synthetic", "data.synthetic.train_samples=600", "data.synthetic.test_samples=50",
-        "data.image_size_px=8", "data.val_size=100", "train.global_batch_size=128", "train.bn_batch_size=32"])
+        "data.image_size_px=8", "data.val_size=100", "train.global_batch_size=128", "train.bn.batch_size=32"])
     plain = build_data(apply_overrides(cfg, ["data.val_size=0"]), device=torch.device("cpu"))
     data = build_data(cfg, device=torch.device("cpu"))
     assert data.num_train == 500 and data.num_val == 100 and plain.num_val == 0

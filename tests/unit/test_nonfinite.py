@@ -14,7 +14,7 @@ from largebatch.recipes import DEFAULT_RECIPE, get_recipe
 from largebatch.train.trainer import NonFiniteGradient, Trainer
 
 OVERRIDES = ["data.name=synthetic", "data.synthetic.train_samples=256", "data.synthetic.test_samples=64",
-             "data.image_size_px=12", "train.global_batch_size=64", "train.bn_batch_size=16", "train.epochs=2",
+             "data.image_size_px=12", "train.global_batch_size=64", "train.bn.batch_size=16", "train.epochs=2",
              "train.checkpoint_every_epochs=100", "model.width=4", "schedule.warmup_epochs=0",
              "schedule.decay_epochs=[1.5]", "train.log_every_steps=1"]
 

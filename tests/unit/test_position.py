@@ -9,7 +9,7 @@ from largebatch.plan import resolve_stages
 from largebatch.recipes import DEFAULT_RECIPE, get_recipe
 from largebatch.train.position import StepPosition
 
-BASE = ["data.name=synthetic", "data.synthetic.train_samples=512", "train.bn_batch_size=16", "optim.base_lr=0.1",
+BASE = ["data.name=synthetic", "data.synthetic.train_samples=512", "train.bn.batch_size=16", "optim.base_lr=0.1",
         "optim.base_batch_size=64", "schedule.warmup_epochs=0.5", "schedule.decay_epochs=[2.5]", "train.epochs=3"]
 
 

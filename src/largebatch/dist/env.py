@@ -156,14 +156,14 @@ def barrier() -> None:
 def consecutive_groups(group_size: int):
     """Split the ranks into groups of ``group_size`` consecutive ranks ([0, g), [g, 2g), ...) and
     return this rank's process group (every rank creates every group, as ``new_group`` requires).
-    Used by group-synchronized BN (``train.bn_sync_ranks``).
+    Used by group-synchronized BN (``train.bn.sync_ranks``).
 
     Raises:
         ValueError: if the world size is not a multiple of ``group_size``.
     """
     world, rank = dist.get_world_size(), dist.get_rank()
     if group_size < 1 or world % group_size:
-        raise ValueError(f"train.bn_sync_ranks={group_size} must divide the number of processes ({world})")
+        raise ValueError(f"train.bn.sync_ranks={group_size} must divide the number of processes ({world})")
     mine = None
     for start in range(0, world, group_size):
         group = dist.new_group(list(range(start, start + group_size)))

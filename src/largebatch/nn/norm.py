@@ -14,7 +14,7 @@ the G workers' running statistics when they start equal. At evaluation the train
 buffers across processes too (:func:`average_bn_statistics`), so every rank evaluates with the
 same statistics.
 
-Where the evaluation statistics come from is ``statistics`` (``train.bn_statistics``):
+Where the evaluation statistics come from is ``statistics`` (``train.bn.statistics``):
 
 * ``moving_average``: the exponential moving average above (momentum 0.1, Caffe2's 0.9), averaged
   across processes before evaluation and checkpoints.
@@ -123,7 +123,7 @@ class GhostBatchNorm2d(nn.BatchNorm2d):
         if batch % n:
             raise ValueError(
                 f"GhostBatchNorm2d got a batch of {batch} samples, not a multiple of bn_batch_size={n}; "
-                f"make the per-forward batch a multiple of train.bn_batch_size"
+                f"make the per-forward batch a multiple of train.bn.batch_size"
             )
         self._check_input_dim(x)
         groups = batch // n
@@ -274,11 +274,11 @@ def configure_bn(model: nn.Module, *, statistics: str = "moving_average", varian
         ValueError: for an unknown value or ``pooled`` without ``last_batch``.
     """
     if statistics not in BN_STATISTICS:
-        raise ValueError(f"train.bn_statistics={statistics!r} is unknown; accepted: {', '.join(BN_STATISTICS)}")
+        raise ValueError(f"train.bn.statistics={statistics!r} is unknown; accepted: {', '.join(BN_STATISTICS)}")
     if variance_averaging not in VARIANCE_AVERAGING:
-        raise ValueError(f"train.bn_variance_averaging={variance_averaging!r} is unknown; accepted: mean, pooled")
+        raise ValueError(f"train.bn.variance_averaging={variance_averaging!r} is unknown; accepted: mean, pooled")
     if variance_averaging == "pooled" and statistics != "last_batch":
-        raise ValueError("train.bn_variance_averaging=pooled applies to train.bn_statistics=last_batch only")
+        raise ValueError("train.bn.variance_averaging=pooled applies to train.bn.statistics=last_batch only")
     modules = ghost_bn_modules(model)
     for m in modules:
         m.statistics = statistics
@@ -381,7 +381,7 @@ def recompute_bn_statistics(model: nn.Module, inputs: Iterable[torch.Tensor]) ->
         c = m.num_features
         count = sums[i, 2, :c]
         if not bool((count > 1).all()):
-            raise ValueError("precise BN saw no data: train.precise_bn_batches must be >= 1")
+            raise ValueError("precise BN saw no data: train.bn.precise_batches must be >= 1")
         mean = sums[i, 0, :c] / count
         var = (sums[i, 1, :c] / count - mean * mean).clamp_(min=0.0) * count / (count - 1)
         m.running_mean.copy_(mean.to(m.running_mean.dtype))

@@ -4,6 +4,7 @@ Minutes" (arXiv 1711.04325). Equations from secondary sources [S] (Akiba et al. 
 from __future__ import annotations
 
 from largebatch.config import (
+    BNConfig,
     Config,
     DataConfig,
     ImageFolderConfig,
@@ -28,9 +29,9 @@ def akiba2017_resnet50_imagenet_32k() -> Config:
         model=ModelConfig(name="resnet50"),
         # BN without moving averages: the last batch's statistics averaged over workers before each
         # evaluation (sec. 3.3 [S]); the naive mean of the workers' variances [U: `pooled` is the option].
-        train=TrainConfig(epochs=90, global_batch_size=32768, bn_batch_size=32, max_micro_batch_size=256, nproc=8,
-                          eval_batch_size=256, target_top1=74.9, bn_statistics="last_batch",
-                          bn_variance_averaging="mean"),
+        train=TrainConfig(epochs=90, global_batch_size=32768, max_micro_batch_size=256, nproc=8, eval_batch_size=256,
+                          target_top1=74.9, bn=BNConfig(batch_size=32, statistics="last_batch",
+                                                        variance_averaging="mean")),
         # eta_base = 0.1 per 256 scaled linearly (12.8 at 32k); the blend of RMSprop (eta_RMSprop 3e-4,
         # mu2 0.99) into momentum SGD (mu1 0.9) over alpha_SGD(center 10, period 5 epochs) [S].
         # Weight decay 1e-4 and plain (non-Nesterov) momentum are assumptions [U].

@@ -6,6 +6,7 @@ import dataclasses
 
 from largebatch.config import (
     BatchStage,
+    BNConfig,
     Config,
     DataConfig,
     LarsConfig,
@@ -49,7 +50,7 @@ def goyal2017_fashion_mnist() -> Config:
         train=TrainConfig(
             epochs=epochs,
             global_batch_size=512,
-            bn_batch_size=32,  # the paper's per-worker n
+            bn=BNConfig(batch_size=32),  # the paper's per-worker n
             nproc=2,
             eval_every_epochs=1,
             log_every_steps=20,
@@ -82,7 +83,8 @@ def goyal2017_fashion_mnist_6ep() -> Config:
 
 
 def _fashion_large(recipe: str, description: str, source: str, *, optim: OptimConfig, schedule: ScheduleConfig,
-                   global_batch_size: int = 2048, label_smoothing: float = 0.0, **train: object) -> Config:
+                   global_batch_size: int = 2048, label_smoothing: float = 0.0, bn: dict | None = None,
+                   **train: object) -> Config:
     """A Fashion-MNIST variant at a large global batch: the default recipe's data, model, 9 epochs
     and 2 workers; each worker holds 1024 samples per step as 4 micro-batches of 8 BN groups of 32."""
     base = goyal2017_fashion_mnist()
@@ -92,8 +94,9 @@ def _fashion_large(recipe: str, description: str, source: str, *, optim: OptimCo
         source=source,
         data=base.data,
         model=base.model,
-        train=TrainConfig(epochs=base.train.epochs, global_batch_size=global_batch_size, bn_batch_size=32, nproc=2,
-                          eval_every_epochs=1, log_every_steps=5, label_smoothing=label_smoothing, **train),
+        train=TrainConfig(epochs=base.train.epochs, global_batch_size=global_batch_size, nproc=2, eval_every_epochs=1,
+                          log_every_steps=5, label_smoothing=label_smoothing, bn=BNConfig(batch_size=32, **(bn or {})),
+                          **train),
         optim=optim,
         schedule=schedule,
     )
@@ -114,7 +117,8 @@ def akiba2017_fashion_mnist() -> Config:
         # The reference LR of the default recipe (0.4 per 256), scaled linearly as eta_base.
         optim=OptimConfig(name="rmsprop_warmup", base_lr=0.4, base_batch_size=256, momentum=0.9, nesterov=False,
                           weight_decay=1e-4, rmsprop_warmup=RMSpropWarmupConfig(center_epochs=_scaled([10])[0], period_epochs=_scaled([5])[0])),
-        schedule=ScheduleConfig(name="slow_start", warmup_epochs=0, slow_start=SlowStartConfig(epochs=_scaled([40, 70, 85]), factors=[0.5, 0.075, 0.01, 0.001])),        bn_statistics="last_batch",  # Akiba's BN without moving averages (sec. 3.3)
+        schedule=ScheduleConfig(name="slow_start", warmup_epochs=0, slow_start=SlowStartConfig(epochs=_scaled([40, 70, 85]), factors=[0.5, 0.075, 0.01, 0.001])),
+        bn={"statistics": "last_batch"},  # Akiba's BN without moving averages (sec. 3.3)
     )
 
 

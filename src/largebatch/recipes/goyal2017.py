@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from largebatch.config import (
+    BNConfig,
     Config,
     DataConfig,
     ImageFolderConfig,
@@ -26,7 +27,7 @@ def goyal2017_resnet50_imagenet_8k() -> Config:
         train=TrainConfig(
             epochs=90,
             global_batch_size=8192,  # k = 256 workers x n = 32 (sec. 5.1)
-            bn_batch_size=32,  # per-worker BN over n = 32, never synchronized (sec. 2.3)
+            bn=BNConfig(batch_size=32),  # per-worker BN over n = 32, never synchronized (sec. 2.3)
             max_micro_batch_size=256,  # a V100/A100-sized forward pass; more processes -> fewer accumulation steps
             nproc=8,  # one 8-GPU server per `largebatch train`; use torchrun for several
             eval_every_epochs=1,

@@ -4,6 +4,7 @@ arXiv 1904.00962); the ResNet-50 settings are not verified (You et al. 2019 (LAM
 from __future__ import annotations
 
 from largebatch.config import (
+    BNConfig,
     Config,
     DataConfig,
     ImageFolderConfig,
@@ -26,7 +27,7 @@ def lamb_resnet50_imagenet_16k() -> Config:
         source="You et al. 2019 Algorithm 2 (LAMB); ResNet-50 hyperparameters are assumptions [U]",
         data=DataConfig(name="imagefolder", root="", image_size_px=224, imagefolder=ImageFolderConfig(loader_workers=8)),
         model=ModelConfig(name="resnet50"),
-        train=TrainConfig(epochs=90, global_batch_size=16384, bn_batch_size=32, max_micro_batch_size=256, nproc=8,
+        train=TrainConfig(epochs=90, global_batch_size=16384, bn=BNConfig(batch_size=32), max_micro_batch_size=256, nproc=8,
                           eval_batch_size=256, target_top1=76.0, label_smoothing=0.1),
         # Square-root scaling (an option for adaptive optimizers): 0.00125 per 256 -> 0.01 at 16K [U];
         # decoupled weight decay 0.01 excluded from BN and biases, which are also excluded from adaptation [U].

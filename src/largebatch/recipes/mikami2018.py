@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from largebatch.config import (
     BatchStage,
+    BNConfig,
     Config,
     DataConfig,
     ImageFolderConfig,
@@ -33,7 +34,7 @@ def mikami2018_resnet50_imagenet_34k_68k() -> Config:
         # Label smoothing 0.1 (v2) [U: value]; 90 epochs [U]; fp32 here, the paper's FP16 is
         # `--set train.precision=fp16`.
         train=TrainConfig(
-            epochs=90, global_batch_size=34816, bn_batch_size=16, max_micro_batch_size=256, nproc=8,
+            epochs=90, global_batch_size=34816, bn=BNConfig(batch_size=16), max_micro_batch_size=256, nproc=8,
             eval_every_epochs=4, eval_batch_size=256, target_top1=75.0, label_smoothing=0.1,
             batch_schedule=[
                 BatchStage(start_epoch=0, global_batch_size=34816, lr_scaling="sqrt", bn_batch_size=16),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from largebatch.config import (
+    BNConfig,
     Config,
     DataConfig,
     ImageFolderConfig,
@@ -25,7 +26,7 @@ def mlperf_lars_resnet50_imagenet_4k() -> Config:
         source="mlcommons/training image_classification README and lars_util.py (the MLPerf Training ResNet-50 reference) [V]",
         data=DataConfig(name="imagefolder", root="", image_size_px=224, imagefolder=ImageFolderConfig(loader_workers=8)),
         model=ModelConfig(name="resnet50"),
-        train=TrainConfig(epochs=42, global_batch_size=4096, bn_batch_size=32, max_micro_batch_size=256, nproc=8,
+        train=TrainConfig(epochs=42, global_batch_size=4096, bn=BNConfig(batch_size=32), max_micro_batch_size=256, nproc=8,
                           eval_every_epochs=4, eval_batch_size=256, target_top1=75.9, label_smoothing=0.1),
         # LR 10.0 at 4096 (0.625 per 256), momentum 0.9, wd 2e-4, LARS eta 0.001 and eps 0; BN and biases get
         # neither LARS nor weight decay (skip_list).
@@ -45,8 +46,8 @@ def mlperf_lars_resnet50_imagenet_57k() -> Config:
         data=DataConfig(name="imagefolder", root="", image_size_px=224, imagefolder=ImageFolderConfig(loader_workers=8)),
         model=ModelConfig(name="resnet50"),
         # 16 images per GPU with BN synchronized over 2 GPUs (BN span 32): each BN group is 32 samples
-        # spread over 2 processes (group-synchronized BN, train.bn_sync_ranks=2).
-        train=TrainConfig(epochs=78, global_batch_size=57344, bn_batch_size=32, bn_sync_ranks=2,
+        # spread over 2 processes (group-synchronized BN, train.bn.sync_ranks=2).
+        train=TrainConfig(epochs=78, global_batch_size=57344, bn=BNConfig(batch_size=32, sync_ranks=2),
                           max_micro_batch_size=256, nproc=8, eval_every_epochs=4, eval_batch_size=256,
                           target_top1=75.9, label_smoothing=0.1),
         # LR 23.0 at 57,344, momentum 0.95, wd 2.5e-5 with the FC-bias exception, LARS eta 0.001, eps 0.

@@ -4,6 +4,7 @@ and You et al. 2018 "ImageNet Training in Minutes" (ICPP'18, arXiv 1709.05011)."
 from __future__ import annotations
 
 from largebatch.config import (
+    BNConfig,
     Config,
     DataConfig,
     ImageFolderConfig,
@@ -26,7 +27,7 @@ def you2018_lars_resnet50_imagenet_32k() -> Config:
         source="You et al. 2017 Algorithm 1; You et al. 2018 (ICPP) sec. 4; values marked [U] are options",
         data=DataConfig(name="imagefolder", root="", image_size_px=224, imagefolder=ImageFolderConfig(loader_workers=8)),
         model=ModelConfig(name="resnet50"),
-        train=TrainConfig(epochs=90, global_batch_size=32768, bn_batch_size=32, max_micro_batch_size=256, nproc=8,
+        train=TrainConfig(epochs=90, global_batch_size=32768, bn=BNConfig(batch_size=32), max_micro_batch_size=256, nproc=8,
                           eval_batch_size=256, target_top1=74.9),
         # You et al.'s Intel Caffe applies LARS and weight decay to every tensor (no exclusion list) [V code].
         # Peak LR: 0.2 per 256 scaled linearly (their Goyal reproduction used 0.2 per 256 with poly) [U];

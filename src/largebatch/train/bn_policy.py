@@ -7,7 +7,7 @@ Ghost BN and its variants (docs/bn.md) are layer state; the loop owes them four 
 * :meth:`BNPolicy.set_stage` when a batch schedule changes the per-process BN batch (Mikami et al.
   2018 sec. 3.1);
 * :meth:`BNPolicy.before_eval` before every evaluation: precise BN recomputes population statistics
-  (``train.bn_statistics=precise``), then every rank's statistics are averaged, so all ranks evaluate
+  (``train.bn.statistics=precise``), then every rank's statistics are averaged, so all ranks evaluate
   the same model;
 * :meth:`BNPolicy.before_checkpoint` before every checkpoint: the averaged statistics are the saved ones.
 """
@@ -42,14 +42,14 @@ class BNPolicy:
         average_bn_statistics(self.model, samples_per_step=self.plan.global_batch_size)
 
     def before_eval(self, epoch: int, steps_per_epoch: int) -> None:
-        if self.cfg.bn_statistics == "precise":
+        if self.cfg.bn.statistics == "precise":
             self._precise_bn(epoch, steps_per_epoch)
         self.before_checkpoint()
 
     def _precise_bn(self, epoch: int, steps_per_epoch: int) -> None:
-        """Population BN statistics over train.precise_bn_batches global batches of the current epoch's
+        """Population BN statistics over train.bn.precise_batches global batches of the current epoch's
         stage (at most one epoch), drawn with their own shuffle and augmentation seed."""
-        k = min(self.cfg.precise_bn_batches, steps_per_epoch)
+        k = min(self.cfg.bn.precise_batches, steps_per_epoch)
         sampler = GlobalBatchSampler(self.data.num_train, self.plan.global_batch_size, world_size=self.env.world_size,
                                      rank=self.env.rank, seed=derive_seed(self.cfg.seed, "precise_bn"))
         sampler.set_epoch(epoch)

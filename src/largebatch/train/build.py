@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 def build_run_model(cfg: Config, plan: Plan, env: DistEnv, data) -> tuple[nn.Module, bool]:
     """The model of the run on its device, with identical initial weights on every rank (seeded by
     ``train.seed``; DDP also broadcasts them), ``train.init_from``'s weights if given, and the memory
-    format, and its BN layers configured (``train.bn_statistics``, the BN sync group); returns
+    format, and its BN layers configured (``train.bn.statistics``, the BN sync group); returns
     (model, channels_last). Leaves the torch RNG seeded per rank (``seed + rank``) for anything
     random beyond data and init.
 
@@ -51,7 +51,7 @@ def build_run_model(cfg: Config, plan: Plan, env: DistEnv, data) -> tuple[nn.Mod
         model = model.to(memory_format=torch.channels_last)
     torch.manual_seed(t.seed + env.rank)
     sync_group = consecutive_groups(plan.bn_sync_ranks) if env.distributed and plan.bn_sync_ranks > 1 else None
-    configure_bn(model, statistics=t.bn_statistics, variance_averaging=t.bn_variance_averaging,
+    configure_bn(model, statistics=t.bn.statistics, variance_averaging=t.bn.variance_averaging,
                  sync_group=sync_group, sync_ranks=plan.bn_sync_ranks)
     return model, channels_last
 
@@ -141,8 +141,8 @@ def log_setup(cfg: Config, plan: Plan, precision, position) -> None:
     t = cfg.train
     log.info("%s", plan.describe())
     log.info("precision %s (train.precision=%s): %s", precision.precision, t.precision, precision.reason)
-    log.info("BN: %s statistics%s", t.bn_statistics,
-             f" ({t.bn_variance_averaging} variance)" if t.bn_statistics == "last_batch" else
-             f" over {t.precise_bn_batches} batches before each evaluation" if t.bn_statistics == "precise" else "")
+    log.info("BN: %s statistics%s", t.bn.statistics,
+             f" ({t.bn.variance_averaging} variance)" if t.bn.statistics == "last_batch" else
+             f" over {t.bn.precise_batches} batches before each evaluation" if t.bn.statistics == "precise" else "")
     for line in position.describe(plan.global_batch_size):
         log.info("%s", line)

@@ -289,7 +289,7 @@ def run_worker(cfg_dict: dict, out: str | None = None, resume: str | None = None
             "simulated_workers": trainer.stages[-1].plan.simulated_workers,
             "world_size": env.world_size,
             "peak_lr": trainer.stages[-1].plan.peak_lr,
-            "bn_statistics": cfg.train.bn_statistics,
+            "bn_statistics": cfg.train.bn.statistics,
             "batch_stages": [{"start_epoch": st.start_epoch, "global_batch_size": st.plan.global_batch_size,
                               "bn_batch_size": st.plan.bn_batch_size, "accumulation_steps": st.plan.accumulation_steps,
                               "peak_lr": st.plan.peak_lr} for st in trainer.stages],
