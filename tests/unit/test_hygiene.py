@@ -26,3 +26,36 @@ def test_import_layers_and_no_cycles():
                           timeout=300)
     assert proc.returncode == 0 and "BROKEN" not in proc.stdout, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert proc.stdout.count("KEPT") == 2
+
+
+# Modules that import the project's own modules (or the standard library) inside functions, and
+# why: each keeps a command's start-up light or breaks a registration order. Every other module
+# imports what it uses at the top. Third-party imports of optional or heavy packages (optuna,
+# matplotlib, TensorBoard, DALI, fsspec, torchvision in torch-free paths) may stay local anywhere.
+LOCAL_IMPORTS_ALLOWED = {
+    "__init__.py": "largebatch.train is loaded on first use: `import largebatch` does not import torch",
+    "cli.py": "each subcommand imports what it runs: `largebatch recipes` starts without torch",
+    "api.py": "load_config and prepare_run run before any worker starts and stay torch-free",
+    "config.py": "validate() reaches the model registry only for a user model (the config stays torch-free)",
+    "plan.py": "the topology (torch.distributed) only for a topology-aware all-reduce",
+    "data/__init__.py": "each data source is imported when chosen (DALI, fsspec and torchvision readers)",
+    "recipes/__init__.py": "the recipe modules register themselves after the registry exists",
+}
+
+
+def test_function_local_imports_only_where_start_up_needs_them():
+    import ast
+
+    root = REPO / "src" / "largebatch"
+    found = {}
+    for path in sorted(root.rglob("*.py")):
+        for fn in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(fn):
+                if isinstance(node, (ast.Import, ast.ImportFrom)):
+                    module = node.module if isinstance(node, ast.ImportFrom) else node.names[0].name
+                    top = (module or "").split(".")[0]
+                    if top == "largebatch" or top in sys.stdlib_module_names:
+                        found.setdefault(path.relative_to(root).as_posix(), []).append(f"{module} (line {node.lineno})")
+    assert set(found) == set(LOCAL_IMPORTS_ALLOWED), {k: v for k, v in found.items() if k not in LOCAL_IMPORTS_ALLOWED}

@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from largebatch.data.layout import BadImageError
 from largebatch.data.samplers import derive_seed
 
 
@@ -92,7 +93,6 @@ class BatchDecoder(ABC):
             yield self._decode(*pending, dataset_size=dataset_size)
 
     def _decode(self, indices: list[int], future, seed: int, *, dataset_size: int):
-        from largebatch.data.layout import BadImageError
 
         encoded = future.result()
         skipped: list[str] = []

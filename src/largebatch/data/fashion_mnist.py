@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from largebatch.data.samplers import derive_seed
+
 DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 HOW_TO_GET = (
@@ -68,7 +70,6 @@ def _prepare_raw(files: dict[str, Path]) -> Path:
         if len(parents) == 1 and next(iter(parents)).parts[-2:] == ("FashionMNIST", "raw"):
             return next(iter(parents)).parent.parent
     key = str(sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files.values()))
-    from largebatch.data.samplers import derive_seed
 
     root = cache_dir() / f"fashion-mnist-{derive_seed(key):016x}"
     raw = root / "FashionMNIST" / "raw"

@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from largebatch.data.batch_decode import TorchvisionBatchDecoder
+from largebatch.data.dali import DaliRunner, require_dali
 from largebatch.data.layout import (  # noqa: F401
     IMAGE_SUFFIXES,
     IMAGENET_MEAN,
@@ -23,6 +25,7 @@ from largebatch.data.layout import (  # noqa: F401
     read_val_labels,
 )
 from largebatch.data.samplers import GlobalBatchSampler, derive_seed, eval_shard
+from largebatch.data.shards import ShardImages, is_prepared
 
 
 class _CheckedImages(torch.utils.data.Dataset):
@@ -99,16 +102,12 @@ class ImageFolderData:
                  decoder: str = "torchvision", val_labels: str = "", decode_on: str = "workers") -> None:
         from torchvision import datasets
 
-        from largebatch.data.shards import ShardImages, is_prepared
-
         if decode_on not in ("workers", "device"):
             raise ValueError(f"data.imagefolder.decode_on={decode_on!r} is unknown; accepted: workers, device")
         if decode_on == "device" and decoder != "torchvision":
             raise ValueError(f"data.imagefolder.decode_on=device works with data.imagefolder.decoder=torchvision (got {decoder!r}); "
                              f"data.imagefolder.decoder=dali always decodes on the device")
         if decoder == "dali":
-            from largebatch.data.dali import require_dali
-
             require_dali()
         self.decoder, self.decode_on, self.image_size_px, self.augment = decoder, decode_on, image_size_px, augment
         if is_prepared(root):  # `largebatch data prepare` output: read the shards by index
@@ -236,10 +235,7 @@ class ImageFolderData:
                           describe=lambda i: base.samples[i][0], policy=self.bad_file_policy,
                           read_many=base.read_many if getattr(base, "remote", False) else None)
             labels = [label for _, label in base.samples]
-            if self.decoder == "dali":
-                from largebatch.data.dali import DaliRunner as decoder_class
-            else:
-                from largebatch.data.batch_decode import TorchvisionBatchDecoder as decoder_class
+            decoder_class = DaliRunner if self.decoder == "dali" else TorchvisionBatchDecoder
             self._batch_decoders[split] = decoder_class(base.read_bytes, labels, **kwargs)
         return self._batch_decoders[split]
 

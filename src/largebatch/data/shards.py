@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from largebatch.data.layout import check_layout
+
 MANIFEST = "largebatch-shards.json"
 
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
@@ -66,7 +68,6 @@ def prepare(src: str, dst: str, *, max_side_px: int = 256, quality: int = 90, sh
     from torchvision import datasets
     from tqdm import tqdm
 
-    from largebatch.data.layout import check_layout
 
     if max_side_px < 8 or not 1 <= quality <= 100 or shard_mb <= 0:
         raise ValueError(f"max_side_px={max_side_px}, quality={quality}, shard_mb={shard_mb}: accepted max_side_px >= 8, "

@@ -24,6 +24,8 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from largebatch.choices import COMM_ALGORITHMS, COMM_COMPRESSIONS
 from largebatch.dist.collectives import hierarchical_all_reduce, torus2d_all_reduce
 from largebatch.dist.topology import TopologyGroups
+import os
+from largebatch.dist.topology import build_groups, make_topology
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +107,7 @@ def register_comm_hook(ddp_model, algorithm: str = "hierarchical", *, workers_pe
     Raises:
         ValueError: an unknown algorithm or compression, or a world that the topology cannot tile.
     """
-    import os
 
-    from largebatch.dist.topology import build_groups, make_topology
 
     state = None
     if algorithm != "allreduce":

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+import importlib
 
 
 class WorkerFailed(RuntimeError):
@@ -44,7 +45,6 @@ def preload_worker_modules(modules: tuple[str, ...] = ()) -> None:
     """Import what every worker needs (torch, torchvision and ``modules``, e.g. the trainer) in this
     process, before the workers are forked from it; runs no torch operation, so no thread pool is
     forked."""
-    import importlib
 
     import torchvision  # noqa: F401
 

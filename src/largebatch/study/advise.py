@@ -30,6 +30,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from largebatch.api import load_config
+from largebatch.data import FASHION_MNIST_TRAIN_SAMPLES
+from largebatch.nn.models import build_model
+from largebatch.sim.presets import get_preset
+from largebatch.sim.step import simulate_step
+
 
 @dataclass
 class Advice:
@@ -169,7 +175,6 @@ def model_flops_ratio(cfg) -> float:
 
 def _model_of(cfg):
     """(``cfg``'s model, untrained, and the shape of one input image batch of 1)."""
-    from largebatch.nn.models import build_model
 
     fashion = cfg.data.name in ("fashion_mnist", "synthetic")
     channels = 1 if cfg.data.name == "fashion_mnist" else (cfg.data.synthetic.channels if fashion else 3)
@@ -183,8 +188,6 @@ def _model_of(cfg):
 def cluster_estimate(cfg, critical_batch: float, epochs: float, train_images: int, preset_name: str) -> dict:
     """GPUs and time to train at the critical batch through :mod:`largebatch.sim` (the preset's
     network, per-GPU batch and ResNet-50 throughput, compute scaled by the model's FLOPs)."""
-    from largebatch.sim.presets import get_preset
-    from largebatch.sim.step import simulate_step
 
     preset = get_preset(preset_name)
     ratio = model_flops_ratio(cfg)
@@ -216,7 +219,6 @@ def advise(recipe: str, overrides: list[str], *, out: str, probe_epochs: float, 
             report (all before the probe starts).
         RuntimeError: when the probe fails or logs no noise scale (its log's end in the message).
     """
-    from largebatch.api import load_config
 
     if nproc < 2:
         raise ValueError(f"--nproc {nproc}: the noise scale compares one worker's gradient with the all-reduced "
@@ -259,7 +261,6 @@ def advise(recipe: str, overrides: list[str], *, out: str, probe_epochs: float, 
 
 
 def _train_images(cfg) -> int:
-    from largebatch.data import FASHION_MNIST_TRAIN_SAMPLES
 
     known = {"fashion_mnist": FASHION_MNIST_TRAIN_SAMPLES, "synthetic": cfg.data.synthetic.train_samples,
              "imagefolder": 1_281_167}

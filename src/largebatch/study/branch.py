@@ -29,6 +29,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from largebatch.config import ConfigError, apply_overrides, config_from_dict
+from largebatch.plan import resolve_stages
+from largebatch.recipes import recipe_names
+from largebatch.study.advise import read_noise_scale
+from largebatch.study.sweep import _overrides_of
+from largebatch.study.tune import _train_images
+from largebatch.train.metrics import read_metrics
+
 
 class BranchError(ValueError):
     """A branching study that cannot run as asked (run directory, checkpoint, batch); raised before
@@ -65,8 +73,6 @@ def branch_points(run_dir: Path, steps: list[int] | None) -> list[BranchPoint]:
     Raises:
         BranchError: when the run has no metrics or no checkpoint at a requested step.
     """
-    from largebatch.study.advise import read_noise_scale
-    from largebatch.train.metrics import read_metrics
 
     run_dir = Path(run_dir)
     ckpts = checkpoints_of(run_dir)
@@ -123,7 +129,6 @@ def _branch_overrides(n_train: int, point: BranchPoint, batch: int, lr: float, b
 
 
 def _val_loss_at(run_dir: Path) -> float | None:
-    from largebatch.train.metrics import read_metrics
 
     evals = [r for r in read_metrics(run_dir) if r.get("kind") == "eval" and r.get("val_loss") is not None]
     return evals[-1]["val_loss"] if evals else None
@@ -139,8 +144,6 @@ def run_branches(reference: Path, out: Path, *, steps: list[int] | None, batch_s
         BranchError: before any branch, for a study that cannot run as asked.
         RuntimeError: when a branch fails other than by diverging (the same command resumes).
     """
-    from largebatch.config import ConfigError, apply_overrides, config_from_dict
-    from largebatch.plan import resolve_stages
 
     say = progress or (lambda line: print(f"largebatch critical-batch: {line}", file=sys.stderr, flush=True))
     reference, out = Path(reference), Path(out)
@@ -156,7 +159,6 @@ def run_branches(reference: Path, out: Path, *, steps: list[int] | None, batch_s
     ref_batch = ref_cfg.train.global_batch_size if not ref_cfg.train.batch_schedule else \
         ref_cfg.train.batch_schedule[-1].global_batch_size
     val_size = ref_cfg.data.val_size or 5000
-    from largebatch.study.tune import _train_images
 
     n_train = _train_images(ref_cfg, val_size)
     if budget_images < max(batch_sizes):
@@ -182,7 +184,6 @@ def run_branches(reference: Path, out: Path, *, steps: list[int] | None, batch_s
         if not (run_dir / "summary.json").is_file():
             cmd = [sys.executable, "-m", "largebatch", "train", "--nproc", str(nproc), "--out", str(run_dir),
                    "--recipe", ref_cfg.recipe if ref_cfg.recipe in _recipes() else "goyal2017_fashion_mnist"]
-            from largebatch.study.sweep import _overrides_of
 
             for item in _overrides_of(cfg):
                 cmd += ["--set", item]
@@ -208,7 +209,6 @@ def run_branches(reference: Path, out: Path, *, steps: list[int] | None, batch_s
 
 
 def _recipes() -> set[str]:
-    from largebatch.recipes import recipe_names
 
     return set(recipe_names())
 

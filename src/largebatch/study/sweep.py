@@ -26,6 +26,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from largebatch.config import ConfigError, apply_overrides, to_dict
+from largebatch.plan import resolve_stages
+from largebatch.recipes import get_recipe
+
 
 @dataclass(frozen=True)
 class Method:
@@ -78,8 +82,6 @@ def run_config(method: str, global_batch_size: int, seed: int, epochs: int, over
         SweepError: for an unknown method.
         ConfigError: for an override the config refuses.
     """
-    from largebatch.config import apply_overrides
-    from largebatch.recipes import get_recipe
 
     if method not in METHODS:
         raise SweepError(f"method {method!r} is unknown; accepted: {', '.join(METHODS)}")
@@ -101,7 +103,6 @@ def run_config(method: str, global_batch_size: int, seed: int, epochs: int, over
 
 def _overrides_of(cfg) -> list[str]:
     """``--set`` arguments that reproduce ``cfg`` exactly (every leaf as JSON, which YAML reads)."""
-    from largebatch.config import to_dict
 
     out = []
 
@@ -129,8 +130,6 @@ def plan_sweep(methods: list[str], batch_sizes: list[int], seeds: list[int], epo
     Raises:
         SweepError: naming the method and batch that cannot run and why.
     """
-    from largebatch.config import ConfigError
-    from largebatch.plan import resolve_stages
 
     if epochs < 1:
         raise SweepError(f"--epochs {epochs}: give at least 1")

@@ -29,18 +29,24 @@ train`` run directory, ``OUT/METHOD/bBATCH/trial_NNN``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
+import warnings
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from largebatch.config import ConfigError, apply_overrides
+from largebatch.plan import resolve_stages
+from largebatch.study.scaling import fit_steps_to_target
 from largebatch.study.sweep import METHODS, SweepError, _overrides_of, read_result, run_config
 
 OBJECTIVES = ("steps", "accuracy")
@@ -177,9 +183,7 @@ def trial_config(spec: TuneSpec, method: str, batch: int, params_overrides: list
     Raises:
         ConfigError: for an override the config refuses.
     """
-    import dataclasses
 
-    from largebatch.config import apply_overrides
 
     cfg = run_config(method, batch, seed, spec.epochs_for(batch), list(spec.overrides))
     n_train = _train_images(cfg, spec.val_size)
@@ -353,7 +357,6 @@ def fixed_params(spec: TuneSpec, storage, method: str) -> list[str]:
 
 def total_steps_of(cfg, val_size: int, nproc: int) -> int:
     """Optimizer steps of the whole run (every batch stage's epochs, drop last)."""
-    from largebatch.plan import resolve_stages
 
     stages = resolve_stages(cfg, nproc)
     n = _train_images(cfg, val_size)
@@ -489,11 +492,8 @@ def run_tuned_sweep(spec: TuneSpec, *, progress: Callable[[str], None] | None = 
     """
     import optuna
 
-    from largebatch.config import ConfigError
-    from largebatch.plan import resolve_stages
 
     check_spec(spec)
-    import warnings
 
     # Optuna marks set_metric_names and the retry callback experimental; the study does not depend on it
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -536,7 +536,6 @@ def collect_tuned(spec: TuneSpec, storage=None) -> list[dict]:
     """One row per (method, global batch) with a finished trial: the chosen (best) trial's number,
     hyperparameters, steps to the validation target, validation and test top-1 (seed 0, and the mean
     and spread over the confirmed seeds), trials finished and pruned."""
-    import statistics
 
     import optuna
 
@@ -584,7 +583,6 @@ def write_tuned_outputs(spec: TuneSpec, rows: list[dict]) -> None:
     """``tuned.json`` and ``tuned.md`` (best trial per cell), and the figure of the objective:
     ``steps_to_target.png`` (Shallue et al. Fig. 1, with the McCandlish et al. fit per method) or
     ``equal_epochs.png`` (test error against batch, Goyal et al. Fig. 1)."""
-    from largebatch.study.scaling import fit_steps_to_target
 
     out = Path(spec.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ from largebatch.dist.topology import build_groups, make_topology
 from largebatch.nn import build_model, channels_last_unsafe_convs, configure_bn
 from largebatch.plan import Plan
 from largebatch.train import checkpoint as ckpt_io
+from largebatch.train.noise_scale import wrap_hook
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,6 @@ def register_comm_hook(ddp, cfg: Config, plan: Plan, env: DistEnv):
     pair = make_comm_hook(c.algorithm, c.compression, state)
     noise_hook = None
     if cfg.train.noise_scale:  # wraps the chosen all-reduce (or DDP's own): norms before and after
-        from largebatch.train.noise_scale import wrap_hook
 
         noise_hook, hook = wrap_hook(pair)
         ddp.register_comm_hook(noise_hook, hook)

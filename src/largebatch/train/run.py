@@ -20,10 +20,15 @@ from pathlib import Path
 
 import torch
 
+from largebatch._version import __version__
 from largebatch.config import Config, ConfigError, config_from_dict, to_dict
+from largebatch.dist import cleanup, setup
 from largebatch.errors import EXIT_PREEMPTED
 from largebatch.plan import resolve_stages
 from largebatch.train import checkpoint as ckpt_io
+from largebatch.train.metrics import plot_curves
+from largebatch.train.precision import choose_precision
+from largebatch.train.trainer import Preempted, Trainer
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +127,6 @@ def environment_info(env) -> dict:
     """Versions, world size and hardware, for env.json."""
     import torchvision
 
-    from largebatch._version import __version__
 
     cpu = platform.processor()
     try:
@@ -194,15 +198,11 @@ def run_worker(cfg_dict: dict, out: str | None = None, resume: str | None = None
     Raises:
         ConfigError: contradictory settings (the CLI turns it into exit status 2).
     """
-    from largebatch.dist import cleanup, setup
-    from largebatch.train.metrics import plot_curves
-    from largebatch.train.trainer import Preempted, Trainer
 
     cfg: Config = config_from_dict(cfg_dict)
     restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
     if restarts and out:
         resume = "auto"  # an elastic restart continues from the newest valid checkpoint of the run
-    from largebatch.train.precision import choose_precision
 
     t_setup = time.perf_counter()
     env = setup(cfg.train.device, threads_per_worker=cfg.train.threads_per_worker)
