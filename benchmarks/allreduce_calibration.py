@@ -66,8 +66,9 @@ def _worker(rank: int, world: int, init: str, out: str, repeats: int) -> None:
 def measure(world: int, repeats: int) -> dict[int, float]:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "medians.json")
-        mp.start_processes(_worker, args=(world, os.path.join(tmp, "init"), out, repeats), nprocs=world,
-                           start_method="spawn")
+        mp.start_processes(
+            _worker, args=(world, os.path.join(tmp, "init"), out, repeats), nprocs=world, start_method="spawn"
+        )
         return {int(k): v for k, v in json.loads(Path(out).read_text()).items()}
 
 
@@ -85,20 +86,38 @@ def main() -> None:
     fit = fit_alpha_beta([(m["bytes"], m["world_size"], "ring", m["seconds"]) for m in measurements])
     for m, err in zip(measurements, fit.relative_errors):
         m["model_relative_error"] = err
-        print(f"N={m['world_size']}  {m['bytes'] >> 10:>6} KB  {1e3 * m['seconds']:8.3f} ms  model error {100 * err:+6.1f}%")
-    print(f"alpha = {1e6 * fit.alpha_s:.1f} us, beta = {fit.beta_s_per_byte:.3e} s/B "
-          f"({1e-9 / fit.beta_s_per_byte:.2f} GB/s); |error| median {100 * fit.median_abs_error:.1f}%, "
-          f"max {100 * fit.max_abs_error:.1f}%")
+        print(
+            f"N={m['world_size']}  {m['bytes'] >> 10:>6} KB  {1e3 * m['seconds']:8.3f} ms  model error {100 * err:+6.1f}%"
+        )
+    print(
+        f"alpha = {1e6 * fit.alpha_s:.1f} us, beta = {fit.beta_s_per_byte:.3e} s/B "
+        f"({1e-9 / fit.beta_s_per_byte:.2f} GB/s); |error| median {100 * fit.median_abs_error:.1f}%, "
+        f"max {100 * fit.max_abs_error:.1f}%"
+    )
     cpu = cpu_model()
     result = {
-        "benchmark": "allreduce_calibration", "date": dt.date.today().isoformat(), "cpu": cpu,
-        "cpu_cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+        "benchmark": "allreduce_calibration",
+        "date": dt.date.today().isoformat(),
+        "cpu": cpu,
+        "cpu_cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
         "largebatch": largebatch.__version__,
-        "config": {"backend": "gloo", "world_sizes": WORLD_SIZES, "sizes_bytes": SIZES_BYTES, "repeats": args.repeats,
-                   "threads_per_rank": 1, "model": "ring: 2(N-1) alpha + 2(N-1)/N D beta"},
-        "fit": {"alpha_s": fit.alpha_s, "beta_s_per_byte": fit.beta_s_per_byte,
-                "bandwidth_gb_s": 1e-9 / fit.beta_s_per_byte, "median_abs_relative_error": fit.median_abs_error,
-                "max_abs_relative_error": fit.max_abs_error},
+        "config": {
+            "backend": "gloo",
+            "world_sizes": WORLD_SIZES,
+            "sizes_bytes": SIZES_BYTES,
+            "repeats": args.repeats,
+            "threads_per_rank": 1,
+            "model": "ring: 2(N-1) alpha + 2(N-1)/N D beta",
+        },
+        "fit": {
+            "alpha_s": fit.alpha_s,
+            "beta_s_per_byte": fit.beta_s_per_byte,
+            "bandwidth_gb_s": 1e-9 / fit.beta_s_per_byte,
+            "median_abs_relative_error": fit.median_abs_error,
+            "max_abs_relative_error": fit.max_abs_error,
+        },
         "measurements": measurements,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -40,8 +40,14 @@ from _machine import cpu_model
 import largebatch
 
 SIZES_BYTES = [64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20]
-VARIANTS = ["allreduce (DDP default)", "hierarchical (scatter)", "hierarchical (reduce)", "torus2d 2x2",
-            "allreduce + fp16 compression", "allreduce + bf16 compression"]
+VARIANTS = [
+    "allreduce (DDP default)",
+    "hierarchical (scatter)",
+    "hierarchical (reduce)",
+    "torus2d 2x2",
+    "allreduce + fp16 compression",
+    "allreduce + bf16 compression",
+]
 
 
 def _variant(name: str, groups):
@@ -54,6 +60,7 @@ def _variant(name: str, groups):
             c = t.div(world).to(dtype)
             dist.all_reduce(c)
             t.copy_(c)
+
         return run
 
     return {
@@ -100,8 +107,9 @@ def main() -> None:
     world = 4
     with tempfile.TemporaryDirectory() as tmp:
         raw = os.path.join(tmp, "times.pt")
-        mp.start_processes(_worker, args=(world, os.path.join(tmp, "init"), raw, args.rounds), nprocs=world,
-                           start_method="spawn")
+        mp.start_processes(
+            _worker, args=(world, os.path.join(tmp, "init"), raw, args.rounds), nprocs=world, start_method="spawn"
+        )
         times = torch.load(raw)
     rows = []
     print(f"{'bucket':>8}  " + "  ".join(f"{v[:22]:>22}" for v in VARIANTS))
@@ -111,17 +119,32 @@ def main() -> None:
         cells = []
         for name in VARIANTS:
             med = statistics.median(per[name])
-            row[name] = {"median_ms": 1e3 * med, "min_ms": 1e3 * min(per[name]), "max_ms": 1e3 * max(per[name]),
-                         "ratio_to_allreduce": med / base}
+            row[name] = {
+                "median_ms": 1e3 * med,
+                "min_ms": 1e3 * min(per[name]),
+                "max_ms": 1e3 * max(per[name]),
+                "ratio_to_allreduce": med / base,
+            }
             cells.append(f"{1e3 * med:9.2f} ms x{med / base:5.2f}")
         rows.append(row)
         print(f"{size >> 10:>6}KB  " + "  ".join(f"{c:>22}" for c in cells))
     cpu = cpu_model()
     result = {
-        "benchmark": "comm_hooks", "date": dt.date.today().isoformat(), "cpu": cpu, "cpu_cores": os.cpu_count(),
-        "python": platform.python_version(), "torch": torch.__version__, "largebatch": largebatch.__version__,
-        "config": {"backend": "gloo", "world_size": world, "topology": "2 simulated nodes x 2 workers, torus 2x2",
-                   "dtype": "float32", "threads_per_rank": 1, "rounds": args.rounds},
+        "benchmark": "comm_hooks",
+        "date": dt.date.today().isoformat(),
+        "cpu": cpu,
+        "cpu_cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "largebatch": largebatch.__version__,
+        "config": {
+            "backend": "gloo",
+            "world_size": world,
+            "topology": "2 simulated nodes x 2 workers, torus 2x2",
+            "dtype": "float32",
+            "threads_per_rank": 1,
+            "rounds": args.rounds,
+        },
         "results": rows,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -92,8 +92,14 @@ def per_image_costs(root: Path, samples: int = 100) -> dict:
     for b in blobs:
         Image.open(io.BytesIO(b)).convert("RGB")
     out["pil_decode_ms"] = 1e3 * (time.perf_counter() - t0) / len(blobs)
-    pil_aug = transforms.Compose([transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(),
-                                  transforms.ToTensor(), transforms.Normalize((0.5,) * 3, (0.2,) * 3)])
+    pil_aug = transforms.Compose(
+        [
+            transforms.RandomResizedCrop(224),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize((0.5,) * 3, (0.2,) * 3),
+        ]
+    )
     t0 = time.perf_counter()
     for b in blobs:
         pil_aug(Image.open(io.BytesIO(b)).convert("RGB"))
@@ -136,12 +142,31 @@ def main() -> None:
         from largebatch.data.shards import prepare
 
         prepare(str(root), str(shards), max_side_px=256, quality=90, progress=False)
-    pipes = {name: ImageFolderData(str(root), image_size_px=224, augment=True, loader_workers=args.workers,
-                                   train_subset=0, test_subset=0, device=torch.device("cpu"), decoder=name)
-             for name in ("pil", "torchvision")}
+    pipes = {
+        name: ImageFolderData(
+            str(root),
+            image_size_px=224,
+            augment=True,
+            loader_workers=args.workers,
+            train_subset=0,
+            test_subset=0,
+            device=torch.device("cpu"),
+            decoder=name,
+        )
+        for name in ("pil", "torchvision")
+    }
+
     def pipe(path, **kwargs):
-        return ImageFolderData(str(path), image_size_px=224, augment=True, loader_workers=args.workers,
-                               train_subset=0, test_subset=0, device=torch.device("cpu"), **kwargs)
+        return ImageFolderData(
+            str(path),
+            image_size_px=224,
+            augment=True,
+            loader_workers=args.workers,
+            train_subset=0,
+            test_subset=0,
+            device=torch.device("cpu"),
+            **kwargs,
+        )
 
     pipes["torchvision, shards"] = pipe(shards)
     # Batch decoding in the training process (on a GPU node: on the GPU); here on the CPU.
@@ -167,17 +192,30 @@ def main() -> None:
     # A GPU's feed: ResNet-50 training images/s per GPU from largebatch.sim presets (published figures):
     # V100 1,098 (Sony NNL, mixed precision) and H100 7,000 (MLPerf v3.0); cores = rate x cost per image.
     per_core = 1e3 / costs["torchvision_decode_augment_ms"]
-    feed = {gpu: {"images_per_s": rate, "cpu_cores_needed": rate / per_core}
-            for gpu, rate in (("V100 (mikami2018 preset)", 1098.4), ("H100 (h100_ndr preset)", 7000.0))}
+    feed = {
+        gpu: {"images_per_s": rate, "cpu_cores_needed": rate / per_core}
+        for gpu, rate in (("V100 (mikami2018 preset)", 1098.4), ("H100 (h100_ndr preset)", 7000.0))
+    }
     print(json.dumps(feed, indent=2))
     cpu = cpu_model()
     result = {
-        "benchmark": "data_pipeline", "date": dt.date.today().isoformat(), "cpu": cpu, "cpu_cores": os.cpu_count(),
-        "python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+        "benchmark": "data_pipeline",
+        "date": dt.date.today().isoformat(),
+        "cpu": cpu,
+        "cpu_cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
         "largebatch": largebatch.__version__,
-        "config": {"images": args.images, "size": "500x375 / 375x500, JPEG quality 90", "classes": 10,
-                   "loader_workers": args.workers, "batch": args.batch, "rounds": args.rounds,
-                   "augmentation": "random-resized crop 224 (0.08-1, 3/4-4/3) + flip + normalize"},
+        "config": {
+            "images": args.images,
+            "size": "500x375 / 375x500, JPEG quality 90",
+            "classes": 10,
+            "loader_workers": args.workers,
+            "batch": args.batch,
+            "rounds": args.rounds,
+            "augmentation": "random-resized crop 224 (0.08-1, 3/4-4/3) + flip + normalize",
+        },
         "images_per_s": {name: {"median": med[name], "rounds": r} for name, r in rates.items()},
         "ratio_ours_to_baseline": ratio,
         "ratio_ours_shards_to_baseline": ratio_shards,

@@ -77,8 +77,11 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/ghost_bn.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    variants = ["plain BN (1 group of 256)", "ghost BN, loop over 8 groups of 32 (default)",
-                "folded ghost BN, 1 call over 8 groups of 32"]
+    variants = [
+        "plain BN (1 group of 256)",
+        "ghost BN, loop over 8 groups of 32 (default)",
+        "folded ghost BN, 1 call over 8 groups of 32",
+    ]
     x = torch.randn(args.batch, 1, 28, 28).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (args.batch,))
     built = {v: make(v) for v in variants}
@@ -102,17 +105,37 @@ def main() -> None:
     rows = []
     for v in variants:
         med = statistics.median(times[v])
-        rows.append({"variant": v, "median_step_ms": 1e3 * med, "min_step_ms": 1e3 * min(times[v]),
-                     "max_step_ms": 1e3 * max(times[v]), "ratio_to_plain_bn": med / base})
-        print(f"{v:48s} median {1e3 * med:7.1f} ms/step  [{1e3 * min(times[v]):.1f}, {1e3 * max(times[v]):.1f}]  "
-              f"x{med / base:.3f} of plain BN")
+        rows.append(
+            {
+                "variant": v,
+                "median_step_ms": 1e3 * med,
+                "min_step_ms": 1e3 * min(times[v]),
+                "max_step_ms": 1e3 * max(times[v]),
+                "ratio_to_plain_bn": med / base,
+            }
+        )
+        print(
+            f"{v:48s} median {1e3 * med:7.1f} ms/step  [{1e3 * min(times[v]):.1f}, {1e3 * max(times[v]):.1f}]  "
+            f"x{med / base:.3f} of plain BN"
+        )
     cpu = cpu_model()
     result = {
-        "benchmark": "ghost_bn", "date": dt.date.today().isoformat(), "cpu": cpu, "cores": torch.get_num_threads(),
-        "threads": args.threads, "python": platform.python_version(), "torch": torch.__version__,
-        "torchvision": torchvision.__version__, "largebatch": largebatch.__version__,
-        "config": {"model": "resnet_fmnist width 16 channels_last", "per_worker_batch": args.batch,
-                   "bn_batch_size": 32, "rounds": args.rounds, "steps_per_round": args.steps},
+        "benchmark": "ghost_bn",
+        "date": dt.date.today().isoformat(),
+        "cpu": cpu,
+        "cores": torch.get_num_threads(),
+        "threads": args.threads,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "largebatch": largebatch.__version__,
+        "config": {
+            "model": "resnet_fmnist width 16 channels_last",
+            "per_worker_batch": args.batch,
+            "bn_batch_size": 32,
+            "rounds": args.rounds,
+            "steps_per_round": args.steps,
+        },
         "results": rows,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

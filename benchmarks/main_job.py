@@ -53,7 +53,8 @@ def profile(summary: dict, command_s: float, command_start_unix: float) -> dict:
         "checkpoints": summary.get("checkpoint_s", 0.0),
         "after_training": command_s - before - train,
         "time_to_target_from_command_s": before + summary["time_to_target_s"]
-        if summary.get("time_to_target_s") is not None else None,
+        if summary.get("time_to_target_s") is not None
+        else None,
     }
     return out
 
@@ -82,19 +83,30 @@ def main() -> None:
             evals = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
             evals = [{"epoch": r["epoch"], "top1": r["top1"]} for r in evals if r["kind"] == "eval"]
         phases = profile(summary, command_s, t0_unix)
-        runs.append({"command_s": command_s, "time_to_target_from_command_s": phases.pop("time_to_target_from_command_s"),
-                     "phases_s": phases, "summary": summary, "evals": evals})
-        print(f"run {i}: top-1 {summary['top1']:.2f}% (best {summary['best_top1']:.2f}%), command {command_s:.1f} s, "
-              f"training {summary['wall_s']:.1f} s, {summary['images_per_s']:.0f} images/s, "
-              f"time to {summary['target_top1']}% from the command's start: {runs[-1]['time_to_target_from_command_s']}; "
-              + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()), flush=True)
+        runs.append(
+            {
+                "command_s": command_s,
+                "time_to_target_from_command_s": phases.pop("time_to_target_from_command_s"),
+                "phases_s": phases,
+                "summary": summary,
+                "evals": evals,
+            }
+        )
+        print(
+            f"run {i}: top-1 {summary['top1']:.2f}% (best {summary['best_top1']:.2f}%), command {command_s:.1f} s, "
+            f"training {summary['wall_s']:.1f} s, {summary['images_per_s']:.0f} images/s, "
+            f"time to {summary['target_top1']}% from the command's start: {runs[-1]['time_to_target_from_command_s']}; "
+            + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()),
+            flush=True,
+        )
     times = [r["command_s"] for r in runs]
     to_target = [r["time_to_target_from_command_s"] for r in runs if r["time_to_target_from_command_s"] is not None]
     top1 = [r["summary"]["top1"] for r in runs]
     result = {
         "benchmark": "main_job",
         "date": dt.date.today().isoformat(),
-        "command": "largebatch train " + (f"--recipe {args.recipe}" if args.recipe else "(default recipe)")
+        "command": "largebatch train "
+        + (f"--recipe {args.recipe}" if args.recipe else "(default recipe)")
         + (" " + " ".join(args.extra) if args.extra else ""),
         "hardware": {k: env[k] for k in ("cpu", "cpu_cores", "platform")},
         "versions": {k: env[k] for k in ("python", "torch", "torchvision", "largebatch")},

@@ -49,8 +49,16 @@ def _time_steps(model_name: str, noise: bool, steps: int) -> float:
 
     channels, size, batch = MODELS[model_name]
     torch.manual_seed(0)
-    model = build_model(model_name, num_classes=10, in_channels=channels, bn_batch_size=32, width=16,
-                        blocks_per_stage=1, zero_init_residual=True, fc_init_std=0.01)
+    model = build_model(
+        model_name,
+        num_classes=10,
+        in_channels=channels,
+        bn_batch_size=32,
+        width=16,
+        blocks_per_stage=1,
+        zero_init_residual=True,
+        fc_init_std=0.01,
+    )
     ddp = DDP(model)
     state, est = None, NoiseScaleEstimator()
     if noise:
@@ -100,8 +108,16 @@ def isolated_cost(model_name: str, reps: int = 200) -> dict:
     torch.set_num_threads(1)
     channels, size, batch = MODELS[model_name]
     torch.manual_seed(0)
-    model = build_model(model_name, num_classes=10, in_channels=channels, bn_batch_size=32, width=16,
-                        blocks_per_stage=1, zero_init_residual=True, fc_init_std=0.01)
+    model = build_model(
+        model_name,
+        num_classes=10,
+        in_channels=channels,
+        bn_batch_size=32,
+        width=16,
+        blocks_per_stage=1,
+        zero_init_residual=True,
+        fc_init_std=0.01,
+    )
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x, y = torch.randn(batch, channels, size, size), torch.randint(0, 10, (batch,))
     steps = []
@@ -121,8 +137,7 @@ def isolated_cost(model_name: str, reps: int = 200) -> dict:
         est.update(local, reduced, batch, 2 * batch)
         extra.append(time.perf_counter() - t0)
     step, add = statistics.median(steps), statistics.median(extra)
-    return {"step_ms": 1e3 * step, "added_ms": 1e3 * add, "added_fraction": add / step,
-            "gradient_values": flat.numel()}
+    return {"step_ms": 1e3 * step, "added_ms": 1e3 * add, "added_fraction": add / step, "gradient_values": flat.numel()}
 
 
 def main() -> None:
@@ -133,26 +148,46 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         raw = os.path.join(tmp, "raw.json")
-        mp.start_processes(_worker, args=(2, os.path.join(tmp, "init"), raw, args.rounds, args.steps), nprocs=2,
-                           start_method="spawn")
+        mp.start_processes(
+            _worker, args=(2, os.path.join(tmp, "init"), raw, args.rounds, args.steps), nprocs=2, start_method="spawn"
+        )
         results = json.loads(Path(raw).read_text())
     summary = {}
     isolated = {m: isolated_cost(m) for m in MODELS}
     for m, c in isolated.items():
-        print(f"{m:14s} step {c['step_ms']:8.2f} ms, added by the noise scale {c['added_ms']:.3f} ms "
-              f"({100 * c['added_fraction']:.2f}% of the step; {c['gradient_values']:,} gradient values)")
+        print(
+            f"{m:14s} step {c['step_ms']:8.2f} ms, added by the noise scale {c['added_ms']:.3f} ms "
+            f"({100 * c['added_fraction']:.2f}% of the step; {c['gradient_values']:,} gradient values)"
+        )
     for m, r in results.items():
         off, on = statistics.median(r["off"]), statistics.median(r["on"])
-        summary[m] = {"step_ms_off": 1e3 * off, "step_ms_on": 1e3 * on, "ratio_on_to_off": on / off,
-                      "rounds_ms_off": [1e3 * v for v in r["off"]], "rounds_ms_on": [1e3 * v for v in r["on"]]}
+        summary[m] = {
+            "step_ms_off": 1e3 * off,
+            "step_ms_on": 1e3 * on,
+            "ratio_on_to_off": on / off,
+            "rounds_ms_off": [1e3 * v for v in r["off"]],
+            "rounds_ms_on": [1e3 * v for v in r["on"]],
+        }
         print(f"{m:14s} off {1e3 * off:8.2f} ms  on {1e3 * on:8.2f} ms  ratio {on / off:.4f}")
-    result = {"benchmark": "noise_scale_overhead", "date": dt.date.today().isoformat(), "cpu": cpu_model(),
-              "cpu_cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-              "largebatch": largebatch.__version__,
-              "config": {"ranks": 2, "backend": "gloo", "threads_per_rank": 1, "rounds": args.rounds,
-                         "steps": args.steps, "models": {m: {"in_channels": c, "size_px": s, "per_worker_batch": b}
-                                                         for m, (c, s, b) in MODELS.items()}},
-              "results": summary, "isolated_cost": isolated}
+    result = {
+        "benchmark": "noise_scale_overhead",
+        "date": dt.date.today().isoformat(),
+        "cpu": cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "largebatch": largebatch.__version__,
+        "config": {
+            "ranks": 2,
+            "backend": "gloo",
+            "threads_per_rank": 1,
+            "rounds": args.rounds,
+            "steps": args.steps,
+            "models": {m: {"in_channels": c, "size_px": s, "per_worker_batch": b} for m, (c, s, b) in MODELS.items()},
+        },
+        "results": summary,
+        "isolated_cost": isolated,
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
 

@@ -57,7 +57,9 @@ def variants():
     out = {
         FLOOR: lambda g: torch.optim.SGD(g, lr=0.1, momentum=0.9, foreach=True),
         SINGLE_FLOOR: lambda g: torch.optim.SGD(g, lr=0.1, momentum=0.9, foreach=False),
-        "torch Adam (foreach=False), Lamb without the trust ratio": lambda g: torch.optim.Adam(g, lr=0.01, foreach=False),
+        "torch Adam (foreach=False), Lamb without the trust ratio": lambda g: torch.optim.Adam(
+            g, lr=0.01, foreach=False
+        ),
         "largebatch Lars": lambda g: Lars(g, lr=10.0, momentum=0.9),
         "largebatch Lamb": lambda g: Lamb(g, lr=0.01),
         "largebatch RMSpropWarmup": lambda g: RMSpropWarmup(g, lr=3.2, steps_per_epoch=100),
@@ -113,11 +115,20 @@ def main() -> None:
     med = {name: statistics.median(ts) for name, ts in times.items()}
     rows = []
     for name, ts in times.items():
-        rows.append({"optimizer": name, "median_step_ms": 1e3 * med[name], "min_step_ms": 1e3 * min(ts),
-                     "max_step_ms": 1e3 * max(ts), "ratio_to_sgd_foreach": med[name] / med[FLOOR],
-                     "ratio_to_sgd_single_tensor": med[name] / med[SINGLE_FLOOR]})
-        print(f"{name:40s} {1e3 * med[name]:8.1f} ms  [{1e3 * min(ts):.1f}, {1e3 * max(ts):.1f}]"
-              f"  x{med[name] / med[FLOOR]:.2f} of SGD foreach, x{med[name] / med[SINGLE_FLOOR]:.2f} of SGD single")
+        rows.append(
+            {
+                "optimizer": name,
+                "median_step_ms": 1e3 * med[name],
+                "min_step_ms": 1e3 * min(ts),
+                "max_step_ms": 1e3 * max(ts),
+                "ratio_to_sgd_foreach": med[name] / med[FLOOR],
+                "ratio_to_sgd_single_tensor": med[name] / med[SINGLE_FLOOR],
+            }
+        )
+        print(
+            f"{name:40s} {1e3 * med[name]:8.1f} ms  [{1e3 * min(ts):.1f}, {1e3 * max(ts):.1f}]"
+            f"  x{med[name] / med[FLOOR]:.2f} of SGD foreach, x{med[name] / med[SINGLE_FLOOR]:.2f} of SGD single"
+        )
     peers = {}
     for ours, peer in (("largebatch Lars", "timm Lars"), ("largebatch Lamb", "timm Lamb")):
         if peer in med:
@@ -131,13 +142,24 @@ def main() -> None:
     except ImportError:
         timm_version = None
     result = {
-        "benchmark": "optimizer_step", "date": dt.date.today().isoformat(), "cpu": cpu,
-        "threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__,
-        "torchvision": torchvision.__version__, "timm": timm_version, "largebatch": largebatch.__version__,
-        "config": {"model": "torchvision resnet50", "parameters": n_params, "dtype": "float32",
-                   "groups": "decay/adapt (conv+fc weights), no_decay/no_adapt (BN, biases)",
-                   "rounds": args.rounds, "steps_per_round": args.steps,
-                   "gradients": "restored before each step, outside the timed region"},
+        "benchmark": "optimizer_step",
+        "date": dt.date.today().isoformat(),
+        "cpu": cpu,
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "timm": timm_version,
+        "largebatch": largebatch.__version__,
+        "config": {
+            "model": "torchvision resnet50",
+            "parameters": n_params,
+            "dtype": "float32",
+            "groups": "decay/adapt (conv+fc weights), no_decay/no_adapt (BN, biases)",
+            "rounds": args.rounds,
+            "steps_per_round": args.steps,
+            "gradients": "restored before each step, outside the timed region",
+        },
         "results": rows,
         "ours_over_peer": peers,
     }

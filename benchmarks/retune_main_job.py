@@ -54,10 +54,22 @@ def run(name: str, out: Path) -> dict:
         return json.loads((run_dir / "summary.json").read_text())
     if run_dir.exists():
         shutil.rmtree(run_dir)  # an interrupted run starts again (its checkpoints are not kept)
-    cmd = [sys.executable, "-m", "largebatch", "train", "--out", str(run_dir),
-           "--set", f"data.val_size={VAL_SIZE}", "--set", f"train.epochs={epochs}",
-           "--set", f"schedule.warmup_epochs={warmup:.6g}",
-           "--set", "schedule.decay_epochs=[" + ", ".join(f"{d:.6g}" for d in decays) + "]"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "largebatch",
+        "train",
+        "--out",
+        str(run_dir),
+        "--set",
+        f"data.val_size={VAL_SIZE}",
+        "--set",
+        f"train.epochs={epochs}",
+        "--set",
+        f"schedule.warmup_epochs={warmup:.6g}",
+        "--set",
+        "schedule.decay_epochs=[" + ", ".join(f"{d:.6g}" for d in decays) + "]",
+    ]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
@@ -85,12 +97,24 @@ def main() -> None:
     rows = {}
     for name in args.only or CANDIDATES:
         s = run(name, out)
-        rows[name] = {"epochs": CANDIDATES[name][0], "warmup_epochs": CANDIDATES[name][1],
-                      "decay_epochs": CANDIDATES[name][2], "val_top1": s["val_top1"],
-                      "train_wall_s": s["wall_s"], "command_s": s.get("command_s"), "precision": s.get("precision")}
+        rows[name] = {
+            "epochs": CANDIDATES[name][0],
+            "warmup_epochs": CANDIDATES[name][1],
+            "decay_epochs": CANDIDATES[name][2],
+            "val_top1": s["val_top1"],
+            "train_wall_s": s["wall_s"],
+            "command_s": s.get("command_s"),
+            "precision": s.get("precision"),
+        }
         print(f"{name}: val top-1 {s['val_top1']:.2f}%, training {s['wall_s']:.0f} s", flush=True)
-    result = {"benchmark": "retune_main_job", "date": dt.date.today().isoformat(), "machine": machine(),
-              "val_size": VAL_SIZE, "tolerance": args.tolerance, "rows": rows}
+    result = {
+        "benchmark": "retune_main_job",
+        "date": dt.date.today().isoformat(),
+        "machine": machine(),
+        "val_size": VAL_SIZE,
+        "tolerance": args.tolerance,
+        "rows": rows,
+    }
     if "reference_e9" in rows:
         floor = rows["reference_e9"]["val_top1"] - args.tolerance
         ok = [n for n, r in rows.items() if r["val_top1"] >= floor]

@@ -56,8 +56,13 @@ def _config(steps: int, precision: str, variant: str):
     from largebatch.config import apply_overrides
     from largebatch.recipes import DEFAULT_RECIPE, get_recipe
 
-    overrides = [f"data.train_subset={steps * 512}", "data.test_subset=1000", "train.epochs=1",
-                 f"train.precision={precision}", "train.target_top1=0"]
+    overrides = [
+        f"data.train_subset={steps * 512}",
+        "data.test_subset=1000",
+        "train.epochs=1",
+        f"train.precision={precision}",
+        "train.target_top1=0",
+    ]
     if variant == "no_noise_scale":
         overrides.append("train.noise_scale=false")
     if variant == "no_metrics":
@@ -104,8 +109,16 @@ def run_bare(env, steps: int, precision: str) -> float:
     cfg = _config(steps, precision, "bare")
     data = build_data(cfg, device=env.device)
     torch.manual_seed(cfg.train.seed)
-    model = build_model("resnet_fmnist", num_classes=10, in_channels=1, bn_batch_size=32, width=16,
-                        blocks_per_stage=1, zero_init_residual=True, fc_init_std=0.01)
+    model = build_model(
+        "resnet_fmnist",
+        num_classes=10,
+        in_channels=1,
+        bn_batch_size=32,
+        width=16,
+        blocks_per_stage=1,
+        zero_init_residual=True,
+        fc_init_std=0.01,
+    )
     model = model.to(memory_format=torch.channels_last)
     ddp = DDP(model, forward_sync_buffers=False)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
@@ -147,8 +160,9 @@ def flops_per_image(precision: str) -> float:
     return counter.get_total_flops() / 256
 
 
-def _worker(rank: int, world: int, init_file: str, out: str, rounds: int, steps: int, bf16_steps: int,
-            precision: str) -> None:
+def _worker(
+    rank: int, world: int, init_file: str, out: str, rounds: int, steps: int, bf16_steps: int, precision: str
+) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
@@ -189,8 +203,20 @@ def main() -> None:
     precision = choose_precision("auto", torch.device("cpu"))
     with tempfile.TemporaryDirectory() as tmp:
         result_file = os.path.join(tmp, "result.json")
-        mp.start_processes(_worker, args=(2, os.path.join(tmp, "rdzv"), result_file, args.rounds, args.steps,
-                                          args.bf16_steps, precision.precision), nprocs=2, start_method="spawn")
+        mp.start_processes(
+            _worker,
+            args=(
+                2,
+                os.path.join(tmp, "rdzv"),
+                result_file,
+                args.rounds,
+                args.steps,
+                args.bf16_steps,
+                precision.precision,
+            ),
+            nprocs=2,
+            start_method="spawn",
+        )
         raw = json.loads(Path(result_file).read_text())
     rows = raw["rows"]
     ratios = {v: [row[v] / row["bare"] for row in rows] for v in VARIANTS}
@@ -200,8 +226,10 @@ def main() -> None:
     bare_ips = statistics.median(row["bare"] for row in rows)
     main_precision = precision.precision
     achieved = {
-        main_precision: {"trainer_gflop_s": flops[main_precision] * trainer_ips / 1e9,
-                         "bare_gflop_s": flops[main_precision] * bare_ips / 1e9},
+        main_precision: {
+            "trainer_gflop_s": flops[main_precision] * trainer_ips / 1e9,
+            "bare_gflop_s": flops[main_precision] * bare_ips / 1e9,
+        },
     }
     if raw["bf16_bare"]:
         achieved["bf16_bare_gflop_s"] = flops["bf16"] * raw["bf16_bare"] / 1e9
@@ -211,17 +239,27 @@ def main() -> None:
         "date": dt.date.today().isoformat(),
         "machine": machine(),
         "versions": {"torch": torch.__version__, "largebatch": largebatch.__version__},
-        "config": {"rounds": args.rounds, "steps": args.steps, "global_batch_size": 512, "world_size": 2,
-                   "threads_per_rank": 1, "precision": main_precision, "precision_reason": precision.reason,
-                   "model": "resnet_fmnist (ghost BN 32, channels_last)", "bf16_steps": args.bf16_steps},
+        "config": {
+            "rounds": args.rounds,
+            "steps": args.steps,
+            "global_batch_size": 512,
+            "world_size": 2,
+            "threads_per_rank": 1,
+            "precision": main_precision,
+            "precision_reason": precision.reason,
+            "model": "resnet_fmnist (ghost BN 32, channels_last)",
+            "bf16_steps": args.bf16_steps,
+        },
         "images_per_s": rows,
         "ratio_to_bare": ratios,
         "median_ratio_to_bare": {v: statistics.median(r) for v, r in ratios.items()},
         "flops_per_image": flops,
         "peak": peak,
         "achieved": achieved,
-        "fraction_of_peak": {"trainer": achieved[main_precision]["trainer_gflop_s"] / peak["fp32_gflop_s"],
-                             "bare": achieved[main_precision]["bare_gflop_s"] / peak["fp32_gflop_s"]},
+        "fraction_of_peak": {
+            "trainer": achieved[main_precision]["trainer_gflop_s"] / peak["fp32_gflop_s"],
+            "bare": achieved[main_precision]["bare_gflop_s"] / peak["fp32_gflop_s"],
+        },
         "bf16_bare_images_per_s": raw["bf16_bare"],
         "fp32_bare_images_per_s_same_steps": raw["fp32_bare_same_steps"],
     }
@@ -229,9 +267,11 @@ def main() -> None:
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     med = result["median_ratio_to_bare"]
     print("median ratio to the bare loop: " + ", ".join(f"{k} {v:.3f}" for k, v in med.items()))
-    print(f"FLOPs/image {flops['fp32'] / 1e6:.1f} M; {main_precision}: trainer "
-          f"{achieved[main_precision]['trainer_gflop_s']:.1f} GFLOP/s, peak {peak['fp32_gflop_s']:.1f} GFLOP/s "
-          f"({result['fraction_of_peak']['trainer']:.0%}); bf16 bare {raw['bf16_bare']} images/s")
+    print(
+        f"FLOPs/image {flops['fp32'] / 1e6:.1f} M; {main_precision}: trainer "
+        f"{achieved[main_precision]['trainer_gflop_s']:.1f} GFLOP/s, peak {peak['fp32_gflop_s']:.1f} GFLOP/s "
+        f"({result['fraction_of_peak']['trainer']:.0%}); bf16 bare {raw['bf16_bare']} images/s"
+    )
 
 
 if __name__ == "__main__":

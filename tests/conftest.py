@@ -16,10 +16,23 @@ sys.path.insert(0, os.path.dirname(__file__))
 # draws fresh random examples, 20x as many, to hunt for new failures (then pin them with @example).
 from hypothesis import HealthCheck, settings  # noqa: E402
 
-settings.register_profile("default", max_examples=300, deadline=None, derandomize=True, database=None,
-                          suppress_health_check=[HealthCheck.too_slow], print_blob=True)
-settings.register_profile("explore", max_examples=6000, deadline=None, derandomize=False,
-                          suppress_health_check=[HealthCheck.too_slow], print_blob=True)
+settings.register_profile(
+    "default",
+    max_examples=300,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    print_blob=True,
+)
+settings.register_profile(
+    "explore",
+    max_examples=6000,
+    deadline=None,
+    derandomize=False,
+    suppress_health_check=[HealthCheck.too_slow],
+    print_blob=True,
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
@@ -36,6 +49,7 @@ def pytest_collection_modifyitems(session, config, items):
     collected = {Path(str(item.path)).resolve() for item in items}
     missing = sorted(str(p.relative_to(here.parent)) for p in here.rglob("test_*.py") if p.resolve() not in collected)
     if missing:
-        raise pytest.UsageError(f"test files that collected no tests: {', '.join(missing)} (a folder named like "
-                                "one of pytest's norecursedirs, e.g. dist/ or build/, is skipped; rename it)")
-
+        raise pytest.UsageError(
+            f"test files that collected no tests: {', '.join(missing)} (a folder named like "
+            "one of pytest's norecursedirs, e.g. dist/ or build/, is skipped; rename it)"
+        )

@@ -42,21 +42,26 @@ def read_config_file(path: str | os.PathLike) -> Config:
     if p.is_dir():
         p = p / "config.json"
     if not p.is_file():
-        raise ConfigError(f"--config {str(path)!r}: no such file (give the YAML printed by `largebatch recipes NAME` "
-                          f"or a run's config.json)")
+        raise ConfigError(
+            f"--config {str(path)!r}: no such file (give the YAML printed by `largebatch recipes NAME` "
+            f"or a run's config.json)"
+        )
     try:
         text = p.read_text()
         data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as err:
-        raise ConfigError(f"--config {str(p)!r} is not readable {'JSON' if p.suffix == '.json' else 'YAML'}: "
-                          f"{str(err).splitlines()[0]}") from None
+        raise ConfigError(
+            f"--config {str(p)!r} is not readable {'JSON' if p.suffix == '.json' else 'YAML'}: "
+            f"{str(err).splitlines()[0]}"
+        ) from None
     if not isinstance(data, dict):
         raise ConfigError(f"--config {str(p)!r} holds a {type(data).__name__}, not a mapping of config sections")
     try:
         return config_from_dict(data)
     except OmegaConfBaseException as err:
-        raise ConfigError(f"--config {str(p)!r}: {str(err).splitlines()[0]}; `largebatch recipes NAME` prints "
-                          f"a valid file") from None
+        raise ConfigError(
+            f"--config {str(p)!r}: {str(err).splitlines()[0]}; `largebatch recipes NAME` prints a valid file"
+        ) from None
 
 
 def load_config(config: str | os.PathLike | Config | dict = "", overrides: Iterable[str] = ()) -> Config:
@@ -104,8 +109,9 @@ class PreparedRun:
         return (to_dict(self.config), str(self.run_dir), self.resume)
 
 
-def prepare_run(cfg: Config, *, nproc: int | None = None, out: str | os.PathLike | None = None,
-                resume: str | None = None) -> PreparedRun:
+def prepare_run(
+    cfg: Config, *, nproc: int | None = None, out: str | os.PathLike | None = None, resume: str | None = None
+) -> PreparedRun:
     """Validate ``cfg`` for ``nproc`` workers (default ``train.nproc``), check the data, and choose the
     run directory and the checkpoint to resume from (``resume``: None, ``"auto"`` or a path).
 
@@ -127,7 +133,9 @@ def prepare_run(cfg: Config, *, nproc: int | None = None, out: str | os.PathLike
     run_dir, resume_path = choose_run_dir(cfg.recipe, out, resume)
     if resume_path is not None:  # refuse another config's checkpoint before any worker starts
         try:
-            found = latest_valid_checkpoint(run_dir) if resume == "auto" else (resume_path, load_checkpoint(resume_path))
+            found = (
+                latest_valid_checkpoint(run_dir) if resume == "auto" else (resume_path, load_checkpoint(resume_path))
+            )
         except CheckpointError as err:
             raise ConfigError(str(err)) from None
         if found is not None and (mismatch := config_mismatch(cfg, found[1]["config"], found[0])):
@@ -151,16 +159,27 @@ def launch(run: PreparedRun, *, max_restarts: int = 0) -> dict:
         return run_worker(*run.worker_args())
     from largebatch.dist.launch import default_start_method, launch_local
 
-    results = launch_local(run_worker, run.worker_args(), nproc=run.nproc, max_restarts=max_restarts,
-                           start_method=default_start_method(run.config.train.device),
-                           preload=("largebatch.train.trainer",))
+    results = launch_local(
+        run_worker,
+        run.worker_args(),
+        nproc=run.nproc,
+        max_restarts=max_restarts,
+        start_method=default_start_method(run.config.train.device),
+        preload=("largebatch.train.trainer",),
+    )
     preempted = [r for r in results.values() if isinstance(r, dict) and r.get("preempted")]
     return preempted[0] if preempted else results[min(results)]
 
 
-def train(config: str | os.PathLike | Config | dict = "", overrides: Iterable[str] = (), *,
-          nproc: int | None = None, out: str | os.PathLike | None = None, resume: str | None = None,
-          max_restarts: int = 0) -> dict:
+def train(
+    config: str | os.PathLike | Config | dict = "",
+    overrides: Iterable[str] = (),
+    *,
+    nproc: int | None = None,
+    out: str | os.PathLike | None = None,
+    resume: str | None = None,
+    max_restarts: int = 0,
+) -> dict:
     """Train a recipe, a config file or a :class:`Config` on local worker processes, like
     ``largebatch train``; returns the run's summary (``top1``, ``val_top1``, ``steps``,
     ``images_per_s``, ``run_dir``, ...; ``{"preempted": True, ...}`` after a SIGTERM).
@@ -182,4 +201,3 @@ def train(config: str | os.PathLike | Config | dict = "", overrides: Iterable[st
     """
     cfg = load_config(config, overrides)
     return launch(prepare_run(cfg, nproc=nproc, out=out, resume=resume), max_restarts=max_restarts)
-

@@ -88,13 +88,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _fail(str(err))
     except WorkerFailed as err:
         if err.exitcode == EXIT_PREEMPTED:  # a worker got SIGTERM, checkpointed and left (run_worker)
-            print(f"largebatch: stopped by SIGTERM; the workers wrote a checkpoint: continue with "
-                  f"--out {run.run_dir} --resume auto", file=sys.stderr)
+            print(
+                f"largebatch: stopped by SIGTERM; the workers wrote a checkpoint: continue with "
+                f"--out {run.run_dir} --resume auto",
+                file=sys.stderr,
+            )
             return EXIT_PREEMPTED
         return _fail(str(err), code=1)
     except SignalException as sig:  # the launcher itself got SIGTERM: its workers checkpointed and stopped
-        print(f"largebatch: stopped by {sig.sigval.name}; the workers wrote a checkpoint: continue with "
-              f"--out {run.run_dir} --resume auto", file=sys.stderr)
+        print(
+            f"largebatch: stopped by {sig.sigval.name}; the workers wrote a checkpoint: continue with "
+            f"--out {run.run_dir} --resume auto",
+            file=sys.stderr,
+        )
         return EXIT_PREEMPTED
     return EXIT_PREEMPTED if _preempted(result) else 0
 
@@ -121,8 +127,10 @@ def _eval_source(path_text: str):
         else:
             found = latest_valid_checkpoint(path)
             if found is None:
-                raise ConfigError(f"{path_text!r} holds neither model_final.pt nor a valid checkpoint; give a run "
-                                  f"directory, a checkpoint or a model_final.pt")
+                raise ConfigError(
+                    f"{path_text!r} holds neither model_final.pt nor a valid checkpoint; give a run "
+                    f"directory, a checkpoint or a model_final.pt"
+                )
             path = found[0]
     if not path.is_file():
         raise ConfigError(f"{path_text!r}: no such file or run directory")
@@ -138,7 +146,9 @@ def _eval_source(path_text: str):
         state = torch.load(path, map_location="cpu", weights_only=True)
         cfg = json.loads((path.parent / "config.json").read_text())
     except Exception as err:  # unreadable weights or config: one line
-        raise ConfigError(f"cannot read {path} with {path.parent / 'config.json'}: {str(err).splitlines()[0]}") from None
+        raise ConfigError(
+            f"cannot read {path} with {path.parent / 'config.json'}: {str(err).splitlines()[0]}"
+        ) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConfigError(f"{path} is not a state_dict of tensors")
     return cfg, state, None, str(path)
@@ -166,14 +176,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
     env = setup(cfg.train.device, threads_per_worker=cfg.train.threads_per_worker)
     try:
         data = build_data(cfg, device=env.device)
-        model = build_model(cfg.model.name, num_classes=data.num_classes, in_channels=data.in_channels,
-                            width=cfg.model.width, blocks_per_stage=cfg.model.blocks_per_stage).to(env.device)
+        model = build_model(
+            cfg.model.name,
+            num_classes=data.num_classes,
+            in_channels=data.in_channels,
+            width=cfg.model.width,
+            blocks_per_stage=cfg.model.blocks_per_stage,
+        ).to(env.device)
         model.load_state_dict(state)
         if cfg.model.channels_last:
             model = model.to(memory_format=torch.channels_last)
         precision = choose_precision(cfg.train.precision, env.device)  # as the training's evaluations
-        result = evaluate(model, data, env, channels_last=cfg.model.channels_last, split=args.split,
-                          batch_size=cfg.train.eval_batch_size, autocast_dtype=precision.autocast_dtype)
+        result = evaluate(
+            model,
+            data,
+            env,
+            channels_last=cfg.model.channels_last,
+            split=args.split,
+            batch_size=cfg.train.eval_batch_size,
+            autocast_dtype=precision.autocast_dtype,
+        )
         result.update(checkpoint=source, step=step, recipe=cfg.recipe, precision=precision.precision)
         if env.is_main:
             print(json.dumps(result, indent=2))
@@ -234,8 +256,15 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     from largebatch.data.shards import prepare
 
     try:
-        manifest = prepare(args.src, args.dst, max_side_px=args.max_side, quality=args.quality,
-                           shard_mb=args.shard_mb, workers=max(args.workers, 0), progress=sys.stderr.isatty())
+        manifest = prepare(
+            args.src,
+            args.dst,
+            max_side_px=args.max_side,
+            quality=args.quality,
+            shard_mb=args.shard_mb,
+            workers=max(args.workers, 0),
+            progress=sys.stderr.isatty(),
+        )
     except (FileNotFoundError, ValueError) as err:
         return _fail(str(err))
     for split, part in manifest["splits"].items():
@@ -261,16 +290,31 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.tune:
         from largebatch.study.tune import TuneSpec, run_tuned_sweep
 
-        spec = TuneSpec(out=Path(args.out), methods=methods, batch_sizes=args.batch_sizes, epochs=args.epochs,
-                        trials=args.trials, objective=args.objective, target_val_top1=args.target_val_top1,
-                        val_size=args.val_size, evals_per_epoch=args.evals_per_epoch, pruner=args.pruner,
-                        storage=args.storage, seeds=tuple(args.seeds), overrides=tuple(args.set), nproc=args.nproc,
-                        epochs_at=tuple(args.epochs_at))
+        spec = TuneSpec(
+            out=Path(args.out),
+            methods=methods,
+            batch_sizes=args.batch_sizes,
+            epochs=args.epochs,
+            trials=args.trials,
+            objective=args.objective,
+            target_val_top1=args.target_val_top1,
+            val_size=args.val_size,
+            evals_per_epoch=args.evals_per_epoch,
+            pruner=args.pruner,
+            storage=args.storage,
+            seeds=tuple(args.seeds),
+            overrides=tuple(args.set),
+            nproc=args.nproc,
+            epochs_at=tuple(args.epochs_at),
+        )
         try:
             run_tuned_sweep(spec)
         except KeyboardInterrupt:
-            print(f"largebatch sweep: interrupted; the running trial checkpointed. The same command continues the "
-                  f"study from {spec.storage_url}", file=sys.stderr)
+            print(
+                f"largebatch sweep: interrupted; the running trial checkpointed. The same command continues the "
+                f"study from {spec.storage_url}",
+                file=sys.stderr,
+            )
             return 75
         except (SweepError, ConfigError, KeyError) as err:
             return _fail(err.args[0] if isinstance(err, KeyError) else str(err))
@@ -307,10 +351,17 @@ def cmd_critical_batch(args: argparse.Namespace) -> int:
     from largebatch.study.branch import BranchError, run_branches
 
     try:
-        report = run_branches(Path(args.run), Path(args.out or Path(args.run) / "critical_batch"),
-                              steps=args.steps, batch_sizes=args.batch_sizes, budget_images=args.budget_images,
-                              tolerance=args.tolerance, min_reduction=args.min_reduction, nproc=args.nproc,
-                              overrides=args.set)
+        report = run_branches(
+            Path(args.run),
+            Path(args.out or Path(args.run) / "critical_batch"),
+            steps=args.steps,
+            batch_sizes=args.batch_sizes,
+            budget_images=args.budget_images,
+            tolerance=args.tolerance,
+            min_reduction=args.min_reduction,
+            nproc=args.nproc,
+            overrides=args.set,
+        )
     except (BranchError, ConfigError) as err:
         return _fail(str(err))
     except RuntimeError as err:
@@ -329,8 +380,15 @@ def cmd_advise(args: argparse.Namespace) -> int:
     if Path(out).exists() and any(Path(out).iterdir()):
         return _fail(f"--out {out} already holds files; give a new directory (nothing was overwritten)")
     try:
-        result = advise(args.recipe, args.set, out=out, probe_epochs=args.probe_epochs, nproc=args.nproc,
-                        preset=args.preset, measured=args.measured)
+        result = advise(
+            args.recipe,
+            args.set,
+            out=out,
+            probe_epochs=args.probe_epochs,
+            nproc=args.nproc,
+            preset=args.preset,
+            measured=args.measured,
+        )
     except (ConfigError, ValueError, KeyError) as err:
         return _fail(err.args[0] if isinstance(err, KeyError) else str(err))
     except RuntimeError as err:
@@ -351,27 +409,52 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a recipe (data-parallel)")
     p.add_argument("--recipe", default=None, help=f"recipe name (default {DEFAULT_RECIPE}); see `largebatch recipes`")
-    p.add_argument("--config", default=None, metavar="FILE",
-                   help="a YAML or JSON config (what `largebatch recipes NAME` prints, or a run's config.json or "
-                        "run directory) instead of --recipe; --set applies on top")
+    p.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="a YAML or JSON config (what `largebatch recipes NAME` prints, or a run's config.json or "
+        "run directory) instead of --recipe; --set applies on top",
+    )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
-    p.add_argument("--nproc", type=int, default=None,
-                   help="local worker processes (default: the recipe's train.nproc); not with torchrun")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=None,
+        help="local worker processes (default: the recipe's train.nproc); not with torchrun",
+    )
     p.add_argument("--out", default=None, help="run directory (default runs/<recipe>-<timestamp>)")
-    p.add_argument("--resume", default=None, metavar="auto|PATH",
-                   help="continue from the newest valid checkpoint of the run directory (auto) or from PATH")
-    p.add_argument("--max-restarts", type=int, default=0, metavar="R",
-                   help="restart all workers up to R times when one dies; each restart resumes from the newest "
-                        "valid checkpoint (torch.distributed.elastic)")
+    p.add_argument(
+        "--resume",
+        default=None,
+        metavar="auto|PATH",
+        help="continue from the newest valid checkpoint of the run directory (auto) or from PATH",
+    )
+    p.add_argument(
+        "--max-restarts",
+        type=int,
+        default=0,
+        metavar="R",
+        help="restart all workers up to R times when one dies; each restart resumes from the newest "
+        "valid checkpoint (torch.distributed.elastic)",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a run, a checkpoint or a model_final.pt on the test/validation split")
-    p.add_argument("path", nargs="?", default=None,
-                   help="a run directory (its model_final.pt, else its newest valid checkpoint), a checkpoint file "
-                        "(runs/<run>/checkpoints/*.pt) or a model_final.pt with its run's config.json beside it")
+    p.add_argument(
+        "path",
+        nargs="?",
+        default=None,
+        help="a run directory (its model_final.pt, else its newest valid checkpoint), a checkpoint file "
+        "(runs/<run>/checkpoints/*.pt) or a model_final.pt with its run's config.json beside it",
+    )
     p.add_argument("--checkpoint", default=None, help="the same as PATH (kept for scripts)")
-    p.add_argument("--split", default="test", choices=["test", "val"],
-                   help="test (default) or val: the data.val_size images held out of the training set")
+    p.add_argument(
+        "--split",
+        default="test",
+        choices=["test", "val"],
+        help="test (default) or val: the data.val_size images held out of the training set",
+    )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
     p.set_defaults(func=cmd_eval)
 
@@ -397,81 +480,166 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--workers", type=int, default=0, help="processes (default: all CPU cores)")
     q.set_defaults(func=cmd_data_prepare)
 
-    p = sub.add_parser("sweep", help="accuracy against global batch size for several large-batch methods "
-                                     "(Goyal et al. 2017, Fig. 1); table and figure")
-    p.add_argument("--methods", default="no_scaling,linear_no_warmup,goyal,lars,lamb,akiba,mikami",
-                   help="comma-separated: no_scaling, linear_no_warmup, goyal, nesterov, lars, lamb, akiba, mikami")
-    p.add_argument("--batch-sizes", type=_int_list, default=[128, 256, 512, 1024, 2048, 4096, 8192, 16384],
-                   help="comma-separated global batch sizes (default 128,...,16384)")
+    p = sub.add_parser(
+        "sweep",
+        help="accuracy against global batch size for several large-batch methods "
+        "(Goyal et al. 2017, Fig. 1); table and figure",
+    )
+    p.add_argument(
+        "--methods",
+        default="no_scaling,linear_no_warmup,goyal,lars,lamb,akiba,mikami",
+        help="comma-separated: no_scaling, linear_no_warmup, goyal, nesterov, lars, lamb, akiba, mikami",
+    )
+    p.add_argument(
+        "--batch-sizes",
+        type=_int_list,
+        default=[128, 256, 512, 1024, 2048, 4096, 8192, 16384],
+        help="comma-separated global batch sizes (default 128,...,16384)",
+    )
     p.add_argument("--seeds", type=_int_list, default=[0], help="comma-separated seeds (default 0)")
     p.add_argument("--epochs", type=int, default=4, help="epochs of every run (default 4); schedules are scaled to it")
     p.add_argument("--nproc", type=int, default=1, help="worker processes per run (default 1)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key in every run, e.g. --set data.train_subset=16384")
-    p.add_argument("--out", default="runs/sweep", help="sweep directory; runs already finished there are kept "
-                                                      "(default runs/sweep)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key in every run, e.g. --set data.train_subset=16384",
+    )
+    p.add_argument(
+        "--out", default="runs/sweep", help="sweep directory; runs already finished there are kept (default runs/sweep)"
+    )
     g = p.add_argument_group("tuning (--tune): every (method, batch) searched on a validation split with Optuna")
-    g.add_argument("--tune", action="store_true", help="tune each cell instead of running the recipes as written; "
-                   "--seeds beyond the first re-run each cell's chosen trial")
+    g.add_argument(
+        "--tune",
+        action="store_true",
+        help="tune each cell instead of running the recipes as written; "
+        "--seeds beyond the first re-run each cell's chosen trial",
+    )
     g.add_argument("--trials", type=int, default=8, help="finished trials per tuned cell (default 8)")
-    g.add_argument("--objective", default="steps", choices=["steps", "accuracy"],
-                   help="steps: fewest steps to --target-val-top1, trials stop there (Shallue et al. 2018); "
-                        "accuracy: validation top-1 after --epochs (equal epochs). Default steps")
-    g.add_argument("--target-val-top1", type=float, default=90.0,
-                   help="validation top-1 target in percent (default 90: Shallue et al.'s 0.10 error on Fashion-MNIST)")
+    g.add_argument(
+        "--objective",
+        default="steps",
+        choices=["steps", "accuracy"],
+        help="steps: fewest steps to --target-val-top1, trials stop there (Shallue et al. 2018); "
+        "accuracy: validation top-1 after --epochs (equal epochs). Default steps",
+    )
+    g.add_argument(
+        "--target-val-top1",
+        type=float,
+        default=90.0,
+        help="validation top-1 target in percent (default 90: Shallue et al.'s 0.10 error on Fashion-MNIST)",
+    )
     g.add_argument("--val-size", type=int, default=5000, help="images held out of the training set (default 5000)")
-    g.add_argument("--evals-per-epoch", type=int, default=4,
-                   help="validation evaluations per epoch: the resolution of steps to target (default 4)")
-    g.add_argument("--pruner", default="median", choices=["median", "halving", "none"],
-                   help="early stopping of trials that fall behind (default median)")
-    g.add_argument("--epochs-at", type=_batch_epochs, default=[], metavar="B=E,...",
-                   help="epochs at given global batches instead of --epochs, e.g. 4096=16,8192=32 (larger batches "
-                        "need more epochs to reach the target)")
-    g.add_argument("--storage", default="",
-                   help="Optuna storage URL (default sqlite:///OUT/study.db); a PostgreSQL or MySQL URL shared by "
-                        "several machines runs one study on all of them")
+    g.add_argument(
+        "--evals-per-epoch",
+        type=int,
+        default=4,
+        help="validation evaluations per epoch: the resolution of steps to target (default 4)",
+    )
+    g.add_argument(
+        "--pruner",
+        default="median",
+        choices=["median", "halving", "none"],
+        help="early stopping of trials that fall behind (default median)",
+    )
+    g.add_argument(
+        "--epochs-at",
+        type=_batch_epochs,
+        default=[],
+        metavar="B=E,...",
+        help="epochs at given global batches instead of --epochs, e.g. 4096=16,8192=32 (larger batches "
+        "need more epochs to reach the target)",
+    )
+    g.add_argument(
+        "--storage",
+        default="",
+        help="Optuna storage URL (default sqlite:///OUT/study.db); a PostgreSQL or MySQL URL shared by "
+        "several machines runs one study on all of them",
+    )
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("critical-batch", help="measure the critical batch size by branching short runs at several "
-                                              "batch sizes from checkpoints of a run (Merrill et al. 2025)")
+    p = sub.add_parser(
+        "critical-batch",
+        help="measure the critical batch size by branching short runs at several "
+        "batch sizes from checkpoints of a run (Merrill et al. 2025)",
+    )
     p.add_argument("run", help="run directory of the reference run (its checkpoints/ and metrics.jsonl)")
-    p.add_argument("--steps", type=_int_list, default=None,
-                   help="comma-separated checkpoint steps to branch from (default: every checkpoint of the run)")
-    p.add_argument("--batch-sizes", type=_int_list, default=[128, 256, 512, 1024, 2048, 4096],
-                   help="comma-separated global batch sizes of the branches (default 128,...,4096)")
-    p.add_argument("--budget-images", type=int, default=32768,
-                   help="training images per branch, the same at every batch (default 32768)")
-    p.add_argument("--tolerance", type=float, default=0.2,
-                   help="a batch is below the critical one while it keeps 1 - tolerance of the smallest batch's "
-                        "loss reduction (default 0.2)")
-    p.add_argument("--min-reduction", type=float, default=0.02,
-                   help="validation loss reduction (nats) the smallest batch's branch must exceed for a reading; "
-                        "below it the point is reported as not resolved (default 0.02)")
+    p.add_argument(
+        "--steps",
+        type=_int_list,
+        default=None,
+        help="comma-separated checkpoint steps to branch from (default: every checkpoint of the run)",
+    )
+    p.add_argument(
+        "--batch-sizes",
+        type=_int_list,
+        default=[128, 256, 512, 1024, 2048, 4096],
+        help="comma-separated global batch sizes of the branches (default 128,...,4096)",
+    )
+    p.add_argument(
+        "--budget-images",
+        type=int,
+        default=32768,
+        help="training images per branch, the same at every batch (default 32768)",
+    )
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.2,
+        help="a batch is below the critical one while it keeps 1 - tolerance of the smallest batch's "
+        "loss reduction (default 0.2)",
+    )
+    p.add_argument(
+        "--min-reduction",
+        type=float,
+        default=0.02,
+        help="validation loss reduction (nats) the smallest batch's branch must exceed for a reading; "
+        "below it the point is reported as not resolved (default 0.02)",
+    )
     p.add_argument("--nproc", type=int, default=1, help="worker processes per branch (default 1)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key in every branch")
-    p.add_argument("--out", default=None, help="study directory (default RUN/critical_batch); finished branches "
-                                               "there are kept")
+    p.add_argument(
+        "--out", default=None, help="study directory (default RUN/critical_batch); finished branches there are kept"
+    )
     p.set_defaults(func=cmd_critical_batch)
 
-    p = sub.add_parser("advise", help="measure the gradient noise scale in a short probe; report the critical "
-                                      "batch size, the linear-scaling range, GPUs and time to train")
+    p = sub.add_parser(
+        "advise",
+        help="measure the gradient noise scale in a short probe; report the critical "
+        "batch size, the linear-scaling range, GPUs and time to train",
+    )
     p.add_argument("--recipe", default=DEFAULT_RECIPE, help="recipe to probe")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
-    p.add_argument("--probe-epochs", type=float, default=1.0, help="length of the probe in epochs (default 1; "
-                                                                   "below 1 trains on that share of the data)")
+    p.add_argument(
+        "--probe-epochs",
+        type=float,
+        default=1.0,
+        help="length of the probe in epochs (default 1; below 1 trains on that share of the data)",
+    )
     p.add_argument("--nproc", type=int, default=2, help="worker processes of the probe (at least 2; default 2)")
-    p.add_argument("--preset", default="h100_ndr", help="cost-model cluster (see `largebatch simulate --help`; "
-                                                        "default h100_ndr); empty: no estimate")
+    p.add_argument(
+        "--preset",
+        default="h100_ndr",
+        help="cost-model cluster (see `largebatch simulate --help`; default h100_ndr); empty: no estimate",
+    )
     p.add_argument("--out", default=None, help="probe run directory (default runs/advise-<recipe>)")
-    p.add_argument("--measured", default=None, metavar="CRITICAL_BATCH_JSON",
-                   help="a report of `largebatch critical-batch`: compare the advice with each measured critical "
-                        "batch (ratio, and whether within 2x)")
+    p.add_argument(
+        "--measured",
+        default=None,
+        metavar="CRITICAL_BATCH_JSON",
+        help="a report of `largebatch critical-batch`: compare the advice with each measured critical "
+        "batch (ratio, and whether within 2x)",
+    )
     p.set_defaults(func=cmd_advise)
 
     from largebatch.sim import cli as sim_cli  # pure Python, no torch
 
-    p = sub.add_parser("simulate", help="predict all-reduce time, step time and scaling efficiency at N GPUs "
-                                        "(alpha-beta cost model, docs/comm.md)")
+    p = sub.add_parser(
+        "simulate",
+        help="predict all-reduce time, step time and scaling efficiency at N GPUs "
+        "(alpha-beta cost model, docs/comm.md)",
+    )
     sim_cli.add_arguments(p)
     p.set_defaults(func=sim_cli.run)
     return parser

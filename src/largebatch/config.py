@@ -65,11 +65,23 @@ class ReferenceLR:
 
 REFERENCE_LRS: dict[str, ReferenceLR] = {
     # The Fashion-MNIST ResNet-8 of the CPU recipes; docs/optimizers.md says where each was chosen.
-    "sgd": ReferenceLR(0.4, 256, "linear", "goyal2017_fashion_mnist: tuned at 512 on the default recipe (docs/recipes.md)"),
-    "lars": ReferenceLR(2.5, 256, "linear", "you2018_lars_fashion_mnist untuned (trust coefficient 0.001); "
-                         "its 2048 tuning (3.8) fits that batch and schedule only"),
-    "lamb": ReferenceLR(0.01, 256, "linear", "chosen at 512 on the default recipe in 2 epochs: 0.005-0.0075 per 256 "
-                        "trained slower, 0.015 diverged (docs/optimizers.md)"),
+    "sgd": ReferenceLR(
+        0.4, 256, "linear", "goyal2017_fashion_mnist: tuned at 512 on the default recipe (docs/recipes.md)"
+    ),
+    "lars": ReferenceLR(
+        2.5,
+        256,
+        "linear",
+        "you2018_lars_fashion_mnist untuned (trust coefficient 0.001); "
+        "its 2048 tuning (3.8) fits that batch and schedule only",
+    ),
+    "lamb": ReferenceLR(
+        0.01,
+        256,
+        "linear",
+        "chosen at 512 on the default recipe in 2 epochs: 0.005-0.0075 per 256 "
+        "trained slower, 0.015 diverged (docs/optimizers.md)",
+    ),
     "rmsprop_warmup": ReferenceLR(0.4, 256, "linear", "akiba2017_fashion_mnist (eta_base of the SGD phase)"),
 }
 """The LR each optimizer takes when ``--set optim.name=NAME`` switches a recipe's optimizer and no
@@ -447,35 +459,35 @@ class Config:
 
 
 LEGACY_KEYS = {
-    'optim.trust_coefficient': 'optim.lars.trust_coefficient',
-    'optim.lars_eps': 'optim.lars.eps',
-    'optim.lars_clip': 'optim.lars.clip',
-    'optim.lamb_beta1': 'optim.lamb.beta1',
-    'optim.lamb_beta2': 'optim.lamb.beta2',
-    'optim.lamb_eps': 'optim.lamb.eps',
-    'optim.rmsprop_lr': 'optim.rmsprop_warmup.lr',
-    'optim.rmsprop_alpha': 'optim.rmsprop_warmup.alpha',
-    'optim.rmsprop_eps': 'optim.rmsprop_warmup.eps',
-    'optim.alpha_sgd_center_epochs': 'optim.rmsprop_warmup.center_epochs',
-    'optim.alpha_sgd_period_epochs': 'optim.rmsprop_warmup.period_epochs',
-    'optim.alpha_sgd_variant': 'optim.rmsprop_warmup.variant',
-    'schedule.poly_power': 'schedule.poly.power',
-    'schedule.slow_start_epochs': 'schedule.slow_start.epochs',
-    'schedule.slow_start_factors': 'schedule.slow_start.factors',
-    'data.synthetic_train_samples': 'data.synthetic.train_samples',
-    'data.synthetic_test_samples': 'data.synthetic.test_samples',
-    'data.synthetic_classes': 'data.synthetic.classes',
-    'data.synthetic_channels': 'data.synthetic.channels',
-    'data.loader_workers': 'data.imagefolder.loader_workers',
-    'data.decoder': 'data.imagefolder.decoder',
-    'data.decode_on': 'data.imagefolder.decode_on',
-    'data.val_labels': 'data.imagefolder.val_labels',
-    'data.bad_file_policy': 'data.imagefolder.bad_file_policy',
-    'train.bn_batch_size': 'train.bn.batch_size',
-    'train.bn_statistics': 'train.bn.statistics',
-    'train.bn_variance_averaging': 'train.bn.variance_averaging',
-    'train.precise_bn_batches': 'train.bn.precise_batches',
-    'train.bn_sync_ranks': 'train.bn.sync_ranks',
+    "optim.trust_coefficient": "optim.lars.trust_coefficient",
+    "optim.lars_eps": "optim.lars.eps",
+    "optim.lars_clip": "optim.lars.clip",
+    "optim.lamb_beta1": "optim.lamb.beta1",
+    "optim.lamb_beta2": "optim.lamb.beta2",
+    "optim.lamb_eps": "optim.lamb.eps",
+    "optim.rmsprop_lr": "optim.rmsprop_warmup.lr",
+    "optim.rmsprop_alpha": "optim.rmsprop_warmup.alpha",
+    "optim.rmsprop_eps": "optim.rmsprop_warmup.eps",
+    "optim.alpha_sgd_center_epochs": "optim.rmsprop_warmup.center_epochs",
+    "optim.alpha_sgd_period_epochs": "optim.rmsprop_warmup.period_epochs",
+    "optim.alpha_sgd_variant": "optim.rmsprop_warmup.variant",
+    "schedule.poly_power": "schedule.poly.power",
+    "schedule.slow_start_epochs": "schedule.slow_start.epochs",
+    "schedule.slow_start_factors": "schedule.slow_start.factors",
+    "data.synthetic_train_samples": "data.synthetic.train_samples",
+    "data.synthetic_test_samples": "data.synthetic.test_samples",
+    "data.synthetic_classes": "data.synthetic.classes",
+    "data.synthetic_channels": "data.synthetic.channels",
+    "data.loader_workers": "data.imagefolder.loader_workers",
+    "data.decoder": "data.imagefolder.decoder",
+    "data.decode_on": "data.imagefolder.decode_on",
+    "data.val_labels": "data.imagefolder.val_labels",
+    "data.bad_file_policy": "data.imagefolder.bad_file_policy",
+    "train.bn_batch_size": "train.bn.batch_size",
+    "train.bn_statistics": "train.bn.statistics",
+    "train.bn_variance_averaging": "train.bn.variance_averaging",
+    "train.precise_bn_batches": "train.bn.precise_batches",
+    "train.bn_sync_ranks": "train.bn.sync_ranks",
 }
 """Flat keys of configs written before the optimizer, schedule, data-source and BN settings were
 nested (``optim.lars_eps`` is now ``optim.lars.eps``, ``train.bn_batch_size`` ``train.bn.batch_size``): :func:`migrate` moves them, so old checkpoints, run
@@ -484,9 +496,17 @@ directories and ``--set`` lines keep working."""
 
 CHOICE_KEYS = {
     "optim": ("name", {"lars": ("lars",), "lamb": ("lamb",), "rmsprop_warmup": ("rmsprop_warmup",)}),
-    "schedule": ("name", {"decay_epochs": ("step",), "decay_factor": ("step",), "poly": ("poly",),
-                          "end_lr": ("poly", "cosine"), "decay_end_epochs": ("poly", "cosine"),
-                          "slow_start": ("slow_start",)}),
+    "schedule": (
+        "name",
+        {
+            "decay_epochs": ("step",),
+            "decay_factor": ("step",),
+            "poly": ("poly",),
+            "end_lr": ("poly", "cosine"),
+            "decay_end_epochs": ("poly", "cosine"),
+            "slow_start": ("slow_start",),
+        },
+    ),
     "data": ("name", {"synthetic": ("synthetic",), "imagefolder": ("imagefolder",)}),
 }
 """Per section: the key that chooses, and {key: the choices that read it} for the keys only some
@@ -592,8 +612,7 @@ def apply_overrides(cfg: Config, overrides: Iterable[str]) -> Config:
             ) from None
         except (TypeError, ValueError) as err:  # e.g. a mapping given for a list key: omegaconf cannot merge them
             raise ConfigError(
-                f"config key {key!r} got value {raw!r}, which is not a valid "
-                f"{_field_type_name(key)}: {err}"
+                f"config key {key!r} got value {raw!r}, which is not a valid {_field_type_name(key)}: {err}"
             ) from None
         except yaml.YAMLError as err:  # the value is not YAML at all (e.g. an unclosed "[")
             raise ConfigError(
@@ -603,14 +622,19 @@ def apply_overrides(cfg: Config, overrides: Iterable[str]) -> Config:
     try:
         result = OmegaConf.to_object(base)
     except OmegaConfBaseException as err:  # e.g. a required list entry left incomplete
-        raise ConfigError(f"the overrides {list(overrides)!r} do not give a complete config: "
-                          f"{str(err).splitlines()[0]}") from None
+        raise ConfigError(
+            f"the overrides {list(overrides)!r} do not give a complete config: {str(err).splitlines()[0]}"
+        ) from None
     given = {item.split("=", 1)[0].strip() for item in overrides}
     lr_keys = {"optim.base_lr", "optim.base_batch_size", "optim.lr_scaling"}
     if result.optim.name != cfg.optim.name and result.optim.name in REFERENCE_LRS and not given & lr_keys:
         ref = REFERENCE_LRS[result.optim.name]
-        result = dataclasses.replace(result, optim=dataclasses.replace(
-            result.optim, base_lr=ref.base_lr, base_batch_size=ref.base_batch_size, lr_scaling=ref.lr_scaling))
+        result = dataclasses.replace(
+            result,
+            optim=dataclasses.replace(
+                result.optim, base_lr=ref.base_lr, base_batch_size=ref.base_batch_size, lr_scaling=ref.lr_scaling
+            ),
+        )
     _check_list_items(result, "")
     return result
 
@@ -632,8 +656,10 @@ def _check_list_items(section: Any, prefix: str) -> None:
             accepted = (int, float) if item_type is float else item_type  # an int is a valid float
             for i, item in enumerate(value):
                 if isinstance(item, bool) or not isinstance(item, accepted):
-                    raise ConfigError(f"config key {key!r}: item {i} is {item!r}, expected a {item_type.__name__}"
-                                      + (f"; example: {key}=[30, 60, 80]" if item_type in (int, float) else " mapping"))
+                    raise ConfigError(
+                        f"config key {key!r}: item {i} is {item!r}, expected a {item_type.__name__}"
+                        + (f"; example: {key}=[30, 60, 80]" if item_type in (int, float) else " mapping")
+                    )
                 if dataclasses.is_dataclass(item):
                     _check_list_items(item, f"{key}[{i}].")
 
@@ -643,9 +669,18 @@ def to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 
 
-OPERATIONAL_KEYS = ("train.nproc", "train.log_every_steps", "train.checkpoint_every_steps", "train.nonfinite_check",
-                    "train.checkpoint_every_minutes", "train.keep_checkpoints", "train.max_nonfinite_steps",
-                    "train.threads_per_worker", "train.noise_scale", "train.noise_scale_decay")
+OPERATIONAL_KEYS = (
+    "train.nproc",
+    "train.log_every_steps",
+    "train.checkpoint_every_steps",
+    "train.nonfinite_check",
+    "train.checkpoint_every_minutes",
+    "train.keep_checkpoints",
+    "train.max_nonfinite_steps",
+    "train.threads_per_worker",
+    "train.noise_scale",
+    "train.noise_scale_decay",
+)
 """Keys that do not change what is computed: a run may resume with other values (e.g. on another
 number of workers, or with another checkpoint interval), so they are left out of the config hash."""
 
@@ -665,12 +700,22 @@ def config_mismatch(cfg: Config, checkpoint_config: dict, path) -> str | None:
     theirs, ours = hashed_config(config_from_dict(checkpoint_config)), hashed_config(cfg)
     if theirs == ours:
         return None
-    diffs = [f"{sec}.{k}: checkpoint {theirs[sec].get(k)!r}, now {ours[sec][k]!r}"
-             for sec in ours if isinstance(ours[sec], dict) for k in ours[sec] if theirs[sec].get(k) != ours[sec][k]]
-    diffs += [f"{sec}: checkpoint {theirs.get(sec)!r}, now {ours[sec]!r}"
-              for sec in ours if not isinstance(ours[sec], dict) and theirs.get(sec) != ours[sec]]
-    return (f"checkpoint {path} was written with another config ({'; '.join(diffs)}); resume with the same "
-            f"recipe and --set values, or start a new run directory")
+    diffs = [
+        f"{sec}.{k}: checkpoint {theirs[sec].get(k)!r}, now {ours[sec][k]!r}"
+        for sec in ours
+        if isinstance(ours[sec], dict)
+        for k in ours[sec]
+        if theirs[sec].get(k) != ours[sec][k]
+    ]
+    diffs += [
+        f"{sec}: checkpoint {theirs.get(sec)!r}, now {ours[sec]!r}"
+        for sec in ours
+        if not isinstance(ours[sec], dict) and theirs.get(sec) != ours[sec]
+    ]
+    return (
+        f"checkpoint {path} was written with another config ({'; '.join(diffs)}); resume with the same "
+        f"recipe and --set values, or start a new run directory"
+    )
 
 
 def config_hash(cfg: Config) -> str:
@@ -700,121 +745,286 @@ def validate(cfg: Config) -> None:
         if name not in DATA_NAMES + MODEL_NAMES and is_plugin(name, group):
             load_plugin(name, group, key)  # a user factory that cannot be imported is refused here, before workers
 
-    require(cfg.data.name in DATA_NAMES or is_plugin(cfg.data.name, DATASET_GROUP), "data.name", cfg.data.name,
-           f"one of {', '.join(DATA_NAMES)}, or a user factory package.module:callable (docs/api.md)")
+    require(
+        cfg.data.name in DATA_NAMES or is_plugin(cfg.data.name, DATASET_GROUP),
+        "data.name",
+        cfg.data.name,
+        f"one of {', '.join(DATA_NAMES)}, or a user factory package.module:callable (docs/api.md)",
+    )
     if cfg.model.name not in MODEL_NAMES and not is_plugin(cfg.model.name, MODEL_GROUP):
         from largebatch.nn.models import torchvision_classifiers
 
-        require(cfg.model.name in torchvision_classifiers(), "model.name", cfg.model.name,
-               "resnet_fmnist, a torchvision classification model (e.g. resnet18, resnet50, efficientnet_b0) or a "
-               "user factory package.module:callable (docs/api.md)")
+        require(
+            cfg.model.name in torchvision_classifiers(),
+            "model.name",
+            cfg.model.name,
+            "resnet_fmnist, a torchvision classification model (e.g. resnet18, resnet50, efficientnet_b0) or a "
+            "user factory package.module:callable (docs/api.md)",
+        )
     require(cfg.optim.name in OPTIM_NAMES, "optim.name", cfg.optim.name, f"one of {', '.join(OPTIM_NAMES)}")
-    require(cfg.schedule.name in SCHEDULE_NAMES, "schedule.name", cfg.schedule.name,
-           f"one of {', '.join(SCHEDULE_NAMES)}")
+    require(
+        cfg.schedule.name in SCHEDULE_NAMES, "schedule.name", cfg.schedule.name, f"one of {', '.join(SCHEDULE_NAMES)}"
+    )
     require(cfg.train.device in DEVICES, "train.device", cfg.train.device, f"one of {', '.join(DEVICES)}")
-    require(cfg.optim.lr_scaling in LR_SCALINGS, "optim.lr_scaling", cfg.optim.lr_scaling,
-           f"one of {', '.join(LR_SCALINGS)}")
-    require(cfg.train.precision in PRECISIONS, "train.precision", cfg.train.precision, f"one of {', '.join(PRECISIONS)}")
-    require(cfg.optim.rmsprop_warmup.variant in ALPHA_VARIANTS, "optim.rmsprop_warmup.variant", cfg.optim.rmsprop_warmup.variant,
-           f"one of {', '.join(ALPHA_VARIANTS)}")
+    require(
+        cfg.optim.lr_scaling in LR_SCALINGS,
+        "optim.lr_scaling",
+        cfg.optim.lr_scaling,
+        f"one of {', '.join(LR_SCALINGS)}",
+    )
+    require(
+        cfg.train.precision in PRECISIONS, "train.precision", cfg.train.precision, f"one of {', '.join(PRECISIONS)}"
+    )
+    require(
+        cfg.optim.rmsprop_warmup.variant in ALPHA_VARIANTS,
+        "optim.rmsprop_warmup.variant",
+        cfg.optim.rmsprop_warmup.variant,
+        f"one of {', '.join(ALPHA_VARIANTS)}",
+    )
     require(0 <= cfg.train.label_smoothing < 1, "train.label_smoothing", cfg.train.label_smoothing, "a float in [0, 1)")
-    require(cfg.optim.lars.trust_coefficient > 0, "optim.lars.trust_coefficient", cfg.optim.lars.trust_coefficient, "a float > 0")
+    require(
+        cfg.optim.lars.trust_coefficient > 0,
+        "optim.lars.trust_coefficient",
+        cfg.optim.lars.trust_coefficient,
+        "a float > 0",
+    )
     for key in ("optim.lamb.beta1", "optim.lamb.beta2", "optim.rmsprop_warmup.alpha"):
         value = get_key(cfg, key)
         require(0 <= value < 1, key, value, "a float in [0, 1)")
-    for key in ("optim.lars.eps", "optim.lamb.eps", "optim.rmsprop_warmup.eps", "optim.rmsprop_warmup.lr", "schedule.end_lr"):
+    for key in (
+        "optim.lars.eps",
+        "optim.lamb.eps",
+        "optim.rmsprop_warmup.eps",
+        "optim.rmsprop_warmup.lr",
+        "schedule.end_lr",
+    ):
         value = get_key(cfg, key)
         require(value >= 0, key, value, "a float >= 0")
-    require(cfg.optim.rmsprop_warmup.period_epochs > 0, "optim.rmsprop_warmup.period_epochs", cfg.optim.rmsprop_warmup.period_epochs,
-           "a float > 0")
+    require(
+        cfg.optim.rmsprop_warmup.period_epochs > 0,
+        "optim.rmsprop_warmup.period_epochs",
+        cfg.optim.rmsprop_warmup.period_epochs,
+        "a float > 0",
+    )
     slow = list(cfg.schedule.slow_start.epochs)
-    require(slow == sorted(slow) and len(cfg.schedule.slow_start.factors) == len(slow) + 1,
-           "schedule.slow_start.factors", cfg.schedule.slow_start.factors,
-           f"one more factor than schedule.slow_start.epochs ({len(slow)} boundaries, increasing)")
+    require(
+        slow == sorted(slow) and len(cfg.schedule.slow_start.factors) == len(slow) + 1,
+        "schedule.slow_start.factors",
+        cfg.schedule.slow_start.factors,
+        f"one more factor than schedule.slow_start.epochs ({len(slow)} boundaries, increasing)",
+    )
     if cfg.data.name == "imagefolder":
-        require(bool(cfg.data.root), "data.root", cfg.data.root,
-               "an ImageNet-layout folder with train/<class>/ and val/<class>/ is required for imagefolder")
-    for key in ("train.epochs", "train.global_batch_size", "train.max_micro_batch_size", "train.nproc",
-                "train.eval_every_epochs", "train.eval_batch_size", "train.log_every_steps", "train.checkpoint_every_epochs",
-                "train.keep_checkpoints", "optim.base_batch_size", "model.width",
-                "model.blocks_per_stage", "data.image_size_px", "data.synthetic.train_samples",
-                "data.synthetic.test_samples", "data.synthetic.channels"):
+        require(
+            bool(cfg.data.root),
+            "data.root",
+            cfg.data.root,
+            "an ImageNet-layout folder with train/<class>/ and val/<class>/ is required for imagefolder",
+        )
+    for key in (
+        "train.epochs",
+        "train.global_batch_size",
+        "train.max_micro_batch_size",
+        "train.nproc",
+        "train.eval_every_epochs",
+        "train.eval_batch_size",
+        "train.log_every_steps",
+        "train.checkpoint_every_epochs",
+        "train.keep_checkpoints",
+        "optim.base_batch_size",
+        "model.width",
+        "model.blocks_per_stage",
+        "data.image_size_px",
+        "data.synthetic.train_samples",
+        "data.synthetic.test_samples",
+        "data.synthetic.channels",
+    ):
         value = get_key(cfg, key)
         require(value >= 1, key, value, "a positive integer")
     require(cfg.data.synthetic.classes >= 2, "data.synthetic.classes", cfg.data.synthetic.classes, "an integer >= 2")
-    for key in ("train.bn.batch_size", "train.accumulation_steps", "data.train_subset", "data.test_subset", "data.val_size", "data.crop_padding_px",
-                "data.imagefolder.loader_workers", "train.threads_per_worker"):
+    for key in (
+        "train.bn.batch_size",
+        "train.accumulation_steps",
+        "data.train_subset",
+        "data.test_subset",
+        "data.val_size",
+        "data.crop_padding_px",
+        "data.imagefolder.loader_workers",
+        "train.threads_per_worker",
+    ):
         value = get_key(cfg, key)
         require(value >= 0, key, value, "an integer >= 0")
-    require(0 <= cfg.train.noise_scale_decay < 1, "train.noise_scale_decay", cfg.train.noise_scale_decay,
-           "a number in [0, 1)")
-    require(cfg.optim.base_lr > 0 and math.isfinite(cfg.optim.base_lr), "optim.base_lr", cfg.optim.base_lr,
-           "a positive finite float")
+    require(
+        0 <= cfg.train.noise_scale_decay < 1,
+        "train.noise_scale_decay",
+        cfg.train.noise_scale_decay,
+        "a number in [0, 1)",
+    )
+    require(
+        cfg.optim.base_lr > 0 and math.isfinite(cfg.optim.base_lr),
+        "optim.base_lr",
+        cfg.optim.base_lr,
+        "a positive finite float",
+    )
     require(0 <= cfg.optim.momentum < 1, "optim.momentum", cfg.optim.momentum, "a float in [0, 1)")
-    require(not (cfg.optim.nesterov and cfg.optim.momentum == 0), "optim.nesterov", cfg.optim.nesterov,
-           "false when optim.momentum is 0 (Nesterov needs momentum)")
+    require(
+        not (cfg.optim.nesterov and cfg.optim.momentum == 0),
+        "optim.nesterov",
+        cfg.optim.nesterov,
+        "false when optim.momentum is 0 (Nesterov needs momentum)",
+    )
     require(cfg.optim.weight_decay >= 0, "optim.weight_decay", cfg.optim.weight_decay, "a float >= 0")
     require(cfg.schedule.warmup_epochs >= 0, "schedule.warmup_epochs", cfg.schedule.warmup_epochs, "a float >= 0")
-    require(cfg.schedule.warmup_start_lr is None or cfg.schedule.warmup_start_lr >= 0, "schedule.warmup_start_lr",
-           cfg.schedule.warmup_start_lr, "null (start at optim.base_lr) or a float >= 0")
-    require(0 < cfg.schedule.decay_factor <= 1, "schedule.decay_factor", cfg.schedule.decay_factor,
-           "a float in (0, 1]")
+    require(
+        cfg.schedule.warmup_start_lr is None or cfg.schedule.warmup_start_lr >= 0,
+        "schedule.warmup_start_lr",
+        cfg.schedule.warmup_start_lr,
+        "null (start at optim.base_lr) or a float >= 0",
+    )
+    require(0 < cfg.schedule.decay_factor <= 1, "schedule.decay_factor", cfg.schedule.decay_factor, "a float in (0, 1]")
     decays = list(cfg.schedule.decay_epochs)
-    require(all(d > 0 for d in decays) and decays == sorted(decays), "schedule.decay_epochs", decays,
-           "an increasing list of positive epochs, e.g. [30, 60, 80]")
+    require(
+        all(d > 0 for d in decays) and decays == sorted(decays),
+        "schedule.decay_epochs",
+        decays,
+        "an increasing list of positive epochs, e.g. [30, 60, 80]",
+    )
     require(0 <= cfg.train.target_top1 <= 100, "train.target_top1", cfg.train.target_top1, "a percentage in [0, 100]")
     for key in ("stop_at_val_top1", "val_target_top1"):
         value = getattr(cfg.train, key)
         require(0 <= value <= 100, f"train.{key}", value, "a percentage in [0, 100] (0: off)")
-        require(value == 0 or cfg.data.val_size > 0, f"train.{key}", value,
-               "0 unless data.val_size > 0 (the target is on the validation split; set data.val_size=5000)")
-    require(cfg.train.stop_after_images >= 0, "train.stop_after_images", cfg.train.stop_after_images,
-           "an integer >= 0 (0: off)")
-    require(cfg.train.val_every_steps >= 0, "train.val_every_steps", cfg.train.val_every_steps, "an integer >= 0 (0: off)")
-    require(cfg.train.val_every_steps == 0 or cfg.data.val_size > 0, "train.val_every_steps",
-           cfg.train.val_every_steps, "0 unless data.val_size > 0 (set data.val_size=5000)")
-    require(not cfg.train.init_from or os.path.isfile(cfg.train.init_from), "train.init_from", cfg.train.init_from,
-           "an existing checkpoint file (e.g. RUN/checkpoints/step_00001000.pt), or empty")
+        require(
+            value == 0 or cfg.data.val_size > 0,
+            f"train.{key}",
+            value,
+            "0 unless data.val_size > 0 (the target is on the validation split; set data.val_size=5000)",
+        )
+    require(
+        cfg.train.stop_after_images >= 0,
+        "train.stop_after_images",
+        cfg.train.stop_after_images,
+        "an integer >= 0 (0: off)",
+    )
+    require(
+        cfg.train.val_every_steps >= 0, "train.val_every_steps", cfg.train.val_every_steps, "an integer >= 0 (0: off)"
+    )
+    require(
+        cfg.train.val_every_steps == 0 or cfg.data.val_size > 0,
+        "train.val_every_steps",
+        cfg.train.val_every_steps,
+        "0 unless data.val_size > 0 (set data.val_size=5000)",
+    )
+    require(
+        not cfg.train.init_from or os.path.isfile(cfg.train.init_from),
+        "train.init_from",
+        cfg.train.init_from,
+        "an existing checkpoint file (e.g. RUN/checkpoints/step_00001000.pt), or empty",
+    )
 
-    require(cfg.train.bn.statistics in BN_STATISTICS, "train.bn.statistics", cfg.train.bn.statistics,
-           f"one of {', '.join(BN_STATISTICS)}")
-    require(cfg.train.bn.variance_averaging in VARIANCE_AVERAGINGS, "train.bn.variance_averaging",
-           cfg.train.bn.variance_averaging, f"one of {', '.join(VARIANCE_AVERAGINGS)}")
-    require(cfg.train.bn.variance_averaging == "mean" or cfg.train.bn.statistics == "last_batch",
-           "train.bn.variance_averaging", cfg.train.bn.variance_averaging,
-           "'mean' unless train.bn.statistics=last_batch (pooling applies to last-batch statistics)")
-    require(cfg.data.imagefolder.decoder in DECODERS, "data.imagefolder.decoder", cfg.data.imagefolder.decoder, f"one of {', '.join(DECODERS)}")
-    require(cfg.data.imagefolder.decode_on in DECODE_ON, "data.imagefolder.decode_on", cfg.data.imagefolder.decode_on, f"one of {', '.join(DECODE_ON)}")
-    require(cfg.data.imagefolder.decode_on == "workers" or cfg.data.imagefolder.decoder == "torchvision", "data.imagefolder.decode_on",
-           cfg.data.imagefolder.decode_on, "workers unless data.imagefolder.decoder=torchvision (dali always decodes on the device)")
-    require(cfg.data.imagefolder.bad_file_policy in BAD_FILE_POLICIES, "data.imagefolder.bad_file_policy", cfg.data.imagefolder.bad_file_policy,
-            f"one of {', '.join(BAD_FILE_POLICIES)}")
-    require(cfg.data.val_size == 0 or cfg.data.name != "imagefolder", "data.val_size",
-           cfg.data.val_size, "0 for imagefolder (a held-out split is built for fashion_mnist and synthetic; on "
-           "ImageNet keep the official val/ as the test split and hold out a train/ subset by hand)")
-    require(cfg.train.nonfinite_check in NONFINITE_CHECKS, "train.nonfinite_check", cfg.train.nonfinite_check,
-            f"one of {', '.join(NONFINITE_CHECKS)}")
-    require(cfg.train.nonfinite_policy in NONFINITE_POLICIES, "train.nonfinite_policy", cfg.train.nonfinite_policy,
-            f"one of {', '.join(NONFINITE_POLICIES)}")
-    require(cfg.train.max_nonfinite_steps >= 1, "train.max_nonfinite_steps", cfg.train.max_nonfinite_steps,
-           "a positive integer")
-    require(cfg.train.checkpoint_every_steps >= 0, "train.checkpoint_every_steps", cfg.train.checkpoint_every_steps,
-           "an integer >= 0 (0: off)")
-    require(cfg.train.checkpoint_every_minutes >= 0 and math.isfinite(cfg.train.checkpoint_every_minutes),
-           "train.checkpoint_every_minutes", cfg.train.checkpoint_every_minutes, "a float >= 0 (0: off)")
-    require(cfg.train.bn.precise_batches >= 1, "train.bn.precise_batches", cfg.train.bn.precise_batches,
-           "a positive integer")
+    require(
+        cfg.train.bn.statistics in BN_STATISTICS,
+        "train.bn.statistics",
+        cfg.train.bn.statistics,
+        f"one of {', '.join(BN_STATISTICS)}",
+    )
+    require(
+        cfg.train.bn.variance_averaging in VARIANCE_AVERAGINGS,
+        "train.bn.variance_averaging",
+        cfg.train.bn.variance_averaging,
+        f"one of {', '.join(VARIANCE_AVERAGINGS)}",
+    )
+    require(
+        cfg.train.bn.variance_averaging == "mean" or cfg.train.bn.statistics == "last_batch",
+        "train.bn.variance_averaging",
+        cfg.train.bn.variance_averaging,
+        "'mean' unless train.bn.statistics=last_batch (pooling applies to last-batch statistics)",
+    )
+    require(
+        cfg.data.imagefolder.decoder in DECODERS,
+        "data.imagefolder.decoder",
+        cfg.data.imagefolder.decoder,
+        f"one of {', '.join(DECODERS)}",
+    )
+    require(
+        cfg.data.imagefolder.decode_on in DECODE_ON,
+        "data.imagefolder.decode_on",
+        cfg.data.imagefolder.decode_on,
+        f"one of {', '.join(DECODE_ON)}",
+    )
+    require(
+        cfg.data.imagefolder.decode_on == "workers" or cfg.data.imagefolder.decoder == "torchvision",
+        "data.imagefolder.decode_on",
+        cfg.data.imagefolder.decode_on,
+        "workers unless data.imagefolder.decoder=torchvision (dali always decodes on the device)",
+    )
+    require(
+        cfg.data.imagefolder.bad_file_policy in BAD_FILE_POLICIES,
+        "data.imagefolder.bad_file_policy",
+        cfg.data.imagefolder.bad_file_policy,
+        f"one of {', '.join(BAD_FILE_POLICIES)}",
+    )
+    require(
+        cfg.data.val_size == 0 or cfg.data.name != "imagefolder",
+        "data.val_size",
+        cfg.data.val_size,
+        "0 for imagefolder (a held-out split is built for fashion_mnist and synthetic; on "
+        "ImageNet keep the official val/ as the test split and hold out a train/ subset by hand)",
+    )
+    require(
+        cfg.train.nonfinite_check in NONFINITE_CHECKS,
+        "train.nonfinite_check",
+        cfg.train.nonfinite_check,
+        f"one of {', '.join(NONFINITE_CHECKS)}",
+    )
+    require(
+        cfg.train.nonfinite_policy in NONFINITE_POLICIES,
+        "train.nonfinite_policy",
+        cfg.train.nonfinite_policy,
+        f"one of {', '.join(NONFINITE_POLICIES)}",
+    )
+    require(
+        cfg.train.max_nonfinite_steps >= 1,
+        "train.max_nonfinite_steps",
+        cfg.train.max_nonfinite_steps,
+        "a positive integer",
+    )
+    require(
+        cfg.train.checkpoint_every_steps >= 0,
+        "train.checkpoint_every_steps",
+        cfg.train.checkpoint_every_steps,
+        "an integer >= 0 (0: off)",
+    )
+    require(
+        cfg.train.checkpoint_every_minutes >= 0 and math.isfinite(cfg.train.checkpoint_every_minutes),
+        "train.checkpoint_every_minutes",
+        cfg.train.checkpoint_every_minutes,
+        "a float >= 0 (0: off)",
+    )
+    require(
+        cfg.train.bn.precise_batches >= 1,
+        "train.bn.precise_batches",
+        cfg.train.bn.precise_batches,
+        "a positive integer",
+    )
     g = cfg.train.bn.sync_ranks
     require(g >= 1, "train.bn.sync_ranks", g, "a positive integer (1: no synchronization)")
     c = cfg.comm
     require(c.algorithm in COMM_ALGORITHMS, "comm.algorithm", c.algorithm, f"one of {', '.join(COMM_ALGORITHMS)}")
-    require(c.compression in COMM_COMPRESSIONS, "comm.compression", c.compression,
-           f"one of {', '.join(COMM_COMPRESSIONS)}")
-    require(c.hierarchical_mode in HIERARCHICAL_MODES, "comm.hierarchical_mode", c.hierarchical_mode,
-           f"one of {', '.join(HIERARCHICAL_MODES)}")
+    require(
+        c.compression in COMM_COMPRESSIONS, "comm.compression", c.compression, f"one of {', '.join(COMM_COMPRESSIONS)}"
+    )
+    require(
+        c.hierarchical_mode in HIERARCHICAL_MODES,
+        "comm.hierarchical_mode",
+        c.hierarchical_mode,
+        f"one of {', '.join(HIERARCHICAL_MODES)}",
+    )
     require(c.bucket_cap_mb > 0, "comm.bucket_cap_mb", c.bucket_cap_mb, "a float > 0 (MiB)")
-    require(c.workers_per_node >= 0 and c.torus_x >= 0, "comm.workers_per_node/torus_x",
-           (c.workers_per_node, c.torus_x), "integers >= 0 (0: automatic)")
+    require(
+        c.workers_per_node >= 0 and c.torus_x >= 0,
+        "comm.workers_per_node/torus_x",
+        (c.workers_per_node, c.torus_x),
+        "integers >= 0 (0: automatic)",
+    )
 
 
 def config_from_dict(data: dict) -> Config:

@@ -65,8 +65,11 @@ class Plan:
     """LR after warmup: optim.lr_scaling (linear by default) applied to optim.base_lr."""
 
     def describe(self) -> str:
-        sync = (f" (each BN group spans {self.bn_sync_ranks} processes: BN batch {self.bn_batch_size})"
-                if self.bn_sync_ranks > 1 else "")
+        sync = (
+            f" (each BN group spans {self.bn_sync_ranks} processes: BN batch {self.bn_batch_size})"
+            if self.bn_sync_ranks > 1
+            else ""
+        )
         return (
             f"global batch {self.global_batch_size} = {self.world_size} process(es) x "
             f"{self.accumulation_steps} accumulation step(s) x {self.bn_groups_per_micro_batch} "
@@ -98,25 +101,42 @@ def _stages(cfg: Config) -> list[tuple[BatchStage, str]]:
     """The batch schedule as (stage, key prefix for messages); one stage without a schedule."""
     t = cfg.train
     if not t.batch_schedule:
-        return [(BatchStage(start_epoch=0, global_batch_size=t.global_batch_size, lr_scaling=cfg.optim.lr_scaling),
-                 "train")]
+        return [
+            (BatchStage(start_epoch=0, global_batch_size=t.global_batch_size, lr_scaling=cfg.optim.lr_scaling), "train")
+        ]
     out = []
     for i, st in enumerate(t.batch_schedule):
         key = f"train.batch_schedule[{i}]"
         require(st.lr_scaling in LR_SCALINGS, f"{key}.lr_scaling", st.lr_scaling, f"one of {', '.join(LR_SCALINGS)}")
-        require(st.peak_lr >= 0 and math.isfinite(st.peak_lr), f"{key}.peak_lr", st.peak_lr,
-               "0 (use lr_scaling) or a positive finite float")
+        require(
+            st.peak_lr >= 0 and math.isfinite(st.peak_lr),
+            f"{key}.peak_lr",
+            st.peak_lr,
+            "0 (use lr_scaling) or a positive finite float",
+        )
         require(st.global_batch_size >= 1, f"{key}.global_batch_size", st.global_batch_size, "a positive integer")
-        require(st.bn_batch_size >= 0, f"{key}.bn_batch_size", st.bn_batch_size,
-               "an integer >= 0 (0: keep train.bn.batch_size)")
+        require(
+            st.bn_batch_size >= 0,
+            f"{key}.bn_batch_size",
+            st.bn_batch_size,
+            "an integer >= 0 (0: keep train.bn.batch_size)",
+        )
         if i == 0:
             require(st.start_epoch == 0, f"{key}.start_epoch", st.start_epoch, "0 (the first stage starts the run)")
-            require(st.global_batch_size == t.global_batch_size, f"{key}.global_batch_size", st.global_batch_size,
-                   f"equal to train.global_batch_size={t.global_batch_size} (the first stage's batch); set both")
+            require(
+                st.global_batch_size == t.global_batch_size,
+                f"{key}.global_batch_size",
+                st.global_batch_size,
+                f"equal to train.global_batch_size={t.global_batch_size} (the first stage's batch); set both",
+            )
         else:
             prev = t.batch_schedule[i - 1].start_epoch
-            require(prev < st.start_epoch < t.epochs, f"{key}.start_epoch", st.start_epoch,
-                   f"an epoch after the previous stage's ({prev}) and before train.epochs={t.epochs}")
+            require(
+                prev < st.start_epoch < t.epochs,
+                f"{key}.start_epoch",
+                st.start_epoch,
+                f"an epoch after the previous stage's ({prev}) and before train.epochs={t.epochs}",
+            )
         out.append((st, key))
     return out
 
@@ -136,8 +156,10 @@ def _plan(cfg: Config, world_size: int, *, gbs: int, bn_req: int, peak_lr: float
         )
     per_worker = gbs // world_size
     if bn_req and bn_req % sync:
-        raise ConfigError(f"{bkey}={bn_req} does not split over train.bn.sync_ranks={sync} processes; "
-                          f"choose a BN batch that is a multiple of {sync}")
+        raise ConfigError(
+            f"{bkey}={bn_req} does not split over train.bn.sync_ranks={sync} processes; "
+            f"choose a BN batch that is a multiple of {sync}"
+        )
     local = bn_req // sync  # samples of each BN group on one process (0: the whole micro-batch)
     if local and per_worker % local:
         raise ConfigError(
@@ -148,9 +170,13 @@ def _plan(cfg: Config, world_size: int, *, gbs: int, bn_req: int, peak_lr: float
         )
     if accum == 0:
         # Fewest micro-batches that divide the per-worker batch into whole BN groups within the bound.
-        fits = [a for a in range(1, per_worker + 1) if per_worker % a == 0
-                and (local == 0 or (per_worker // a) % local == 0)
-                and per_worker // a <= cfg.train.max_micro_batch_size]
+        fits = [
+            a
+            for a in range(1, per_worker + 1)
+            if per_worker % a == 0
+            and (local == 0 or (per_worker // a) % local == 0)
+            and per_worker // a <= cfg.train.max_micro_batch_size
+        ]
         if not fits:
             raise ConfigError(
                 f"train.max_micro_batch_size={cfg.train.max_micro_batch_size}: no number of accumulation steps "
@@ -200,22 +226,38 @@ def resolve_stages(cfg: Config, world_size: int, *, local_world_size: int | None
     require(world_size >= 1, "world size", world_size, "at least 1 process")
     g = cfg.train.bn.sync_ranks
     if g > 1 and world_size % g:
-        raise ConfigError(f"train.bn.sync_ranks={g} does not divide the {world_size} processes; use a divisor of "
-                          f"{world_size} or another number of processes")
+        raise ConfigError(
+            f"train.bn.sync_ranks={g} does not divide the {world_size} processes; use a divisor of "
+            f"{world_size} or another number of processes"
+        )
     c = cfg.comm
     if c.algorithm != "allreduce":
         from largebatch.dist.topology import make_topology  # no torch.distributed call at import
 
         try:
-            make_topology(world_size, workers_per_node=c.workers_per_node or local_world_size or world_size,
-                          torus_x=c.torus_x)
+            make_topology(
+                world_size, workers_per_node=c.workers_per_node or local_world_size or world_size, torus_x=c.torus_x
+            )
         except ValueError as err:
             raise ConfigError(str(err)) from None
     stages = _stages(cfg)
-    plans = [_plan(cfg, world_size, gbs=stage.global_batch_size,
-                   bn_req=stage.bn_batch_size or cfg.train.bn.batch_size, where=where,
-                   peak_lr=stage.peak_lr or scaled_lr(stage.lr_scaling, cfg.optim.base_lr,
-                                                      base_batch_size=cfg.optim.base_batch_size,
-                                                      global_batch_size=stage.global_batch_size))
-             for stage, where in stages]
-    return [Stage(index=i, start_epoch=stage.start_epoch, plan=p) for i, ((stage, _), p) in enumerate(zip(stages, plans))]
+    plans = [
+        _plan(
+            cfg,
+            world_size,
+            gbs=stage.global_batch_size,
+            bn_req=stage.bn_batch_size or cfg.train.bn.batch_size,
+            where=where,
+            peak_lr=stage.peak_lr
+            or scaled_lr(
+                stage.lr_scaling,
+                cfg.optim.base_lr,
+                base_batch_size=cfg.optim.base_batch_size,
+                global_batch_size=stage.global_batch_size,
+            ),
+        )
+        for stage, where in stages
+    ]
+    return [
+        Stage(index=i, start_epoch=stage.start_epoch, plan=p) for i, ((stage, _), p) in enumerate(zip(stages, plans))
+    ]

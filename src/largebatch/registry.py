@@ -55,8 +55,10 @@ def load_plugin(name: str, group: str, key: str) -> Callable[..., Any]:
         try:
             module = importlib.import_module(module_name)
         except Exception as err:  # any error of the user's module: report it in one line
-            raise RegistryError(f"{key}={name!r}: cannot import {module_name!r} ({type(err).__name__}: {err}); "
-                                f"put the module on PYTHONPATH or install its package") from None
+            raise RegistryError(
+                f"{key}={name!r}: cannot import {module_name!r} ({type(err).__name__}: {err}); "
+                f"put the module on PYTHONPATH or install its package"
+            ) from None
         target: Any = module
         for part in attr.split("."):
             target = getattr(target, part, None)
@@ -65,13 +67,15 @@ def load_plugin(name: str, group: str, key: str) -> Callable[..., Any]:
     else:
         found = [ep for ep in metadata.entry_points(group=group) if ep.name == name]
         if not found:
-            raise RegistryError(f"{key}={name!r}: no built-in name and no entry point of group {group!r}; "
-                                f"give package.module:callable")
+            raise RegistryError(
+                f"{key}={name!r}: no built-in name and no entry point of group {group!r}; give package.module:callable"
+            )
         try:
             target = found[0].load()
         except Exception as err:
-            raise RegistryError(f"{key}={name!r}: entry point {found[0].value!r} failed to load "
-                                f"({type(err).__name__}: {err})") from None
+            raise RegistryError(
+                f"{key}={name!r}: entry point {found[0].value!r} failed to load ({type(err).__name__}: {err})"
+            ) from None
     if not callable(target):
         raise RegistryError(f"{key}={name!r} is a {type(target).__name__}, not a callable")
     return target
@@ -84,8 +88,9 @@ def _call(name: str, group: str, key: str, **kwargs):
         return factory(**kwargs)
     except Exception as err:
         args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
-        raise RegistryError(f"{key}={name!r}: the factory failed with {type(err).__name__}: {err} "
-                            f"(it is called as factory({args}))") from None
+        raise RegistryError(
+            f"{key}={name!r}: the factory failed with {type(err).__name__}: {err} (it is called as factory({args}))"
+        ) from None
 
 
 def build_user_model(name: str, *, num_classes: int, in_channels: int):
@@ -116,19 +121,30 @@ def load_user_dataset(name: str, *, root: str, seed: int) -> dict:
     data = _call(name, DATASET_GROUP, "data.name", root=root, seed=seed)
     missing = [k for k in DATASET_KEYS if not (hasattr(data, "keys") and k in data)]
     if missing:
-        raise RegistryError(f"data.name={name!r}: the factory's result lacks {', '.join(missing)}; return a dict "
-                            f"with {', '.join(DATASET_KEYS)}")
+        raise RegistryError(
+            f"data.name={name!r}: the factory's result lacks {', '.join(missing)}; return a dict "
+            f"with {', '.join(DATASET_KEYS)}"
+        )
     k = int(data["num_classes"])
     for split in ("train", "test"):
         x, y = data[f"{split}_images"], data[f"{split}_labels"]
         if not (isinstance(x, torch.Tensor) and x.dtype == torch.uint8 and x.dim() == 4):
-            raise RegistryError(f"data.name={name!r}: {split}_images must be a uint8 tensor (N, C, H, W), got "
-                                f"{getattr(x, 'dtype', type(x).__name__)} of shape {tuple(getattr(x, 'shape', ()))}")
-        if not (isinstance(y, torch.Tensor) and y.dim() == 1 and y.shape[0] == x.shape[0]
-                and not y.is_floating_point()):
-            raise RegistryError(f"data.name={name!r}: {split}_labels must be an integer tensor (N,) with one label "
-                                f"per image ({x.shape[0]})")
+            raise RegistryError(
+                f"data.name={name!r}: {split}_images must be a uint8 tensor (N, C, H, W), got "
+                f"{getattr(x, 'dtype', type(x).__name__)} of shape {tuple(getattr(x, 'shape', ()))}"
+            )
+        if not (
+            isinstance(y, torch.Tensor) and y.dim() == 1 and y.shape[0] == x.shape[0] and not y.is_floating_point()
+        ):
+            raise RegistryError(
+                f"data.name={name!r}: {split}_labels must be an integer tensor (N,) with one label "
+                f"per image ({x.shape[0]})"
+            )
         if y.numel() and not (0 <= int(y.min()) and int(y.max()) < k):
             raise RegistryError(f"data.name={name!r}: {split}_labels outside [0, num_classes={k})")
-    return {**data, "train_labels": data["train_labels"].long(), "test_labels": data["test_labels"].long(),
-            "num_classes": k}
+    return {
+        **data,
+        "train_labels": data["train_labels"].long(),
+        "test_labels": data["test_labels"].long(),
+        "num_classes": k,
+    }

@@ -16,8 +16,9 @@ mp.set_forkserver_preload(["torch", "torch.distributed", "torchvision", "largeba
 
 
 def _entry(rank: int, fn, world_size: int, init_file: str, out_dir: str, args: tuple) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
-                      LOCAL_WORLD_SIZE=str(world_size))
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world_size)
+    )
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     try:
@@ -32,6 +33,7 @@ def run_ranks(fn, world_size: int, *args) -> list:
     ``fn`` must be importable (defined at module level)."""
     with tempfile.TemporaryDirectory() as tmp:
         init_file = os.path.join(tmp, "rendezvous")
-        mp.start_processes(_entry, args=(fn, world_size, init_file, tmp, args), nprocs=world_size,
-                           join=True, start_method="forkserver")
+        mp.start_processes(
+            _entry, args=(fn, world_size, init_file, tmp, args), nprocs=world_size, join=True, start_method="forkserver"
+        )
         return [torch.load(os.path.join(tmp, f"{r}.pt"), weights_only=False) for r in range(world_size)]

@@ -9,10 +9,18 @@ from gloo import run_ranks
 pytestmark = pytest.mark.dist
 
 OVERRIDES = [
-    "data.name=synthetic", "data.synthetic.train_samples=512", "data.synthetic.test_samples=64",
-    "data.image_size_px=12", "train.global_batch_size=64", "train.bn.batch_size=16", "train.epochs=3",
-    "train.checkpoint_every_epochs=100", "model.width=4", "schedule.warmup_epochs=0.5",
-    "schedule.decay_epochs=[2.5]", "optim.base_lr=0.1",
+    "data.name=synthetic",
+    "data.synthetic.train_samples=512",
+    "data.synthetic.test_samples=64",
+    "data.image_size_px=12",
+    "train.global_batch_size=64",
+    "train.bn.batch_size=16",
+    "train.epochs=3",
+    "train.checkpoint_every_epochs=100",
+    "model.width=4",
+    "schedule.warmup_epochs=0.5",
+    "schedule.decay_epochs=[2.5]",
+    "optim.base_lr=0.1",
     # 64 for epoch 0 (8 steps), then 256 (2 steps per epoch) with the linear rule; 208 is not a
     # divisor of 512, so the last stage drops a tail of 96 samples per epoch.
     "train.batch_schedule=[{start_epoch: 0, global_batch_size: 64}, {start_epoch: 1, global_batch_size: 256},"
@@ -51,8 +59,14 @@ def scheduled_run(rank, world, overrides):
         trainer._enter_stage = lambda st: (enter(st), bn_sizes.append(trainer.model.bn1.bn_batch_size))
         trainer.fit()
         weights = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-        return {"seen": seen, "lrs": lrs, "epoch_steps": trainer.epoch_steps, "weights": weights,
-                "bn_sizes": bn_sizes, "accum": trainer.plan.accumulation_steps}
+        return {
+            "seen": seen,
+            "lrs": lrs,
+            "epoch_steps": trainer.epoch_steps,
+            "weights": weights,
+            "bn_sizes": bn_sizes,
+            "accum": trainer.plan.accumulation_steps,
+        }
 
 
 def test_batch_schedule_on_two_ranks():
@@ -65,8 +79,11 @@ def test_batch_schedule_on_two_ranks():
     assert two[0]["bn_sizes"] == [16, 8]  # the BN batch follows the stages
     for epoch, gbs, steps in ((0, 64, 8), (1, 256, 2), (2, 208, 2)):
         per_rank = [[idx for e, b, idx in r["seen"] if e == epoch] for r in two]
-        assert all(len(p) == steps and all(len(i) == gbs // 2 and b == gbs for i, b in
-                   zip(p, [b for e, b, _ in r["seen"] if e == epoch])) for p, r in zip(per_rank, two))
+        assert all(
+            len(p) == steps
+            and all(len(i) == gbs // 2 and b == gbs for i, b in zip(p, [b for e, b, _ in r["seen"] if e == epoch]))
+            for p, r in zip(per_rank, two)
+        )
         union = torch.cat([torch.cat(p) for p in per_rank])
         assert union.numel() == steps * gbs and union.unique().numel() == steps * gbs  # each sample once
         assert int(union.max()) < 512

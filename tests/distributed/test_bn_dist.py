@@ -101,7 +101,7 @@ def reference(ranks, local_groups, n_local):
     loss = 0
     means, vars_ = [], []
     for g in range(local_groups):
-        parts = [x[g * n_local:(g + 1) * n_local] for x in xs]
+        parts = [x[g * n_local : (g + 1) * n_local] for x in xs]
         joined = torch.cat(parts)
         rm, rv = torch.zeros(3, dtype=F64), torch.ones(3, dtype=F64)
         out = F.batch_norm(joined, rm, rv, weight, bias, True, 0.1, 1e-5)

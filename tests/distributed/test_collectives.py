@@ -50,9 +50,11 @@ def collectives_on_ranks(rank, world, shapes):
     for wpn, x in shapes:
         groups = build_groups(make_topology(world, workers_per_node=wpn, torus_x=x))
         for n in SIZES:
-            for name, fn in (("hier_scatter", lambda t, g=groups: hierarchical_all_reduce(t, g, mode="scatter")),
-                             ("hier_reduce", lambda t, g=groups: hierarchical_all_reduce(t, g, mode="reduce")),
-                             ("torus", lambda t, g=groups: torus2d_all_reduce(t, g))):
+            for name, fn in (
+                ("hier_scatter", lambda t, g=groups: hierarchical_all_reduce(t, g, mode="scatter")),
+                ("hier_reduce", lambda t, g=groups: hierarchical_all_reduce(t, g, mode="reduce")),
+                ("torus", lambda t, g=groups: torus2d_all_reduce(t, g)),
+            ):
                 t = rank_tensor(rank, n)
                 fn(t)
                 out[(wpn, x, name, n)] = (t, reference[n])
@@ -68,9 +70,13 @@ def collectives_on_ranks(rank, world, shapes):
         for algorithm in ("hierarchical", "torus2d"):
             kw = dict(workers_per_node=wpn, torus_x=x)
             out[(wpn, x, "ddp", "public-" + algorithm, "none")] = (
-                _ddp_grads(rank, None, lambda m, a=algorithm, kw=kw: register_comm_hook(m, a, **kw)), plain)
+                _ddp_grads(rank, None, lambda m, a=algorithm, kw=kw: register_comm_hook(m, a, **kw)),
+                plain,
+            )
     out[(0, 0, "ddp", "public-default", "bf16")] = (  # workers_per_node from LOCAL_WORLD_SIZE
-        _ddp_grads(rank, None, lambda m: register_comm_hook(m, compression="bf16")), plain)
+        _ddp_grads(rank, None, lambda m: register_comm_hook(m, compression="bf16")),
+        plain,
+    )
     return out
 
 

@@ -32,8 +32,9 @@ def bn_free_model():
 
 def ghost_model(bn):
     torch.manual_seed(0)
-    model = build_model("resnet_fmnist", num_classes=5, in_channels=1, width=4, bn_batch_size=bn,
-                        zero_init_residual=False).double()
+    model = build_model(
+        "resnet_fmnist", num_classes=5, in_channels=1, width=4, bn_batch_size=bn, zero_init_residual=False
+    ).double()
     return model
 
 
@@ -112,9 +113,17 @@ def trainer_weights(rank, world, overrides):
 
 
 TRAINER_OVERRIDES = [
-    "data.name=synthetic", "data.synthetic.train_samples=512", "data.synthetic.test_samples=64",
-    "data.image_size_px=12", "train.global_batch_size=128", "train.bn.batch_size=16", "train.epochs=2",
-    "train.checkpoint_every_epochs=100", "model.width=4", "schedule.warmup_epochs=1", "schedule.decay_epochs=[1.5]",
+    "data.name=synthetic",
+    "data.synthetic.train_samples=512",
+    "data.synthetic.test_samples=64",
+    "data.image_size_px=12",
+    "train.global_batch_size=128",
+    "train.bn.batch_size=16",
+    "train.epochs=2",
+    "train.checkpoint_every_epochs=100",
+    "model.width=4",
+    "schedule.warmup_epochs=1",
+    "schedule.decay_epochs=[1.5]",
 ]
 
 
@@ -147,13 +156,24 @@ def trainer_init_fc():
     return build_model("resnet_fmnist", num_classes=10, in_channels=1, width=4).fc.weight.detach()
 
 
-@pytest.mark.parametrize("optim", [
-    ["optim.name=lars", "optim.base_lr=2.0", "schedule.name=poly", "schedule.warmup_start_lr=0.0"],
-    ["optim.name=lamb", "optim.base_lr=0.02", "optim.weight_decay=0.01", "schedule.name=cosine"],
-    ["optim.name=rmsprop_warmup", "optim.nesterov=false", "optim.rmsprop_warmup.center_epochs=1",
-     "optim.rmsprop_warmup.period_epochs=1", "schedule.name=slow_start", "schedule.warmup_epochs=0",
-     "schedule.slow_start.epochs=[1,1.5]", "schedule.slow_start.factors=[0.5,0.1,0.01]"],
-], ids=["lars", "lamb", "rmsprop_warmup"])
+@pytest.mark.parametrize(
+    "optim",
+    [
+        ["optim.name=lars", "optim.base_lr=2.0", "schedule.name=poly", "schedule.warmup_start_lr=0.0"],
+        ["optim.name=lamb", "optim.base_lr=0.02", "optim.weight_decay=0.01", "schedule.name=cosine"],
+        [
+            "optim.name=rmsprop_warmup",
+            "optim.nesterov=false",
+            "optim.rmsprop_warmup.center_epochs=1",
+            "optim.rmsprop_warmup.period_epochs=1",
+            "schedule.name=slow_start",
+            "schedule.warmup_epochs=0",
+            "schedule.slow_start.epochs=[1,1.5]",
+            "schedule.slow_start.factors=[0.5,0.1,0.01]",
+        ],
+    ],
+    ids=["lars", "lamb", "rmsprop_warmup"],
+)
 def test_large_batch_optimizers_on_two_ranks_match_one_process(optim):
     """Each optimizer sees the all-reduced gradient: 2 gloo ranks give the weights of 1 process."""
     overrides = TRAINER_OVERRIDES + optim
@@ -172,8 +192,12 @@ def test_large_batch_optimizers_on_two_ranks_match_one_process(optim):
 def test_mixed_precision_trains_with_lars(precision):
     """Autocast (and, for fp16, dynamic loss scaling whose unscaled gradient LARS sees) trains to
     finite weights close to the fp32 run."""
-    overrides = TRAINER_OVERRIDES + ["optim.name=lars", "optim.base_lr=2.0", "schedule.name=poly",
-                                     "schedule.warmup_start_lr=0.0"]
+    overrides = TRAINER_OVERRIDES + [
+        "optim.name=lars",
+        "optim.base_lr=2.0",
+        "schedule.name=poly",
+        "schedule.warmup_start_lr=0.0",
+    ]
     ref = run_ranks(trainer_weights, 1, overrides)[0]
     low = run_ranks(trainer_weights, 1, overrides + [f"train.precision={precision}"])[0]
     assert all(torch.isfinite(v).all() for v in low.values() if v.is_floating_point())
@@ -204,8 +228,12 @@ def test_fp16_loss_scaling_does_not_reach_the_noise_scale():
     """Under fp16 the all-reduced gradients carry the loss scale (2^16 at the start); the trainer
     divides the measured squared norms by its square, so |G|^2 and tr(Sigma) are those of the fp32
     run (to fp16 rounding and its slightly different trajectory), not 2^32 times them."""
-    overrides = TRAINER_OVERRIDES + ["train.noise_scale_decay=0.9", "train.epochs=1", "schedule.warmup_epochs=0.5",
-                                     "schedule.decay_epochs=[0.75]"]
+    overrides = TRAINER_OVERRIDES + [
+        "train.noise_scale_decay=0.9",
+        "train.epochs=1",
+        "schedule.warmup_epochs=0.5",
+        "schedule.decay_epochs=[0.75]",
+    ]
     fp32 = run_ranks(trainer_noise_scale, 2, overrides)[0]
     fp16 = run_ranks(trainer_noise_scale, 2, overrides + ["train.precision=fp16"])[0]
     assert all(math.isfinite(v) and v > 0 for v in fp32), fp32

@@ -21,7 +21,7 @@ def _least_squares(rank, world_size, compression, steps, per_worker):
     model = torch.nn.Linear(N_FEATURES, 1, bias=False)
     w_star = torch.zeros(1, N_FEATURES)
     with torch.no_grad():
-        model.weight.copy_(w_star + torch.full((1, N_FEATURES), N_FEATURES ** -0.5))  # |d|^2 = 1
+        model.weight.copy_(w_star + torch.full((1, N_FEATURES), N_FEATURES**-0.5))  # |d|^2 = 1
     ddp = DDP(model)
     state, hook = wrap_hook(make_comm_hook("allreduce", compression, None))
     ddp.register_comm_hook(state, hook)
@@ -29,7 +29,7 @@ def _least_squares(rank, world_size, compression, steps, per_worker):
     g = torch.Generator().manual_seed(1000 + rank)
     for _ in range(steps):
         x = torch.randn(per_worker, N_FEATURES, generator=g)
-        y = x @ w_star.T + NOISE_VAR ** 0.5 * torch.randn(per_worker, 1, generator=g)
+        y = x @ w_star.T + NOISE_VAR**0.5 * torch.randn(per_worker, 1, generator=g)
         loss = 0.5 * (ddp(x) - y).square().mean()
         loss.backward()
         local_sq, global_sq = state.take()

@@ -40,8 +40,10 @@ def resumed_weights(rank, world, overrides, root):
     resumed.load(first)
     assert resumed.state.epoch == 1
     resumed.fit()
-    return ({k: v.clone() for k, v in full.model.state_dict().items()},
-            {k: v.clone() for k, v in resumed.model.state_dict().items()})
+    return (
+        {k: v.clone() for k, v in full.model.state_dict().items()},
+        {k: v.clone() for k, v in resumed.model.state_dict().items()},
+    )
 
 
 def test_bf16_resume_is_bitwise_on_the_same_processes(tmp_path):
@@ -63,5 +65,8 @@ def test_bf16_two_ranks_against_one_process_agree_to_bf16_rounding():
     gap = (two[0]["fc.weight"] - one["fc.weight"]).norm() / moved
     assert gap < 0.02, gap  # 0.22% on 2026-12-02
     # ... where fp32 agrees to rounding: bf16's gap is a property of bf16, not of the split
-    one32, two32 = run_ranks(trainer_weights, 1, TRAINER_OVERRIDES)[0], run_ranks(trainer_weights, 2, TRAINER_OVERRIDES)[0]
+    one32, two32 = (
+        run_ranks(trainer_weights, 1, TRAINER_OVERRIDES)[0],
+        run_ranks(trainer_weights, 2, TRAINER_OVERRIDES)[0],
+    )
     assert (two32["fc.weight"] - one32["fc.weight"]).norm() / (one32["fc.weight"] - init).norm() < 1e-5

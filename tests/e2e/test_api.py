@@ -49,10 +49,18 @@ USER_MODULE = textwrap.dedent('''
         return "a string"
 ''')
 
-OVERRIDES = ["data.name=userplug:halves", "model.name=userplug:tiny_net", "train.epochs=3",
-             "train.global_batch_size=128", "train.bn.batch_size=32", "optim.base_lr=0.2",
-             "schedule.warmup_epochs=0.5", "schedule.decay_epochs=[2]", "data.val_size=256",
-             "train.log_every_steps=4"]
+OVERRIDES = [
+    "data.name=userplug:halves",
+    "model.name=userplug:tiny_net",
+    "train.epochs=3",
+    "train.global_batch_size=128",
+    "train.bn.batch_size=32",
+    "optim.base_lr=0.2",
+    "schedule.warmup_epochs=0.5",
+    "schedule.decay_epochs=[2]",
+    "data.val_size=256",
+    "train.log_every_steps=4",
+]
 
 
 @pytest.fixture(scope="module")
@@ -64,13 +72,32 @@ def installed(tmp_path_factory):
     shutil.copytree(REPO / "src", src / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src / name)
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                            str(src), "-w", str(root / "dist")], capture_output=True, text=True, timeout=300)
+    build = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            str(src),
+            "-w",
+            str(root / "dist"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert build.returncode == 0, build.stderr[-2000:]
     (wheel,) = (root / "dist").glob("largebatch-*.whl")
     site = root / "site"
-    inst = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site),
-                           str(wheel)], capture_output=True, text=True, timeout=300)
+    inst = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert inst.returncode == 0, inst.stderr[-2000:]
     work = root / "work"
     work.mkdir()
@@ -80,21 +107,26 @@ def installed(tmp_path_factory):
 
 
 def python(code: str, *, env, cwd, timeout=300):
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.fixture(scope="module")
 def trained(installed):
     site, work, env = installed
     out = work / "run"
-    proc = python(f'''
+    proc = python(
+        f"""
         import json, largebatch
         from largebatch.optim import Lamb, Lars, RMSpropWarmup, param_groups
         summary = largebatch.train("goyal2017_fashion_mnist", overrides={OVERRIDES!r}, nproc=2, out="run")
         print("LB_FILE", largebatch.__file__)
         print("SUMMARY", json.dumps(summary))
-    ''', env=env, cwd=work)
+    """,
+        env=env,
+        cwd=work,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = dict(line.split(" ", 1) for line in proc.stdout.splitlines() if line.startswith(("LB_FILE", "SUMMARY")))
     return site, work, env, out, lines
@@ -115,7 +147,8 @@ def test_model_card_lets_plain_torch_reproduce_the_test_accuracy(trained):
     assert card["classes"] == ["top", "bottom"] and card["num_classes"] == 2
     assert card["input"]["channels"] == 1 and card["input"]["size_px"] == [12, 12]
     # plain torch and the user's own module only: the card says how to normalize
-    proc = python('''
+    proc = python(
+        """
         import json, torch, userplug
         card = json.load(open("run/model_final.json"))
         model = userplug.tiny_net(num_classes=card["num_classes"], in_channels=card["input"]["channels"])
@@ -127,30 +160,60 @@ def test_model_card_lets_plain_torch_reproduce_the_test_accuracy(trained):
         with torch.no_grad():
             top1 = (model.eval()(x).argmax(1) == data["test_labels"]).float().mean().item() * 100
         print("PLAIN", top1)
-    ''', env=dict(env, PYTHONPATH=str(work)), cwd=work)  # not even largebatch on the path
+    """,
+        env=dict(env, PYTHONPATH=str(work)),
+        cwd=work,
+    )  # not even largebatch on the path
     assert proc.returncode == 0, proc.stderr[-2000:]
     plain = float(proc.stdout.split("PLAIN")[1])
     summary = json.loads(lines["SUMMARY"])
     assert abs(plain - summary["top1"]) <= 0.5, (plain, summary["top1"])
     # the command line evaluates the run directory (its model_final.pt) to the same figure
-    ev = subprocess.run([sys.executable, "-m", "largebatch", "eval", "run"], cwd=work, env=env, capture_output=True,
-                        text=True, timeout=300)
+    ev = subprocess.run(
+        [sys.executable, "-m", "largebatch", "eval", "run"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert ev.returncode == 0, ev.stderr[-2000:]
     result = json.loads(ev.stdout)
-    assert result["top1"] == pytest.approx(summary["top1"], abs=0.25) and result["checkpoint"].endswith("model_final.pt")
+    assert result["top1"] == pytest.approx(summary["top1"], abs=0.25) and result["checkpoint"].endswith(
+        "model_final.pt"
+    )
 
 
 def test_config_file_from_a_run_and_from_recipes(trained):
     site, work, env, out, lines = trained
-    again = subprocess.run([sys.executable, "-m", "largebatch", "train", "--config", "run/config.json", "--nproc", "1",
-                            "--set", "train.epochs=1", "--out", "again"], cwd=work, env=env, capture_output=True,
-                           text=True, timeout=300)
+    again = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "largebatch",
+            "train",
+            "--config",
+            "run/config.json",
+            "--nproc",
+            "1",
+            "--set",
+            "train.epochs=1",
+            "--out",
+            "again",
+        ],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     first, second = (json.loads((work / d / "config.json").read_text()) for d in ("run", "again"))
     assert second["train"].pop("epochs") == 1 and first["train"].pop("epochs") == 3
     assert first == second  # everything else carried over from the file
     # the YAML `largebatch recipes NAME` prints reads back as the same config, for every recipe
-    proc = python('''
+    proc = python(
+        """
         import subprocess, sys
         from largebatch.api import load_config
         from largebatch.recipes import get_recipe, recipe_names
@@ -160,19 +223,40 @@ def test_config_file_from_a_run_and_from_recipes(trained):
             open(name + ".yaml", "w").write(text)
             assert load_config(name + ".yaml") == get_recipe(name), name
         print("RECIPES OK", len(recipe_names()))
-    ''', env=env, cwd=work)
+    """,
+        env=env,
+        cwd=work,
+    )
     assert proc.returncode == 0 and "RECIPES OK" in proc.stdout, proc.stderr[-2000:]
 
 
-@pytest.mark.parametrize("override, fragment", [
-    ("model.name=nosuchmodule:net", "cannot import 'nosuchmodule'"),
-    ("data.name=userplug:missing", "has no attribute 'missing'"),
-])
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("model.name=nosuchmodule:net", "cannot import 'nosuchmodule'"),
+        ("data.name=userplug:missing", "has no attribute 'missing'"),
+    ],
+)
 def test_plugin_errors_are_one_line_before_workers(installed, override, fragment):
     site, work, env = installed
-    proc = subprocess.run([sys.executable, "-m", "largebatch", "train", "--nproc", "2", *sum(
-        (["--set", o] for o in OVERRIDES + [override]), []), "--out", "bad"], cwd=work, env=env,
-        capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "largebatch",
+            "train",
+            "--nproc",
+            "2",
+            *sum((["--set", o] for o in OVERRIDES + [override]), []),
+            "--out",
+            "bad",
+        ],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2 and fragment in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not (work / "bad").exists()

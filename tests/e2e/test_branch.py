@@ -13,8 +13,20 @@ from largebatch.train.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.e2e
 
-SUBSET = ["--set", "data.train_subset=2000", "--set", "data.test_subset=500", "--set", "data.val_size=400",
-          "--set", "train.log_every_steps=2", "--set", "optim.base_lr=0.1", "--set", "train.noise_scale=false"]
+SUBSET = [
+    "--set",
+    "data.train_subset=2000",
+    "--set",
+    "data.test_subset=500",
+    "--set",
+    "data.val_size=400",
+    "--set",
+    "train.log_every_steps=2",
+    "--set",
+    "optim.base_lr=0.1",
+    "--set",
+    "train.noise_scale=false",
+]
 
 
 def train(out, *sets, nproc=1, resume=False):
@@ -40,24 +52,46 @@ def test_stop_at_the_validation_target_records_steps_and_a_resume_does_nothing(r
     curve = [(e["step"], e["val_top1"]) for e in evals if e["kind"] == "eval"]
     target = curve[0][1] - 0.01  # reached at the first evaluation of a run evaluating every 3 steps
     out = tmp_path / "stop"
-    s = train(out, "train.epochs=2", "train.global_batch_size=128", "train.val_every_steps=3",
-              f"train.stop_at_val_top1={target}")
+    s = train(
+        out,
+        "train.epochs=2",
+        "train.global_batch_size=128",
+        "train.val_every_steps=3",
+        f"train.stop_at_val_top1={target}",
+    )
     val = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     first = next(e for e in val if e["kind"] == "eval" and e["val_top1"] >= target)
     assert s["stopped_at_target"] and s["steps_to_val_target"] == first["step"] == s["steps"] < 2 * (1600 // 128)
     assert s["images_to_val_target"] == s["steps"] * 128 and s["top1"] > 0  # the test split evaluated at the stop
-    again = train(out, "train.epochs=2", "train.global_batch_size=128", "train.val_every_steps=3",
-                  f"train.stop_at_val_top1={target}", resume=True)
+    again = train(
+        out,
+        "train.epochs=2",
+        "train.global_batch_size=128",
+        "train.val_every_steps=3",
+        f"train.stop_at_val_top1={target}",
+        resume=True,
+    )
     assert again["steps"] == s["steps"]  # a finished run stays finished
 
 
 def test_init_from_and_the_image_budget(reference, tmp_path):
     (ckpt, *_) = sorted((reference / "checkpoints").glob("ckpt_step*.pt"))
     out = tmp_path / "branch"
-    s = train(out, f"train.init_from={ckpt}", "train.epochs=3", "train.global_batch_size=256",
-              "train.stop_after_images=1024", "optim.base_lr=1e-30", "optim.weight_decay=0", "schedule.warmup_epochs=0")
+    s = train(
+        out,
+        f"train.init_from={ckpt}",
+        "train.epochs=3",
+        "train.global_batch_size=256",
+        "train.stop_after_images=1024",
+        "optim.base_lr=1e-30",
+        "optim.weight_decay=0",
+        "schedule.warmup_epochs=0",
+    )
     assert s["stopped_at_budget"] and s["steps"] == 4 and s["init_from"] == str(ckpt)
-    start, end = load_checkpoint(ckpt)["model"], load_checkpoint(sorted((out / "checkpoints").glob("*.pt"))[-1])["model"]
+    start, end = (
+        load_checkpoint(ckpt)["model"],
+        load_checkpoint(sorted((out / "checkpoints").glob("*.pt"))[-1])["model"],
+    )
     for name, w in start.items():  # an LR of 1e-30 moves nothing: the run started from the checkpoint's weights
         if w.is_floating_point() and "running" not in name:
             assert torch.equal(w, end[name]), name
@@ -68,9 +102,27 @@ def test_init_from_and_the_image_budget(reference, tmp_path):
 def test_critical_batch_branches_every_batch_on_the_same_budget(reference, tmp_path):
     steps = sorted(int(p.stem.removeprefix("ckpt_step")) for p in (reference / "checkpoints").glob("*.pt"))
     out = tmp_path / "cb"
-    cmd = [sys.executable, "-m", "largebatch", "critical-batch", str(reference), "--steps", str(steps[0]),
-           "--batch-sizes", "64,256", "--budget-images", "1024", "--min-reduction", "0", "--out", str(out),
-           "--set", "data.train_subset=2000", "--set", "data.test_subset=500"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "largebatch",
+        "critical-batch",
+        str(reference),
+        "--steps",
+        str(steps[0]),
+        "--batch-sizes",
+        "64,256",
+        "--budget-images",
+        "1024",
+        "--min-reduction",
+        "0",
+        "--out",
+        str(out),
+        "--set",
+        "data.train_subset=2000",
+        "--set",
+        "data.test_subset=500",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "critical_batch.json").read_text())
@@ -82,8 +134,12 @@ def test_critical_batch_branches_every_batch_on_the_same_budget(reference, tmp_p
         run = out / f"step{steps[0]:08d}" / f"b{b['batch']:06d}_linear"
         assert json.loads((run / "summary.json").read_text())["steps"] == b["steps"]
     assert "measured B_crit" in proc.stdout
-    bad = subprocess.run([sys.executable, "-m", "largebatch", "critical-batch", str(reference), "--steps", "99999"],
-                         capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "-m", "largebatch", "critical-batch", str(reference), "--steps", "99999"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "no checkpoint at step(s) [99999]" in bad.stderr and "Traceback" not in bad.stderr
 
 

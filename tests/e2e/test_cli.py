@@ -13,16 +13,32 @@ import torch
 pytestmark = pytest.mark.e2e
 
 SMALL = [
-    "--set", "data.train_subset=4096", "--set", "data.test_subset=2000", "--set", "train.epochs=2",
-    "--set", "train.eval_every_epochs=1", "--set", "train.log_every_steps=2", "--set", "train.target_top1=20",
-    "--set", "schedule.warmup_epochs=0.5", "--set", "schedule.decay_epochs=[1.5]", "--set", "optim.base_lr=0.1",
+    "--set",
+    "data.train_subset=4096",
+    "--set",
+    "data.test_subset=2000",
+    "--set",
+    "train.epochs=2",
+    "--set",
+    "train.eval_every_epochs=1",
+    "--set",
+    "train.log_every_steps=2",
+    "--set",
+    "train.target_top1=20",
+    "--set",
+    "schedule.warmup_epochs=0.5",
+    "--set",
+    "schedule.decay_epochs=[1.5]",
+    "--set",
+    "optim.base_lr=0.1",
 ]
 
 
 def largebatch(*args, cwd, timeout=300, module=("-m", "largebatch")):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.run([sys.executable, *module, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, *module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def final_model(run_dir: Path) -> dict:
@@ -62,8 +78,17 @@ def test_every_output_file(run):
     assert (out / "curves.png").stat().st_size > 10_000
     assert len(list((out / "checkpoints").glob("ckpt_step*.pt"))) == 2
     summary = json.loads((out / "summary.json").read_text())
-    for key in ("top1", "best_top1", "epochs", "global_batch_size", "world_size", "images_per_s", "wall_s",
-                "target_top1", "time_to_target_s"):
+    for key in (
+        "top1",
+        "best_top1",
+        "epochs",
+        "global_batch_size",
+        "world_size",
+        "images_per_s",
+        "wall_s",
+        "target_top1",
+        "time_to_target_s",
+    ):
         assert key in summary
     assert summary["world_size"] == 2 and summary["global_batch_size"] == 512 and summary["epochs"] == 2
     assert summary["top1"] == evals[-1]["top1"] and summary["best_top1"] == max(r["top1"] for r in evals)
@@ -89,8 +114,13 @@ def test_model_card_gives_plain_torch_the_training_accuracy(run):
     card = json.loads((out / "model_final.json").read_text())
     assert card["classes"][0] == "T-shirt/top" and card["num_classes"] == 10 and card["input"]["size_px"] == [28, 28]
     arch = card["architecture"]
-    model = build_model(arch["name"], num_classes=10, in_channels=card["input"]["channels"], width=arch["width"],
-                        blocks_per_stage=arch["blocks_per_stage"])
+    model = build_model(
+        arch["name"],
+        num_classes=10,
+        in_channels=card["input"]["channels"],
+        width=arch["width"],
+        blocks_per_stage=arch["blocks_per_stage"],
+    )
     model.load_state_dict(torch.load(out / "model_final.pt", weights_only=True))
     _, _, test_x, test_y = load_fashion_mnist("")
     test_x, test_y = test_x[:2000], test_y[:2000]
@@ -144,8 +174,19 @@ def test_resume_is_bitwise_equal(run):
 def test_torchrun_gives_the_same_run(run):
     cwd, out, _ = run
     out2 = cwd / "torchrun"
-    proc = largebatch("--standalone", "--nproc_per_node", "2", "-m", "largebatch", "train", *SMALL,
-                      "--out", str(out2), cwd=cwd, module=("-m", "torch.distributed.run"))
+    proc = largebatch(
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "largebatch",
+        "train",
+        *SMALL,
+        "--out",
+        str(out2),
+        cwd=cwd,
+        module=("-m", "torch.distributed.run"),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((out2 / "summary.json").read_text())["world_size"] == 2
     a, b = final_model(out), final_model(out2)
@@ -177,13 +218,33 @@ def test_worker_error_ends_the_run_with_its_message(tmp_path):
     ends with their message (no hang)."""
     root = tmp_path / "fm"
     root.mkdir()
-    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-                 "t10k-labels-idx1-ubyte"):
+    for name in (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ):
         (root / name).write_bytes(b"\x00\x00\x08\x03garbage")
     env_cache = dict(os.environ, LARGEBATCH_CACHE=str(tmp_path / "cache"))
-    proc = subprocess.run([sys.executable, "-m", "largebatch", "train", "--nproc", "2", "--set", f"data.root={root}",
-                           "--out", str(tmp_path / "run")], cwd=tmp_path, env=env_cache, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "largebatch",
+            "train",
+            "--nproc",
+            "2",
+            "--set",
+            f"data.root={root}",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        cwd=tmp_path,
+        env=env_cache,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1
     assert "not valid IDX files" in proc.stderr and "worker rank" in proc.stderr
 
@@ -204,8 +265,14 @@ def test_recipes_command(tmp_path):
     read_end, write_end = os.pipe()
     os.close(read_end)
     try:
-        piped = subprocess.run([sys.executable, "-m", "largebatch", "recipes", "goyal2017_resnet50_imagenet_8k"],
-                               cwd=tmp_path, stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60)
+        piped = subprocess.run(
+            [sys.executable, "-m", "largebatch", "recipes", "goyal2017_resnet50_imagenet_8k"],
+            cwd=tmp_path,
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
     finally:
         os.close(write_end)
     assert piped.returncode == 0 and "Traceback" not in piped.stderr, piped.stderr
@@ -228,27 +295,68 @@ def test_imagefolder_run(tmp_path):
                 noise = torch.randint(0, 50, (h, w, 3), generator=g, dtype=torch.uint8)
                 Image.fromarray((base + noise).numpy()).save(d / f"{wnid}_{i}.JPEG", quality=90)
     out = tmp_path / "run"
-    proc = largebatch("train", "--nproc", "2", "--set", "data.name=imagefolder", "--set",
-                      f"data.root={tmp_path / 'imagenet'}", "--set", "model.name=resnet18", "--set",
-                      "data.image_size_px=32", "--set", "data.imagefolder.loader_workers=0", "--set", "train.epochs=2",
-                      "--set", "train.global_batch_size=32", "--set", "train.bn.batch_size=8", "--set",
-                      "schedule.warmup_epochs=0", "--set", "schedule.decay_epochs=[]", "--out", str(out),
-                      cwd=tmp_path)
+    proc = largebatch(
+        "train",
+        "--nproc",
+        "2",
+        "--set",
+        "data.name=imagefolder",
+        "--set",
+        f"data.root={tmp_path / 'imagenet'}",
+        "--set",
+        "model.name=resnet18",
+        "--set",
+        "data.image_size_px=32",
+        "--set",
+        "data.imagefolder.loader_workers=0",
+        "--set",
+        "train.epochs=2",
+        "--set",
+        "train.global_batch_size=32",
+        "--set",
+        "train.bn.batch_size=8",
+        "--set",
+        "schedule.warmup_epochs=0",
+        "--set",
+        "schedule.decay_epochs=[]",
+        "--out",
+        str(out),
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 4 and summary["world_size"] == 2  # 72 images // 32 = 2 steps per epoch
     evals = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if '"eval"' in l]
     assert len(evals) == 2 and all(0 <= r["top1"] <= 100 for r in evals)
-    proc = largebatch("train", "--set", "data.name=imagefolder", "--set", f"data.root={tmp_path / 'missing'}",
-                      cwd=tmp_path, timeout=60)
+    proc = largebatch(
+        "train",
+        "--set",
+        "data.name=imagefolder",
+        "--set",
+        f"data.root={tmp_path / 'missing'}",
+        cwd=tmp_path,
+        timeout=60,
+    )
     assert proc.returncode == 2 and "train/<class>" in proc.stderr
 
 
 def test_large_batch_recipe_with_lars_from_the_cli(tmp_path):
     """An issue-3 recipe end to end: LARS, poly schedule from 0, label smoothing, accumulation."""
     out = tmp_path / "run"
-    proc = largebatch("train", "--recipe", "mlperf_lars_fashion_mnist", "--set", "data.train_subset=4096",
-                      "--set", "data.test_subset=1000", "--set", "train.epochs=1", "--out", str(out), cwd=tmp_path)
+    proc = largebatch(
+        "train",
+        "--recipe",
+        "mlperf_lars_fashion_mnist",
+        "--set",
+        "data.train_subset=4096",
+        "--set",
+        "data.test_subset=1000",
+        "--set",
+        "train.epochs=1",
+        "--out",
+        str(out),
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["global_batch_size"] == 2048 and summary["steps"] == 2
@@ -258,9 +366,16 @@ def test_large_batch_recipe_with_lars_from_the_cli(tmp_path):
     assert proc.returncode == 2 and "sgd, lars, lamb, rmsprop_warmup" in proc.stderr
 
 
-SCHEDULE = ["--set", "train.global_batch_size=256", "--set", "train.bn.statistics=precise",
-            "--set", "train.bn.precise_batches=2", "--set",
-            "train.batch_schedule=[{start_epoch: 0, global_batch_size: 256}, {start_epoch: 1, global_batch_size: 1024}]"]
+SCHEDULE = [
+    "--set",
+    "train.global_batch_size=256",
+    "--set",
+    "train.bn.statistics=precise",
+    "--set",
+    "train.bn.precise_batches=2",
+    "--set",
+    "train.batch_schedule=[{start_epoch: 0, global_batch_size: 256}, {start_epoch: 1, global_batch_size: 1024}]",
+]
 
 
 def test_batch_schedule_with_precise_bn_resumes_across_the_boundary(tmp_path):
@@ -281,8 +396,9 @@ def test_batch_schedule_with_precise_bn_resumes_across_the_boundary(tmp_path):
     resumed = tmp_path / "resumed"
     shutil.copytree(out, resumed)
     sorted((resumed / "checkpoints").glob("ckpt_step*.pt"))[-1].unlink()  # stopped at the boundary
-    proc = largebatch("train", "--nproc", "2", *SMALL, *SCHEDULE, "--out", str(resumed), "--resume", "auto",
-                      cwd=tmp_path)
+    proc = largebatch(
+        "train", "--nproc", "2", *SMALL, *SCHEDULE, "--out", str(resumed), "--resume", "auto", cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resumed from" in proc.stderr and "step 16 (epoch 1)" in proc.stderr
     a, b = final_model(out), final_model(resumed)
@@ -293,9 +409,23 @@ def test_batch_schedule_with_precise_bn_resumes_across_the_boundary(tmp_path):
 def test_last_batch_bn_synchronized_over_both_workers(tmp_path):
     """Akiba's BN without moving averages (pooled variance) with BN groups spanning the 2 processes."""
     out = tmp_path / "run"
-    proc = largebatch("train", "--nproc", "2", *SMALL, "--set", "train.epochs=1", "--set", "train.bn.statistics=last_batch",
-                      "--set", "train.bn.variance_averaging=pooled", "--set", "train.bn.sync_ranks=2",
-                      "--out", str(out), cwd=tmp_path)
+    proc = largebatch(
+        "train",
+        "--nproc",
+        "2",
+        *SMALL,
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "train.bn.statistics=last_batch",
+        "--set",
+        "train.bn.variance_averaging=pooled",
+        "--set",
+        "train.bn.sync_ranks=2",
+        "--out",
+        str(out),
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "each BN group spans 2 processes: BN batch 32" in proc.stderr
     summary = json.loads((out / "summary.json").read_text())
@@ -304,8 +434,19 @@ def test_last_batch_bn_synchronized_over_both_workers(tmp_path):
     assert proc.returncode == 2 and "train.bn.sync_ranks=3 does not divide the 2 processes" in proc.stderr
 
 
-COMM_SMALL = [*SMALL, "--set", "train.epochs=1", "--set", "data.train_subset=2048", "--set", "train.global_batch_size=256",
-              "--set", "train.bn.batch_size=32", "--set", "comm.bucket_cap_mb=0.05"]
+COMM_SMALL = [
+    *SMALL,
+    "--set",
+    "train.epochs=1",
+    "--set",
+    "data.train_subset=2048",
+    "--set",
+    "train.global_batch_size=256",
+    "--set",
+    "train.bn.batch_size=32",
+    "--set",
+    "comm.bucket_cap_mb=0.05",
+]
 
 
 def free_port() -> int:
@@ -321,22 +462,55 @@ def test_two_node_loopback_run_with_topology_hooks(tmp_path):
     hierarchical hook; 4 local workers simulating 2 nodes train with the 2D-torus hook (fp16
     compression); both end where DDP's own all-reduce ends, to rounding."""
     port = free_port()
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "2",
-           "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", "loopback",
-           "-m", "largebatch", "train", *COMM_SMALL, "--set", "comm.algorithm=hierarchical",
-           "--out", str(tmp_path / "two_nodes")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "2",
+        "--nproc_per_node",
+        "2",
+        "--rdzv_backend",
+        "c10d",
+        "--rdzv_endpoint",
+        f"127.0.0.1:{port}",
+        "--rdzv_id",
+        "loopback",
+        "-m",
+        "largebatch",
+        "train",
+        *COMM_SMALL,
+        "--set",
+        "comm.algorithm=hierarchical",
+        "--out",
+        str(tmp_path / "two_nodes"),
+    ]
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    agents = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-              for _ in range(2)]
+    agents = [
+        subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     outs = [a.communicate(timeout=300) for a in agents]
     assert all(a.returncode == 0 for a in agents), "\n".join(o[1][-2000:] for o in outs)
     log = "".join(o[1] for o in outs)
     assert "gradient all-reduce: hierarchical (scatter) over 2 node(s) x 2 worker(s)" in log
     assert "gloo: reduce-scatter is emulated" in log
 
-    torus = largebatch("train", "--nproc", "4", *COMM_SMALL, "--set", "comm.algorithm=torus2d",
-                       "--set", "comm.workers_per_node=2", "--set", "comm.compression=fp16",
-                       "--out", str(tmp_path / "torus"), cwd=tmp_path)
+    torus = largebatch(
+        "train",
+        "--nproc",
+        "4",
+        *COMM_SMALL,
+        "--set",
+        "comm.algorithm=torus2d",
+        "--set",
+        "comm.workers_per_node=2",
+        "--set",
+        "comm.compression=fp16",
+        "--out",
+        str(tmp_path / "torus"),
+        cwd=tmp_path,
+    )
     assert torus.returncode == 0, torus.stderr[-3000:]
     assert "2D torus 2 x 2" in torus.stderr and "compression fp16" in torus.stderr
     plain = largebatch("train", "--nproc", "4", *COMM_SMALL, "--out", str(tmp_path / "plain"), cwd=tmp_path)
@@ -349,8 +523,18 @@ def test_two_node_loopback_run_with_topology_hooks(tmp_path):
         for k, v in ref.items():
             if v.is_floating_point():
                 assert torch.allclose(got[k], v, rtol=rtol, atol=atol), (name, k)
-    bad = largebatch("train", "--nproc", "4", *COMM_SMALL, "--set", "comm.algorithm=torus2d", "--set",
-                     "comm.torus_x=3", cwd=tmp_path, timeout=60)
+    bad = largebatch(
+        "train",
+        "--nproc",
+        "4",
+        *COMM_SMALL,
+        "--set",
+        "comm.algorithm=torus2d",
+        "--set",
+        "comm.torus_x=3",
+        cwd=tmp_path,
+        timeout=60,
+    )
     assert bad.returncode == 2 and "accepted shapes X x Y: 1x4, 2x2, 4x1" in bad.stderr
 
 
@@ -378,25 +562,54 @@ def test_bad_image_files_fail_or_are_skipped_and_reported(tmp_path):
     jpeg = next((tmp_path / "imagenet" / "train").rglob("*.JPEG")).read_bytes()
     bad = [("zero.JPEG", b""), ("truncated.JPEG", jpeg[: len(jpeg) // 3]), ("notes.JPEG", b"not an image at all")]
     make_imagenet(tmp_path / "imagenet", bad=bad)
-    common = ["--nproc", "2", "--set", "data.name=imagefolder", "--set", f"data.root={tmp_path / 'imagenet'}",
-              "--set", "model.name=resnet18", "--set", "data.image_size_px=32", "--set", "data.imagefolder.loader_workers=0",
-              "--set", "train.epochs=1", "--set", "train.global_batch_size=16", "--set", "train.bn.batch_size=8",
-              "--set", "schedule.warmup_epochs=0", "--set", "schedule.decay_epochs=[]"]
+    common = [
+        "--nproc",
+        "2",
+        "--set",
+        "data.name=imagefolder",
+        "--set",
+        f"data.root={tmp_path / 'imagenet'}",
+        "--set",
+        "model.name=resnet18",
+        "--set",
+        "data.image_size_px=32",
+        "--set",
+        "data.imagefolder.loader_workers=0",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "train.global_batch_size=16",
+        "--set",
+        "train.bn.batch_size=8",
+        "--set",
+        "schedule.warmup_epochs=0",
+        "--set",
+        "schedule.decay_epochs=[]",
+    ]
     proc = largebatch("train", *common, "--out", str(tmp_path / "fail"), cwd=tmp_path)
-    assert proc.returncode == 1 and "cannot decode" in proc.stderr and "data.imagefolder.bad_file_policy=skip" in proc.stderr
+    assert (
+        proc.returncode == 1
+        and "cannot decode" in proc.stderr
+        and "data.imagefolder.bad_file_policy=skip" in proc.stderr
+    )
     out = tmp_path / "skip"
-    proc = largebatch("train", *common, "--set", "data.imagefolder.bad_file_policy=skip", "--out", str(out), cwd=tmp_path)
+    proc = largebatch(
+        "train", *common, "--set", "data.imagefolder.bad_file_policy=skip", "--out", str(out), cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     listed = (out / "bad_files.txt").read_text()
     assert all(name in listed for name, _ in bad) and "unreadable image file(s) were skipped" in proc.stderr
     assert json.loads((out / "summary.json").read_text())["bad_files"] == 3
 
 
-@pytest.mark.parametrize("layout,fragment", [
-    ("missing", "is not a directory"),
-    ("flat", "holds images directly"),
-    ("empty", "hold no image files"),
-])
+@pytest.mark.parametrize(
+    "layout,fragment",
+    [
+        ("missing", "is not a directory"),
+        ("flat", "holds images directly"),
+        ("empty", "hold no image files"),
+    ],
+)
 def test_bad_data_directories_exit_2_before_workers(tmp_path, layout, fragment):
     root = tmp_path / "data"
     if layout == "flat":
@@ -417,9 +630,13 @@ def test_checkpoint_from_another_config_is_refused(run):
     cwd, out, _ = run
     other = cwd / "other"
     shutil.copytree(out, other)
-    proc = largebatch("train", "--nproc", "2", *SMALL, "--set", "optim.base_lr=0.3", "--out", str(other),
-                      "--resume", "auto", cwd=cwd)
-    assert proc.returncode == 2 and "was written with another config (optim.base_lr: checkpoint 0.1, now 0.3)" in proc.stderr
+    proc = largebatch(
+        "train", "--nproc", "2", *SMALL, "--set", "optim.base_lr=0.3", "--out", str(other), "--resume", "auto", cwd=cwd
+    )
+    assert (
+        proc.returncode == 2
+        and "was written with another config (optim.base_lr: checkpoint 0.1, now 0.3)" in proc.stderr
+    )
     assert "rank" not in proc.stderr  # refused before any worker started
 
 
@@ -435,13 +652,34 @@ def test_flat_val_with_labels_file_and_both_decoders(tmp_path):
             rows.append(f"{f.stem},{wnid_dir.name} 1 2 3 4")
         wnid_dir.rmdir()
     (tmp_path / "LOC_val_solution.csv").write_text("\n".join(rows) + "\n")
-    common = ["--set", "data.name=imagefolder", "--set", f"data.root={root}", "--set", "model.name=resnet18",
-              "--set", "data.image_size_px=32", "--set", "data.imagefolder.loader_workers=0", "--set", "train.epochs=1",
-              "--set", "train.global_batch_size=16", "--set", "train.bn.batch_size=8", "--set",
-              "schedule.warmup_epochs=0", "--set", "schedule.decay_epochs=[]",
-              "--set", f"data.imagefolder.val_labels={tmp_path / 'LOC_val_solution.csv'}"]
+    common = [
+        "--set",
+        "data.name=imagefolder",
+        "--set",
+        f"data.root={root}",
+        "--set",
+        "model.name=resnet18",
+        "--set",
+        "data.image_size_px=32",
+        "--set",
+        "data.imagefolder.loader_workers=0",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "train.global_batch_size=16",
+        "--set",
+        "train.bn.batch_size=8",
+        "--set",
+        "schedule.warmup_epochs=0",
+        "--set",
+        "schedule.decay_epochs=[]",
+        "--set",
+        f"data.imagefolder.val_labels={tmp_path / 'LOC_val_solution.csv'}",
+    ]
     out = tmp_path / "run"
-    proc = largebatch("train", "--nproc", "1", *common, "--set", "data.imagefolder.decoder=pil", "--out", str(out), cwd=tmp_path)
+    proc = largebatch(
+        "train", "--nproc", "1", *common, "--set", "data.imagefolder.decoder=pil", "--out", str(out), cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     evals = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if '"eval"' in l]
     assert len(evals) == 1 and evals[0]["top1"] >= 0
@@ -450,13 +688,26 @@ def test_flat_val_with_labels_file_and_both_decoders(tmp_path):
 
     from largebatch.data.imagefolder import ImageFolderData
 
-    datas = [ImageFolderData(str(root), image_size_px=32, augment=False, loader_workers=0, train_subset=0,
-                             test_subset=0, device=_torch.device("cpu"), decoder=d,
-                             val_labels=str(tmp_path / "LOC_val_solution.csv")) for d in ("pil", "torchvision")]
+    datas = [
+        ImageFolderData(
+            str(root),
+            image_size_px=32,
+            augment=False,
+            loader_workers=0,
+            train_subset=0,
+            test_subset=0,
+            device=_torch.device("cpu"),
+            decoder=d,
+            val_labels=str(tmp_path / "LOC_val_solution.csv"),
+        )
+        for d in ("pil", "torchvision")
+    ]
     (xa, ya), (xb, yb) = (next(d.eval_batches(world_size=1, rank=0, batch_size=8)) for d in datas)
     assert _torch.equal(ya, yb) and xa.shape == xb.shape == (8, 3, 32, 32) and xb.dtype == _torch.float32
     assert (xa - xb).abs().mean() < 0.1  # same images, same eval transform; resampling filters differ slightly
-    bad = largebatch("train", *common[:-2], "--set", f"data.imagefolder.val_labels={tmp_path / 'none.csv'}", cwd=tmp_path, timeout=60)
+    bad = largebatch(
+        "train", *common[:-2], "--set", f"data.imagefolder.val_labels={tmp_path / 'none.csv'}", cwd=tmp_path, timeout=60
+    )
     assert bad.returncode == 2 and "data.imagefolder.val_labels" in bad.stderr
 
 
@@ -464,10 +715,31 @@ def test_forced_bf16_and_a_validation_split_from_the_cli(tmp_path):
     """LARGEBATCH_CPU_BF16=1 makes auto pick bf16 on any CPU; data.val_size evaluates a held-out split."""
     out = tmp_path / "run"
     env = dict(os.environ, PYTHONUNBUFFERED="1", LARGEBATCH_CPU_BF16="1")
-    proc = subprocess.run([sys.executable, "-m", "largebatch", "train", "--set", "data.train_subset=1536",
-                           "--set", "data.val_size=512", "--set", "data.test_subset=500", "--set", "train.epochs=1",
-                           "--set", "schedule.decay_epochs=[0.5]", "--out", str(out)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "largebatch",
+            "train",
+            "--set",
+            "data.train_subset=1536",
+            "--set",
+            "data.val_size=512",
+            "--set",
+            "data.test_subset=500",
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "schedule.decay_epochs=[0.5]",
+            "--out",
+            str(out),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["precision"] == "bf16" and summary["precision_reason"] == "LARGEBATCH_CPU_BF16=1"
@@ -485,16 +757,40 @@ def test_switching_the_optimizer_takes_its_reference_lr_and_trains(tmp_path, nam
     from largebatch.config import REFERENCE_LRS
 
     env = {k: v for k, v in os.environ.items() if k != "LARGEBATCH_CPU_BF16"}
-    proc = subprocess.run([sys.executable, "-m", "largebatch", "train", "--set", f"optim.name={name}",
-                           "--set", "train.epochs=2", "--set", "data.test_subset=2000", "--set", "train.noise_scale=false",
-                           # the recipe's schedule scaled from its 9 epochs to 2 (as `largebatch sweep` scales it)
-                           "--set", "schedule.warmup_epochs=0.111", "--set", "schedule.decay_epochs=[1.0,1.556,1.889]",
-                           "--out", str(tmp_path / name)], capture_output=True, text=True, timeout=900,
-                          env=dict(env, PYTHONUNBUFFERED="1"))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "largebatch",
+            "train",
+            "--set",
+            f"optim.name={name}",
+            "--set",
+            "train.epochs=2",
+            "--set",
+            "data.test_subset=2000",
+            "--set",
+            "train.noise_scale=false",
+            # the recipe's schedule scaled from its 9 epochs to 2 (as `largebatch sweep` scales it)
+            "--set",
+            "schedule.warmup_epochs=0.111",
+            "--set",
+            "schedule.decay_epochs=[1.0,1.556,1.889]",
+            "--out",
+            str(tmp_path / name),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=dict(env, PYTHONUNBUFFERED="1"),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     config = json.loads((tmp_path / name / "config.json").read_text())
     ref = REFERENCE_LRS[name]
     assert (config["optim"]["base_lr"], config["optim"]["base_batch_size"], config["optim"]["lr_scaling"]) == (
-        ref.base_lr, ref.base_batch_size, ref.lr_scaling)
+        ref.base_lr,
+        ref.base_batch_size,
+        ref.lr_scaling,
+    )
     summary = json.loads((tmp_path / name / "summary.json").read_text())
     assert summary["top1"] >= 80.0, (name, summary["top1"])

@@ -49,9 +49,17 @@ def folder(tmp_path_factory):
 
 
 def data_for(root, variant=None, *, augment=False, policy="fail", workers=1):
-    return ImageFolderData(str(root), image_size_px=24, augment=augment, loader_workers=workers, train_subset=0,
-                           test_subset=0, device=torch.device("cpu"), bad_file_policy=policy,
-                           **(VARIANTS[variant] if variant else {}))
+    return ImageFolderData(
+        str(root),
+        image_size_px=24,
+        augment=augment,
+        loader_workers=workers,
+        train_subset=0,
+        test_subset=0,
+        device=torch.device("cpu"),
+        bad_file_policy=policy,
+        **(VARIANTS[variant] if variant else {}),
+    )
 
 
 def eval_all(data):
@@ -103,16 +111,19 @@ def test_broken_files_fail_or_are_skipped_and_reported(tmp_path, variant):
             for i in range(3):
                 smooth_jpeg(root / split / wnid / f"{i}.JPEG", 10 * c + i)
     good = (root / "train/n01/0.JPEG").read_bytes()
-    planted = {"train/n01/a_zero.JPEG": b"", "train/n01/b_truncated.JPEG": good[:200],
-               "train/n02/a_notes.JPEG": b"this is not an image"}
+    planted = {
+        "train/n01/a_zero.JPEG": b"",
+        "train/n01/b_truncated.JPEG": good[:200],
+        "train/n02/a_notes.JPEG": b"this is not an image",
+    }
     for rel, blob in planted.items():
         (root / rel).write_bytes(blob)
     with pytest.raises(BadImageError, match="cannot decode .*(a_zero|b_truncated|a_notes).JPEG.*bad_file_policy=skip"):
         train_all(data_for(root, variant), batch=9)
     data = data_for(root, variant, policy="skip")
-    (x, y), = train_all(data, batch=9)  # one step of 9 of the 9 files: every file is read
+    ((x, y),) = train_all(data, batch=9)  # one step of 9 of the 9 files: every file is read
     assert x.shape == (9, 3, 24, 24) and x.dtype == torch.float32 and torch.isfinite(x).all()
-    assert sorted(line.split("\t")[0][len(str(root)) + 1:] for line in data.bad_files) == sorted(planted)
+    assert sorted(line.split("\t")[0][len(str(root)) + 1 :] for line in data.bad_files) == sorted(planted)
 
 
 class RangeRequestHandler(SimpleHTTPRequestHandler):
@@ -127,13 +138,13 @@ class RangeRequestHandler(SimpleHTTPRequestHandler):
         except OSError:
             self.send_error(404)
             return None
-        start, end = wanted[len("bytes="):].split("-")
+        start, end = wanted[len("bytes=") :].split("-")
         start, end = int(start), min(int(end) if end else len(data) - 1, len(data) - 1)
         self.send_response(206)
         self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
         self.send_header("Content-Length", str(end - start + 1))
         self.end_headers()
-        return io.BytesIO(data[start:end + 1])
+        return io.BytesIO(data[start : end + 1])
 
     def log_message(self, *args):
         pass
@@ -164,25 +175,68 @@ def test_shards_from_a_url_give_the_local_shards_batches(served_shards, variant,
         data_for(url + "/nothing-here")
 
 
-def test_cli_trains_from_shards_over_http_with_dali_and_on_the_folder_decoding_on_the_device(served_shards, folder,
-                                                                                          tmp_path):
+def test_cli_trains_from_shards_over_http_with_dali_and_on_the_folder_decoding_on_the_device(
+    served_shards, folder, tmp_path
+):
     _, url = served_shards
-    common = ["--set", "data.name=imagefolder", "--set", "model.name=resnet18", "--set", "data.image_size_px=24",
-              "--set", "data.imagefolder.loader_workers=1", "--set", "train.epochs=1", "--set", "train.global_batch_size=8",
-              "--set", "train.bn.batch_size=4", "--set", "schedule.warmup_epochs=0", "--set", "schedule.decay_epochs=[]"]
-    runs = {"dali_http": ["--nproc", "2", "--set", f"data.root={url}", "--set", "data.imagefolder.decoder=dali"],
-            "device_folder": ["--set", f"data.root={folder}", "--set", "data.imagefolder.decode_on=device"]}
+    common = [
+        "--set",
+        "data.name=imagefolder",
+        "--set",
+        "model.name=resnet18",
+        "--set",
+        "data.image_size_px=24",
+        "--set",
+        "data.imagefolder.loader_workers=1",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "train.global_batch_size=8",
+        "--set",
+        "train.bn.batch_size=4",
+        "--set",
+        "schedule.warmup_epochs=0",
+        "--set",
+        "schedule.decay_epochs=[]",
+    ]
+    runs = {
+        "dali_http": ["--nproc", "2", "--set", f"data.root={url}", "--set", "data.imagefolder.decoder=dali"],
+        "device_folder": ["--set", f"data.root={folder}", "--set", "data.imagefolder.decode_on=device"],
+    }
     for name, extra in runs.items():
         out = tmp_path / name
-        proc = subprocess.run([sys.executable, "-m", "largebatch", "train", *common, *extra, "--out", str(out)],
-                              capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, "-m", "largebatch", "train", *common, *extra, "--out", str(out)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         summary = json.loads((out / "summary.json").read_text())
         assert summary["steps"] == 1  # 12 images // 8
-    proc = subprocess.run([sys.executable, "-m", "largebatch", "train", *common, "--set", f"data.root={url}/missing"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "largebatch", "train", *common, "--set", f"data.root={url}/missing"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "holds no largebatch-shards.json" in proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "largebatch", "train", *common, "--set", f"data.root={folder}",
-                           "--set", "data.imagefolder.decoder=pil", "--set", "data.imagefolder.decode_on=device"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "largebatch",
+            "train",
+            *common,
+            "--set",
+            f"data.root={folder}",
+            "--set",
+            "data.imagefolder.decoder=pil",
+            "--set",
+            "data.imagefolder.decode_on=device",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "data.imagefolder.decode_on" in proc.stderr

@@ -19,20 +19,49 @@ from largebatch.train.checkpoint import list_checkpoints, load_checkpoint
 pytestmark = pytest.mark.e2e
 
 # 4096 images / 512 = 8 steps per epoch, 3 epochs: 24 steps.
-CFG = ["--set", "data.train_subset=4096", "--set", "data.test_subset=500", "--set", "train.epochs=3",
-       "--set", "train.log_every_steps=1", "--set", "schedule.warmup_epochs=0.5", "--set", "schedule.decay_epochs=[2.5]",
-       "--set", "optim.base_lr=0.1", "--set", "train.checkpoint_every_steps=4", "--set", "train.keep_checkpoints=3"]
+CFG = [
+    "--set",
+    "data.train_subset=4096",
+    "--set",
+    "data.test_subset=500",
+    "--set",
+    "train.epochs=3",
+    "--set",
+    "train.log_every_steps=1",
+    "--set",
+    "schedule.warmup_epochs=0.5",
+    "--set",
+    "schedule.decay_epochs=[2.5]",
+    "--set",
+    "optim.base_lr=0.1",
+    "--set",
+    "train.checkpoint_every_steps=4",
+    "--set",
+    "train.keep_checkpoints=3",
+]
 ENV = dict(os.environ, PYTHONUNBUFFERED="1")
 
 
 def train(*args, cwd, timeout=300):
-    return subprocess.run([sys.executable, "-m", "largebatch", "train", *args], cwd=cwd, env=ENV,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "largebatch", "train", *args],
+        cwd=cwd,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def start(*args, cwd):
-    return subprocess.Popen([sys.executable, "-m", "largebatch", "train", *args], cwd=cwd, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "largebatch", "train", *args],
+        cwd=cwd,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for(predicate, proc, timeout=120):
@@ -108,8 +137,18 @@ def test_sigterm_checkpoints_and_resume_auto_finishes_the_run(reference, tmp_pat
     assert "forcefully exiting" not in err, err[-3000:]
     step = int(list_checkpoints(out)[-1].name[9:17])
     assert 0 < step < 24
-    done = train("--nproc", "2", *CFG, "--set", "train.checkpoint_every_steps=0", "--out", str(out),
-                 "--resume", "auto", cwd=tmp_path)
+    done = train(
+        "--nproc",
+        "2",
+        *CFG,
+        "--set",
+        "train.checkpoint_every_steps=0",
+        "--out",
+        str(out),
+        "--resume",
+        "auto",
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"at step {step}" in done.stderr
     assert_same_weights(weights(out), weights(reference), exact_buffers=False)
@@ -167,11 +206,23 @@ def test_pickled_checkpoint_is_refused(tmp_path):
     blob = buffer.getvalue()
     path = tmp_path / "evil.pt"
     path.write_bytes(MAGIC + hashlib.sha256(blob).hexdigest().encode() + b"\n" + blob)
-    proc = subprocess.run([sys.executable, "-m", "largebatch", "eval", "--checkpoint", str(path)], cwd=tmp_path,
-                          env=ENV, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "largebatch", "eval", "--checkpoint", str(path)],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "holds pickled objects" in proc.stderr and "weights_only" in proc.stderr
     plain = tmp_path / "plain.pt"
     torch.save({"model": {}}, plain)  # a torch file without our header
-    proc = subprocess.run([sys.executable, "-m", "largebatch", "eval", "--checkpoint", str(plain)], cwd=tmp_path,
-                          env=ENV, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "largebatch", "eval", "--checkpoint", str(plain)],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "is not a largebatch checkpoint" in proc.stderr

@@ -23,21 +23,26 @@ def largebatch(*args, timeout=600):
 
 def test_sweep_writes_table_and_figure_and_resumes(tmp_path):
     out = tmp_path / "sweep"
-    proc = largebatch("sweep", "--methods", "goyal", "--batch-sizes", "128,512", "--epochs", "1", *SUBSET,
-                      "--out", str(out))
+    proc = largebatch(
+        "sweep", "--methods", "goyal", "--batch-sizes", "128,512", "--epochs", "1", *SUBSET, "--out", str(out)
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = list(csv.DictReader((out / "sweep.csv").open()))
     assert [(r["method"], int(r["global_batch_size"]), int(r["steps"])) for r in rows] == [
-        ("goyal", 128, 16), ("goyal", 512, 4)]  # 2048 // B steps in one epoch
+        ("goyal", 128, 16),
+        ("goyal", 512, 4),
+    ]  # 2048 // B steps in one epoch
     for r in rows:
         summary = json.loads((out / "goyal" / f"b{int(r['global_batch_size']):06d}_s0" / "summary.json").read_text())
         assert float(r["top1_mean"]) == pytest.approx(summary["top1"]) and summary["global_batch_size"] == int(
-            r["global_batch_size"])
+            r["global_batch_size"]
+        )
     table = (out / "sweep.md").read_text()
     assert "| 128 |" in table and "| 512 |" in table and METHODS["goyal"].label in table
     assert (out / "sweep.png").stat().st_size > 10_000
-    again = largebatch("sweep", "--methods", "goyal", "--batch-sizes", "128,512", "--epochs", "1", *SUBSET,
-                       "--out", str(out))
+    again = largebatch(
+        "sweep", "--methods", "goyal", "--batch-sizes", "128,512", "--epochs", "1", *SUBSET, "--out", str(out)
+    )
     assert again.returncode == 0 and "(2 already finished)" in again.stderr
     bad = largebatch("sweep", "--methods", "goyal,adam", "--batch-sizes", "128", "--epochs", "1", "--out", str(out))
     assert bad.returncode == 2 and "method 'adam' is unknown" in bad.stderr
@@ -50,7 +55,8 @@ def test_sweep_configs_scale_schedules_and_mikami_stages():
     assert cfg.train.seed == 3 and cfg.train.epochs == 3
     goyal = run_config("goyal", 1024, 0, 3, [])
     assert goyal.schedule.warmup_epochs == pytest.approx(0.5 * 3 / 9) and goyal.schedule.decay_epochs == pytest.approx(
-        [1.5, 7 / 3, 8.5 / 3])
+        [1.5, 7 / 3, 8.5 / 3]
+    )
     assert run_config("no_scaling", 1024, 0, 3, []).optim.lr_scaling == "none"
     assert run_config("linear_no_warmup", 1024, 0, 3, []).schedule.warmup_epochs == 0
     with pytest.raises(SweepError, match="lars at global batch 100"):
@@ -67,18 +73,26 @@ def test_advice_follows_the_empirical_model():
 
 
 def test_advice_against_measured_critical_batches():
-    report = {"points": [{"step": 107, "critical_batch": 512.0, "critical_batch_is_lower_bound": False, "b_simple": 67.0},
-                         {"step": 321, "critical_batch": None, "b_simple": 234.0},
-                         {"step": 642, "critical_batch": 2048.0, "critical_batch_is_lower_bound": True}]}
+    report = {
+        "points": [
+            {"step": 107, "critical_batch": 512.0, "critical_batch_is_lower_bound": False, "b_simple": 67.0},
+            {"step": 321, "critical_batch": None, "b_simple": 234.0},
+            {"step": 642, "critical_batch": 2048.0, "critical_batch_is_lower_bound": True},
+        ]
+    }
     rows = against_measured(300.0, report)
     assert [r["ratio"] for r in rows] == [pytest.approx(300 / 512), None, pytest.approx(300 / 2048)]
     assert [r["within_2x"] for r in rows] == [True, False, False]  # 0.59x inside, 0.15x outside
     assert against_measured(1024.0, report)[0]["within_2x"] and not against_measured(1025.0, report)[0]["within_2x"]
     advice = Advice("r", 512, 300, 100, 100, 30, 300, 9, 9.0, measured=rows)
     text = advice.text()
-    assert "measured B_crit at step 107 (branching, Merrill et al. 2025): 512; this advice's 300 is 0.59x it " \
-           "(within 2x); the B_simple that run logged at that step, 67, is 0.13x it" in text
-    assert "step 321 (branching): not resolved" in text and ">= 2,048; this advice's 300 is 0.15x it (outside 2x)" in text
+    assert (
+        "measured B_crit at step 107 (branching, Merrill et al. 2025): 512; this advice's 300 is 0.59x it "
+        "(within 2x); the B_simple that run logged at that step, 67, is 0.13x it" in text
+    )
+    assert (
+        "step 321 (branching): not resolved" in text and ">= 2,048; this advice's 300 is 0.15x it (outside 2x)" in text
+    )
 
 
 def test_advise_probe_logs_the_noise_scale(tmp_path):
@@ -88,9 +102,23 @@ def test_advise_probe_logs_the_noise_scale(tmp_path):
     bad = largebatch("advise", "--measured", str(tmp_path / "none.json"), "--out", str(tmp_path / "bad"))
     assert bad.returncode == 2 and "--measured" in bad.stderr and "no such file" in bad.stderr
     assert "Traceback" not in bad.stderr and not (tmp_path / "bad").exists()  # refused before the probe
-    proc = largebatch("advise", "--probe-epochs", "1", "--set", "data.train_subset=4096", "--set",
-                      "data.test_subset=500", "--set", "train.global_batch_size=256", "--set", "train.log_every_steps=4",
-                      "--measured", str(measured), "--out", str(out))  # 16 steps, 4 log records
+    proc = largebatch(
+        "advise",
+        "--probe-epochs",
+        "1",
+        "--set",
+        "data.train_subset=4096",
+        "--set",
+        "data.test_subset=500",
+        "--set",
+        "train.global_batch_size=256",
+        "--set",
+        "train.log_every_steps=4",
+        "--measured",
+        str(measured),
+        "--out",
+        str(out),
+    )  # 16 steps, 4 log records
     assert proc.returncode == 0, proc.stderr[-3000:]
     series = read_noise_scale(out)
     assert [s for s, _ in series] == [4, 8, 12, 16] and all(v > 0 for _, v in series)

@@ -19,8 +19,20 @@ SUBSET = ("data.train_subset=2000", "data.test_subset=500", "train.log_every_ste
 
 
 def spec_for(out, **kw):
-    args = dict(out=out, methods=["nesterov"], batch_sizes=[256, 512], epochs=1, trials=2, objective="steps",
-                target_val_top1=99.0, val_size=400, evals_per_epoch=2, pruner="none", overrides=SUBSET, nproc=1)
+    args = dict(
+        out=out,
+        methods=["nesterov"],
+        batch_sizes=[256, 512],
+        epochs=1,
+        trials=2,
+        objective="steps",
+        target_val_top1=99.0,
+        val_size=400,
+        evals_per_epoch=2,
+        pruner="none",
+        overrides=SUBSET,
+        nproc=1,
+    )
     args.update(kw)
     return TuneSpec(**args)
 
@@ -36,8 +48,12 @@ def test_tuned_sweep_searches_carries_the_rule_and_resumes_from_the_storage(tmp_
     rows = run_tuned_sweep(spec, progress=lambda line: None)
     cells = {(r["method"], r["global_batch_size"]): r for r in rows}
     # Goyal's reference LR is searched at the base (smallest) batch only; the rule carries it
-    assert {k: r["trials"] for k, r in cells.items()} == {("goyal", 256): 2, ("goyal", 512): 1,
-                                                          ("no_scaling", 256): 1, ("no_scaling", 512): 1}
+    assert {k: r["trials"] for k, r in cells.items()} == {
+        ("goyal", 256): 2,
+        ("goyal", 512): 1,
+        ("no_scaling", 256): 1,
+        ("no_scaling", 512): 1,
+    }
     base = finished(out, spec, "goyal", 256)
     assert len({t.params["base_lr"] for t in base}) == 2  # two different draws
     base_lr = min(base, key=lambda t: t.value).params["base_lr"]
@@ -57,8 +73,10 @@ def test_tuned_sweep_searches_carries_the_rule_and_resumes_from_the_storage(tmp_
         assert [e["step"] for e in evals if e["kind"] == "eval"][-1] == steps
         mtimes[run] = (run / "summary.json").stat().st_mtime_ns
     assert cells["goyal", 512]["params"] == {} and summary  # a rule cell searches nothing
-    peak = {k: json.loads((trial_dir(out, *k, 0) / "summary.json").read_text())["peak_lr"]
-            for k in [("goyal", 512), ("no_scaling", 512)]}
+    peak = {
+        k: json.loads((trial_dir(out, *k, 0) / "summary.json").read_text())["peak_lr"]
+        for k in [("goyal", 512), ("no_scaling", 512)]
+    }
     assert peak["goyal", 512] == pytest.approx(base_lr * 512 / 256)  # the linear rule from the tuned LR
     assert peak["no_scaling", 512] == pytest.approx(base_lr)  # the base batch's LR, unscaled
     table = (out / "tuned.md").read_text()
@@ -71,7 +89,10 @@ def test_tuned_sweep_searches_carries_the_rule_and_resumes_from_the_storage(tmp_
     for run, mtime in mtimes.items():
         assert (run / "summary.json").stat().st_mtime_ns == mtime
     assert sorted(p.name for p in (out / "goyal" / "b000256").glob("trial_???")) == [
-        "trial_000", "trial_001", "trial_002"]
+        "trial_000",
+        "trial_001",
+        "trial_002",
+    ]
 
 
 def test_pruned_trial_stops_at_an_evaluation_and_diverged_trial_is_marked(tmp_path, monkeypatch):
@@ -88,8 +109,14 @@ def test_pruned_trial_stops_at_an_evaluation_and_diverged_trial_is_marked(tmp_pa
 
     # a base LR of 1e5 diverges: the trial is pruned, marked diverged, and the study goes on
     monkeypatch.setattr(tune, "_pruner", lambda spec, warmup_steps: optuna.pruners.NopPruner())
-    monkeypatch.setitem(tune.SPACES, "nesterov", lambda trial, epochs, batch: [
-        f"optim.base_lr={trial.suggest_float('base_lr', 1e5, 2e5)}", "train.nonfinite_policy=stop"])
+    monkeypatch.setitem(
+        tune.SPACES,
+        "nesterov",
+        lambda trial, epochs, batch: [
+            f"optim.base_lr={trial.suggest_float('base_lr', 1e5, 2e5)}",
+            "train.nonfinite_policy=stop",
+        ],
+    )
     spec = spec_for(out, batch_sizes=[256], trials=1)
     run_tuned_sweep(spec, progress=lambda line: None)
     (t,) = finished(out, spec, "nesterov", 256)
@@ -97,11 +124,29 @@ def test_pruned_trial_stops_at_an_evaluation_and_diverged_trial_is_marked(tmp_pa
 
 
 def test_tune_refuses_bad_requests_before_any_trial(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "largebatch", "sweep", "--tune", "--methods", "nesterov,adam",
-                           "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "largebatch",
+            "sweep",
+            "--tune",
+            "--methods",
+            "nesterov,adam",
+            "--out",
+            str(tmp_path / "x"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "method 'adam' is unknown" in proc.stderr and "Traceback" not in proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "largebatch", "sweep", "--tune", "--val-size", "0",
-                           "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "largebatch", "sweep", "--tune", "--val-size", "0", "--out", str(tmp_path / "x")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "validation split" in proc.stderr
     assert not (tmp_path / "x" / "study.db").exists()
 
@@ -112,9 +157,31 @@ def test_sigterm_to_the_sweep_checkpoints_the_trial_and_the_same_command_resumes
     import time
 
     out = tmp_path / "sig"
-    cmd = [sys.executable, "-m", "largebatch", "sweep", "--tune", "--methods", "nesterov", "--batch-sizes", "128",
-           "--epochs", "2", "--trials", "1", "--val-size", "400", "--target-val-top1", "99", "--pruner", "none",
-           "--evals-per-epoch", "4", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "largebatch",
+        "sweep",
+        "--tune",
+        "--methods",
+        "nesterov",
+        "--batch-sizes",
+        "128",
+        "--epochs",
+        "2",
+        "--trials",
+        "1",
+        "--val-size",
+        "400",
+        "--target-val-top1",
+        "99",
+        "--pruner",
+        "none",
+        "--evals-per-epoch",
+        "4",
+        "--out",
+        str(out),
+    ]
     for item in SUBSET:
         cmd += ["--set", item]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -133,8 +200,12 @@ def test_sigterm_to_the_sweep_checkpoints_the_trial_and_the_same_command_resumes
     assert summary["steps"] == 2 * ((2000 - 400) // 128)  # the interrupted trial finished in its own directory
     assert not (out / "nesterov" / "b000128" / "trial_001").exists()
     spec = spec_for(out, batch_sizes=[128], epochs=2)
-    states = sorted(t.state.name for t in optuna.load_study(
-        study_name=study_name("nesterov", 128, spec), storage=f"sqlite:///{out / 'study.db'}").get_trials())
+    states = sorted(
+        t.state.name
+        for t in optuna.load_study(
+            study_name=study_name("nesterov", 128, spec), storage=f"sqlite:///{out / 'study.db'}"
+        ).get_trials()
+    )
     assert states == ["COMPLETE", "FAIL"]  # the interrupted attempt and its resumption
 
 
@@ -144,8 +215,12 @@ def test_a_resumed_study_does_not_draw_its_first_parameters_again(tmp_path):
     storage = f"sqlite:///{tmp_path / 'study.db'}"
 
     def first_draw():
-        study = optuna.create_study(study_name="cell", storage=storage, load_if_exists=True,
-                                    sampler=optuna.samplers.TPESampler(seed=tune.sampler_seed("cell", storage)))
+        study = optuna.create_study(
+            study_name="cell",
+            storage=storage,
+            load_if_exists=True,
+            sampler=optuna.samplers.TPESampler(seed=tune.sampler_seed("cell", storage)),
+        )
         trial = study.ask()
         lr = trial.suggest_float("lr", 1e-3, 1.0, log=True)
         study.tell(trial, lr)

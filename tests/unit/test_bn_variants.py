@@ -63,8 +63,9 @@ def test_pooled_variance_is_the_variance_of_the_union():
 def test_precise_bn_equals_exact_population_statistics():
     torch.manual_seed(2)
     data = torch.randn(40, 3, 4, 4, dtype=F64) * torch.tensor([1.0, 5.0, 0.1], dtype=F64).view(1, 3, 1, 1) + 2
-    model = nn.Sequential(GhostBatchNorm2d(3, bn_batch_size=5), nn.ReLU(), nn.Conv2d(3, 2, 1),
-                          nn.BatchNorm2d(2)).double()
+    model = nn.Sequential(
+        GhostBatchNorm2d(3, bn_batch_size=5), nn.ReLU(), nn.Conv2d(3, 2, 1), nn.BatchNorm2d(2)
+    ).double()
     model.eval()
     tracked = model[0].num_batches_tracked.clone()
     passes = recompute_bn_statistics(model, data.split(10))
@@ -86,11 +87,14 @@ def test_precise_bn_without_data_raises():
         recompute_bn_statistics(nn.Sequential(GhostBatchNorm2d(2)), [])
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(statistics="ema"), "train.bn.statistics"),
-    (dict(variance_averaging="median"), "train.bn.variance_averaging"),
-    (dict(statistics="moving_average", variance_averaging="pooled"), "last_batch"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(statistics="ema"), "train.bn.statistics"),
+        (dict(variance_averaging="median"), "train.bn.variance_averaging"),
+        (dict(statistics="moving_average", variance_averaging="pooled"), "last_batch"),
+    ],
+)
 def test_configure_bn_rejects_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
         configure_bn(nn.Sequential(GhostBatchNorm2d(2)), **kwargs)

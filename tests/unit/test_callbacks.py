@@ -18,9 +18,18 @@ from largebatch.train.callbacks import Callback, CallbackList, StepEnd
 from largebatch.train.loop import TrainState
 from largebatch.train.trainer import Trainer
 
-OVERRIDES = ["data.name=synthetic", "data.synthetic.train_samples=256", "data.synthetic.test_samples=64",
-             "data.image_size_px=12", "train.global_batch_size=64", "train.bn.batch_size=16", "train.epochs=2",
-             "model.width=4", "schedule.warmup_epochs=0", "train.log_every_steps=1"]
+OVERRIDES = [
+    "data.name=synthetic",
+    "data.synthetic.train_samples=256",
+    "data.synthetic.test_samples=64",
+    "data.image_size_px=12",
+    "train.global_batch_size=64",
+    "train.bn.batch_size=16",
+    "train.epochs=2",
+    "model.width=4",
+    "schedule.warmup_epochs=0",
+    "train.log_every_steps=1",
+]
 ENV = DistEnv(0, 1, 0, 1, torch.device("cpu"), None)
 
 

@@ -42,9 +42,14 @@ def test_round_trip_and_keep(tmp_path):
     plain = torch.load(newest, weights_only=True)
     assert torch.equal(plain["model"]["w"], ckpt["model"]["w"])
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
-        "ckpt_step00000002.pt", "ckpt_step00000002.pt.sha256", "ckpt_step00000003.pt", "ckpt_step00000003.pt.sha256"]
-    check = subprocess.run(["sha256sum", "-c", checksum_path(newest).name], cwd=newest.parent, capture_output=True,
-                           text=True)
+        "ckpt_step00000002.pt",
+        "ckpt_step00000002.pt.sha256",
+        "ckpt_step00000003.pt",
+        "ckpt_step00000003.pt.sha256",
+    ]
+    check = subprocess.run(
+        ["sha256sum", "-c", checksum_path(newest).name], cwd=newest.parent, capture_output=True, text=True
+    )
     assert check.returncode == 0 and "OK" in check.stdout
 
 

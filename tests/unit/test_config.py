@@ -14,9 +14,19 @@ def default():
 
 def test_required_keys_exist():
     cfg = default()
-    for key in ("data.name", "data.root", "model.name", "train.epochs", "train.global_batch_size",
-                "train.bn.batch_size", "train.seed", "optim.name", "optim.base_lr", "optim.base_batch_size",
-                "schedule.warmup_epochs"):
+    for key in (
+        "data.name",
+        "data.root",
+        "model.name",
+        "train.epochs",
+        "train.global_batch_size",
+        "train.bn.batch_size",
+        "train.seed",
+        "optim.name",
+        "optim.base_lr",
+        "optim.base_batch_size",
+        "schedule.warmup_epochs",
+    ):
         node = cfg
         for part in key.split("."):
             assert hasattr(node, part), key
@@ -24,8 +34,9 @@ def test_required_keys_exist():
 
 
 def test_override_types_are_converted():
-    cfg = apply_overrides(default(), ["optim.base_lr=0.2", "train.epochs=3", "schedule.decay_epochs=[1,2]",
-                                      "model.channels_last=false"])
+    cfg = apply_overrides(
+        default(), ["optim.base_lr=0.2", "train.epochs=3", "schedule.decay_epochs=[1,2]", "model.channels_last=false"]
+    )
     assert cfg.optim.base_lr == 0.2 and cfg.train.epochs == 3
     assert cfg.schedule.decay_epochs == [1.0, 2.0] and cfg.model.channels_last is False
 
@@ -70,17 +81,20 @@ def test_auto_accumulation_keeps_micro_batch_bound():
     assert plan.simulated_workers == 256 and plan.peak_lr == pytest.approx(3.2)
 
 
-@pytest.mark.parametrize("overrides, world, fragment", [
-    (["train.global_batch_size=513"], 2, "does not split evenly over 2 workers"),
-    (["train.global_batch_size=528"], 2, "does not split into 2 workers x BN groups"),
-    (["train.accumulation_steps=3"], 2, "does not divide the per-worker batch 256"),
-    (["train.accumulation_steps=4", "train.bn.batch_size=128"], 2, "does not divide the micro-batch of 64"),
-    (["optim.base_lr=-1"], 2, "optim.base_lr=-1.0 is invalid"),
-    (["optim.momentum=1.5"], 2, "optim.momentum"),
-    (["schedule.decay_epochs=[5,2]"], 2, "increasing list"),
-    (["data.name=cifar"], 2, "one of fashion_mnist, synthetic, imagefolder"),
-    (["train.epochs=0"], 2, "train.epochs=0 is invalid: a positive integer"),
-])
+@pytest.mark.parametrize(
+    "overrides, world, fragment",
+    [
+        (["train.global_batch_size=513"], 2, "does not split evenly over 2 workers"),
+        (["train.global_batch_size=528"], 2, "does not split into 2 workers x BN groups"),
+        (["train.accumulation_steps=3"], 2, "does not divide the per-worker batch 256"),
+        (["train.accumulation_steps=4", "train.bn.batch_size=128"], 2, "does not divide the micro-batch of 64"),
+        (["optim.base_lr=-1"], 2, "optim.base_lr=-1.0 is invalid"),
+        (["optim.momentum=1.5"], 2, "optim.momentum"),
+        (["schedule.decay_epochs=[5,2]"], 2, "increasing list"),
+        (["data.name=cifar"], 2, "one of fashion_mnist, synthetic, imagefolder"),
+        (["train.epochs=0"], 2, "train.epochs=0 is invalid: a positive integer"),
+    ],
+)
 def test_contradictions(overrides, world, fragment):
     with pytest.raises(ConfigError, match=fragment.replace("[", r"\[").replace(".", r"\.")):
         resolve(apply_overrides(default(), overrides), world)
@@ -117,7 +131,9 @@ def test_lr_scaling_rules():
 
 def test_every_recipe_resolves_for_its_workers():
     for name in recipe_names():
-        cfg = apply_overrides(get_recipe(name), ["data.root=/data"] if get_recipe(name).data.name == "imagefolder" else [])
+        cfg = apply_overrides(
+            get_recipe(name), ["data.root=/data"] if get_recipe(name).data.name == "imagefolder" else []
+        )
         plan = resolve(cfg, cfg.train.nproc)
         assert plan.global_batch_size == cfg.train.global_batch_size and plan.bn_batch_size == cfg.train.bn.batch_size
 
@@ -127,8 +143,9 @@ def test_mikami_recipe_keeps_2176_workers_across_the_switch():
 
     cfg = apply_overrides(get_recipe("mikami2018_resnet50_imagenet_34k_68k"), ["data.root=/data"])
     stages = resolve_stages(cfg, cfg.train.nproc)
-    assert [(s.start_epoch, s.plan.global_batch_size, s.plan.bn_batch_size, s.plan.simulated_workers)
-            for s in stages] == [(0, 34816, 16, 2176), (5, 69632, 32, 2176)]
+    assert [
+        (s.start_epoch, s.plan.global_batch_size, s.plan.bn_batch_size, s.plan.simulated_workers) for s in stages
+    ] == [(0, 34816, 16, 2176), (5, 69632, 32, 2176)]
     assert [round(s.plan.peak_lr, 1) for s in stages] == [29.2, 41.2]  # sqrt rule from 10.0 at 4096
     assert cfg.train.label_smoothing == 0.1
 
@@ -141,23 +158,46 @@ def test_batch_schedule_plans_each_stage():
 
     cfg = apply_overrides(get_recipe(DEFAULT_RECIPE), [SCHED])
     stages = resolve_stages(cfg, 2)
-    assert [(s.start_epoch, s.plan.global_batch_size, s.plan.accumulation_steps) for s in stages] == [(0, 512, 1), (4, 2048, 4)]
+    assert [(s.start_epoch, s.plan.global_batch_size, s.plan.accumulation_steps) for s in stages] == [
+        (0, 512, 1),
+        (4, 2048, 4),
+    ]
     assert stages[1].plan.peak_lr == pytest.approx(0.4 * 2048 / 256)  # linear rule by default
     assert resolve(cfg, 2) == stages[0].plan
-    cfg = apply_overrides(cfg, ["train.batch_schedule=[{start_epoch: 0, global_batch_size: 512}, "
-                                "{start_epoch: 4, global_batch_size: 2048, lr_scaling: sqrt, bn_batch_size: 64}]"])
+    cfg = apply_overrides(
+        cfg,
+        [
+            "train.batch_schedule=[{start_epoch: 0, global_batch_size: 512}, "
+            "{start_epoch: 4, global_batch_size: 2048, lr_scaling: sqrt, bn_batch_size: 64}]"
+        ],
+    )
     late = resolve_stages(cfg, 2)[1].plan
     assert late.peak_lr == pytest.approx(0.4 * (2048 / 256) ** 0.5) and late.bn_batch_size == 64
 
 
-@pytest.mark.parametrize("schedule,fragment", [
-    ("[{start_epoch: 1, global_batch_size: 512}]", "batch_schedule[0].start_epoch=1"),
-    ("[{start_epoch: 0, global_batch_size: 1024}]", "equal to train.global_batch_size=512"),
-    ("[{start_epoch: 0, global_batch_size: 512}, {start_epoch: 0, global_batch_size: 1024}]", "batch_schedule[1].start_epoch=0"),
-    ("[{start_epoch: 0, global_batch_size: 512}, {start_epoch: 9, global_batch_size: 1024}]", "before train.epochs=9"),
-    ("[{start_epoch: 0, global_batch_size: 512}, {start_epoch: 3, global_batch_size: 1000}]", "batch_schedule[1].global_batch_size=1000"),
-    ("[{start_epoch: 0, global_batch_size: 512}, {start_epoch: 3, global_batch_size: 1024, lr_scaling: cubic}]", "lr_scaling='cubic'"),
-])
+@pytest.mark.parametrize(
+    "schedule,fragment",
+    [
+        ("[{start_epoch: 1, global_batch_size: 512}]", "batch_schedule[0].start_epoch=1"),
+        ("[{start_epoch: 0, global_batch_size: 1024}]", "equal to train.global_batch_size=512"),
+        (
+            "[{start_epoch: 0, global_batch_size: 512}, {start_epoch: 0, global_batch_size: 1024}]",
+            "batch_schedule[1].start_epoch=0",
+        ),
+        (
+            "[{start_epoch: 0, global_batch_size: 512}, {start_epoch: 9, global_batch_size: 1024}]",
+            "before train.epochs=9",
+        ),
+        (
+            "[{start_epoch: 0, global_batch_size: 512}, {start_epoch: 3, global_batch_size: 1000}]",
+            "batch_schedule[1].global_batch_size=1000",
+        ),
+        (
+            "[{start_epoch: 0, global_batch_size: 512}, {start_epoch: 3, global_batch_size: 1024, lr_scaling: cubic}]",
+            "lr_scaling='cubic'",
+        ),
+    ],
+)
 def test_batch_schedule_errors_name_the_stage(schedule, fragment):
     cfg = apply_overrides(get_recipe(DEFAULT_RECIPE), [f"train.batch_schedule={schedule}"])
     with pytest.raises(ConfigError, match=fragment.replace("[", r"\[").replace("]", r"\]")):
@@ -166,11 +206,13 @@ def test_batch_schedule_errors_name_the_stage(schedule, fragment):
 
 def test_bn_options_are_validated():
     base = get_recipe(DEFAULT_RECIPE)
-    for overrides, fragment in ((["train.bn.statistics=ema"], "train.bn.statistics"),
-                                (["train.bn.variance_averaging=pooled"], "unless train.bn.statistics=last_batch"),
-                                (["train.bn.precise_batches=0"], "train.bn.precise_batches"),
-                                (["train.bn.sync_ranks=3"], "does not divide the 2 processes"),
-                                (["train.bn.sync_ranks=2", "train.bn.batch_size=33"], "does not split over train.bn.sync_ranks=2")):
+    for overrides, fragment in (
+        (["train.bn.statistics=ema"], "train.bn.statistics"),
+        (["train.bn.variance_averaging=pooled"], "unless train.bn.statistics=last_batch"),
+        (["train.bn.precise_batches=0"], "train.bn.precise_batches"),
+        (["train.bn.sync_ranks=3"], "does not divide the 2 processes"),
+        (["train.bn.sync_ranks=2", "train.bn.batch_size=33"], "does not split over train.bn.sync_ranks=2"),
+    ):
         with pytest.raises(ConfigError, match=fragment):
             resolve(apply_overrides(base, overrides), 2)
     plan = resolve(apply_overrides(base, ["train.bn.sync_ranks=2"]), 2)
@@ -181,7 +223,9 @@ def test_bn_options_are_validated():
 def test_data_check_uses_the_largest_stage(monkeypatch):
     from largebatch.data import check_data
 
-    cfg = apply_overrides(get_recipe(DEFAULT_RECIPE), ["data.name=synthetic", "data.synthetic.train_samples=1024", SCHED])
+    cfg = apply_overrides(
+        get_recipe(DEFAULT_RECIPE), ["data.name=synthetic", "data.synthetic.train_samples=1024", SCHED]
+    )
     with pytest.raises(ConfigError, match=r"train.batch_schedule\[1\].global_batch_size=2048 exceeds the 1024"):
         check_data(cfg)
 
@@ -193,8 +237,11 @@ def test_switching_optim_name_takes_the_reference_lr_unless_an_lr_key_is_given()
     base = get_recipe("goyal2017_fashion_mnist")  # SGD, 0.4 per 256
     for name, ref in REFERENCE_LRS.items():
         cfg = apply_overrides(base, [f"optim.name={name}"])
-        want = (base.optim.base_lr, base.optim.base_batch_size, base.optim.lr_scaling) if name == base.optim.name \
+        want = (
+            (base.optim.base_lr, base.optim.base_batch_size, base.optim.lr_scaling)
+            if name == base.optim.name
             else (ref.base_lr, ref.base_batch_size, ref.lr_scaling)
+        )
         assert (cfg.optim.base_lr, cfg.optim.base_batch_size, cfg.optim.lr_scaling) == want, name
     given = apply_overrides(base, ["optim.name=lars", "optim.base_lr=1.5"])
     assert (given.optim.base_lr, given.optim.base_batch_size, given.optim.lr_scaling) == (1.5, 256, "linear")
@@ -234,12 +281,24 @@ def test_legacy_flat_configs_still_load_compare_and_take_overrides(recipe):
     assert config_from_dict(legacy) == cfg  # an old checkpoint's or run's config reads as today's
     assert config_mismatch(cfg, legacy, "old.pt") is None
     # resuming an old checkpoint: compared key by key, not by the hash of the old layout
-    check_resumable(cfg, {"config": legacy, "config_hash": "0123456789abcdef", "precision": "fp32"}, "old.pt",
-                    choose_precision("fp32", torch.device("cpu")))
+    check_resumable(
+        cfg,
+        {"config": legacy, "config_hash": "0123456789abcdef", "precision": "fp32"},
+        "old.pt",
+        choose_precision("fp32", torch.device("cpu")),
+    )
     changed = dict(legacy, optim={**legacy["optim"], "lars_eps": 0.5})
     assert "optim.lars: checkpoint" in config_mismatch(cfg, changed, "old.pt")
     # a --set line with a legacy key names the nested key
-    got = apply_overrides(cfg, ["optim.lars_eps=0.25", "schedule.poly_power=3", "data.synthetic_channels=3",
-                                "train.bn_statistics=precise", "train.precise_bn_batches=4"])
+    got = apply_overrides(
+        cfg,
+        [
+            "optim.lars_eps=0.25",
+            "schedule.poly_power=3",
+            "data.synthetic_channels=3",
+            "train.bn_statistics=precise",
+            "train.precise_bn_batches=4",
+        ],
+    )
     assert got.optim.lars.eps == 0.25 and got.schedule.poly.power == 3.0 and got.data.synthetic.channels == 3
     assert got.train.bn.statistics == "precise" and got.train.bn.precise_batches == 4

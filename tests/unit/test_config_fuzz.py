@@ -16,18 +16,41 @@ from largebatch.recipes import DEFAULT_RECIPE, get_recipe, recipe_names
 
 KEYS = all_keys()
 VALUES = st.one_of(
-    st.integers(-10**6, 10**6).map(str),
+    st.integers(-(10**6), 10**6).map(str),
     st.floats(allow_nan=True, allow_infinity=True).map(repr),
-    st.sampled_from(["", "null", "true", "false", "[]", "[1, 2]", "{}", "{a: 1}", "nan", "-inf", "1e400", "0", "-1",
-                     "sgd", "lars", "imagefolder", "[{start_epoch: 0, global_batch_size: 512}]",
-                     "[{start_epoch: x}]", "[0.5, 0.1]", "'quoted'", "a: b", "[", "}"]),
+    st.sampled_from(
+        [
+            "",
+            "null",
+            "true",
+            "false",
+            "[]",
+            "[1, 2]",
+            "{}",
+            "{a: 1}",
+            "nan",
+            "-inf",
+            "1e400",
+            "0",
+            "-1",
+            "sgd",
+            "lars",
+            "imagefolder",
+            "[{start_epoch: 0, global_batch_size: 512}]",
+            "[{start_epoch: x}]",
+            "[0.5, 0.1]",
+            "'quoted'",
+            "a: b",
+            "[",
+            "}",
+        ]
+    ),
     st.text(alphabet=string.printable, max_size=12),
 )
 KEY = st.one_of(st.sampled_from(KEYS), st.text(alphabet=string.ascii_lowercase + "._", min_size=1, max_size=20))
 
 
-@given(st.lists(st.tuples(KEY, VALUES), min_size=1, max_size=4), st.integers(1, 8),
-       st.sampled_from(recipe_names()))
+@given(st.lists(st.tuples(KEY, VALUES), min_size=1, max_size=4), st.integers(1, 8), st.sampled_from(recipe_names()))
 @example(pairs=[("schedule.slow_start.epochs", "{}")], world_size=1, recipe="akiba2017_fashion_mnist")  # CI 2026-12-02
 def test_any_override_gives_a_plan_or_a_clear_error(pairs, world_size, recipe):
     cfg = get_recipe(recipe)
@@ -37,8 +60,13 @@ def test_any_override_gives_a_plan_or_a_clear_error(pairs, world_size, recipe):
     except ConfigError as err:
         message = str(err)
         assert message and "Traceback" not in message
-        assert any(k in message for k, _ in pairs) or "world size" in message or "workers" in message or \
-            "override" in message or any(key.split(".")[-1] in message for key in KEYS), message
+        assert (
+            any(k in message for k, _ in pairs)
+            or "world size" in message
+            or "workers" in message
+            or "override" in message
+            or any(key.split(".")[-1] in message for key in KEYS)
+        ), message
 
 
 @given(st.text(max_size=30))

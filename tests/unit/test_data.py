@@ -103,8 +103,10 @@ def test_random_crop_flip_matches_per_sample_reference():
 
 
 def test_augmented_global_batch_does_not_depend_on_world_size():
-    cfg = apply_overrides(get_recipe(DEFAULT_RECIPE), ["data.name=synthetic", "data.synthetic.train_samples=256",
-                                                       "data.image_size_px=12", "data.crop_padding_px=2"])
+    cfg = apply_overrides(
+        get_recipe(DEFAULT_RECIPE),
+        ["data.name=synthetic", "data.synthetic.train_samples=256", "data.image_size_px=12", "data.crop_padding_px=2"],
+    )
     data = build_data(cfg, device=torch.device("cpu"))
 
     def batches(world):
@@ -139,9 +141,18 @@ def test_validation_split_is_disjoint_fixed_by_the_seed_and_complete():
 
 
 def test_build_data_holds_the_validation_images_out_of_training():
-    cfg = apply_overrides(get_recipe(DEFAULT_RECIPE), [
-        "data.name=synthetic", "data.synthetic.train_samples=600", "data.synthetic.test_samples=50",
-        "data.image_size_px=8", "data.val_size=100", "train.global_batch_size=128", "train.bn.batch_size=32"])
+    cfg = apply_overrides(
+        get_recipe(DEFAULT_RECIPE),
+        [
+            "data.name=synthetic",
+            "data.synthetic.train_samples=600",
+            "data.synthetic.test_samples=50",
+            "data.image_size_px=8",
+            "data.val_size=100",
+            "train.global_batch_size=128",
+            "train.bn.batch_size=32",
+        ],
+    )
     plain = build_data(apply_overrides(cfg, ["data.val_size=0"]), device=torch.device("cpu"))
     data = build_data(cfg, device=torch.device("cpu"))
     assert data.num_train == 500 and data.num_val == 100 and plain.num_val == 0

@@ -1,4 +1,4 @@
-"""Code hygiene as part of the suite: ruff's lint rules (pyproject.toml [tool.ruff]) and the import
+"""Code hygiene as part of the suite: ruff's lint rules and formatter (pyproject.toml [tool.ruff]), the import
 layering and acyclicity contracts of docs/architecture.md (pyproject.toml [tool.importlinter])."""
 
 import shutil
@@ -16,14 +16,31 @@ def _tool(name: str) -> str:
 
 
 def test_ruff_lint_passes():
-    proc = subprocess.run([_tool("ruff"), "check", "--no-cache", "src", "tests", "benchmarks"], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [_tool("ruff"), "check", "--no-cache", "src", "tests", "benchmarks"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
 
 
+def test_ruff_format_leaves_the_code_as_it_is():
+    proc = subprocess.run(
+        [_tool("ruff"), "format", "--check", "--no-cache", "src", "tests", "benchmarks", "examples"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, (
+        "run `ruff format src tests benchmarks examples`:\n" + proc.stdout[-4000:] + proc.stderr[-2000:]
+    )
+
+
 def test_import_layers_and_no_cycles():
-    proc = subprocess.run([_tool("lint-imports"), "--no-cache"], cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run([_tool("lint-imports"), "--no-cache"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "BROKEN" not in proc.stdout, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert proc.stdout.count("KEPT") == 2
 

@@ -51,8 +51,13 @@ def test_any_torchvision_classifier_gets_ghost_bn():
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     assert bns and all(isinstance(m, GhostBatchNorm2d) and m.bn_batch_size == 2 for m in bns)
     assert model(torch.randn(4, 3, 32, 32)).shape == (4, 5)
-    resolve(apply_overrides(get_recipe(DEFAULT_RECIPE), ["model.name=efficientnet_b0", "data.name=synthetic",
-                                                         "data.synthetic.channels=3"]), 2)
+    resolve(
+        apply_overrides(
+            get_recipe(DEFAULT_RECIPE),
+            ["model.name=efficientnet_b0", "data.name=synthetic", "data.synthetic.channels=3"],
+        ),
+        2,
+    )
     import pytest
 
     with pytest.raises(ConfigError, match="torchvision classification model"):
@@ -69,5 +74,7 @@ def test_channels_last_guard_names_the_narrow_strided_1x1_convs():
     assert channels_last_unsafe_convs(narrow, cpu) == ["layer2.0.downsample.0"]  # 4 -> 8 channels, stride 2
     assert channels_last_unsafe_convs(narrow, torch.device("cuda", 0)) == []
     for width in (8, 16):
-        assert channels_last_unsafe_convs(build_model("resnet_fmnist", num_classes=10, in_channels=1, width=width),
-                                          cpu) == []
+        assert (
+            channels_last_unsafe_convs(build_model("resnet_fmnist", num_classes=10, in_channels=1, width=width), cpu)
+            == []
+        )

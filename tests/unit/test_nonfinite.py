@@ -13,10 +13,20 @@ from largebatch.plan import resolve
 from largebatch.recipes import DEFAULT_RECIPE, get_recipe
 from largebatch.train.trainer import NonFiniteGradient, Trainer
 
-OVERRIDES = ["data.name=synthetic", "data.synthetic.train_samples=256", "data.synthetic.test_samples=64",
-             "data.image_size_px=12", "train.global_batch_size=64", "train.bn.batch_size=16", "train.epochs=2",
-             "train.checkpoint_every_epochs=100", "model.width=4", "schedule.warmup_epochs=0",
-             "schedule.decay_epochs=[1.5]", "train.log_every_steps=1"]
+OVERRIDES = [
+    "data.name=synthetic",
+    "data.synthetic.train_samples=256",
+    "data.synthetic.test_samples=64",
+    "data.image_size_px=12",
+    "train.global_batch_size=64",
+    "train.bn.batch_size=16",
+    "train.epochs=2",
+    "train.checkpoint_every_epochs=100",
+    "model.width=4",
+    "schedule.warmup_epochs=0",
+    "schedule.decay_epochs=[1.5]",
+    "train.log_every_steps=1",
+]
 
 
 def run(extra, bad_steps):
@@ -61,23 +71,29 @@ def test_too_many_skips_stop_the_run():
 
 def test_step_and_minute_checkpoint_intervals():
     """train.checkpoint_every_steps and _minutes write mid-epoch checkpoints (one process)."""
-    for extra, expected in ((["train.checkpoint_every_steps=3"], [3, 6, 8]),
-                            (["train.checkpoint_every_minutes=0.000001"], [1, 2, 3, 4, 5, 6, 7, 8])):
+    for extra, expected in (
+        (["train.checkpoint_every_steps=3"], [3, 6, 8]),
+        (["train.checkpoint_every_minutes=0.000001"], [1, 2, 3, 4, 5, 6, 7, 8]),
+    ):
         cfg = apply_overrides(get_recipe(DEFAULT_RECIPE), OVERRIDES + extra)
         env = DistEnv(0, 1, 0, 1, torch.device("cpu"), None)
         with tempfile.TemporaryDirectory() as tmp:
             trainer = Trainer(cfg, resolve(cfg, 1), env, tmp)
             saved = []
             original = trainer.save
-            trainer.save = lambda saved=saved, trainer=trainer, original=original: (saved.append(trainer.state.step), original())
+            trainer.save = lambda saved=saved, trainer=trainer, original=original: (
+                saved.append(trainer.state.step),
+                original(),
+            )
             trainer.fit()
             trainer.metrics.close()
         # the end of the run (step 8) is always saved; the interval adds the others
         assert sorted(set(saved)) == expected, (extra, saved)
 
 
-@pytest.mark.parametrize("optim", [[], ["optim.name=lars", "optim.base_lr=2.0", "schedule.name=poly"]],
-                         ids=["sgd", "lars"])
+@pytest.mark.parametrize(
+    "optim", [[], ["optim.name=lars", "optim.base_lr=2.0", "schedule.name=poly"]], ids=["sgd", "lars"]
+)
 def test_device_check_skips_like_the_host_check(optim):
     """train.nonfinite_check=device (the CUDA default: no host sync per step) applies the step and
     undoes it on the device where a gradient is not finite; the result equals the host check's."""
@@ -102,8 +118,11 @@ def test_device_check_stop_policy_reports_the_first_bad_step():
         run(["train.nonfinite_check=device", "train.nonfinite_policy=stop", "optim.base_lr=0.4"], bad_steps={3})
 
 
-@pytest.mark.parametrize("optim", [["optim.name=lamb", "optim.base_lr=0.002"],
-                                   ["optim.name=rmsprop_warmup", "optim.base_lr=0.1"]], ids=["lamb", "rmsprop_warmup"])
+@pytest.mark.parametrize(
+    "optim",
+    [["optim.name=lamb", "optim.base_lr=0.002"], ["optim.name=rmsprop_warmup", "optim.base_lr=0.1"]],
+    ids=["lamb", "rmsprop_warmup"],
+)
 def test_device_check_counts_bad_steps_once_and_takes_back_the_optimizers_counters(optim):
     """LAMB and RMSprop warm-up keep host step counters that an undone step advances; the guard takes
     them back at its next sync, so after the run they equal the host check's (bad steps 0, 2, 5 are

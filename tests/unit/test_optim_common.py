@@ -28,11 +28,14 @@ def test_norms_keep_order_and_accumulate_float16_in_float32():
     assert not all_finite([torch.tensor(float("inf"))])
 
 
-@pytest.mark.parametrize("make", [
-    lambda p: Lars([p], lr=0.1),
-    lambda p: Lamb([p], lr=0.1),
-    lambda p: RMSpropWarmup([p], lr=0.1, steps_per_epoch=10),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda p: Lars([p], lr=0.1),
+        lambda p: Lamb([p], lr=0.1),
+        lambda p: RMSpropWarmup([p], lr=0.1, steps_per_epoch=10),
+    ],
+)
 def test_large_finite_float16_gradient_is_not_skipped(make):
     p = torch.nn.Parameter(torch.ones(4, dtype=torch.float16))
     p.grad = torch.full((4,), 60000.0, dtype=torch.float16)

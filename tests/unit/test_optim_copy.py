@@ -13,8 +13,9 @@ from largebatch.optim import Lamb, Lars, RMSpropWarmup, param_groups
 MAKERS = {
     "lars": lambda groups: Lars(groups, lr=0.5, momentum=0.9, nesterov=True, trust_coefficient=0.01),
     "lamb": lambda groups: Lamb(groups, lr=0.01, weight_decay=0.01),
-    "rmsprop_warmup": lambda groups: RMSpropWarmup(groups, lr=0.1, steps_per_epoch=3, center_epochs=1.0,
-                                                   period_epochs=2.0, variant="smooth"),
+    "rmsprop_warmup": lambda groups: RMSpropWarmup(
+        groups, lr=0.1, steps_per_epoch=3, center_epochs=1.0, period_epochs=2.0, variant="smooth"
+    ),
 }
 
 

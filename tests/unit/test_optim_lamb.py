@@ -36,11 +36,16 @@ def set_grads(params, seed):
         p.grad = torch.randn(p.shape, generator=gen, dtype=p.dtype)
 
 
-@pytest.mark.parametrize("name, kwargs", [
-    ("lr", dict(lr=-1.0)), ("betas", dict(lr=1.0, betas=(1.0, 0.999))),
-    ("betas", dict(lr=1.0, betas=(0.9, -0.1))), ("eps", dict(lr=1.0, eps=-1e-8)),
-    ("weight_decay", dict(lr=1.0, weight_decay=-0.01)),
-])
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [
+        ("lr", dict(lr=-1.0)),
+        ("betas", dict(lr=1.0, betas=(1.0, 0.999))),
+        ("betas", dict(lr=1.0, betas=(0.9, -0.1))),
+        ("eps", dict(lr=1.0, eps=-1e-8)),
+        ("weight_decay", dict(lr=1.0, weight_decay=-0.01)),
+    ],
+)
 def test_argument_checks(name, kwargs):
     with pytest.raises(ValueError, match=f"{name}=.*accepted"):
         Lamb(make_params([(2,)]), **kwargs)
@@ -51,18 +56,25 @@ def test_argument_checks(name, kwargs):
 def test_two_steps_match_equations(foreach, bias_correction):
     w, b = make_params([(3, 4), (4,)])
     hp = dict(lr=0.1, b1=0.9, b2=0.99, eps=1e-6)
-    opt = Lamb([{"params": [w], "weight_decay": 0.01},
-                {"params": [b], "weight_decay": 0.1, "layer_adaptation": False}],
-               lr=hp["lr"], betas=(hp["b1"], hp["b2"]), eps=hp["eps"],
-               bias_correction=bias_correction, foreach=foreach)
-    expected = {"w": (w.detach().clone(), torch.zeros_like(w), torch.zeros_like(w)),
-                "b": (b.detach().clone(), torch.zeros_like(b), torch.zeros_like(b))}
+    opt = Lamb(
+        [{"params": [w], "weight_decay": 0.01}, {"params": [b], "weight_decay": 0.1, "layer_adaptation": False}],
+        lr=hp["lr"],
+        betas=(hp["b1"], hp["b2"]),
+        eps=hp["eps"],
+        bias_correction=bias_correction,
+        foreach=foreach,
+    )
+    expected = {
+        "w": (w.detach().clone(), torch.zeros_like(w), torch.zeros_like(w)),
+        "b": (b.detach().clone(), torch.zeros_like(b), torch.zeros_like(b)),
+    }
     for t in (1, 2):
         set_grads([w, b], seed=t)
         for name, p, wd, adapt in (("w", w, 0.01, True), ("b", b, 0.1, False)):
             x, m, v = expected[name]
-            expected[name] = reference_step(x, p.grad, m, v, t, **hp, wd=wd, adapt=adapt,
-                                            bias_correction=bias_correction)
+            expected[name] = reference_step(
+                x, p.grad, m, v, t, **hp, wd=wd, adapt=adapt, bias_correction=bias_correction
+            )
         opt.step()
         for name, p in (("w", w), ("b", b)):
             x, m, v = expected[name]
@@ -88,8 +100,7 @@ def test_zero_norm_guard(foreach):
 
 
 def run(params, groups_kwargs, foreach, steps=4):
-    opt = Lamb([dict(params=[p], **kw) for p, kw in zip(params, groups_kwargs)], lr=0.05,
-               foreach=foreach)
+    opt = Lamb([dict(params=[p], **kw) for p, kw in zip(params, groups_kwargs)], lr=0.05, foreach=foreach)
     for t in range(steps):
         set_grads(params, seed=100 + t)
         opt.step()
@@ -118,8 +129,7 @@ def test_foreach_equals_single_tensor():
                 with torch.no_grad():
                     ps[3].zero_()
             for ps, foreach in ((single, False), (multi, True)):
-                opt = Lamb([{"params": ps, "layer_adaptation": adapt}], lr=0.05, weight_decay=wd,
-                           foreach=foreach)
+                opt = Lamb([{"params": ps, "layer_adaptation": adapt}], lr=0.05, weight_decay=wd, foreach=foreach)
                 for t in range(3):
                     set_grads(ps, seed=200 + t)
                     opt.step()
@@ -178,8 +188,11 @@ def test_first_step_non_finite_creates_no_state():
 @pytest.mark.parametrize("foreach", [False, True])
 def test_state_dict_round_trip_is_bitwise(foreach):
     def build(params):
-        return Lamb([{"params": params[:2], "weight_decay": 0.01},
-                     {"params": params[2:], "layer_adaptation": False}], lr=0.05, foreach=foreach)
+        return Lamb(
+            [{"params": params[:2], "weight_decay": 0.01}, {"params": params[2:], "layer_adaptation": False}],
+            lr=0.05,
+            foreach=foreach,
+        )
 
     def steps(opt, params, seeds):
         for s in seeds:

@@ -24,15 +24,19 @@ def first_step(w_norm, g_norm, *, lr=1.0, weight_decay=0.0, layer_adaptation=Tru
     p = torch.nn.Parameter(w_norm * unit(10, 0))
     p.grad = g_norm * unit(10, 1)
     before, g = p.detach().clone(), p.grad.clone()
-    opt = Lars([{"params": [p], "layer_adaptation": layer_adaptation}], lr=lr, momentum=0.0,
-               weight_decay=weight_decay, **kwargs)
+    opt = Lars(
+        [{"params": [p], "layer_adaptation": layer_adaptation}],
+        lr=lr,
+        momentum=0.0,
+        weight_decay=weight_decay,
+        **kwargs,
+    )
     opt.step()
     return before - p.detach(), before, g
 
 
 # the papers (eta = 0.001): (||w||, ||g||, wd) -> ratio, given to 5 significant digits.
-@pytest.mark.parametrize("w_norm,g_norm,wd,ratio", [(1.0, 0.01, 1e-4, 0.0990099),
-                                                    (2.0, 0.5, 5e-4, 0.0039920)])
+@pytest.mark.parametrize("w_norm,g_norm,wd,ratio", [(1.0, 0.01, 1e-4, 0.0990099), (2.0, 0.5, 5e-4, 0.0039920)])
 def test_paper_trust_ratio_vectors(w_norm, g_norm, wd, ratio):
     lr = 0.7
     update, p, g = first_step(w_norm, g_norm, lr=lr, weight_decay=wd, trust_coefficient=0.001)
@@ -75,7 +79,7 @@ def quadratic_grads(params, t):
     for i, p in enumerate(params):
         gen = torch.Generator().manual_seed(1000 * t + i)
         n = p.numel()
-        a = torch.randn(n, n, generator=gen, dtype=F64) / n ** 0.5
+        a = torch.randn(n, n, generator=gen, dtype=F64) / n**0.5
         b = torch.randn(n, generator=gen, dtype=F64)
         x = p.detach().reshape(-1)
         grads.append((a.T @ (a @ x - b)).reshape(p.shape))
@@ -92,11 +96,12 @@ def lr_schedule(t):
 @pytest.mark.parametrize("nesterov", [False, True])
 def test_pytorch_form_equals_paper_form_with_momentum_correction(nesterov):
     m, wd, eta, steps = 0.9, 1e-3, 0.02, 40
-    init = [torch.randn(3, 4, dtype=F64, generator=torch.Generator().manual_seed(1)),
-            torch.randn(5, dtype=F64, generator=torch.Generator().manual_seed(2))]
+    init = [
+        torch.randn(3, 4, dtype=F64, generator=torch.Generator().manual_seed(1)),
+        torch.randn(5, dtype=F64, generator=torch.Generator().manual_seed(2)),
+    ]
     params = [torch.nn.Parameter(x.clone()) for x in init]
-    opt = Lars(params, lr=lr_schedule(0), momentum=m, weight_decay=wd, trust_coefficient=eta,
-               nesterov=nesterov)
+    opt = Lars(params, lr=lr_schedule(0), momentum=m, weight_decay=wd, trust_coefficient=eta, nesterov=nesterov)
 
     def paper(correct):
         # Algorithm 1 (form 10): v = m (lr_t / lr_{t-1}) v + lr_t ratio (g + wd w); w -= v.
@@ -149,8 +154,7 @@ def run(params, opt, steps, start=0):
 
 
 def make_opt(params, **kwargs):
-    groups = [{"params": params[:3]}, {"params": params[3:], "layer_adaptation": False,
-                                        "weight_decay": 0.0}]
+    groups = [{"params": params[:3]}, {"params": params[3:], "layer_adaptation": False, "weight_decay": 0.0}]
     options = dict(lr=0.5, momentum=0.9, weight_decay=1e-3, trust_coefficient=0.02)
     return Lars(groups, **{**options, **kwargs})
 
@@ -229,7 +233,7 @@ def test_step_returns_closure_loss():
 
     def closure():
         opt.zero_grad()
-        loss = (p ** 2).sum()
+        loss = (p**2).sum()
         loss.backward()
         return loss
 
@@ -246,8 +250,9 @@ def test_converges_on_quadratic(foreach):
     y = w_true @ z + c_true
     w = torch.nn.Parameter(torch.randn(4, 8, generator=gen, dtype=F64))
     c = torch.nn.Parameter(torch.zeros(4, 1, dtype=F64))
-    opt = Lars([{"params": [w]}, {"params": [c], "layer_adaptation": False}], lr=1.0,
-               trust_coefficient=0.01, foreach=foreach)
+    opt = Lars(
+        [{"params": [w]}, {"params": [c], "layer_adaptation": False}], lr=1.0, trust_coefficient=0.01, foreach=foreach
+    )
 
     def loss():
         return 0.5 * ((w @ z + c - y) ** 2).sum() / z.shape[1]
@@ -277,15 +282,18 @@ def test_no_adaptation_is_sgd_with_momentum(nesterov, foreach):
         torch.testing.assert_close(x, y, rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("kwargs,name", [
-    (dict(lr=-0.1), "lr"),
-    (dict(lr=0.1, momentum=1.0), "momentum"),
-    (dict(lr=0.1, momentum=-0.1), "momentum"),
-    (dict(lr=0.1, weight_decay=-1e-4), "weight_decay"),
-    (dict(lr=0.1, trust_coefficient=0.0), "trust_coefficient"),
-    (dict(lr=0.1, eps=-1e-8), "eps"),
-    (dict(lr=0.1, momentum=0.0, nesterov=True), "nesterov"),
-])
+@pytest.mark.parametrize(
+    "kwargs,name",
+    [
+        (dict(lr=-0.1), "lr"),
+        (dict(lr=0.1, momentum=1.0), "momentum"),
+        (dict(lr=0.1, momentum=-0.1), "momentum"),
+        (dict(lr=0.1, weight_decay=-1e-4), "weight_decay"),
+        (dict(lr=0.1, trust_coefficient=0.0), "trust_coefficient"),
+        (dict(lr=0.1, eps=-1e-8), "eps"),
+        (dict(lr=0.1, momentum=0.0, nesterov=True), "nesterov"),
+    ],
+)
 def test_invalid_arguments_raise(kwargs, name):
     with pytest.raises(ValueError, match=name):
         Lars([torch.nn.Parameter(torch.zeros(2))], **kwargs)

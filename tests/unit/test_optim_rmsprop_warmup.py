@@ -30,8 +30,17 @@ def set_grads(params, grads):
 
 @pytest.mark.parametrize(
     "epoch, printed, smooth",
-    [(0, 0.009158, 0.009158), (5, 0.067668, 0.067668), (9, 0.335160, 0.335160), (10, 0.5, 0.5),
-     (11, 0.9, 0.7), (12, 1.3, 0.9), (12.5, 1.0, 1.0), (13, 1.0, 1.0), (20, 1.0, 1.0)],
+    [
+        (0, 0.009158, 0.009158),
+        (5, 0.067668, 0.067668),
+        (9, 0.335160, 0.335160),
+        (10, 0.5, 0.5),
+        (11, 0.9, 0.7),
+        (12, 1.3, 0.9),
+        (12.5, 1.0, 1.0),
+        (13, 1.0, 1.0),
+        (20, 1.0, 1.0),
+    ],
 )
 def test_alpha_sgd_table(epoch, printed, smooth):
     assert akiba_alpha_sgd(epoch) == pytest.approx(printed, abs=1e-6)
@@ -75,8 +84,17 @@ def test_alpha_one_is_torch_momentum_sgd(foreach):
 def test_alpha_zero_is_rmsprop_with_momentum(foreach):
     mu1, mu2, eps, rms_lr, eta = 0.9, 0.99, 1e-8, 3e-4, 0.7
     ours, ref = make_params(), [p.detach().clone() for p in make_params()]
-    opt = RMSpropWarmup(ours, lr=eta, momentum=mu1, alpha=mu2, eps=eps, rmsprop_lr=rms_lr,
-                        steps_per_epoch=3, alpha_sgd=0.0, foreach=foreach)
+    opt = RMSpropWarmup(
+        ours,
+        lr=eta,
+        momentum=mu1,
+        alpha=mu2,
+        eps=eps,
+        rmsprop_lr=rms_lr,
+        steps_per_epoch=3,
+        alpha_sgd=0.0,
+        foreach=foreach,
+    )
     m = [torch.zeros_like(p) for p in ref]
     d = [torch.zeros_like(p) for p in ref]
     for grads in grad_sequence(8):
@@ -97,9 +115,20 @@ def test_blend_matches_written_out_equations(foreach, integer_epochs):
     and coupled weight decay."""
     mu1, mu2, eps, rms_lr, wd, spe = 0.8, 0.95, 1e-8, 1e-2, 1e-3, 2
     ours, ref = make_params(), [p.detach().clone() for p in make_params()]
-    opt = RMSpropWarmup(ours, lr=0.1, momentum=mu1, alpha=mu2, eps=eps, rmsprop_lr=rms_lr, weight_decay=wd,
-                        steps_per_epoch=spe, center_epochs=2.0, period_epochs=2.0,
-                        integer_epochs=integer_epochs, foreach=foreach)
+    opt = RMSpropWarmup(
+        ours,
+        lr=0.1,
+        momentum=mu1,
+        alpha=mu2,
+        eps=eps,
+        rmsprop_lr=rms_lr,
+        weight_decay=wd,
+        steps_per_epoch=spe,
+        center_epochs=2.0,
+        period_epochs=2.0,
+        integer_epochs=integer_epochs,
+        foreach=foreach,
+    )
     m = [torch.zeros_like(p) for p in ref]
     d = [torch.zeros_like(p) for p in ref]
     for t, grads in enumerate(grad_sequence(10)):
@@ -126,9 +155,15 @@ def test_foreach_equals_single_tensor_and_skips_grad_none():
     runs = {}
     for foreach in (False, True):
         params = make_params()
-        opt = RMSpropWarmup([{"params": params[:2]}, {"params": params[2:], "lr": 0.3, "weight_decay": 1e-2}],
-                            lr=0.1, rmsprop_lr=1e-2, steps_per_epoch=2, center_epochs=1.0, period_epochs=2.0,
-                            foreach=foreach)
+        opt = RMSpropWarmup(
+            [{"params": params[:2]}, {"params": params[2:], "lr": 0.3, "weight_decay": 1e-2}],
+            lr=0.1,
+            rmsprop_lr=1e-2,
+            steps_per_epoch=2,
+            center_epochs=1.0,
+            period_epochs=2.0,
+            foreach=foreach,
+        )
         for grads in grad_sequence(7):
             set_grads(params, grads)
             params[1].grad = None  # a parameter without a gradient is left alone
@@ -179,8 +214,15 @@ def test_non_finite_gradient_skips_the_whole_step(bad, foreach):
 
 @pytest.mark.parametrize("foreach", [False, True])
 def test_state_dict_round_trip_resumes_exactly(foreach):
-    kwargs = dict(lr=0.1, rmsprop_lr=1e-2, weight_decay=1e-3, steps_per_epoch=3, center_epochs=1.0,
-                  period_epochs=2.0, foreach=foreach)
+    kwargs = dict(
+        lr=0.1,
+        rmsprop_lr=1e-2,
+        weight_decay=1e-3,
+        steps_per_epoch=3,
+        center_epochs=1.0,
+        period_epochs=2.0,
+        foreach=foreach,
+    )
     seq = grad_sequence(12)
 
     straight = make_params()
@@ -229,9 +271,20 @@ def test_step_returns_closure_loss():
 
 @pytest.mark.parametrize(
     "name, value",
-    [("lr", -0.1), ("momentum", 1.0), ("alpha", -0.1), ("eps", 0.0), ("rmsprop_lr", -1.0),
-     ("weight_decay", -1e-4), ("steps_per_epoch", 0), ("steps_per_epoch", 2.5), ("center_epochs", math.inf),
-     ("period_epochs", 0.0), ("variant", "ramp"), ("alpha_sgd", -0.5)],
+    [
+        ("lr", -0.1),
+        ("momentum", 1.0),
+        ("alpha", -0.1),
+        ("eps", 0.0),
+        ("rmsprop_lr", -1.0),
+        ("weight_decay", -1e-4),
+        ("steps_per_epoch", 0),
+        ("steps_per_epoch", 2.5),
+        ("center_epochs", math.inf),
+        ("period_epochs", 0.0),
+        ("variant", "ramp"),
+        ("alpha_sgd", -0.5),
+    ],
 )
 def test_bad_arguments_raise_naming_them(name, value):
     kwargs = dict(lr=0.1, steps_per_epoch=10)
@@ -245,8 +298,7 @@ def test_converges_on_a_quadratic():
     torch.manual_seed(0)
     x = torch.randn(20, dtype=torch.float64, requires_grad=True)
     c = torch.linspace(0.5, 2.0, 20, dtype=torch.float64)
-    opt = RMSpropWarmup([x], lr=0.1, rmsprop_lr=1e-2, steps_per_epoch=10,
-                        center_epochs=1.0, period_epochs=2.0)
+    opt = RMSpropWarmup([x], lr=0.1, rmsprop_lr=1e-2, steps_per_epoch=10, center_epochs=1.0, period_epochs=2.0)
 
     def loss_fn():
         return 0.5 * (c * x**2).sum()

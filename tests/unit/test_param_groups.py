@@ -71,4 +71,7 @@ def test_optimizer_is_nesterov_sgd_with_groups():
     model = build_model("resnet_fmnist", num_classes=10, in_channels=1)
     opt = build_optimizer(model, cfg.optim, lr=0.1)
     assert all(g["nesterov"] and g["momentum"] == 0.9 for g in opt.param_groups)
-    assert {g["group_name"]: g["weight_decay"] for g in opt.param_groups} == {"decay/adapt": 1e-4, "no_decay/no_adapt": 0.0}
+    assert {g["group_name"]: g["weight_decay"] for g in opt.param_groups} == {
+        "decay/adapt": 1e-4,
+        "no_decay/no_adapt": 0.0,
+    }

@@ -5,13 +5,16 @@ import pytest
 from largebatch.sim.peak import fma_layout, machine_peak
 
 
-@pytest.mark.parametrize("vendor, family, flags, pipes, lanes", [
-    ("AuthenticAMD", 0x19, {"avx2", "fma"}, 2, 8),              # Zen 3
-    ("AuthenticAMD", 0x19, {"avx2", "fma", "avx512f"}, 2, 8),   # Zen 4: 512-bit in two halves
-    ("AuthenticAMD", 0x1A, {"avx2", "fma", "avx512f"}, 2, 16),  # Zen 5
-    ("GenuineIntel", 6, {"avx2", "fma", "avx512f"}, 2, 16),
-    ("GenuineIntel", 6, {"avx2", "fma"}, 2, 8),
-])
+@pytest.mark.parametrize(
+    "vendor, family, flags, pipes, lanes",
+    [
+        ("AuthenticAMD", 0x19, {"avx2", "fma"}, 2, 8),  # Zen 3
+        ("AuthenticAMD", 0x19, {"avx2", "fma", "avx512f"}, 2, 8),  # Zen 4: 512-bit in two halves
+        ("AuthenticAMD", 0x1A, {"avx2", "fma", "avx512f"}, 2, 16),  # Zen 5
+        ("GenuineIntel", 6, {"avx2", "fma", "avx512f"}, 2, 16),
+        ("GenuineIntel", 6, {"avx2", "fma"}, 2, 8),
+    ],
+)
 def test_fma_layout(vendor, family, flags, pipes, lanes):
     assert fma_layout(vendor, family, flags)[:2] == (pipes, lanes)
 

@@ -9,8 +9,16 @@ from largebatch.plan import resolve_stages
 from largebatch.recipes import DEFAULT_RECIPE, get_recipe
 from largebatch.train.position import StepPosition
 
-BASE = ["data.name=synthetic", "data.synthetic.train_samples=512", "train.bn.batch_size=16", "optim.base_lr=0.1",
-        "optim.base_batch_size=64", "schedule.warmup_epochs=0.5", "schedule.decay_epochs=[2.5]", "train.epochs=3"]
+BASE = [
+    "data.name=synthetic",
+    "data.synthetic.train_samples=512",
+    "train.bn.batch_size=16",
+    "optim.base_lr=0.1",
+    "optim.base_batch_size=64",
+    "schedule.warmup_epochs=0.5",
+    "schedule.decay_epochs=[2.5]",
+    "train.epochs=3",
+]
 
 
 def position(extra, n=512, world=2):
@@ -21,7 +29,9 @@ def position(extra, n=512, world=2):
 def test_fixed_batch_steps_epochs_and_lr():
     pos = position(["train.global_batch_size=96"])
     assert pos.epoch_steps == [5, 5, 5] and pos.epoch_start == [0, 5, 10, 15] and pos.total_steps == 15  # 512 // 96
-    assert pos.epoch_position(0) == 0.0 and pos.epoch_position(7) == pytest.approx(1.4) and pos.epoch_position(15) == 3.0
+    assert (
+        pos.epoch_position(0) == 0.0 and pos.epoch_position(7) == pytest.approx(1.4) and pos.epoch_position(15) == 3.0
+    )
     peak = 0.1 * 96 / 64
     warmup = round(0.5 * 5)  # 2 steps, from the base LR
     assert pos.lr_at(0) == pytest.approx(0.1) and pos.lr_at(1) == pytest.approx(0.1 + (peak - 0.1) / warmup)
@@ -33,8 +43,13 @@ def test_fixed_batch_steps_epochs_and_lr():
 
 
 def test_batch_schedule_counts_each_epochs_steps_and_places_the_lr_in_samples():
-    pos = position(["train.global_batch_size=64", "train.batch_schedule=[{start_epoch: 0, global_batch_size: 64}, "
-                    "{start_epoch: 1, global_batch_size: 256}, {start_epoch: 2, global_batch_size: 208, peak_lr: 0.05, bn_batch_size: 8}]"])
+    pos = position(
+        [
+            "train.global_batch_size=64",
+            "train.batch_schedule=[{start_epoch: 0, global_batch_size: 64}, "
+            "{start_epoch: 1, global_batch_size: 256}, {start_epoch: 2, global_batch_size: 208, peak_lr: 0.05, bn_batch_size: 8}]",
+        ]
+    )
     assert pos.epoch_steps == [8, 2, 2] and pos.epoch_start == [0, 8, 10, 12]
     assert [pos.stage_of(e).index for e in range(3)] == [0, 1, 2]
     assert pos.epoch_position(9) == pytest.approx(1.5) and pos.epoch_position(11) == pytest.approx(2.5)

@@ -23,8 +23,11 @@ def test_auto_on_cpu_follows_the_capability_query(native, expected):
     choice = choose_precision("auto", CPU, cpu_bf16=(native, "the forced query"))
     assert choice.precision == expected and choice.reason == "the forced query"
     assert choice.autocast_dtype == (torch.bfloat16 if native else None)
-    assert choice.as_dict() == {"precision_requested": "auto", "precision": expected,
-                                "precision_reason": "the forced query"}
+    assert choice.as_dict() == {
+        "precision_requested": "auto",
+        "precision": expected,
+        "precision_reason": "the forced query",
+    }
 
 
 @pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "fp32")])

@@ -35,7 +35,7 @@ def test_noisy_points_the_error_bar_covers_the_truth():
 def test_points_that_do_not_bend_and_bad_input_are_refused():
     batches = [128, 256, 512]
     with pytest.raises(ValueError, match="do not bend"):
-        fit_steps_to_target(batches, [10000.0 * 128 / b * 0.9 ** i for i, b in enumerate(batches)])
+        fit_steps_to_target(batches, [10000.0 * 128 / b * 0.9**i for i, b in enumerate(batches)])
     with pytest.raises(ValueError, match="distinct"):
         fit_steps_to_target([256, 256], [10.0, 12.0])
     with pytest.raises(ValueError, match="positive"):

@@ -29,8 +29,21 @@ def test_linear_scaling_rule():
 
 @pytest.mark.parametrize(
     "step, lr",
-    [(0, 0.1), (1, 0.103974), (156, 0.72), (390, 1.65), (779, 3.196026), (780, 3.2), (4679, 3.2),
-     (4680, 0.32), (9359, 0.32), (9360, 0.032), (12479, 0.032), (12480, 0.0032), (14039, 0.0032)],
+    [
+        (0, 0.1),
+        (1, 0.103974),
+        (156, 0.72),
+        (390, 1.65),
+        (779, 3.196026),
+        (780, 3.2),
+        (4679, 3.2),
+        (4680, 0.32),
+        (9359, 0.32),
+        (9360, 0.032),
+        (12479, 0.032),
+        (12480, 0.0032),
+        (14039, 0.0032),
+    ],
 )
 def test_goyal_table(step, lr):
     """Goyal et al. 2017: kn = 8192, I = 156 iterations/epoch, T_w = 780."""
@@ -91,31 +104,46 @@ def test_torch_sgd_is_form_9_and_equals_corrected_form_10():
     assert not torch.allclose(p.detach(), form10(False), rtol=1e-3)
 
 
-@pytest.mark.parametrize("step, lr", [(0, 0.0), (1, 0.00639), (782, 4.996805), (1565, 10.0), (1566, 9.998273),
-                                      (7355, 2.500938), (13145, 1e-4)])
+@pytest.mark.parametrize(
+    "step, lr",
+    [(0, 0.0), (1, 0.00639), (782, 4.996805), (1565, 10.0), (1566, 9.998273), (7355, 2.500938), (13145, 1e-4)],
+)
 def test_mlperf_poly_vectors(step, lr):
     """the MLPerf Training ResNet-50 reference: B = 4096, 313 steps/epoch (ceil), warmup 5 epochs = 1565 steps from 0,
     42 epochs = 13146 steps, poly power 2 to 1e-4 over total - warmup + 1 steps."""
-    sched = LRSchedule(kind="poly", peak_lr=10.0, warmup_start_lr=0.0, warmup_steps=5 * 313,
-                       total_steps=42 * 313, end_lr=1e-4, power=2.0)
+    sched = LRSchedule(
+        kind="poly",
+        peak_lr=10.0,
+        warmup_start_lr=0.0,
+        warmup_steps=5 * 313,
+        total_steps=42 * 313,
+        end_lr=1e-4,
+        power=2.0,
+    )
     assert sched(step) == pytest.approx(lr, abs=5e-6)
 
 
-@pytest.mark.parametrize("epoch, lr", [(0, 6.4), (39.9, 6.4), (40, 0.96), (69.9, 0.96), (70, 0.128),
-                                       (84.9, 0.128), (85, 0.0128), (89.9, 0.0128)])
+@pytest.mark.parametrize(
+    "epoch, lr",
+    [(0, 6.4), (39.9, 6.4), (40, 0.96), (69.9, 0.96), (70, 0.128), (84.9, 0.128), (85, 0.0128), (89.9, 0.0128)],
+)
 def test_akiba_slow_start_vectors(epoch, lr):
     """Akiba et al. 2017: B = 32768, eta_base = 12.8 -> 6.4 / 0.96 / 0.128 / 0.0128 at 0/40/70/85."""
     spe = 1_281_167 // 32768  # 39 steps per epoch
-    sched = LRSchedule(kind="slow_start", peak_lr=linear_scaled_lr(0.1, base_batch_size=256, global_batch_size=32768),
-                       warmup_start_lr=0.0, warmup_steps=0, total_steps=90 * spe,
-                       decay_steps=tuple(epoch_to_step(e, spe) for e in (40, 70, 85)),
-                       factors=(0.5, 0.075, 0.01, 0.001))
+    sched = LRSchedule(
+        kind="slow_start",
+        peak_lr=linear_scaled_lr(0.1, base_batch_size=256, global_batch_size=32768),
+        warmup_start_lr=0.0,
+        warmup_steps=0,
+        total_steps=90 * spe,
+        decay_steps=tuple(epoch_to_step(e, spe) for e in (40, 70, 85)),
+        factors=(0.5, 0.075, 0.01, 0.001),
+    )
     assert sched(epoch_to_step(epoch, spe)) == pytest.approx(lr, rel=1e-9)
 
 
 def test_cosine_ends_and_midpoint():
-    sched = LRSchedule(kind="cosine", peak_lr=2.0, warmup_start_lr=0.0, warmup_steps=10, total_steps=109,
-                       end_lr=0.0)
+    sched = LRSchedule(kind="cosine", peak_lr=2.0, warmup_start_lr=0.0, warmup_steps=10, total_steps=109, end_lr=0.0)
     assert sched(5) == pytest.approx(1.0)
     assert sched(10) == pytest.approx(2.0)
     assert sched(60) == pytest.approx(1.0)  # half of D = 100 steps after warmup
@@ -124,8 +152,15 @@ def test_cosine_ends_and_midpoint():
 
 def test_slow_start_needs_matching_factors():
     with pytest.raises(ValueError, match="one more factor"):
-        LRSchedule(kind="slow_start", peak_lr=1.0, warmup_start_lr=0.0, warmup_steps=0, total_steps=10,
-                   decay_steps=(5,), factors=(1.0,))
+        LRSchedule(
+            kind="slow_start",
+            peak_lr=1.0,
+            warmup_start_lr=0.0,
+            warmup_steps=0,
+            total_steps=10,
+            decay_steps=(5,),
+            factors=(1.0,),
+        )
 
 
 def test_schedule_as_a_pytorch_lr_scheduler_follows_the_schedule_and_resumes():

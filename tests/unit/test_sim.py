@@ -29,12 +29,18 @@ D = 1e8  # bytes per GPU
 
 
 def net(gpus_per_node=8, nics=1, nic_gbyte_s=6.25, intra_gbyte_s=20.0, alpha_intra=1e-6, alpha_inter=10e-6):
-    return Network(gpus_per_node=gpus_per_node, intra_node_latency_s=alpha_intra,
-                   intra_node_bandwidth_bytes_per_s=intra_gbyte_s * 1e9, inter_node_latency_s=alpha_inter,
-                   nic_bandwidth_bytes_per_s=nic_gbyte_s * 1e9, nics_per_node=nics)
+    return Network(
+        gpus_per_node=gpus_per_node,
+        intra_node_latency_s=alpha_intra,
+        intra_node_bandwidth_bytes_per_s=intra_gbyte_s * 1e9,
+        inter_node_latency_s=alpha_inter,
+        nic_bandwidth_bytes_per_s=nic_gbyte_s * 1e9,
+        nics_per_node=nics,
+    )
 
 
 # --- Mikami et al. 2018: steps and bytes per GPU -----------------------------------------------
+
 
 @pytest.mark.parametrize("n", [2, 8, 64, 256, 4096])
 def test_ring_and_halving_doubling_closed_forms(n):
@@ -83,6 +89,7 @@ def test_halving_doubling_non_power_of_two_binary_blocks(n):
 
 # --- time formula -------------------------------------------------------------------------------
 
+
 def test_ring_time_hand_computed():
     # 16 GPUs on 2 nodes: all 30 steps at the inter-node alpha and the 6.25 GB/s NIC (slower than NVLink).
     assert ring(net(), 16, D).time_s == pytest.approx(30 * 10e-6 + 2 * 15 / 16 * D / 6.25e9)
@@ -129,6 +136,7 @@ def test_invalid_shapes_raise():
 
 # --- step model ---------------------------------------------------------------------------------
 
+
 def test_single_bucket_closed_form():
     n, work = net(), Workload(compute_s_per_image=0.01, per_gpu_batch=32, gradient_bytes=D, bucket_cap_mb=0)
     step = simulate_step(n, work, 64, "ring")
@@ -159,19 +167,26 @@ def test_workload_validation():
     with pytest.raises(ValueError, match="per_gpu_batch"):
         Workload(compute_s_per_image=0.01, per_gpu_batch=0)
     assert Workload(compute_s_per_image=1, gradient_bytes=60 * (1 << 20)).buckets() == pytest.approx(
-        [25 * (1 << 20), 25 * (1 << 20), 10 * (1 << 20)])
+        [25 * (1 << 20), 25 * (1 << 20), 10 * (1 << 20)]
+    )
 
 
 # --- calibration --------------------------------------------------------------------------------
+
 
 def test_calibration_recovers_alpha_beta():
     alpha, beta = 7e-6, 1 / 11e9
     meas = []
     for i, (nbytes, world) in enumerate((b, w) for b in (1e3, 1e5, 1e7, 1e8) for w in (2, 4, 8, 6)):
         algorithm = "ring" if i % 2 else "halving_doubling"
-        steps, sent = ((2 * (world - 1), 2 * (world - 1) / world * nbytes) if algorithm == "ring" else
-                       (2 * int(math.log2(world)) if world != 6 else 6,
-                        2 * (world - 1) / world * nbytes if world != 6 else 1.5 * nbytes + 2 * nbytes))
+        steps, sent = (
+            (2 * (world - 1), 2 * (world - 1) / world * nbytes)
+            if algorithm == "ring"
+            else (
+                2 * int(math.log2(world)) if world != 6 else 6,
+                2 * (world - 1) / world * nbytes if world != 6 else 1.5 * nbytes + 2 * nbytes,
+            )
+        )
         noise = 1 + 0.004 * (-1) ** i  # +-0.4 % measurement noise
         meas.append((nbytes, world, algorithm, (steps * alpha + sent * beta) * noise))
     fit = fit_alpha_beta(meas)
@@ -187,6 +202,7 @@ def test_calibration_recovers_alpha_beta():
 
 
 # --- presets and CLI ----------------------------------------------------------------------------
+
 
 def test_presets_are_sourced():
     for preset in PRESETS.values():
@@ -221,8 +237,10 @@ def test_cli_bad_input_exits_2(tmp_path, capsys):
 
 
 def test_import_does_not_load_torch():
-    code = ("import sys, largebatch.sim; "
-            "bad = [m for m in ('torch', 'matplotlib', 'numpy') if m in sys.modules]; print(bad)")
+    code = (
+        "import sys, largebatch.sim; "
+        "bad = [m for m in ('torch', 'matplotlib', 'numpy') if m in sys.modules]; print(bad)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
 
@@ -231,6 +249,8 @@ def test_simulate_is_a_subcommand_of_the_main_cli(tmp_path, capsys):
     from largebatch.cli import main
 
     out = tmp_path / "sim.png"
-    assert main(["simulate", "--gpus", "64", "--preset", "mikami2018", "--algorithm", "torus2d", "--out", str(out)]) == 0
+    assert (
+        main(["simulate", "--gpus", "64", "--preset", "mikami2018", "--algorithm", "torus2d", "--out", str(out)]) == 0
+    )
     assert "torus2d" in capsys.readouterr().out and out.stat().st_size > 10_000
     assert main(["simulate", "--gpus", "0"]) == 2

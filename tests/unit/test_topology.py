@@ -19,11 +19,17 @@ def test_layout_of_a_2x3_machine():
     assert factor_pairs(6) == [(1, 6), (2, 3), (3, 2), (6, 1)]
 
 
-@pytest.mark.parametrize("kwargs,fragment", [
-    (dict(workers_per_node=4), "comm.workers_per_node=4 does not divide the 6 workers; accepted: one of [1, 2, 3, 6]"),
-    (dict(workers_per_node=3, torus_x=4), "accepted shapes X x Y: 1x6, 2x3, 3x2, 6x1"),
-    (dict(workers_per_node=0), "comm.workers_per_node=0"),
-])
+@pytest.mark.parametrize(
+    "kwargs,fragment",
+    [
+        (
+            dict(workers_per_node=4),
+            "comm.workers_per_node=4 does not divide the 6 workers; accepted: one of [1, 2, 3, 6]",
+        ),
+        (dict(workers_per_node=3, torus_x=4), "accepted shapes X x Y: 1x6, 2x3, 3x2, 6x1"),
+        (dict(workers_per_node=0), "comm.workers_per_node=0"),
+    ],
+)
 def test_bad_topologies_name_every_accepted_choice(kwargs, fragment):
     with pytest.raises(ValueError, match=fragment.replace("[", r"\[").replace("]", r"\]")):
         make_topology(6, **kwargs)

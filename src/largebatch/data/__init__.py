@@ -12,8 +12,18 @@ __all__ = ["GlobalBatchSampler", "build_data", "check_data", "derive_seed", "eva
 
 
 FASHION_MNIST_TRAIN_SAMPLES = 60_000
-FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                         "Ankle boot")
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 """Label names of Fashion-MNIST's classes 0-9 (Xiao, Rasul, Vollgraf 2017, Table 1)."""
 
 
@@ -32,8 +42,10 @@ def check_data(cfg) -> None:
     if data_cfg.name in known:
         n = min(known[data_cfg.name], data_cfg.train_subset or known[data_cfg.name])
         if data_cfg.val_size >= n:
-            raise ConfigError(f"data.val_size={data_cfg.val_size} holds out all {n} training samples of "
-                              f"{data_cfg.name}; hold out fewer (5000 of Fashion-MNIST's 60,000, say)")
+            raise ConfigError(
+                f"data.val_size={data_cfg.val_size} holds out all {n} training samples of "
+                f"{data_cfg.name}; hold out fewer (5000 of Fashion-MNIST's 60,000, say)"
+            )
         n -= data_cfg.val_size
         largest, key = cfg.train.global_batch_size, "train.global_batch_size"
         for i, stage in enumerate(cfg.train.batch_schedule):
@@ -43,7 +55,8 @@ def check_data(cfg) -> None:
             raise ConfigError(
                 f"{key}={largest} exceeds the {n} training samples of "
                 f"{data_cfg.name} (data.train_subset={data_cfg.train_subset}); an epoch would have no step: lower "
-                f"the global batch or use more samples")
+                f"the global batch or use more samples"
+            )
     if data_cfg.name == "fashion_mnist":
         from largebatch.data.fashion_mnist import find_files
 
@@ -62,8 +75,10 @@ def check_data(cfg) -> None:
             return
         check_layout(data_cfg.root, flat_val=bool(data_cfg.imagefolder.val_labels))
         if data_cfg.imagefolder.val_labels and not Path(data_cfg.imagefolder.val_labels).is_file():
-            raise FileNotFoundError(f"data.imagefolder.val_labels={data_cfg.imagefolder.val_labels!r} is not a file; give ImageNet's "
-                                    f"LOC_val_solution.csv or a '<file> <wnid>' list, or leave it empty for val/<wnid>/")
+            raise FileNotFoundError(
+                f"data.imagefolder.val_labels={data_cfg.imagefolder.val_labels!r} is not a file; give ImageNet's "
+                f"LOC_val_solution.csv or a '<file> <wnid>' list, or leave it empty for val/<wnid>/"
+            )
 
 
 def build_data(cfg, *, device: torch.device):
@@ -73,11 +88,19 @@ def build_data(cfg, *, device: torch.device):
     if d.name == "imagefolder":
         from largebatch.data.imagefolder import ImageFolderData
 
-        return ImageFolderData(d.root, image_size_px=d.image_size_px, augment=d.augment,
-                               loader_workers=d.imagefolder.loader_workers, train_subset=d.train_subset,
-                               test_subset=d.test_subset, device=device, bad_file_policy=d.imagefolder.bad_file_policy,
-                               decoder=d.imagefolder.decoder, val_labels=d.imagefolder.val_labels,
-                               decode_on=d.imagefolder.decode_on)
+        return ImageFolderData(
+            d.root,
+            image_size_px=d.image_size_px,
+            augment=d.augment,
+            loader_workers=d.imagefolder.loader_workers,
+            train_subset=d.train_subset,
+            test_subset=d.test_subset,
+            device=device,
+            bad_file_policy=d.imagefolder.bad_file_policy,
+            decoder=d.imagefolder.decoder,
+            val_labels=d.imagefolder.val_labels,
+            decode_on=d.imagefolder.decode_on,
+        )
     if d.name == "fashion_mnist":
         from largebatch.data.fashion_mnist import load_fashion_mnist
 
@@ -87,8 +110,11 @@ def build_data(cfg, *, device: torch.device):
         from largebatch.data.synthetic import make_synthetic
 
         train_x, train_y, test_x, test_y = make_synthetic(
-            num_train=d.synthetic.train_samples, num_test=d.synthetic.test_samples,
-            num_classes=d.synthetic.classes, channels=d.synthetic.channels, size_px=d.image_size_px,
+            num_train=d.synthetic.train_samples,
+            num_test=d.synthetic.test_samples,
+            num_classes=d.synthetic.classes,
+            channels=d.synthetic.channels,
+            size_px=d.image_size_px,
             seed=cfg.train.seed,
         )
         num_classes, classes = d.synthetic.classes, None
@@ -96,11 +122,14 @@ def build_data(cfg, *, device: torch.device):
         from largebatch.registry import DATASET_GROUP, is_plugin, load_user_dataset
 
         if not is_plugin(d.name, DATASET_GROUP):
-            raise ValueError(f"data.name={d.name!r} is unknown; accepted: fashion_mnist, synthetic, imagefolder or a "
-                             f"user factory package.module:callable (docs/api.md)")
+            raise ValueError(
+                f"data.name={d.name!r} is unknown; accepted: fashion_mnist, synthetic, imagefolder or a "
+                f"user factory package.module:callable (docs/api.md)"
+            )
         user = load_user_dataset(d.name, root=d.root, seed=cfg.train.seed)
-        train_x, train_y, test_x, test_y = (user[k] for k in ("train_images", "train_labels", "test_images",
-                                                                "test_labels"))
+        train_x, train_y, test_x, test_y = (
+            user[k] for k in ("train_images", "train_labels", "test_images", "test_labels")
+        )
         num_classes, classes = user["num_classes"], user.get("classes")
     if d.train_subset:
         train_x, train_y = train_x[: d.train_subset], train_y[: d.train_subset]
@@ -113,8 +142,18 @@ def build_data(cfg, *, device: torch.device):
         train_x, train_y = train_x[train_idx], train_y[train_idx]
     from largebatch.data.tensors import TensorImageData
 
-    return TensorImageData(train_x, train_y, test_x, test_y, num_classes=num_classes, augment=d.augment,
-                           padding_px=d.crop_padding_px, device=device, val=val, classes=classes)
+    return TensorImageData(
+        train_x,
+        train_y,
+        test_x,
+        test_y,
+        num_classes=num_classes,
+        augment=d.augment,
+        padding_px=d.crop_padding_px,
+        device=device,
+        val=val,
+        classes=classes,
+    )
 
 
 def validation_split(num_samples: int, val_size: int, *, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,8 +165,10 @@ def validation_split(num_samples: int, val_size: int, *, seed: int) -> tuple[tor
         ValueError: if ``val_size`` is not in [1, num_samples).
     """
     if not 0 < val_size < num_samples:
-        raise ValueError(f"data.val_size={val_size} must be between 1 and {num_samples - 1} "
-                         f"(the training set has {num_samples} samples)")
+        raise ValueError(
+            f"data.val_size={val_size} must be between 1 and {num_samples - 1} "
+            f"(the training set has {num_samples} samples)"
+        )
     g = torch.Generator().manual_seed(derive_seed(seed, "validation split"))
     perm = torch.randperm(num_samples, generator=g)
     return perm[val_size:].sort().values, perm[:val_size].sort().values

@@ -46,9 +46,19 @@ class BatchDecoder(ABC):
             default: ``read_bytes`` on a thread pool.
     """
 
-    def __init__(self, read_bytes: Callable[[int], bytes], labels: Sequence[int], *, image_size_px: int,
-                 train: bool, device: torch.device, threads: int, describe: Callable[[int], str],
-                 policy: str, read_many: Callable[[list[int]], list[bytes]] | None = None) -> None:
+    def __init__(
+        self,
+        read_bytes: Callable[[int], bytes],
+        labels: Sequence[int],
+        *,
+        image_size_px: int,
+        train: bool,
+        device: torch.device,
+        threads: int,
+        describe: Callable[[int], str],
+        policy: str,
+        read_many: Callable[[list[int]], list[bytes]] | None = None,
+    ) -> None:
         self.read_bytes, self.read_many, self.labels, self.size = read_bytes, read_many, labels, image_size_px
         self.train, self.device, self.threads = train, device, max(1, threads)
         self.describe, self.policy = describe, policy
@@ -77,8 +87,9 @@ class BatchDecoder(ABC):
             return f"{type(err).__name__}: {str(err).strip().splitlines()[-1][:200] if str(err).strip() else ''}"
         return ""
 
-    def batches(self, index_batches: Iterator[Sequence[int]], *, seed: int, dataset_size: int
-                ) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
+    def batches(
+        self, index_batches: Iterator[Sequence[int]], *, seed: int, dataset_size: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
         """(uint8 images (B, 3, S, S) on the device, int64 labels (B,) on the CPU, skipped files as
         'path<TAB>reason') for each index batch. Batch k's random crops depend only on (seed, k)."""
         self.segment_seed = seed % (2**31 - 1)
@@ -109,16 +120,19 @@ class BatchDecoder(ABC):
                 for pos, reason in bad:
                     name = self.describe(indices[pos])
                     if self.policy == "fail":
-                        raise BadImageError(f"cannot decode {name}: {reason}; fix or remove the file, or set "
-                                            f"data.imagefolder.bad_file_policy=skip to skip it and get a report") from decode_error
+                        raise BadImageError(
+                            f"cannot decode {name}: {reason}; fix or remove the file, or set "
+                            f"data.imagefolder.bad_file_policy=skip to skip it and get a report"
+                        ) from decode_error
                     skipped.append(f"{name}\t{reason}")
                     indices[pos] = (indices[pos] + 1) % dataset_size
                     encoded[pos] = self._encoded([indices[pos]])[0]
         raise BadImageError("no readable image in the data set")
 
 
-def crop_params(height: int, width: int, generator: torch.Generator, scale=(0.08, 1.0),
-                ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+def crop_params(
+    height: int, width: int, generator: torch.Generator, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)
+) -> tuple[int, int, int, int]:
     """(top, left, crop height, crop width) of a random-resized crop (the Inception crop:
     Szegedy et al. 2015, sec. 6; Goyal et al. 2017, sec. 5.1): area uniform in ``scale`` of the
     image, log-aspect uniform in log ``ratio``, 10 tries, else the centre crop of the clamped
@@ -128,7 +142,9 @@ def crop_params(height: int, width: int, generator: torch.Generator, scale=(0.08
     log_ratio = torch.log(torch.tensor(ratio))
     for _ in range(10):
         target = area * float(torch.empty(1).uniform_(scale[0], scale[1], generator=generator))
-        aspect = float(torch.exp(torch.empty(1).uniform_(float(log_ratio[0]), float(log_ratio[1]), generator=generator)))
+        aspect = float(
+            torch.exp(torch.empty(1).uniform_(float(log_ratio[0]), float(log_ratio[1]), generator=generator))
+        )
         w = int(round((target * aspect) ** 0.5))
         h = int(round((target / aspect) ** 0.5))
         if 0 < w <= width and 0 < h <= height:

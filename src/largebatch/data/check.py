@@ -26,15 +26,22 @@ from pathlib import Path
 
 # torchvision 0.29 marks its image codecs deprecated in favour of TorchCodec; they are still the
 # libjpeg-turbo / libpng decoders the pipeline uses, so the check uses them too (docs/data.md).
-warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
-                        category=DeprecationWarning)
+warnings.filterwarnings(
+    "ignore", message="The image decoding and encoding capabilities of TorchVision", category=DeprecationWarning
+)
 
 BAD_KINDS = ("empty", "unreadable", "not_an_image", "corrupt")
 ODD_KINDS = ("cmyk", "grayscale", "png_as_jpeg", "other_format")
 JPEG_SUFFIXES = (".jpg", ".jpeg")
 SKIPPED_SUFFIXES = (".txt", ".csv", ".json", ".tsv", ".xml", ".md")
-_SIGNATURES = {b"\xff\xd8\xff": "jpeg", b"\x89PNG\r\n\x1a\n": "png", b"GIF8": "gif", b"BM": "bmp",
-               b"II*\x00": "tiff", b"MM\x00*": "tiff"}
+_SIGNATURES = {
+    b"\xff\xd8\xff": "jpeg",
+    b"\x89PNG\r\n\x1a\n": "png",
+    b"GIF8": "gif",
+    b"BM": "bmp",
+    b"II*\x00": "tiff",
+    b"MM\x00*": "tiff",
+}
 
 
 @dataclass
@@ -116,8 +123,9 @@ def check_dataset(root: str, *, workers: int = 0, progress: bool = True) -> Chec
     """
     base = Path(root)
     if not base.is_dir():
-        raise FileNotFoundError(f"{root!r} is not a directory; give the data set's root (e.g. the folder holding "
-                                f"train/ and val/)")
+        raise FileNotFoundError(
+            f"{root!r} is not a directory; give the data set's root (e.g. the folder holding train/ and val/)"
+        )
     files = [str(p) for p in data_files(base)]
     workers = workers or os.cpu_count() or 1
     from tqdm import tqdm
@@ -151,8 +159,10 @@ def write_report(report: CheckReport, path: Path) -> None:
 
 
 def summary_lines(report: CheckReport) -> list[str]:
-    lines = [f"{report.files} files checked under {report.root}: "
-             + ", ".join(f"{k} {v}" for k, v in sorted(report.counts.items()))]
+    lines = [
+        f"{report.files} files checked under {report.root}: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(report.counts.items()))
+    ]
     for r in report.bad:
         lines.append(f"BAD  {r['kind']:<13} {r['path']}  ({r['detail']})")
     for r in report.odd:

@@ -41,8 +41,10 @@ def dali_available() -> bool:
 def require_dali() -> None:
     """Raises ImportError with the install command when DALI is missing."""
     if not dali_available():
-        raise ImportError("data.imagefolder.decoder=dali needs NVIDIA DALI: pip install 'largebatch[dali]' (the "
-                          "nvidia-dali-cuda120 wheel from PyPI; it also runs CPU-only), or use data.imagefolder.decoder=torchvision")
+        raise ImportError(
+            "data.imagefolder.decoder=dali needs NVIDIA DALI: pip install 'largebatch[dali]' (the "
+            "nvidia-dali-cuda120 wheel from PyPI; it also runs CPU-only), or use data.imagefolder.decoder=torchvision"
+        )
 
 
 class DaliRunner(BatchDecoder):
@@ -70,21 +72,33 @@ class DaliRunner(BatchDecoder):
         size, train = self.size, self.train
         resize = size * 256 // 224
 
-        @pipeline_def(batch_size=max_batch, num_threads=self.threads,
-                      device_id=(self.device.index or 0) if cuda else None, seed=seed,
-                      prefetch_queue_depth=1, exec_async=False, exec_pipelined=False)
+        @pipeline_def(
+            batch_size=max_batch,
+            num_threads=self.threads,
+            device_id=(self.device.index or 0) if cuda else None,
+            seed=seed,
+            prefetch_queue_depth=1,
+            exec_async=False,
+            exec_pipelined=False,
+        )
         def pipeline():
             encoded = fn.external_source(name="encoded", dtype=types.UINT8)
             images = fn.decoders.image(encoded, device="mixed" if cuda else "cpu", output_type=types.RGB)
             if train:
-                images = fn.random_resized_crop(images, size=(size, size), random_area=(0.08, 1.0),
-                                                random_aspect_ratio=(3 / 4, 4 / 3), antialias=True)
+                images = fn.random_resized_crop(
+                    images,
+                    size=(size, size),
+                    random_area=(0.08, 1.0),
+                    random_aspect_ratio=(3 / 4, 4 / 3),
+                    antialias=True,
+                )
                 mirror = fn.random.coin_flip(probability=0.5)
             else:
                 images = fn.resize(images, resize_shorter=resize, antialias=True)
                 mirror = 0
-            return fn.crop_mirror_normalize(images, crop=(size, size), dtype=types.UINT8, output_layout="CHW",
-                                            mirror=mirror)
+            return fn.crop_mirror_normalize(
+                images, crop=(size, size), dtype=types.UINT8, output_layout="CHW", mirror=mirror
+            )
 
         pipe = pipeline()
         pipe.build()

@@ -79,7 +79,7 @@ def _prepare_raw(files: dict[str, Path]) -> Path:
         if dst.is_file():
             continue
         fd, tmp = tempfile.mkstemp(dir=raw, prefix=f".{name}.")
-        with os.fdopen(fd, "wb") as out, (gzip.open(src, "rb") if src.suffix == ".gz" else open(src, "rb")) as inp:
+        with os.fdopen(fd, "wb") as out, gzip.open(src, "rb") if src.suffix == ".gz" else open(src, "rb") as inp:
             shutil.copyfileobj(inp, out)
         os.replace(tmp, dst)
     return root
@@ -100,8 +100,12 @@ def load_fashion_mnist(root: str) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
         try:
             ds = FashionMNIST(str(tv_root), train=train, download=False)
         except (AssertionError, RuntimeError, ValueError) as err:
-            raise ValueError(f"Fashion-MNIST files in {root or default_root()} are not valid IDX files: {err}") from None
+            raise ValueError(
+                f"Fashion-MNIST files in {root or default_root()} are not valid IDX files: {err}"
+            ) from None
         if ds.data.shape[1:] != (28, 28) or ds.data.shape[0] != ds.targets.shape[0]:
-            raise ValueError(f"Fashion-MNIST files in {root or default_root()} have unexpected shapes {tuple(ds.data.shape)}")
+            raise ValueError(
+                f"Fashion-MNIST files in {root or default_root()} have unexpected shapes {tuple(ds.data.shape)}"
+            )
         out += [ds.data.unsqueeze(1).contiguous(), ds.targets.long()]
     return out[0], out[1], out[2], out[3]

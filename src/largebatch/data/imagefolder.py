@@ -56,8 +56,10 @@ class _CheckedImages(torch.utils.data.Dataset):
                 return image, label, "\n".join(bad)
             except (OSError, ValueError, SyntaxError, RuntimeError) as err:  # PIL's and torchvision.io's errors
                 if self.policy == "fail":
-                    raise BadImageError(f"cannot decode {path}: {err}; fix or remove the file, or set "
-                                        f"data.imagefolder.bad_file_policy=skip to skip it and get a report") from None
+                    raise BadImageError(
+                        f"cannot decode {path}: {err}; fix or remove the file, or set "
+                        f"data.imagefolder.bad_file_policy=skip to skip it and get a report"
+                    ) from None
                 bad.append(f"{path}\t{type(err).__name__}: {err}")
         raise BadImageError(f"no readable image in {getattr(self.folder, 'root', 'the data set')}")
 
@@ -97,25 +99,48 @@ class ImageFolderData:
     baseline of benchmarks/data_pipeline.py). Same augmentation either way.
     """
 
-    def __init__(self, root: str, *, image_size_px: int, augment: bool, loader_workers: int,
-                 train_subset: int, test_subset: int, device: torch.device, bad_file_policy: str = "fail",
-                 decoder: str = "torchvision", val_labels: str = "", decode_on: str = "workers") -> None:
+    def __init__(
+        self,
+        root: str,
+        *,
+        image_size_px: int,
+        augment: bool,
+        loader_workers: int,
+        train_subset: int,
+        test_subset: int,
+        device: torch.device,
+        bad_file_policy: str = "fail",
+        decoder: str = "torchvision",
+        val_labels: str = "",
+        decode_on: str = "workers",
+    ) -> None:
         from torchvision import datasets
 
         if decode_on not in ("workers", "device"):
             raise ValueError(f"data.imagefolder.decode_on={decode_on!r} is unknown; accepted: workers, device")
         if decode_on == "device" and decoder != "torchvision":
-            raise ValueError(f"data.imagefolder.decode_on=device works with data.imagefolder.decoder=torchvision (got {decoder!r}); "
-                             f"data.imagefolder.decoder=dali always decodes on the device")
+            raise ValueError(
+                f"data.imagefolder.decode_on=device works with data.imagefolder.decoder=torchvision (got {decoder!r}); "
+                f"data.imagefolder.decoder=dali always decodes on the device"
+            )
         if decoder == "dali":
             require_dali()
         self.decoder, self.decode_on, self.image_size_px, self.augment = decoder, decode_on, image_size_px, augment
         if is_prepared(root):  # `largebatch data prepare` output: read the shards by index
             if decoder == "pil":
-                raise ValueError(f"data.root={root!r} holds prepared shards, read with data.imagefolder.decoder=torchvision or dali")
+                raise ValueError(
+                    f"data.root={root!r} holds prepared shards, read with data.imagefolder.decoder=torchvision or dali"
+                )
             train_tf, eval_tf = self._transforms("torchvision", image_size_px, augment)
-            self._finish(ShardImages(root, "train", train_tf), ShardImages(root, "val", eval_tf), bad_file_policy,
-                         train_subset, test_subset, loader_workers, device)
+            self._finish(
+                ShardImages(root, "train", train_tf),
+                ShardImages(root, "val", eval_tf),
+                bad_file_policy,
+                train_subset,
+                test_subset,
+                loader_workers,
+                device,
+            )
             self.num_classes = len(self.train_set_classes)
             return
         train_dir, val_dir = check_layout(root, flat_val=bool(val_labels))
@@ -126,8 +151,10 @@ class ImageFolderData:
             files = sorted(p for p in val_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
             missing = [p.name for p in files if p.name not in labels and p.stem not in labels]
             if missing:
-                raise ValueError(f"data.imagefolder.val_labels={val_labels!r} has no label for {len(missing)} file(s) of {val_dir}, "
-                                 f"e.g. {missing[:3]}")
+                raise ValueError(
+                    f"data.imagefolder.val_labels={val_labels!r} has no label for {len(missing)} file(s) of {val_dir}, "
+                    f"e.g. {missing[:3]}"
+                )
             val_samples = [(str(p), labels.get(p.name, labels.get(p.stem))) for p in files]
         else:
             val_folder = datasets.ImageFolder(str(val_dir))
@@ -170,9 +197,15 @@ class ImageFolderData:
         """What a model trained on these batches expects (see ``TensorImageData.input_spec``): RGB,
         the evaluation transform (resize of the short side, center crop), ImageNet's mean and std."""
         size = self.image_size_px
-        return {"in_channels": 3, "image_size_px": [size, size], "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-                "num_classes": self.num_classes, "classes": self.train_set_classes,
-                "eval_transform": f"resize the short side to {size * 256 // 224} px, center crop {size} px"}
+        return {
+            "in_channels": 3,
+            "image_size_px": [size, size],
+            "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD),
+            "num_classes": self.num_classes,
+            "classes": self.train_set_classes,
+            "eval_transform": f"resize the short side to {size * 256 // 224} px, center crop {size} px",
+        }
 
     @staticmethod
     def _transforms(decoder: str, size: int, augment: bool):
@@ -180,19 +213,37 @@ class ImageFolderData:
         if decoder == "torchvision":
             from torchvision.transforms import v2
 
-            train = (v2.Compose([v2.RandomResizedCrop(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), antialias=True),
-                                 v2.RandomHorizontalFlip()]) if augment else
-                     v2.Compose([v2.Resize(resize, antialias=True), v2.CenterCrop(size)]))
+            train = (
+                v2.Compose(
+                    [
+                        v2.RandomResizedCrop(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), antialias=True),
+                        v2.RandomHorizontalFlip(),
+                    ]
+                )
+                if augment
+                else v2.Compose([v2.Resize(resize, antialias=True), v2.CenterCrop(size)])
+            )
             return train, v2.Compose([v2.Resize(resize, antialias=True), v2.CenterCrop(size)])
         from torchvision import transforms
 
         normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
-        train = (transforms.Compose([transforms.RandomResizedCrop(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)),
-                                     transforms.RandomHorizontalFlip(), transforms.ToTensor(), normalize]) if augment else
-                 transforms.Compose([transforms.Resize(resize), transforms.CenterCrop(size), transforms.ToTensor(),
-                                     normalize]))
-        return train, transforms.Compose([transforms.Resize(resize), transforms.CenterCrop(size), transforms.ToTensor(),
-                                          normalize])
+        train = (
+            transforms.Compose(
+                [
+                    transforms.RandomResizedCrop(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)),
+                    transforms.RandomHorizontalFlip(),
+                    transforms.ToTensor(),
+                    normalize,
+                ]
+            )
+            if augment
+            else transforms.Compose(
+                [transforms.Resize(resize), transforms.CenterCrop(size), transforms.ToTensor(), normalize]
+            )
+        )
+        return train, transforms.Compose(
+            [transforms.Resize(resize), transforms.CenterCrop(size), transforms.ToTensor(), normalize]
+        )
 
     def _normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 batches (fast path) to normalized float on the device; float batches pass through."""
@@ -230,10 +281,15 @@ class ImageFolderData:
             return None
         if split not in self._batch_decoders:
             base = self._bases[split]
-            kwargs = dict(image_size_px=self.image_size_px, train=split == "train" and self.augment,
-                          device=self.device, threads=max(1, self.loader_workers),
-                          describe=lambda i: base.samples[i][0], policy=self.bad_file_policy,
-                          read_many=base.read_many if getattr(base, "remote", False) else None)
+            kwargs = dict(
+                image_size_px=self.image_size_px,
+                train=split == "train" and self.augment,
+                device=self.device,
+                threads=max(1, self.loader_workers),
+                describe=lambda i: base.samples[i][0],
+                policy=self.bad_file_policy,
+                read_many=base.read_many if getattr(base, "remote", False) else None,
+            )
             labels = [label for _, label in base.samples]
             decoder_class = DaliRunner if self.decoder == "dali" else TorchvisionBatchDecoder
             self._batch_decoders[split] = decoder_class(base.read_bytes, labels, **kwargs)
@@ -259,8 +315,9 @@ class ImageFolderData:
                 if line not in self.bad_files:
                     self.bad_files.append(line)
 
-    def eval_batches(self, *, world_size: int, rank: int, batch_size: int,
-                     split: str = "test") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def eval_batches(
+        self, *, world_size: int, rank: int, batch_size: int, split: str = "test"
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if split != "test":
             raise ValueError("imagefolder has no held-out validation split (data.val_size is 0 there)")
         idx = eval_shard(self.num_test, world_size=world_size, rank=rank)

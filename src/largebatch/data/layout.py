@@ -30,8 +30,10 @@ def check_layout(root: str, *, flat_val: bool = False) -> tuple[Path, Path]:
         d = base / split
         if split == "val" and flat_val:  # images directly in val/, labels from data.imagefolder.val_labels
             if not d.is_dir() or not any(p.suffix.lower() in IMAGE_SUFFIXES for p in d.iterdir()):
-                raise FileNotFoundError(f"data.root={root!r}: {d} holds no image files (data.imagefolder.val_labels is set, so "
-                                        f"val/ is read flat: {base}/val/*.JPEG)")
+                raise FileNotFoundError(
+                    f"data.root={root!r}: {d} holds no image files (data.imagefolder.val_labels is set, so "
+                    f"val/ is read flat: {base}/val/*.JPEG)"
+                )
             dirs.append(d)
             continue
         if not d.is_dir() or not any(p.is_dir() for p in d.iterdir()):
@@ -41,8 +43,10 @@ def check_layout(root: str, *, flat_val: bool = False) -> tuple[Path, Path]:
                 f"{' (it holds images directly: put each class in its own folder)' if loose else ''}; {layout}"
             )
         if not any(p.suffix.lower() in IMAGE_SUFFIXES for c in d.iterdir() if c.is_dir() for p in c.iterdir()):
-            raise FileNotFoundError(f"data.root={root!r}: the class folders of {d} hold no image files "
-                                    f"({', '.join(IMAGE_SUFFIXES)}); {layout}")
+            raise FileNotFoundError(
+                f"data.root={root!r}: the class folders of {d} hold no image files "
+                f"({', '.join(IMAGE_SUFFIXES)}); {layout}"
+            )
         dirs.append(d)
     return dirs[0], dirs[1]
 

@@ -32,8 +32,9 @@ from largebatch.data.layout import check_layout
 
 MANIFEST = "largebatch-shards.json"
 
-warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
-                        category=DeprecationWarning)
+warnings.filterwarnings(
+    "ignore", message="The image decoding and encoding capabilities of TorchVision", category=DeprecationWarning
+)
 
 
 def _resize_encode(job: tuple[str, int, int]) -> tuple[bytes | None, str]:
@@ -56,8 +57,16 @@ def _resize_encode(job: tuple[str, int, int]) -> tuple[bytes | None, str]:
     return encode_jpeg(image, quality=quality).numpy().tobytes(), ""
 
 
-def prepare(src: str, dst: str, *, max_side_px: int = 256, quality: int = 90, shard_mb: float = 256.0,
-            workers: int = 0, progress: bool = True) -> dict:
+def prepare(
+    src: str,
+    dst: str,
+    *,
+    max_side_px: int = 256,
+    quality: int = 90,
+    shard_mb: float = 256.0,
+    workers: int = 0,
+    progress: bool = True,
+) -> dict:
     """Convert the ImageNet-layout folder ``src`` (train/<wnid>/*, val/<wnid>/*) into shards in
     ``dst``; returns the manifest.
 
@@ -68,19 +77,29 @@ def prepare(src: str, dst: str, *, max_side_px: int = 256, quality: int = 90, sh
     from torchvision import datasets
     from tqdm import tqdm
 
-
     if max_side_px < 8 or not 1 <= quality <= 100 or shard_mb <= 0:
-        raise ValueError(f"max_side_px={max_side_px}, quality={quality}, shard_mb={shard_mb}: accepted max_side_px >= 8, "
-                         f"quality in 1..100, shard_mb > 0")
+        raise ValueError(
+            f"max_side_px={max_side_px}, quality={quality}, shard_mb={shard_mb}: accepted max_side_px >= 8, "
+            f"quality in 1..100, shard_mb > 0"
+        )
     train_dir, val_dir = check_layout(src)
     out = Path(dst)
     if (out / MANIFEST).exists():
-        raise ValueError(f"{dst} already holds a prepared data set ({MANIFEST}); choose another destination "
-                         f"(nothing was overwritten)")
+        raise ValueError(
+            f"{dst} already holds a prepared data set ({MANIFEST}); choose another destination "
+            f"(nothing was overwritten)"
+        )
     out.mkdir(parents=True, exist_ok=True)
     classes = datasets.ImageFolder(str(train_dir)).classes
-    manifest: dict = {"format": 1, "classes": classes, "max_side_px": max_side_px, "quality": quality,
-                      "source": str(Path(src).resolve()), "splits": {}, "bad_files": []}
+    manifest: dict = {
+        "format": 1,
+        "classes": classes,
+        "max_side_px": max_side_px,
+        "quality": quality,
+        "source": str(Path(src).resolve()),
+        "splits": {},
+        "bad_files": [],
+    }
     pool = ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1)
     try:
         for split, folder in (("train", train_dir), ("val", val_dir)):
@@ -89,7 +108,9 @@ def prepare(src: str, dst: str, *, max_side_px: int = 256, quality: int = 90, sh
                 raise ValueError(f"{src}: train/ and val/ have different class folders")
             shards, index = [], []
             tar, shard_bytes = None, 0
-            bar = tqdm(total=len(samples), unit="img", desc=f"prepare {split}", disable=not progress, dynamic_ncols=True)
+            bar = tqdm(
+                total=len(samples), unit="img", desc=f"prepare {split}", disable=not progress, dynamic_ncols=True
+            )
             jobs = ((path, max_side_px, quality) for path, _ in samples)
             for (path, label), (blob, error) in zip(samples, pool.map(_resize_encode, jobs, chunksize=16)):
                 bar.update(1)
@@ -135,13 +156,16 @@ def _filesystem(root: str):
     try:
         import fsspec
     except ImportError:
-        raise ImportError(f"data.root={root!r} is a URL; reading shards from object storage needs fsspec: "
-                          f"pip install 'largebatch[remote]'") from None
+        raise ImportError(
+            f"data.root={root!r} is a URL; reading shards from object storage needs fsspec: "
+            f"pip install 'largebatch[remote]'"
+        ) from None
     try:
         return fsspec.core.url_to_fs(root)
     except ImportError as err:
-        raise ImportError(f"data.root={root!r}: {err} (pip install 'largebatch[remote]' installs the s3, gs and "
-                          f"http back-ends)") from None
+        raise ImportError(
+            f"data.root={root!r}: {err} (pip install 'largebatch[remote]' installs the s3, gs and http back-ends)"
+        ) from None
 
 
 def is_prepared(root: str) -> bool:
@@ -155,9 +179,11 @@ def is_prepared(root: str) -> bool:
         return (Path(root) / MANIFEST).is_file()
     fs, path = _filesystem(root)
     if not fs.exists(f"{path.rstrip('/')}/{MANIFEST}"):
-        raise FileNotFoundError(f"data.root={root!r} holds no {MANIFEST}: a URL must point at the output of "
-                                f"`largebatch data prepare` (copied to object storage as it is, e.g. with "
-                                f"`aws s3 sync`); image folders are read from a file system")
+        raise FileNotFoundError(
+            f"data.root={root!r} holds no {MANIFEST}: a URL must point at the output of "
+            f"`largebatch data prepare` (copied to object storage as it is, e.g. with "
+            f"`aws s3 sync`); image folders are read from a file system"
+        )
     return True
 
 
@@ -205,8 +231,9 @@ class ShardImages(torch.utils.data.Dataset):
             return [self.read_bytes(i) for i in indices]
         fs, path = self._remote_fs()
         rows = [self.index[i] for i in indices]
-        return fs.cat_ranges([f"{path}/{self.shards[r[0]]}" for r in rows], [r[1] for r in rows],
-                             [r[1] + r[2] for r in rows])
+        return fs.cat_ranges(
+            [f"{path}/{self.shards[r[0]]}" for r in rows], [r[1] for r in rows], [r[1] + r[2] for r in rows]
+        )
 
     def prefetch(self, indices: list[int]) -> None:
         """Fetch a batch's samples of a remote data set together; :meth:`read_bytes` then takes

@@ -15,9 +15,7 @@ import torch
 from largebatch.data.samplers import GlobalBatchSampler, derive_seed, eval_shard
 
 
-def random_crop_flip(
-    images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, padding_px: int
-) -> torch.Tensor:
+def random_crop_flip(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, padding_px: int) -> torch.Tensor:
     """Random crop with zero padding and horizontal flip, per sample, in one gather.
 
     Args:
@@ -38,7 +36,9 @@ def random_crop_flip(
     rows = (offsets[:, 0:1] + torch.arange(h, device=dev)).view(n, 1, h, 1)
     cols = offsets[:, 1:2] + torch.arange(w, device=dev)
     cols = torch.where(flips[:, None], cols.flip(1), cols).view(n, 1, 1, w)
-    return padded[torch.arange(n, device=dev).view(n, 1, 1, 1), torch.arange(c, device=dev).view(1, c, 1, 1), rows, cols]
+    return padded[
+        torch.arange(n, device=dev).view(n, 1, 1, 1), torch.arange(c, device=dev).view(1, c, 1, 1), rows, cols
+    ]
 
 
 class TensorImageData:
@@ -69,7 +69,9 @@ class TensorImageData:
         classes: list[str] | None = None,
     ) -> None:
         if train_images.dtype != torch.uint8 or train_images.ndim != 4:
-            raise ValueError(f"train images must be uint8 (N, C, H, W), got {train_images.dtype} {tuple(train_images.shape)}")
+            raise ValueError(
+                f"train images must be uint8 (N, C, H, W), got {train_images.dtype} {tuple(train_images.shape)}"
+            )
         self.device = device
         self.train_images = train_images.to(device)
         self.train_labels = train_labels.to(device)
@@ -107,10 +109,15 @@ class TensorImageData:
         """What a model trained on these batches expects: channels, image size (H, W) in pixels,
         per-channel mean and std of pixels scaled to [0, 1] (``x = (pixels / 255 - mean) / std``),
         and the class names (None if unknown)."""
-        return {"in_channels": self.in_channels, "image_size_px": list(self.train_images.shape[-2:]),
-                "mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist(),
-                "num_classes": self.num_classes, "classes": self.classes,
-                "eval_transform": "none: the image as is"}
+        return {
+            "in_channels": self.in_channels,
+            "image_size_px": list(self.train_images.shape[-2:]),
+            "mean": self.mean.flatten().tolist(),
+            "std": self.std.flatten().tolist(),
+            "num_classes": self.num_classes,
+            "classes": self.classes,
+            "eval_transform": "none: the image as is",
+        }
 
     def _normalize(self, images: torch.Tensor) -> torch.Tensor:
         return (images.float().div_(255) - self.mean) / self.std
@@ -130,8 +137,9 @@ class TensorImageData:
                 images = random_crop_flip(images, offsets.to(self.device), flips.to(self.device), self.padding_px)
             yield self._normalize(images), self.train_labels[idx]
 
-    def eval_batches(self, *, world_size: int, rank: int, batch_size: int,
-                     split: str = "test") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def eval_batches(
+        self, *, world_size: int, rank: int, batch_size: int, split: str = "test"
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The rank's share of the ``test`` (or held-out ``val``) split, every sample exactly once
         across ranks."""
         images, labels = (self.val_images, self.val_labels) if split == "val" else (self.test_images, self.test_labels)

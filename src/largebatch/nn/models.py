@@ -51,9 +51,7 @@ class SmallResNet(nn.Module):
                 stride = 2 if (i > 1 and b == 0) else 1
                 downsample = None
                 if stride != 1 or inplanes != planes:
-                    downsample = nn.Sequential(
-                        tv_resnet.conv1x1(inplanes, planes, stride), norm_layer(planes)
-                    )
+                    downsample = nn.Sequential(tv_resnet.conv1x1(inplanes, planes, stride), norm_layer(planes))
                 blocks.append(tv_resnet.BasicBlock(inplanes, planes, stride, downsample, norm_layer=norm_layer))
                 inplanes = planes
             setattr(self, f"layer{i}", nn.Sequential(*blocks))
@@ -97,8 +95,14 @@ def convert_to_ghost_bn(model: nn.Module, bn_batch_size: int = 0) -> int:
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is nn.BatchNorm2d:
-                ghost = GhostBatchNorm2d(child.num_features, bn_batch_size, eps=child.eps, momentum=child.momentum,
-                                         affine=child.affine, track_running_stats=child.track_running_stats)
+                ghost = GhostBatchNorm2d(
+                    child.num_features,
+                    bn_batch_size,
+                    eps=child.eps,
+                    momentum=child.momentum,
+                    affine=child.affine,
+                    track_running_stats=child.track_running_stats,
+                )
                 ghost.load_state_dict(child.state_dict())
                 setattr(parent, name, ghost)
                 count += 1
@@ -114,8 +118,11 @@ def channels_last_unsafe_convs(model: nn.Module, device: torch.device) -> list[s
     """
     if device.type != "cpu":
         return []
-    return [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)
-            and m.stride != (1, 1) and m.in_channels < 8]
+    return [
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1) and m.in_channels < 8
+    ]
 
 
 def torchvision_classifiers() -> list[str]:
@@ -165,10 +172,12 @@ def build_model(
         model = build_user_model(name, num_classes=num_classes, in_channels=in_channels)
         convert_to_ghost_bn(model, bn_batch_size)
     else:
-        raise ValueError(f"model.name={name!r} is unknown; accepted: resnet_fmnist, a torchvision classification "
-                         f"model (e.g. resnet18, resnet50; `python -c \"import torchvision; "
-                         f"print(torchvision.models.list_models(module=torchvision.models))\"`) or a user "
-                         f"factory package.module:callable (docs/api.md)")
+        raise ValueError(
+            f"model.name={name!r} is unknown; accepted: resnet_fmnist, a torchvision classification "
+            f'model (e.g. resnet18, resnet50; `python -c "import torchvision; '
+            f'print(torchvision.models.list_models(module=torchvision.models))"`) or a user '
+            f"factory package.module:callable (docs/api.md)"
+        )
     goyal_init(model, zero_init_residual=zero_init_residual, fc_init_std=fc_init_std)
     return model
 

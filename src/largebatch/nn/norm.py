@@ -77,8 +77,15 @@ class GhostBatchNorm2d(nn.BatchNorm2d):
     the same computation on one device "ghost batch normalization".
     """
 
-    def __init__(self, num_features: int, bn_batch_size: int = 0, *, statistics: str = "moving_average",
-                 track_mean_sq: bool = False, **kwargs) -> None:
+    def __init__(
+        self,
+        num_features: int,
+        bn_batch_size: int = 0,
+        *,
+        statistics: str = "moving_average",
+        track_mean_sq: bool = False,
+        **kwargs,
+    ) -> None:
         super().__init__(num_features, **kwargs)
         if bn_batch_size < 0:
             raise ValueError(f"bn_batch_size must be >= 0, got {bn_batch_size}")
@@ -91,8 +98,7 @@ class GhostBatchNorm2d(nn.BatchNorm2d):
         self.forwards_in_step = 0  # last_batch: training forwards since start_bn_step()
         self.pooled_applied = False  # last_batch + pooled: running_var already holds the pooled value
         self.spatial_size = 1  # H * W of the last training input (for the pooled variance)
-        self.register_buffer("running_mean_sq", torch.zeros(num_features) if track_mean_sq else None,
-                             persistent=False)
+        self.register_buffer("running_mean_sq", torch.zeros(num_features) if track_mean_sq else None, persistent=False)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, bn_batch_size={self.bn_batch_size}"
@@ -136,7 +142,9 @@ class GhostBatchNorm2d(nn.BatchNorm2d):
             self.pooled_applied = False
             if self.running_mean_sq is not None:
                 with torch.no_grad():
-                    mu = torch.stack([c.mean(dim=(0, 2, 3)) for c in x.detach().split(n)]).to(self.running_mean_sq.dtype)
+                    mu = torch.stack([c.mean(dim=(0, 2, 3)) for c in x.detach().split(n)]).to(
+                        self.running_mean_sq.dtype
+                    )
                     if sync:  # every rank holds n samples of each group: the group mean is the mean
                         dist.all_reduce(mu, group=self.sync_group)
                         mu /= self.sync_ranks
@@ -174,9 +182,17 @@ class GhostBatchNorm2d(nn.BatchNorm2d):
             # torch's own: the same statistics (sums over the group's ranks), NCCL kernels.
             from torch.nn.modules._functions import SyncBatchNorm as _TorchSyncBN
 
-            return _TorchSyncBN.apply(x, self.weight, self.bias, self.running_mean if track else None,
-                                      self.running_var if track else None, self.eps, momentum,
-                                      self.sync_group, self.sync_ranks)
+            return _TorchSyncBN.apply(
+                x,
+                self.weight,
+                self.bias,
+                self.running_mean if track else None,
+                self.running_var if track else None,
+                self.eps,
+                momentum,
+                self.sync_group,
+                self.sync_ranks,
+            )
         weight = self.weight if self.affine else torch.ones(self.num_features, device=x.device, dtype=x.dtype)
         bias = self.bias if self.affine else torch.zeros(self.num_features, device=x.device, dtype=x.dtype)
         y, mean, var = _GroupSyncBN.apply(x, weight, bias, n, self.eps, self.sync_group, self.sync_ranks)
@@ -240,8 +256,11 @@ class _GroupSyncBN(torch.autograd.Function):
         dxs = []
         for g, (d, xhat) in enumerate(zip(dys, xhats)):
             k = (weight.to(acc) * invstd[g]).view(shape)
-            dxs.append((k * (d.to(acc) - (sums[0, g] / count).view(shape) - xhat * (sums[1, g] / count).view(shape)))
-                       .to(x.dtype))
+            dxs.append(
+                (k * (d.to(acc) - (sums[0, g] / count).view(shape) - xhat * (sums[1, g] / count).view(shape))).to(
+                    x.dtype
+                )
+            )
         dx = torch.cat(dxs) if len(dxs) > 1 else dxs[0]
         return dx, local[1].to(weight.dtype), local[0].to(weight.dtype), None, None, None, None
 
@@ -260,8 +279,14 @@ def ghost_bn_modules(model: nn.Module) -> list[GhostBatchNorm2d]:
     return [m for m in model.modules() if isinstance(m, GhostBatchNorm2d)]
 
 
-def configure_bn(model: nn.Module, *, statistics: str = "moving_average", variance_averaging: str = "mean",
-                 sync_group=None, sync_ranks: int = 1) -> int:
+def configure_bn(
+    model: nn.Module,
+    *,
+    statistics: str = "moving_average",
+    variance_averaging: str = "mean",
+    sync_group=None,
+    sync_ranks: int = 1,
+) -> int:
     """Set the BN variant of every :class:`GhostBatchNorm2d` of ``model``; returns how many.
 
     Args:
@@ -305,7 +330,7 @@ def _all_reduce_mean(tensors: list[torch.Tensor]) -> None:
     flat /= dist.get_world_size()
     offset = 0
     for t in tensors:
-        t.copy_(flat[offset: offset + t.numel()].view_as(t))
+        t.copy_(flat[offset : offset + t.numel()].view_as(t))
         offset += t.numel()
 
 
@@ -346,8 +371,11 @@ def recompute_bn_statistics(model: nn.Module, inputs: Iterable[torch.Tensor]) ->
     ``num_batches_tracked`` and the training flag are left as they were. Returns the number of
     forward passes run on this rank.
     """
-    layers = [m for m in model.modules()
-              if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m.running_mean is not None]
+    layers = [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m.running_mean is not None
+    ]
     if not layers:
         return 0
     device = layers[0].running_mean.device
@@ -360,6 +388,7 @@ def recompute_bn_statistics(model: nn.Module, inputs: Iterable[torch.Tensor]) ->
             sums[index, 0, :c] += x.sum(dim=(0, 2, 3), dtype=torch.float64)
             sums[index, 1, :c] += (x * x).sum(dim=(0, 2, 3), dtype=torch.float64)
             sums[index, 2, :c] += x.numel() // c
+
         return pre
 
     handles = [m.register_forward_pre_hook(hook(i)) for i, m in enumerate(layers)]

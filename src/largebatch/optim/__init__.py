@@ -26,8 +26,9 @@ from largebatch.optim.rmsprop_warmup import RMSpropWarmup, akiba_alpha_sgd
 __all__ = ["Lamb", "Lars", "RMSpropWarmup", "akiba_alpha_sgd", "build_optimizer", "param_groups"]
 
 
-def build_optimizer(model: nn.Module, optim_cfg, *, lr: float, steps_per_epoch: int = 1,
-                    skip_nonfinite: bool = True) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: nn.Module, optim_cfg, *, lr: float, steps_per_epoch: int = 1, skip_nonfinite: bool = True
+) -> torch.optim.Optimizer:
     """The optimizer named by ``optim.name`` over :func:`param_groups` of ``model``.
 
     * ``sgd``: ``torch.optim.SGD``, which keeps the LR outside the momentum buffer (Goyal et al.
@@ -57,13 +58,31 @@ def build_optimizer(model: nn.Module, optim_cfg, *, lr: float, steps_per_epoch: 
     if o.name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=o.momentum, nesterov=o.nesterov)
     if o.name == "lars":
-        return Lars(groups, lr=lr, momentum=o.momentum, nesterov=o.nesterov, trust_coefficient=o.lars.trust_coefficient,
-                    eps=o.lars.eps, clip=o.lars.clip, skip_nonfinite=skip_nonfinite)
+        return Lars(
+            groups,
+            lr=lr,
+            momentum=o.momentum,
+            nesterov=o.nesterov,
+            trust_coefficient=o.lars.trust_coefficient,
+            eps=o.lars.eps,
+            clip=o.lars.clip,
+            skip_nonfinite=skip_nonfinite,
+        )
     if o.name == "lamb":
         return Lamb(groups, lr=lr, betas=(o.lamb.beta1, o.lamb.beta2), eps=o.lamb.eps, skip_nonfinite=skip_nonfinite)
     if o.name == "rmsprop_warmup":
         r = o.rmsprop_warmup
-        return RMSpropWarmup(groups, lr=lr, momentum=o.momentum, alpha=r.alpha, eps=r.eps, rmsprop_lr=r.lr,
-                             steps_per_epoch=steps_per_epoch, center_epochs=r.center_epochs,
-                             period_epochs=r.period_epochs, variant=r.variant, skip_nonfinite=skip_nonfinite)
+        return RMSpropWarmup(
+            groups,
+            lr=lr,
+            momentum=o.momentum,
+            alpha=r.alpha,
+            eps=r.eps,
+            rmsprop_lr=r.lr,
+            steps_per_epoch=steps_per_epoch,
+            center_epochs=r.center_epochs,
+            period_epochs=r.period_epochs,
+            variant=r.variant,
+            skip_nonfinite=skip_nonfinite,
+        )
     raise ValueError(f"optim.name={o.name!r} is unknown; accepted: {', '.join(OPTIM_NAMES)}")

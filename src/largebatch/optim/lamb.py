@@ -79,8 +79,15 @@ class Lamb(Settings, torch.optim.Optimizer):
             raise ValueError(f"eps={eps!r} is invalid; accepted: eps >= 0")
         if not weight_decay >= 0.0:
             raise ValueError(f"weight_decay={weight_decay!r} is invalid; accepted: weight_decay >= 0")
-        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                        bias_correction=bias_correction, foreach=foreach, layer_adaptation=True)
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas),
+            eps=eps,
+            weight_decay=weight_decay,
+            bias_correction=bias_correction,
+            foreach=foreach,
+            layer_adaptation=True,
+        )
         super().__init__(params, defaults)
         self.skipped_steps = 0
         self.skip_nonfinite = bool(skip_nonfinite)
@@ -118,8 +125,7 @@ class Lamb(Settings, torch.optim.Optimizer):
             if params:
                 if any(p.grad.is_sparse for p in params):
                     raise RuntimeError("Lamb does not support sparse gradients")
-                work.append((group, params, [p.grad for p in params],
-                             use_foreach(params, group["foreach"])))
+                work.append((group, params, [p.grad for p in params], use_foreach(params, group["foreach"])))
         if not work:
             return loss
         # The one host sync of the step: skip everything if any gradient norm is inf or NaN.
@@ -146,15 +152,26 @@ class Lamb(Settings, torch.optim.Optimizer):
                 update = _foreach_lamb
             else:
                 update = functools.partial(_single_tensor_lamb, scratch=self._scratch)
-            update(params, grads, [self.state[p]["exp_avg"] for p in params],
-                   [self.state[p]["exp_avg_sq"] for p in params], bc1, bc2, lr=group["lr"],
-                   b1=b1, b2=b2, eps=group["eps"], weight_decay=group["weight_decay"],
-                   layer_adaptation=group["layer_adaptation"])
+            update(
+                params,
+                grads,
+                [self.state[p]["exp_avg"] for p in params],
+                [self.state[p]["exp_avg_sq"] for p in params],
+                bc1,
+                bc2,
+                lr=group["lr"],
+                b1=b1,
+                b2=b2,
+                eps=group["eps"],
+                weight_decay=group["weight_decay"],
+                layer_adaptation=group["layer_adaptation"],
+            )
         return loss
 
 
-def _single_tensor_lamb(params, grads, exp_avgs, exp_avg_sqs, bc1, bc2, *, lr, b1, b2, eps,
-                        weight_decay, layer_adaptation, scratch):
+def _single_tensor_lamb(
+    params, grads, exp_avgs, exp_avg_sqs, bc1, bc2, *, lr, b1, b2, eps, weight_decay, layer_adaptation, scratch
+):
     """One tensor at a time; u lives in a reused scratch buffer; the two norms of the ratio are read
     to the host (one sync per tensor on CUDA, which is why CUDA defaults to the foreach path).
     m_hat / (sqrt(v_hat) + eps) is computed as m / (c1 sqrt(v) / sqrt(c2) + c1 eps), one division."""
@@ -170,14 +187,14 @@ def _single_tensor_lamb(params, grads, exp_avgs, exp_avg_sqs, bc1, bc2, *, lr, b
         ratio = 1.0
         if layer_adaptation:  # host floats: free on CPU, where this path is the default
             acc = torch.promote_types(p.dtype, torch.float32)
-            w_norm, u_norm = torch.stack([torch.linalg.vector_norm(p, dtype=acc),
-                                          torch.linalg.vector_norm(u, dtype=acc)]).tolist()
+            w_norm, u_norm = torch.stack(
+                [torch.linalg.vector_norm(p, dtype=acc), torch.linalg.vector_norm(u, dtype=acc)]
+            ).tolist()
             ratio = w_norm / u_norm if w_norm > 0 and u_norm > 0 else 1.0
         p.add_(u, alpha=-lr * ratio)
 
 
-def _foreach_lamb(params, grads, exp_avgs, exp_avg_sqs, bc1, bc2, *, lr, b1, b2, eps,
-                  weight_decay, layer_adaptation):
+def _foreach_lamb(params, grads, exp_avgs, exp_avg_sqs, bc1, bc2, *, lr, b1, b2, eps, weight_decay, layer_adaptation):
     """The whole group per op; the group's ratios are one stacked tensor from foreach norms."""
     torch._foreach_lerp_(exp_avgs, grads, 1.0 - b1)
     torch._foreach_mul_(exp_avg_sqs, b2)

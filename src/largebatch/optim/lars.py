@@ -95,9 +95,15 @@ class Lars(Settings, torch.optim.Optimizer):
         if nesterov and momentum == 0.0:
             raise ValueError("nesterov=True needs momentum > 0; accepted: momentum in (0, 1)")
         defaults = dict(
-            lr=lr, momentum=momentum, weight_decay=weight_decay,
-            trust_coefficient=trust_coefficient, eps=eps, nesterov=nesterov, clip=clip,
-            foreach=foreach, layer_adaptation=True,
+            lr=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            trust_coefficient=trust_coefficient,
+            eps=eps,
+            nesterov=nesterov,
+            clip=clip,
+            foreach=foreach,
+            layer_adaptation=True,
         )
         super().__init__(params, defaults)
         self.skipped_steps = 0
@@ -129,8 +135,7 @@ class Lars(Settings, torch.optim.Optimizer):
             if params:
                 if any(p.grad.is_sparse for p in params):
                     raise RuntimeError("Lars does not support sparse gradients")
-                work.append((group, params, [p.grad for p in params],
-                             use_foreach(params, group["foreach"])))
+                work.append((group, params, [p.grad for p in params], use_foreach(params, group["foreach"])))
         if not work:
             return loss
         g_norms = norms([g for _, _, grads, _ in work for g in grads])
@@ -142,23 +147,31 @@ class Lars(Settings, torch.optim.Optimizer):
 
         start = 0
         for group, params, grads, foreach in work:
-            group_norms, start = g_norms[start:start + len(params)], start + len(params)
-            hyper = {k: group[k] for k in (
-                "lr", "momentum", "weight_decay", "trust_coefficient", "eps", "nesterov", "clip",
-                "layer_adaptation")}
+            group_norms, start = g_norms[start : start + len(params)], start + len(params)
+            hyper = {
+                k: group[k]
+                for k in (
+                    "lr",
+                    "momentum",
+                    "weight_decay",
+                    "trust_coefficient",
+                    "eps",
+                    "nesterov",
+                    "clip",
+                    "layer_adaptation",
+                )
+            }
             if group["momentum"] != 0.0:
                 for p in params:
                     if "momentum_buffer" not in self.state[p]:  # v_0 = 0, so step 1 gives buf = d
-                        self.state[p]["momentum_buffer"] = torch.zeros_like(
-                            p, memory_format=torch.preserve_format)
+                        self.state[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             bufs = [self.state[p].get("momentum_buffer") for p in params]
             update_fn = _multi_tensor_lars if foreach else _single_tensor_lars
             update_fn(params, grads, group_norms, bufs, **hyper)
         return loss
 
 
-def _trust_ratio(w_norm: Tensor, g_norm: Tensor, *, lr, weight_decay, trust_coefficient, eps,
-                 clip) -> Tensor:
+def _trust_ratio(w_norm: Tensor, g_norm: Tensor, *, lr, weight_decay, trust_coefficient, eps, clip) -> Tensor:
     """Elementwise over norms (0-dim or stacked 1-D): the LARS ratio, LARC-clipped if ``clip``."""
     ratio = trust_coefficient * w_norm / (g_norm + weight_decay * w_norm + eps)
     if clip:
@@ -166,8 +179,7 @@ def _trust_ratio(w_norm: Tensor, g_norm: Tensor, *, lr, weight_decay, trust_coef
     return guarded(ratio, w_norm, g_norm)
 
 
-def _trust_ratio_float(w_norm: float, g_norm: float, *, lr, weight_decay, trust_coefficient, eps,
-                       clip) -> float:
+def _trust_ratio_float(w_norm: float, g_norm: float, *, lr, weight_decay, trust_coefficient, eps, clip) -> float:
     """:func:`_trust_ratio` on host floats, for the single-tensor path."""
     if not (w_norm > 0 and g_norm > 0):
         return 1.0
@@ -177,8 +189,21 @@ def _trust_ratio_float(w_norm: float, g_norm: float, *, lr, weight_decay, trust_
     return ratio
 
 
-def _single_tensor_lars(params, grads, g_norms, bufs, *, lr, momentum, weight_decay,
-                        trust_coefficient, eps, nesterov, clip, layer_adaptation):
+def _single_tensor_lars(
+    params,
+    grads,
+    g_norms,
+    bufs,
+    *,
+    lr,
+    momentum,
+    weight_decay,
+    trust_coefficient,
+    eps,
+    nesterov,
+    clip,
+    layer_adaptation,
+):
     """One tensor at a time, in place, no full-size temporary. With r the ratio and
     d = r (g + wd p): buf = m buf + r g + (r wd) p, then p -= lr buf, or with Nesterov
     p = p (1 - lr wd r) - lr r g - lr m buf; without momentum p = p (1 - lr wd r) - lr r g.
@@ -191,8 +216,15 @@ def _single_tensor_lars(params, grads, g_norms, bufs, *, lr, momentum, weight_de
         r = 1.0
         if layer_adaptation:
             w_norm = torch.linalg.vector_norm(p, dtype=torch.promote_types(p.dtype, torch.float32))
-            r = _trust_ratio_float(w_norm.item(), g_norm, lr=lr, weight_decay=weight_decay,
-                                   trust_coefficient=trust_coefficient, eps=eps, clip=clip)
+            r = _trust_ratio_float(
+                w_norm.item(),
+                g_norm,
+                lr=lr,
+                weight_decay=weight_decay,
+                trust_coefficient=trust_coefficient,
+                eps=eps,
+                clip=clip,
+            )
         if momentum != 0.0:
             buf.mul_(momentum).add_(g, alpha=r)
             if weight_decay != 0.0:
@@ -207,8 +239,21 @@ def _single_tensor_lars(params, grads, g_norms, bufs, *, lr, momentum, weight_de
             p.add_(buf, alpha=-lr * momentum)
 
 
-def _multi_tensor_lars(params, grads, g_norms, bufs, *, lr, momentum, weight_decay,
-                       trust_coefficient, eps, nesterov, clip, layer_adaptation):
+def _multi_tensor_lars(
+    params,
+    grads,
+    g_norms,
+    bufs,
+    *,
+    lr,
+    momentum,
+    weight_decay,
+    trust_coefficient,
+    eps,
+    nesterov,
+    clip,
+    layer_adaptation,
+):
     """The whole group per op; the group's ratios are one stacked tensor from foreach norms."""
     if weight_decay != 0.0:
         d = torch._foreach_add(grads, params, alpha=weight_decay)
@@ -216,8 +261,15 @@ def _multi_tensor_lars(params, grads, g_norms, bufs, *, lr, momentum, weight_dec
         d = torch._foreach_mul(grads, 1.0)
     if layer_adaptation:
         w_norms = torch.stack(norms(params)).to(g_norms[0].device)
-        ratios = _trust_ratio(w_norms, torch.stack(g_norms), lr=lr, weight_decay=weight_decay,
-                              trust_coefficient=trust_coefficient, eps=eps, clip=clip)
+        ratios = _trust_ratio(
+            w_norms,
+            torch.stack(g_norms),
+            lr=lr,
+            weight_decay=weight_decay,
+            trust_coefficient=trust_coefficient,
+            eps=eps,
+            clip=clip,
+        )
         torch._foreach_mul_(d, list(ratios.unbind()))
     update = d
     if momentum != 0.0:

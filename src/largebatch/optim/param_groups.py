@@ -68,18 +68,23 @@ def param_groups(
                 decay, adapt = True, True
             buckets.setdefault((decay, adapt), []).append((full, p))
     groups = []
-    for (decay, adapt) in sorted(buckets, reverse=True):
+    for decay, adapt in sorted(buckets, reverse=True):
         members = buckets[(decay, adapt)]
-        groups.append({
-            "params": [p for _, p in members],
-            "param_names": [n for n, _ in members],
-            "weight_decay": weight_decay if decay else 0.0,
-            "layer_adaptation": adapt,
-            "group_name": f"{'decay' if decay else 'no_decay'}/{'adapt' if adapt else 'no_adapt'}",
-        })
+        groups.append(
+            {
+                "params": [p for _, p in members],
+                "param_names": [n for n, _ in members],
+                "weight_decay": weight_decay if decay else 0.0,
+                "layer_adaptation": adapt,
+                "group_name": f"{'decay' if decay else 'no_decay'}/{'adapt' if adapt else 'no_adapt'}",
+            }
+        )
     log.info(
         "param groups: %s",
-        "; ".join(f"{g['group_name']}: {len(g['params'])} tensors, {sum(p.numel() for p in g['params']):,} "
-                  f"values, wd {g['weight_decay']:g}" for g in groups),
+        "; ".join(
+            f"{g['group_name']}: {len(g['params'])} tensors, {sum(p.numel() for p in g['params']):,} "
+            f"values, wd {g['weight_decay']:g}"
+            for g in groups
+        ),
     )
     return groups

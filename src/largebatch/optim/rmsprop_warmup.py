@@ -123,20 +123,29 @@ class RMSpropWarmup(Settings, torch.optim.Optimizer):
             ("eps", eps, eps > 0, "> 0"),
             ("rmsprop_lr", rmsprop_lr, rmsprop_lr >= 0, ">= 0"),
             ("weight_decay", weight_decay, weight_decay >= 0, ">= 0"),
-            ("steps_per_epoch", steps_per_epoch,
-             isinstance(steps_per_epoch, int) and steps_per_epoch >= 1, "an int >= 1"),
+            (
+                "steps_per_epoch",
+                steps_per_epoch,
+                isinstance(steps_per_epoch, int) and steps_per_epoch >= 1,
+                "an int >= 1",
+            ),
             ("center_epochs", center_epochs, math.isfinite(center_epochs), "finite"),
-            ("period_epochs", period_epochs,
-             period_epochs > 0 and math.isfinite(period_epochs), "finite and > 0"),
+            ("period_epochs", period_epochs, period_epochs > 0 and math.isfinite(period_epochs), "finite and > 0"),
             ("variant", variant, variant in VARIANTS, "printed or smooth"),
-            ("alpha_sgd", alpha_sgd,
-             alpha_sgd is None or 0 <= alpha_sgd < math.inf, "None or a finite float >= 0"),
+            ("alpha_sgd", alpha_sgd, alpha_sgd is None or 0 <= alpha_sgd < math.inf, "None or a finite float >= 0"),
         ]
         for name, value, ok, accepted in checks:
             if not ok:
                 raise ValueError(f"{name}={value!r} is out of range; accepted: {accepted}")
-        defaults = dict(lr=lr, momentum=momentum, alpha=alpha, eps=eps, rmsprop_lr=rmsprop_lr,
-                        weight_decay=weight_decay, foreach=foreach)
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            alpha=alpha,
+            eps=eps,
+            rmsprop_lr=rmsprop_lr,
+            weight_decay=weight_decay,
+            foreach=foreach,
+        )
         super().__init__(params, defaults)
         self.steps_per_epoch = steps_per_epoch
         self.center_epochs = center_epochs
@@ -150,8 +159,18 @@ class RMSpropWarmup(Settings, torch.optim.Optimizer):
         self.skip_nonfinite = bool(skip_nonfinite)
         self._scratch = Scratch()
 
-    _settings = ("steps_per_epoch", "center_epochs", "period_epochs", "variant", "integer_epochs", "alpha_sgd",
-                 "steps_done", "skipped_steps", "epoch_position", "skip_nonfinite")
+    _settings = (
+        "steps_per_epoch",
+        "center_epochs",
+        "period_epochs",
+        "variant",
+        "integer_epochs",
+        "alpha_sgd",
+        "steps_done",
+        "skipped_steps",
+        "epoch_position",
+        "skip_nonfinite",
+    )
 
     def current_alpha_sgd(self) -> float:
         """The ``alpha_sgd`` the next :meth:`step` will use (for logging)."""
@@ -163,8 +182,9 @@ class RMSpropWarmup(Settings, torch.optim.Optimizer):
             epoch = float(self.steps_done // self.steps_per_epoch)
         else:
             epoch = self.steps_done / self.steps_per_epoch
-        return akiba_alpha_sgd(epoch, center_epochs=self.center_epochs,
-                               period_epochs=self.period_epochs, variant=self.variant)
+        return akiba_alpha_sgd(
+            epoch, center_epochs=self.center_epochs, period_epochs=self.period_epochs, variant=self.variant
+        )
 
     def forget_steps(self, n: int) -> None:
         """Take back ``n`` of ``steps_done`` (see :meth:`largebatch.optim._common.Settings.forget_steps`)."""
@@ -224,15 +244,26 @@ class RMSpropWarmup(Settings, torch.optim.Optimizer):
                 update = _update_foreach
             else:
                 update = functools.partial(_update_single, scratch=self._scratch)
-            update(params, grads, square_avgs, deltas, lr=lr, alpha_sgd=alpha_sgd, alpha_rms=alpha_rms,
-                   momentum=group["momentum"], alpha=group["alpha"], eps=group["eps"],
-                   weight_decay=group["weight_decay"])
+            update(
+                params,
+                grads,
+                square_avgs,
+                deltas,
+                lr=lr,
+                alpha_sgd=alpha_sgd,
+                alpha_rms=alpha_rms,
+                momentum=group["momentum"],
+                alpha=group["alpha"],
+                eps=group["eps"],
+                weight_decay=group["weight_decay"],
+            )
         self.steps_done += 1
         return loss
 
 
-def _update_single(params, grads, square_avgs, deltas, *, lr, alpha_sgd, alpha_rms, momentum, alpha, eps,
-                   weight_decay, scratch):
+def _update_single(
+    params, grads, square_avgs, deltas, *, lr, alpha_sgd, alpha_rms, momentum, alpha, eps, weight_decay, scratch
+):
     """One tensor at a time; the decayed gradient and sqrt(m) + eps live in reused scratch buffers."""
     for p, g, m, delta in zip(params, grads, square_avgs, deltas):
         if weight_decay != 0:
@@ -245,8 +276,9 @@ def _update_single(params, grads, square_avgs, deltas, *, lr, alpha_sgd, alpha_r
         p.add_(delta, alpha=lr)
 
 
-def _update_foreach(params, grads, square_avgs, deltas, *, lr, alpha_sgd, alpha_rms, momentum, alpha, eps,
-                    weight_decay):
+def _update_foreach(
+    params, grads, square_avgs, deltas, *, lr, alpha_sgd, alpha_rms, momentum, alpha, eps, weight_decay
+):
     if weight_decay != 0:
         grads = torch._foreach_add(grads, params, alpha=weight_decay)
     torch._foreach_mul_(square_avgs, alpha)

@@ -33,8 +33,9 @@ def get_recipe(name: str) -> Config:
     """
     _load()
     if name not in _REGISTRY:
-        raise KeyError(f"unknown recipe {name!r}; known recipes: {', '.join(sorted(_REGISTRY))} "
-                       f"(see `largebatch recipes`)")
+        raise KeyError(
+            f"unknown recipe {name!r}; known recipes: {', '.join(sorted(_REGISTRY))} (see `largebatch recipes`)"
+        )
     cfg = _REGISTRY[name]()
     if cfg.recipe != name:
         raise AssertionError(f"recipe function {name} returned config named {cfg.recipe!r}")

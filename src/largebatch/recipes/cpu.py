@@ -45,8 +45,9 @@ def goyal2017_fashion_mnist() -> Config:
         source="Goyal et al. 2017, sec. 2 and 5.1, 9 epochs, warmup 5/90 of the run, /10 at 4.5, 7 and 8.5",
         # Flips only: the 77k-parameter model underfits in 9 epochs, and random crops slowed it down.
         data=DataConfig(name="fashion_mnist", root="", augment=True, crop_padding_px=0),
-        model=ModelConfig(name="resnet_fmnist", width=16, blocks_per_stage=1, zero_init_residual=True,
-                          fc_init_std=0.01),
+        model=ModelConfig(
+            name="resnet_fmnist", width=16, blocks_per_stage=1, zero_init_residual=True, fc_init_std=0.01
+        ),
         train=TrainConfig(
             epochs=epochs,
             global_batch_size=512,
@@ -58,10 +59,10 @@ def goyal2017_fashion_mnist() -> Config:
         ),
         # 0.4 per 256 (peak 0.8 at 512): the reference LR is tuned per data set and model; with
         # ImageNet's 0.1 per 256 this run was 3.5 points behind after 3 epochs (docs/recipes.md).
-        optim=OptimConfig(name="sgd", base_lr=0.4, base_batch_size=256, momentum=0.9, nesterov=True,
-                          weight_decay=1e-4),
-        schedule=ScheduleConfig(name="step", warmup_epochs=warmup_epochs, warmup_start_lr=None,
-                                decay_epochs=decay_epochs, decay_factor=0.1),
+        optim=OptimConfig(name="sgd", base_lr=0.4, base_batch_size=256, momentum=0.9, nesterov=True, weight_decay=1e-4),
+        schedule=ScheduleConfig(
+            name="step", warmup_epochs=warmup_epochs, warmup_start_lr=None, decay_epochs=decay_epochs, decay_factor=0.1
+        ),
     )
 
 
@@ -74,17 +75,31 @@ def goyal2017_fashion_mnist_6ep() -> Config:
     base = goyal2017_fashion_mnist()
     epochs = 6
     train = dataclasses.replace(base.train, epochs=epochs)
-    schedule = dataclasses.replace(base.schedule, warmup_epochs=goyal_scaled_warmup_epochs(epochs),
-                                   decay_epochs=[3.5, 5.0])
+    schedule = dataclasses.replace(
+        base.schedule, warmup_epochs=goyal_scaled_warmup_epochs(epochs), decay_epochs=[3.5, 5.0]
+    )
     return dataclasses.replace(
-        base, recipe="goyal2017_fashion_mnist_6ep", train=train, schedule=schedule,
+        base,
+        recipe="goyal2017_fashion_mnist_6ep",
+        train=train,
+        schedule=schedule,
         description="Goyal's large-minibatch SGD on Fashion-MNIST in 6 epochs: ResNet-8, global batch 512 (16 BN groups x 32), 2 CPU workers",
-        source="Goyal et al. 2017, sec. 2 and 5.1; 6 epochs, warmup 5/90 of the run, /10 at 3.5 and 5 (chosen on a validation split)")
+        source="Goyal et al. 2017, sec. 2 and 5.1; 6 epochs, warmup 5/90 of the run, /10 at 3.5 and 5 (chosen on a validation split)",
+    )
 
 
-def _fashion_large(recipe: str, description: str, source: str, *, optim: OptimConfig, schedule: ScheduleConfig,
-                   global_batch_size: int = 2048, label_smoothing: float = 0.0, bn: dict | None = None,
-                   **train: object) -> Config:
+def _fashion_large(
+    recipe: str,
+    description: str,
+    source: str,
+    *,
+    optim: OptimConfig,
+    schedule: ScheduleConfig,
+    global_batch_size: int = 2048,
+    label_smoothing: float = 0.0,
+    bn: dict | None = None,
+    **train: object,
+) -> Config:
     """A Fashion-MNIST variant at a large global batch: the default recipe's data, model, 9 epochs
     and 2 workers; each worker holds 1024 samples per step as 4 micro-batches of 8 BN groups of 32."""
     base = goyal2017_fashion_mnist()
@@ -94,9 +109,16 @@ def _fashion_large(recipe: str, description: str, source: str, *, optim: OptimCo
         source=source,
         data=base.data,
         model=base.model,
-        train=TrainConfig(epochs=base.train.epochs, global_batch_size=global_batch_size, nproc=2, eval_every_epochs=1,
-                          log_every_steps=5, label_smoothing=label_smoothing, bn=BNConfig(batch_size=32, **(bn or {})),
-                          **train),
+        train=TrainConfig(
+            epochs=base.train.epochs,
+            global_batch_size=global_batch_size,
+            nproc=2,
+            eval_every_epochs=1,
+            log_every_steps=5,
+            label_smoothing=label_smoothing,
+            bn=BNConfig(batch_size=32, **(bn or {})),
+            **train,
+        ),
         optim=optim,
         schedule=schedule,
     )
@@ -115,9 +137,20 @@ def akiba2017_fashion_mnist() -> Config:
         "Akiba's RMSprop warm-up + slow-start on Fashion-MNIST: ResNet-8, global batch 2048 (64 BN groups x 32), 2 CPU workers",
         "Akiba et al. 2017 sec. 3 [S]; alpha_SGD centre/period and slow-start epochs scaled from 90 to 9 epochs",
         # The reference LR of the default recipe (0.4 per 256), scaled linearly as eta_base.
-        optim=OptimConfig(name="rmsprop_warmup", base_lr=0.4, base_batch_size=256, momentum=0.9, nesterov=False,
-                          weight_decay=1e-4, rmsprop_warmup=RMSpropWarmupConfig(center_epochs=_scaled([10])[0], period_epochs=_scaled([5])[0])),
-        schedule=ScheduleConfig(name="slow_start", warmup_epochs=0, slow_start=SlowStartConfig(epochs=_scaled([40, 70, 85]), factors=[0.5, 0.075, 0.01, 0.001])),
+        optim=OptimConfig(
+            name="rmsprop_warmup",
+            base_lr=0.4,
+            base_batch_size=256,
+            momentum=0.9,
+            nesterov=False,
+            weight_decay=1e-4,
+            rmsprop_warmup=RMSpropWarmupConfig(center_epochs=_scaled([10])[0], period_epochs=_scaled([5])[0]),
+        ),
+        schedule=ScheduleConfig(
+            name="slow_start",
+            warmup_epochs=0,
+            slow_start=SlowStartConfig(epochs=_scaled([40, 70, 85]), factors=[0.5, 0.075, 0.01, 0.001]),
+        ),
         bn={"statistics": "last_batch"},  # Akiba's BN without moving averages (sec. 3.3)
     )
 
@@ -126,11 +159,22 @@ def _you2018_lars_fashion(base_lr: float = 2.5, warmup_epochs: float = _scaled([
     """Optimizer and schedule of the LARS Fashion-MNIST variants: every tensor adapted and decayed,
     ``base_lr`` per 256 (linear rule; 2.5 untuned), warmup from 0 (5/90 of the run untuned), poly 2 to 0."""
     return dict(
-        optim=OptimConfig(name="lars", base_lr=base_lr, base_batch_size=256, momentum=momentum, nesterov=False,
-                          weight_decay=1e-4, lars=LarsConfig(trust_coefficient=0.001), norm_weight_decay=True, bias_weight_decay=True,
-                          norm_adaptation=True, bias_adaptation=True),
-        schedule=ScheduleConfig(name="poly", warmup_epochs=warmup_epochs, warmup_start_lr=0.0, poly=PolyConfig(power=2.0),
-                                end_lr=0.0),
+        optim=OptimConfig(
+            name="lars",
+            base_lr=base_lr,
+            base_batch_size=256,
+            momentum=momentum,
+            nesterov=False,
+            weight_decay=1e-4,
+            lars=LarsConfig(trust_coefficient=0.001),
+            norm_weight_decay=True,
+            bias_weight_decay=True,
+            norm_adaptation=True,
+            bias_adaptation=True,
+        ),
+        schedule=ScheduleConfig(
+            name="poly", warmup_epochs=warmup_epochs, warmup_start_lr=0.0, poly=PolyConfig(power=2.0), end_lr=0.0
+        ),
     )
 
 
@@ -160,8 +204,9 @@ def nado2021_nesterov_fashion_mnist() -> Config:
         "(64 BN groups x 32), cosine, 2 CPU workers",
         "Nado et al. 2021 sec. 3; LR, momentum and warmup from `largebatch sweep --tune` at 2048, 9 epochs, "
         "chosen on a validation split",
-        optim=OptimConfig(name="sgd", base_lr=0.1514, base_batch_size=256, momentum=0.8228, nesterov=True,
-                          weight_decay=1e-4),
+        optim=OptimConfig(
+            name="sgd", base_lr=0.1514, base_batch_size=256, momentum=0.8228, nesterov=True, weight_decay=1e-4
+        ),
         schedule=ScheduleConfig(name="cosine", warmup_epochs=0.7477, warmup_start_lr=None, end_lr=1e-4),
     )
 
@@ -174,10 +219,18 @@ def mlperf_lars_fashion_mnist() -> Config:
         "mlperf_lars_fashion_mnist",
         "MLPerf-reference LARS on Fashion-MNIST: ResNet-8, global batch 2048 (64 BN groups x 32), label smoothing 0.1, 2 CPU workers",
         "MLPerf ResNet-50 reference: LR 0.625 per 256, wd 2e-4, poly 2 to 1e-4, warmup 5/42 of the run",
-        optim=OptimConfig(name="lars", base_lr=0.625, base_batch_size=256, momentum=0.9, nesterov=False,
-                          weight_decay=2e-4, lars=LarsConfig(trust_coefficient=0.001, eps=0.0)),
-        schedule=ScheduleConfig(name="poly", warmup_epochs=5 * 9 / 42, warmup_start_lr=0.0, poly=PolyConfig(power=2.0),
-                                end_lr=1e-4),
+        optim=OptimConfig(
+            name="lars",
+            base_lr=0.625,
+            base_batch_size=256,
+            momentum=0.9,
+            nesterov=False,
+            weight_decay=2e-4,
+            lars=LarsConfig(trust_coefficient=0.001, eps=0.0),
+        ),
+        schedule=ScheduleConfig(
+            name="poly", warmup_epochs=5 * 9 / 42, warmup_start_lr=0.0, poly=PolyConfig(power=2.0), end_lr=1e-4
+        ),
         label_smoothing=0.1,
     )
 
@@ -190,8 +243,9 @@ def lamb_fashion_mnist() -> Config:
         "LAMB on Fashion-MNIST: ResNet-8, global batch 2048 (64 BN groups x 32), sqrt LR scaling, 2 CPU workers",
         "You et al. 2019 Algorithm 2; hyperparameters ours (You et al. 2019 give no ResNet-50 values we could verify)",
         optim=OptimConfig(name="lamb", base_lr=0.02, base_batch_size=2048, lr_scaling="sqrt", weight_decay=0.01),
-        schedule=ScheduleConfig(name="poly", warmup_epochs=_scaled([5])[0], warmup_start_lr=0.0, poly=PolyConfig(power=2.0),
-                                end_lr=0.0),
+        schedule=ScheduleConfig(
+            name="poly", warmup_epochs=_scaled([5])[0], warmup_start_lr=0.0, poly=PolyConfig(power=2.0), end_lr=0.0
+        ),
     )
 
 
@@ -203,10 +257,19 @@ def mlperf_lars_57k_fashion_mnist() -> Config:
         "mlperf_lars_57k_fashion_mnist",
         "NVIDIA MLPerf v3.0 LARS settings on Fashion-MNIST: ResNet-8, global batch 2048 (64 BN groups x 32), 2 CPU workers",
         "MLPerf v3.0 NVIDIA 448x8x16 config: LR per sample kept, warmup 32/78 of the run",
-        optim=OptimConfig(name="lars", base_lr=23.0, base_batch_size=57344, momentum=0.95, nesterov=False,
-                          weight_decay=2.5e-5, fc_bias_weight_decay=True, lars=LarsConfig(trust_coefficient=0.001, eps=0.0)),
-        schedule=ScheduleConfig(name="poly", warmup_epochs=32 * 9 / 78, warmup_start_lr=0.0, poly=PolyConfig(power=2.0),
-                                end_lr=1e-4),
+        optim=OptimConfig(
+            name="lars",
+            base_lr=23.0,
+            base_batch_size=57344,
+            momentum=0.95,
+            nesterov=False,
+            weight_decay=2.5e-5,
+            fc_bias_weight_decay=True,
+            lars=LarsConfig(trust_coefficient=0.001, eps=0.0),
+        ),
+        schedule=ScheduleConfig(
+            name="poly", warmup_epochs=32 * 9 / 78, warmup_start_lr=0.0, poly=PolyConfig(power=2.0), end_lr=1e-4
+        ),
         label_smoothing=0.1,
     )
 
@@ -215,7 +278,8 @@ def _mikami_fashion(recipe: str, description: str, **train: object) -> Config:
     """Mikami's batch-size control on Fashion-MNIST, and the same recipe at a fixed batch: LARS as in
     you2018_lars_fashion_mnist (2.5 per 256, linear rule), label smoothing 0.1, warmup 5/90 of the run."""
     return _fashion_large(
-        recipe, description,
+        recipe,
+        description,
         "Mikami et al. 2018 batch-size control with label smoothing 0.1 (v2); the stage "
         "boundary, the 4x growth and LARS are our choices [U]",
         **_you2018_lars_fashion(),
@@ -233,7 +297,10 @@ def mikami2018_fashion_mnist() -> Config:
         "Mikami's batch-size control on Fashion-MNIST: ResNet-8, global batch 512 then 2048 (4x) from epoch 3, "
         "LARS, label smoothing 0.1, BN batch 32, 2 CPU workers",
         global_batch_size=512,
-        batch_schedule=[BatchStage(start_epoch=0, global_batch_size=512), BatchStage(start_epoch=3, global_batch_size=2048)],
+        batch_schedule=[
+            BatchStage(start_epoch=0, global_batch_size=512),
+            BatchStage(start_epoch=3, global_batch_size=2048),
+        ],
     )
 
 

@@ -55,9 +55,15 @@ def goyal_lr(
 
     Example (Goyal et al. 2017, kn = 8192, 156 steps/epoch): t = 390 -> 1.65, t = 4680 -> 0.32.
     """
-    return LRSchedule(kind="step", peak_lr=peak_lr, warmup_start_lr=warmup_start_lr, warmup_steps=warmup_steps,
-                      total_steps=max(warmup_steps, 1), decay_steps=tuple(decay_steps),
-                      decay_factor=decay_factor)(step)
+    return LRSchedule(
+        kind="step",
+        peak_lr=peak_lr,
+        warmup_start_lr=warmup_start_lr,
+        warmup_steps=warmup_steps,
+        total_steps=max(warmup_steps, 1),
+        decay_steps=tuple(decay_steps),
+        decay_factor=decay_factor,
+    )(step)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -93,8 +99,10 @@ class LRSchedule:
         if self.kind not in SCHEDULE_NAMES:
             raise ValueError(f"schedule kind {self.kind!r} is unknown; accepted: {', '.join(SCHEDULE_NAMES)}")
         if self.kind == "slow_start" and len(self.factors) != len(self.decay_steps) + 1:
-            raise ValueError(f"slow_start needs one more factor than boundaries, got {len(self.factors)} factors "
-                             f"and {len(self.decay_steps)} boundaries")
+            raise ValueError(
+                f"slow_start needs one more factor than boundaries, got {len(self.factors)} factors "
+                f"and {len(self.decay_steps)} boundaries"
+            )
 
     def __call__(self, step: int) -> float:
         if step < 0:

@@ -25,6 +25,23 @@ from largebatch.sim.calibrate import AlphaBetaFit, fit_alpha_beta
 from largebatch.sim.presets import PRESETS, Preset, get_preset
 from largebatch.sim.step import IMAGENET_TRAIN_IMAGES, RESNET50_PARAMETERS, StepResult, Workload, simulate_step
 
-__all__ = ["ALGORITHMS", "AllReduceCost", "Network", "allreduce_cost", "halving_doubling", "hierarchical",
-           "ring", "torus2d", "AlphaBetaFit", "fit_alpha_beta", "PRESETS", "Preset", "get_preset",
-           "IMAGENET_TRAIN_IMAGES", "RESNET50_PARAMETERS", "StepResult", "Workload", "simulate_step"]
+__all__ = [
+    "ALGORITHMS",
+    "AllReduceCost",
+    "Network",
+    "allreduce_cost",
+    "halving_doubling",
+    "hierarchical",
+    "ring",
+    "torus2d",
+    "AlphaBetaFit",
+    "fit_alpha_beta",
+    "PRESETS",
+    "Preset",
+    "get_preset",
+    "IMAGENET_TRAIN_IMAGES",
+    "RESNET50_PARAMETERS",
+    "StepResult",
+    "Workload",
+    "simulate_step",
+]

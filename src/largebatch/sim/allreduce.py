@@ -72,17 +72,21 @@ class AllReduceCost:
         return self.intra_node_bytes_per_gpu + self.inter_node_bytes_per_gpu
 
     def __add__(self, other: AllReduceCost) -> AllReduceCost:
-        return AllReduceCost(self.algorithm, self.steps + other.steps,
-                             self.intra_node_bytes_per_gpu + other.intra_node_bytes_per_gpu,
-                             self.inter_node_bytes_per_gpu + other.inter_node_bytes_per_gpu,
-                             self.time_s + other.time_s)
+        return AllReduceCost(
+            self.algorithm,
+            self.steps + other.steps,
+            self.intra_node_bytes_per_gpu + other.intra_node_bytes_per_gpu,
+            self.inter_node_bytes_per_gpu + other.inter_node_bytes_per_gpu,
+            self.time_s + other.time_s,
+        )
 
 
 _ZERO = AllReduceCost("", 0, 0.0, 0.0, 0.0)
 
 
-def _ring_phase(net: Network, *, size: int, per_node: int, flows: int, nbytes: float, passes: int,
-                share: float = 1.0) -> AllReduceCost:
+def _ring_phase(
+    net: Network, *, size: int, per_node: int, flows: int, nbytes: float, passes: int, share: float = 1.0
+) -> AllReduceCost:
     """``passes`` passes of a ring of ``size`` GPUs (1: reduce-scatter or all-gather, 2: all-reduce)
     on a vector of ``nbytes``, ``per_node`` members in each node, ``flows`` such rings crossing each
     node at once; ``share`` is the fraction of all GPUs that are members (for the means)."""
@@ -101,8 +105,9 @@ def _ring_phase(net: Network, *, size: int, per_node: int, flows: int, nbytes: f
     return AllReduceCost("", steps, sent * (1 - crossing) * share, sent * crossing * share, t)
 
 
-def _halving_doubling_phase(net: Network, *, size: int, per_node: int, flows: int, nbytes: float,
-                            share: float = 1.0) -> AllReduceCost:
+def _halving_doubling_phase(
+    net: Network, *, size: int, per_node: int, flows: int, nbytes: float, share: float = 1.0
+) -> AllReduceCost:
     """Recursive halving (reduce-scatter, distance 1, 2, 4, ..., data halving) then doubling
     (all-gather) over ``size`` GPUs. Non-power-of-two: binary blocks as two extra steps (the
     ``size - P`` extra GPUs send their vector to a partner first and get the sum back last; Goyal
@@ -112,8 +117,8 @@ def _halving_doubling_phase(net: Network, *, size: int, per_node: int, flows: in
     levels = size.bit_length() - 1
     p, extra = 1 << levels, size - (1 << levels)
     local = levels if size <= per_node else min(levels, (per_node & -per_node).bit_length() - 1)
-    intra = 2 * nbytes * (1 - 2.0 ** -local)  # per member of the power-of-two group
-    inter = 2 * nbytes * (2.0 ** -local - 1 / p)
+    intra = 2 * nbytes * (1 - 2.0**-local)  # per member of the power-of-two group
+    inter = 2 * nbytes * (2.0**-local - 1 / p)
     t = 2 * local * net.intra_node_latency_s + intra / net.intra_node_bandwidth_bytes_per_s
     if inter:
         bw = net.crossing_bandwidth_bytes_per_s(flows * per_node, 1)
@@ -121,12 +126,14 @@ def _halving_doubling_phase(net: Network, *, size: int, per_node: int, flows: in
     cost = AllReduceCost("", 2 * levels, intra * p / size * share, inter * p / size * share, t)
     if extra:
         within = size <= per_node
-        bw = (net.intra_node_bandwidth_bytes_per_s if within else
-              net.crossing_bandwidth_bytes_per_s(flows * min(per_node, extra), 1))
+        bw = (
+            net.intra_node_bandwidth_bytes_per_s
+            if within
+            else net.crossing_bandwidth_bytes_per_s(flows * min(per_node, extra), 1)
+        )
         alpha = net.intra_node_latency_s if within else net.inter_node_latency_s
         moved = 2 * extra * nbytes / size * share  # extra GPUs send nbytes in, partners send it back
-        cost += AllReduceCost("", 2, moved if within else 0.0, 0.0 if within else moved,
-                              2 * (alpha + nbytes / bw))
+        cost += AllReduceCost("", 2, moved if within else 0.0, 0.0 if within else moved, 2 * (alpha + nbytes / bw))
     return cost
 
 
@@ -135,8 +142,7 @@ def ring(net: Network, gpus: int, nbytes: float) -> AllReduceCost:
     N > gpus_per_node every step runs at the inter-node alpha and the slower of the intra-node link
     and the node's NICs (a flat ring crosses each node boundary once, striped over the NICs)."""
     _check_gpus(gpus)
-    cost = _ring_phase(net, size=gpus, per_node=min(gpus, net.gpus_per_node), flows=1, nbytes=nbytes,
-                       passes=2)
+    cost = _ring_phase(net, size=gpus, per_node=min(gpus, net.gpus_per_node), flows=1, nbytes=nbytes, passes=2)
     return replace(cost, algorithm="ring")
 
 
@@ -146,13 +152,13 @@ def halving_doubling(net: Network, gpus: int, nbytes: float) -> AllReduceCost:
     2 floor(log2 N) + 2 steps. The first log2(gpus_per_node) exchanges stay inside a node; in the
     others all GPUs of a node send across at once and share its NICs."""
     _check_gpus(gpus)
-    cost = _halving_doubling_phase(net, size=gpus, per_node=min(gpus, net.gpus_per_node), flows=1,
-                                   nbytes=nbytes)
+    cost = _halving_doubling_phase(net, size=gpus, per_node=min(gpus, net.gpus_per_node), flows=1, nbytes=nbytes)
     return replace(cost, algorithm="halving_doubling")
 
 
-def hierarchical(net: Network, gpus: int, nbytes: float, *, mode: str = "scatter",
-                 inter: str = "ring") -> AllReduceCost:
+def hierarchical(
+    net: Network, gpus: int, nbytes: float, *, mode: str = "scatter", inter: str = "ring"
+) -> AllReduceCost:
     """Intra-node, inter-node, intra-node (G = gpus_per_node, Y = N / G nodes).
 
     ``mode="scatter"``: ring reduce-scatter in the node, G concurrent all-reduces of nbytes/G across
@@ -174,16 +180,23 @@ def hierarchical(net: Network, gpus: int, nbytes: float, *, mode: str = "scatter
     if gpus <= g:
         return replace(ring(net, gpus, nbytes), algorithm="hierarchical")
     if gpus % g:
-        raise ValueError(f"hierarchical all-reduce needs gpus={gpus} to be a multiple of "
-                         f"gpus_per_node={g}; accepted: {g * (gpus // g)} or {g * (gpus // g + 1)}")
+        raise ValueError(
+            f"hierarchical all-reduce needs gpus={gpus} to be a multiple of "
+            f"gpus_per_node={g}; accepted: {g * (gpus // g)} or {g * (gpus // g + 1)}"
+        )
     across = _ring_phase if inter == "ring" else _halving_doubling_phase
     extra = {"passes": 2} if inter == "ring" else {}
     if mode == "scatter":
         local = _ring_phase(net, size=g, per_node=g, flows=1, nbytes=nbytes, passes=1)
         cost = local + across(net, size=gpus // g, per_node=1, flows=g, nbytes=nbytes / g, **extra) + local
     else:
-        chain = AllReduceCost("", g - 1, (g - 1) / g * nbytes, 0.0,
-                              (g - 1) * net.intra_node_latency_s + nbytes / net.intra_node_bandwidth_bytes_per_s)
+        chain = AllReduceCost(
+            "",
+            g - 1,
+            (g - 1) / g * nbytes,
+            0.0,
+            (g - 1) * net.intra_node_latency_s + nbytes / net.intra_node_bandwidth_bytes_per_s,
+        )
         masters = across(net, size=gpus // g, per_node=1, flows=1, nbytes=nbytes, share=1 / g, **extra)
         cost = chain + masters + chain
     return replace(cost, algorithm="hierarchical")
@@ -206,8 +219,9 @@ def torus2d(net: Network, gpus: int, nbytes: float, *, x: int | None = None) -> 
         divisors = [d for d in range(1, gpus + 1) if gpus % d == 0]
         raise ValueError(f"torus2d x={x} does not divide gpus={gpus}; accepted: one of {divisors}")
     if gpus > g and x % g and g % x:
-        raise ValueError(f"torus2d x={x} splits nodes of gpus_per_node={g} unevenly; accepted: a "
-                         f"multiple or a divisor of {g}")
+        raise ValueError(
+            f"torus2d x={x} splits nodes of gpus_per_node={g} unevenly; accepted: a multiple or a divisor of {g}"
+        )
     y = gpus // x
     row = _ring_phase(net, size=x, per_node=min(x, g), flows=1, nbytes=nbytes, passes=1)
     column = _ring_phase(net, size=y, per_node=max(1, g // x), flows=min(x, g), nbytes=nbytes / x, passes=2)
@@ -220,8 +234,7 @@ def allreduce_cost(algorithm: str, net: Network, gpus: int, nbytes: float, **opt
     Raises:
         ValueError: unknown algorithm or invalid options.
     """
-    funcs = {"ring": ring, "halving_doubling": halving_doubling, "hierarchical": hierarchical,
-             "torus2d": torus2d}
+    funcs = {"ring": ring, "halving_doubling": halving_doubling, "hierarchical": hierarchical, "torus2d": torus2d}
     if algorithm not in funcs:
         raise ValueError(f"algorithm={algorithm!r} is unknown; accepted: {', '.join(ALGORITHMS)}")
     return funcs[algorithm](net, gpus, nbytes, **options)

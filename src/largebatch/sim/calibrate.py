@@ -59,8 +59,10 @@ def fit_alpha_beta(measurements) -> AlphaBetaFit:
     for i, item in enumerate(measurements):
         nbytes, world_size, algorithm, seconds = item
         if not (nbytes > 0 and seconds > 0 and int(world_size) == world_size and world_size >= 2):
-            raise ValueError(f"measurements[{i}]={item!r} is invalid; accepted: (nbytes > 0, "
-                             f"world_size >= 2, 'ring' | 'halving_doubling', seconds > 0)")
+            raise ValueError(
+                f"measurements[{i}]={item!r} is invalid; accepted: (nbytes > 0, "
+                f"world_size >= 2, 'ring' | 'halving_doubling', seconds > 0)"
+            )
         a, b = _regressors(nbytes, int(world_size), algorithm)
         rows.append((a / seconds, b / seconds))  # divided by t: relative residuals
     # Normal equations of min sum (a_i alpha + b_i beta - 1)^2 with a_i, b_i already divided by t_i.
@@ -71,8 +73,10 @@ def fit_alpha_beta(measurements) -> AlphaBetaFit:
     sb = sum(b for _, b in rows)
     det = saa * sbb - sab * sab
     if len(rows) < 2 or det <= 1e-12 * saa * sbb:
-        raise ValueError("measurements must contain at least two points that differ in steps/bytes "
-                         "ratio (e.g. a small and a large message) to separate alpha from beta")
+        raise ValueError(
+            "measurements must contain at least two points that differ in steps/bytes "
+            "ratio (e.g. a small and a large message) to separate alpha from beta"
+        )
     alpha = (sa * sbb - sb * sab) / det
     beta = (sb * saa - sa * sab) / det
     errors = tuple(a * alpha + b * beta - 1 for a, b in rows)

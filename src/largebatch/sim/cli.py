@@ -21,13 +21,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpus", type=int, default=256, help="number of GPUs (default 256)")
     parser.add_argument("--preset", default="goyal2017", help=f"hardware preset: {', '.join(PRESETS)}")
     parser.add_argument("--algorithm", default="all", help=f"{' | '.join(ALGORITHMS)} | all (default)")
-    parser.add_argument("--per-gpu-batch", type=int, default=None, help="images per GPU per step "
-                        "(default: the preset's, 32)")
+    parser.add_argument(
+        "--per-gpu-batch", type=int, default=None, help="images per GPU per step (default: the preset's, 32)"
+    )
     parser.add_argument("--epochs", type=float, default=90.0, help="epochs to train (default 90)")
-    parser.add_argument("--images", type=int, default=IMAGENET_TRAIN_IMAGES,
-                        help=f"training images per epoch (default {IMAGENET_TRAIN_IMAGES}, ImageNet-1k)")
-    parser.add_argument("--torus-x", type=int, default=None,
-                        help="2D-torus row length X (default: GPUs per node)")
+    parser.add_argument(
+        "--images",
+        type=int,
+        default=IMAGENET_TRAIN_IMAGES,
+        help=f"training images per epoch (default {IMAGENET_TRAIN_IMAGES}, ImageNet-1k)",
+    )
+    parser.add_argument("--torus-x", type=int, default=None, help="2D-torus row length X (default: GPUs per node)")
     parser.add_argument("--out", default="simulate.png", help="figure path (default simulate.png)")
 
 
@@ -64,8 +68,9 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     for algorithm in algorithms:
         try:
-            rows.append(simulate_step(preset.network, work, args.gpus, algorithm,
-                                      **_options(preset, algorithm, args.torus_x)))
+            rows.append(
+                simulate_step(preset.network, work, args.gpus, algorithm, **_options(preset, algorithm, args.torus_x))
+            )
         except ValueError as err:
             if algorithm == "torus2d" and args.torus_x is not None:
                 return _fail(f"--torus-x: {err}")
@@ -74,15 +79,18 @@ def run(args: argparse.Namespace) -> int:
             print(f"# {algorithm}: not applicable ({err})")
     net = preset.network
     print(f"# {preset.name}: {preset.description}")
-    print(f"# {args.gpus} GPUs ({net.gpus_per_node} per node), {work.per_gpu_batch} images/GPU, "
-          f"{preset.gpu_images_per_s:.0f} img/s/GPU alone, gradient {work.gradient_bytes / 1e6:.1f} MB, "
-          f"buckets {len(work.buckets())}, overlap {work.overlap}; the system's own: {preset.algorithm}")
-    print(f"{'algorithm':<18}{'allreduce_ms':>13}{'step_ms':>10}{'epoch_s':>10}{'train_min':>11}"
-          f"{'efficiency_%':>14}")
+    print(
+        f"# {args.gpus} GPUs ({net.gpus_per_node} per node), {work.per_gpu_batch} images/GPU, "
+        f"{preset.gpu_images_per_s:.0f} img/s/GPU alone, gradient {work.gradient_bytes / 1e6:.1f} MB, "
+        f"buckets {len(work.buckets())}, overlap {work.overlap}; the system's own: {preset.algorithm}"
+    )
+    print(f"{'algorithm':<18}{'allreduce_ms':>13}{'step_ms':>10}{'epoch_s':>10}{'train_min':>11}{'efficiency_%':>14}")
     for r in rows:
-        print(f"{r.algorithm:<18}{r.allreduce_s * 1e3:>13.2f}{r.step_s * 1e3:>10.2f}"
-              f"{r.epoch_s(args.images):>10.2f}{r.train_s(args.epochs, args.images) / 60:>11.2f}"
-              f"{r.scaling_efficiency * 100:>14.1f}")
+        print(
+            f"{r.algorithm:<18}{r.allreduce_s * 1e3:>13.2f}{r.step_s * 1e3:>10.2f}"
+            f"{r.epoch_s(args.images):>10.2f}{r.train_s(args.epochs, args.images) / 60:>11.2f}"
+            f"{r.scaling_efficiency * 100:>14.1f}"
+        )
     _figure(preset, work, algorithms, args.gpus, args.torus_x, args.out)
     print(f"# figure: {args.out}")
     return 0
@@ -101,8 +109,13 @@ def _figure(preset, work, algorithms, gpus: int, torus_x: int | None, out: str) 
             try:
                 opts = _options(preset, algorithm, torus_x)
                 cost = allreduce_cost(algorithm, preset.network, n, work.gradient_bytes, **opts)
-                points.append((n, cost.time_s * 1e3, simulate_step(preset.network, work, n, algorithm,
-                                                                   **opts).scaling_efficiency * 100))
+                points.append(
+                    (
+                        n,
+                        cost.time_s * 1e3,
+                        simulate_step(preset.network, work, n, algorithm, **opts).scaling_efficiency * 100,
+                    )
+                )
             except ValueError:
                 continue  # e.g. a GPU count that the torus shape or the nodes do not divide
         if points:

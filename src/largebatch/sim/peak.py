@@ -44,8 +44,15 @@ def fma_layout(vendor: str, family: int, flags: set[str]) -> tuple[int, int, str
             return 2, 16, "AMD Zen 5: two 512-bit FMA pipes"
         if family in (0x17, 0x19):
             zen4 = "avx512f" in flags
-            return 2, 8, ("AMD Zen 4: two 256-bit FMA pipes (AVX-512 in two halves)" if zen4 else
-                          "AMD Zen 2/3: two 256-bit FMA pipes")
+            return (
+                2,
+                8,
+                (
+                    "AMD Zen 4: two 256-bit FMA pipes (AVX-512 in two halves)"
+                    if zen4
+                    else "AMD Zen 2/3: two 256-bit FMA pipes"
+                ),
+            )
     if "avx512f" in flags:
         return 2, 16, "AVX-512: two 512-bit FMA pipes"
     if "fma" in flags and "avx2" in flags:
@@ -76,6 +83,15 @@ def machine_peak(cores: int | None = None, clock_ghz: float | None = None) -> di
         bf16, bf16_why = 2 * fp32, "vdpbf16ps: two bf16 FMAs per fp32 lane"
     else:
         bf16, bf16_why = fp32, "no native bf16: converted to fp32, at most the fp32 peak"
-    return {"cpu": info.get("model name", ""), "cores": cores, "clock_ghz": clock_ghz, "fma_pipes_per_core": pipes,
-            "fp32_lanes_per_pipe": lanes, "fp32_flops_per_cycle_per_core": per_cycle, "layout": why,
-            "fp32_gflop_s": fp32, "bf16_gflop_s": bf16, "bf16": bf16_why}
+    return {
+        "cpu": info.get("model name", ""),
+        "cores": cores,
+        "clock_ghz": clock_ghz,
+        "fma_pipes_per_core": pipes,
+        "fp32_lanes_per_pipe": lanes,
+        "fp32_flops_per_cycle_per_core": per_cycle,
+        "layout": why,
+        "fp32_gflop_s": fp32,
+        "bf16_gflop_s": bf16,
+        "bf16": bf16_why,
+    }

@@ -51,12 +51,14 @@ class Workload:
     """Fixed time per step outside compute and communication (optimizer, data), seconds."""
 
     def __post_init__(self):
-        checks = {"compute_s_per_image": (self.compute_s_per_image > 0, "> 0"),
-                  "per_gpu_batch": (self.per_gpu_batch >= 1, ">= 1"),
-                  "gradient_bytes": (self.gradient_bytes > 0, "> 0"),
-                  "bucket_cap_mb": (self.bucket_cap_mb >= 0, ">= 0 (0: one bucket)"),
-                  "backward_fraction": (0 < self.backward_fraction <= 1, "in (0, 1]"),
-                  "overhead_s_per_step": (self.overhead_s_per_step >= 0, ">= 0")}
+        checks = {
+            "compute_s_per_image": (self.compute_s_per_image > 0, "> 0"),
+            "per_gpu_batch": (self.per_gpu_batch >= 1, ">= 1"),
+            "gradient_bytes": (self.gradient_bytes > 0, "> 0"),
+            "bucket_cap_mb": (self.bucket_cap_mb >= 0, ">= 0 (0: one bucket)"),
+            "backward_fraction": (0 < self.backward_fraction <= 1, "in (0, 1]"),
+            "overhead_s_per_step": (self.overhead_s_per_step >= 0, ">= 0"),
+        }
         for name, (ok, accepted) in checks.items():
             if not ok:
                 raise ValueError(f"Workload.{name}={getattr(self, name)} is invalid; accepted: {accepted}")
@@ -98,8 +100,7 @@ class StepResult:
         return epochs * self.epoch_s(images)
 
 
-def simulate_step(net: Network, work: Workload, gpus: int, algorithm: str = "ring",
-                  **options) -> StepResult:
+def simulate_step(net: Network, work: Workload, gpus: int, algorithm: str = "ring", **options) -> StepResult:
     """Step time, throughput and scaling efficiency of ``work`` on ``gpus`` GPUs.
 
     ``options`` go to the all-reduce (``mode``/``inter`` for hierarchical, ``x`` for torus2d).
@@ -123,5 +124,4 @@ def simulate_step(net: Network, work: Workload, gpus: int, algorithm: str = "rin
         step = compute + sum(costs) + work.overhead_s_per_step
     images_per_s = gpus * work.per_gpu_batch / step
     single = work.per_gpu_batch / (compute + work.overhead_s_per_step)
-    return StepResult(gpus, algorithm, compute, whole, sum(costs), step, images_per_s,
-                      images_per_s / (gpus * single))
+    return StepResult(gpus, algorithm, compute, whole, sum(costs), step, images_per_s, images_per_s / (gpus * single))

@@ -56,8 +56,13 @@ class Advice:
     :func:`against_measured`)."""
 
     def text(self) -> str:
-        trend = ("rising" if self.b_simple > 1.1 * self.b_simple_first_half else
-                 "falling" if self.b_simple < 0.9 * self.b_simple_first_half else "flat")
+        trend = (
+            "rising"
+            if self.b_simple > 1.1 * self.b_simple_first_half
+            else "falling"
+            if self.b_simple < 0.9 * self.b_simple_first_half
+            else "flat"
+        )
         lines = [
             f"recipe {self.recipe} (global batch {self.global_batch_size}); probe of {self.probe_steps} steps",
             f"gradient noise scale B_simple = {self.b_simple:,.0f} images at the end of the probe "
@@ -77,18 +82,23 @@ class Advice:
                 f"FLOPs, {c['flops_ratio_to_resnet50']:.3g}x ResNet-50's): B_crit on {c['gpus']} GPU(s), "
                 f"{c['images_per_s']:,.0f} images/s, scaling efficiency {100 * c['scaling_efficiency']:.0f}%, "
                 f"{_duration(c['train_s'])} for {self.epochs_at_critical_batch:.1f} epochs of {c['train_images']:,} "
-                f"images")
+                f"images"
+            )
         for m in self.measured:
             if m["measured"] is None:
                 lines.append(f"measured B_crit at step {m['step']} (branching): not resolved; no comparison")
                 continue
             bound = ">= " if m["lower_bound"] else ""
-            line = (f"measured B_crit at step {m['step']} (branching, Merrill et al. 2025): {bound}{m['measured']:,.0f}; "
-                    f"this advice's {self.critical_batch:,.0f} is {m['ratio']:.2f}x it "
-                    f"({'within' if m['within_2x'] else 'outside'} 2x)")
+            line = (
+                f"measured B_crit at step {m['step']} (branching, Merrill et al. 2025): {bound}{m['measured']:,.0f}; "
+                f"this advice's {self.critical_batch:,.0f} is {m['ratio']:.2f}x it "
+                f"({'within' if m['within_2x'] else 'outside'} 2x)"
+            )
             if m["b_simple_ratio"] is not None:
-                line += (f"; the B_simple that run logged at that step, {m['b_simple_there']:,.0f}, is "
-                         f"{m['b_simple_ratio']:.2f}x it")
+                line += (
+                    f"; the B_simple that run logged at that step, {m['b_simple_there']:,.0f}, is "
+                    f"{m['b_simple_ratio']:.2f}x it"
+                )
             lines.append(line)
         return "\n".join(lines)
 
@@ -103,15 +113,18 @@ def read_measured(path: str | Path) -> dict:
     try:
         report = json.loads(path.read_text())
     except FileNotFoundError:
-        raise ValueError(f"--measured {path}: no such file; give the critical_batch.json that "
-                         f"`largebatch critical-batch` wrote") from None
+        raise ValueError(
+            f"--measured {path}: no such file; give the critical_batch.json that `largebatch critical-batch` wrote"
+        ) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"--measured {path}: not a readable JSON report ({err})") from None
     points = report.get("points") if isinstance(report, dict) else None
-    if not isinstance(points, list) or not all(isinstance(p, dict) and "step" in p and "critical_batch" in p
-                                               for p in points):
-        raise ValueError(f"--measured {path}: not a `largebatch critical-batch` report (no points with step and "
-                         f"critical_batch)")
+    if not isinstance(points, list) or not all(
+        isinstance(p, dict) and "step" in p and "critical_batch" in p for p in points
+    ):
+        raise ValueError(
+            f"--measured {path}: not a `largebatch critical-batch` report (no points with step and critical_batch)"
+        )
     return report
 
 
@@ -126,16 +139,28 @@ def against_measured(predicted: float, report: dict) -> list[dict]:
         measured = p["critical_batch"]
         ratio = predicted / measured if measured else None
         b_simple = p.get("b_simple")
-        rows.append({"step": p["step"], "measured": measured, "lower_bound": bool(p.get("critical_batch_is_lower_bound")),
-                     "ratio": ratio, "within_2x": ratio is not None and 0.5 <= ratio <= 2.0,
-                     "b_simple_there": b_simple,
-                     "b_simple_ratio": b_simple / measured if (b_simple is not None and measured) else None})
+        rows.append(
+            {
+                "step": p["step"],
+                "measured": measured,
+                "lower_bound": bool(p.get("critical_batch_is_lower_bound")),
+                "ratio": ratio,
+                "within_2x": ratio is not None and 0.5 <= ratio <= 2.0,
+                "b_simple_there": b_simple,
+                "b_simple_ratio": b_simple / measured if (b_simple is not None and measured) else None,
+            }
+        )
     return rows
 
 
 def _duration(seconds: float) -> str:
-    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min" if seconds >= 60 else \
-        f"{seconds:.2g} s"
+    return (
+        f"{seconds / 3600:.1f} h"
+        if seconds >= 3600
+        else f"{seconds / 60:.1f} min"
+        if seconds >= 60
+        else f"{seconds:.2g} s"
+    )
 
 
 def read_noise_scale(run_dir: Path) -> list[tuple[int, float]]:
@@ -179,9 +204,16 @@ def _model_of(cfg):
     fashion = cfg.data.name in ("fashion_mnist", "synthetic")
     channels = 1 if cfg.data.name == "fashion_mnist" else (cfg.data.synthetic.channels if fashion else 3)
     size = 28 if cfg.data.name == "fashion_mnist" else cfg.data.image_size_px
-    model = build_model(cfg.model.name, num_classes=10 if fashion else 1000, in_channels=channels,
-                        bn_batch_size=1, width=cfg.model.width, blocks_per_stage=cfg.model.blocks_per_stage,
-                        zero_init_residual=False, fc_init_std=0.0)
+    model = build_model(
+        cfg.model.name,
+        num_classes=10 if fashion else 1000,
+        in_channels=channels,
+        bn_batch_size=1,
+        width=cfg.model.width,
+        blocks_per_stage=cfg.model.blocks_per_stage,
+        zero_init_residual=False,
+        fc_init_std=0.0,
+    )
     return model, (1, channels, size, size)
 
 
@@ -193,22 +225,41 @@ def cluster_estimate(cfg, critical_batch: float, epochs: float, train_images: in
     ratio = model_flops_ratio(cfg)
     params = _parameter_count(cfg)
     gpus = max(1, 2 ** round(math.log2(max(1.0, critical_batch / preset.per_gpu_batch))))
-    work = dataclasses.replace(preset.workload(), compute_s_per_image=ratio / preset.gpu_images_per_s,
-                               gradient_bytes=params * preset.gradient_bytes_per_parameter)
+    work = dataclasses.replace(
+        preset.workload(),
+        compute_s_per_image=ratio / preset.gpu_images_per_s,
+        gradient_bytes=params * preset.gradient_bytes_per_parameter,
+    )
     options = dict(preset.hierarchical) if preset.algorithm == "hierarchical" else {}
     step = simulate_step(preset.network, work, gpus, preset.algorithm, **options)
-    return {"preset": preset.name, "per_gpu_batch": preset.per_gpu_batch, "gpus": gpus,
-            "global_batch_size": gpus * preset.per_gpu_batch, "flops_ratio_to_resnet50": ratio,
-            "parameters": params, "images_per_s": step.images_per_s, "scaling_efficiency": step.scaling_efficiency,
-            "train_images": train_images, "train_s": step.train_s(epochs, train_images)}
+    return {
+        "preset": preset.name,
+        "per_gpu_batch": preset.per_gpu_batch,
+        "gpus": gpus,
+        "global_batch_size": gpus * preset.per_gpu_batch,
+        "flops_ratio_to_resnet50": ratio,
+        "parameters": params,
+        "images_per_s": step.images_per_s,
+        "scaling_efficiency": step.scaling_efficiency,
+        "train_images": train_images,
+        "train_s": step.train_s(epochs, train_images),
+    }
 
 
 def _parameter_count(cfg) -> int:
     return sum(p.numel() for p in _model_of(cfg)[0].parameters())
 
 
-def advise(recipe: str, overrides: list[str], *, out: str, probe_epochs: float, nproc: int,
-           preset: str = "h100_ndr", measured: str | Path | None = None) -> Advice:
+def advise(
+    recipe: str,
+    overrides: list[str],
+    *,
+    out: str,
+    probe_epochs: float,
+    nproc: int,
+    preset: str = "h100_ndr",
+    measured: str | Path | None = None,
+) -> Advice:
     """Run the probe (``largebatch train`` of the recipe for ``probe_epochs`` epochs on ``nproc``
     >= 2 workers, noise scale on) into ``out``, then build the :class:`Advice`; with ``measured`` (a
     ``critical_batch.json`` of ``largebatch critical-batch``) the advice's critical batch is compared
@@ -221,8 +272,10 @@ def advise(recipe: str, overrides: list[str], *, out: str, probe_epochs: float, 
     """
 
     if nproc < 2:
-        raise ValueError(f"--nproc {nproc}: the noise scale compares one worker's gradient with the all-reduced "
-                         f"one, so the probe needs at least 2 workers")
+        raise ValueError(
+            f"--nproc {nproc}: the noise scale compares one worker's gradient with the all-reduced "
+            f"one, so the probe needs at least 2 workers"
+        )
     if probe_epochs <= 0:
         raise ValueError(f"--probe-epochs {probe_epochs}: give a positive number of epochs")
     report = read_measured(measured) if measured else None
@@ -232,10 +285,27 @@ def advise(recipe: str, overrides: list[str], *, out: str, probe_epochs: float, 
     if probe_epochs < 1:
         subset = f"data.train_subset={max(cfg.train.global_batch_size, int(_train_images(cfg) * probe_epochs))}"
     run_dir = Path(out)
-    cmd = [sys.executable, "-m", "largebatch", "train", "--recipe", recipe, "--nproc", str(nproc), "--out",
-           str(run_dir), *sum((["--set", s] for s in overrides), []),
-           "--set", f"train.epochs={epochs}", "--set", "train.noise_scale=true", "--set", "train.eval_every_epochs=1000",
-           "--set", "train.batch_schedule=[]"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "largebatch",
+        "train",
+        "--recipe",
+        recipe,
+        "--nproc",
+        str(nproc),
+        "--out",
+        str(run_dir),
+        *sum((["--set", s] for s in overrides), []),
+        "--set",
+        f"train.epochs={epochs}",
+        "--set",
+        "train.noise_scale=true",
+        "--set",
+        "train.eval_every_epochs=1000",
+        "--set",
+        "train.batch_schedule=[]",
+    ]
     if subset:
         cmd += ["--set", subset]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
@@ -249,9 +319,17 @@ def advise(recipe: str, overrides: list[str], *, out: str, probe_epochs: float, 
     b0 = cfg.train.global_batch_size
     n_images = _train_images(cfg)
     epochs_crit = cfg.train.epochs * epochs_ratio(b_noise, b0, b_noise)
-    advice = Advice(recipe=recipe, global_batch_size=b0, b_simple=b_noise, b_simple_first_half=half[-1],
-                    probe_steps=series[-1][0], linear_scaling_max_batch=b_noise / 10, critical_batch=b_noise,
-                    epochs_at_recipe_batch=cfg.train.epochs, epochs_at_critical_batch=epochs_crit)
+    advice = Advice(
+        recipe=recipe,
+        global_batch_size=b0,
+        b_simple=b_noise,
+        b_simple_first_half=half[-1],
+        probe_steps=series[-1][0],
+        linear_scaling_max_batch=b_noise / 10,
+        critical_batch=b_noise,
+        epochs_at_recipe_batch=cfg.train.epochs,
+        epochs_at_critical_batch=epochs_crit,
+    )
     if preset:
         advice.cluster = cluster_estimate(cfg, b_noise, epochs_crit, n_images, preset)
     if report is not None:
@@ -262,7 +340,10 @@ def advise(recipe: str, overrides: list[str], *, out: str, probe_epochs: float, 
 
 def _train_images(cfg) -> int:
 
-    known = {"fashion_mnist": FASHION_MNIST_TRAIN_SAMPLES, "synthetic": cfg.data.synthetic.train_samples,
-             "imagefolder": 1_281_167}
+    known = {
+        "fashion_mnist": FASHION_MNIST_TRAIN_SAMPLES,
+        "synthetic": cfg.data.synthetic.train_samples,
+        "imagefolder": 1_281_167,
+    }
     n = known.get(cfg.data.name, 1_281_167)
     return min(n, cfg.data.train_subset) if cfg.data.train_subset else n

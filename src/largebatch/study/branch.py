@@ -77,8 +77,10 @@ def branch_points(run_dir: Path, steps: list[int] | None) -> list[BranchPoint]:
     run_dir = Path(run_dir)
     ckpts = checkpoints_of(run_dir)
     if not ckpts:
-        raise BranchError(f"{run_dir} has no checkpoints/ckpt_step*.pt: train the reference run with "
-                          "train.checkpoint_every_steps=N and train.keep_checkpoints large enough")
+        raise BranchError(
+            f"{run_dir} has no checkpoints/ckpt_step*.pt: train the reference run with "
+            "train.checkpoint_every_steps=N and train.keep_checkpoints large enough"
+        )
     wanted = sorted(ckpts) if steps is None else sorted(steps)
     missing = [s for s in wanted if s not in ckpts]
     if missing:
@@ -95,8 +97,9 @@ def branch_points(run_dir: Path, steps: list[int] | None) -> list[BranchPoint]:
     return points
 
 
-def critical_from_reductions(batch_sizes: list[int], reductions: list[float], tolerance: float,
-                             min_reduction: float = 0.0) -> float | None:
+def critical_from_reductions(
+    batch_sizes: list[int], reductions: list[float], tolerance: float, min_reduction: float = 0.0
+) -> float | None:
     """The largest batch whose loss reduction is at least ``(1 - tolerance)`` of the smallest batch's,
     interpolated on log2 B to where the reduction crosses that level; None when the smallest batch
     reduced the loss by no more than ``min_reduction`` (nats): the branches cannot tell the batches
@@ -116,16 +119,32 @@ def critical_from_reductions(batch_sizes: list[int], reductions: list[float], to
     return float(pts[-1][0])
 
 
-def _branch_overrides(n_train: int, point: BranchPoint, batch: int, lr: float, budget_images: int,
-                      val_size: int) -> list[str]:
+def _branch_overrides(
+    n_train: int, point: BranchPoint, batch: int, lr: float, budget_images: int, val_size: int
+) -> list[str]:
     epochs = max(1, math.ceil(budget_images / max(1, n_train)))
-    return [f"train.init_from={point.checkpoint}", f"train.global_batch_size={batch}", f"train.epochs={epochs}",
-            f"train.stop_after_images={budget_images}", "train.batch_schedule=[]",
-            f"optim.base_lr={lr}", f"optim.base_batch_size={batch}", "optim.lr_scaling=linear",
-            "schedule.name=step", "schedule.warmup_epochs=0", "schedule.decay_epochs=[]",
-            f"data.val_size={val_size}", f"train.eval_every_epochs={epochs}", f"train.checkpoint_every_epochs={epochs}",
-            "train.checkpoint_every_steps=0", "train.checkpoint_every_minutes=0", "train.val_every_steps=0",
-            "train.stop_at_val_top1=0", "train.val_target_top1=0", "train.keep_checkpoints=1"]
+    return [
+        f"train.init_from={point.checkpoint}",
+        f"train.global_batch_size={batch}",
+        f"train.epochs={epochs}",
+        f"train.stop_after_images={budget_images}",
+        "train.batch_schedule=[]",
+        f"optim.base_lr={lr}",
+        f"optim.base_batch_size={batch}",
+        "optim.lr_scaling=linear",
+        "schedule.name=step",
+        "schedule.warmup_epochs=0",
+        "schedule.decay_epochs=[]",
+        f"data.val_size={val_size}",
+        f"train.eval_every_epochs={epochs}",
+        f"train.checkpoint_every_epochs={epochs}",
+        "train.checkpoint_every_steps=0",
+        "train.checkpoint_every_minutes=0",
+        "train.val_every_steps=0",
+        "train.stop_at_val_top1=0",
+        "train.val_target_top1=0",
+        "train.keep_checkpoints=1",
+    ]
 
 
 def _val_loss_at(run_dir: Path) -> float | None:
@@ -134,9 +153,19 @@ def _val_loss_at(run_dir: Path) -> float | None:
     return evals[-1]["val_loss"] if evals else None
 
 
-def run_branches(reference: Path, out: Path, *, steps: list[int] | None, batch_sizes: list[int], budget_images: int,
-                 tolerance: float = 0.2, min_reduction: float = 0.02, nproc: int = 1, overrides: list[str] = (),
-                 progress: Callable[[str], None] | None = None) -> dict:
+def run_branches(
+    reference: Path,
+    out: Path,
+    *,
+    steps: list[int] | None,
+    batch_sizes: list[int],
+    budget_images: int,
+    tolerance: float = 0.2,
+    min_reduction: float = 0.02,
+    nproc: int = 1,
+    overrides: list[str] = (),
+    progress: Callable[[str], None] | None = None,
+) -> dict:
     """Branch every (checkpoint, batch, LR rule) that has no result under ``out``, then write
     ``critical_batch.json`` and ``critical_batch.md``; returns the report (see the module docstring).
 
@@ -156,14 +185,19 @@ def run_branches(reference: Path, out: Path, *, steps: list[int] | None, batch_s
         raise BranchError(f"{reference} has no config.json: give the run directory of a largebatch train run")
     ref_cfg = config_from_dict(json.loads(cfg_path.read_text()))
     points = branch_points(reference, steps)
-    ref_batch = ref_cfg.train.global_batch_size if not ref_cfg.train.batch_schedule else \
-        ref_cfg.train.batch_schedule[-1].global_batch_size
+    ref_batch = (
+        ref_cfg.train.global_batch_size
+        if not ref_cfg.train.batch_schedule
+        else ref_cfg.train.batch_schedule[-1].global_batch_size
+    )
     val_size = ref_cfg.data.val_size or 5000
 
     n_train = _train_images(ref_cfg, val_size)
     if budget_images < max(batch_sizes):
-        raise BranchError(f"--budget-images {budget_images} is less than one step at {max(batch_sizes)}; give at least "
-                          f"{4 * max(batch_sizes)} (4 steps at the largest batch)")
+        raise BranchError(
+            f"--budget-images {budget_images} is less than one step at {max(batch_sizes)}; give at least "
+            f"{4 * max(batch_sizes)} (4 steps at the largest batch)"
+        )
     plan = []
     for p in points:
         for b in sorted(batch_sizes):
@@ -182,8 +216,18 @@ def run_branches(reference: Path, out: Path, *, steps: list[int] | None, batch_s
     for p, b, rule, cfg in plan:
         run_dir = out / f"step{p.step:08d}" / f"b{b:06d}_{rule}"
         if not (run_dir / "summary.json").is_file():
-            cmd = [sys.executable, "-m", "largebatch", "train", "--nproc", str(nproc), "--out", str(run_dir),
-                   "--recipe", ref_cfg.recipe if ref_cfg.recipe in _recipes() else "goyal2017_fashion_mnist"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "largebatch",
+                "train",
+                "--nproc",
+                str(nproc),
+                "--out",
+                str(run_dir),
+                "--recipe",
+                ref_cfg.recipe if ref_cfg.recipe in _recipes() else "goyal2017_fashion_mnist",
+            ]
 
             for item in _overrides_of(cfg):
                 cmd += ["--set", item]
@@ -193,13 +237,17 @@ def run_branches(reference: Path, out: Path, *, steps: list[int] | None, batch_s
                 proc = subprocess.run(cmd, stdout=log_file, stderr=subprocess.STDOUT)
             tail = log_path.read_text()[-2000:]
             if proc.returncode != 0 and "training loss is" not in tail and "nonfinite" not in tail:
-                raise RuntimeError(f"branch step {p.step} batch {b} ({rule}) failed (exit {proc.returncode}); "
-                                   f"log {log_path}:\n{tail}\nfinished branches are kept: the same command continues")
+                raise RuntimeError(
+                    f"branch step {p.step} batch {b} ({rule}) failed (exit {proc.returncode}); "
+                    f"log {log_path}:\n{tail}\nfinished branches are kept: the same command continues"
+                )
             if proc.returncode != 0:
                 run_dir.mkdir(parents=True, exist_ok=True)
                 (run_dir / "summary.json").write_text(json.dumps({"diverged": True, "log": str(log_path)}) + "\n")
-            say(f"step {p.step} batch {b} ({rule} LR {cfg.optim.base_lr:.4g}): val loss "
-                f"{_val_loss_at(run_dir) if proc.returncode == 0 else 'diverged'}")
+            say(
+                f"step {p.step} batch {b} ({rule} LR {cfg.optim.base_lr:.4g}): val loss "
+                f"{_val_loss_at(run_dir) if proc.returncode == 0 else 'diverged'}"
+            )
         if p.step not in base_loss:
             base_loss[p.step] = _checkpoint_val_loss(p, ref_cfg, val_size, nproc, out)
     report = _report(points, plan, out, base_loss, batch_sizes, budget_images, tolerance, ref_batch, min_reduction)
@@ -218,18 +266,33 @@ def _checkpoint_val_loss(point: BranchPoint, ref_cfg, val_size: int, nproc: int,
     path = out / f"step{point.step:08d}" / "checkpoint_eval.json"
     if path.is_file():
         return json.loads(path.read_text())["val_loss"]
-    proc = subprocess.run([sys.executable, "-m", "largebatch", "eval", "--checkpoint", str(point.checkpoint),
-                           "--split", "val", "--set", f"data.val_size={val_size}"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "largebatch",
+            "eval",
+            "--checkpoint",
+            str(point.checkpoint),
+            "--split",
+            "val",
+            "--set",
+            f"data.val_size={val_size}",
+        ],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"evaluating {point.checkpoint} on the validation split failed: {proc.stderr[-1500:]}")
-    result = json.loads(proc.stdout[proc.stdout.index("{"):])
+    result = json.loads(proc.stdout[proc.stdout.index("{") :])
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"val_loss": result["loss"], "val_top1": result["top1"]}) + "\n")
     return result["loss"]
 
 
-def _report(points, plan, out: Path, base_loss: dict, batch_sizes, budget_images, tolerance, ref_batch,
-            min_reduction: float) -> dict:
+def _report(
+    points, plan, out: Path, base_loss: dict, batch_sizes, budget_images, tolerance, ref_batch, min_reduction: float
+) -> dict:
     rows = []
     for p in points:
         per_batch = {}
@@ -246,38 +309,66 @@ def _report(points, plan, out: Path, base_loss: dict, batch_sizes, budget_images
             entry["best_val_loss"] = min(finite) if finite else None
             entry["reduction"] = (base_loss[p.step] - entry["best_val_loss"]) if finite else -math.inf
         entries = [per_batch[b] for b in sorted(per_batch)]
-        b_crit = critical_from_reductions([e["batch"] for e in entries], [e["reduction"] for e in entries], tolerance,
-                                          min_reduction)
-        rows.append({"step": p.step, "checkpoint": str(p.checkpoint), "lr": p.lr, "val_loss_at_checkpoint": base_loss[p.step],
-                     "branches": entries, "critical_batch": b_crit,
-                     "critical_batch_is_lower_bound": b_crit == float(max(batch_sizes)),
-                     "b_simple": p.b_simple,
-                     "ratio_b_simple_to_measured": (p.b_simple / b_crit) if (p.b_simple and b_crit) else None})
-    return {"reference_batch": ref_batch, "budget_images": budget_images, "tolerance": tolerance,
-            "min_reduction": min_reduction,
-            "batch_sizes": sorted(batch_sizes), "points": rows}
+        b_crit = critical_from_reductions(
+            [e["batch"] for e in entries], [e["reduction"] for e in entries], tolerance, min_reduction
+        )
+        rows.append(
+            {
+                "step": p.step,
+                "checkpoint": str(p.checkpoint),
+                "lr": p.lr,
+                "val_loss_at_checkpoint": base_loss[p.step],
+                "branches": entries,
+                "critical_batch": b_crit,
+                "critical_batch_is_lower_bound": b_crit == float(max(batch_sizes)),
+                "b_simple": p.b_simple,
+                "ratio_b_simple_to_measured": (p.b_simple / b_crit) if (p.b_simple and b_crit) else None,
+            }
+        )
+    return {
+        "reference_batch": ref_batch,
+        "budget_images": budget_images,
+        "tolerance": tolerance,
+        "min_reduction": min_reduction,
+        "batch_sizes": sorted(batch_sizes),
+        "points": rows,
+    }
 
 
 def report_text(report: dict) -> str:
-    lines = [f"Critical batch by branching (Merrill et al. 2025): {report['budget_images']:,} images per branch, "
-             f"constant LR by the linear or square-root rule from the reference batch {report['reference_batch']} "
-             f"(the better counts); critical = largest batch keeping {1 - report['tolerance']:.0%} of the smallest "
-             "batch's loss reduction.", "",
-             "| step | val loss there | " + " | ".join(f"B={b}" for b in report["batch_sizes"]) +
-             " | measured B_crit | B_simple there | B_simple / measured |",
-             "|---|---|" + "---|" * len(report["batch_sizes"]) + "---|---|---|"]
+    lines = [
+        f"Critical batch by branching (Merrill et al. 2025): {report['budget_images']:,} images per branch, "
+        f"constant LR by the linear or square-root rule from the reference batch {report['reference_batch']} "
+        f"(the better counts); critical = largest batch keeping {1 - report['tolerance']:.0%} of the smallest "
+        "batch's loss reduction.",
+        "",
+        "| step | val loss there | "
+        + " | ".join(f"B={b}" for b in report["batch_sizes"])
+        + " | measured B_crit | B_simple there | B_simple / measured |",
+        "|---|---|" + "---|" * len(report["batch_sizes"]) + "---|---|---|",
+    ]
     for r in report["points"]:
         cells = []
         for e in r["branches"]:
             cells.append("diverged" if e["best_val_loss"] is None else f"{e['reduction']:+.3f}")
-        crit = "not resolved" if r["critical_batch"] is None else (
-            f">= {r['critical_batch']:.0f}" if r["critical_batch_is_lower_bound"] else f"{r['critical_batch']:.0f}")
+        crit = (
+            "not resolved"
+            if r["critical_batch"] is None
+            else (
+                f">= {r['critical_batch']:.0f}" if r["critical_batch_is_lower_bound"] else f"{r['critical_batch']:.0f}"
+            )
+        )
         ratio = "" if r["ratio_b_simple_to_measured"] is None else f"{r['ratio_b_simple_to_measured']:.2f}"
         b_simple = "" if r["b_simple"] is None else f"{r['b_simple']:.0f}"
-        lines.append(f"| {r['step']} | {r['val_loss_at_checkpoint']:.4f} | " + " | ".join(cells) +
-                     f" | {crit} | {b_simple} | {ratio} |")
+        lines.append(
+            f"| {r['step']} | {r['val_loss_at_checkpoint']:.4f} | "
+            + " | ".join(cells)
+            + f" | {crit} | {b_simple} | {ratio} |"
+        )
     lines.append("")
-    lines.append("Cells: validation loss reduction of each batch's branch over the same images (higher is better). "
-                 f"Not resolved: the smallest batch reduced the loss by at most {report.get('min_reduction', 0):g}, "
-                 "within the evaluation's noise; give a larger --budget-images.")
+    lines.append(
+        "Cells: validation loss reduction of each batch's branch over the same images (higher is better). "
+        f"Not resolved: the smallest batch reduced the loss by at most {report.get('min_reduction', 0):g}, "
+        "within the evaluation's noise; give a larger --budget-images."
+    )
     return "\n".join(lines)

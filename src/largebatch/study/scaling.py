@@ -67,17 +67,26 @@ def fit_steps_to_target(batch_sizes: list[float], steps: list[float]) -> StepsFi
     a = (sxx * sy - sx * sxy) / det
     b = (sw * sxy - sx * sy) / det
     if a <= 0:
-        raise ValueError(f"the fit gives S_min = {a:.3g} <= 0: the points do not bend (every batch is below the "
-                         "critical batch); measure larger batches")
+        raise ValueError(
+            f"the fit gives S_min = {a:.3g} <= 0: the points do not bend (every batch is below the "
+            "critical batch); measure larger batches"
+        )
     n = len(steps)
     rss = sum((s - a - b / bsz) ** 2 / (s * s) for bsz, s in zip(batch_sizes, steps))
     sigma2 = rss / (n - 2) if n > 2 else 0.0
     var_a, var_b, cov_ab = sigma2 * sxx / det, sigma2 * sw / det, -sigma2 * sx / det
     b_noise = b / a
-    var_bn = b_noise ** 2 * (var_b / b ** 2 + var_a / a ** 2 - 2 * cov_ab / (a * b)) if b else 0.0
-    return StepsFit(s_min=a, s_min_se=math.sqrt(max(var_a, 0.0)), b_noise=b_noise,
-                    b_noise_se=math.sqrt(max(var_bn, 0.0)), e_min=b, e_min_se=math.sqrt(max(var_b, 0.0)),
-                    points=n, rms_relative_residual=math.sqrt(rss / n))
+    var_bn = b_noise**2 * (var_b / b**2 + var_a / a**2 - 2 * cov_ab / (a * b)) if b else 0.0
+    return StepsFit(
+        s_min=a,
+        s_min_se=math.sqrt(max(var_a, 0.0)),
+        b_noise=b_noise,
+        b_noise_se=math.sqrt(max(var_bn, 0.0)),
+        e_min=b,
+        e_min_se=math.sqrt(max(var_b, 0.0)),
+        points=n,
+        rms_relative_residual=math.sqrt(rss / n),
+    )
 
 
 def perfect_scaling_region(batch_sizes: list[int], steps: list[float], tolerance: float = 0.2) -> list[int]:

@@ -40,19 +40,36 @@ class Method:
 
 
 METHODS: dict[str, Method] = {
-    "no_scaling": Method("goyal2017_fashion_mnist", "SGD, no LR scaling", ("optim.lr_scaling=none",),
-                         "base LR 0.4 at every batch (Goyal et al. 2017 sec. 2.1 without the rule)"),
-    "linear_no_warmup": Method("goyal2017_fashion_mnist", "SGD, linear scaling, no warmup",
-                               ("schedule.warmup_epochs=0",), "Goyal et al. 2017 Table 1 'no warmup'"),
-    "goyal": Method("goyal2017_fashion_mnist", "SGD, linear scaling + gradual warmup (Goyal)", (),
-                    "Goyal et al. 2017 sec. 2.1-2.2"),
-    "nesterov": Method("goyal2017_fashion_mnist", "Nesterov momentum, retuned per batch (Nado)", (),
-                       "Nado et al. 2021 sec. 3: Nesterov momentum with LR, momentum and warmup tuned at every batch"),
+    "no_scaling": Method(
+        "goyal2017_fashion_mnist",
+        "SGD, no LR scaling",
+        ("optim.lr_scaling=none",),
+        "base LR 0.4 at every batch (Goyal et al. 2017 sec. 2.1 without the rule)",
+    ),
+    "linear_no_warmup": Method(
+        "goyal2017_fashion_mnist",
+        "SGD, linear scaling, no warmup",
+        ("schedule.warmup_epochs=0",),
+        "Goyal et al. 2017 Table 1 'no warmup'",
+    ),
+    "goyal": Method(
+        "goyal2017_fashion_mnist", "SGD, linear scaling + gradual warmup (Goyal)", (), "Goyal et al. 2017 sec. 2.1-2.2"
+    ),
+    "nesterov": Method(
+        "goyal2017_fashion_mnist",
+        "Nesterov momentum, retuned per batch (Nado)",
+        (),
+        "Nado et al. 2021 sec. 3: Nesterov momentum with LR, momentum and warmup tuned at every batch",
+    ),
     "lars": Method("you2018_lars_fashion_mnist", "LARS (You)", (), "You et al. 2017, Algorithm 1"),
     "lamb": Method("lamb_fashion_mnist", "LAMB", (), "You et al. 2019"),
     "akiba": Method("akiba2017_fashion_mnist", "RMSprop warm-up + slow start (Akiba)", (), "Akiba et al. 2017"),
-    "mikami": Method("mikami2018_fashion_mnist", "batch-size control, B/4 then B (Mikami)", (),
-                     "Mikami et al. 2018 sec. 3.1: the batch grows 4x after the first third of the epochs"),
+    "mikami": Method(
+        "mikami2018_fashion_mnist",
+        "batch-size control, B/4 then B (Mikami)",
+        (),
+        "Mikami et al. 2018 sec. 3.1: the batch grows 4x after the first third of the epochs",
+    ),
 }
 
 
@@ -64,14 +81,24 @@ def _scale_epochs(cfg, epochs: int):
     """``cfg`` with every epoch-valued setting scaled from ``cfg.train.epochs`` to ``epochs``."""
     f = epochs / cfg.train.epochs
     s, o, t = cfg.schedule, cfg.optim, cfg.train
-    schedule = dataclasses.replace(s, warmup_epochs=s.warmup_epochs * f,
-                                   decay_epochs=[e * f for e in s.decay_epochs],
-                                   slow_start=dataclasses.replace(s.slow_start, epochs=[e * f for e in s.slow_start.epochs]))
-    optim = dataclasses.replace(o, rmsprop_warmup=dataclasses.replace(
-        o.rmsprop_warmup, center_epochs=o.rmsprop_warmup.center_epochs * f, period_epochs=o.rmsprop_warmup.period_epochs * f))
+    schedule = dataclasses.replace(
+        s,
+        warmup_epochs=s.warmup_epochs * f,
+        decay_epochs=[e * f for e in s.decay_epochs],
+        slow_start=dataclasses.replace(s.slow_start, epochs=[e * f for e in s.slow_start.epochs]),
+    )
+    optim = dataclasses.replace(
+        o,
+        rmsprop_warmup=dataclasses.replace(
+            o.rmsprop_warmup,
+            center_epochs=o.rmsprop_warmup.center_epochs * f,
+            period_epochs=o.rmsprop_warmup.period_epochs * f,
+        ),
+    )
     stages = [dataclasses.replace(st, start_epoch=round(st.start_epoch * f)) for st in t.batch_schedule]
-    train = dataclasses.replace(t, epochs=epochs, batch_schedule=stages, eval_every_epochs=epochs,
-                                checkpoint_every_epochs=epochs)
+    train = dataclasses.replace(
+        t, epochs=epochs, batch_schedule=stages, eval_every_epochs=epochs, checkpoint_every_epochs=epochs
+    )
     return dataclasses.replace(cfg, schedule=schedule, optim=optim, train=train)
 
 
@@ -92,12 +119,18 @@ def run_config(method: str, global_batch_size: int, seed: int, epochs: int, over
         first, last = cfg.train.batch_schedule[0], cfg.train.batch_schedule[-1]
         growth = last.global_batch_size // first.global_batch_size
         start = max(1, last.start_epoch)
-        stages = [dataclasses.replace(first, start_epoch=0, global_batch_size=max(1, global_batch_size // growth)),
-                  dataclasses.replace(last, start_epoch=start, global_batch_size=global_batch_size)]
+        stages = [
+            dataclasses.replace(first, start_epoch=0, global_batch_size=max(1, global_batch_size // growth)),
+            dataclasses.replace(last, start_epoch=start, global_batch_size=global_batch_size),
+        ]
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_schedule=stages))
-    train = dataclasses.replace(cfg.train, global_batch_size=(cfg.train.batch_schedule[0].global_batch_size
-                                                              if cfg.train.batch_schedule else global_batch_size),
-                                seed=seed)
+    train = dataclasses.replace(
+        cfg.train,
+        global_batch_size=(
+            cfg.train.batch_schedule[0].global_batch_size if cfg.train.batch_schedule else global_batch_size
+        ),
+        seed=seed,
+    )
     return dataclasses.replace(cfg, recipe=f"sweep-{method}-b{global_batch_size}-s{seed}", train=train)
 
 
@@ -123,8 +156,9 @@ def run_dir_of(out: Path, method: str, global_batch_size: int, seed: int) -> Pat
     return out / method / f"b{global_batch_size:06d}_s{seed}"
 
 
-def plan_sweep(methods: list[str], batch_sizes: list[int], seeds: list[int], epochs: int, overrides: list[str],
-               nproc: int) -> list[tuple[str, int, int, object]]:
+def plan_sweep(
+    methods: list[str], batch_sizes: list[int], seeds: list[int], epochs: int, overrides: list[str], nproc: int
+) -> list[tuple[str, int, int, object]]:
     """Every run's (method, batch, seed, config), each validated for ``nproc`` workers.
 
     Raises:
@@ -156,8 +190,17 @@ def read_result(run_dir: Path) -> dict | None:
     return json.loads(path.read_text())
 
 
-def run_sweep(out: str, methods: list[str], batch_sizes: list[int], seeds: list[int], epochs: int,
-              overrides: list[str], nproc: int, *, progress: bool = True) -> list[dict]:
+def run_sweep(
+    out: str,
+    methods: list[str],
+    batch_sizes: list[int],
+    seeds: list[int],
+    epochs: int,
+    overrides: list[str],
+    nproc: int,
+    *,
+    progress: bool = True,
+) -> list[dict]:
     """Run what is missing of the sweep, then write its table and figure; returns the rows.
 
     Raises:
@@ -171,13 +214,24 @@ def run_sweep(out: str, methods: list[str], batch_sizes: list[int], seeds: list[
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = [r for r in runs if read_result(run_dir_of(out_dir, r[0], r[1], r[2])) is None]
-    print(f"largebatch sweep: {len(runs)} runs ({len(runs) - len(todo)} already finished) in {out_dir}",
-          file=sys.stderr)
+    print(
+        f"largebatch sweep: {len(runs)} runs ({len(runs) - len(todo)} already finished) in {out_dir}", file=sys.stderr
+    )
     bar = tqdm(total=len(todo), unit="run", disable=not progress or not sys.stderr.isatty(), dynamic_ncols=True)
     for method, b, seed, cfg in todo:
         run_dir = run_dir_of(out_dir, method, b, seed)
-        cmd = [sys.executable, "-m", "largebatch", "train", "--nproc", str(nproc), "--out", str(run_dir),
-               "--recipe", METHODS[method].recipe]
+        cmd = [
+            sys.executable,
+            "-m",
+            "largebatch",
+            "train",
+            "--nproc",
+            str(nproc),
+            "--out",
+            str(run_dir),
+            "--recipe",
+            METHODS[method].recipe,
+        ]
         for item in _overrides_of(cfg):
             cmd += ["--set", item]
         if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
@@ -186,15 +240,21 @@ def run_sweep(out: str, methods: list[str], batch_sizes: list[int], seeds: list[
         log_path = out_dir / "logs" / f"{method}_b{b:06d}_s{seed}.log"
         log_path.parent.mkdir(exist_ok=True)
         with open(log_path, "w") as log_file:
-            proc = subprocess.run(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+            proc = subprocess.run(
+                cmd, stdout=log_file, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1")
+            )
         if proc.returncode != 0:
             tail = log_path.read_text()[-2000:]
-            raise RuntimeError(f"{method} at global batch {b}, seed {seed} failed (exit {proc.returncode}); log "
-                               f"{log_path}:\n{tail}\nfinished runs are kept: the same command continues the sweep")
+            raise RuntimeError(
+                f"{method} at global batch {b}, seed {seed} failed (exit {proc.returncode}); log "
+                f"{log_path}:\n{tail}\nfinished runs are kept: the same command continues the sweep"
+            )
         result = read_result(run_dir) or {}
         bar.update(1)
-        line = (f"{method} b={b} seed={seed}: top-1 {result.get('top1', float('nan')):.2f}%, "
-                f"{result.get('steps', 0)} steps, {time.perf_counter() - t0:.0f} s")
+        line = (
+            f"{method} b={b} seed={seed}: top-1 {result.get('top1', float('nan')):.2f}%, "
+            f"{result.get('steps', 0)} steps, {time.perf_counter() - t0:.0f} s"
+        )
         if bar.disable:
             print(f"largebatch sweep: {line}", file=sys.stderr)
         else:
@@ -214,12 +274,20 @@ def collect(out_dir: Path, methods: list[str], batch_sizes: list[int], seeds: li
             if not results:
                 continue
             top1 = [r["top1"] for r in results]
-            rows.append({"method": method, "global_batch_size": b, "seeds": len(results),
-                         "top1_mean": statistics.fmean(top1), "top1_min": min(top1), "top1_max": max(top1),
-                         "top1_std": statistics.stdev(top1) if len(top1) > 1 else 0.0,
-                         "error_mean": 100 - statistics.fmean(top1),
-                         "steps": results[0].get("steps"),
-                         "wall_s_mean": statistics.fmean(r.get("wall_s", float("nan")) for r in results)})
+            rows.append(
+                {
+                    "method": method,
+                    "global_batch_size": b,
+                    "seeds": len(results),
+                    "top1_mean": statistics.fmean(top1),
+                    "top1_min": min(top1),
+                    "top1_max": max(top1),
+                    "top1_std": statistics.stdev(top1) if len(top1) > 1 else 0.0,
+                    "error_mean": 100 - statistics.fmean(top1),
+                    "steps": results[0].get("steps"),
+                    "wall_s_mean": statistics.fmean(r.get("wall_s", float("nan")) for r in results),
+                }
+            )
     return rows
 
 
@@ -235,17 +303,23 @@ def write_outputs(out_dir: Path, rows: list[dict], *, epochs: int, nproc: int, o
     methods = list(dict.fromkeys(r["method"] for r in rows))
     batches = sorted({r["global_batch_size"] for r in rows})
     cell = {(r["method"], r["global_batch_size"]): r for r in rows}
-    lines = [f"Test top-1 (%) after {epochs} epochs: mean over seeds, [min, max], steps, minutes per run "
-             f"({nproc} worker process(es){'; ' + ' '.join(overrides) if overrides else ''}).", "",
-             "| global batch | " + " | ".join(METHODS[m].label for m in methods) + " |",
-             "|---" * (len(methods) + 1) + "|"]
+    lines = [
+        f"Test top-1 (%) after {epochs} epochs: mean over seeds, [min, max], steps, minutes per run "
+        f"({nproc} worker process(es){'; ' + ' '.join(overrides) if overrides else ''}).",
+        "",
+        "| global batch | " + " | ".join(METHODS[m].label for m in methods) + " |",
+        "|---" * (len(methods) + 1) + "|",
+    ]
     for b in batches:
         cells = []
         for m in methods:
             r = cell.get((m, b))
-            cells.append("" if r is None else
-                         f"{r['top1_mean']:.2f} [{r['top1_min']:.2f}, {r['top1_max']:.2f}] n={r['seeds']}, "
-                         f"{r['steps']} steps, {r['wall_s_mean'] / 60:.1f} min")
+            cells.append(
+                ""
+                if r is None
+                else f"{r['top1_mean']:.2f} [{r['top1_min']:.2f}, {r['top1_max']:.2f}] n={r['seeds']}, "
+                f"{r['steps']} steps, {r['wall_s_mean'] / 60:.1f} min"
+            )
         lines.append(f"| {b} | " + " | ".join(cells) + " |")
     (out_dir / "sweep.md").write_text("\n".join(lines) + "\n")
 

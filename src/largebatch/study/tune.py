@@ -70,33 +70,52 @@ def _momentum(trial) -> float:
 
 
 def _space_sgd(trial, epochs: int, batch: int) -> list[str]:
-    return [f"optim.base_lr={_log_uniform(trial, 'base_lr', 0.01, 3.0)}", "optim.base_batch_size=256",
-            "optim.lr_scaling=linear", f"schedule.warmup_epochs={_warmup(trial, epochs)}",
-            f"optim.momentum={_momentum(trial)}"]
+    return [
+        f"optim.base_lr={_log_uniform(trial, 'base_lr', 0.01, 3.0)}",
+        "optim.base_batch_size=256",
+        "optim.lr_scaling=linear",
+        f"schedule.warmup_epochs={_warmup(trial, epochs)}",
+        f"optim.momentum={_momentum(trial)}",
+    ]
 
 
 def _space_lars(trial, epochs: int, batch: int) -> list[str]:
-    return [f"optim.base_lr={_log_uniform(trial, 'base_lr', 0.1, 30.0)}", "optim.base_batch_size=256",
-            "optim.lr_scaling=linear", f"schedule.warmup_epochs={_warmup(trial, epochs)}",
-            f"optim.momentum={_momentum(trial)}"]
+    return [
+        f"optim.base_lr={_log_uniform(trial, 'base_lr', 0.1, 30.0)}",
+        "optim.base_batch_size=256",
+        "optim.lr_scaling=linear",
+        f"schedule.warmup_epochs={_warmup(trial, epochs)}",
+        f"optim.momentum={_momentum(trial)}",
+    ]
 
 
 def _space_lamb(trial, epochs: int, batch: int) -> list[str]:
     # the LR at this batch itself (no rule: it is retuned at every batch)
-    return [f"optim.base_lr={_log_uniform(trial, 'lr', 1e-3, 0.2)}", f"optim.base_batch_size={batch}",
-            "optim.lr_scaling=linear", f"schedule.warmup_epochs={_warmup(trial, epochs)}"]
+    return [
+        f"optim.base_lr={_log_uniform(trial, 'lr', 1e-3, 0.2)}",
+        f"optim.base_batch_size={batch}",
+        "optim.lr_scaling=linear",
+        f"schedule.warmup_epochs={_warmup(trial, epochs)}",
+    ]
 
 
 def _space_akiba(trial, epochs: int, batch: int) -> list[str]:
     # eta_base of the SGD phase and momentum; the RMSprop-to-SGD transition and slow start as the recipe
-    return [f"optim.base_lr={_log_uniform(trial, 'base_lr', 0.02, 3.0)}", "optim.base_batch_size=256",
-            "optim.lr_scaling=linear", f"optim.momentum={_momentum(trial)}"]
+    return [
+        f"optim.base_lr={_log_uniform(trial, 'base_lr', 0.02, 3.0)}",
+        "optim.base_batch_size=256",
+        "optim.lr_scaling=linear",
+        f"optim.momentum={_momentum(trial)}",
+    ]
 
 
 def _space_goyal_base(trial, epochs: int, batch: int) -> list[str]:
     # Goyal et al. sec. 2.1: the reference LR is the one hyperparameter tuned, at the base batch
-    return [f"optim.base_lr={_log_uniform(trial, 'base_lr', 0.01, 3.0)}", "optim.base_batch_size=256",
-            "optim.lr_scaling=linear"]
+    return [
+        f"optim.base_lr={_log_uniform(trial, 'base_lr', 0.01, 3.0)}",
+        "optim.base_batch_size=256",
+        "optim.lr_scaling=linear",
+    ]
 
 
 SPACES: dict[str, Callable] = {
@@ -184,15 +203,19 @@ def trial_config(spec: TuneSpec, method: str, batch: int, params_overrides: list
         ConfigError: for an override the config refuses.
     """
 
-
     cfg = run_config(method, batch, seed, spec.epochs_for(batch), list(spec.overrides))
     n_train = _train_images(cfg, spec.val_size)
     steps_per_epoch = max(1, n_train // cfg.train.global_batch_size)
-    run = [f"data.val_size={spec.val_size}",
-           f"train.val_every_steps={max(1, round(steps_per_epoch / spec.evals_per_epoch))}",
-           "train.checkpoint_every_minutes=5"]
-    run.append(f"train.stop_at_val_top1={spec.target_val_top1}" if spec.objective == "steps"
-               else f"train.val_target_top1={spec.target_val_top1}")
+    run = [
+        f"data.val_size={spec.val_size}",
+        f"train.val_every_steps={max(1, round(steps_per_epoch / spec.evals_per_epoch))}",
+        "train.checkpoint_every_minutes=5",
+    ]
+    run.append(
+        f"train.stop_at_val_top1={spec.target_val_top1}"
+        if spec.objective == "steps"
+        else f"train.val_target_top1={spec.target_val_top1}"
+    )
     cfg = apply_overrides(cfg, [*run, *params_overrides])
     return dataclasses.replace(cfg, recipe=f"tune-{method}-b{batch}-s{seed}")
 
@@ -230,8 +253,9 @@ class TrialDiverged(Exception):
     """The trial's training loss became NaN or Inf, or its gradients kept being non-finite."""
 
 
-def run_trial(cfg, run_dir: Path, *, recipe: str, nproc: int, report: Callable[[float, int], bool],
-              log_path: Path) -> dict:
+def run_trial(
+    cfg, run_dir: Path, *, recipe: str, nproc: int, report: Callable[[float, int], bool], log_path: Path
+) -> dict:
     """Run one trial as ``largebatch train`` into ``run_dir``; ``report(val_top1, step)`` is called at
     every validation evaluation and returns True to prune (the run gets SIGTERM, checkpoints and
     stops). Returns the run's summary (``pruned`` set when it was stopped).
@@ -240,8 +264,18 @@ def run_trial(cfg, run_dir: Path, *, recipe: str, nproc: int, report: Callable[[
         TrialDiverged: when the run stopped on a non-finite loss or gradient.
         RuntimeError: when it failed otherwise (its log named).
     """
-    cmd = [sys.executable, "-m", "largebatch", "train", "--nproc", str(nproc), "--out", str(run_dir),
-           "--recipe", recipe]
+    cmd = [
+        sys.executable,
+        "-m",
+        "largebatch",
+        "train",
+        "--nproc",
+        str(nproc),
+        "--out",
+        str(run_dir),
+        "--recipe",
+        recipe,
+    ]
     for item in _overrides_of(cfg):
         cmd += ["--set", item]
     ckpts = run_dir / "checkpoints"
@@ -251,8 +285,13 @@ def run_trial(cfg, run_dir: Path, *, recipe: str, nproc: int, report: Callable[[
     offset = 0
     pruned = False
     with open(log_path, "a") as log_file:
-        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
-                                env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        proc = subprocess.Popen(
+            cmd,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        )
         try:
             while True:
                 try:
@@ -280,8 +319,12 @@ def run_trial(cfg, run_dir: Path, *, recipe: str, nproc: int, report: Callable[[
         return {**(read_result(run_dir) or {}), "pruned": True}
     if proc.returncode != 0:
         tail = log_path.read_text()[-3000:]
-        if "training loss is" in tail or "NonFiniteGradient" in tail or "stopping (train.nonfinite_policy" in tail \
-                or "train.max_nonfinite_steps" in tail:
+        if (
+            "training loss is" in tail
+            or "NonFiniteGradient" in tail
+            or "stopping (train.nonfinite_policy" in tail
+            or "train.max_nonfinite_steps" in tail
+        ):
             raise TrialDiverged(tail.strip().splitlines()[-1][:300])
         raise RuntimeError(f"trial {run_dir} failed (exit {proc.returncode}); log {log_path}:\n{tail}")
     result = read_result(run_dir)
@@ -321,16 +364,22 @@ def _storage(spec: TuneSpec):
     if spec.storage_url.startswith("sqlite"):
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
     # Optuna 4.9 renamed the retry callback; older 4.x releases have only the first name
-    retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
-    return optuna.storages.RDBStorage(spec.storage_url, heartbeat_interval=30, grace_period=120,
-                                      failed_trial_callback=retry(max_retry=3), **kwargs)
+    retry = (
+        getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
+    )
+    return optuna.storages.RDBStorage(
+        spec.storage_url, heartbeat_interval=30, grace_period=120, failed_trial_callback=retry(max_retry=3), **kwargs
+    )
 
 
 def _finished(study) -> list:
     import optuna
 
-    return [t for t in study.get_trials(deepcopy=False)
-            if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    return [
+        t
+        for t in study.get_trials(deepcopy=False)
+        if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    ]
 
 
 def fixed_params(spec: TuneSpec, storage, method: str) -> list[str]:
@@ -350,8 +399,11 @@ def fixed_params(spec: TuneSpec, storage, method: str) -> list[str]:
         raise SweepError(f"goyal at the base batch {spec.base_batch} has no finished trial: tune it first") from None
     lr = best.params["base_lr"]
     if method == "no_scaling":
-        return [f"optim.base_lr={lr * spec.base_batch / 256}", f"optim.base_batch_size={spec.base_batch}",
-                "optim.lr_scaling=none"]
+        return [
+            f"optim.base_lr={lr * spec.base_batch / 256}",
+            f"optim.base_batch_size={spec.base_batch}",
+            "optim.lr_scaling=none",
+        ]
     return [f"optim.base_lr={lr}", "optim.base_batch_size=256", "optim.lr_scaling=linear"]
 
 
@@ -384,16 +436,21 @@ def tune_cell(spec: TuneSpec, method: str, batch: int, storage, *, progress: Cal
     """Run the missing trials of one (method, global batch) study."""
     import optuna
 
-    retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
+    retry = (
+        getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
+    )
     fixed = method in FIXED_METHODS and not (method == "goyal" and batch == spec.base_batch)
     n_trials = 1 if fixed else spec.trials
     name = study_name(method, batch, spec)
     planned_steps = total_steps_of(trial_config(spec, method, batch, []), spec.val_size, spec.nproc)
     study = optuna.create_study(
-        study_name=name, storage=storage, load_if_exists=True,
+        study_name=name,
+        storage=storage,
+        load_if_exists=True,
         direction="minimize" if spec.objective == "steps" else "maximize",
         sampler=optuna.samplers.TPESampler(seed=sampler_seed(name, storage), n_startup_trials=min(4, n_trials)),
-        pruner=_pruner(spec, warmup_steps=planned_steps // 5))
+        pruner=_pruner(spec, warmup_steps=planned_steps // 5),
+    )
     study.set_metric_names(["steps_to_val_target" if spec.objective == "steps" else "val_top1"])
     if len(_finished(study)) >= n_trials:
         return
@@ -402,8 +459,11 @@ def tune_cell(spec: TuneSpec, method: str, batch: int, storage, *, progress: Cal
     trials = study.get_trials(deepcopy=False)
     taken = {t.user_attrs.get("resume_run_number") for t in trials}
     for t in trials:
-        if t.state == optuna.trial.TrialState.FAIL and t.user_attrs.get("interrupted") \
-                and t.user_attrs.get("run_number") not in taken:
+        if (
+            t.state == optuna.trial.TrialState.FAIL
+            and t.user_attrs.get("interrupted")
+            and t.user_attrs.get("run_number") not in taken
+        ):
             study.enqueue_trial(t.params, user_attrs={"resume_run_number": t.user_attrs["run_number"]})
             taken.add(t.user_attrs["run_number"])
     fixed_overrides = fixed_params(spec, storage, method) if fixed else []
@@ -431,8 +491,14 @@ def tune_cell(spec: TuneSpec, method: str, batch: int, storage, *, progress: Cal
 
         t0 = time.perf_counter()
         try:
-            result = run_trial(cfg, run_dir, recipe=METHODS[method].recipe, nproc=spec.nproc, report=report,
-                               log_path=run_dir.parent / f"trial_{number:03d}.log")
+            result = run_trial(
+                cfg,
+                run_dir,
+                recipe=METHODS[method].recipe,
+                nproc=spec.nproc,
+                report=report,
+                log_path=run_dir.parent / f"trial_{number:03d}.log",
+            )
         except KeyboardInterrupt:
             trial.set_user_attr("interrupted", True)
             raise
@@ -442,24 +508,42 @@ def tune_cell(spec: TuneSpec, method: str, batch: int, storage, *, progress: Cal
             progress(f"{name} trial {number}: diverged ({err})")
             raise optuna.TrialPruned(f"diverged: {err}") from None
         result = {**last, **{k: v for k, v in result.items() if v is not None}}
-        for key in ("top1", "val_top1", "best_val_top1", "steps", "steps_to_val_target", "images_to_val_target",
-                    "wall_s", "peak_lr"):
+        for key in (
+            "top1",
+            "val_top1",
+            "best_val_top1",
+            "steps",
+            "steps_to_val_target",
+            "images_to_val_target",
+            "wall_s",
+            "peak_lr",
+        ):
             if result.get(key) is not None:
                 trial.set_user_attr(key, result[key])
         wall = time.perf_counter() - t0
         trial.set_user_attr("trial_wall_s", wall)
         if result.get("pruned"):
-            progress(f"{name} trial {number}: pruned at step {result.get('steps', '?')} "
-                     f"(val top-1 {result.get('val_top1') or 0:.2f}%), {wall:.0f} s")
+            progress(
+                f"{name} trial {number}: pruned at step {result.get('steps', '?')} "
+                f"(val top-1 {result.get('val_top1') or 0:.2f}%), {wall:.0f} s"
+            )
             raise optuna.TrialPruned()
         value = trial_value(result, spec, total_steps)
-        progress(f"{name} trial {number}: {'steps ' if spec.objective == 'steps' else 'val top-1 '}{value:.4g} "
-                 f"(val top-1 {result.get('val_top1') or 0:.2f}%, test {result.get('top1', float('nan')):.2f}%), {wall:.0f} s")
+        progress(
+            f"{name} trial {number}: {'steps ' if spec.objective == 'steps' else 'val top-1 '}{value:.4g} "
+            f"(val top-1 {result.get('val_top1') or 0:.2f}%, test {result.get('top1', float('nan')):.2f}%), {wall:.0f} s"
+        )
         return value
 
-    study.optimize(objective, callbacks=[optuna.study.MaxTrialsCallback(
-        n_trials, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))],
-        catch=())
+    study.optimize(
+        objective,
+        callbacks=[
+            optuna.study.MaxTrialsCallback(
+                n_trials, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+            )
+        ],
+        catch=(),
+    )
 
 
 def confirm_seeds(spec: TuneSpec, method: str, batch: int, storage, *, progress: Callable[[str], None]) -> None:
@@ -477,8 +561,14 @@ def confirm_seeds(spec: TuneSpec, method: str, batch: int, storage, *, progress:
         if read_result(run_dir) is not None:
             continue
         cfg = trial_config(spec, method, batch, params, seed=seed)
-        result = run_trial(cfg, run_dir, recipe=METHODS[method].recipe, nproc=spec.nproc,
-                           report=lambda v, s: False, log_path=run_dir.parent / f"confirm_s{seed}.log")
+        result = run_trial(
+            cfg,
+            run_dir,
+            recipe=METHODS[method].recipe,
+            nproc=spec.nproc,
+            report=lambda v, s: False,
+            log_path=run_dir.parent / f"confirm_s{seed}.log",
+        )
         progress(f"{study_name(method, batch, spec)} seed {seed}: test top-1 {result.get('top1', float('nan')):.2f}%")
 
 
@@ -492,7 +582,6 @@ def run_tuned_sweep(spec: TuneSpec, *, progress: Callable[[str], None] | None = 
     """
     import optuna
 
-
     check_spec(spec)
 
     # Optuna marks set_metric_names and the retry callback experimental; the study does not depend on it
@@ -505,7 +594,9 @@ def run_tuned_sweep(spec: TuneSpec, *, progress: Callable[[str], None] | None = 
                 resolve_stages(trial_config(spec, method, b, []), spec.nproc)
             except ConfigError as err:
                 raise SweepError(f"{method} at global batch {b}: {err}") from None
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # its per-trial warnings (with tracebacks) stay out of the terminal
+    optuna.logging.set_verbosity(
+        optuna.logging.ERROR
+    )  # its per-trial warnings (with tracebacks) stay out of the terminal
     storage = _storage(spec)
 
     def on_sigterm(signum, frame):  # the running trial checkpoints and stops; the command resumes it
@@ -522,8 +613,10 @@ def run_tuned_sweep(spec: TuneSpec, *, progress: Callable[[str], None] | None = 
 
 
 def _run_cells(spec: TuneSpec, storage, say: Callable[[str], None]) -> None:
-    say(f"study storage {spec.storage_url}; {len(spec.methods)} methods x {len(spec.batch_sizes)} batches, "
-        f"{spec.trials} trials per cell, objective {spec.objective}")
+    say(
+        f"study storage {spec.storage_url}; {len(spec.methods)} methods x {len(spec.batch_sizes)} batches, "
+        f"{spec.trials} trials per cell, objective {spec.objective}"
+    )
     order = sorted(spec.methods, key=lambda m: m not in FIXED_METHODS)  # goyal's base cell before its rule
     for method in order:
         cells = sorted(spec.batch_sizes)
@@ -558,24 +651,33 @@ def collect_tuned(spec: TuneSpec, storage=None) -> list[dict]:
                 if r is not None:
                     tests.append(r.get("top1"))
             tests = [t for t in tests if t is not None]
-            reached = [t.user_attrs["steps_to_val_target"] for t in complete
-                       if t.user_attrs.get("steps_to_val_target") is not None]
-            rows.append({
-                "method": method, "global_batch_size": b, "trial": best.number,
-                "params": {k: round(v, 6) for k, v in best.params.items()},
-                "overrides": best.user_attrs.get("overrides", []),
-                "value": best.value,
-                "steps_to_target": min(reached) if reached else None,
-                "val_top1": best.user_attrs.get("val_top1"),
-                "test_top1": tests[0] if tests else None,
-                "test_top1_mean": statistics.fmean(tests) if tests else None,
-                "test_top1_min": min(tests) if tests else None, "test_top1_max": max(tests) if tests else None,
-                "seeds": len(tests),
-                "trials": len(trials), "pruned": len(trials) - len(complete),
-                "diverged": sum(1 for t in trials if "diverged" in t.user_attrs),
-                "wall_s": sum(t.user_attrs.get("trial_wall_s", 0.0) for t in trials),
-                "run_dir": best.user_attrs.get("run_dir"),
-            })
+            reached = [
+                t.user_attrs["steps_to_val_target"]
+                for t in complete
+                if t.user_attrs.get("steps_to_val_target") is not None
+            ]
+            rows.append(
+                {
+                    "method": method,
+                    "global_batch_size": b,
+                    "trial": best.number,
+                    "params": {k: round(v, 6) for k, v in best.params.items()},
+                    "overrides": best.user_attrs.get("overrides", []),
+                    "value": best.value,
+                    "steps_to_target": min(reached) if reached else None,
+                    "val_top1": best.user_attrs.get("val_top1"),
+                    "test_top1": tests[0] if tests else None,
+                    "test_top1_mean": statistics.fmean(tests) if tests else None,
+                    "test_top1_min": min(tests) if tests else None,
+                    "test_top1_max": max(tests) if tests else None,
+                    "seeds": len(tests),
+                    "trials": len(trials),
+                    "pruned": len(trials) - len(complete),
+                    "diverged": sum(1 for t in trials if "diverged" in t.user_attrs),
+                    "wall_s": sum(t.user_attrs.get("trial_wall_s", 0.0) for t in trials),
+                    "run_dir": best.user_attrs.get("run_dir"),
+                }
+            )
     return rows
 
 
@@ -589,35 +691,72 @@ def write_tuned_outputs(spec: TuneSpec, rows: list[dict]) -> None:
     fits = {}
     if spec.objective == "steps":
         for method in spec.methods:
-            pts = [(r["global_batch_size"], r["steps_to_target"]) for r in rows
-                   if r["method"] == method and r["steps_to_target"] is not None]
+            pts = [
+                (r["global_batch_size"], r["steps_to_target"])
+                for r in rows
+                if r["method"] == method and r["steps_to_target"] is not None
+            ]
             if len(pts) >= 3:
                 fits[method] = fit_steps_to_target([b for b, _ in pts], [s for _, s in pts]).as_dict()
-    (out / "tuned.json").write_text(json.dumps({"spec": {
-        "methods": spec.methods, "batch_sizes": spec.batch_sizes, "epochs": spec.epochs, "epochs_at": dict(spec.epochs_at), "trials": spec.trials,
-        "objective": spec.objective, "target_val_top1": spec.target_val_top1, "val_size": spec.val_size,
-        "evals_per_epoch": spec.evals_per_epoch, "pruner": spec.pruner, "seeds": list(spec.seeds),
-        "overrides": list(spec.overrides), "nproc": spec.nproc}, "rows": rows, "fits": fits}, indent=1) + "\n")
-    head = ("steps to val top-1 " + f"{spec.target_val_top1:g}%" if spec.objective == "steps"
-            else f"val top-1 after {spec.epochs} epochs")
-    lines = [f"Best trial per cell by {head} ({spec.trials} trials per tuned cell, pruner {spec.pruner}, "
-             f"validation split {spec.val_size} images); test top-1 of that trial (mean [min, max] over "
-             f"{len(spec.seeds)} seed(s)).", "",
-             "| method | global batch | trial | hyperparameters | steps to target | val top-1 | test top-1 | "
-             "trials (pruned, diverged) | CPU min |", "|---|---|---|---|---|---|---|---|---|"]
+    (out / "tuned.json").write_text(
+        json.dumps(
+            {
+                "spec": {
+                    "methods": spec.methods,
+                    "batch_sizes": spec.batch_sizes,
+                    "epochs": spec.epochs,
+                    "epochs_at": dict(spec.epochs_at),
+                    "trials": spec.trials,
+                    "objective": spec.objective,
+                    "target_val_top1": spec.target_val_top1,
+                    "val_size": spec.val_size,
+                    "evals_per_epoch": spec.evals_per_epoch,
+                    "pruner": spec.pruner,
+                    "seeds": list(spec.seeds),
+                    "overrides": list(spec.overrides),
+                    "nproc": spec.nproc,
+                },
+                "rows": rows,
+                "fits": fits,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
+    head = (
+        "steps to val top-1 " + f"{spec.target_val_top1:g}%"
+        if spec.objective == "steps"
+        else f"val top-1 after {spec.epochs} epochs"
+    )
+    lines = [
+        f"Best trial per cell by {head} ({spec.trials} trials per tuned cell, pruner {spec.pruner}, "
+        f"validation split {spec.val_size} images); test top-1 of that trial (mean [min, max] over "
+        f"{len(spec.seeds)} seed(s)).",
+        "",
+        "| method | global batch | trial | hyperparameters | steps to target | val top-1 | test top-1 | "
+        "trials (pruned, diverged) | CPU min |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         params = ", ".join(f"{k} {v:.4g}" for k, v in r["params"].items()) or "rule: " + " ".join(r["overrides"])
-        test = ("" if r["test_top1_mean"] is None else
-                f"{r['test_top1_mean']:.2f}" + (f" [{r['test_top1_min']:.2f}, {r['test_top1_max']:.2f}]"
-                                                 if r["seeds"] > 1 else ""))
-        lines.append(f"| {r['method']} | {r['global_batch_size']} | {r['trial']} | {params} | "
-                     f"{r['steps_to_target'] if r['steps_to_target'] is not None else 'not reached'} | "
-                     f"{(r['val_top1'] or 0):.2f} | {test} | {r['trials']} ({r['pruned']}, {r['diverged']}) | "
-                     f"{r['wall_s'] * spec.nproc / 60:.1f} |")
+        test = (
+            ""
+            if r["test_top1_mean"] is None
+            else f"{r['test_top1_mean']:.2f}"
+            + (f" [{r['test_top1_min']:.2f}, {r['test_top1_max']:.2f}]" if r["seeds"] > 1 else "")
+        )
+        lines.append(
+            f"| {r['method']} | {r['global_batch_size']} | {r['trial']} | {params} | "
+            f"{r['steps_to_target'] if r['steps_to_target'] is not None else 'not reached'} | "
+            f"{(r['val_top1'] or 0):.2f} | {test} | {r['trials']} ({r['pruned']}, {r['diverged']}) | "
+            f"{r['wall_s'] * spec.nproc / 60:.1f} |"
+        )
     for method, fit in fits.items():
         lines.append("")
-        lines.append(f"{method}: S = S_min (1 + B_noise / B) fit: S_min {fit['s_min']:.1f} +- {fit['s_min_se']:.1f} "
-                     f"steps, B_noise (critical batch) {fit['b_noise']:.0f} +- {fit['b_noise_se']:.0f} images")
+        lines.append(
+            f"{method}: S = S_min (1 + B_noise / B) fit: S_min {fit['s_min']:.1f} +- {fit['s_min_se']:.1f} "
+            f"steps, B_noise (critical batch) {fit['b_noise']:.0f} +- {fit['b_noise_se']:.0f} images"
+        )
     (out / "tuned.md").write_text("\n".join(lines) + "\n")
     _plot(spec, rows, fits, out)
 
@@ -633,11 +772,14 @@ def _plot(spec: TuneSpec, rows: list[dict], fits: dict, out: Path) -> None:
     batches = sorted({r["global_batch_size"] for r in rows})
     if spec.objective == "steps":
         for m in methods:
-            pts = sorted((r["global_batch_size"], r["steps_to_target"]) for r in rows
-                         if r["method"] == m and r["steps_to_target"] is not None)
+            pts = sorted(
+                (r["global_batch_size"], r["steps_to_target"])
+                for r in rows
+                if r["method"] == m and r["steps_to_target"] is not None
+            )
             if not pts:
                 continue
-            line, = ax.plot([b for b, _ in pts], [s for _, s in pts], marker="o", label=METHODS[m].label)
+            (line,) = ax.plot([b for b, _ in pts], [s for _, s in pts], marker="o", label=METHODS[m].label)
             if m in fits:
                 f = fits[m]
                 xs = [batches[0] * (batches[-1] / batches[0]) ** (i / 50) for i in range(51)]
@@ -649,15 +791,24 @@ def _plot(spec: TuneSpec, rows: list[dict], fits: dict, out: Path) -> None:
                 best[b] = min(best.get(b, math.inf), r["steps_to_target"])
         if best:
             b0 = min(best)
-            ax.plot(batches, [best[b0] * b0 / b for b in batches], color="gray", ls="--", lw=1,
-                    label="perfect scaling (steps x batch constant)")
+            ax.plot(
+                batches,
+                [best[b0] * b0 / b for b in batches],
+                color="gray",
+                ls="--",
+                lw=1,
+                label="perfect scaling (steps x batch constant)",
+            )
         ax.set_yscale("log")
         ax.set_ylabel(f"steps to val top-1 {spec.target_val_top1:g}%")
         ax.set_title("Steps to target against global batch (as Shallue et al. 2018, Fig. 1)")
     else:
         for m in methods:
-            pts = sorted((r["global_batch_size"], 100 - r["test_top1_mean"]) for r in rows
-                         if r["method"] == m and r["test_top1_mean"] is not None)
+            pts = sorted(
+                (r["global_batch_size"], 100 - r["test_top1_mean"])
+                for r in rows
+                if r["method"] == m and r["test_top1_mean"] is not None
+            )
             ax.plot([b for b, _ in pts], [e for _, e in pts], marker="o", label=METHODS[m].label)
         ax.set_ylabel(f"test error after {spec.epochs} epochs (%), chosen on validation")
         ax.set_title("Error against global batch at equal epochs (as Goyal et al. 2017, Fig. 1)")

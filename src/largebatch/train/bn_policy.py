@@ -26,8 +26,17 @@ class BNPolicy:
     """Args: the (unwrapped) model, the run's data, the ``train`` config section, the plan of the
     first stage, the distributed environment, the memory format and the autocast dtype of the run."""
 
-    def __init__(self, model: nn.Module, data, train_cfg, plan: Plan, env, *, channels_last: bool,
-                 autocast_dtype: torch.dtype | None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        data,
+        train_cfg,
+        plan: Plan,
+        env,
+        *,
+        channels_last: bool,
+        autocast_dtype: torch.dtype | None,
+    ) -> None:
         self.model, self.data, self.cfg, self.plan, self.env = model, data, train_cfg, plan, env
         self.channels_last, self.autocast_dtype = channels_last, autocast_dtype
 
@@ -50,8 +59,13 @@ class BNPolicy:
         """Population BN statistics over train.bn.precise_batches global batches of the current epoch's
         stage (at most one epoch), drawn with their own shuffle and augmentation seed."""
         k = min(self.cfg.bn.precise_batches, steps_per_epoch)
-        sampler = GlobalBatchSampler(self.data.num_train, self.plan.global_batch_size, world_size=self.env.world_size,
-                                     rank=self.env.rank, seed=derive_seed(self.cfg.seed, "precise_bn"))
+        sampler = GlobalBatchSampler(
+            self.data.num_train,
+            self.plan.global_batch_size,
+            world_size=self.env.world_size,
+            rank=self.env.rank,
+            seed=derive_seed(self.cfg.seed, "precise_bn"),
+        )
         sampler.set_epoch(epoch)
         seed = derive_seed(self.cfg.seed, "precise_bn_augment")
 
@@ -63,6 +77,8 @@ class BNPolicy:
                     images = images.contiguous(memory_format=torch.channels_last)
                 yield from images.chunk(self.plan.accumulation_steps)
 
-        with torch.no_grad(), torch.autocast(self.env.device.type, dtype=self.autocast_dtype,
-                                             enabled=self.autocast_dtype is not None):
+        with (
+            torch.no_grad(),
+            torch.autocast(self.env.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None),
+        ):
             recompute_bn_statistics(self.model, micro_batches())

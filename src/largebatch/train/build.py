@@ -35,25 +35,40 @@ def build_run_model(cfg: Config, plan: Plan, env: DistEnv, data) -> tuple[nn.Mod
     """
     t = cfg.train
     torch.manual_seed(t.seed)
-    model = build_model(cfg.model.name, num_classes=data.num_classes, in_channels=data.in_channels,
-                        bn_batch_size=plan.bn_local_batch_size, width=cfg.model.width,
-                        blocks_per_stage=cfg.model.blocks_per_stage, zero_init_residual=cfg.model.zero_init_residual,
-                        fc_init_std=cfg.model.fc_init_std).to(env.device)
+    model = build_model(
+        cfg.model.name,
+        num_classes=data.num_classes,
+        in_channels=data.in_channels,
+        bn_batch_size=plan.bn_local_batch_size,
+        width=cfg.model.width,
+        blocks_per_stage=cfg.model.blocks_per_stage,
+        zero_init_residual=cfg.model.zero_init_residual,
+        fc_init_std=cfg.model.fc_init_std,
+    ).to(env.device)
     if t.init_from:
         init_from(model, t.init_from)
     channels_last = cfg.model.channels_last
     unsafe = channels_last_unsafe_convs(model, env.device) if channels_last else []
     if unsafe:
         channels_last = False
-        log.warning("model.channels_last=true ignored: channels_last weight gradients of %s (1x1, stride 2, fewer "
-                    "than 8 input channels) corrupt memory on this CPU with torch %s; the model stays contiguous "
-                    "(use model.width >= 8 for channels_last)", ", ".join(unsafe), torch.__version__)
+        log.warning(
+            "model.channels_last=true ignored: channels_last weight gradients of %s (1x1, stride 2, fewer "
+            "than 8 input channels) corrupt memory on this CPU with torch %s; the model stays contiguous "
+            "(use model.width >= 8 for channels_last)",
+            ", ".join(unsafe),
+            torch.__version__,
+        )
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     torch.manual_seed(t.seed + env.rank)
     sync_group = consecutive_groups(plan.bn_sync_ranks) if env.distributed and plan.bn_sync_ranks > 1 else None
-    configure_bn(model, statistics=t.bn.statistics, variance_averaging=t.bn.variance_averaging,
-                 sync_group=sync_group, sync_ranks=plan.bn_sync_ranks)
+    configure_bn(
+        model,
+        statistics=t.bn.statistics,
+        variance_averaging=t.bn.variance_averaging,
+        sync_group=sync_group,
+        sync_ranks=plan.bn_sync_ranks,
+    )
     return model, channels_last
 
 
@@ -62,15 +77,24 @@ def wrap_ddp(model: nn.Module, cfg: Config, env: DistEnv) -> nn.Module:
     BN buffers stay per worker (Goyal et al. 2017 sec. 2.3): no broadcast from rank 0 at every forward."""
     if not env.distributed:
         return model
-    return DDP(model, forward_sync_buffers=False, bucket_cap_mb=cfg.comm.bucket_cap_mb,
-               device_ids=[env.device.index] if env.device.type == "cuda" else None)
+    return DDP(
+        model,
+        forward_sync_buffers=False,
+        bucket_cap_mb=cfg.comm.bucket_cap_mb,
+        device_ids=[env.device.index] if env.device.type == "cuda" else None,
+    )
 
 
 def check_batches_fit(num_train: int, stages, env: DistEnv, seed: int) -> None:
     """Raises the sampler's clear ValueError when a stage's global batch exceeds the training set."""
     if any(num_train < st.plan.global_batch_size for st in stages):
-        GlobalBatchSampler(num_train, max(st.plan.global_batch_size for st in stages), world_size=env.world_size,
-                           rank=env.rank, seed=seed)
+        GlobalBatchSampler(
+            num_train,
+            max(st.plan.global_batch_size for st in stages),
+            world_size=env.world_size,
+            rank=env.rank,
+            seed=seed,
+        )
 
 
 def init_from(model: nn.Module, path: str) -> None:
@@ -84,9 +108,11 @@ def init_from(model: nn.Module, path: str) -> None:
         model.load_state_dict(state)
     except RuntimeError as err:
         first = str(err).strip().splitlines()
-        raise ConfigError(f"train.init_from={path}: its model does not fit this one "
-                          f"({first[1].strip() if len(first) > 1 else first[0]}); "
-                          "use the model.* settings of the run that wrote it") from None
+        raise ConfigError(
+            f"train.init_from={path}: its model does not fit this one "
+            f"({first[1].strip() if len(first) > 1 else first[0]}); "
+            "use the model.* settings of the run that wrote it"
+        ) from None
     log.info("model weights and BN buffers from %s (train.init_from); optimizer, schedule and steps start fresh", path)
 
 
@@ -97,24 +123,33 @@ def register_comm_hook(ddp, cfg: Config, plan: Plan, env: DistEnv):
     c = cfg.comm
     state = None
     if c.algorithm != "allreduce":
-        topology = make_topology(env.world_size, workers_per_node=c.workers_per_node or env.local_world_size,
-                                 torus_x=c.torus_x)
+        topology = make_topology(
+            env.world_size, workers_per_node=c.workers_per_node or env.local_world_size, torus_x=c.torus_x
+        )
         state = HookState(groups=build_groups(topology), hierarchical_mode=c.hierarchical_mode)
-        log.info("gradient all-reduce: %s%s over %s, %s backend", c.algorithm,
-                 f" ({c.hierarchical_mode})" if c.algorithm == "hierarchical" else "", topology.describe(), env.backend)
+        log.info(
+            "gradient all-reduce: %s%s over %s, %s backend",
+            c.algorithm,
+            f" ({c.hierarchical_mode})" if c.algorithm == "hierarchical" else "",
+            topology.describe(),
+            env.backend,
+        )
     pair = make_comm_hook(c.algorithm, c.compression, state)
     noise_hook = None
     if cfg.train.noise_scale:  # wraps the chosen all-reduce (or DDP's own): norms before and after
-
         noise_hook, hook = wrap_hook(pair)
         ddp.register_comm_hook(noise_hook, hook)
-        log.info("gradient noise scale (McCandlish et al. 2018): worker batch %d against global batch %d",
-                 plan.per_worker_batch_size, plan.global_batch_size)
+        log.info(
+            "gradient noise scale (McCandlish et al. 2018): worker batch %d against global batch %d",
+            plan.per_worker_batch_size,
+            plan.global_batch_size,
+        )
     elif pair is not None:
         ddp.register_comm_hook(*pair)
     if pair is not None:
-        log.info("DDP communication hook: %s, compression %s, buckets of %g MiB", c.algorithm, c.compression,
-                 c.bucket_cap_mb)
+        log.info(
+            "DDP communication hook: %s, compression %s, buckets of %g MiB", c.algorithm, c.compression, c.bucket_cap_mb
+        )
     return noise_hook
 
 
@@ -131,9 +166,15 @@ def check_resumable(cfg: Config, ckpt: dict, path, precision) -> None:
     if mismatch:
         raise ConfigError(mismatch)
     if ckpt.get("precision", precision.precision) != precision.precision:
-        log.warning("checkpoint %s was trained in %s, this segment runs in %s (%s): the run goes on, but is not "
-                    "bitwise an uninterrupted one; set train.precision=%s to keep it", path, ckpt["precision"],
-                    precision.precision, precision.reason, ckpt["precision"])
+        log.warning(
+            "checkpoint %s was trained in %s, this segment runs in %s (%s): the run goes on, but is not "
+            "bitwise an uninterrupted one; set train.precision=%s to keep it",
+            path,
+            ckpt["precision"],
+            precision.precision,
+            precision.reason,
+            ckpt["precision"],
+        )
 
 
 def log_setup(cfg: Config, plan: Plan, precision, position) -> None:
@@ -141,8 +182,14 @@ def log_setup(cfg: Config, plan: Plan, precision, position) -> None:
     t = cfg.train
     log.info("%s", plan.describe())
     log.info("precision %s (train.precision=%s): %s", precision.precision, t.precision, precision.reason)
-    log.info("BN: %s statistics%s", t.bn.statistics,
-             f" ({t.bn.variance_averaging} variance)" if t.bn.statistics == "last_batch" else
-             f" over {t.bn.precise_batches} batches before each evaluation" if t.bn.statistics == "precise" else "")
+    log.info(
+        "BN: %s statistics%s",
+        t.bn.statistics,
+        f" ({t.bn.variance_averaging} variance)"
+        if t.bn.statistics == "last_batch"
+        else f" over {t.bn.precise_batches} batches before each evaluation"
+        if t.bn.statistics == "precise"
+        else "",
+    )
     for line in position.describe(plan.global_batch_size):
         log.info("%s", line)

@@ -134,8 +134,12 @@ class EvalCallback(Callback):
     def on_step_end(self, loop: Any, step: StepEnd) -> bool:
         t, st = self.cfg, loop.state
         will_eval = step.epoch_end and ((step.epoch + 1) % t.eval_every_epochs == 0 or step.epoch + 1 == t.epochs)
-        if t.val_every_steps and st.step % t.val_every_steps == 0 and not will_eval \
-                and self.evaluator.validation(st, wall_clock=loop.clock):
+        if (
+            t.val_every_steps
+            and st.step % t.val_every_steps == 0
+            and not will_eval
+            and self.evaluator.validation(st, wall_clock=loop.clock)
+        ):
             st.stopped_at_target = True
             return True
         if t.stop_after_images and st.images_seen >= t.stop_after_images and not step.epoch_end:
@@ -195,7 +199,8 @@ class CheckpointCallback(Callback):
 
 class LogCallback(Callback):
     """The training record of every ``train.log_every_steps`` steps and of each epoch's last step
-    (loss, LR, images/s, noise scale; one host sync per interval) and rank 0's progress bar."""
+    (loss, LR, images/s, noise scale; one host sync per interval), a ``stage`` record when a batch
+    schedule enters a new stage, and rank 0's progress bar."""
 
     name = "log"
 
@@ -203,12 +208,26 @@ class LogCallback(Callback):
         self.cfg, self.noise_values = train_cfg, noise_values
         self.progress: Progress | None = None
         self.interval: IntervalLog | None = None
+        self.stage_index = 0  # the trainer starts in the first stage
 
     def on_fit_start(self, loop: Any) -> None:
         self.progress = Progress(loop.env, loop.total_steps, loop.state.step)
 
     def on_epoch_start(self, loop: Any) -> None:
         self.interval = IntervalLog(loop.env, loop.metrics, self.progress, loop.total_steps)
+        stage = loop.stage
+        if stage.index != self.stage_index:
+            self.stage_index = stage.index
+            loop.metrics.write(
+                "stage",
+                step=loop.state.step,
+                epoch=loop.epoch_position(loop.state.step),
+                stage=stage.index,
+                global_batch_size=stage.plan.global_batch_size,
+                accumulation_steps=stage.plan.accumulation_steps,
+                bn_batch_size=stage.plan.bn_batch_size,
+                peak_lr=stage.plan.peak_lr,
+            )
 
     def on_step_end(self, loop: Any, step: StepEnd) -> bool:
         st = loop.state
@@ -216,8 +235,15 @@ class LogCallback(Callback):
         self.progress.update()
         if st.step % self.cfg.log_every_steps == 0 or step.epoch_end:
             loop.guard.settle(st)
-            self.interval.flush(st, step.epoch, step.lr, loop.plan.global_batch_size,
-                                loop.epoch_position(st.step), loop.clock, self.noise_values)
+            self.interval.flush(
+                st,
+                step.epoch,
+                step.lr,
+                loop.plan.global_batch_size,
+                loop.epoch_position(st.step),
+                loop.clock,
+                self.noise_values,
+            )
         return False
 
     def on_fit_end(self, loop: Any) -> None:

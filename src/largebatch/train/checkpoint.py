@@ -125,8 +125,11 @@ def load_checkpoint(path: Path) -> dict:
     if data.startswith(MAGIC):  # format 2: the checksum in a header
         if len(data) < _HEADER:
             raise CheckpointError(f"{path} is corrupt or truncated to {len(data)} bytes (format-2 header cut)")
-        expected, blob, fmt = data[len(MAGIC):len(MAGIC) + 64].decode(errors="replace"), memoryview(data)[_HEADER:], \
-            LEGACY_FORMAT
+        expected, blob, fmt = (
+            data[len(MAGIC) : len(MAGIC) + 64].decode(errors="replace"),
+            memoryview(data)[_HEADER:],
+            LEGACY_FORMAT,
+        )
     else:
         side = checksum_path(path)
         try:
@@ -134,18 +137,23 @@ def load_checkpoint(path: Path) -> dict:
         except (OSError, UnicodeDecodeError, IndexError):
             expected = ""
         if expected is None:
-            raise CheckpointError(f"{path} is not a largebatch checkpoint: no checksum file {side.name} beside it "
-                                  f"(copy both files)")
+            raise CheckpointError(
+                f"{path} is not a largebatch checkpoint: no checksum file {side.name} beside it (copy both files)"
+            )
         blob, fmt = memoryview(data), FORMAT
     actual = hashlib.sha256(blob).hexdigest()
     if actual != expected:
-        raise CheckpointError(f"{path} is corrupt or truncated: SHA-256 {actual[:12]}... does not match the "
-                              f"recorded {expected[:12] or '(unreadable)'}... ({len(blob)} bytes)")
+        raise CheckpointError(
+            f"{path} is corrupt or truncated: SHA-256 {actual[:12]}... does not match the "
+            f"recorded {expected[:12] or '(unreadable)'}... ({len(blob)} bytes)"
+        )
     try:
         ckpt = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise CheckpointError(f"{path} holds pickled objects other than tensors and plain values; refused "
-                              f"(checkpoints are loaded with weights_only=True): {str(err).splitlines()[0]}") from None
+        raise CheckpointError(
+            f"{path} holds pickled objects other than tensors and plain values; refused "
+            f"(checkpoints are loaded with weights_only=True): {str(err).splitlines()[0]}"
+        ) from None
     except Exception as err:  # torch raises several types for unreadable archives
         raise CheckpointError(f"cannot read checkpoint {path}: {err}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != fmt:

@@ -17,8 +17,16 @@ log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data, env: DistEnv, *, channels_last: bool, batch_size: int,
-             split: str = "test", autocast_dtype: torch.dtype | None = None) -> dict:
+def evaluate(
+    model: nn.Module,
+    data,
+    env: DistEnv,
+    *,
+    channels_last: bool,
+    batch_size: int,
+    split: str = "test",
+    autocast_dtype: torch.dtype | None = None,
+) -> dict:
     """Top-1 (and top-5 when there are more than 10 classes) and mean loss on the ``test`` split (or
     the held-out ``val`` split); every sample is counted exactly once across ranks (sums
     all-reduced). ``autocast_dtype``: the forward pass in that autocast (the run's precision); the
@@ -54,12 +62,31 @@ class Evaluator:
     ``prepare()`` is called first at every evaluation (it settles the non-finite guard and the BN
     statistics); ``position`` gives the fractional epoch and the LR of a step for the records."""
 
-    def __init__(self, model: nn.Module, data, env: DistEnv, train_cfg, metrics, position, *, channels_last: bool,
-                 autocast_dtype: torch.dtype | None, prepare) -> None:
-        self.model, self.data, self.env, self.cfg, self.metrics, self.position = model, data, env, train_cfg, metrics, position
+    def __init__(
+        self,
+        model: nn.Module,
+        data,
+        env: DistEnv,
+        train_cfg,
+        metrics,
+        position,
+        *,
+        channels_last: bool,
+        autocast_dtype: torch.dtype | None,
+        prepare,
+    ) -> None:
+        self.model, self.data, self.env, self.cfg, self.metrics, self.position = (
+            model,
+            data,
+            env,
+            train_cfg,
+            metrics,
+            position,
+        )
         self.prepare = prepare
-        self.kwargs = dict(channels_last=channels_last, batch_size=train_cfg.eval_batch_size,
-                           autocast_dtype=autocast_dtype)
+        self.kwargs = dict(
+            channels_last=channels_last, batch_size=train_cfg.eval_batch_size, autocast_dtype=autocast_dtype
+        )
 
     def _record_val(self, state, v: dict) -> None:
         state.val_top1 = v["top1"]
@@ -67,16 +94,24 @@ class Evaluator:
         target = self.cfg.stop_at_val_top1 or self.cfg.val_target_top1
         if target and state.steps_to_val_target is None and v["top1"] >= target:
             state.steps_to_val_target, state.images_to_val_target = state.step, state.images_seen
-            log.info("validation top-1 %.2f%% reached the target %.2f%% at step %d (%d images)", v["top1"], target,
-                     state.step, state.images_seen)
+            log.info(
+                "validation top-1 %.2f%% reached the target %.2f%% at step %d (%d images)",
+                v["top1"],
+                target,
+                state.step,
+                state.images_seen,
+            )
 
     def reached_val_stop(self, state) -> bool:
         """True when ``train.stop_at_val_top1`` is set and the validation target has been reached."""
         return bool(self.cfg.stop_at_val_top1) and state.steps_to_val_target is not None
 
     def _where(self, state) -> dict:
-        return dict(step=state.step, epoch=self.position.epoch_position(state.step),
-                    lr=self.position.lr_at(max(state.step - 1, 0)))
+        return dict(
+            step=state.step,
+            epoch=self.position.epoch_position(state.step),
+            lr=self.position.lr_at(max(state.step - 1, 0)),
+        )
 
     def validation(self, state, *, wall_clock) -> bool:
         """Evaluate the validation split only (``train.val_every_steps``); True when the run should stop
@@ -106,9 +141,23 @@ class Evaluator:
         target = self.cfg.target_top1
         if target and state.time_to_target_s is None and result["top1"] >= target:
             state.time_to_target_s = wall
-        self.metrics.write("eval", **self._where(state), loss=result["loss"], top1=result["top1"],
-                           top5=result.get("top5"), wall_s=wall, **val)
-        log.info("eval epoch %d step %d: top-1 %.2f%%%s, loss %.4f (%d images)%s", state.epoch, state.step,
-                 result["top1"], f", top-5 {result['top5']:.2f}%" if "top5" in result else "", result["loss"],
-                 result["count"], f"; validation top-1 {val['val_top1']:.2f}%" if val else "")
+        self.metrics.write(
+            "eval",
+            **self._where(state),
+            loss=result["loss"],
+            top1=result["top1"],
+            top5=result.get("top5"),
+            wall_s=wall,
+            **val,
+        )
+        log.info(
+            "eval epoch %d step %d: top-1 %.2f%%%s, loss %.4f (%d images)%s",
+            state.epoch,
+            state.step,
+            result["top1"],
+            f", top-5 {result['top5']:.2f}%" if "top5" in result else "",
+            result["loss"],
+            result["count"],
+            f"; validation top-1 {val['val_top1']:.2f}%" if val else "",
+        )
         state.eval_s += time.perf_counter() - t0

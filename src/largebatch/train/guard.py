@@ -41,13 +41,25 @@ class NonFiniteGuard:
         lr_at: ``step -> LR``, for the messages.
     """
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, train_cfg, device: torch.device,
-                 scaler, lr_at) -> None:
-        self.model, self.optimizer, self.cfg, self.device, self.scaler, self.lr_at = \
-            model, optimizer, train_cfg, device, scaler, lr_at
+    def __init__(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, train_cfg, device: torch.device, scaler, lr_at
+    ) -> None:
+        self.model, self.optimizer, self.cfg, self.device, self.scaler, self.lr_at = (
+            model,
+            optimizer,
+            train_cfg,
+            device,
+            scaler,
+            lr_at,
+        )
         check = train_cfg.nonfinite_check
-        self.mode = "scaler" if scaler is not None else \
-            "device" if check == "device" or (check == "auto" and device.type == "cuda") else "host"
+        self.mode = (
+            "scaler"
+            if scaler is not None
+            else "device"
+            if check == "device" or (check == "auto" and device.type == "cuda")
+            else "host"
+        )
         self._snapshot: list[torch.Tensor] | None = None
         self._pending_skips = torch.zeros((), dtype=torch.int32, device=device)
         self._first_bad_step = torch.full((), -1, dtype=torch.int64, device=device)
@@ -80,16 +92,22 @@ class NonFiniteGuard:
         if all_finite(norms([g for _, g in named])):
             return True
         bad = [n for n, g in named if not bool(torch.isfinite(g).all())]
-        where = (f"step {state.step} (epoch {state.epoch}, LR {self.lr_at(state.step):g}): non-finite gradient in "
-                 f"{_names(bad)}")
+        where = (
+            f"step {state.step} (epoch {state.epoch}, LR {self.lr_at(state.step):g}): non-finite gradient in "
+            f"{_names(bad)}"
+        )
         self._count(state, 1, where, at_sync=False)
         return False
 
     # ------------------------------------------------------------------ device mode
     def _state_tensors(self) -> list[torch.Tensor]:
         """The optimizer's floating state tensors (momentum buffers, moments), persistent objects."""
-        return [v for state in self.optimizer.state.values() for v in state.values()
-                if isinstance(v, torch.Tensor) and v.is_floating_point()]
+        return [
+            v
+            for state in self.optimizer.state.values()
+            for v in state.values()
+            if isinstance(v, torch.Tensor) and v.is_floating_point()
+        ]
 
     def _device_step(self, step_index: int) -> torch.Tensor:
         """The optimizer step with no host sync: whether every gradient is finite stays a device tensor
@@ -102,8 +120,11 @@ class NonFiniteGuard:
         ok = finite.all()
         states = self._state_tensors()
         before = [p.detach() for p in self.model.parameters()] + states
-        if self._snapshot is None or len(self._snapshot) != len(before) or any(
-                a.shape != b.shape for a, b in zip(self._snapshot, before)):
+        if (
+            self._snapshot is None
+            or len(self._snapshot) != len(before)
+            or any(a.shape != b.shape for a, b in zip(self._snapshot, before))
+        ):
             self._snapshot = [t.clone() for t in before]
         else:
             torch._foreach_copy_(self._snapshot, before)
@@ -116,8 +137,11 @@ class NonFiniteGuard:
                 torch.where(ok, t, torch.zeros((), dtype=t.dtype, device=t.device), out=t)
         step = torch.tensor(step_index, device=ok.device)
         first = self._first_bad_step < 0
-        self._first_bad_mask = torch.where(first & ~ok, ~finite, self._first_bad_mask) \
-            if self._first_bad_mask is not None and self._first_bad_mask.numel() == finite.numel() else ~finite & ~ok
+        self._first_bad_mask = (
+            torch.where(first & ~ok, ~finite, self._first_bad_mask)
+            if self._first_bad_mask is not None and self._first_bad_mask.numel() == finite.numel()
+            else ~finite & ~ok
+        )
         self._first_bad_step = torch.where(first & ~ok, step, self._first_bad_step)
         self._pending_skips = self._pending_skips + (~ok).int()
         return ok
@@ -127,8 +151,9 @@ class NonFiniteGuard:
         sync, made where the loop syncs anyway: at log intervals, evaluations and checkpoints)."""
         if self.mode != "device":
             return
-        pending, first = torch.stack([self._pending_skips.to(torch.int64).cpu(),
-                                      self._first_bad_step.to(torch.int64).cpu()]).tolist()
+        pending, first = torch.stack(
+            [self._pending_skips.to(torch.int64).cpu(), self._first_bad_step.to(torch.int64).cpu()]
+        ).tolist()
         if pending == 0:
             return
         mask = self._first_bad_mask.tolist() if self._first_bad_mask is not None else []
@@ -150,20 +175,31 @@ class NonFiniteGuard:
         if t.nonfinite_policy == "stop":
             if at_sync:
                 state.skipped_steps += n
-                raise NonFiniteGradient(f"{where}; stopping (train.nonfinite_policy=stop; found at the next sync "
-                                        f"point, the step and any after it were not applied). The last checkpoint is kept")
-            raise NonFiniteGradient(f"{where}; stopping (train.nonfinite_policy=stop). The last checkpoint is kept; "
-                                    f"lower optim.base_lr or lengthen schedule.warmup_epochs")
+                raise NonFiniteGradient(
+                    f"{where}; stopping (train.nonfinite_policy=stop; found at the next sync "
+                    f"point, the step and any after it were not applied). The last checkpoint is kept"
+                )
+            raise NonFiniteGradient(
+                f"{where}; stopping (train.nonfinite_policy=stop). The last checkpoint is kept; "
+                f"lower optim.base_lr or lengthen schedule.warmup_epochs"
+            )
         state.skipped_steps += n
         if at_sync:
-            log.warning("%s; %d step(s) skipped since the last report (%d of at most %d)", where, n,
-                        state.skipped_steps, t.max_nonfinite_steps)
+            log.warning(
+                "%s; %d step(s) skipped since the last report (%d of at most %d)",
+                where,
+                n,
+                state.skipped_steps,
+                t.max_nonfinite_steps,
+            )
         else:
             log.warning("%s; step skipped (%d of at most %d)", where, state.skipped_steps, t.max_nonfinite_steps)
         if state.skipped_steps > t.max_nonfinite_steps:
-            raise NonFiniteGradient(f"{where}; {state.skipped_steps} steps skipped, more than "
-                                    f"train.max_nonfinite_steps={t.max_nonfinite_steps}: stopping. The last good "
-                                    f"checkpoint is kept; lower optim.base_lr or lengthen schedule.warmup_epochs")
+            raise NonFiniteGradient(
+                f"{where}; {state.skipped_steps} steps skipped, more than "
+                f"train.max_nonfinite_steps={t.max_nonfinite_steps}: stopping. The last good "
+                f"checkpoint is kept; lower optim.base_lr or lengthen schedule.warmup_epochs"
+            )
 
 
 def _names(bad: list[str]) -> str:

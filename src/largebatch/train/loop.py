@@ -87,8 +87,14 @@ class Progress:
         if env.is_main:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total_steps, initial=initial, unit="step", dynamic_ncols=True, leave=False,
-                            disable=not sys.stderr.isatty())
+            self.bar = tqdm(
+                total=total_steps,
+                initial=initial,
+                unit="step",
+                dynamic_ncols=True,
+                leave=False,
+                disable=not sys.stderr.isatty(),
+            )
 
     @property
     def live(self) -> bool:
@@ -122,8 +128,9 @@ class IntervalLog:
             self.counted += 1
         self.steps += 1
 
-    def flush(self, state, epoch: int, lr: float, global_batch_size: int, epoch_position: float, wall_clock,
-              noise_values) -> None:
+    def flush(
+        self, state, epoch: int, lr: float, global_batch_size: int, epoch_position: float, wall_clock, noise_values
+    ) -> None:
         """Reduce, check, write the ``train`` record and the bar or log line, and start a new interval.
 
         Raises:
@@ -131,18 +138,35 @@ class IntervalLog:
         """
         loss = all_reduce_sum(self.loss.detach().clone()).item() / (max(int(self.counted), 1) * self.env.world_size)
         if not math.isfinite(loss):
-            raise FloatingPointError(f"training loss is {loss} at step {state.step} (epoch {epoch}, LR {lr:g}); lower "
-                                     f"optim.base_lr or lengthen schedule.warmup_epochs")
+            raise FloatingPointError(
+                f"training loss is {loss} at step {state.step} (epoch {epoch}, LR {lr:g}); lower "
+                f"optim.base_lr or lengthen schedule.warmup_epochs"
+            )
         now = time.perf_counter()
         ips = self.steps * global_batch_size / (now - self.t0)
         noise = noise_values()
-        self.metrics.write("train", step=state.step, epoch=epoch_position, lr=lr, loss=loss, images_per_s=ips,
-                           wall_s=wall_clock(), **noise)
+        self.metrics.write(
+            "train",
+            step=state.step,
+            epoch=epoch_position,
+            lr=lr,
+            loss=loss,
+            images_per_s=ips,
+            wall_s=wall_clock(),
+            **noise,
+        )
         if self.progress.live:
             self.progress.bar.set_postfix(epoch=epoch, loss=f"{loss:.4f}", lr=f"{lr:.4g}", img_s=f"{ips:.0f}")
         else:
-            log.info("step %d/%d epoch %d: loss %.4f, lr %.4g, %.0f images/s", state.step, self.total_steps, epoch,
-                     loss, lr, ips)
+            log.info(
+                "step %d/%d epoch %d: loss %.4f, lr %.4g, %.0f images/s",
+                state.step,
+                self.total_steps,
+                epoch,
+                loss,
+                lr,
+                ips,
+            )
         self.loss.zero_()
         self.steps, self.counted, self.t0 = 0, 0, now
 

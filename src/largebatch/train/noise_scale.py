@@ -32,8 +32,9 @@ import torch
 import torch.distributed as dist
 
 
-def two_batch_estimates(small_sq: float | torch.Tensor, big_sq: float | torch.Tensor, b_small: float,
-                        b_big: float) -> tuple[Any, Any]:
+def two_batch_estimates(
+    small_sq: float | torch.Tensor, big_sq: float | torch.Tensor, b_small: float, b_big: float
+) -> tuple[Any, Any]:
     """Unbiased estimates (|G|^2, tr(Sigma)) from the squared norms of two gradient estimates of
     batch sizes ``b_small`` < ``b_big`` (McCandlish et al. 2018, eq. A.2).
 
@@ -67,7 +68,11 @@ class NoiseScaleEstimator:
         gradient (batch ``b_small``) and of the all-reduced gradient (batch ``b_big``)."""
         g_sq, trace = two_batch_estimates(small_sq, big_sq, b_small, b_big)
         d = self.decay
-        new_g, new_t, new_w = d * self.g_sq + (1 - d) * g_sq, d * self.trace + (1 - d) * trace, d * self.weight + (1 - d)
+        new_g, new_t, new_w = (
+            d * self.g_sq + (1 - d) * g_sq,
+            d * self.trace + (1 - d) * trace,
+            d * self.weight + (1 - d),
+        )
         if isinstance(g_sq, torch.Tensor):  # a skipped (non-finite) step leaves the averages; no host sync
             ok = torch.isfinite(g_sq) & torch.isfinite(trace)
             new_g, new_t = torch.where(ok, new_g, self.g_sq), torch.where(ok, new_t, self.trace)
@@ -182,5 +187,8 @@ class NoiseScaleMonitor:
         if state is None or state["weight"] == 0:
             return {}
         g_sq, trace = state["g_sq"] / state["weight"], state["trace"] / state["weight"]
-        return {"noise_scale": trace / g_sq if g_sq > 0 else float("inf"), "grad_sq_norm": g_sq,
-                "grad_cov_trace": trace}
+        return {
+            "noise_scale": trace / g_sq if g_sq > 0 else float("inf"),
+            "grad_sq_norm": g_sq,
+            "grad_cov_trace": trace,
+        }

@@ -16,6 +16,7 @@ A checkpoint needs only the step: everything here is derived from it and the con
 from __future__ import annotations
 
 from largebatch.config import Config
+from largebatch.data import GlobalBatchSampler
 from largebatch.plan import Stage
 from largebatch.schedules import LRSchedule, build_schedule
 
@@ -35,7 +36,7 @@ class StepPosition:
 
     def __init__(self, cfg: Config, stages: list[Stage], num_train: int) -> None:
         epochs = cfg.train.epochs
-        self.stages, self.num_train, self.epochs = stages, num_train, epochs
+        self.stages, self.num_train, self.epochs, self.seed = stages, num_train, epochs, cfg.train.seed
         self.batch_schedule = bool(cfg.train.batch_schedule)
         self.epoch_steps = [num_train // self.stage_of(e).plan.global_batch_size for e in range(epochs)]
         self.epoch_start = [sum(self.epoch_steps[:e]) for e in range(epochs + 1)]
@@ -43,8 +44,11 @@ class StepPosition:
         self.total_steps = self.epoch_start[-1]
         unit = num_train if self.batch_schedule else self.steps_per_epoch  # samples or steps per epoch
         self.stage_schedules: list[LRSchedule] = [
-            build_schedule(cfg.schedule, peak_lr=st.plan.peak_lr, base_lr=cfg.optim.base_lr, steps_per_epoch=unit,
-                           epochs=epochs) for st in (stages if self.batch_schedule else stages[:1])]
+            build_schedule(
+                cfg.schedule, peak_lr=st.plan.peak_lr, base_lr=cfg.optim.base_lr, steps_per_epoch=unit, epochs=epochs
+            )
+            for st in (stages if self.batch_schedule else stages[:1])
+        ]
         self.schedule = self.stage_schedules[0]
 
     def stage_of(self, epoch: int) -> Stage:
@@ -53,8 +57,11 @@ class StepPosition:
 
     def epoch_position(self, step: int) -> float:
         """Fractional epoch reached after ``step`` optimizer steps (epoch + share of its steps done)."""
-        epoch = max(e for e in range(self.epochs) if self.epoch_start[e] <= step) if step < self.total_steps \
+        epoch = (
+            max(e for e in range(self.epochs) if self.epoch_start[e] <= step)
+            if step < self.total_steps
             else self.epochs
+        )
         if epoch >= self.epochs:
             return float(epoch)
         return epoch + (step - self.epoch_start[epoch]) / self.epoch_steps[epoch]
@@ -74,14 +81,40 @@ class StepPosition:
     def is_epoch_end(self, step: int, epoch: int) -> bool:
         return step == self.epoch_start[epoch + 1]
 
+    def sampler(self, stage: Stage, env) -> GlobalBatchSampler:
+        """This rank's sampler of ``stage``. The shuffle of an epoch depends on (seed, epoch) only, so a
+        stage change keeps one permutation per epoch; only how it is cut into global batches changes."""
+        return GlobalBatchSampler(
+            self.num_train, stage.plan.global_batch_size, world_size=env.world_size, rank=env.rank, seed=self.seed
+        )
+
+    def sampler_record(self, step: int, epoch: int) -> dict:
+        """Where the sample order stands after ``step`` (for a checkpoint's reader; resuming derives it
+        from the step): seed, epoch, step within the epoch, batch stage and its global batch."""
+        stage = self.stage_of(min(epoch, self.epochs - 1))
+        return {
+            "seed": self.seed,
+            "epoch": epoch,
+            "step_in_epoch": self.step_in_epoch(step, epoch),
+            "stage": stage.index,
+            "global_batch_size": stage.plan.global_batch_size,
+        }
+
     def describe(self, global_batch_size: int) -> list[str]:
         """Log lines: steps per epoch (or per stage), warmup and decays."""
         n = self.num_train
         if self.batch_schedule:
-            lines = [f"batch stage {st.index} from epoch {st.start_epoch}: {st.plan.describe()}; "
-                     f"{n // st.plan.global_batch_size} steps/epoch" for st in self.stages]
-            return lines + [f"{n} training samples, {self.total_steps} steps in {self.epochs} epochs; warmup and decay "
-                            f"positions in epochs of samples seen"]
-        return [f"{n} training samples, {self.steps_per_epoch} steps/epoch (drop last "
-                f"{n - self.steps_per_epoch * global_batch_size}), {self.total_steps} steps in {self.epochs} epochs, "
-                f"warmup {self.schedule.warmup_steps} steps, decay at steps {list(self.schedule.decay_steps)}"]
+            lines = [
+                f"batch stage {st.index} from epoch {st.start_epoch}: {st.plan.describe()}; "
+                f"{n // st.plan.global_batch_size} steps/epoch"
+                for st in self.stages
+            ]
+            return lines + [
+                f"{n} training samples, {self.total_steps} steps in {self.epochs} epochs; warmup and decay "
+                f"positions in epochs of samples seen"
+            ]
+        return [
+            f"{n} training samples, {self.steps_per_epoch} steps/epoch (drop last "
+            f"{n - self.steps_per_epoch * global_batch_size}), {self.total_steps} steps in {self.epochs} epochs, "
+            f"warmup {self.schedule.warmup_steps} steps, decay at steps {list(self.schedule.decay_steps)}"
+        ]

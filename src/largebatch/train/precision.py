@@ -67,8 +67,9 @@ def cpu_bf16_support() -> tuple[bool, str]:
     return False, f"CPU lacks AVX-512 BF16 and AMX (torch's CPU capability: {capability}): bf16 would be emulated"
 
 
-def choose_precision(requested: str, device: torch.device, *, cpu_bf16: tuple[bool, str] | None = None,
-                     cuda_bf16: bool | None = None) -> PrecisionChoice:
+def choose_precision(
+    requested: str, device: torch.device, *, cpu_bf16: tuple[bool, str] | None = None, cuda_bf16: bool | None = None
+) -> PrecisionChoice:
     """Resolve ``train.precision`` for ``device``.
 
     Args:

@@ -59,22 +59,28 @@ def choose_run_dir(recipe: str, out: str | None, resume: str | None) -> tuple[Pa
     if resume and resume != "auto":
         path = Path(resume)
         if not path.is_file():
-            raise ConfigError(f"--resume {resume!r}: no such checkpoint file; use --resume auto or a path "
-                              f"under <run dir>/checkpoints/")
+            raise ConfigError(
+                f"--resume {resume!r}: no such checkpoint file; use --resume auto or a path "
+                f"under <run dir>/checkpoints/"
+            )
         return (Path(out) if out else path.parent.parent), path
     if resume == "auto":
         if out:
             found = ckpt_io.list_checkpoints(Path(out))
             return Path(out), (found[-1] if found else None)
-        candidates = sorted((p for p in Path("runs").glob(f"{recipe}-*") if ckpt_io.list_checkpoints(p)),
-                            key=lambda p: ckpt_io.list_checkpoints(p)[-1].stat().st_mtime)
+        candidates = sorted(
+            (p for p in Path("runs").glob(f"{recipe}-*") if ckpt_io.list_checkpoints(p)),
+            key=lambda p: ckpt_io.list_checkpoints(p)[-1].stat().st_mtime,
+        )
         if candidates:
             return candidates[-1], ckpt_io.list_checkpoints(candidates[-1])[-1]
         return default_run_dir(recipe), None
     if out:
         if ckpt_io.list_checkpoints(Path(out)):
-            raise ConfigError(f"--out {out!r} already holds checkpoints of a run; pass --resume auto to continue it, "
-                              f"or choose another --out (nothing was overwritten)")
+            raise ConfigError(
+                f"--out {out!r} already holds checkpoints of a run; pass --resume auto to continue it, "
+                f"or choose another --out (nothing was overwritten)"
+            )
         return Path(out), None
     return default_run_dir(recipe), None
 
@@ -86,8 +92,10 @@ def model_card(cfg: Config, data) -> dict:
     spec = data.input_spec()
     m = cfg.model
     if m.name == "resnet_fmnist":
-        build = (f"largebatch.nn.build_model('resnet_fmnist', num_classes={spec['num_classes']}, "
-                 f"in_channels={spec['in_channels']}, width={m.width}, blocks_per_stage={m.blocks_per_stage})")
+        build = (
+            f"largebatch.nn.build_model('resnet_fmnist', num_classes={spec['num_classes']}, "
+            f"in_channels={spec['in_channels']}, width={m.width}, blocks_per_stage={m.blocks_per_stage})"
+        )
     elif ":" in m.name:
         build = f"{m.name}(num_classes={spec['num_classes']}, in_channels={spec['in_channels']})"
     else:
@@ -96,11 +104,17 @@ def model_card(cfg: Config, data) -> dict:
         "format": "largebatch model card 1",
         "weights": "model_final.pt (a state_dict: torch.load(path, weights_only=True))",
         "architecture": {"name": m.name, "width": m.width, "blocks_per_stage": m.blocks_per_stage, "build": build},
-        "input": {"channels": spec["in_channels"], "size_px": spec["image_size_px"],
-                  "memory_format": "channels_last" if m.channels_last else "contiguous",
-                  "eval_transform": spec["eval_transform"],
-                  "normalization": {"mean": spec["mean"], "std": spec["std"],
-                                    "formula": "x = (pixels / 255 - mean) / std, per channel"}},
+        "input": {
+            "channels": spec["in_channels"],
+            "size_px": spec["image_size_px"],
+            "memory_format": "channels_last" if m.channels_last else "contiguous",
+            "eval_transform": spec["eval_transform"],
+            "normalization": {
+                "mean": spec["mean"],
+                "std": spec["std"],
+                "formula": "x = (pixels / 255 - mean) / std, per channel",
+            },
+        },
         "num_classes": spec["num_classes"],
         "classes": spec["classes"],
         "recipe": cfg.recipe,
@@ -127,7 +141,6 @@ def environment_info(env) -> dict:
     """Versions, world size and hardware, for env.json."""
     import torchvision
 
-
     cpu = platform.processor()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -152,7 +165,8 @@ def environment_info(env) -> dict:
         "device": str(env.device),
         "cuda": torch.version.cuda,
         "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-        if torch.cuda.is_available() else [],
+        if torch.cuda.is_available()
+        else [],
         "argv": sys.argv,
         "started": _dt.datetime.now().isoformat(timespec="seconds"),
     }
@@ -206,7 +220,10 @@ def run_worker(cfg_dict: dict, out: str | None = None, resume: str | None = None
 
     t_setup = time.perf_counter()
     env = setup(cfg.train.device, threads_per_worker=cfg.train.threads_per_worker)
-    startup = {"process_start_to_worker_s": t_setup - _process_start_perf(), "dist_setup_s": time.perf_counter() - t_setup}
+    startup = {
+        "process_start_to_worker_s": t_setup - _process_start_perf(),
+        "dist_setup_s": time.perf_counter() - t_setup,
+    }
     try:
         stages = resolve_stages(cfg, env.world_size, local_world_size=env.local_world_size)
         plan = stages[0].plan
@@ -241,7 +258,9 @@ def run_worker(cfg_dict: dict, out: str | None = None, resume: str | None = None
             env_path.write_text(json.dumps(info, indent=2) + "\n")
             log.info("run directory %s", run_dir)
         if restarts and env.is_main:
-            log.warning("elastic restart %d: continuing from %s", restarts, resume_path or "the start (no valid checkpoint)")
+            log.warning(
+                "elastic restart %d: continuing from %s", restarts, resume_path or "the start (no valid checkpoint)"
+            )
         t_build = time.perf_counter()
         trainer = Trainer(cfg, plan, env, run_dir, precision=precision, stages=stages)  # validated once here
         startup.update(trainer.build_times)
@@ -269,12 +288,18 @@ def run_worker(cfg_dict: dict, out: str | None = None, resume: str | None = None
             signal.signal(signal.SIGTERM, previous)
         bad_files = _gather_bad_files(getattr(trainer.data, "bad_files", []), env)
         if env.is_main:
-            ckpt_io.export_weights(run_dir / "model_final.pt", trainer.model.state_dict(), model_card(cfg, trainer.data))
+            ckpt_io.export_weights(
+                run_dir / "model_final.pt", trainer.model.state_dict(), model_card(cfg, trainer.data)
+            )
             if bad_files:
                 (run_dir / "bad_files.txt").write_text("\n".join(bad_files) + "\n")
-                log.warning("%d unreadable image file(s) were skipped (data.imagefolder.bad_file_policy=skip), listed in %s: %s%s",
-                            len(bad_files), run_dir / "bad_files.txt", "; ".join(b.split("\t")[0] for b in bad_files[:5]),
-                            " ..." if len(bad_files) > 5 else "")
+                log.warning(
+                    "%d unreadable image file(s) were skipped (data.imagefolder.bad_file_policy=skip), listed in %s: %s%s",
+                    len(bad_files),
+                    run_dir / "bad_files.txt",
+                    "; ".join(b.split("\t")[0] for b in bad_files[:5]),
+                    " ..." if len(bad_files) > 5 else "",
+                )
         if not env.is_main:
             return None
         summary = {
@@ -290,9 +315,16 @@ def run_worker(cfg_dict: dict, out: str | None = None, resume: str | None = None
             "world_size": env.world_size,
             "peak_lr": trainer.stages[-1].plan.peak_lr,
             "bn_statistics": cfg.train.bn.statistics,
-            "batch_stages": [{"start_epoch": st.start_epoch, "global_batch_size": st.plan.global_batch_size,
-                              "bn_batch_size": st.plan.bn_batch_size, "accumulation_steps": st.plan.accumulation_steps,
-                              "peak_lr": st.plan.peak_lr} for st in trainer.stages],
+            "batch_stages": [
+                {
+                    "start_epoch": st.start_epoch,
+                    "global_batch_size": st.plan.global_batch_size,
+                    "bn_batch_size": st.plan.bn_batch_size,
+                    "accumulation_steps": st.plan.accumulation_steps,
+                    "peak_lr": st.plan.peak_lr,
+                }
+                for st in trainer.stages
+            ],
             "images_per_s": state.images_seen / state.step_time_s if state.step_time_s else None,
             "wall_s": state.train_wall_s,
             "eval_s": state.eval_s,
@@ -320,8 +352,14 @@ def run_worker(cfg_dict: dict, out: str | None = None, resume: str | None = None
         }
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         plot_curves(run_dir)
-        log.info("done: top-1 %.2f%% (best %.2f%%) in %.1f s, %.0f images/s; %s", state.top1, state.best_top1,
-                 state.train_wall_s, summary["images_per_s"] or 0.0, run_dir / "summary.json")
+        log.info(
+            "done: top-1 %.2f%% (best %.2f%%) in %.1f s, %.0f images/s; %s",
+            state.top1,
+            state.best_top1,
+            state.train_wall_s,
+            summary["images_per_s"] or 0.0,
+            run_dir / "summary.json",
+        )
         return summary
     finally:
         cleanup()

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from largebatch.config import Config, config_hash, to_dict
-from largebatch.data import GlobalBatchSampler, build_data
+from largebatch.data import build_data
 from largebatch.dist import DistEnv, barrier
 from largebatch.optim import build_optimizer
 from largebatch.plan import Plan, Stage, resolve_stages
@@ -65,8 +65,15 @@ log = logging.getLogger(__name__)
 class Trainer:
     """Builds data, model, optimizer and schedule for one process and runs the epochs."""
 
-    def __init__(self, cfg: Config, plan: Plan, env: DistEnv, run_dir: Path,
-                 precision: PrecisionChoice | None = None, stages: list[Stage] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        plan: Plan,
+        env: DistEnv,
+        run_dir: Path,
+        precision: PrecisionChoice | None = None,
+        stages: list[Stage] | None = None,
+    ) -> None:
         self.cfg, self.plan, self.env, self.run_dir = cfg, plan, env, Path(run_dir)
         t = cfg.train
         self.precision = precision or choose_precision(t.precision, env.device)
@@ -85,26 +92,42 @@ class Trainer:
         build.check_batches_fit(self.data.num_train, self.stages, env, t.seed)
         self.position = StepPosition(cfg, self.stages, self.data.num_train)
         self.lr_at, self.epoch_position = self.position.lr_at, self.position.epoch_position  # step -> LR, epoch
-        self.sampler = self._make_sampler(self.stage)
+        self.sampler = self.position.sampler(self.stage, env)
         # The trainer guards every step itself (host check, device guard or the fp16 scaler), so the
         # optimizers' own check and its host sync are off: one guard, one count of skipped steps.
-        self.optimizer = build_optimizer(self.model, cfg.optim, lr=self.lr_at(0),
-                                         steps_per_epoch=self.position.steps_per_epoch, skip_nonfinite=False)
+        self.optimizer = build_optimizer(
+            self.model, cfg.optim, lr=self.lr_at(0), steps_per_epoch=self.position.steps_per_epoch, skip_nonfinite=False
+        )
         # fp16 adds dynamic loss scaling: GradScaler.step unscales the all-reduced gradients before the
         # optimizer (so trust ratios see true norms) and skips a step whose gradient is not finite.
         self.scaler = torch.amp.GradScaler(env.device.type) if self.precision.precision == "fp16" else None
         self.guard = NonFiniteGuard(self.model, self.optimizer, t, env.device, self.scaler, self.lr_at)
-        self.bn = BNPolicy(self.model, self.data, t, plan, env, channels_last=self.channels_last,
-                           autocast_dtype=self.autocast_dtype)
+        self.bn = BNPolicy(
+            self.model, self.data, t, plan, env, channels_last=self.channels_last, autocast_dtype=self.autocast_dtype
+        )
         self.state = TrainState()
         self.stop_requested = False  # set by the SIGTERM handler of run_worker
         self.metrics = MetricsLogger(self.run_dir, enabled=env.is_main)
-        self.evaluator = Evaluator(self.model, self.data, env, t, self.metrics, self.position,
-                                   channels_last=self.channels_last, autocast_dtype=self.autocast_dtype,
-                                   prepare=self._before_eval)
+        self.evaluator = Evaluator(
+            self.model,
+            self.data,
+            env,
+            t,
+            self.metrics,
+            self.position,
+            channels_last=self.channels_last,
+            autocast_dtype=self.autocast_dtype,
+            prepare=self._before_eval,
+        )
         self.triggers = CheckpointTriggers(t, env, lambda: self.stop_requested)
-        self.callbacks = CallbackList([NoiseScaleCallback(self.noise_monitor), EvalCallback(self.evaluator, t),
-                                       CheckpointCallback(self.triggers, t), LogCallback(t, self.noise_monitor.values)])
+        self.callbacks = CallbackList(
+            [
+                NoiseScaleCallback(self.noise_monitor),
+                EvalCallback(self.evaluator, t),
+                CheckpointCallback(self.triggers, t),
+                LogCallback(t, self.noise_monitor.values),
+            ]
+        )
         self.rng = ckpt_io.ProcessRNG(env)
         self._last_step_ok: bool | torch.Tensor = True
         build.log_setup(cfg, plan, self.precision, self.position)
@@ -112,27 +135,14 @@ class Trainer:
     # ------------------------------------------------------------------ position (delegated)
     device_guard = property(lambda self: self.guard.on_device)
     epoch_steps = property(lambda self: self.position.epoch_steps)
-    epoch_start = property(lambda self: self.position.epoch_start)
     total_steps = property(lambda self: self.position.total_steps)
-    steps_per_epoch = property(lambda self: self.position.steps_per_epoch)
-    schedule = property(lambda self: self.position.schedule)
-
-    def _make_sampler(self, stage: Stage) -> GlobalBatchSampler:
-        # The shuffle of an epoch depends on (seed, epoch) only, so a stage change keeps one
-        # permutation per epoch; only how it is cut into global batches changes.
-        return GlobalBatchSampler(self.data.num_train, stage.plan.global_batch_size, world_size=self.env.world_size,
-                                  rank=self.env.rank, seed=self.cfg.train.seed)
 
     def _enter_stage(self, stage: Stage) -> None:
         """Switch the per-process batch, accumulation and BN groups to ``stage`` (same process group)."""
         self.stage, self.plan = stage, stage.plan
-        self.sampler = self._make_sampler(stage)
+        self.sampler = self.position.sampler(stage, self.env)
         self.bn.set_stage(stage.plan)
         log.info("batch stage %d from epoch %d: %s", stage.index, stage.start_epoch, stage.plan.describe())
-        self.metrics.write("stage", step=self.state.step, epoch=self.epoch_position(self.state.step),
-                           stage=stage.index, global_batch_size=stage.plan.global_batch_size,
-                           accumulation_steps=stage.plan.accumulation_steps, bn_batch_size=stage.plan.bn_batch_size,
-                           peak_lr=stage.plan.peak_lr)
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint_parts(self) -> dict:
@@ -144,11 +154,14 @@ class Trainer:
         """The header (config, world size, precision, sample position) and every part's and
         callback's ``state_dict()``. Collective: every rank calls it."""
         st = self.state
-        header = {"config": to_dict(self.cfg), "config_hash": config_hash(self.cfg), "world_size": self.env.world_size,
-                  "precision": self.precision.precision, "scaler": None,
-                  "sampler": {"seed": self.sampler.seed, "epoch": st.epoch,
-                              "step_in_epoch": self.position.step_in_epoch(st.step, st.epoch),
-                              "stage": self.stage.index, "global_batch_size": self.plan.global_batch_size}}
+        header = {
+            "config": to_dict(self.cfg),
+            "config_hash": config_hash(self.cfg),
+            "world_size": self.env.world_size,
+            "precision": self.precision.precision,
+            "scaler": None,
+            "sampler": self.position.sampler_record(st.step, st.epoch),
+        }
         parts = {name: part.state_dict() for name, part in self.checkpoint_parts().items()}
         return {**header, **parts, **self.callbacks.state_dict()}
 
@@ -178,8 +191,13 @@ class Trainer:
                 part.load_state_dict(ckpt[name])
         self.callbacks.load_state_dict(ckpt)
         if ckpt["world_size"] != self.env.world_size:
-            log.info("checkpoint written by %d processes, resuming on %d: same global batch %d, now %s",
-                     ckpt["world_size"], self.env.world_size, self.plan.global_batch_size, self.plan.describe())
+            log.info(
+                "checkpoint written by %d processes, resuming on %d: same global batch %d, now %s",
+                ckpt["world_size"],
+                self.env.world_size,
+                self.plan.global_batch_size,
+                self.plan.describe(),
+            )
         log.info("resumed from %s at step %d (epoch %d)", path, self.state.step, self.state.epoch)
 
     # ------------------------------------------------------------------ one step
@@ -205,8 +223,9 @@ class Trainer:
         for i, (x, y) in enumerate(zip(images.chunk(accum), labels.chunk(accum))):
             ctx = self.ddp.no_sync() if (self.env.distributed and i < accum - 1) else contextlib.nullcontext()
             with ctx:
-                with torch.autocast(self.env.device.type, dtype=self.autocast_dtype,
-                                    enabled=self.autocast_dtype is not None):
+                with torch.autocast(
+                    self.env.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
+                ):
                     loss = F.cross_entropy(self.ddp(x), y, label_smoothing=self.cfg.train.label_smoothing) / accum
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
             loss_sum += loss.detach().float()
@@ -261,7 +280,9 @@ class Trainer:
             loss, grad_scale_sq = self._train_step(images, labels)
             st.step_time_s += time.perf_counter() - t0
             st.step, st.images_seen = st.step + 1, st.images_seen + self.plan.global_batch_size
-            end = StepEnd(loss, self._last_step_ok, lr, epoch, self.position.is_epoch_end(st.step, epoch), grad_scale_sq)
+            end = StepEnd(
+                loss, self._last_step_ok, lr, epoch, self.position.is_epoch_end(st.step, epoch), grad_scale_sq
+            )
             if self.callbacks.step_end(self, end):
                 return True
         return False
@@ -272,6 +293,7 @@ class Trainer:
         self.save()
 
     def preempted(self) -> Preempted:
-        log.warning("stop requested (SIGTERM): checkpoint written at step %d; continue with --resume auto",
-                    self.state.step)
+        log.warning(
+            "stop requested (SIGTERM): checkpoint written at step %d; continue with --resume auto", self.state.step
+        )
         return Preempted(self.state.step)
