@@ -254,3 +254,48 @@ def test_simulate_is_a_subcommand_of_the_main_cli(tmp_path, capsys):
     )
     assert "torus2d" in capsys.readouterr().out and out.stat().st_size > 10_000
     assert main(["simulate", "--gpus", "0"]) == 2
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--epochs", "inf"], "--epochs inf is invalid; accepted: a finite number > 0"),
+        (["--epochs", "nan"], "--epochs nan is invalid"),
+        (["--images", "0"], "--images 0 is invalid"),
+        (["--out", "/no/such/folder/sim.png"], "folder /no/such/folder does not exist"),
+    ],
+)
+def test_simulate_bad_input_is_one_line_with_exit_2(argv, message):
+    proc = subprocess.run(
+        [sys.executable, "-m", "largebatch", "simulate", "--gpus", "8", *argv], capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+
+
+def test_simulate_refuses_an_out_it_cannot_write(tmp_path):
+    (tmp_path / "a_dir.png").mkdir()
+    (tmp_path / "a_file").write_text("x")
+    cases = [
+        (tmp_path / "a_dir.png", "is a directory"),
+        (tmp_path / "a_file" / "sim.png", "is not a folder"),
+        # found only when writing (root passes the access check): the OSError becomes the same one line
+        ("/proc/sim.png", "--out /proc/sim.png:"),
+    ]
+    for out, message in cases:
+        proc = subprocess.run(
+            [sys.executable, "-m", "largebatch", "simulate", "--gpus", "8", "--out", str(out)],
+            capture_output=True,
+            text=True,
+        )
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], (out, proc.stderr)
+
+
+def test_simulate_writes_no_figure_unless_asked(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "largebatch", "simulate", "--gpus", "16"], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert proc.returncode == 0 and "train_min" in proc.stdout and "# figure" not in proc.stdout
+    assert list(tmp_path.iterdir()) == []

@@ -1,14 +1,18 @@
 """``largebatch simulate``: the cost model of ``largebatch.sim`` as a table and a figure.
 
     largebatch simulate --gpus 256 --preset goyal2017 [--algorithm all] [--per-gpu-batch 32]
-                        [--epochs 90] [--torus-x 8] [--out simulate.png]
+                        [--epochs 90] [--torus-x 8] [--out FIGURE.png]
 
-Exit status 0, or 2 for bad input (the message names the option and what is accepted).
+The table goes to stdout; the figure is written only when ``--out`` names a file. Exit status 0,
+or 2 for bad input (one line on stderr naming the option and what is accepted), checked before
+anything is computed or written.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 
 from largebatch.sim.allreduce import ALGORITHMS, allreduce_cost
@@ -32,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"training images per epoch (default {IMAGENET_TRAIN_IMAGES}, ImageNet-1k)",
     )
     parser.add_argument("--torus-x", type=int, default=None, help="2D-torus row length X (default: GPUs per node)")
-    parser.add_argument("--out", default="simulate.png", help="figure path (default simulate.png)")
+    parser.add_argument("--out", default=None, help="write the two-panel figure to this file (default: no figure)")
 
 
 def _options(preset, algorithm: str, torus_x: int | None) -> dict:
@@ -62,8 +66,14 @@ def run(args: argparse.Namespace) -> int:
     for name, value in (("--per-gpu-batch", args.per_gpu_batch), ("--torus-x", args.torus_x)):
         if value is not None and value < 1:
             return _fail(f"{name} {value} is invalid; accepted: an integer >= 1")
-    if not (args.epochs > 0 and args.images >= 1):
-        return _fail(f"--epochs {args.epochs} / --images {args.images} invalid; accepted: > 0")
+    if not (math.isfinite(args.epochs) and args.epochs > 0):
+        return _fail(f"--epochs {args.epochs} is invalid; accepted: a finite number > 0")
+    if args.images < 1:
+        return _fail(f"--images {args.images} is invalid; accepted: an integer >= 1")
+    if args.out is not None:
+        problem = _unwritable(args.out)
+        if problem:
+            return _fail(f"--out {args.out}: {problem}; give a writable file path")
     work = preset.workload(args.per_gpu_batch)
     rows = []
     for algorithm in algorithms:
@@ -91,9 +101,27 @@ def run(args: argparse.Namespace) -> int:
             f"{r.epoch_s(args.images):>10.2f}{r.train_s(args.epochs, args.images) / 60:>11.2f}"
             f"{r.scaling_efficiency * 100:>14.1f}"
         )
-    _figure(preset, work, algorithms, args.gpus, args.torus_x, args.out)
-    print(f"# figure: {args.out}")
+    if args.out is not None:
+        try:
+            _figure(preset, work, algorithms, args.gpus, args.torus_x, args.out)
+        except OSError as err:
+            return _fail(f"--out {args.out}: {err.strerror or err}; give a writable file path")
+        print(f"# figure: {args.out}")
     return 0
+
+
+def _unwritable(path: str) -> str | None:
+    """Why ``path`` cannot be written as a new or replaced file, or None."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        return "is a directory"
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        return f"{folder} is not a folder"
+    if not os.path.isdir(folder):
+        return f"folder {folder} does not exist"
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        return "permission denied"
+    return None
 
 
 def _figure(preset, work, algorithms, gpus: int, torus_x: int | None, out: str) -> None:
