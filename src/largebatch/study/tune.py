@@ -432,6 +432,25 @@ def sampler_seed(name: str, storage) -> int:
     return zlib.crc32(name.encode() if existing == 0 else f"{name}#{existing}".encode())
 
 
+def requeue_interrupted(study) -> list[int]:
+    """Queue again every run whose latest trial was interrupted by SIGTERM or Ctrl-C (state FAIL,
+    marked ``interrupted``): same parameters, same run directory, resumed from its newest checkpoint.
+    A run interrupted again on its retry is queued again. One killed outright is retried by the
+    heartbeat instead. Returns the run numbers queued."""
+    import optuna
+
+    latest = {}
+    for t in study.get_trials(deepcopy=False):  # in trial order: the last one seen per run is its latest
+        run = t.user_attrs.get("run_number", t.user_attrs.get("resume_run_number", t.number))
+        latest[run] = t
+    queued = []
+    for run, t in latest.items():
+        if t.state == optuna.trial.TrialState.FAIL and t.user_attrs.get("interrupted"):
+            study.enqueue_trial(t.params, user_attrs={"resume_run_number": run})
+            queued.append(run)
+    return queued
+
+
 def tune_cell(spec: TuneSpec, method: str, batch: int, storage, *, progress: Callable[[str], None]) -> None:
     """Run the missing trials of one (method, global batch) study."""
     import optuna
@@ -454,18 +473,7 @@ def tune_cell(spec: TuneSpec, method: str, batch: int, storage, *, progress: Cal
     study.set_metric_names(["steps_to_val_target" if spec.objective == "steps" else "val_top1"])
     if len(_finished(study)) >= n_trials:
         return
-    # a trial interrupted by SIGTERM or Ctrl-C (state FAIL, marked) is run again with its parameters in
-    # its own run directory, from its newest checkpoint; one killed outright is retried by the heartbeat
-    trials = study.get_trials(deepcopy=False)
-    taken = {t.user_attrs.get("resume_run_number") for t in trials}
-    for t in trials:
-        if (
-            t.state == optuna.trial.TrialState.FAIL
-            and t.user_attrs.get("interrupted")
-            and t.user_attrs.get("run_number") not in taken
-        ):
-            study.enqueue_trial(t.params, user_attrs={"resume_run_number": t.user_attrs["run_number"]})
-            taken.add(t.user_attrs["run_number"])
+    requeue_interrupted(study)
     fixed_overrides = fixed_params(spec, storage, method) if fixed else []
     space = SPACES.get(method, _space_goyal_base)
 
