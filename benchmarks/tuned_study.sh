@@ -9,10 +9,11 @@
 # Stages (STAGES="1 3" runs only those). CPU cost on the 2-core VM, measured or estimated from the
 # trials run so far (3-6 CPU-minutes per 8-epoch trial at 256-2048, 6-7 at 4096-8192):
 #   1  steps to 90% val, Goyal / Nesterov / LARS, 256-8192, 8 epochs         (Goyal, Nesterov done: 2.4 core-h)
-#   2  the same with more epochs at the large batches, to locate the bend    (~6 core-h)
+#   2  the same with more epochs at the large batches, to locate the bend    (~6 core-h; Nesterov 2048 done,
+#      4096 run 0 checkpointed at step 390 of 416 after ~1 h niced and shared, 2026-12-03)
 #   3  steps to 90% val, LAMB / Akiba / Mikami / ablations, 256-8192         (~8 core-h)
 #   4p equal epochs (16): Goyal/Nesterov at 256, 4096, 8192 and LARS at 4096, 8192, 3 trials each
-#      (Goyal done, Nesterov 256 and 4096 done, 8192 begun: 1.7 h wall on both cores so far)
+#      (done: 23 trials, 2.6 h wall on both cores, 2026-12-03)
 #   4  equal epochs (16), test top-1 per method, 256-8192                     (~12 core-h)
 #   5  a second seed of every chosen trial of stages 1-4                      (~4 core-h)
 set -euo pipefail
