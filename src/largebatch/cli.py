@@ -374,8 +374,14 @@ def cmd_critical_batch(args: argparse.Namespace) -> int:
 
 def cmd_advise(args: argparse.Namespace) -> int:
     from largebatch.config import ConfigError
+    from largebatch.sim.allreduce import ALGORITHMS
+    from largebatch.sim.presets import PRESETS
     from largebatch.study.advise import advise
 
+    if args.preset and args.preset not in PRESETS:
+        return _fail(f"--preset {args.preset!r} is unknown; accepted: {', '.join(PRESETS)}, or '' for no estimate")
+    if args.algorithm not in (*ALGORITHMS, "preset"):
+        return _fail(f"--algorithm {args.algorithm!r} is unknown; accepted: {', '.join(ALGORITHMS)}, preset")
     out = args.out or f"runs/advise-{args.recipe}"
     if Path(out).exists() and any(Path(out).iterdir()):
         return _fail(f"--out {out} already holds files; give a new directory (nothing was overwritten)")
@@ -387,6 +393,7 @@ def cmd_advise(args: argparse.Namespace) -> int:
             probe_epochs=args.probe_epochs,
             nproc=args.nproc,
             preset=args.preset,
+            algorithm=args.algorithm,
             measured=args.measured,
         )
     except (ConfigError, ValueError, KeyError) as err:
@@ -622,6 +629,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset",
         default="h100_ndr",
         help="cost-model cluster (see `largebatch simulate --help`; default h100_ndr); empty: no estimate",
+    )
+    p.add_argument(
+        "--algorithm",
+        default="auto",
+        help="all-reduce of the estimate: auto (what NCCL would run; default), preset (the system's own), "
+        "or a name of `largebatch simulate --algorithm`",
     )
     p.add_argument("--out", default=None, help="probe run directory (default runs/advise-<recipe>)")
     p.add_argument(

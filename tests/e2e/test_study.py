@@ -102,6 +102,10 @@ def test_advise_probe_logs_the_noise_scale(tmp_path):
     bad = largebatch("advise", "--measured", str(tmp_path / "none.json"), "--out", str(tmp_path / "bad"))
     assert bad.returncode == 2 and "--measured" in bad.stderr and "no such file" in bad.stderr
     assert "Traceback" not in bad.stderr and not (tmp_path / "bad").exists()  # refused before the probe
+    for flag, value in (("--algorithm", "butterfly"), ("--preset", "dgx1")):
+        wrong = largebatch("advise", flag, value, "--out", str(tmp_path / "wrong"))
+        assert wrong.returncode == 2 and f"{flag} '{value}' is unknown" in wrong.stderr, wrong.stderr
+        assert "Traceback" not in wrong.stderr and not (tmp_path / "wrong").exists()
     proc = largebatch(
         "advise",
         "--probe-epochs",
@@ -127,6 +131,7 @@ def test_advise_probe_logs_the_noise_scale(tmp_path):
     assert advice["linear_scaling_max_batch"] == pytest.approx(advice["b_simple"] / 10)
     cluster = advice["cluster"]
     assert cluster["preset"] == "h100_ndr" and cluster["gpus"] >= 1 and 0 < cluster["scaling_efficiency"] <= 1
+    assert "/" in cluster["algorithm"] or cluster["gpus"] == 1  # auto: NCCL's (algorithm/protocol) choice
     assert "critical batch B_crit" in proc.stdout
     (row,) = advice["measured"]
     assert row["step"] == 16 and row["ratio"] == pytest.approx(advice["b_simple"] / 256.0)

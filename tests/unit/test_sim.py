@@ -127,7 +127,7 @@ def test_invalid_shapes_raise():
     with pytest.raises(ValueError, match="multiple of gpus_per_node=8"):
         hierarchical(net(), 12, D)
     with pytest.raises(ValueError, match="unknown"):
-        allreduce_cost("tree", net(), 8, D)
+        allreduce_cost("butterfly", net(), 8, D)
     with pytest.raises(ValueError, match="gpus=0"):
         ring(net(), 0, D)
     with pytest.raises(ValueError, match="nic_bandwidth_bytes_per_s"):
@@ -151,14 +151,17 @@ def test_single_bucket_closed_form():
 def test_bucketed_overlap():
     n = net(nic_gbyte_s=100.0)
     base = dict(compute_s_per_image=0.01, per_gpu_batch=32, gradient_bytes=D, overhead_s_per_step=0.005)
-    work = Workload(bucket_cap_mb=D / 4 / (1 << 20), **base)  # four equal buckets
+    work = Workload(bucket_cap_mb=D / 4 / (1 << 20), first_bucket_mb=0, **base)  # four equal buckets
     assert work.buckets() == pytest.approx([D / 4] * 4)
     one = ring(n, 64, D / 4).time_s
     assert one < 2 / 3 * 0.32 / 4  # each bucket is reduced before the next is ready
     step = simulate_step(n, work, 64, "ring")
     assert step.communication_s == pytest.approx(4 * one)
     assert step.step_s == pytest.approx(0.32 + one + 0.005)  # only the last bucket is exposed
-    serial = simulate_step(n, Workload(bucket_cap_mb=D / 4 / (1 << 20), overlap=False, **base), 64, "ring")
+    assert step.last_bucket_exposed_s == pytest.approx(one)
+    serial = simulate_step(
+        n, Workload(bucket_cap_mb=D / 4 / (1 << 20), first_bucket_mb=0, overlap=False, **base), 64, "ring"
+    )
     assert serial.step_s == pytest.approx(0.32 + 4 * one + 0.005)
     assert simulate_step(n, work, 1, "ring").scaling_efficiency == pytest.approx(1.0)
 
@@ -166,9 +169,16 @@ def test_bucketed_overlap():
 def test_workload_validation():
     with pytest.raises(ValueError, match="per_gpu_batch"):
         Workload(compute_s_per_image=0.01, per_gpu_batch=0)
-    assert Workload(compute_s_per_image=1, gradient_bytes=60 * (1 << 20)).buckets() == pytest.approx(
-        [25 * (1 << 20), 25 * (1 << 20), 10 * (1 << 20)]
+    mib = 1 << 20
+    # DDP: a first bucket of dist._DEFAULT_FIRST_BUCKET_BYTES (1 MiB), then 25 MiB, the rest last
+    assert Workload(compute_s_per_image=1, gradient_bytes=60 * mib).buckets() == pytest.approx(
+        [mib, 25 * mib, 25 * mib, 9 * mib]
     )
+    assert Workload(compute_s_per_image=1, gradient_bytes=60 * mib, first_bucket_mb=0).buckets() == pytest.approx(
+        [25 * mib, 25 * mib, 10 * mib]
+    )
+    with pytest.raises(ValueError, match="first_bucket_mb"):
+        Workload(compute_s_per_image=0.01, first_bucket_mb=-1)
 
 
 # --- calibration --------------------------------------------------------------------------------
@@ -208,7 +218,7 @@ def test_presets_are_sourced():
     for preset in PRESETS.values():
         assert preset.sources.get("gpu_images_per_s") and preset.gpu_images_per_s > 0
         assert preset.workload().gradient_bytes == 25_557_032 * preset.gradient_bytes_per_parameter
-    assert get_preset("goyal2017").gpu_images_per_s == pytest.approx(1_281_167 * 90 / (29 * 3600) / 8)
+    assert get_preset("goyal2017").gpu_images_per_s == 219.0  # TensorFlow DGX-1 P100, not the paper's own baseline
     with pytest.raises(ValueError, match="accepted: goyal2017"):
         get_preset("dgx1")
 

@@ -16,80 +16,38 @@ master of the reduce-to-master scheme gets one NIC.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
-ALGORITHMS = ("ring", "halving_doubling", "hierarchical", "torus2d")
+from largebatch.sim.nccl import NCCL_ALGORITHMS, nccl_allreduce
+from largebatch.sim.network import AllReduceCost, Network, contention_factor
 
+CLASSIC_ALGORITHMS = ("ring", "halving_doubling", "hierarchical", "torus2d")
+"""Alpha-beta models of the algorithms the papers implemented themselves."""
+ALGORITHMS = ("auto", *CLASSIC_ALGORITHMS, *NCCL_ALGORITHMS)
+"""``auto``: what NCCL would run (its fastest algorithm/protocol pair); then the classic ones; then
+each of NCCL's algorithms with NCCL's fastest protocol for it."""
 
-@dataclass(frozen=True, kw_only=True)
-class Network:
-    """Nodes of ``gpus_per_node`` GPUs: one link type inside a node, NICs between nodes.
-
-    Bandwidths are bytes/s in one direction; latencies are the per-step alpha in seconds.
-
-    Raises:
-        ValueError: for a non-positive field.
-    """
-
-    gpus_per_node: int
-    intra_node_latency_s: float
-    intra_node_bandwidth_bytes_per_s: float
-    """Bandwidth of one ring hop between two GPUs of a node (NVLink, PCIe)."""
-    inter_node_latency_s: float
-    nic_bandwidth_bytes_per_s: float
-    """One NIC, one direction."""
-    nics_per_node: int = 1
-
-    def __post_init__(self):
-        for name, value in vars(self).items():
-            if not value > 0:
-                raise ValueError(f"Network.{name}={value} is invalid; accepted: > 0")
-
-    def crossing_bandwidth_bytes_per_s(self, flows_per_node: int, members_per_node: int) -> float:
-        """Bandwidth of one of ``flows_per_node`` rings or exchanges leaving a node at once, each
-        with ``members_per_node`` GPUs in the node (at most one NIC per member)."""
-        nic = self.nic_bandwidth_bytes_per_s
-        return min(self.nics_per_node * nic / flows_per_node, members_per_node * nic)
-
-
-@dataclass(frozen=True)
-class AllReduceCost:
-    """Cost of one all-reduce of ``nbytes`` per GPU.
-
-    ``steps``: sequential communication steps (each pays one alpha). ``*_bytes_per_gpu``: bytes a
-    GPU sends over that link type, averaged over all GPUs (the node's NICs carry gpus_per_node times
-    ``inter_node_bytes_per_gpu``). ``time_s``: the model time in seconds.
-    """
-
-    algorithm: str
-    steps: int
-    intra_node_bytes_per_gpu: float
-    inter_node_bytes_per_gpu: float
-    time_s: float
-
-    @property
-    def bytes_per_gpu(self) -> float:
-        return self.intra_node_bytes_per_gpu + self.inter_node_bytes_per_gpu
-
-    def __add__(self, other: AllReduceCost) -> AllReduceCost:
-        return AllReduceCost(
-            self.algorithm,
-            self.steps + other.steps,
-            self.intra_node_bytes_per_gpu + other.intra_node_bytes_per_gpu,
-            self.inter_node_bytes_per_gpu + other.inter_node_bytes_per_gpu,
-            self.time_s + other.time_s,
-        )
+__all__ = ["ALGORITHMS", "CLASSIC_ALGORITHMS", "AllReduceCost", "Network", "allreduce_cost", "contention_factor"]
 
 
 _ZERO = AllReduceCost("", 0, 0.0, 0.0, 0.0)
 
 
 def _ring_phase(
-    net: Network, *, size: int, per_node: int, flows: int, nbytes: float, passes: int, share: float = 1.0
+    net: Network,
+    *,
+    size: int,
+    per_node: int,
+    flows: int,
+    nbytes: float,
+    passes: int,
+    share: float = 1.0,
+    node_stride: int = 1,
 ) -> AllReduceCost:
     """``passes`` passes of a ring of ``size`` GPUs (1: reduce-scatter or all-gather, 2: all-reduce)
     on a vector of ``nbytes``, ``per_node`` members in each node, ``flows`` such rings crossing each
-    node at once; ``share`` is the fraction of all GPUs that are members (for the means)."""
+    node at once; ``share`` is the fraction of all GPUs that are members (for the means).
+    ``node_stride``: nodes between consecutive members' nodes (for the fabric's leaves)."""
     if size <= 1:
         return _ZERO
     steps = passes * (size - 1)
@@ -98,7 +56,8 @@ def _ring_phase(
         t = steps * net.intra_node_latency_s + sent / net.intra_node_bandwidth_bytes_per_s
         return AllReduceCost("", steps, sent * share, 0.0, t)
     crossing = math.ceil(size / per_node) / size  # fraction of hops that leave a node
-    bw = net.crossing_bandwidth_bytes_per_s(flows, per_node)
+    nodes = math.ceil(size / per_node) * node_stride
+    bw = net.crossing_bandwidth_bytes_per_s(flows, per_node) / contention_factor(net, nodes, "ring")
     if per_node > 1:  # the ring also has intra-node hops; the slowest hop sets the step time
         bw = min(bw, net.intra_node_bandwidth_bytes_per_s)
     t = steps * net.inter_node_latency_s + sent / bw
@@ -106,12 +65,14 @@ def _ring_phase(
 
 
 def _halving_doubling_phase(
-    net: Network, *, size: int, per_node: int, flows: int, nbytes: float, share: float = 1.0
+    net: Network, *, size: int, per_node: int, flows: int, nbytes: float, share: float = 1.0, node_stride: int = 1
 ) -> AllReduceCost:
     """Recursive halving (reduce-scatter, distance 1, 2, 4, ..., data halving) then doubling
     (all-gather) over ``size`` GPUs. Non-power-of-two: binary blocks as two extra steps (the
     ``size - P`` extra GPUs send their vector to a partner first and get the sum back last; Goyal
-    sec. 4). The exchange at distance 2^k stays in a node iff 2^(k+1) divides ``per_node``."""
+    sec. 4). The exchange at distance 2^k stays in a node iff 2^(k+1) divides ``per_node``; one at a
+    distance of a leaf switch's nodes or more runs at the NIC bandwidth over the fabric's
+    oversubscription (every node sends off its leaf at once)."""
     if size <= 1:
         return _ZERO
     levels = size.bit_length() - 1
@@ -122,7 +83,11 @@ def _halving_doubling_phase(
     t = 2 * local * net.intra_node_latency_s + intra / net.intra_node_bandwidth_bytes_per_s
     if inter:
         bw = net.crossing_bandwidth_bytes_per_s(flows * per_node, 1)
-        t += 2 * (levels - local) * net.inter_node_latency_s + inter / bw
+        t += 2 * (levels - local) * net.inter_node_latency_s
+        leaf, spanned = net.nodes_per_leaf_switch, math.ceil(size / per_node) * node_stride
+        for k in range(local, levels):  # the exchange at distance 2^k moves nbytes / 2^(k+1) each way
+            far = 0 < leaf < spanned and (1 << k) / per_node * node_stride >= leaf
+            t += 2 * nbytes / 2 ** (k + 1) * (net.fabric_oversubscription if far else 1.0) / bw
     cost = AllReduceCost("", 2 * levels, intra * p / size * share, inter * p / size * share, t)
     if extra:
         within = size <= per_node
@@ -224,20 +189,27 @@ def torus2d(net: Network, gpus: int, nbytes: float, *, x: int | None = None) -> 
         )
     y = gpus // x
     row = _ring_phase(net, size=x, per_node=min(x, g), flows=1, nbytes=nbytes, passes=1)
-    column = _ring_phase(net, size=y, per_node=max(1, g // x), flows=min(x, g), nbytes=nbytes / x, passes=2)
+    column = _ring_phase(
+        net, size=y, per_node=max(1, g // x), flows=min(x, g), nbytes=nbytes / x, passes=2, node_stride=max(1, x // g)
+    )
     return replace(row + column + row, algorithm="torus2d")
 
 
 def allreduce_cost(algorithm: str, net: Network, gpus: int, nbytes: float, **options) -> AllReduceCost:
-    """Dispatch by name (one of :data:`ALGORITHMS`); ``options`` go to hierarchical/torus2d.
+    """Dispatch by name (one of :data:`ALGORITHMS`); ``options`` go to hierarchical/torus2d, or
+    ``protocol`` (``LL``, ``LL128``, ``Simple``, default ``auto``) to ``auto`` and NCCL's algorithms
+    (:func:`largebatch.sim.nccl.nccl_allreduce`).
 
     Raises:
         ValueError: unknown algorithm or invalid options.
     """
     funcs = {"ring": ring, "halving_doubling": halving_doubling, "hierarchical": hierarchical, "torus2d": torus2d}
-    if algorithm not in funcs:
+    if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm={algorithm!r} is unknown; accepted: {', '.join(ALGORITHMS)}")
-    return funcs[algorithm](net, gpus, nbytes, **options)
+    if algorithm in funcs:
+        return funcs[algorithm](net, gpus, nbytes, **options)
+    _check_gpus(gpus)
+    return nccl_allreduce(net, gpus, nbytes, algorithm=algorithm, protocol=options.get("protocol", "auto"))
 
 
 def _check_gpus(gpus: int) -> None:

@@ -24,7 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``simulate`` to ``parser`` (validated in :func:`run`)."""
     parser.add_argument("--gpus", type=int, default=256, help="number of GPUs (default 256)")
     parser.add_argument("--preset", default="goyal2017", help=f"hardware preset: {', '.join(PRESETS)}")
-    parser.add_argument("--algorithm", default="all", help=f"{' | '.join(ALGORITHMS)} | all (default)")
+    parser.add_argument(
+        "--algorithm",
+        default="all",
+        help=f"{' | '.join(ALGORITHMS)} | all (default); auto: what NCCL's tuning model would run",
+    )
     parser.add_argument(
         "--per-gpu-batch", type=int, default=None, help="images per GPU per step (default: the preset's, 32)"
     )
@@ -94,12 +98,15 @@ def run(args: argparse.Namespace) -> int:
         f"{preset.gpu_images_per_s:.0f} img/s/GPU alone, gradient {work.gradient_bytes / 1e6:.1f} MB, "
         f"buckets {len(work.buckets())}, overlap {work.overlap}; the system's own: {preset.algorithm}"
     )
-    print(f"{'algorithm':<18}{'allreduce_ms':>13}{'step_ms':>10}{'epoch_s':>10}{'train_min':>11}{'efficiency_%':>14}")
+    print(
+        f"{'algorithm':<18}{'allreduce_ms':>13}{'step_ms':>10}{'exposed_ms':>11}{'epoch_s':>10}{'train_min':>11}"
+        f"{'efficiency_%':>14}  nccl_choice"
+    )
     for r in rows:
         print(
-            f"{r.algorithm:<18}{r.allreduce_s * 1e3:>13.2f}{r.step_s * 1e3:>10.2f}"
+            f"{r.algorithm:<18}{r.allreduce_s * 1e3:>13.3f}{r.step_s * 1e3:>10.2f}{r.last_bucket_exposed_s * 1e3:>11.3f}"
             f"{r.epoch_s(args.images):>10.2f}{r.train_s(args.epochs, args.images) / 60:>11.2f}"
-            f"{r.scaling_efficiency * 100:>14.1f}"
+            f"{r.scaling_efficiency * 100:>14.1f}  {r.choice or '-'}"
         )
     if args.out is not None:
         try:

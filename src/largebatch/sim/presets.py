@@ -1,7 +1,8 @@
 """Hardware presets of the published large-batch systems, every number with its source.
 
-Single-GPU ResNet-50 throughput comes from a published measurement, never from the result a
-preset is used to predict (docs/comm.md, "Validation against the papers"). Per-hop latencies are
+Single-GPU ResNet-50 throughput comes from a measurement published separately from the run a
+preset is used to predict (docs/comm.md, "Validation"): another benchmark, another submission,
+or, where none was found, a spec-sheet scaling marked [assumption]. Per-hop latencies are
 NCCL's own cost-model constants (``hwLat`` of the ring/Simple protocol in NVIDIA/nccl
 ``src/graph/tuning.cc``: NVLink 3.4 us, PCIe 5.7 us, network 9.6 us in NCCL 2.7, 14 us in later
 releases); intra-node bandwidths are NCCL's per-link constants (``src/graph/topo.h``:
@@ -10,7 +11,7 @@ SM60_NVLINK_BW 18, SM70 20, SM90 20.6, PCI_BW 12 GB/s); NIC bandwidths are line 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from largebatch.sim.allreduce import Network
 from largebatch.sim.step import IMAGENET_TRAIN_IMAGES, RESNET50_PARAMETERS, Workload
@@ -38,25 +39,32 @@ class Preset:
     bucket_cap_mb: float = 25.0
     overlap: bool = True
     algorithm: str = "ring"
-    """The algorithm the paper used."""
+    """The algorithm the paper used (``auto``: what NCCL's tuning model would pick)."""
     hierarchical: dict = field(default_factory=dict)
     """Options of the hierarchical algorithm (mode, inter) for this system."""
     sources: dict = field(default_factory=dict)
     """Field -> source (paper section or URL); [assumption] marks numbers without one."""
 
     def workload(self, per_gpu_batch: int | None = None, **changes) -> Workload:
-        return Workload(
+        fields = dict(
             compute_s_per_image=1 / self.gpu_images_per_s,
             per_gpu_batch=per_gpu_batch or self.per_gpu_batch,
             gradient_bytes=RESNET50_PARAMETERS * self.gradient_bytes_per_parameter,
             bucket_cap_mb=self.bucket_cap_mb,
             overlap=self.overlap,
-            **changes,
         )
+        return Workload(**{**fields, **changes})
 
 
-# Goyal et al. 2017 sec. 1: 90 epochs of the kn=256 baseline take 29 h on 8 P100 (one server).
-_P100_IMAGES_PER_S = IMAGENET_TRAIN_IMAGES * 90 / (29 * 3600) / 8  # = 138.1
+# Goyal et al. 2017 sec. 1: 90 epochs of the kn=256 baseline take 29 h on 8 P100 (one server). The
+# paper's own figure: kept for the sensitivity row of the validation, not used by a preset.
+GOYAL_OWN_P100_IMAGES_PER_S = IMAGENET_TRAIN_IMAGES * 90 / (29 * 3600) / 8  # = 138.1
+# TensorFlow's benchmark page (tensorflow/tensorflow tensorflow/docs_src/performance/benchmarks.md,
+# May 2017): DGX-1 P100 SXM2, ResNet-50, fp32, batch 64, synthetic data, 1 GPU: 219 img/s.
+P100_SXM2_IMAGES_PER_S = 219.0
+# P100 PCIe: no published ResNet-50 figure found; the SXM2 figure times the fp32 peak ratio
+# 9.3 / 10.6 TFLOPS (NVIDIA P100 datasheet) [assumption] = 192.1 img/s.
+P100_PCIE_IMAGES_PER_S = P100_SXM2_IMAGES_PER_S * 9.3 / 10.6
 
 GOYAL2017 = Preset(
     name="goyal2017",
@@ -68,8 +76,10 @@ GOYAL2017 = Preset(
         inter_node_latency_s=9.6e-6,
         nic_bandwidth_bytes_per_s=gbit_s(50),
         nics_per_node=1,
+        compute_capability=60,
+        nccl_channels=4,
     ),
-    gpu_images_per_s=_P100_IMAGES_PER_S,
+    gpu_images_per_s=P100_SXM2_IMAGES_PER_S,
     gradient_bytes_per_parameter=4,
     per_gpu_batch=32,
     algorithm="hierarchical",
@@ -81,8 +91,10 @@ GOYAL2017 = Preset(
         "intra_node_latency": f"{NCCL_TUNING}: NVLink 3.4 us",
         "inter_node_latency": f"{NCCL_TUNING}: network 9.6 us (NCCL 2.7) [assumption: Gloo over 50 GbE "
         "has no published per-hop figure]",
-        "gpu_images_per_s": "Goyal et al. 2017 sec. 1: 29 h for 90 epochs on 8 P100 "
-        "(https://developer.nvidia.com/facebook-trains-imagenet-1-hour) -> 138.1 img/s/GPU",
+        "gpu_images_per_s": "TensorFlow benchmarks, DGX-1 P100, ResNet-50 fp32 batch 64, 1 GPU: 219 img/s "
+        "(tensorflow/tensorflow tensorflow/docs_src/performance/benchmarks.md, 2017); the paper's own "
+        "8-GPU baseline (29 h, 138.1 img/s/GPU, sec. 1) is the sensitivity row of docs/comm.md",
+        "nccl_channels": "[assumption] 4 rings over the P100's 4 NVLinks (only for algorithm=auto: Goyal used Gloo)",
         "algorithm": "Goyal et al. 2017 sec. 4: reduce in server, halving/doubling between servers, broadcast",
         "overlap, bucket_cap_mb": "Goyal sec. 4 reduces per layer during backprop; 25 MiB buckets [assumption]",
     },
@@ -98,8 +110,11 @@ AKIBA2017 = Preset(
         inter_node_latency_s=9.6e-6,
         nic_bandwidth_bytes_per_s=gbit_s(56),
         nics_per_node=2,
+        intra_link="pci",
+        compute_capability=60,
+        nccl_channels=2,
     ),
-    gpu_images_per_s=_P100_IMAGES_PER_S,
+    gpu_images_per_s=P100_PCIE_IMAGES_PER_S,
     gradient_bytes_per_parameter=2,
     per_gpu_batch=32,
     bucket_cap_mb=0.0,
@@ -113,8 +128,11 @@ AKIBA2017 = Preset(
         "intra_node_latency": f"{NCCL_TUNING}: PCIe 5.7 us",
         "inter_node_latency": f"{NCCL_TUNING}: network 9.6 us (NCCL 2.7; the run used NCCL 2.0.5)",
         "gradient_bytes_per_parameter": "Akiba et al. 2017: fp16 gradients for the all-reduce [S]",
-        "gpu_images_per_s": "no published Chainer P100 figure found; the P100 baseline of Goyal et al. "
-        "2017 sec. 1 (29 h, 8 P100 SXM2) [assumption: PCIe P100 at the SXM2 rate]",
+        "gpu_images_per_s": "no published P100 PCIe ResNet-50 figure found: TensorFlow's P100 SXM2 219 img/s "
+        "x the fp32 peak ratio 9.3/10.6 TFLOPS (NVIDIA P100 datasheet) = 192.1 [assumption]",
+        "nccl_channels": "[assumption] 2 (PCIe, 2 NICs)",
+        "fabric": "MN-1 is a thin tree (8 groups of 16 nodes, aggregated links between groups; PFN blog above); "
+        "its oversubscription is not published, so the model treats it as non-blocking [assumption]",
         "overlap, bucket_cap_mb": "ChainerMN packs all gradients in one buffer and added overlap (double "
         "buffering) only in v1.2, 2018: https://chainer.org/general/2018/05/25/chainermn-v1-3.html",
     },
@@ -130,6 +148,10 @@ MIKAMI2018 = Preset(
         inter_node_latency_s=9.6e-6,
         nic_bandwidth_bytes_per_s=gbit_s(100),
         nics_per_node=2,
+        fabric_oversubscription=3.0,
+        nodes_per_leaf_switch=34,
+        compute_capability=70,
+        nccl_channels=4,
     ),
     # sony/nnabla-examples image-classification/imagenet/README.md: ResNet-50, 4 x V100, mixed
     # precision, 192 per GPU, Step90 in 7.29 h -> 1,281,167 * 90 / 26,244 s / 4 = 1098 img/s/GPU.
@@ -150,41 +172,124 @@ MIKAMI2018 = Preset(
         "(ResNet50, 4 x V100, MP, batch 192/GPU, Step90: 7.29 h)",
         "overlap, bucket_cap_mb": "[assumption] DDP-like 25 MiB buckets overlapped with backward",
         "torus x": "[assumption] X = 4 GPUs per node; the paper's grid shape is not known (Mikami et al. 2018)",
+        "fabric": "ABCI: full bisection inside a rack of 34 nodes (68 EDR ports, 2 per node), 1/3 oversubscription "
+        "between racks (https://news.mynavi.jp/article/abci-2)",
+        "nccl_channels": "[assumption] 4",
     },
 )
+
+# MLPerf Training v3.0, NVIDIA 1x DGX H100 (mlcommons/training_results_v3.0 @ 9f08e30c,
+# NVIDIA/results/dgxh100_ngc23.04_mxnet/resnet/result_0.txt): tracked throughput 55,900-56,200 img/s
+# on 8 GPUs at 400 per GPU: 7,006 per GPU. A separate single-node submission, not a run predicted here.
+H100_IMAGES_PER_S = 7006.0
+# MLPerf Training v4.0, NVIDIA 8x H100 on Eos, NGC 24.04 (mlcommons/training_results_v4.0 @ 62f111b7,
+# NVIDIA/results/eos_ngc24.04_mxnet/resnet/result_0.txt): 57,100-57,400 img/s, 400 per GPU: 7,150.
+H100_V4_IMAGES_PER_S = 7150.0
+
+_DGX_H100_NETWORK = Network(
+    gpus_per_node=8,
+    intra_node_latency_s=3.4e-6,
+    intra_node_bandwidth_bytes_per_s=18 * 20.6e9,
+    inter_node_latency_s=14e-6,
+    nic_bandwidth_bytes_per_s=gbit_s(400),
+    nics_per_node=8,
+    nodes_per_leaf_switch=32,
+    compute_capability=90,
+    nccl_channels=16,
+    nvls=True,
+    collnet=True,
+)
+_DGX_H100_SOURCES = {
+    "gpus_per_node, NVLink, NIC": "NVIDIA DGX H100 datasheet: 8 H100 SXM, NVLink 900 GB/s (18 links), "
+    "8x ConnectX-7 400 Gb/s InfiniBand; MLPerf system descriptions list the same 8 compute NICs",
+    "intra_node_bandwidth": f"{NCCL_TOPO} SM90_NVLINK_BW = 20.6 GB/s x 18 links (NVSwitch)",
+    "intra_node_latency": f"{NCCL_TUNING}: NVLink 3.4 us",
+    "inter_node_latency": f"{NCCL_TUNING}: network 14 us (current NCCL)",
+    "fabric": "DGX SuperPOD reference architecture (docs.nvidia.com/dgx-superpod, network fabrics): rail-aligned "
+    "scalable units of 32 nodes, as many spine-leaf cables as node cables, so non-blocking (oversubscription 1)",
+    "nvls, collnet": "NVSwitch with NVLink SHARP (Hopper); the 3,584-GPU MLPerf run set SBATCH_NETWORK=sharp, "
+    "NCCL_COLLNET_ENABLE=1, NCCL_ALGO=COLLNETCHAIN (config_DGXH100_multi_448x8x16.sh, "
+    "mlcommons/training_results_v4.0 NVIDIA/benchmarks/resnet/implementations/coreweave_hgxh100_n448_ngc23.04_mxnet)",
+    "nccl_channels": "[assumption] 16 (NCCL's NVLS channel count on H100)",
+    "gradient_bytes_per_parameter": "mixed precision (fp16) gradients [assumption]",
+}
 
 H100_NDR = Preset(
     name="h100_ndr",
-    description="DGX H100: 8x H100 SXM, NVLink 4 / NVSwitch, 8x NDR 400 Gbit/s InfiniBand per node",
-    network=Network(
-        gpus_per_node=8,
-        intra_node_latency_s=3.4e-6,
-        intra_node_bandwidth_bytes_per_s=18 * 20.6e9,
-        inter_node_latency_s=14e-6,
-        nic_bandwidth_bytes_per_s=gbit_s(400),
-        nics_per_node=8,
-    ),
-    # MLPerf Training v3.0, NVIDIA 1x DGX H100 (mlcommons/training_results_v3.0
-    # NVIDIA/results/dgxh100_ngc23.04_mxnet/resnet/result_0.txt): tracked throughput ~56,000 img/s
-    # on 8 GPUs, 400 per GPU, epochs 2-15.
-    gpu_images_per_s=56_000 / 8,
+    description="DGX H100: 8x H100 SXM, NVLink 4 / NVSwitch (NVLS), 8x NDR 400 Gbit/s InfiniBand with SHARP",
+    network=_DGX_H100_NETWORK,
+    gpu_images_per_s=H100_IMAGES_PER_S,
     gradient_bytes_per_parameter=2,
     per_gpu_batch=32,
-    algorithm="ring",
+    algorithm="auto",
     hierarchical={"mode": "scatter", "inter": "ring"},
     sources={
-        "gpus_per_node, NVLink, NIC": "NVIDIA DGX H100 datasheet: 8 H100 SXM, NVLink 900 GB/s (18 links), "
-        "8x ConnectX-7 400 Gb/s InfiniBand",
-        "intra_node_bandwidth": f"{NCCL_TOPO} SM90_NVLINK_BW = 20.6 GB/s x 18 links (NVSwitch)",
-        "intra_node_latency": f"{NCCL_TUNING}: NVLink 3.4 us",
-        "inter_node_latency": f"{NCCL_TUNING}: network 14 us (current NCCL)",
-        "gpu_images_per_s": "MLPerf Training v3.0 NVIDIA 1xDGX H100 result_0.txt: ~56,000 img/s / 8 GPUs "
-        "at 400 per GPU (optimistic at 32 per GPU)",
-        "gradient_bytes_per_parameter": "mixed precision (fp16/bf16) gradients [assumption]",
+        **_DGX_H100_SOURCES,
+        "gpu_images_per_s": "MLPerf Training v3.0 NVIDIA 1x DGX H100 (dgxh100_ngc23.04_mxnet result_0.txt): "
+        "~56,000 img/s / 8 GPUs at 400 per GPU = 7,006 (optimistic at small per-GPU batches)",
+        "algorithm": "auto: what NCCL's tuning model picks (largebatch.sim.nccl)",
     },
 )
 
-PRESETS = {p.name: p for p in (GOYAL2017, AKIBA2017, MIKAMI2018, H100_NDR)}
+H200_DGX = Preset(
+    name="h200_dgx",
+    description="HGX H200: 8x H200 SXM 141 GB, NVLink 4 / NVSwitch (NVLS), 8x NDR 400 Gbit/s InfiniBand",
+    network=replace(_DGX_H100_NETWORK, collnet=False),
+    gpu_images_per_s=H100_V4_IMAGES_PER_S,
+    gradient_bytes_per_parameter=2,
+    per_gpu_batch=400,
+    algorithm="auto",
+    hierarchical={"mode": "scatter", "inter": "ring"},
+    sources={
+        **_DGX_H100_SOURCES,
+        "gpus_per_node, NVLink, NIC": "MLPerf Training v4.0 system description h200_ngc24.04_mxnet: 8x "
+        "H200-SXM-141GB, Compute: 8x ConnectX-7 IB NDR 400Gb/s",
+        "gpu_images_per_s": "no separate H200 ResNet-50 figure found: the H100 (same GH100 compute, less memory "
+        "bandwidth) from MLPerf v4.0 NVIDIA 8x H100 on Eos, NGC 24.04: ~57,200 img/s / 8 = 7,150 [assumption: H200 "
+        "computes as fast as H100]",
+        "collnet": "one node: no in-network reduction across nodes",
+        "algorithm": "auto: what NCCL's tuning model picks (largebatch.sim.nccl)",
+    },
+)
+
+# Intel Xeon Phi 7250 (Knights Landing): 68 cores x 1.4 GHz x 2 AVX-512 FMA units x 16 fp32 x 2 =
+# 6.09 TFLOPS fp32 peak (Intel ARK). No published absolute ResNet-50 training rate was found; the
+# P100's TensorFlow rate per peak TFLOPS (219 / 10.6) times the KNL peak stands in [assumption].
+KNL_IMAGES_PER_S = 68 * 1.4e9 * 2 * 16 * 2 / 1e12 * P100_SXM2_IMAGES_PER_S / 10.6
+
+KNL_OPA = Preset(
+    name="knl_opa",
+    description="Intel Xeon Phi 7250 (KNL) nodes, one per node, Intel Omni-Path 100 Gbit/s (Intel Caffe + MLSL)",
+    network=Network(
+        gpus_per_node=1,
+        intra_node_latency_s=1e-6,
+        intra_node_bandwidth_bytes_per_s=400e9,
+        inter_node_latency_s=1.0e-6,
+        nic_bandwidth_bytes_per_s=gbit_s(100),
+        nics_per_node=1,
+        intra_link="pci",
+        compute_capability=60,
+        nccl_channels=1,
+    ),
+    gpu_images_per_s=KNL_IMAGES_PER_S,
+    gradient_bytes_per_parameter=4,
+    per_gpu_batch=16,
+    bucket_cap_mb=0.0,
+    overlap=False,
+    algorithm="halving_doubling",
+    sources={
+        "gpus_per_node": "You et al. 2018 (ICPP), 2,048 Xeon Phi 7250; one KNL socket per node (Stampede2 KNL nodes)",
+        "nic_bandwidth": "Intel Omni-Path Architecture 100 Gbit/s per port (Intel OPA product brief)",
+        "inter_node_latency": "Intel OPA product brief: ~1 us MPI latency [assumption: per step]",
+        "intra_node": "one processor per node: no intra-node step (placeholder values, unused)",
+        "gpu_images_per_s": "[assumption] no absolute KNL ResNet-50 figure found: fp32 peak 6.09 TFLOPS (Intel ARK) "
+        "x TensorFlow's P100 rate per peak TFLOPS (219 img/s / 10.6) = 125.8 img/s",
+        "algorithm": "[assumption] MLSL / Intel MPI large-message all-reduce as recursive halving/doubling "
+        "(Rabenseifner), fp32, after backward",
+    },
+)
+
+PRESETS = {p.name: p for p in (GOYAL2017, AKIBA2017, MIKAMI2018, H100_NDR, H200_DGX, KNL_OPA)}
 
 
 def get_preset(name: str) -> Preset:

@@ -1,7 +1,8 @@
 """Training-step model: compute, bucketed all-reduce overlapped with backward, throughput.
 
-One step on each of N GPUs: forward, then backward, during which gradient buckets of
-``bucket_cap_mb`` MiB become ready in order, evenly over the backward time (PyTorch DDP's buckets;
+One step on each of N GPUs: forward, then backward, during which gradient buckets (DDP's: a first
+bucket of ``first_bucket_mb`` = 1 MiB, then ``bucket_cap_mb`` = 25 MiB each) become ready in order,
+evenly over the backward time (PyTorch DDP's buckets;
 Goyal et al. 2017 sec. 4 reduce per layer as soon as it is ready). A bucket's all-reduce starts
 when it is ready and the network is free (buckets are serialized); the step ends when backward has
 finished and the last bucket is reduced, plus a fixed per-step overhead (optimizer, data)::
@@ -43,6 +44,9 @@ class Workload:
     """Bytes all-reduced per step per GPU (parameters x 4 for fp32, x 2 for fp16 gradients)."""
     bucket_cap_mb: float = 25.0
     """Bucket size in MiB (DDP's default 25); 0 puts the whole gradient in one bucket."""
+    first_bucket_mb: float = 1.0
+    """Size of the first bucket in MiB (DDP's ``_DEFAULT_FIRST_BUCKET_BYTES``, 1 MiB: the last
+    layers' gradients, ready first, so communication starts early); 0: as large as the others."""
     backward_fraction: float = 2 / 3
     """Share of the compute time spent in backward (about 2x the forward FLOPs)."""
     overlap: bool = True
@@ -56,6 +60,7 @@ class Workload:
             "per_gpu_batch": (self.per_gpu_batch >= 1, ">= 1"),
             "gradient_bytes": (self.gradient_bytes > 0, "> 0"),
             "bucket_cap_mb": (self.bucket_cap_mb >= 0, ">= 0 (0: one bucket)"),
+            "first_bucket_mb": (self.first_bucket_mb >= 0, ">= 0 (0: as large as the others)"),
             "backward_fraction": (0 < self.backward_fraction <= 1, "in (0, 1]"),
             "overhead_s_per_step": (self.overhead_s_per_step >= 0, ">= 0"),
         }
@@ -64,13 +69,18 @@ class Workload:
                 raise ValueError(f"Workload.{name}={getattr(self, name)} is invalid; accepted: {accepted}")
 
     def buckets(self) -> list[float]:
-        """Bucket sizes in bytes, in the order they become ready."""
+        """Bucket sizes in bytes, in the order they become ready: DDP's first bucket of
+        ``first_bucket_mb`` (when smaller than the cap), then buckets of ``bucket_cap_mb``, the
+        last one holding the rest."""
         cap = self.bucket_cap_mb * MIB
         if cap <= 0 or cap >= self.gradient_bytes:
             return [self.gradient_bytes]
-        full = math.floor(self.gradient_bytes / cap)
-        rest = self.gradient_bytes - full * cap
-        return [cap] * full + ([rest] if rest > 0 else [])
+        first = self.first_bucket_mb * MIB
+        head = [first] if 0 < first < cap else []
+        left = self.gradient_bytes - sum(head)
+        full = math.floor(left / cap)
+        rest = left - full * cap
+        return head + [cap] * full + ([rest] if rest > 0 else [])
 
 
 @dataclass(frozen=True)
@@ -87,6 +97,10 @@ class StepResult:
     step_s: float
     images_per_s: float
     scaling_efficiency: float
+    last_bucket_exposed_s: float = 0.0
+    """Communication left after backward ends (the last buckets' all-reduce that nothing hides)."""
+    choice: str = ""
+    """For ``auto`` and NCCL's algorithms: NCCL's (algorithm/protocol) for the whole gradient."""
 
     @property
     def exposed_communication_s(self) -> float:
@@ -109,7 +123,7 @@ def simulate_step(net: Network, work: Workload, gpus: int, algorithm: str = "rin
         ValueError: invalid gpus, algorithm or options (from :func:`allreduce_cost`).
     """
     compute = work.per_gpu_batch * work.compute_s_per_image
-    whole = allreduce_cost(algorithm, net, gpus, work.gradient_bytes, **options).time_s
+    whole_cost = allreduce_cost(algorithm, net, gpus, work.gradient_bytes, **options)
     buckets = work.buckets()
     costs = [allreduce_cost(algorithm, net, gpus, b, **options).time_s for b in buckets]
     if work.overlap:
@@ -119,9 +133,22 @@ def simulate_step(net: Network, work: Workload, gpus: int, algorithm: str = "rin
             done += size
             ready = forward + work.backward_fraction * compute * done / work.gradient_bytes
             net_free = max(ready, net_free) + cost
-        step = max(compute, net_free) + work.overhead_s_per_step
+        exposed = max(0.0, net_free - compute)
     else:
-        step = compute + sum(costs) + work.overhead_s_per_step
+        exposed = sum(costs)
+    step = compute + exposed + work.overhead_s_per_step
     images_per_s = gpus * work.per_gpu_batch / step
     single = work.per_gpu_batch / (compute + work.overhead_s_per_step)
-    return StepResult(gpus, algorithm, compute, whole, sum(costs), step, images_per_s, images_per_s / (gpus * single))
+    choice = whole_cost.algorithm if whole_cost.algorithm != algorithm else ""
+    return StepResult(
+        gpus,
+        algorithm,
+        compute,
+        whole_cost.time_s,
+        sum(costs),
+        step,
+        images_per_s,
+        images_per_s / (gpus * single),
+        exposed,
+        choice,
+    )

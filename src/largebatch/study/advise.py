@@ -78,7 +78,8 @@ class Advice:
         c = self.cluster
         if c:
             lines.append(
-                f"cost model ({c['preset']}: {c['per_gpu_batch']} images per GPU, compute scaled by the model's "
+                f"cost model ({c['preset']}, all-reduce {c.get('algorithm', 'auto')}: {c['per_gpu_batch']} images "
+                "per GPU, compute scaled by the model's "
                 f"FLOPs, {c['flops_ratio_to_resnet50']:.3g}x ResNet-50's): B_crit on {c['gpus']} GPU(s), "
                 f"{c['images_per_s']:,.0f} images/s, scaling efficiency {100 * c['scaling_efficiency']:.0f}%, "
                 f"{_duration(c['train_s'])} for {self.epochs_at_critical_batch:.1f} epochs of {c['train_images']:,} "
@@ -217,9 +218,13 @@ def _model_of(cfg):
     return model, (1, channels, size, size)
 
 
-def cluster_estimate(cfg, critical_batch: float, epochs: float, train_images: int, preset_name: str) -> dict:
+def cluster_estimate(
+    cfg, critical_batch: float, epochs: float, train_images: int, preset_name: str, algorithm: str = "auto"
+) -> dict:
     """GPUs and time to train at the critical batch through :mod:`largebatch.sim` (the preset's
-    network, per-GPU batch and ResNet-50 throughput, compute scaled by the model's FLOPs)."""
+    network, per-GPU batch and ResNet-50 throughput, compute scaled by the model's FLOPs).
+    ``algorithm``: ``auto`` (what NCCL's tuning model would run), ``preset`` (the system's own) or
+    any name of :data:`largebatch.sim.allreduce.ALGORITHMS`."""
 
     preset = get_preset(preset_name)
     ratio = model_flops_ratio(cfg)
@@ -230,10 +235,12 @@ def cluster_estimate(cfg, critical_batch: float, epochs: float, train_images: in
         compute_s_per_image=ratio / preset.gpu_images_per_s,
         gradient_bytes=params * preset.gradient_bytes_per_parameter,
     )
-    options = dict(preset.hierarchical) if preset.algorithm == "hierarchical" else {}
-    step = simulate_step(preset.network, work, gpus, preset.algorithm, **options)
+    algorithm = preset.algorithm if algorithm == "preset" else algorithm
+    options = dict(preset.hierarchical) if algorithm == "hierarchical" else {}
+    step = simulate_step(preset.network, work, gpus, algorithm, **options)
     return {
         "preset": preset.name,
+        "algorithm": step.choice or algorithm,
         "per_gpu_batch": preset.per_gpu_batch,
         "gpus": gpus,
         "global_batch_size": gpus * preset.per_gpu_batch,
@@ -258,6 +265,7 @@ def advise(
     probe_epochs: float,
     nproc: int,
     preset: str = "h100_ndr",
+    algorithm: str = "auto",
     measured: str | Path | None = None,
 ) -> Advice:
     """Run the probe (``largebatch train`` of the recipe for ``probe_epochs`` epochs on ``nproc``
@@ -331,7 +339,7 @@ def advise(
         epochs_at_critical_batch=epochs_crit,
     )
     if preset:
-        advice.cluster = cluster_estimate(cfg, b_noise, epochs_crit, n_images, preset)
+        advice.cluster = cluster_estimate(cfg, b_noise, epochs_crit, n_images, preset, algorithm)
     if report is not None:
         advice.measured = against_measured(b_noise, report)
     (run_dir / "advice.json").write_text(json.dumps(advice.__dict__, indent=2) + "\n")
