@@ -75,6 +75,8 @@ def one_pass(data: ImageFolderData, batch: int) -> float:
     for images, _labels in data.train_batches(sampler, seed=0):
         assert images.dtype == torch.float32 and images.shape[1:] == (3, 224, 224)
         n += images.shape[0]
+    if images.is_cuda:
+        torch.cuda.synchronize()  # the last batch's decode has finished
     return n / (time.perf_counter() - t0)
 
 
@@ -134,6 +136,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--data", default="/tmp/largebatch-jpegs")
     ap.add_argument("--out", default="benchmarks/results/data_pipeline.json")
+    ap.add_argument(
+        "--device",
+        default="cpu",
+        help="where decode_on=device decodes: cpu (default) or cuda (nvJPEG; the GPU check uses it)",
+    )
     args = ap.parse_args()
     root = Path(args.data)
     make_jpegs(root, args.images)
@@ -156,7 +163,7 @@ def main() -> None:
         for name in ("pil", "torchvision")
     }
 
-    def pipe(path, **kwargs):
+    def pipe(path, device="cpu", **kwargs):
         return ImageFolderData(
             str(path),
             image_size_px=224,
@@ -164,14 +171,14 @@ def main() -> None:
             loader_workers=args.workers,
             train_subset=0,
             test_subset=0,
-            device=torch.device("cpu"),
+            device=torch.device(device),
             **kwargs,
         )
 
     pipes["torchvision, shards"] = pipe(shards)
-    # Batch decoding in the training process (on a GPU node: on the GPU); here on the CPU.
-    pipes["torchvision decode_on=device, folders"] = pipe(root, decode_on="device")
-    pipes["torchvision decode_on=device, shards"] = pipe(shards, decode_on="device")
+    # Batch decoding in the training process: on --device (nvJPEG on a GPU node, else the CPU).
+    pipes[f"torchvision decode_on=device ({args.device}), folders"] = pipe(root, args.device, decode_on="device")
+    pipes[f"torchvision decode_on=device ({args.device}), shards"] = pipe(shards, args.device, decode_on="device")
     from largebatch.data.dali import dali_available
 
     if dali_available():  # DALI's CPU operators with WORKERS threads (on a GPU node: nvJPEG, GPU resize)
@@ -214,6 +221,7 @@ def main() -> None:
             "loader_workers": args.workers,
             "batch": args.batch,
             "rounds": args.rounds,
+            "decode_on_device": args.device,
             "augmentation": "random-resized crop 224 (0.08-1, 3/4-4/3) + flip + normalize",
         },
         "images_per_s": {name: {"median": med[name], "rounds": r} for name, r in rates.items()},

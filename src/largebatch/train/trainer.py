@@ -89,6 +89,8 @@ class Trainer:
         self.noise = self.noise_monitor.estimator
         if env.distributed:
             self.noise_monitor.hook = build.register_comm_hook(self.ddp, cfg, plan, env)
+        if t.compile:
+            self.ddp.compile()  # in place: parameters, buffers and state_dict keys unchanged
         build.check_batches_fit(self.data.num_train, self.stages, env, t.seed)
         self.position = StepPosition(cfg, self.stages, self.data.num_train)
         self.lr_at, self.epoch_position = self.position.lr_at, self.position.epoch_position  # step -> LR, epoch
