@@ -191,3 +191,16 @@ def test_nccl_process_group_and_every_comm_hook_on_one_rank():
                         torch.testing.assert_close(g, w, rtol=tol, atol=tol, msg=f"{algorithm}/{compression}")
         finally:
             dist.destroy_process_group()
+
+
+def test_train_compile_compiles_the_model_in_place(monkeypatch):
+    # the wiring only (compiling for real takes minutes on CPU; benchmarks/gpu_resnet50.py compiles
+    # ResNet-50 on the GPU): train.compile calls nn.Module.compile on the model the step runs, whose
+    # parameters and checkpoint keys stay the model's own
+    calls = []
+    monkeypatch.setattr(nn.Module, "compile", lambda self, *a, **k: calls.append(self))
+    with tempfile.TemporaryDirectory() as tmp:
+        keys = list(_trainer(tmp, "cpu").model.state_dict())
+        trainer = _trainer(tmp, "cpu", ["train.compile=true"])
+        assert calls == [trainer.ddp] and list(trainer.model.state_dict()) == keys
+        assert _trainer(tmp, "cpu") and len(calls) == 1  # off by default
