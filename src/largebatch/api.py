@@ -109,6 +109,31 @@ class PreparedRun:
         return (to_dict(self.config), str(self.run_dir), self.resume)
 
 
+def check_devices(cfg: Config, nproc: int) -> None:
+    """Refuse a device the machine does not have before any worker starts.
+
+    Raises:
+        ConfigError: ``train.device=cuda`` without a visible CUDA GPU, or more local workers than
+            visible GPUs on CUDA.
+    """
+    import torch
+
+    device = cfg.train.device
+    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
+        return
+    if not torch.cuda.is_available():
+        build = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        raise ConfigError(
+            f"train.device=cuda, but no CUDA GPU is visible (torch {torch.__version__}, {build}); "
+            f"use train.device=auto or train.device=cpu"
+        )
+    if nproc > torch.cuda.device_count():
+        raise ConfigError(
+            f"{nproc} local workers on CUDA, but {torch.cuda.device_count()} GPU(s) are visible; give --nproc "
+            f"at most {torch.cuda.device_count()} (one worker per GPU)"
+        )
+
+
 def prepare_run(
     cfg: Config, *, nproc: int | None = None, out: str | os.PathLike | None = None, resume: str | None = None
 ) -> PreparedRun:
@@ -121,12 +146,19 @@ def prepare_run(
         FileNotFoundError: the data set's files are missing (the message says how to get them).
     """
     from largebatch.data import check_data
-    from largebatch.train.checkpoint import CheckpointError, latest_valid_checkpoint, load_checkpoint
+    from largebatch.train.checkpoint import (
+        CheckpointError,
+        latest_valid_checkpoint,
+        list_checkpoints,
+        load_checkpoint,
+        remove_stale_temp_files,
+    )
     from largebatch.train.run import choose_run_dir
 
     nproc = nproc or cfg.train.nproc
     if nproc < 1:
         raise ConfigError(f"nproc={nproc}: give at least 1 worker process")
+    check_devices(cfg, nproc)
     plan = resolve(cfg, nproc)
     check_data(cfg)
     out = os.fspath(out) if out is not None else None
@@ -138,8 +170,16 @@ def prepare_run(
             )
         except CheckpointError as err:
             raise ConfigError(str(err)) from None
-        if found is not None and (mismatch := config_mismatch(cfg, found[1]["config"], found[0])):
+        if found is None:  # every checkpoint unreadable: never train from step 0 over them silently
+            names = ", ".join(p.name for p in list_checkpoints(run_dir))
+            raise ConfigError(
+                f"--resume auto: no checkpoint in {run_dir / 'checkpoints'} can be read ({names}; the log above "
+                f"says why); move them out of the way to start over, or pass --resume PATH to a good copy "
+                f"(nothing was deleted)"
+            )
+        if mismatch := config_mismatch(cfg, found[1]["config"], found[0]):
             raise ConfigError(mismatch)
+    remove_stale_temp_files(run_dir)
     told = "auto" if resume == "auto" else (str(resume_path) if resume_path else None)
     return PreparedRun(cfg, nproc, plan, run_dir, resume_path, told)
 

@@ -41,7 +41,7 @@ def _build_config(recipe: str, overrides: list[str], config_file: str | None = N
 
 def cmd_train(args: argparse.Namespace) -> int:
     from largebatch.api import launch, prepare_run
-    from largebatch.config import ConfigError, to_dict
+    from largebatch.config import ConfigError, schedule_warnings, to_dict
 
     if args.config and args.recipe:
         return _fail("--config and --recipe both name the config; give one (--set applies on top of either)")
@@ -77,6 +77,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     except (ConfigError, FileNotFoundError, ImportError) as err:
         return _fail(str(err))
     print(f"largebatch: {cfg.recipe}: {run.plan.describe()}; run directory {run.run_dir}", file=sys.stderr)
+    if args.resume == "auto" and run.resume_path is None:
+        print(f"largebatch: --resume auto found no checkpoint in {run.run_dir}; starting from step 0", file=sys.stderr)
+    for warning in schedule_warnings(cfg):
+        print(f"largebatch: warning: {warning}", file=sys.stderr)
     # The run directory is fixed here, so an elastic restart of the workers finds its checkpoints.
     from torch.distributed.elastic.multiprocessing.api import SignalException
 

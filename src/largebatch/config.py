@@ -15,6 +15,7 @@ what is accepted; the CLI turns it into exit status 2 before any worker starts.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import math
@@ -583,6 +584,30 @@ def _field_type_name(key: str) -> str:
     return str(f.type)
 
 
+def schedule_warnings(cfg: Config) -> list[str]:
+    """One line per schedule point that falls at or after the end of training, where it never
+    applies (a step decay at epoch 30 of a 9-epoch run, a warmup as long as the run, a poly or cosine
+    decay that ends after it); empty when there is none."""
+    epochs, s = cfg.train.epochs, cfg.schedule
+    out = []
+    late = [e for e in s.decay_epochs if e >= epochs] if s.name == "step" else []
+    if late:
+        out.append(
+            f"schedule.decay_epochs {', '.join(f'{e:g}' for e in late)} fall at or after the end of training "
+            f"(train.epochs={epochs:g}): those decays never apply"
+        )
+    if s.warmup_epochs >= epochs:
+        out.append(
+            f"schedule.warmup_epochs={s.warmup_epochs:g} >= train.epochs={epochs:g}: the run ends inside the warmup"
+        )
+    if s.name in ("poly", "cosine") and s.decay_end_epochs is not None and s.decay_end_epochs > epochs:
+        out.append(
+            f"schedule.decay_end_epochs={s.decay_end_epochs:g} > train.epochs={epochs:g}: the LR never reaches "
+            f"schedule.end_lr={s.end_lr:g}"
+        )
+    return out
+
+
 def apply_overrides(cfg: Config, overrides: Iterable[str]) -> Config:
     """Return a copy of ``cfg`` with ``KEY=VALUE`` overrides applied (values parsed as YAML).
 
@@ -600,9 +625,10 @@ def apply_overrides(cfg: Config, overrides: Iterable[str]) -> Config:
             section = key.rsplit(".", 1)[0] if "." in key else ""
             near = [k for k in all_keys(cfg) if k.startswith(section + ".")] if section else []
             accepted = near or sorted({k.split(".")[0] for k in all_keys(cfg)})
+            guess = difflib.get_close_matches(key, list(all_keys(cfg)), n=1, cutoff=0.75)
             raise ConfigError(
-                f"unknown config key {key!r} (value {raw!r}); accepted keys"
-                f"{' in ' + repr(section) if near else ''}: {', '.join(accepted)}"
+                f"unknown config key {key!r} (value {raw!r}); {f'did you mean {guess[0]!r}? ' if guess else ''}"
+                f"accepted keys{' in ' + repr(section) if near else ''}: {', '.join(accepted)}"
             )
         try:
             patch = OmegaConf.from_dotlist([f"{key}={raw}"])

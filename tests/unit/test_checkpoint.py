@@ -27,7 +27,7 @@ from largebatch.train.checkpoint import (
 
 
 def payload(step):
-    return {"model": {"w": torch.full((3,), float(step))}, "train_state": {"step": step}}
+    return {"config": {"recipe": "test"}, "model": {"w": torch.full((3,), float(step))}, "train_state": {"step": step}}
 
 
 def test_round_trip_and_keep(tmp_path):

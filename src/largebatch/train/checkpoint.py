@@ -39,6 +39,9 @@ LEGACY_FORMAT = 2
 MAGIC = b"LBCKPT2\n"  # the header of format-2 files
 _HEADER = len(MAGIC) + 65  # magic, 64 hex digits, newline
 _NAME = re.compile(r"^ckpt_step(\d{8,})\.pt$")
+REQUIRED_KEYS = ("config", "model")
+"""Entries every training checkpoint holds (the run's config and the model's state)."""
+_STALE_TMP = re.compile(r"^\.ckpt_step\d{8,}\.pt(\.sha256)?\..+\.tmp$")
 
 
 class CheckpointError(ValueError):
@@ -54,8 +57,24 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     d = checkpoint_dir(run_dir)
     if not d.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _NAME.match(p.name))]
+    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _NAME.match(p.name)) and p.is_file()]
     return [p for _, p in sorted(found)]
+
+
+def step_of(path: Path) -> int:
+    """The step in a checkpoint's file name (``ckpt_step00000042.pt`` -> 42)."""
+    return int(_NAME.match(Path(path).name).group(1))
+
+
+def remove_stale_temp_files(run_dir: Path) -> list[Path]:
+    """Delete the ``.tmp`` files a writer killed mid-write left in ``checkpoints/`` (called before a
+    run's workers start, when no writer can be running); returns what was removed."""
+    d = checkpoint_dir(run_dir)
+    stale = [p for p in d.iterdir() if _STALE_TMP.match(p.name) and p.is_file()] if d.is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+        log.info("removed %s, left by an interrupted checkpoint write", p)
+    return stale
 
 
 def _umask() -> int:
@@ -93,17 +112,25 @@ def _atomic_write(path: Path, chunks: list[bytes]) -> None:
 
 
 def save_checkpoint(run_dir: Path, step: int, payload: dict, *, keep: int) -> Path:
-    """Write ``payload`` as ``checkpoints/ckpt_step<step>.pt`` (module docstring) and delete all but
-    the newest ``keep`` checkpoints. Returns the path."""
+    """Write ``payload`` as ``checkpoints/ckpt_step<step>.pt`` (module docstring) and delete the
+    older checkpoints beyond the newest ``keep`` (this one counted); a file of a later step than
+    ``step`` is never deleted. Returns the path.
+
+    Raises:
+        CheckpointError: a directory has the checkpoint's name.
+    """
     d = checkpoint_dir(run_dir)
     d.mkdir(parents=True, exist_ok=True)
     path = d / f"ckpt_step{step:08d}.pt"
+    if path.is_dir():
+        raise CheckpointError(f"cannot write checkpoint {path}: a directory has that name; move it out of {d}")
     buffer = io.BytesIO()
     torch.save({"format": FORMAT, **payload}, buffer)
     blob = buffer.getvalue()
     _atomic_write(checksum_path(path), [f"{hashlib.sha256(blob).hexdigest()}  {path.name}\n".encode()])
     _atomic_write(path, [blob])
-    for old in list_checkpoints(run_dir)[:-keep]:
+    older = [p for p in list_checkpoints(run_dir) if step_of(p) < step]  # never a newer file than this one
+    for old in older[: max(0, len(older) - (keep - 1))]:
         old.unlink(missing_ok=True)
         checksum_path(old).unlink(missing_ok=True)
     log.info("checkpoint %s", path)
@@ -158,6 +185,12 @@ def load_checkpoint(path: Path) -> dict:
         raise CheckpointError(f"cannot read checkpoint {path}: {err}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != fmt:
         raise CheckpointError(f"{path} is not a largebatch checkpoint of format {fmt}")
+    missing = [key for key in REQUIRED_KEYS if key not in ckpt]
+    if missing:
+        raise CheckpointError(
+            f"{path} is not a largebatch training checkpoint: its header and checksum are valid but it has no "
+            f"{' and no '.join(repr(k) for k in missing)} entry"
+        )
     return ckpt
 
 
