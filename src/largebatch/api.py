@@ -189,24 +189,32 @@ def launch(run: PreparedRun, *, max_restarts: int = 0) -> dict:
     and no restart is asked for) and return rank 0's summary (the run's ``summary.json``), or
     ``{"preempted": True, "step": ..., "run_dir": ...}`` when SIGTERM stopped it after a checkpoint.
 
+    The launching process holds the run directory's lock for the whole run (``.lock``: a second run
+    on the same directory is refused); the elastic agent's per-attempt folders go to ``<run
+    dir>/elastic`` (removed when they hold no file), not to the system's temporary folder.
+
     Raises:
-        ConfigError: a contradiction a worker found (e.g. against the devices it sees).
+        ConfigError: a contradiction a worker found (e.g. against the devices it sees), or another
+            live run holds the run directory.
         largebatch.dist.launch.WorkerFailed: a worker failed (its rank, exit code and message).
     """
     from largebatch.train.run import run_worker
+    from largebatch.train.runlock import run_dir_lock
 
-    if run.nproc == 1 and not max_restarts:
-        return run_worker(*run.worker_args())
-    from largebatch.dist.launch import default_start_method, launch_local
+    with run_dir_lock(run.run_dir):
+        if run.nproc == 1 and not max_restarts:
+            return run_worker(*run.worker_args())
+        from largebatch.dist.launch import default_start_method, launch_local
 
-    results = launch_local(
-        run_worker,
-        run.worker_args(),
-        nproc=run.nproc,
-        max_restarts=max_restarts,
-        start_method=default_start_method(run.config.train.device),
-        preload=("largebatch.train.trainer",),
-    )
+        results = launch_local(
+            run_worker,
+            run.worker_args(),
+            nproc=run.nproc,
+            max_restarts=max_restarts,
+            start_method=default_start_method(run.config.train.device),
+            preload=("largebatch.train.trainer",),
+            log_dir=run.run_dir / "elastic",
+        )
     preempted = [r for r in results.values() if isinstance(r, dict) and r.get("preempted")]
     return preempted[0] if preempted else results[min(results)]
 

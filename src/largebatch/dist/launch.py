@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import glob
 import os
+import shutil
 import uuid
+from pathlib import Path
 from typing import Any, Callable
 
+from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 import importlib
@@ -53,10 +56,14 @@ def preload_worker_modules(modules: tuple[str, ...] = ()) -> None:
 
 
 def launch_local(entrypoint: Callable[..., Any], args: tuple, *, nproc: int, max_restarts: int = 0,
-                 start_method: str = "spawn", preload: tuple[str, ...] = ()) -> dict[int, Any]:
+                 start_method: str = "spawn", preload: tuple[str, ...] = (),
+                 log_dir: str | os.PathLike | None = None) -> dict[int, Any]:
     """Run ``entrypoint(*args)`` on ``nproc`` local processes with torchrun's environment variables,
     started by ``start_method`` (``spawn``, ``fork`` or ``forkserver``; see :func:`default_start_method`).
     Under ``fork``, the modules named in ``preload`` are imported first, once, in this process.
+    ``log_dir``: where the elastic agent keeps its per-attempt folders (error files of failed
+    workers); removed afterwards when it holds no file. None: a ``torchelastic_*`` folder in the
+    system's temporary folder, as torchrun does.
 
     Returns:
         {local rank: return value}.
@@ -76,6 +83,7 @@ def launch_local(entrypoint: Callable[..., Any], args: tuple, *, nproc: int, max
         monitor_interval=0.1,
         start_method=start_method,
         local_addr="127.0.0.1",
+        logs_specs=DefaultLogsSpecs(log_dir=os.fspath(log_dir)) if log_dir is not None else None,
     )
     if start_method == "fork":
         preload_worker_modules(preload)
@@ -88,3 +96,6 @@ def launch_local(entrypoint: Callable[..., Any], args: tuple, *, nproc: int, max
             message = message.get("message", {}).get("message", str(message)) if isinstance(message.get("message"), dict) \
                 else str(message.get("message", message))
         raise WorkerFailed(f"worker rank {rank} failed (exit code {failure.exitcode}): {message}", failure.exitcode) from None
+    finally:
+        if log_dir is not None and Path(log_dir).is_dir() and not any(p.is_file() for p in Path(log_dir).rglob("*")):
+            shutil.rmtree(log_dir, ignore_errors=True)

@@ -1,0 +1,48 @@
+"""One run at a time in a run directory: an advisory lock (``flock``) on ``<run dir>/.lock`` held by
+the launching process for the run's whole life, elastic restarts included. A second run started on
+the same ``--out`` while the first is alive is refused (exit 2) instead of racing it for the
+directory (docs/reliability.md). Under torchrun, where no launching process of ours exists, the
+lock is not taken."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from largebatch.config import ConfigError
+
+LOCK_NAME = ".lock"
+
+
+@contextlib.contextmanager
+def run_dir_lock(run_dir: Path) -> Iterator[None]:
+    """Hold the run directory's lock inside the ``with`` block (the directory is created).
+
+    Raises:
+        ConfigError: another live process holds it (its pid in the message).
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise ConfigError(
+            f"run directory {run_dir} is in use by another run (pid {holder}); wait for it to end, "
+            f"or choose another --out (nothing was written)"
+        ) from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
