@@ -1,6 +1,7 @@
 # Set-up and the two commands of the README. Idempotent: a second run reuses .venv.
-#   make demo   install, make sure Fashion-MNIST is present, run the main job
-#   make test   install, make sure Fashion-MNIST is present, run the whole test suite
+#   make demo   install what the main job needs, make sure Fashion-MNIST is present, run the main job
+#   make test   install that and the test tools, make sure Fashion-MNIST is present, run the test suite
+# Both install the exact torch / torchvision pair of constraints.txt.
 # DATA_ROOT=/path/to/fashion-mnist points both at your own copy of the four IDX files.
 
 PYTHON ?= python3
@@ -8,19 +9,29 @@ VENV ?= .venv
 DATA_ROOT ?=
 FMNIST_DEFAULT := /usr/share/datasets/fashion-mnist
 STAMP := $(VENV)/.installed-stamp
+TEST_STAMP := $(VENV)/.installed-test-stamp
+PIP := $(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
 export LARGEBATCH_FASHION_MNIST := $(DATA_ROOT)
 
-.PHONY: install data demo test clean
+.PHONY: install install-test data demo test clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(VENV)/bin/python
-	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+# what the main job needs (torch, torchvision and the package's own dependencies)
+$(STAMP): pyproject.toml constraints.txt | $(VENV)/bin/python
+	$(PIP) -e .
 	touch $(STAMP)
 
+# and the test tools (pytest, hypothesis, ruff, import-linter, DALI, fsspec)
+$(TEST_STAMP): $(STAMP)
+	$(PIP) -e '.[test]'
+	touch $(TEST_STAMP)
+
 install: $(STAMP)
+
+install-test: $(TEST_STAMP)
 
 data:
 	@if [ -n "$(DATA_ROOT)" ]; then \
@@ -40,7 +51,7 @@ data:
 demo: install data
 	$(VENV)/bin/largebatch train
 
-test: install data
+test: install-test data
 	$(VENV)/bin/python -m pytest -q
 
 clean:
