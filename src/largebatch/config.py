@@ -276,6 +276,10 @@ class TrainConfig:
     first steps pay the compilation (tens of seconds on ResNet-50)."""
     threads_per_worker: int = 0
     """torch intra-op threads per process; 0: CPU cores divided by local workers."""
+    collective_timeout_s: float = 900.0
+    """Seconds a collective (and the process group's store) waits for the other workers before it
+    raises: a hung or stopped worker ends the run with a message naming this key instead of
+    stalling it (torch's default is 1800 s)."""
 
 
 @dataclass(kw_only=True)
@@ -919,6 +923,12 @@ def validate(cfg: Config) -> None:
         "an increasing list of positive epochs, e.g. [30, 60, 80]",
     )
     require(0 <= cfg.train.target_top1 <= 100, "train.target_top1", cfg.train.target_top1, "a percentage in [0, 100]")
+    require(
+        math.isfinite(cfg.train.collective_timeout_s) and cfg.train.collective_timeout_s > 0,
+        "train.collective_timeout_s",
+        cfg.train.collective_timeout_s,
+        "a finite number of seconds > 0",
+    )
     for key in ("stop_at_val_top1", "val_target_top1"):
         value = getattr(cfg.train, key)
         require(0 <= value <= 100, f"train.{key}", value, "a percentage in [0, 100] (0: off)")

@@ -2,6 +2,7 @@
 elastic restart, SIGTERM and --resume auto, a truncated newest checkpoint, resuming on another number
 of workers, pickled checkpoints refused, and exported weights loading into plain torch modules."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -226,3 +227,24 @@ def test_pickled_checkpoint_is_refused(tmp_path):
         timeout=120,
     )
     assert proc.returncode == 2 and "is not a largebatch checkpoint" in proc.stderr
+
+
+def test_a_stopped_worker_ends_the_run_with_the_timeout_named(tmp_path):
+    # SIGSTOP one of 2 workers: the other waits train.collective_timeout_s in its next collective,
+    # then the run fails naming the key (it stalled for a hard-coded 1800 s before)
+    out = tmp_path / "run"
+    proc = start("--nproc", "2", *CFG, "--set", "train.collective_timeout_s=4", "--out", str(out), cwd=tmp_path)
+    wait_for(lambda: (out / "checkpoints" / "ckpt_step00000004.pt").exists(), proc)
+    victims = worker_pids(proc.pid)
+    assert len(victims) == 2, victims
+    os.kill(victims[1], signal.SIGSTOP)
+    try:
+        _, err = proc.communicate(timeout=120)
+    finally:
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert proc.returncode == 1
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("largebatch: error: worker rank 0 failed") and "train.collective_timeout_s=4 s" in last
+    assert list_checkpoints(out)  # the checkpoints written before are kept

@@ -219,7 +219,9 @@ def run_worker(cfg_dict: dict, out: str | None = None, resume: str | None = None
         resume = "auto"  # an elastic restart continues from the newest valid checkpoint of the run
 
     t_setup = time.perf_counter()
-    env = setup(cfg.train.device, threads_per_worker=cfg.train.threads_per_worker)
+    env = setup(
+        cfg.train.device, threads_per_worker=cfg.train.threads_per_worker, timeout_s=cfg.train.collective_timeout_s
+    )
     startup = {
         "process_start_to_worker_s": t_setup - _process_start_perf(),
         "dist_setup_s": time.perf_counter() - t_setup,
@@ -275,6 +277,15 @@ def run_worker(cfg_dict: dict, out: str | None = None, resume: str | None = None
         previous = signal.signal(signal.SIGTERM, on_sigterm)
         try:
             state = trainer.fit()
+        except RuntimeError as err:  # torch.distributed's DistError and gloo / NCCL errors are RuntimeErrors
+            if env.distributed and ("timed out" in str(err).lower() or "timeout" in type(err).__name__.lower()):
+                raise RuntimeError(
+                    f"rank {env.rank}: a collective waited more than train.collective_timeout_s="
+                    f"{cfg.train.collective_timeout_s:g} s for the other workers, so one of them is hung, "
+                    f"stopped or far slower (raise the key if a step or an evaluation legitimately takes longer); "
+                    f"the last checkpoint is kept: {str(err).splitlines()[0][:200]}"
+                ) from err
+            raise
         except Preempted as stop:
             preempted = {"preempted": True, "step": stop.args[0], "run_dir": str(run_dir)}
             if "TORCHELASTIC_RUN_ID" in os.environ:
