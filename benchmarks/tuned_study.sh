@@ -16,6 +16,12 @@
 #      (done: 23 trials, 2.6 h wall on both cores, 2026-12-03)
 #   4  equal epochs (16), test top-1 per method, 256-8192                     (~12 core-h)
 #   5  a second seed of every chosen trial of stages 1-4                      (~4 core-h)
+#
+# Across sessions (a machine whose runs/ folder does not survive): `STAGES=save bash
+# benchmarks/tuned_study.sh` after interrupting it copies every unfinished trial's run directory
+# (checkpoints included, about 1.5 MB each) to docs/results/<study>/in_progress/ for committing; the
+# next start copies them back into runs/ (files already there are kept), so those trials resume from
+# their checkpoints instead of from step 0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LB=${LB:-.venv/bin/largebatch}
@@ -23,6 +29,32 @@ STAGES=${STAGES:-"1 2 3 4 5"}
 R=docs/results
 BATCHES=256,512,1024,2048,4096,8192
 COMMON=(--target-val-top1 90 --val-size 5000 --nproc 2)
+PAIRS="tuned_steps_long:runs/study_steps_long tuned_steps_e8:runs/study_steps tuned_epochs_e16:runs/study_epochs"
+
+save_unfinished() {  # unfinished trial directories (a checkpoint, no summary.json) -> $R/<study>/in_progress
+  for pair in $PAIRS; do
+    local study=${pair%%:*} out=${pair#*:}
+    [ -d "$out" ] || continue
+    rm -rf "$R/$study/in_progress"
+    find "$out" -mindepth 3 -maxdepth 3 -type d -name 'trial_*' | while read -r trial; do
+      if [ -d "$trial/checkpoints" ] && [ ! -f "$trial/summary.json" ]; then
+        mkdir -p "$R/$study/in_progress/${trial#"$out"/}"
+        cp -r "$trial"/. "$R/$study/in_progress/${trial#"$out"/}/"
+        echo "saved $trial"
+      fi
+    done
+  done
+}
+
+restore_unfinished() {  # the reverse, before the study goes on; files already in runs/ win
+  for pair in $PAIRS; do
+    local study=${pair%%:*} out=${pair#*:}
+    if [ -d "$R/$study/in_progress" ]; then mkdir -p "$out" && cp -rn "$R/$study/in_progress"/. "$out"/; fi
+  done
+}
+
+[ "$STAGES" = save ] && { save_unfinished; exit 0; }
+restore_unfinished
 
 for stage in $STAGES; do
   case $stage in
@@ -44,6 +76,6 @@ for stage in $STAGES; do
     5) "$LB" sweep --tune --objective steps --methods goyal,nesterov,lars,lamb,akiba,mikami --batch-sizes $BATCHES \
          --epochs 8 --trials 4 --seeds 0,1 "${COMMON[@]}" --out runs/study_steps \
          --storage "sqlite:///$R/tuned_steps_e8/study.db" ;;
-    *) echo "unknown stage $stage (stages are 1-5 and 4p)" >&2; exit 2 ;;
+    *) echo "unknown stage $stage (stages are 1-5, 4p and save)" >&2; exit 2 ;;
   esac
 done

@@ -213,9 +213,9 @@ def test_bad_value_exits_2_before_workers(tmp_path):
     assert proc.returncode == 2 and "dataset-fashion-mnist" in proc.stderr
 
 
-def test_worker_error_ends_the_run_with_its_message(tmp_path):
-    """Files that exist but are not IDX data pass the pre-launch check; the workers fail and the run
-    ends with their message (no hang)."""
+def test_garbage_idx_files_are_refused_before_any_worker(tmp_path):
+    """Files that exist but are not IDX data are found by the pre-launch check (they used to pass it
+    and fail in every worker): exit 2, one line naming the file."""
     root = tmp_path / "fm"
     root.mkdir()
     for name in (
@@ -245,8 +245,9 @@ def test_worker_error_ends_the_run_with_its_message(tmp_path):
         text=True,
         timeout=120,
     )
-    assert proc.returncode == 1
-    assert "not valid IDX files" in proc.stderr and "worker rank" in proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "train-images-idx3-ubyte: 11 bytes, shorter than an IDX header" in proc.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_recipes_command(tmp_path):

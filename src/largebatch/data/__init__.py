@@ -31,9 +31,13 @@ def check_data(cfg) -> None:
     """Cheap checks that run before any worker starts: the files or folders exist, and the training
     set (where its size is known without reading it) holds at least one global batch.
 
+    Fashion-MNIST's files are decompressed into the cache here, once, and their IDX headers and
+    lengths checked.
+
     Raises:
         FileNotFoundError: naming the path and how to fix it.
-        ConfigError: when the training set is smaller than the global batch.
+        ConfigError: when the training set is smaller than the global batch, or a Fashion-MNIST
+            file is damaged (truncated gzip, wrong magic number, wrong length; the file named).
     """
     from largebatch.config import ConfigError
 
@@ -58,9 +62,12 @@ def check_data(cfg) -> None:
                 f"the global batch or use more samples"
             )
     if data_cfg.name == "fashion_mnist":
-        from largebatch.data.fashion_mnist import find_files
+        from largebatch.data.fashion_mnist import prepare_files
 
-        find_files(data_cfg.root)
+        try:
+            prepare_files(data_cfg.root)  # decompressed into the cache and checked, once, here
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     elif data_cfg.name == "imagefolder":
         from largebatch.data.layout import check_layout
 

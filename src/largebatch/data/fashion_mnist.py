@@ -5,15 +5,19 @@ The four IDX files (``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``
 ``$LARGEBATCH_FASHION_MNIST`` or ``/usr/share/datasets/fashion-mnist``, where Debian's
 ``dataset-fashion-mnist`` package puts them.
 Parsing is torchvision's (``torchvision.datasets.FashionMNIST``); gzip files are first decompressed
-into a cache directory, atomically, so concurrent workers never read a half-written file.
+into a cache directory, atomically, so concurrent workers never read a half-written file, and a file
+that cannot be decompressed leaves nothing behind. :func:`prepare_files` runs before any worker starts
+and checks each file's IDX header (magic number, dimensions) and length, naming the file at fault.
 """
 
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import shutil
 import tempfile
+import zlib
 from pathlib import Path
 
 import torch
@@ -28,6 +32,65 @@ HOW_TO_GET = (
     "https://github.com/zalandoresearch/fashion-mnist (data/fashion/) into a folder and pass "
     "--set data.root=THAT_FOLDER."
 )
+
+
+IDX = {  # magic number (0x0803: unsigned bytes, 3 dimensions; 0x0801: 1 dimension), image dimensions
+    "train-images-idx3-ubyte": (0x0803, (28, 28)),
+    "train-labels-idx1-ubyte": (0x0801, ()),
+    "t10k-images-idx3-ubyte": (0x0803, (28, 28)),
+    "t10k-labels-idx1-ubyte": (0x0801, ()),
+}
+
+
+def check_idx(raw: Path, name: str, source: Path) -> int:
+    """Check that the decompressed file ``raw`` is an IDX file as Fashion-MNIST's ``name`` is (its
+    magic number, 28x28 images, a length that matches its header); returns its number of items.
+
+    Raises:
+        ValueError: naming ``source`` (the user's file) and what is wrong.
+    """
+    magic, item = IDX[name]
+    header = 8 + 4 * len(item)
+    with open(raw, "rb") as f:
+        head = f.read(header)
+    if len(head) < header:
+        raise ValueError(f"{source}: {len(head)} bytes, shorter than an IDX header; replace it with a fresh copy")
+    got = int.from_bytes(head[:4], "big")
+    if got != magic:
+        raise ValueError(
+            f"{source}: not the IDX file {name} (magic number {got:#010x}, expected {magic:#010x}); "
+            f"is it another file under that name?"
+        )
+    dims = tuple(int.from_bytes(head[4 + 4 * i : 8 + 4 * i], "big") for i in range(1 + len(item)))
+    if dims[1:] != item:
+        raise ValueError(f"{source}: holds items of shape {dims[1:]}, Fashion-MNIST's {name} holds {item}")
+    size, want = raw.stat().st_size, header + math.prod(dims)
+    if size != want:
+        raise ValueError(
+            f"{source}: {size} bytes{' after decompression' if source != raw else ''}, expected {want} for "
+            f"{dims[0]} items (truncated or padded); replace it with a fresh copy"
+        )
+    return dims[0]
+
+
+def _check_pairs(counts: dict[str, int], files: dict[str, Path]) -> None:
+    for split in ("train", "t10k"):
+        images, labels = counts[f"{split}-images-idx3-ubyte"], counts[f"{split}-labels-idx1-ubyte"]
+        if images != labels:
+            raise ValueError(
+                f"{files[f'{split}-labels-idx1-ubyte']}: {labels} labels for the {images} images of "
+                f"{files[f'{split}-images-idx3-ubyte']}; the two files do not belong together"
+            )
+
+
+def prepare_files(root: str) -> Path:
+    """Find, decompress (into the cache) and check the four files; returns torchvision's root.
+
+    Raises:
+        FileNotFoundError: a file is missing (see :func:`find_files`).
+        ValueError: a file cannot be decompressed or is not the IDX file it is named after.
+    """
+    return _prepare_raw(find_files(root))
 
 
 def default_root() -> str:
@@ -68,20 +131,38 @@ def _prepare_raw(files: dict[str, Path]) -> Path:
     if all(p.suffix != ".gz" for p in files.values()):
         parents = {p.parent for p in files.values()}
         if len(parents) == 1 and next(iter(parents)).parts[-2:] == ("FashionMNIST", "raw"):
+            _check_pairs({name: check_idx(src, name, src) for name, src in files.items()}, files)
             return next(iter(parents)).parent.parent
     key = str(sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files.values()))
 
     root = cache_dir() / f"fashion-mnist-{derive_seed(key):016x}"
     raw = root / "FashionMNIST" / "raw"
     raw.mkdir(parents=True, exist_ok=True)
+    counts = {}
     for name, src in files.items():
         dst = raw / name
         if dst.is_file():
-            continue
+            try:
+                counts[name] = check_idx(dst, name, src)
+                continue
+            except ValueError:
+                dst.unlink(missing_ok=True)  # not what it should be: decompress again
         fd, tmp = tempfile.mkstemp(dir=raw, prefix=f".{name}.")
-        with os.fdopen(fd, "wb") as out, gzip.open(src, "rb") if src.suffix == ".gz" else open(src, "rb") as inp:
-            shutil.copyfileobj(inp, out)
+        try:
+            with os.fdopen(fd, "wb") as out, gzip.open(src, "rb") if src.suffix == ".gz" else open(src, "rb") as inp:
+                shutil.copyfileobj(inp, out)
+            counts[name] = check_idx(Path(tmp), name, src)
+        except (OSError, EOFError, zlib.error) as err:  # gzip.BadGzipFile is an OSError
+            Path(tmp).unlink(missing_ok=True)
+            raise ValueError(
+                f"{src}: cannot be read as {'gzip' if src.suffix == '.gz' else 'a file'} ({err}); "
+                f"replace it with a fresh copy"
+            ) from None
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
         os.replace(tmp, dst)
+    _check_pairs(counts, files)
     return root
 
 
@@ -94,7 +175,7 @@ def load_fashion_mnist(root: str) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     """
     from torchvision.datasets import FashionMNIST
 
-    tv_root = _prepare_raw(find_files(root))
+    tv_root = prepare_files(root)
     out = []
     for train in (True, False):
         try:
