@@ -246,7 +246,10 @@ def test_garbage_idx_files_are_refused_before_any_worker(tmp_path):
         timeout=120,
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1 and "train-images-idx3-ubyte: 11 bytes, shorter than an IDX header" in proc.stderr
+    assert (
+        len(proc.stderr.strip().splitlines()) == 1
+        and "train-images-idx3-ubyte: 11 bytes, shorter than an IDX header" in proc.stderr
+    )
     assert not (tmp_path / "run").exists()
 
 

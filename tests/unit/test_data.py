@@ -73,7 +73,9 @@ def test_corrupt_idx_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("LARGEBATCH_CACHE", str(tmp_path / "cache"))
     make_fake_fmnist(tmp_path / "fm", compress=False)
     (tmp_path / "fm" / "train-images-idx3-ubyte").write_bytes(b"not an idx file at all")
-    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte: not the IDX file train-images-idx3-ubyte \(magic number 0x6e6f7420"):
+    with pytest.raises(
+        ValueError, match=r"train-images-idx3-ubyte: not the IDX file train-images-idx3-ubyte \(magic number 0x6e6f7420"
+    ):
         load_fashion_mnist(str(tmp_path / "fm"))
 
 

@@ -141,3 +141,28 @@ def test_device_check_counts_bad_steps_once_and_takes_back_the_optimizers_counte
     # the two guards give the same weights
     for (name, a), b in zip(host.model.state_dict().items(), device.model.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("check", ["host", "device"])
+def test_a_skipped_step_leaves_the_bn_statistics_as_they_were(check):
+    # a NaN input makes the forward write NaN into the BN running statistics before the guard sees
+    # the gradients; the skipped step must leave every buffer (and parameter) as it was
+    cfg = apply_overrides(get_recipe(DEFAULT_RECIPE), OVERRIDES + [f"train.nonfinite_check={check}"])
+    env = DistEnv(0, 1, 0, 1, torch.device("cpu"), None)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(cfg, resolve(cfg, 1), env, tmp)
+        trainer.sampler.set_epoch(0)
+        images, labels = next(iter(trainer.data.train_batches(trainer.sampler, seed=0)))
+        trainer._train_step(images, labels)
+        before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+        bad = images.clone()
+        bad[0] = float("nan")
+        trainer._train_step(bad, labels)
+        trainer.guard.settle(trainer.state)
+        after = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+        trainer._train_step(images, labels)  # and training goes on from there
+        trainer.metrics.close()
+    assert trainer.state.skipped_steps == 1
+    for k, v in before.items():
+        assert torch.equal(after[k], v), k  # running_mean, running_var, num_batches_tracked, weights
+    assert all(torch.isfinite(b).all() for b in trainer.model.buffers() if b.is_floating_point())

@@ -65,6 +65,26 @@ class NonFiniteGuard:
         self._first_bad_step = torch.full((), -1, dtype=torch.int64, device=device)
         self._first_bad_mask: torch.Tensor | None = None
         self._names: list[str] = []
+        self._buffers: list[torch.Tensor] = []
+        self._buffers_before: list[torch.Tensor] = []
+
+    def begin_step(self) -> None:
+        """Before the step's forward passes: keep the model's buffers (BN running statistics and
+        counters, which the forward updates) so that a skipped step leaves them as they were."""
+        buffers = list(self.model.buffers())
+        if len(buffers) != len(self._buffers) or any(a is not b for a, b in zip(buffers, self._buffers)):
+            self._buffers, self._buffers_before = buffers, [b.detach().clone() for b in buffers]
+        elif buffers:
+            torch._foreach_copy_(self._buffers_before, [b.detach() for b in buffers])
+
+    def _restore_buffers(self, ok: torch.Tensor | None = None) -> None:
+        """Set the buffers back to their values at :meth:`begin_step` (where ``ok`` is false)."""
+        with torch.no_grad():
+            for b, old in zip(self._buffers, self._buffers_before):
+                if ok is None:
+                    b.copy_(old)
+                else:
+                    torch.where(ok, b, old, out=b)
 
     @property
     def on_device(self) -> bool:
@@ -82,6 +102,7 @@ class NonFiniteGuard:
         if self.gradients_finite(state):
             self.optimizer.step()
             return True
+        self._restore_buffers()  # the forward of the skipped step moved the BN running statistics
         return False
 
     # ------------------------------------------------------------------ host mode
@@ -132,6 +153,7 @@ class NonFiniteGuard:
         self.optimizer.step()
         for t, old in zip(before, self._snapshot):
             torch.where(ok, t, old, out=t)
+        self._restore_buffers(ok)
         for t in self._state_tensors():
             if id(t) not in known:
                 torch.where(ok, t, torch.zeros((), dtype=t.dtype, device=t.device), out=t)

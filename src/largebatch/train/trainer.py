@@ -220,6 +220,7 @@ class Trainer:
         accum = self.plan.accumulation_steps
         loss_sum = torch.zeros((), device=self.env.device)
         self.bn.begin_step()
+        self.guard.begin_step()  # a skipped step leaves the BN running statistics as they were
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         for i, (x, y) in enumerate(zip(images.chunk(accum), labels.chunk(accum))):
