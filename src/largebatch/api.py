@@ -191,30 +191,41 @@ def launch(run: PreparedRun, *, max_restarts: int = 0) -> dict:
 
     The launching process holds the run directory's lock for the whole run (``.lock``: a second run
     on the same directory is refused); the elastic agent's per-attempt folders go to ``<run
-    dir>/elastic`` (removed when they hold no file), not to the system's temporary folder.
+    dir>/elastic`` (removed when they hold no file), not to the system's temporary folder. A worker's
+    traceback goes to ``<run dir>/train.log``; the error raised here is one line.
 
     Raises:
         ConfigError: a contradiction a worker found (e.g. against the devices it sees), or another
             live run holds the run directory.
-        largebatch.dist.launch.WorkerFailed: a worker failed (its rank, exit code and message).
+        largebatch.dist.launch.WorkerFailed: a worker failed (its rank, exit code and message; ``kind``
+            says whether it raised, died, was preempted or interrupted). Deaths are restarted up to
+            ``max_restarts`` times first.
     """
-    from largebatch.train.run import run_worker
+    from largebatch.dist.launch import WorkerFailed, default_start_method, launch_local
+    from largebatch.train.run import run_in_process, run_worker
     from largebatch.train.runlock import run_dir_lock
 
+    cfg, out, resume = run.worker_args()
     with run_dir_lock(run.run_dir):
-        if run.nproc == 1 and not max_restarts:
-            return run_worker(*run.worker_args())
-        from largebatch.dist.launch import default_start_method, launch_local
-
-        results = launch_local(
-            run_worker,
-            run.worker_args(),
-            nproc=run.nproc,
-            max_restarts=max_restarts,
-            start_method=default_start_method(run.config.train.device),
-            preload=("largebatch.train.trainer",),
-            log_dir=run.run_dir / "elastic",
-        )
+        try:
+            if run.nproc == 1 and not max_restarts:
+                return run_in_process(cfg, out, resume)
+            results = launch_local(
+                run_worker,
+                lambda attempt: (cfg, out, "auto" if attempt else resume, attempt),
+                nproc=run.nproc,
+                max_restarts=max_restarts,
+                start_method=default_start_method(run.config.train.device),
+                preload=("largebatch.train.trainer",),
+                log_dir=run.run_dir / "elastic",
+                log_file=run.run_dir / "train.log",
+            )
+        except WorkerFailed as err:
+            if err.error_type == "ConfigError":  # found by a worker (e.g. against what it sees)
+                raise ConfigError(str(err).split("ConfigError: ", 1)[-1]) from None
+            if err.kind == "error":
+                err.args = (f"{err}; traceback in {run.run_dir / 'train.log'}",)
+            raise
     preempted = [r for r in results.values() if isinstance(r, dict) and r.get("preempted")]
     return preempted[0] if preempted else results[min(results)]
 

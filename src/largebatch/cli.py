@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 from largebatch.errors import EXIT_BAD_INPUT, EXIT_PREEMPTED  # torch-free: the CLI starts fast
@@ -86,27 +87,49 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from largebatch.dist.launch import WorkerFailed
 
+    started = time.time()
     try:
         result = launch(run, max_restarts=args.max_restarts)
     except ConfigError as err:
         return _fail(str(err))
     except WorkerFailed as err:
-        if err.exitcode == EXIT_PREEMPTED:  # a worker got SIGTERM, checkpointed and left (run_worker)
-            print(
-                f"largebatch: stopped by SIGTERM; the workers wrote a checkpoint: continue with "
-                f"--out {run.run_dir} --resume auto",
-                file=sys.stderr,
-            )
-            return EXIT_PREEMPTED
+        if err.kind in ("preempted", "interrupted"):  # a worker got SIGTERM (or SIGINT) and left
+            return _stopped(run.run_dir, "SIGTERM" if err.kind == "preempted" else "SIGINT", started)
         return _fail(str(err), code=1)
-    except SignalException as sig:  # the launcher itself got SIGTERM: its workers checkpointed and stopped
-        print(
-            f"largebatch: stopped by {sig.sigval.name}; the workers wrote a checkpoint: continue with "
-            f"--out {run.run_dir} --resume auto",
-            file=sys.stderr,
+    except SignalException as sig:  # the launcher itself got a signal; it was passed on to the workers
+        return _stopped(run.run_dir, sig.sigval.name, started)
+    except KeyboardInterrupt:  # Ctrl-C of a run in this process (one worker)
+        return _stopped(run.run_dir, "SIGINT", started)
+    if _preempted(result):
+        return _stopped(run.run_dir, "SIGTERM", started)
+    return 0
+
+
+def _stopped(run_dir: Path, signal_name: str, started_unix_s: float) -> int:
+    """Say truthfully where a run stopped by a signal stands, from what is on disk: finished (a
+    summary written since ``started_unix_s``: exit 0), or the newest checkpoint and whether this
+    command wrote it. Exit status 75 after SIGTERM (the scheduler may start it again, ``--resume
+    auto`` continues), 128 + the signal's number otherwise (130 for Ctrl-C)."""
+    import signal
+
+    from largebatch.train.checkpoint import list_checkpoints, step_of
+
+    summary = run_dir / "summary.json"
+    if summary.is_file() and summary.stat().st_mtime >= started_unix_s:
+        print(f"largebatch: {signal_name} arrived as the run was finishing; it finished ({summary})", file=sys.stderr)
+        return 0
+    checkpoints = list_checkpoints(run_dir)
+    resume = f"continue with --out {run_dir} --resume auto"
+    if checkpoints and checkpoints[-1].stat().st_mtime >= started_unix_s:
+        what = f"the workers wrote a checkpoint at step {step_of(checkpoints[-1])}: {resume}"
+    elif checkpoints:
+        what = f"no new checkpoint was written; the newest is at step {step_of(checkpoints[-1])}: {resume}"
+    else:
+        what = (
+            f"before its first checkpoint, so there is nothing to resume: --out {run_dir} --resume auto starts it again"
         )
-        return EXIT_PREEMPTED
-    return EXIT_PREEMPTED if _preempted(result) else 0
+    print(f"largebatch: stopped by {signal_name}; {what}", file=sys.stderr)
+    return EXIT_PREEMPTED if signal_name == "SIGTERM" else 128 + signal.Signals[signal_name].value
 
 
 def _eval_source(path_text: str):

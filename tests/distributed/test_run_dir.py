@@ -5,9 +5,12 @@ files of a failed worker kept there, removed when empty) instead of ``/tmp/torch
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -75,3 +78,40 @@ def test_a_second_run_on_the_same_directory_is_refused(tmp_path):
     first = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr[-2000:]
     assert not (out / LOCK_NAME).exists() and not (out / "elastic").exists()
+
+
+def _listening_addresses(pids: list[int]) -> list[str]:
+    """'address:port' of every listening TCP socket (IPv4 and IPv6) held by one of ``pids``, from /proc."""
+    inodes = set()
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    found = []
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == "0A" and inode in inodes:  # 0A: LISTEN
+                address, port = local.split(":")
+                raw = bytes.fromhex(address)
+                # /proc prints each 32-bit word in host (little-endian) order
+                words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+                family = socket.AF_INET if width == 8 else socket.AF_INET6
+                found.append(f"{socket.inet_ntop(family, words)}:{int(port, 16)}")
+    return found
+
+
+def _listeners_of_launcher_and_worker(_):
+    return _listening_addresses([os.getppid(), os.getpid()])
+
+
+def test_the_rendezvous_and_bootstrap_stores_listen_on_loopback_only(tmp_path):
+    # both stores of the elastic agent (the rendezvous and the workers' bootstrap store) used to bind
+    # every interface ('*:port', IPv4 and IPv6), open to the network without credentials
+    seen = launch_local(_listeners_of_launcher_and_worker, (0,), nproc=2, start_method="fork")
+    for rank, addresses in seen.items():
+        assert len(addresses) >= 2, (rank, addresses)  # at least the two stores, which the launcher holds
+        assert all(a.startswith(("127.0.0.1:", "::ffff:127.0.0.1:", "::1:")) for a in addresses), (rank, addresses)

@@ -11,9 +11,11 @@ import os
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -102,18 +104,55 @@ def setup(device: str = "auto", *, threads_per_worker: int = 0, timeout_s: float
     return env
 
 
-def configure_logging(rank: int, level: int = logging.INFO) -> None:
-    """Log to stderr from rank 0 only; other ranks report warnings and errors, tagged with their rank."""
+class _TerminalHandler(logging.StreamHandler):
+    """Writes each record through ``tqdm.write``, which clears this process's live progress bar,
+    writes the line and redraws the bar, so log lines never glue onto the bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # logging must not raise; the standard handler's policy
+            self.handleError(record)
+
+
+def _formatter(rank: int) -> logging.Formatter:
+    return logging.Formatter(f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+
+
+def _replace_handler(kind: str, handler: logging.Handler | None) -> None:
     root = logging.getLogger()
     for h in list(root.handlers):
-        if getattr(h, "_largebatch", False):
+        if getattr(h, "_largebatch", None) == kind:
             root.removeHandler(h)
-    handler = logging.StreamHandler(sys.stderr)
-    handler._largebatch = True  # type: ignore[attr-defined]
-    handler.setFormatter(logging.Formatter(f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+            h.close()
+    if handler is not None:
+        handler._largebatch = kind  # type: ignore[attr-defined]
+        root.addHandler(handler)
+
+
+def configure_logging(rank: int, level: int = logging.INFO) -> None:
+    """Log to stderr from rank 0 only (through tqdm, so lines and the progress bar do not mix); other
+    ranks report warnings and errors, tagged with their rank."""
+    handler = _TerminalHandler(sys.stderr)
+    handler.setFormatter(_formatter(rank))
     handler.setLevel(level if rank == 0 else logging.WARNING)
-    root.addHandler(handler)
-    root.setLevel(level)
+    _replace_handler("terminal", handler)
+    logging.getLogger().setLevel(level)
+
+
+def log_to_file(path, rank: int, level: int = logging.INFO) -> None:
+    """Also append this process's log to ``path`` (the run's ``train.log``): every record of rank 0,
+    warnings and errors of the other ranks, in the terminal's format."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(_formatter(rank))
+    handler.setLevel(level if rank == 0 else logging.WARNING)
+    _replace_handler("file", handler)
+
+
+def close_log_file() -> None:
+    """Stop :func:`log_to_file` (at the end of a run in a process that goes on)."""
+    _replace_handler("file", None)
 
 
 def cleanup() -> None:

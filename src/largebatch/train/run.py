@@ -15,7 +15,9 @@ import platform
 import signal
 import socket
 import sys
+import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -23,7 +25,8 @@ import torch
 from largebatch._version import __version__
 from largebatch.config import Config, ConfigError, config_from_dict, to_dict
 from largebatch.dist import cleanup, setup
-from largebatch.errors import EXIT_PREEMPTED
+from largebatch.dist.env import close_log_file, log_to_file
+from largebatch.errors import EXIT_FAILED, EXIT_PREEMPTED
 from largebatch.plan import resolve_stages
 from largebatch.train import checkpoint as ckpt_io
 from largebatch.train.metrics import plot_curves
@@ -191,9 +194,6 @@ def _agree(value, env):
     return box[0]
 
 
-"""Exit status of a worker (and of the CLI) stopped by SIGTERM after writing a checkpoint."""
-
-
 def exit_now(code: int) -> None:
     """Flush the logs and leave the process with ``code`` (no interpreter teardown)."""
     for handler in logging.getLogger().handlers + log.handlers:
@@ -203,18 +203,83 @@ def exit_now(code: int) -> None:
     os._exit(code)
 
 
-def run_worker(cfg_dict: dict, out: str | None = None, resume: str | None = None) -> dict | None:
+class SigtermFlag:
+    """SIGTERM over a worker's whole life (Slurm, Kubernetes and torchrun's agent send it).
+
+    Before the trainer exists it is remembered; during training the trainer writes a checkpoint at
+    the next step boundary and stops (:class:`~largebatch.train.trainer.Preempted`); after training
+    the run's outputs are finished all the same. Under an elastic agent a worker that received it
+    leaves with EXIT_PREEMPTED instead of returning: a returning worker waits for the agent to
+    collect its result, and an agent that is itself stopping never does (it kills the worker 30 s
+    later)."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self.trainer: Trainer | None = None
+
+    def __call__(self, signum, frame) -> None:
+        self.received = True
+        if self.trainer is not None:
+            self.trainer.stop_requested = True
+        log.warning("SIGTERM: writing a checkpoint at the next step boundary, then exiting")
+
+    def attach(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+        trainer.stop_requested = self.received
+
+
+def run_in_process(cfg_dict: dict, out: str, resume: str | None = None) -> dict | None:
+    """:func:`run_worker` in this process (one worker, no launcher), failing the way a launched
+    worker fails: the traceback goes to ``<out>/train.log`` and a one-line
+    :class:`~largebatch.dist.launch.WorkerFailed` is raised.
+
+    Raises:
+        ConfigError: contradictory settings.
+        WorkerFailed: the run failed (e.g. a non-finite stop, unreadable data).
+    """
+    from largebatch.dist.launch import WorkerFailed
+
+    try:
+        return run_worker(cfg_dict, out, resume)
+    except ConfigError:
+        raise
+    except Exception as err:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        with open(Path(out) / "train.log", "a") as f:
+            f.write(
+                f"{_dt.datetime.now():%H:%M:%S} [rank 0] ERROR {__name__}: the run failed\n{traceback.format_exc()}"
+            )
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise WorkerFailed(
+            f"the run failed: {type(err).__name__}: {first}",
+            EXIT_FAILED,
+            "error",
+            type(err).__name__,
+        ) from None
+
+
+def run_worker(cfg_dict: dict, out: str | None = None, resume: str | None = None, restart: int = 0) -> dict | None:
     """Train on this process; returns the summary on rank 0 (None elsewhere), or, on every rank,
     ``{"preempted": True, "step": ..., "run_dir": ...}`` when SIGTERM stopped the run after a
-    checkpoint. Under an elastic restart (TORCHELASTIC_RESTART_COUNT > 0) it resumes from the newest
-    valid checkpoint of ``out``.
+    checkpoint. ``restart`` > 0 (or TORCHELASTIC_RESTART_COUNT > 0 under torchrun) marks a restart
+    of the worker group, which resumes from the newest valid checkpoint of ``out``.
 
     Raises:
         ConfigError: contradictory settings (the CLI turns it into exit status 2).
     """
+    sigterm = SigtermFlag()
+    previous = signal.signal(signal.SIGTERM, sigterm)
+    try:
+        return _run_worker(cfg_dict, out, resume, restart, sigterm)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        close_log_file()
 
+
+def _run_worker(cfg_dict: dict, out: str | None, resume: str | None, restart: int, sigterm: SigtermFlag):
     cfg: Config = config_from_dict(cfg_dict)
-    restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    tempfile.tempdir = None  # a forked worker inherits the launcher's temporary folder for torch's error files
+    restarts = restart or int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
     if restarts and out:
         resume = "auto"  # an elastic restart continues from the newest valid checkpoint of the run
 
@@ -258,6 +323,8 @@ def run_worker(cfg_dict: dict, out: str | None = None, resume: str | None = None
                 first.setdefault("resumes", []).append(info)
                 info = first
             env_path.write_text(json.dumps(info, indent=2) + "\n")
+        log_to_file(run_dir / "train.log", env.rank)
+        if env.is_main:
             log.info("run directory %s", run_dir)
         if restarts and env.is_main:
             log.warning(
@@ -270,11 +337,8 @@ def run_worker(cfg_dict: dict, out: str | None = None, resume: str | None = None
         if resume_path is not None:
             trainer.load(resume_path, ckpt=loaded)
 
-        def on_sigterm(signum, frame):  # Slurm, Kubernetes and torchrun's agent send SIGTERM
-            trainer.stop_requested = True
-            log.warning("SIGTERM: writing a checkpoint at the next step boundary, then exiting")
-
-        previous = signal.signal(signal.SIGTERM, on_sigterm)
+        sigterm.attach(trainer)
+        under_agent = "TORCHELASTIC_RUN_ID" in os.environ
         try:
             state = trainer.fit()
         except RuntimeError as err:  # torch.distributed's DistError and gloo / NCCL errors are RuntimeErrors
@@ -287,16 +351,10 @@ def run_worker(cfg_dict: dict, out: str | None = None, resume: str | None = None
                 ) from err
             raise
         except Preempted as stop:
-            preempted = {"preempted": True, "step": stop.args[0], "run_dir": str(run_dir)}
-            if "TORCHELASTIC_RUN_ID" in os.environ:
-                # Under an elastic agent (ours or torchrun's), a returning worker waits for the agent to
-                # collect its result; an agent that is itself stopping never does, and kills the worker
-                # 30 s later. The checkpoint is on disk: leave now with the preempted status instead.
+            if under_agent:  # see SigtermFlag: the checkpoint is on disk, leave with the preempted status
                 cleanup()
                 exit_now(EXIT_PREEMPTED)
-            return preempted
-        finally:
-            signal.signal(signal.SIGTERM, previous)
+            return {"preempted": True, "step": stop.args[0], "run_dir": str(run_dir)}
         bad_files = _gather_bad_files(getattr(trainer.data, "bad_files", []), env)
         if env.is_main:
             ckpt_io.export_weights(
@@ -312,6 +370,7 @@ def run_worker(cfg_dict: dict, out: str | None = None, resume: str | None = None
                     " ..." if len(bad_files) > 5 else "",
                 )
         if not env.is_main:
+            _leave_if_signalled(sigterm, under_agent)
             return None
         summary = {
             "recipe": cfg.recipe,
@@ -371,6 +430,16 @@ def run_worker(cfg_dict: dict, out: str | None = None, resume: str | None = None
             summary["images_per_s"] or 0.0,
             run_dir / "summary.json",
         )
+        _leave_if_signalled(sigterm, under_agent)
         return summary
     finally:
         cleanup()
+
+
+def _leave_if_signalled(sigterm: SigtermFlag, under_agent: bool) -> None:
+    """A SIGTERM that came after the last step: the run's outputs are complete (summary.json on rank
+    0); under an elastic agent leave with EXIT_PREEMPTED now rather than wait for a stopping agent
+    (see :class:`SigtermFlag`); the launcher sees the summary and reports the run as finished."""
+    if sigterm.received and under_agent:
+        cleanup()
+        exit_now(EXIT_PREEMPTED)
