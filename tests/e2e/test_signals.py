@@ -146,7 +146,9 @@ def test_sigterm_at_start_up_claims_no_checkpoint(tmp_path):
     last = err.strip().splitlines()[-1]
     found = list_checkpoints(out)
     if found:  # the workers got as far as a step: they wrote a checkpoint there, and say which
-        assert last.endswith(f"wrote a checkpoint at step {step_of(found[-1])}: continue with --out {out} --resume auto")
+        assert last.endswith(
+            f"wrote a checkpoint at step {step_of(found[-1])}: continue with --out {out} --resume auto"
+        )
     else:  # it used to claim "the workers wrote a checkpoint" here
         assert last == (
             f"largebatch: stopped by SIGTERM; before its first checkpoint, so there is nothing to resume: "
