@@ -432,6 +432,53 @@ def cmd_advise(args: argparse.Namespace) -> int:
     return 0
 
 
+EXIT_CODES = {
+    "train": "0 finished; 1 a worker failed (one line here, the traceback in RUN/train.log); 2 bad input, found "
+    "before any worker started; 75 stopped by SIGTERM (continue with --resume auto); 130 Ctrl-C",
+    "eval": "0 evaluated (the result as JSON on stdout); 2 bad input (nothing usable at PATH, unknown key, missing data)",
+    "recipes": "0 listed or printed; 2 bad input (an unknown recipe or key)",
+    "data check": "0 every file decodes; 1 some files are bad (listed); 2 bad input (no such folder, bad option)",
+    "data prepare": "0 written (files that cannot be decoded are left out and listed); 2 bad input",
+    "sweep": "0 finished (table and figure); 1 a run failed; 2 bad input; 75 interrupted (--tune: the same "
+    "command continues the study)",
+    "critical-batch": "0 measured (the report on stdout); 1 a branch failed; 2 bad input",
+    "advise": "0 advised (the report on stdout); 1 the probe failed; 2 bad input (unknown preset, --out in use)",
+    "simulate": "0 predicted (the table on stdout); 2 bad input (one line naming the option)",
+}
+"""Exit statuses of each subcommand, printed by its --help (docs/reliability.md has the table for train)."""
+
+EXAMPLES = {
+    "train": [
+        "largebatch train                                   # the default recipe on Fashion-MNIST, 2 workers",
+        "largebatch train --set train.global_batch_size=2048 --set train.epochs=9 --out runs/b2048",
+        "largebatch train --out runs/b2048 --resume auto    # continue a stopped run",
+    ],
+    "eval": ["largebatch eval runs/b2048", "largebatch eval runs/b2048/checkpoints/ckpt_step00000072.pt --split val"],
+    "recipes": ["largebatch recipes", "largebatch recipes goyal2017_resnet50_imagenet_8k > my.yaml"],
+    "data check": ["largebatch data check /data/imagenet --report bad_files.json"],
+    "data prepare": ["largebatch data prepare /data/imagenet /data/imagenet-shards --max-side 256"],
+    "sweep": [
+        "largebatch sweep --methods goyal,lars --batch-sizes 512,2048 --epochs 4 --set data.train_subset=16384",
+        "largebatch sweep --tune --methods goyal,nesterov --batch-sizes 256,1024 --epochs 2 --trials 3",
+    ],
+    "critical-batch": ["largebatch critical-batch runs/b512 --batch-sizes 128,512,2048"],
+    "advise": ["largebatch advise --recipe goyal2017_fashion_mnist --preset h100_ndr"],
+    "simulate": ["largebatch simulate --gpus 1024 --preset akiba2017 --out scaling.png"],
+}
+
+
+def _command(sub, name: str, help: str, description: str = ""):
+    """A subcommand's parser whose --help shows a description, examples and the exit statuses."""
+    epilog = "examples:\n" + "\n".join(f"  {e}" for e in EXAMPLES[name]) + "\n\nexit status: " + EXIT_CODES[name]
+    return sub.add_parser(
+        name.split()[-1],
+        help=help,
+        description=description or help[:1].upper() + help[1:] + ".",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from largebatch._version import __version__
     from largebatch.recipes import DEFAULT_RECIPE
@@ -441,7 +488,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     set_help = "override a config key, e.g. --set train.epochs=10 (repeatable; values are YAML)"
 
-    p = sub.add_parser("train", help="train a recipe (data-parallel)")
+    p = _command(
+        sub,
+        "train",
+        "train a recipe (data-parallel)",
+        "Train a recipe or a config file on local worker processes (or as one torchrun worker). The global "
+        "batch is the recipe's whatever the number of processes; every output goes to the run directory.",
+    )
     p.add_argument("--recipe", default=None, help=f"recipe name (default {DEFAULT_RECIPE}); see `largebatch recipes`")
     p.add_argument(
         "--config",
@@ -469,12 +522,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         metavar="R",
-        help="restart all workers up to R times when one dies; each restart resumes from the newest "
-        "valid checkpoint (torch.distributed.elastic)",
+        help="restart all workers up to R times when one dies (killed, crashed); each restart resumes from "
+        "the newest valid checkpoint. An error, SIGTERM or Ctrl-C is never retried",
     )
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="evaluate a run, a checkpoint or a model_final.pt on the test/validation split")
+    p = _command(sub, "eval", "evaluate a run, a checkpoint or a model_final.pt on the test/validation split")
     p.add_argument(
         "path",
         nargs="?",
@@ -492,20 +545,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("recipes", help="list recipes, or print one's resolved config")
+    p = _command(
+        sub,
+        "recipes",
+        "list recipes, or print one's resolved config",
+        "List the recipes, or print one's resolved config as YAML (edit it and pass it to train --config).",
+    )
     p.add_argument("name", nargs="?", help="a recipe name")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
     p.set_defaults(func=cmd_recipes)
 
-    p = sub.add_parser("data", help="data set tools: check, prepare")
+    p = sub.add_parser("data", help="data set tools: check, prepare", description="Data set tools: check, prepare.")
     data_sub = p.add_subparsers(dest="data_command", required=True)
-    q = data_sub.add_parser("check", help="decode every image file of a data set; report bad and odd files")
+    q = _command(data_sub, "data check", "decode every image file of a data set; report bad and odd files")
     q.add_argument("root", help="the data set's root folder (e.g. holding train/ and val/)")
     q.add_argument("--report", default=None, help="also write the JSON report (every bad and odd file) to this path")
     q.add_argument("--workers", type=int, default=0, help="decoding processes (default: all CPU cores)")
     q.set_defaults(func=cmd_data_check)
 
-    q = data_sub.add_parser("prepare", help="convert an ImageNet folder into pre-resized tar shards with an index")
+    q = _command(data_sub, "data prepare", "convert an ImageNet folder into pre-resized tar shards with an index")
     q.add_argument("src", help="ImageNet-layout folder (train/<wnid>/*, val/<wnid>/*)")
     q.add_argument("dst", help="new directory for the shards (train with --set data.root=DST)")
     q.add_argument("--max-side", type=int, default=256, help="shorter side at most this many pixels (default 256)")
@@ -514,9 +572,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--workers", type=int, default=0, help="processes (default: all CPU cores)")
     q.set_defaults(func=cmd_data_prepare)
 
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "sweep",
-        help="accuracy against global batch size for several large-batch methods "
+        "accuracy against global batch size for several large-batch methods "
         "(Goyal et al. 2017, Fig. 1); table and figure",
     )
     p.add_argument(
@@ -593,9 +652,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "critical-batch",
-        help="measure the critical batch size by branching short runs at several "
+        "measure the critical batch size by branching short runs at several "
         "batch sizes from checkpoints of a run (Merrill et al. 2025)",
     )
     p.add_argument("run", help="run directory of the reference run (its checkpoints/ and metrics.jsonl)")
@@ -638,9 +698,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_critical_batch)
 
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "advise",
-        help="measure the gradient noise scale in a short probe; report the critical "
+        "measure the gradient noise scale in a short probe; report the critical "
         "batch size, the linear-scaling range, GPUs and time to train",
     )
     p.add_argument("--recipe", default=DEFAULT_RECIPE, help="recipe to probe")
@@ -675,10 +736,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     from largebatch.sim import cli as sim_cli  # pure Python, no torch
 
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "simulate",
-        help="predict all-reduce time, step time and scaling efficiency at N GPUs "
-        "(alpha-beta cost model, docs/comm.md)",
+        "predict all-reduce time, step time and scaling efficiency at N GPUs (alpha-beta cost model, docs/comm.md)",
     )
     sim_cli.add_arguments(p)
     p.set_defaults(func=sim_cli.run)
