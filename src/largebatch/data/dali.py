@@ -43,7 +43,8 @@ def require_dali() -> None:
     if not dali_available():
         raise ImportError(
             "data.imagefolder.decoder=dali needs NVIDIA DALI: pip install 'largebatch[dali]' (the "
-            "nvidia-dali-cuda120 wheel from PyPI; it also runs CPU-only), or use data.imagefolder.decoder=torchvision"
+            "nvidia-dali-cuda130 wheel, for torch's CUDA 13 build; 'largebatch[dali-cuda12]' for a cu12x build; "
+            "it also runs CPU-only), or use data.imagefolder.decoder=torchvision"
         )
 
 
