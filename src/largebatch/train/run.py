@@ -26,6 +26,7 @@ from largebatch._version import __version__
 from largebatch.config import Config, ConfigError, config_from_dict, to_dict
 from largebatch.dist import cleanup, setup
 from largebatch.dist.env import close_log_file, log_to_file
+from largebatch.dist.launch import WorkerFailed
 from largebatch.errors import EXIT_FAILED, EXIT_PREEMPTED
 from largebatch.plan import resolve_stages
 from largebatch.train import checkpoint as ckpt_io
@@ -237,8 +238,6 @@ def run_in_process(cfg_dict: dict, out: str, resume: str | None = None) -> dict 
         ConfigError: contradictory settings.
         WorkerFailed: the run failed (e.g. a non-finite stop, unreadable data).
     """
-    from largebatch.dist.launch import WorkerFailed
-
     try:
         return run_worker(cfg_dict, out, resume)
     except ConfigError:
