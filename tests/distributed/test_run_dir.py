@@ -8,12 +8,12 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+import clirun
 from largebatch.config import ConfigError
 from largebatch.dist.launch import WorkerFailed, launch_local
 from largebatch.train.runlock import LOCK_NAME, run_dir_lock
@@ -69,13 +69,13 @@ def test_a_second_run_on_the_same_directory_is_refused(tmp_path):
     # a live run holds the directory (here this test process, deterministically; two CLI runs started
     # 0.3 s apart both pass the "already holds checkpoints" check and then meet here)
     with run_dir_lock(out):
-        second = subprocess.run(args, capture_output=True, text=True, timeout=120)
+        second = clirun.subprocess_run(args, capture_output=True, text=True, timeout=120)
     lines = second.stderr.strip().splitlines()  # the plan line, then one error line
     assert second.returncode == 2 and "Traceback" not in second.stderr, second.stderr
     assert [x for x in lines if "error" in x] == lines[-1:]
     assert f"run directory {out} is in use by another run (pid {os.getpid()})" in lines[-1]
     assert not list(out.iterdir())  # the refused run wrote nothing
-    first = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    first = clirun.subprocess_run(args, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr[-2000:]
     assert not (out / LOCK_NAME).exists() and not (out / "elastic").exists()
 

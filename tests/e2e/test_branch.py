@@ -2,12 +2,12 @@
 ``largebatch critical-batch`` branching from checkpoints (real Fashion-MNIST, a 2,000-image subset)."""
 
 import json
-import subprocess
 import sys
 
 import pytest
 import torch
 
+import clirun
 from largebatch.study.branch import critical_from_reductions
 from largebatch.train.checkpoint import load_checkpoint
 
@@ -35,7 +35,7 @@ def train(out, *sets, nproc=1, resume=False):
         cmd += ["--set", item]
     if resume:
         cmd += ["--resume", "auto"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    proc = clirun.subprocess_run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((out / "summary.json").read_text())
 
@@ -123,7 +123,7 @@ def test_critical_batch_branches_every_batch_on_the_same_budget(reference, tmp_p
         "--set",
         "data.test_subset=500",
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    proc = clirun.subprocess_run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "critical_batch.json").read_text())
     (point,) = report["points"]
@@ -134,7 +134,7 @@ def test_critical_batch_branches_every_batch_on_the_same_budget(reference, tmp_p
         run = out / f"step{steps[0]:08d}" / f"b{b['batch']:06d}_linear"
         assert json.loads((run / "summary.json").read_text())["steps"] == b["steps"]
     assert "measured B_crit" in proc.stdout
-    bad = subprocess.run(
+    bad = clirun.subprocess_run(
         [sys.executable, "-m", "largebatch", "critical-batch", str(reference), "--steps", "99999"],
         capture_output=True,
         text=True,

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import clirun
+
 pytestmark = pytest.mark.e2e
 
 SMALL = [
@@ -36,7 +38,7 @@ SMALL = [
 
 def largebatch(*args, cwd, timeout=300, module=("-m", "largebatch")):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.run(
+    return clirun.subprocess_run(
         [sys.executable, *module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
 
@@ -226,7 +228,7 @@ def test_garbage_idx_files_are_refused_before_any_worker(tmp_path):
     ):
         (root / name).write_bytes(b"\x00\x00\x08\x03garbage")
     env_cache = dict(os.environ, LARGEBATCH_CACHE=str(tmp_path / "cache"))
-    proc = subprocess.run(
+    proc = clirun.subprocess_run(
         [
             sys.executable,
             "-m",
@@ -269,7 +271,7 @@ def test_recipes_command(tmp_path):
     read_end, write_end = os.pipe()
     os.close(read_end)
     try:
-        piped = subprocess.run(
+        piped = subprocess.run(  # a real pipe: BrokenPipe handling
             [sys.executable, "-m", "largebatch", "recipes", "goyal2017_resnet50_imagenet_8k"],
             cwd=tmp_path,
             stdout=write_end,
@@ -491,7 +493,7 @@ def test_two_node_loopback_run_with_topology_hooks(tmp_path):
     ]
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     agents = [
-        subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        clirun.popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for _ in range(2)
     ]
     outs = [a.communicate(timeout=300) for a in agents]
@@ -719,7 +721,7 @@ def test_forced_bf16_and_a_validation_split_from_the_cli(tmp_path):
     """LARGEBATCH_CPU_BF16=1 makes auto pick bf16 on any CPU; data.val_size evaluates a held-out split."""
     out = tmp_path / "run"
     env = dict(os.environ, PYTHONUNBUFFERED="1", LARGEBATCH_CPU_BF16="1")
-    proc = subprocess.run(
+    proc = clirun.subprocess_run(
         [
             sys.executable,
             "-m",
@@ -761,7 +763,7 @@ def test_switching_the_optimizer_takes_its_reference_lr_and_trains(tmp_path, nam
     from largebatch.config import REFERENCE_LRS
 
     env = {k: v for k, v in os.environ.items() if k != "LARGEBATCH_CPU_BF16"}
-    proc = subprocess.run(
+    proc = clirun.subprocess_run(
         [
             sys.executable,
             "-m",

@@ -3,12 +3,12 @@ file real ImageNet (or a bad copy of it) contains: each planted file is found an
 
 import io
 import json
-import subprocess
 import sys
 
 import pytest
 from PIL import Image
 
+import clirun
 from largebatch.data.check import check_dataset, check_file
 
 pytestmark = pytest.mark.e2e
@@ -64,7 +64,7 @@ def test_every_planted_file_is_found_and_classified(dataset):
 
 def test_cli_exit_status_and_report(dataset, tmp_path):
     report_path = tmp_path / "report.json"
-    proc = subprocess.run(
+    proc = clirun.subprocess_run(
         [
             sys.executable,
             "-m",
@@ -87,11 +87,11 @@ def test_cli_exit_status_and_report(dataset, tmp_path):
     assert report["ok"] is False and len(report["bad"]) == 3 and len(report["odd"]) == 3
     for rel in ("train/n01/zero.JPEG", "train/n01/truncated.JPEG", "train/n02/notes.JPEG"):
         (dataset / rel).unlink()
-    proc = subprocess.run(
+    proc = clirun.subprocess_run(
         [sys.executable, "-m", "largebatch", "data", "check", str(dataset)], capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0 and "odd  png_as_jpeg" in proc.stdout
-    proc = subprocess.run(
+    proc = clirun.subprocess_run(
         [sys.executable, "-m", "largebatch", "data", "check", str(tmp_path / "nope")],
         capture_output=True,
         text=True,
@@ -124,7 +124,7 @@ def test_prepare_writes_shards_that_reproduce_the_samples_and_train(tmp_path):
                 )
     (src / "train" / "n02" / "broken.JPEG").write_bytes(b"")
     dst = tmp_path / "shards"
-    proc = subprocess.run(
+    proc = clirun.subprocess_run(
         [
             sys.executable,
             "-m",
@@ -165,7 +165,7 @@ def test_prepare_writes_shards_that_reproduce_the_samples_and_train(tmp_path):
         same, different = (got.float() - want.float()).abs().mean(), (got.float() - other.float()).abs().mean()
         assert same < 8 and different > 3 * same  # JPEG re-encoding of a 30x40 image at quality 90
     out = tmp_path / "run"
-    proc = subprocess.run(
+    proc = clirun.subprocess_run(
         [
             sys.executable,
             "-m",

@@ -6,7 +6,6 @@ ImageNet-layout folders with the odd and bad files real ImageNet copies hold."""
 import functools
 import io
 import json
-import subprocess
 import sys
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -15,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+import clirun
 from largebatch.data.imagefolder import BadImageError, ImageFolderData
 from largebatch.data.samplers import GlobalBatchSampler
 from largebatch.data.shards import prepare
@@ -205,7 +205,7 @@ def test_cli_trains_from_shards_over_http_with_dali_and_on_the_folder_decoding_o
     }
     for name, extra in runs.items():
         out = tmp_path / name
-        proc = subprocess.run(
+        proc = clirun.subprocess_run(
             [sys.executable, "-m", "largebatch", "train", *common, *extra, "--out", str(out)],
             capture_output=True,
             text=True,
@@ -214,14 +214,14 @@ def test_cli_trains_from_shards_over_http_with_dali_and_on_the_folder_decoding_o
         assert proc.returncode == 0, proc.stderr[-3000:]
         summary = json.loads((out / "summary.json").read_text())
         assert summary["steps"] == 1  # 12 images // 8
-    proc = subprocess.run(
+    proc = clirun.subprocess_run(
         [sys.executable, "-m", "largebatch", "train", *common, "--set", f"data.root={url}/missing"],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert proc.returncode == 2 and "holds no largebatch-shards.json" in proc.stderr
-    proc = subprocess.run(
+    proc = clirun.subprocess_run(
         [
             sys.executable,
             "-m",

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import clirun
 from largebatch.train.checkpoint import list_checkpoints, load_checkpoint
 
 pytestmark = pytest.mark.e2e
@@ -44,7 +45,7 @@ ENV = dict(os.environ, PYTHONUNBUFFERED="1")
 
 
 def train(*args, cwd, timeout=300):
-    return subprocess.run(
+    return clirun.subprocess_run(
         [sys.executable, "-m", "largebatch", "train", *args],
         cwd=cwd,
         env=ENV,
@@ -55,7 +56,7 @@ def train(*args, cwd, timeout=300):
 
 
 def start(*args, cwd):
-    return subprocess.Popen(
+    return clirun.popen(
         [sys.executable, "-m", "largebatch", "train", *args],
         cwd=cwd,
         env=ENV,
@@ -207,7 +208,7 @@ def test_pickled_checkpoint_is_refused(tmp_path):
     blob = buffer.getvalue()
     path = tmp_path / "evil.pt"
     path.write_bytes(MAGIC + hashlib.sha256(blob).hexdigest().encode() + b"\n" + blob)
-    proc = subprocess.run(
+    proc = clirun.subprocess_run(
         [sys.executable, "-m", "largebatch", "eval", "--checkpoint", str(path)],
         cwd=tmp_path,
         env=ENV,
@@ -218,7 +219,7 @@ def test_pickled_checkpoint_is_refused(tmp_path):
     assert proc.returncode == 2 and "holds pickled objects" in proc.stderr and "weights_only" in proc.stderr
     plain = tmp_path / "plain.pt"
     torch.save({"model": {}}, plain)  # a torch file without our header
-    proc = subprocess.run(
+    proc = clirun.subprocess_run(
         [sys.executable, "-m", "largebatch", "eval", "--checkpoint", str(plain)],
         cwd=tmp_path,
         env=ENV,

@@ -7,13 +7,12 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+import clirun
 from largebatch.train.checkpoint import list_checkpoints, step_of
 
 pytestmark = pytest.mark.e2e
@@ -35,7 +34,7 @@ DIVERGES = ["optim.base_lr=1e8", "train.nonfinite_policy=stop", "train.epochs=2"
 
 
 def command(out: Path, *sets: str, nproc: int = 2, extra: tuple = ()) -> list[str]:
-    args = [sys.executable, "-m", "largebatch", "train", "--nproc", str(nproc), "--out", str(out), *extra]
+    args = ["train", "--nproc", str(nproc), "--out", str(out), *extra]
     for item in [*SMALL, *sets]:
         args += ["--set", item]
     return args
@@ -48,14 +47,12 @@ def env(tmp_path: Path) -> dict:
 
 def run(args, tmp_path, timeout=240):
     (tmp_path / "tmp").mkdir(exist_ok=True)
-    return subprocess.run(args, cwd=tmp_path, env=env(tmp_path), capture_output=True, text=True, timeout=timeout)
+    return clirun.run(*args, cwd=tmp_path, env=env(tmp_path), timeout=timeout)
 
 
 def start(args, tmp_path, **kw):
     (tmp_path / "tmp").mkdir(exist_ok=True)
-    return subprocess.Popen(
-        args, cwd=tmp_path, env=env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw
-    )
+    return clirun.start(*args, cwd=tmp_path, env=env(tmp_path), **kw)
 
 
 def wait_for(predicate, proc, timeout=180):

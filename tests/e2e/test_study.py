@@ -4,11 +4,11 @@ follows the empirical model's closed forms)."""
 
 import csv
 import json
-import subprocess
 import sys
 
 import pytest
 
+import clirun
 from largebatch.study.advise import Advice, against_measured, epochs_ratio, read_noise_scale
 from largebatch.study.sweep import METHODS, SweepError, plan_sweep, run_config
 
@@ -18,7 +18,9 @@ SUBSET = ["--set", "data.train_subset=2048", "--set", "data.test_subset=500"]
 
 
 def largebatch(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "largebatch", *args], capture_output=True, text=True, timeout=timeout)
+    return clirun.subprocess_run(
+        [sys.executable, "-m", "largebatch", *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_sweep_writes_table_and_figure_and_resumes(tmp_path):

@@ -10,6 +10,7 @@ import sys
 import optuna
 import pytest
 
+import clirun
 from largebatch.study import tune
 from largebatch.study.tune import TuneSpec, run_tuned_sweep, study_name, trial_dir
 
@@ -124,7 +125,7 @@ def test_pruned_trial_stops_at_an_evaluation_and_diverged_trial_is_marked(tmp_pa
 
 
 def test_tune_refuses_bad_requests_before_any_trial(tmp_path):
-    proc = subprocess.run(
+    proc = clirun.subprocess_run(
         [
             sys.executable,
             "-m",
@@ -141,7 +142,7 @@ def test_tune_refuses_bad_requests_before_any_trial(tmp_path):
         timeout=120,
     )
     assert proc.returncode == 2 and "method 'adam' is unknown" in proc.stderr and "Traceback" not in proc.stderr
-    proc = subprocess.run(
+    proc = clirun.subprocess_run(
         [sys.executable, "-m", "largebatch", "sweep", "--tune", "--val-size", "0", "--out", str(tmp_path / "x")],
         capture_output=True,
         text=True,
@@ -184,7 +185,7 @@ def test_sigterm_to_the_sweep_checkpoints_the_trial_and_the_same_command_resumes
     ]
     for item in SUBSET:
         cmd += ["--set", item]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = clirun.popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = out / "nesterov" / "b000128" / "trial_000" / "metrics.jsonl"
     deadline = time.monotonic() + 300
     while not (metrics.is_file() and '"eval"' in metrics.read_text()) and time.monotonic() < deadline:
@@ -194,7 +195,7 @@ def test_sigterm_to_the_sweep_checkpoints_the_trial_and_the_same_command_resumes
     assert proc.returncode == 75 and "continues the study" in err and "Traceback" not in err, err[-2000:]
     run = out / "nesterov" / "b000128" / "trial_000"
     assert list((run / "checkpoints").glob("*.pt")) and not (run / "summary.json").exists()
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    again = clirun.subprocess_run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 2 * ((2000 - 400) // 128)  # the interrupted trial finished in its own directory

@@ -7,12 +7,12 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+import clirun
 from largebatch.config import ConfigError, apply_overrides
 from largebatch.data import check_data
 from largebatch.data.fashion_mnist import FILES, default_root, prepare_files
@@ -89,7 +89,7 @@ def test_a_damaged_file_is_named_before_any_worker(copy, tmp_path, damage, messa
 
 def test_the_cli_says_it_in_one_line(copy, tmp_path):
     (copy / "t10k-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b not really gzip")
-    proc = subprocess.run(
+    proc = clirun.subprocess_run(
         [sys.executable, "-m", "largebatch", "train", "--set", f"data.root={copy}", "--out", str(tmp_path / "run")],
         capture_output=True,
         text=True,

@@ -6,12 +6,12 @@ schedule points after the end of training, and --resume auto finding nothing."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
 import pytest
 import torch
 
+import clirun
 from largebatch.api import check_devices, prepare_run
 from largebatch.config import ConfigError, apply_overrides, schedule_warnings
 from largebatch.recipes import DEFAULT_RECIPE, get_recipe
@@ -102,7 +102,7 @@ def test_cuda_without_a_gpu_is_one_line_before_any_worker(tmp_path):
         check_devices(_cfg(["train.device=cuda"]), 2)
     check_devices(_cfg(["train.device=auto"]), 2)  # auto falls back to the CPU
     out = tmp_path / "run"
-    proc = subprocess.run(
+    proc = clirun.subprocess_run(
         [sys.executable, "-m", "largebatch", "train", "--set", "train.device=cuda", "--out", str(out)],
         capture_output=True,
         text=True,
@@ -136,7 +136,7 @@ def test_resume_auto_says_when_it_finds_nothing(tmp_path):
     args = [sys.executable, "-m", "largebatch", "train", "--nproc", "1", "--resume", "auto", "--out", str(out)]
     for item in SYNTHETIC[:-1] + ["schedule.decay_epochs=[3]"]:
         args += ["--set", item]
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    proc = clirun.subprocess_run(args, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"--resume auto found no checkpoint in {out}; starting from step 0" in proc.stderr
     assert "warning: schedule.decay_epochs 3 fall at or after the end of training" in proc.stderr
