@@ -755,48 +755,55 @@ def test_forced_bf16_and_a_validation_split_from_the_cli(tmp_path):
     assert "precision bf16 (train.precision=auto): LARGEBATCH_CPU_BF16=1" in proc.stderr
 
 
-@pytest.mark.parametrize("name", ["sgd", "lars", "lamb", "rmsprop_warmup"])
-def test_switching_the_optimizer_takes_its_reference_lr_and_trains(tmp_path, name):
+OPTIMIZERS = ["sgd", "lars", "lamb", "rmsprop_warmup"]
+
+
+@pytest.fixture(scope="module")
+def optimizer_switch_runs(tmp_path_factory):
+    """The default recipe with each optimizer name, 2 epochs on the whole training set, the recipe's
+    schedule scaled to 2 epochs (as `largebatch sweep` scales it), precision auto (bf16 where the CPU
+    has it). The four runs go side by side, one process and one thread each (the global batch and its
+    BN groups are the recipe's on any number of processes): the 2 cores stay busy through each run's
+    start, evaluations and checkpoints."""
+    root = tmp_path_factory.mktemp("optimizers")
+    env = {k: v for k, v in os.environ.items() if k != "LARGEBATCH_CPU_BF16"}
+    procs = {}
+    for name in OPTIMIZERS:
+        sets = [
+            f"optim.name={name}",
+            "train.epochs=2",
+            "data.test_subset=2000",
+            "train.noise_scale=false",
+            "schedule.warmup_epochs=0.111",
+            "schedule.decay_epochs=[1.0,1.556,1.889]",
+            "train.threads_per_worker=1",
+        ]
+        args = ["train", "--nproc", "1", "--out", str(root / name)]
+        for item in sets:
+            args += ["--set", item]
+        procs[name] = clirun.start(*args, cwd=root, env=dict(env, PYTHONUNBUFFERED="1"))
+    results = {}
+    for name, proc in procs.items():
+        _, err = proc.communicate(timeout=900)
+        results[name] = (proc.returncode, err, root / name)
+    return results
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_switching_the_optimizer_takes_its_reference_lr_and_trains(optimizer_switch_runs, name):
     """``--set optim.name=NAME`` on the default recipe takes NAME's reference LR (REFERENCE_LRS) and
-    reaches 80% test top-1 in 2 epochs on the whole training set, the recipe's schedule scaled to 2
-    epochs (precision auto: bf16 where the CPU has it)."""
+    reaches 80% test top-1 in 2 epochs on the whole training set."""
     from largebatch.config import REFERENCE_LRS
 
-    env = {k: v for k, v in os.environ.items() if k != "LARGEBATCH_CPU_BF16"}
-    proc = clirun.subprocess_run(
-        [
-            sys.executable,
-            "-m",
-            "largebatch",
-            "train",
-            "--set",
-            f"optim.name={name}",
-            "--set",
-            "train.epochs=2",
-            "--set",
-            "data.test_subset=2000",
-            "--set",
-            "train.noise_scale=false",
-            # the recipe's schedule scaled from its 9 epochs to 2 (as `largebatch sweep` scales it)
-            "--set",
-            "schedule.warmup_epochs=0.111",
-            "--set",
-            "schedule.decay_epochs=[1.0,1.556,1.889]",
-            "--out",
-            str(tmp_path / name),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env=dict(env, PYTHONUNBUFFERED="1"),
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    config = json.loads((tmp_path / name / "config.json").read_text())
+    returncode, err, out = optimizer_switch_runs[name]
+    assert returncode == 0, err[-3000:]
+    config = json.loads((out / "config.json").read_text())
     ref = REFERENCE_LRS[name]
     assert (config["optim"]["base_lr"], config["optim"]["base_batch_size"], config["optim"]["lr_scaling"]) == (
         ref.base_lr,
         ref.base_batch_size,
         ref.lr_scaling,
     )
-    summary = json.loads((tmp_path / name / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 1 and summary["global_batch_size"] == 512 and summary["steps"] == 2 * 117
     assert summary["top1"] >= 80.0, (name, summary["top1"])

@@ -230,6 +230,14 @@ def test_pickled_checkpoint_is_refused(tmp_path):
     assert proc.returncode == 2 and "is not a largebatch checkpoint" in proc.stderr
 
 
+def _gone(pid: int) -> bool:
+    """The process has exited (a zombie not yet reaped counts)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
 def test_a_stopped_worker_ends_the_run_with_the_timeout_named(tmp_path):
     # SIGSTOP one of 2 workers: the other waits train.collective_timeout_s in its next collective,
     # then the run fails naming the key (it stalled for a hard-coded 1800 s before)
@@ -240,6 +248,10 @@ def test_a_stopped_worker_ends_the_run_with_the_timeout_named(tmp_path):
     assert len(victims) == 2, victims
     os.kill(victims[1], signal.SIGSTOP)
     try:
+        # once rank 0 has left (its collective timed out), continue the victim: a stopped process cannot
+        # act on the launcher's SIGTERM, which then waits 30 s before SIGKILL (time the suite need not spend)
+        wait_for(lambda: _gone(victims[0]), proc, timeout=60)
+        os.kill(victims[1], signal.SIGCONT)
         _, err = proc.communicate(timeout=120)
     finally:
         for pid in victims:
