@@ -21,6 +21,20 @@ import sys
 import tempfile
 import time
 import traceback
+from subprocess import DEVNULL, PIPE, STDOUT
+
+_REAL_RUN, _REAL_POPEN = subprocess.run, subprocess.Popen
+
+
+def _fd(target, pipe_file) -> int | None:
+    """The file descriptor a child's stream goes to (None: this process's)."""
+    if target == PIPE:
+        return pipe_file.fileno()
+    if target is None:
+        return None
+    if target == DEVNULL:
+        return os.open(os.devnull, os.O_WRONLY)
+    return target if isinstance(target, int) else target.fileno()
 
 
 def preload() -> None:
@@ -34,11 +48,19 @@ def preload() -> None:
 class Forked:
     """A ``subprocess.Popen``-like handle of ``largebatch ARGS`` run in a forked child."""
 
-    def __init__(self, args, *, cwd=None, env=None, start_new_session=False) -> None:
+    def __init__(
+        self, args, *, cwd=None, env=None, start_new_session=False, stdout=PIPE, stderr=PIPE, text=True
+    ) -> None:
+        """``stdout`` / ``stderr``: PIPE (kept for :meth:`communicate`, the default), None (this
+        process's), DEVNULL, a file object, or (stderr) STDOUT."""
         preload()
         self.args = ["largebatch", *[str(a) for a in args]]
         self.returncode: int | None = None
-        self._out, self._err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+        self.text = text
+        self._out = tempfile.TemporaryFile() if stdout == PIPE else None
+        self._err = tempfile.TemporaryFile() if stderr == PIPE else None
+        out_fd = _fd(stdout, self._out)
+        err_fd = out_fd if stderr == STDOUT else _fd(stderr, self._err)
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
@@ -49,8 +71,10 @@ class Forked:
                     os.setsid()
                 devnull = os.open(os.devnull, os.O_RDONLY)
                 os.dup2(devnull, 0)
-                os.dup2(self._out.fileno(), 1)
-                os.dup2(self._err.fileno(), 2)
+                if out_fd is not None:
+                    os.dup2(out_fd, 1)
+                if err_fd is not None:
+                    os.dup2(err_fd if err_fd != out_fd else 1, 2)
                 sys.stdin = open(0, closefd=False)
                 sys.stdout = io.TextIOWrapper(open(1, "wb", closefd=False), line_buffering=True)
                 sys.stderr = io.TextIOWrapper(open(2, "wb", closefd=False), line_buffering=True)
@@ -97,11 +121,14 @@ class Forked:
             time.sleep(0.02)
         return self.returncode
 
-    def _read(self, f) -> str:
+    def _read(self, f):
+        if f is None:
+            return None
         f.seek(0)
-        return f.read().decode(errors="replace")
+        data = f.read()
+        return data.decode(errors="replace") if self.text else data
 
-    def communicate(self, timeout: float | None = None) -> tuple[str, str]:
+    def communicate(self, timeout: float | None = None) -> tuple:
         try:
             self.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -138,17 +165,66 @@ def _is_largebatch(cmd) -> bool:
     return isinstance(cmd, (list, tuple)) and list(cmd[:3]) == [sys.executable, "-m", "largebatch"]
 
 
-def subprocess_run(cmd, *, cwd=None, env=None, timeout=None, **kwargs) -> subprocess.CompletedProcess:
-    """``subprocess.run(cmd, capture_output=True, text=True, ...)``, forked (:func:`run`) when ``cmd`` is
-    ``[sys.executable, "-m", "largebatch", ...]``; any other command runs as a real subprocess."""
-    if not _is_largebatch(cmd):
-        return subprocess.run(cmd, cwd=cwd, env=env, timeout=timeout, **kwargs)
-    return run(*cmd[3:], cwd=cwd, env=env, timeout=timeout)
+def subprocess_run(
+    cmd,
+    *,
+    cwd=None,
+    env=None,
+    timeout=None,
+    capture_output=False,
+    stdout=None,
+    stderr=None,
+    text=None,
+    check=False,
+    **kwargs,
+) -> subprocess.CompletedProcess:
+    """``subprocess.run``, forked when ``cmd`` is ``[sys.executable, "-m", "largebatch", ...]``; any other
+    command runs as a real subprocess."""
+    if not _is_largebatch(cmd) or kwargs:
+        return _REAL_RUN(
+            cmd,
+            cwd=cwd,
+            env=env,
+            timeout=timeout,
+            capture_output=capture_output,
+            stdout=stdout,
+            stderr=stderr,
+            text=text,
+            check=check,
+            **kwargs,
+        )
+    if capture_output:
+        stdout = stderr = PIPE
+    proc = Forked(cmd[3:], cwd=cwd, env=env, stdout=stdout, stderr=stderr, text=bool(text))
+    out, err = proc.communicate(timeout=timeout)
+    if check and proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, cmd, out, err)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
-def popen(cmd, *, cwd=None, env=None, start_new_session=False, **kwargs):
-    """``subprocess.Popen(cmd, stdout=PIPE, stderr=PIPE, text=True, ...)``, forked (:class:`Forked`)
-    when ``cmd`` is ``[sys.executable, "-m", "largebatch", ...]``."""
-    if not _is_largebatch(cmd):
-        return subprocess.Popen(cmd, cwd=cwd, env=env, start_new_session=start_new_session, **kwargs)
-    return Forked(cmd[3:], cwd=cwd, env=env, start_new_session=start_new_session)
+def popen(cmd, *args, cwd=None, env=None, start_new_session=False, stdout=None, stderr=None, text=None, **kwargs):
+    """``subprocess.Popen``, forked (:class:`Forked`) when ``cmd`` is ``[sys.executable, "-m",
+    "largebatch", ...]``."""
+    if not _is_largebatch(cmd) or args or kwargs:
+        return _REAL_POPEN(
+            cmd,
+            *args,
+            cwd=cwd,
+            env=env,
+            start_new_session=start_new_session,
+            stdout=stdout,
+            stderr=stderr,
+            text=text,
+            **kwargs,
+        )
+    return Forked(
+        cmd[3:], cwd=cwd, env=env, start_new_session=start_new_session, stdout=stdout, stderr=stderr, text=bool(text)
+    )
+
+
+def fork_largebatch_commands(monkeypatch) -> None:
+    """Make ``subprocess.run`` and ``subprocess.Popen`` fork every ``python -m largebatch`` command
+    (the trials of ``sweep``, the branches of ``critical-batch``, the probe of ``advise``), in this
+    process and in every command forked from it."""
+    monkeypatch.setattr(subprocess, "run", subprocess_run)
+    monkeypatch.setattr(subprocess, "Popen", popen)
