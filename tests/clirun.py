@@ -161,8 +161,11 @@ def run(*args, cwd=None, env=None, timeout: float | None = 600) -> subprocess.Co
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-def _is_largebatch(cmd) -> bool:
-    return isinstance(cmd, (list, tuple)) and list(cmd[:3]) == [sys.executable, "-m", "largebatch"]
+def _is_largebatch(cmd, env=None) -> bool:
+    """``cmd`` is this interpreter's ``-m largebatch`` with the same import path (a fork cannot take
+    another PYTHONPATH: that command needs a fresh interpreter)."""
+    same_path = env is None or env.get("PYTHONPATH") == os.environ.get("PYTHONPATH")
+    return same_path and isinstance(cmd, (list, tuple)) and list(cmd[:3]) == [sys.executable, "-m", "largebatch"]
 
 
 def subprocess_run(
@@ -180,7 +183,7 @@ def subprocess_run(
 ) -> subprocess.CompletedProcess:
     """``subprocess.run``, forked when ``cmd`` is ``[sys.executable, "-m", "largebatch", ...]``; any other
     command runs as a real subprocess."""
-    if not _is_largebatch(cmd) or kwargs:
+    if not _is_largebatch(cmd, env) or kwargs:
         return _REAL_RUN(
             cmd,
             cwd=cwd,
@@ -205,7 +208,7 @@ def subprocess_run(
 def popen(cmd, *args, cwd=None, env=None, start_new_session=False, stdout=None, stderr=None, text=None, **kwargs):
     """``subprocess.Popen``, forked (:class:`Forked`) when ``cmd`` is ``[sys.executable, "-m",
     "largebatch", ...]``."""
-    if not _is_largebatch(cmd) or args or kwargs:
+    if not _is_largebatch(cmd, env) or args or kwargs:
         return _REAL_POPEN(
             cmd,
             *args,
