@@ -56,6 +56,20 @@ restore_unfinished() {  # the reverse, before the study goes on; files already i
 [ "$STAGES" = save ] && { save_unfinished; exit 0; }
 restore_unfinished
 
+# Each trial starts its own session, and with the kernel's autogroup scheduling
+# (/proc/sys/kernel/sched_autogroup_enabled = 1) nice works only inside a session's group: a trial of a
+# study started with `nice -n 19` would take an equal share of the cores from other work. Give every
+# trial's group this script's niceness (benchmarks/README.md, 2026-12-04).
+NICENESS=$(nice)
+if [ "$NICENESS" -gt 0 ] && [ -e /proc/self/autogroup ]; then
+  ( while sleep 5; do
+      for p in $(pgrep -f -- "-m largebatch train --nproc [0-9]+ --out runs/study_"); do
+        grep -q "nice $NICENESS\$" "/proc/$p/autogroup" 2>/dev/null || echo "$NICENESS" > "/proc/$p/autogroup" 2>/dev/null || true
+      done
+    done ) &
+  trap 'kill $! 2>/dev/null' EXIT
+fi
+
 for stage in $STAGES; do
   case $stage in
     1) "$LB" sweep --tune --objective steps --methods goyal,nesterov,lars --batch-sizes $BATCHES --epochs 8 \
