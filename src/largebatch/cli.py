@@ -1,4 +1,4 @@
-"""Command line: ``largebatch train | eval | recipes | simulate | data check | data prepare | sweep | critical-batch | advise``. Dispatch only; the work is in the packages.
+"""Command line: ``largebatch train | eval | recipes | simulate | data check | data prepare | sweep | study-report | critical-batch | advise``. Dispatch only; the work is in the packages.
 
 Exit status: 0 success, 1 a failure while running, 2 bad input (unknown key, wrong type,
 contradiction, missing data) found before any worker starts, 75 stopped by SIGTERM after writing a
@@ -373,6 +373,25 @@ def _batch_epochs(text: str) -> list[tuple[int, int]]:
         raise argparse.ArgumentTypeError(f"{text!r} is not B=E,... (e.g. 4096=16,8192=32)") from None
 
 
+def cmd_study_report(args: argparse.Namespace) -> int:
+    from largebatch.study.report import ReportError, collect, write_report
+
+    try:
+        report = collect(
+            args.storage,
+            args.objective,
+            epochs=args.epochs,
+            methods=[m for m in args.methods.split(",") if m] or None,
+            batch_sizes=args.batch_sizes or None,
+        )
+        paths = write_report(report, Path(args.out))
+    except ReportError as err:
+        return _fail(str(err))
+    print(paths[1].read_text())
+    print(f"table {paths[1]}, {paths[0]}; figure {paths[2]}")
+    return 0
+
+
 def cmd_critical_batch(args: argparse.Namespace) -> int:
     from largebatch.config import ConfigError
     from largebatch.study.branch import BranchError, run_branches
@@ -441,6 +460,8 @@ EXIT_CODES = {
     "data prepare": "0 written (files that cannot be decoded are left out and listed); 2 bad input",
     "sweep": "0 finished (table and figure); 1 a run failed; 2 bad input; 75 interrupted (--tune: the same "
     "command continues the study)",
+    "study-report": "0 written (table on stdout); 2 bad input (no tuned studies, protocols that differ, a "
+    "storage that cannot be read)",
     "critical-batch": "0 measured (the report on stdout); 1 a branch failed; 2 bad input",
     "advise": "0 advised (the report on stdout); 1 the probe failed; 2 bad input (unknown preset, --out in use)",
     "simulate": "0 predicted (the table on stdout); 2 bad input (one line naming the option)",
@@ -460,6 +481,10 @@ EXAMPLES = {
     "sweep": [
         "largebatch sweep --methods goyal,lars --batch-sizes 512,2048 --epochs 4 --set data.train_subset=16384",
         "largebatch sweep --tune --methods goyal,nesterov --batch-sizes 256,1024 --epochs 2 --trials 3",
+    ],
+    "study-report": [
+        "largebatch study-report sqlite:///runs/study_e8/study.db sqlite:///runs/study_long/study.db --out runs/steps",
+        "largebatch study-report sqlite:///runs/study_epochs/study.db --objective accuracy --epochs 16 --out runs/e16",
     ],
     "critical-batch": ["largebatch critical-batch runs/b512 --batch-sizes 128,512,2048"],
     "advise": ["largebatch advise --recipe goyal2017_fashion_mnist --preset h100_ndr"],
@@ -651,6 +676,26 @@ def build_parser() -> argparse.ArgumentParser:
         "several machines runs one study on all of them",
     )
     p.set_defaults(func=cmd_sweep)
+
+    p = _command(
+        sub,
+        "study-report",
+        "one table and figure from the Optuna storages of tuned sweeps (budgets, machines and sessions "
+        "merged): best trial per cell, the McCandlish et al. fit and the perfect-scaling region",
+    )
+    p.add_argument("storage", nargs="+", help="Optuna storage URLs of `largebatch sweep --tune` (sqlite:///PATH, ...)")
+    p.add_argument(
+        "--objective",
+        choices=("steps", "accuracy"),
+        default="steps",
+        help="steps: fewest steps to the validation target over every budget (default); accuracy: "
+        "final validation top-1 at equal epochs",
+    )
+    p.add_argument("--epochs", type=int, default=None, help="only the studies with this many epochs")
+    p.add_argument("--methods", default="", help="comma-separated methods to keep (default: all)")
+    p.add_argument("--batch-sizes", type=_int_list, default=[], help="comma-separated global batches to keep")
+    p.add_argument("--out", default="runs/study_report", help="folder of tuned.md, tuned.json and the figure")
+    p.set_defaults(func=cmd_study_report)
 
     p = _command(
         sub,

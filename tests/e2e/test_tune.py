@@ -84,9 +84,30 @@ def test_tuned_sweep_searches_carries_the_rule_and_resumes_from_the_storage(tmp_
     assert "| goyal | 256 |" in table and (out / "steps_to_target.png").stat().st_size > 10_000
 
     # the same command with a third trial per cell: one new run directory at the base batch (rule
-    # cells have their one trial), every earlier run untouched
-    rows = run_tuned_sweep(spec_for(out, methods=["goyal", "no_scaling"], trials=3), progress=lambda line: None)
+    # cells have their one trial), every earlier run untouched; and a second seed re-runs each cell's
+    # chosen trial, its result kept in the study's storage
+    spec = spec_for(out, methods=["goyal", "no_scaling"], trials=3, seeds=(0, 1))
+    rows = run_tuned_sweep(spec, progress=lambda line: None)
     assert [r["trials"] for r in rows] == [3, 1, 1, 1]
+    for r in rows:
+        study = optuna.load_study(
+            study_name=study_name(r["method"], r["global_batch_size"], spec), storage=spec.storage_url
+        )
+        confirm = study.user_attrs["confirm_s1"]
+        summary = json.loads(
+            (trial_dir(out, r["method"], r["global_batch_size"], 0).parent / "confirm_s1" / "summary.json").read_text()
+        )
+        assert confirm["trial"] == r["trial"] and confirm["top1"] == summary["top1"]
+        assert (
+            json.loads(
+                (
+                    trial_dir(out, r["method"], r["global_batch_size"], 0).parent / "confirm_s1" / "config.json"
+                ).read_text()
+            )["train"]["seed"]
+            == 1
+        )
+        assert r["seeds"] == 2 and r["test_top1_min"] <= r["test_top1_mean"] <= r["test_top1_max"]
+        assert study.user_attrs["protocol"]["val_size"] == 400
     for run, mtime in mtimes.items():
         assert (run / "summary.json").stat().st_mtime_ns == mtime
     assert sorted(p.name for p in (out / "goyal" / "b000256").glob("trial_???")) == [

@@ -31,10 +31,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import time
@@ -46,7 +44,8 @@ from pathlib import Path
 
 from largebatch.config import ConfigError, apply_overrides
 from largebatch.plan import resolve_stages
-from largebatch.study.scaling import fit_steps_to_target
+from largebatch.study.report import ReportError, write_report
+from largebatch.study.report import collect as report_collect
 from largebatch.study.sweep import METHODS, SweepError, _overrides_of, read_result, run_config
 
 OBJECTIVES = ("steps", "accuracy")
@@ -471,6 +470,8 @@ def tune_cell(spec: TuneSpec, method: str, batch: int, storage, *, progress: Cal
         pruner=_pruner(spec, warmup_steps=planned_steps // 5),
     )
     study.set_metric_names(["steps_to_val_target" if spec.objective == "steps" else "val_top1"])
+    if "protocol" not in study.user_attrs:  # what `largebatch study-report` checks before merging studies
+        study.set_user_attr("protocol", protocol_of(spec, batch))
     if len(_finished(study)) >= n_trials:
         return
     requeue_interrupted(study)
@@ -554,8 +555,28 @@ def tune_cell(spec: TuneSpec, method: str, batch: int, storage, *, progress: Cal
     )
 
 
+def protocol_of(spec: TuneSpec, batch: int) -> dict:
+    """The settings a cell's trials were judged by, kept in its study's ``protocol`` attribute."""
+    return {
+        "objective": spec.objective,
+        "epochs": spec.epochs_for(batch),
+        "target_val_top1": spec.target_val_top1,
+        "val_size": spec.val_size,
+        "evals_per_epoch": spec.evals_per_epoch,
+        "pruner": spec.pruner,
+        "trials": spec.trials,
+        "nproc": spec.nproc,
+        "overrides": list(spec.overrides),
+    }
+
+
+CONFIRM_KEYS = ("top1", "val_top1", "best_val_top1", "steps_to_val_target", "steps", "wall_s")
+
+
 def confirm_seeds(spec: TuneSpec, method: str, batch: int, storage, *, progress: Callable[[str], None]) -> None:
-    """Re-run the chosen trial of a cell with each further seed of ``spec.seeds`` (``confirm_sN``)."""
+    """Re-run the chosen trial of a cell with each further seed of ``spec.seeds`` (run directory
+    ``confirm_sN`` beside the trials); the results go to the study's ``confirm_sN`` attribute, so the
+    storage alone holds the spread over seeds."""
     import optuna
 
     study = optuna.load_study(study_name=study_name(method, batch, spec), storage=storage)
@@ -565,18 +586,23 @@ def confirm_seeds(spec: TuneSpec, method: str, batch: int, storage, *, progress:
         return
     params = list(best.user_attrs.get("overrides", []))
     for seed in spec.seeds[1:]:
-        run_dir = Path(spec.out) / method / f"b{batch:06d}" / f"confirm_s{seed}"
-        if read_result(run_dir) is not None:
+        key = f"confirm_s{seed}"
+        if key in study.user_attrs:
             continue
-        cfg = trial_config(spec, method, batch, params, seed=seed)
-        result = run_trial(
-            cfg,
-            run_dir,
-            recipe=METHODS[method].recipe,
-            nproc=spec.nproc,
-            report=lambda v, s: False,
-            log_path=run_dir.parent / f"confirm_s{seed}.log",
-        )
+        run_dir = Path(spec.out) / method / f"b{batch:06d}" / key
+        result = read_result(run_dir)
+        if result is None:
+            cfg = trial_config(spec, method, batch, params, seed=seed)
+            result = run_trial(
+                cfg,
+                run_dir,
+                recipe=METHODS[method].recipe,
+                nproc=spec.nproc,
+                report=lambda v, s: False,
+                log_path=run_dir.parent / f"{key}.log",
+            )
+        record = {k: result.get(k) for k in CONFIRM_KEYS}
+        study.set_user_attr(key, {**record, "trial": best.number, "run_dir": str(run_dir)})
         progress(f"{study_name(method, batch, spec)} seed {seed}: test top-1 {result.get('top1', float('nan')):.2f}%")
 
 
@@ -615,9 +641,8 @@ def run_tuned_sweep(spec: TuneSpec, *, progress: Callable[[str], None] | None = 
         _run_cells(spec, storage, say)
     finally:
         signal.signal(signal.SIGTERM, previous)
-    rows = collect_tuned(spec, storage)
-    write_tuned_outputs(spec, rows)
-    return rows
+    write_tuned_outputs(spec)
+    return collect_tuned(spec, storage)
 
 
 def _run_cells(spec: TuneSpec, storage, say: Callable[[str], None]) -> None:
@@ -634,198 +659,26 @@ def _run_cells(spec: TuneSpec, storage, say: Callable[[str], None]) -> None:
 
 
 def collect_tuned(spec: TuneSpec, storage=None) -> list[dict]:
-    """One row per (method, global batch) with a finished trial: the chosen (best) trial's number,
-    hyperparameters, steps to the validation target, validation and test top-1 (seed 0, and the mean
-    and spread over the confirmed seeds), trials finished and pruned."""
+    """One row per (method, global batch) of this sweep with a finished trial (see
+    :func:`largebatch.study.report.collect`): the chosen trial's number, hyperparameters, steps to the
+    validation target, validation and test top-1 (seed 0, and the mean and range over the confirmed
+    seeds), trials finished, pruned and diverged."""
 
-    import optuna
-
-    storage = storage or _storage(spec)
-    rows = []
-    for method in spec.methods:
-        for b in sorted(spec.batch_sizes):
-            try:
-                study = optuna.load_study(study_name=study_name(method, b, spec), storage=storage)
-            except KeyError:
-                continue
-            trials = _finished(study)
-            complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-            if not complete:
-                continue
-            best = study.best_trial
-            tests = [best.user_attrs.get("top1")]
-            for seed in spec.seeds[1:]:
-                r = read_result(Path(spec.out) / method / f"b{b:06d}" / f"confirm_s{seed}")
-                if r is not None:
-                    tests.append(r.get("top1"))
-            tests = [t for t in tests if t is not None]
-            reached = [
-                t.user_attrs["steps_to_val_target"]
-                for t in complete
-                if t.user_attrs.get("steps_to_val_target") is not None
-            ]
-            rows.append(
-                {
-                    "method": method,
-                    "global_batch_size": b,
-                    "trial": best.number,
-                    "params": {k: round(v, 6) for k, v in best.params.items()},
-                    "overrides": best.user_attrs.get("overrides", []),
-                    "value": best.value,
-                    "steps_to_target": min(reached) if reached else None,
-                    "val_top1": best.user_attrs.get("val_top1"),
-                    "test_top1": tests[0] if tests else None,
-                    "test_top1_mean": statistics.fmean(tests) if tests else None,
-                    "test_top1_min": min(tests) if tests else None,
-                    "test_top1_max": max(tests) if tests else None,
-                    "seeds": len(tests),
-                    "trials": len(trials),
-                    "pruned": len(trials) - len(complete),
-                    "diverged": sum(1 for t in trials if "diverged" in t.user_attrs),
-                    "wall_s": sum(t.user_attrs.get("trial_wall_s", 0.0) for t in trials),
-                    "run_dir": best.user_attrs.get("run_dir"),
-                }
-            )
-    return rows
+    names = {study_name(m, b, spec) for m in spec.methods for b in spec.batch_sizes}
+    try:
+        return report_collect([spec.storage_url], spec.objective, methods=spec.methods, study_names=names).rows
+    except ReportError:  # no finished cell yet
+        return []
 
 
-def write_tuned_outputs(spec: TuneSpec, rows: list[dict]) -> None:
+def write_tuned_outputs(spec: TuneSpec) -> None:
     """``tuned.json`` and ``tuned.md`` (best trial per cell), and the figure of the objective:
     ``steps_to_target.png`` (Shallue et al. Fig. 1, with the McCandlish et al. fit per method) or
-    ``equal_epochs.png`` (test error against batch, Goyal et al. Fig. 1)."""
+    ``equal_epochs.png`` (test error against batch, Goyal et al. Fig. 1), in ``spec.out``."""
 
-    out = Path(spec.out)
-    out.mkdir(parents=True, exist_ok=True)
-    fits = {}
-    if spec.objective == "steps":
-        for method in spec.methods:
-            pts = [
-                (r["global_batch_size"], r["steps_to_target"])
-                for r in rows
-                if r["method"] == method and r["steps_to_target"] is not None
-            ]
-            if len(pts) >= 3:
-                fits[method] = fit_steps_to_target([b for b, _ in pts], [s for _, s in pts]).as_dict()
-    (out / "tuned.json").write_text(
-        json.dumps(
-            {
-                "spec": {
-                    "methods": spec.methods,
-                    "batch_sizes": spec.batch_sizes,
-                    "epochs": spec.epochs,
-                    "epochs_at": dict(spec.epochs_at),
-                    "trials": spec.trials,
-                    "objective": spec.objective,
-                    "target_val_top1": spec.target_val_top1,
-                    "val_size": spec.val_size,
-                    "evals_per_epoch": spec.evals_per_epoch,
-                    "pruner": spec.pruner,
-                    "seeds": list(spec.seeds),
-                    "overrides": list(spec.overrides),
-                    "nproc": spec.nproc,
-                },
-                "rows": rows,
-                "fits": fits,
-            },
-            indent=1,
-        )
-        + "\n"
-    )
-    head = (
-        "steps to val top-1 " + f"{spec.target_val_top1:g}%"
-        if spec.objective == "steps"
-        else f"val top-1 after {spec.epochs} epochs"
-    )
-    lines = [
-        f"Best trial per cell by {head} ({spec.trials} trials per tuned cell, pruner {spec.pruner}, "
-        f"validation split {spec.val_size} images); test top-1 of that trial (mean [min, max] over "
-        f"{len(spec.seeds)} seed(s)).",
-        "",
-        "| method | global batch | trial | hyperparameters | steps to target | val top-1 | test top-1 | "
-        "trials (pruned, diverged) | CPU min |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        params = ", ".join(f"{k} {v:.4g}" for k, v in r["params"].items()) or "rule: " + " ".join(r["overrides"])
-        test = (
-            ""
-            if r["test_top1_mean"] is None
-            else f"{r['test_top1_mean']:.2f}"
-            + (f" [{r['test_top1_min']:.2f}, {r['test_top1_max']:.2f}]" if r["seeds"] > 1 else "")
-        )
-        lines.append(
-            f"| {r['method']} | {r['global_batch_size']} | {r['trial']} | {params} | "
-            f"{r['steps_to_target'] if r['steps_to_target'] is not None else 'not reached'} | "
-            f"{(r['val_top1'] or 0):.2f} | {test} | {r['trials']} ({r['pruned']}, {r['diverged']}) | "
-            f"{r['wall_s'] * spec.nproc / 60:.1f} |"
-        )
-    for method, fit in fits.items():
-        lines.append("")
-        lines.append(
-            f"{method}: S = S_min (1 + B_noise / B) fit: S_min {fit['s_min']:.1f} +- {fit['s_min_se']:.1f} "
-            f"steps, B_noise (critical batch) {fit['b_noise']:.0f} +- {fit['b_noise_se']:.0f} images"
-        )
-    (out / "tuned.md").write_text("\n".join(lines) + "\n")
-    _plot(spec, rows, fits, out)
-
-
-def _plot(spec: TuneSpec, rows: list[dict], fits: dict, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    batches = sorted({r["global_batch_size"] for r in rows})
-    if spec.objective == "steps":
-        for m in methods:
-            pts = sorted(
-                (r["global_batch_size"], r["steps_to_target"])
-                for r in rows
-                if r["method"] == m and r["steps_to_target"] is not None
-            )
-            if not pts:
-                continue
-            (line,) = ax.plot([b for b, _ in pts], [s for _, s in pts], marker="o", label=METHODS[m].label)
-            if m in fits:
-                f = fits[m]
-                xs = [batches[0] * (batches[-1] / batches[0]) ** (i / 50) for i in range(51)]
-                ax.plot(xs, [f["s_min"] * (1 + f["b_noise"] / x) for x in xs], ls=":", color=line.get_color())
-        best = {}
-        for r in rows:
-            if r["steps_to_target"] is not None:
-                b = r["global_batch_size"]
-                best[b] = min(best.get(b, math.inf), r["steps_to_target"])
-        if best:
-            b0 = min(best)
-            ax.plot(
-                batches,
-                [best[b0] * b0 / b for b in batches],
-                color="gray",
-                ls="--",
-                lw=1,
-                label="perfect scaling (steps x batch constant)",
-            )
-        ax.set_yscale("log")
-        ax.set_ylabel(f"steps to val top-1 {spec.target_val_top1:g}%")
-        ax.set_title("Steps to target against global batch (as Shallue et al. 2018, Fig. 1)")
-    else:
-        for m in methods:
-            pts = sorted(
-                (r["global_batch_size"], 100 - r["test_top1_mean"])
-                for r in rows
-                if r["method"] == m and r["test_top1_mean"] is not None
-            )
-            ax.plot([b for b, _ in pts], [e for _, e in pts], marker="o", label=METHODS[m].label)
-        ax.set_ylabel(f"test error after {spec.epochs} epochs (%), chosen on validation")
-        ax.set_title("Error against global batch at equal epochs (as Goyal et al. 2017, Fig. 1)")
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(batches, [f"{b // 1024}k" if b >= 1024 and b % 1024 == 0 else str(b) for b in batches])
-    ax.set_xlabel("global batch size (images)")
-    ax.grid(True, which="both", alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / ("steps_to_target.png" if spec.objective == "steps" else "equal_epochs.png"), dpi=120)
-    plt.close(fig)
+    names = {study_name(m, b, spec) for m in spec.methods for b in spec.batch_sizes}
+    try:
+        report = report_collect([spec.storage_url], spec.objective, methods=spec.methods, study_names=names)
+    except ReportError:  # no finished cell yet
+        return
+    write_report(report, Path(spec.out))

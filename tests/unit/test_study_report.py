@@ -1,0 +1,139 @@
+"""``largebatch study-report``: tuned studies of several budgets and storages merged into one table,
+read from real Optuna SQLite storages whose trials are written as the tuned sweep writes them."""
+
+import json
+
+import optuna
+import pytest
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState, create_trial
+
+from largebatch.cli import main
+from largebatch.study.report import ReportError, collect, parse_study_name, write_report
+
+DIST = {"base_lr": FloatDistribution(1e-3, 10.0, log=True)}
+PROTOCOL = {"target_val_top1": 90.0, "val_size": 5000, "evals_per_epoch": 4}
+
+
+def add_cell(url, name, trials, protocol=PROTOCOL, **study_attrs):
+    """A cell's study as `sweep --tune` leaves it: each trial (state, base LR, steps to target or
+    None, best val top-1, test top-1)."""
+    accuracy = "-accuracy-" in name  # an equal-epochs study maximizes the final val top-1
+    study = optuna.create_study(study_name=name, storage=url, direction="maximize" if accuracy else "minimize")
+    if protocol is not None:
+        study.set_user_attr("protocol", protocol)
+    for key, value in study_attrs.items():
+        study.set_user_attr(key, value)
+    for state, lr, steps, best_val, test in trials:
+        attrs = {"best_val_top1": best_val, "val_top1": best_val, "top1": test, "trial_wall_s": 60.0}
+        if steps is not None:
+            attrs["steps_to_val_target"] = steps
+        value = float(steps) if steps is not None else 1000.0 * (1 + (90 - best_val) / 100)
+        value = best_val if accuracy else value
+        study.add_trial(
+            create_trial(
+                state=state,
+                params={"base_lr": lr},
+                distributions=DIST,
+                user_attrs=attrs,
+                values=[value] if state == TrialState.COMPLETE else None,
+            )
+        )
+
+
+def test_budgets_of_one_cell_merge_to_the_fewest_steps_over_every_trial(tmp_path):
+    short, long = f"sqlite:///{tmp_path / 'e8.db'}", f"sqlite:///{tmp_path / 'long.db'}"
+    C, P = TrialState.COMPLETE, TrialState.PRUNED
+    add_cell(
+        short,
+        "nesterov-b1024-steps-e8",
+        [(C, 0.3, 300, 90.1, 88.0), (C, 0.5, 280, 90.2, 88.5), (P, 2.0, None, 40, None)],
+    )
+    add_cell(long, "nesterov-b1024-steps-e16", [(C, 0.2, 260, 90.3, 88.9), (C, 0.9, None, 70.0, 69.0)])
+    # a cell that never reached the target: the closest trial is shown, over both budgets
+    add_cell(short, "nesterov-b4096-steps-e8", [(C, 0.1, None, 80.0, 79.0)])
+    add_cell(long, "nesterov-b4096-steps-e32", [(C, 0.1, None, 88.8, 87.9), (C, 0.4, None, 30.0, 10.0)])
+    add_cell(short, "nesterov-b1024-accuracy-e8", [(C, 0.3, None, 93.0, 92.0)])  # another objective: left out
+
+    report = collect([short, long], "steps")
+    rows = {r["global_batch_size"]: r for r in report.rows}
+    assert rows[1024]["steps_to_target"] == 260 and rows[1024]["study"] == "nesterov-b1024-steps-e16"
+    assert rows[1024]["params"] == {"base_lr": 0.2} and rows[1024]["test_top1"] == 88.9
+    assert rows[1024]["budgets_epochs"] == [8, 16]
+    assert (rows[1024]["trials"], rows[1024]["pruned"]) == (5, 1)  # counted over both budgets
+    assert rows[4096]["steps_to_target"] is None and rows[4096]["best_val_top1"] == 88.8
+    assert report.protocol == PROTOCOL
+
+    paths = write_report(report, tmp_path / "out")
+    table = paths[1].read_text()
+    assert "| nesterov | 1024 | 8/16 | nesterov-b1024-steps-e16 / 0 |" in table
+    assert "not reached (best val 88.80%)" in table
+    assert json.loads(paths[0].read_text())["rows"][0]["steps_to_target"] == 260
+    assert paths[2].name == "steps_to_target.png" and paths[2].stat().st_size > 10_000
+
+
+def test_the_fit_recovers_the_critical_batch_and_the_bend_is_located(tmp_path):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    s_min, b_noise = 100.0, 4000.0  # McCandlish et al. eq. 2.11: S = S_min (1 + B_noise / B)
+    for b in (128, 256, 512, 1024, 2048, 4096):
+        steps = round(s_min * (1 + b_noise / b))
+        add_cell(url, f"lars-b{b}-steps-e8", [(TrialState.COMPLETE, 1.0, steps, 90.5, 89.0)])
+    report = collect([url], "steps")
+    fit = report.fits["lars"]
+    assert fit["s_min"] == pytest.approx(s_min, rel=0.01) and fit["b_noise"] == pytest.approx(b_noise, rel=0.02)
+    # 3225, 1663, 881, 491, 295, 198 steps: per doubling x0.516, 0.530, 0.557, 0.601, 0.671; halving
+    # within 20% (<= 0.6) holds from 128 to 1024, and 2048 (x0.601) is the first batch past it
+    assert report.scaling["lars"] == {"perfect_scaling_region": [128, 256, 512, 1024], "bend_after": 2048}
+    assert "over 128-1024 (4 batch sizes); the bend: 2048" in write_report(report, tmp_path / "o")[1].read_text()
+
+
+def test_further_seeds_give_the_spread_of_the_chosen_trial(tmp_path):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    add_cell(
+        url,
+        "goyal-b256-accuracy-e16",
+        [(TrialState.COMPLETE, 0.5, None, 92.0, 91.0), (TrialState.COMPLETE, 0.1, None, 89.0, 93.0)],
+        confirm_s1={"top1": 90.0, "val_top1": 91.5, "steps_to_val_target": None},
+        confirm_s2={"top1": 91.6, "val_top1": 91.9, "steps_to_val_target": None},
+    )
+    (row,) = collect([url], "accuracy").rows
+    assert row["trial"] == 0 and row["val_top1"] == 92.0  # chosen on validation, not on test (93.0)
+    tests = [91.0, 90.0, 91.6]
+    assert row["seeds"] == 3 and row["test_top1_mean"] == pytest.approx(sum(tests) / 3)
+    assert (row["test_top1_min"], row["test_top1_max"]) == (min(tests), max(tests))
+
+
+def test_studies_that_cannot_merge_are_refused_with_one_line(tmp_path, capsys):
+    a, b = f"sqlite:///{tmp_path / 'a.db'}", f"sqlite:///{tmp_path / 'b.db'}"
+    add_cell(a, "lamb-b512-steps-e8", [(TrialState.COMPLETE, 0.01, 400, 90.1, 89.0)])
+    add_cell(
+        b,
+        "lamb-b1024-steps-e8",
+        [(TrialState.COMPLETE, 0.01, 300, 90.1, 89.0)],
+        protocol={**PROTOCOL, "val_size": 2000},
+    )
+    with pytest.raises(ReportError, match="val_size 2000"):
+        collect([a, b], "steps")
+    add_cell(a, "lamb-b512-accuracy-e8", [(TrialState.COMPLETE, 0.01, None, 92.0, 91.0)])
+    add_cell(a, "lamb-b512-accuracy-e16", [(TrialState.COMPLETE, 0.01, None, 93.0, 92.0)])
+    with pytest.raises(ReportError, match=r"studies at \[8, 16\] epochs"):
+        collect([a], "accuracy")
+    assert [r["epochs"] for r in collect([a], "accuracy", epochs=16).rows] == [16]
+
+    assert main(["study-report", f"sqlite:///{tmp_path / 'missing.db'}", "--out", str(tmp_path / "o")]) == 2
+    assert main(["study-report", a, "--objective", "accuracy", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "missing.db: no such file" in err and "give --epochs" in err and "Traceback" not in err
+    assert not (tmp_path / "missing.db").exists()
+    assert main(["study-report", a, b, "--methods", "lamb", "--batch-sizes", "512", "--out", str(tmp_path / "o")]) == 0
+    assert "| lamb | 512 | 8 |" in capsys.readouterr().out
+
+
+def test_study_names_parse_as_the_sweep_writes_them():
+    assert parse_study_name("linear_no_warmup-b16384-steps-e64") == {
+        "method": "linear_no_warmup",
+        "batch": 16384,
+        "objective": "steps",
+        "epochs": 64,
+    }
+    assert parse_study_name("adam-b512-steps-e8") is None and parse_study_name("my-study") is None
