@@ -493,9 +493,13 @@ def tune_cell(spec: TuneSpec, method: str, batch: int, storage, *, progress: Cal
         direction_error = spec.objective == "steps"
         last = {}
 
+        reported: set[int] = set()
+
         def report(val_top1: float, step: int) -> bool:
             last.update(val_top1=val_top1, steps=step)
-            trial.report(100.0 - val_top1 if direction_error else val_top1, step)
+            if step not in reported:  # a resumed run evaluates its checkpoint's step again
+                reported.add(step)
+                trial.report(100.0 - val_top1 if direction_error else val_top1, step)
             return trial.should_prune()
 
         t0 = time.perf_counter()
