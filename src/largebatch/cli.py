@@ -333,6 +333,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             overrides=tuple(args.set),
             nproc=args.nproc,
             epochs_at=tuple(args.epochs_at),
+            search_budget=args.search_budget,
         )
         try:
             run_tuned_sweep(spec)
@@ -668,6 +669,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="B=E,...",
         help="epochs at given global batches instead of --epochs, e.g. 4096=16,8192=32 (larger batches "
         "need more epochs to reach the target)",
+    )
+    g.add_argument(
+        "--search-budget",
+        action="store_true",
+        help="also search each trial's length in epochs (1/8 of the cell's epochs to all of them, the "
+        "schedule scaled to it), as Shallue et al. retune the decay schedule; with --objective steps",
     )
     g.add_argument(
         "--storage",

@@ -251,3 +251,26 @@ def test_a_resumed_study_does_not_draw_its_first_parameters_again(tmp_path):
     draws = [first_draw() for _ in range(3)]
     assert len(set(draws)) == 3, draws
     assert tune.sampler_seed("fresh", storage) == tune.sampler_seed("fresh", storage)  # deterministic
+
+
+def test_search_budget_draws_each_trials_length_and_scales_its_schedule(tmp_path):
+    """Shallue et al. retune the decay schedule per batch: with --search-budget each trial draws its
+    length in epochs, its warmup as a fraction of it, and its run's schedule is scaled to that length."""
+    out = tmp_path / "budget"
+    spec = spec_for(out, batch_sizes=[256], epochs=4, trials=2, search_budget=True)
+    (row,) = run_tuned_sweep(spec, progress=lambda line: None)
+    trials = finished(out, spec, "nesterov", 256)
+    assert len(trials) == 2
+    for t in trials:
+        budget, fraction = t.params["budget_epochs"], t.params["warmup_fraction"]
+        assert 1 <= budget <= 4 and 0.0 <= fraction <= 0.25 and t.user_attrs["budget_epochs"] == budget
+        run = trial_dir(out, "nesterov", 256, t.number)
+        config = json.loads((run / "config.json").read_text())
+        assert config["train"]["epochs"] == budget
+        assert config["schedule"]["warmup_epochs"] == pytest.approx(budget * fraction)
+        assert json.loads((run / "summary.json").read_text())["steps"] == budget * ((2000 - 400) // 256)
+    assert study_name("nesterov", 256, spec) == "nesterov-b256-steps-e4"  # the cell's longest budget names it
+    study = optuna.load_study(study_name=study_name("nesterov", 256, spec), storage=spec.storage_url)
+    assert study.user_attrs["protocol"]["search_budget"] is True and "budget_epochs" in row["params"]
+    with pytest.raises(tune.SweepError, match="--search-budget"):
+        run_tuned_sweep(spec_for(out, objective="accuracy", search_budget=True), progress=lambda line: None)

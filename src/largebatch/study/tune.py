@@ -150,6 +150,11 @@ class TuneSpec:
     epochs_at: tuple[tuple[int, int], ...] = ()
     """(global batch, epochs) pairs that replace ``epochs`` at those batches: larger batches need more
     epochs to reach a target (Shallue et al. give every batch its own step budget)."""
+    search_budget: bool = False
+    """Also search each trial's length (``budget_epochs``, integer, log scale from 1/8 of the cell's
+    epochs to all of them), the schedule's warmup and decays scaled to it, warmup searched as a
+    fraction of it. Shallue et al. 2018 (sec. 3.3) retune the decay schedule at every batch size:
+    with a fixed length the steps to target fall on the schedule's decay points."""
 
     def epochs_for(self, batch: int) -> int:
         """Epochs of the runs at ``batch``."""
@@ -191,18 +196,22 @@ def check_spec(spec: TuneSpec) -> None:
         raise SweepError(f"method {unknown[0]!r} is unknown; accepted: {', '.join(METHODS)}")
     if spec.evals_per_epoch < 1:
         raise SweepError(f"--evals-per-epoch {spec.evals_per_epoch}: give at least 1")
+    if spec.search_budget and spec.objective != "steps":
+        raise SweepError("--search-budget searches the run's length: it goes with --objective steps, not equal epochs")
 
 
-def trial_config(spec: TuneSpec, method: str, batch: int, params_overrides: list[str], seed: int = 0):
-    """The config of one trial: the method's recipe at ``batch`` and ``spec.epochs`` (its schedule
-    scaled), the validation split, evaluations every 1/evals_per_epoch epoch, the target, then the
-    trial's hyperparameters.
+def trial_config(
+    spec: TuneSpec, method: str, batch: int, params_overrides: list[str], seed: int = 0, epochs: int | None = None
+):
+    """The config of one trial: the method's recipe at ``batch`` and ``epochs`` (default: the cell's,
+    ``spec.epochs_for(batch)``; its schedule scaled), the validation split, evaluations every
+    1/evals_per_epoch epoch, the target, then the trial's hyperparameters.
 
     Raises:
         ConfigError: for an override the config refuses.
     """
 
-    cfg = run_config(method, batch, seed, spec.epochs_for(batch), list(spec.overrides))
+    cfg = run_config(method, batch, seed, epochs or spec.epochs_for(batch), list(spec.overrides))
     n_train = _train_images(cfg, spec.val_size)
     steps_per_epoch = max(1, n_train // cfg.train.global_batch_size)
     run = [
@@ -479,15 +488,23 @@ def tune_cell(spec: TuneSpec, method: str, batch: int, storage, *, progress: Cal
     space = SPACES.get(method, _space_goyal_base)
 
     def objective(trial) -> float:
-        params = fixed_overrides or space(trial, spec.epochs_for(batch), batch)
+        budget = None  # the cell's epochs
+        if spec.search_budget and not fixed_overrides:
+            cell_epochs = spec.epochs_for(batch)
+            budget = trial.suggest_int("budget_epochs", max(1, cell_epochs // 8), cell_epochs, log=True)
+        params = fixed_overrides or space(
+            _BudgetTrial(trial, budget) if budget else trial, budget or spec.epochs_for(batch), batch
+        )
         retried = retry.retried_trial_number(trial)
         number = trial.user_attrs.get("resume_run_number", trial.number)
         if retried is not None:
             number = study.trials[retried].user_attrs.get("run_number", retried)
         trial.set_user_attr("run_number", number)
         run_dir = trial_dir(spec.out, method, batch, number)
-        cfg = trial_config(spec, method, batch, params)
+        cfg = trial_config(spec, method, batch, params, epochs=budget)
         total_steps = total_steps_of(cfg, spec.val_size, spec.nproc)
+        if budget:
+            trial.set_user_attr("budget_epochs", budget)
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("overrides", params)
         direction_error = spec.objective == "steps"
@@ -559,6 +576,23 @@ def tune_cell(spec: TuneSpec, method: str, batch: int, storage, *, progress: Cal
     )
 
 
+class _BudgetTrial:
+    """The trial as a method's search space sees it when the run's length is searched: the warmup is
+    drawn as a fraction of the trial's budget (``warmup_fraction`` in [0, 0.25]) so that its range
+    stays one distribution for the sampler whatever the budget; everything else is the trial's."""
+
+    def __init__(self, trial, budget_epochs: int):
+        self._trial, self._budget = trial, budget_epochs
+
+    def suggest_float(self, name: str, low: float, high: float, *, log: bool = False) -> float:
+        if name == "warmup_epochs":
+            return self._budget * self._trial.suggest_float("warmup_fraction", 0.0, 0.25)
+        return self._trial.suggest_float(name, low, high, log=log)
+
+    def __getattr__(self, name: str):
+        return getattr(self._trial, name)
+
+
 def protocol_of(spec: TuneSpec, batch: int) -> dict:
     """The settings a cell's trials were judged by, kept in its study's ``protocol`` attribute."""
     return {
@@ -571,6 +605,7 @@ def protocol_of(spec: TuneSpec, batch: int) -> dict:
         "trials": spec.trials,
         "nproc": spec.nproc,
         "overrides": list(spec.overrides),
+        "search_budget": spec.search_budget,
     }
 
 
@@ -596,7 +631,7 @@ def confirm_seeds(spec: TuneSpec, method: str, batch: int, storage, *, progress:
         run_dir = Path(spec.out) / method / f"b{batch:06d}" / key
         result = read_result(run_dir)
         if result is None:
-            cfg = trial_config(spec, method, batch, params, seed=seed)
+            cfg = trial_config(spec, method, batch, params, seed=seed, epochs=best.user_attrs.get("budget_epochs"))
             result = run_trial(
                 cfg,
                 run_dir,
