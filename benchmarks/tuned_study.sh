@@ -16,6 +16,10 @@
 #      (done: 23 trials, 2.6 h wall on both cores, 2026-12-03)
 #   4  equal epochs (16), test top-1 per method, 256-8192                     (~12 core-h)
 #   5  a second seed of every chosen trial of stages 1-4                      (~4 core-h)
+#   6  steps to 90% val with each trial's length searched too (--search-budget), Nesterov 256-8192,
+#      6 trials per cell: with a fixed length per batch the steps to target fall on the step schedule's
+#      decay points (docs/results.md), so the length is retuned as Shallue et al. retune the decay
+#   7  the same for LARS, then a second seed of both methods' chosen trials
 #
 # Across sessions (a machine whose runs/ folder does not survive): `STAGES=save bash
 # benchmarks/tuned_study.sh` after interrupting it copies every unfinished trial's run directory
@@ -29,7 +33,7 @@ STAGES=${STAGES:-"1 2 3 4 5"}
 R=docs/results
 BATCHES=256,512,1024,2048,4096,8192
 COMMON=(--target-val-top1 90 --val-size 5000 --nproc 2)
-PAIRS="tuned_steps_long:runs/study_steps_long tuned_steps_e8:runs/study_steps tuned_epochs_e16:runs/study_epochs"
+PAIRS="tuned_steps_budget:runs/study_steps_budget tuned_steps_long:runs/study_steps_long tuned_steps_e8:runs/study_steps tuned_epochs_e16:runs/study_epochs"
 
 save_unfinished() {  # unfinished trial directories (a checkpoint, no summary.json) -> $R/<study>/in_progress
   for pair in $PAIRS; do
@@ -90,6 +94,12 @@ for stage in $STAGES; do
     5) "$LB" sweep --tune --objective steps --methods goyal,nesterov,lars,lamb,akiba,mikami --batch-sizes $BATCHES \
          --epochs 8 --trials 4 --seeds 0,1 "${COMMON[@]}" --out runs/study_steps \
          --storage "sqlite:///$R/tuned_steps_e8/study.db" ;;
-    *) echo "unknown stage $stage (stages are 1-5, 4p and save)" >&2; exit 2 ;;
+    6) "$LB" sweep --tune --search-budget --objective steps --methods nesterov --batch-sizes $BATCHES --epochs 8 \
+         --epochs-at 2048=16,4096=32,8192=64 --trials 6 "${COMMON[@]}" --out runs/study_steps_budget \
+         --storage "sqlite:///$R/tuned_steps_budget/study.db" ;;
+    7) "$LB" sweep --tune --search-budget --objective steps --methods nesterov,lars --batch-sizes $BATCHES --epochs 8 \
+         --epochs-at 2048=16,4096=32,8192=64 --trials 6 --seeds 0,1 "${COMMON[@]}" --out runs/study_steps_budget \
+         --storage "sqlite:///$R/tuned_steps_budget/study.db" ;;
+    *) echo "unknown stage $stage (stages are 1-7, 4p and save)" >&2; exit 2 ;;
   esac
 done

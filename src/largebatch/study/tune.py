@@ -371,6 +371,8 @@ def _storage(spec: TuneSpec):
     kwargs = {}
     if spec.storage_url.startswith("sqlite"):
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+        if spec.storage_url.startswith("sqlite:///"):  # the file's folder, as OUT is made
+            Path(spec.storage_url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     # Optuna 4.9 renamed the retry callback; older 4.x releases have only the first name
     retry = (
         getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
