@@ -35,13 +35,17 @@ BATCHES=256,512,1024,2048,4096,8192
 COMMON=(--target-val-top1 90 --val-size 5000 --nproc 2)
 PAIRS="tuned_steps_budget:runs/study_steps_budget tuned_steps_long:runs/study_steps_long tuned_steps_e8:runs/study_steps tuned_epochs_e16:runs/study_epochs"
 
-save_unfinished() {  # unfinished trial directories (a checkpoint, no summary.json) -> $R/<study>/in_progress
+save_unfinished() {  # unfinished trial directories (a checkpoint, no summary.json) -> $R/<study>/in_progress,
+  # and every finished trial's config.json and summary.json -> $R/<study>/<method>/<batch>/<trial>
   for pair in $PAIRS; do
     local study=${pair%%:*} out=${pair#*:}
     [ -d "$out" ] || continue
     rm -rf "$R/$study/in_progress"
     find "$out" -mindepth 3 -maxdepth 3 -type d -name 'trial_*' | while read -r trial; do
-      if [ -d "$trial/checkpoints" ] && [ ! -f "$trial/summary.json" ]; then
+      if [ -f "$trial/summary.json" ]; then  # finished: its config and summary beside the storage
+        mkdir -p "$R/$study/${trial#"$out"/}"
+        cp "$trial/config.json" "$trial/summary.json" "$R/$study/${trial#"$out"/}/"
+      elif [ -d "$trial/checkpoints" ]; then
         mkdir -p "$R/$study/in_progress/${trial#"$out"/}"
         cp -r "$trial"/. "$R/$study/in_progress/${trial#"$out"/}/"
         echo "saved $trial"
