@@ -83,7 +83,11 @@ def test_the_fit_recovers_the_critical_batch_and_the_bend_is_located(tmp_path):
     assert fit["s_min"] == pytest.approx(s_min, rel=0.01) and fit["b_noise"] == pytest.approx(b_noise, rel=0.02)
     # 3225, 1663, 881, 491, 295, 198 steps: per doubling x0.516, 0.530, 0.557, 0.601, 0.671; halving
     # within 20% (<= 0.6) holds from 128 to 1024, and 2048 (x0.601) is the first batch past it
-    assert report.scaling["lars"] == {"perfect_scaling_region": [128, 256, 512, 1024], "bend_after": 2048}
+    assert report.scaling["lars"] == {
+        "perfect_scaling_region": [128, 256, 512, 1024],
+        "bend_after": 2048,
+        "batch_sizes_reaching_target": 6,
+    }
     assert "over 128-1024 (4 batch sizes); the bend: 2048" in write_report(report, tmp_path / "o")[1].read_text()
 
 

@@ -229,7 +229,11 @@ def collect(
                     report.fits[method] = {"error": str(err)}
             region = perfect_scaling_region([b for b, _ in pts], [s for _, s in pts]) if pts else []
             after = [b for b, _ in pts if region and b > region[-1]]
-            report.scaling[method] = {"perfect_scaling_region": region, "bend_after": after[0] if after else None}
+            report.scaling[method] = {
+                "perfect_scaling_region": region,
+                "bend_after": after[0] if after else None,
+                "batch_sizes_reaching_target": len(pts),
+            }
     return report
 
 
@@ -282,6 +286,11 @@ def report_markdown(report: Report, *, workers_per_trial: int | None = None) -> 
     for method, sc in report.scaling.items():
         region = sc["perfect_scaling_region"]
         lines.append("")
+        if sc["batch_sizes_reaching_target"] < 2:
+            lines.append(
+                f"{method}: {sc['batch_sizes_reaching_target']} batch size(s) reached the target: no doubling to judge"
+            )
+            continue
         lines.append(
             f"{method}: perfect scaling (steps halving within 20% per doubling) over "
             + (f"{region[0]}-{region[-1]} ({len(region)} batch sizes)" if region else "no doubling")
