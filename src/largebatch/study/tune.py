@@ -14,8 +14,8 @@ Two objectives:
 
 - ``steps`` (Shallue et al. sec. 3.2, Fig. 1): the fewest optimizer steps to reach a validation
   top-1 target. Trials stop once they reach it (``train.stop_at_val_top1``); a trial that never
-  reaches it scores ``total_steps * (1 + (target - best_val_top1) / 100)``, worse than any trial that
-  does and ordered by how close it came.
+  reaches it scores ``total_steps * (1 + (target - best_val_top1) / 100)``, with ``total_steps`` the
+  cell's longest budget, worse than any trial that does and ordered by how close it came.
 - ``accuracy`` (Goyal et al. Fig. 1, equal epochs): the validation top-1 after the run's epochs.
 
 The search is Optuna's (TPE sampler; median or successive-halving pruner on the validation top-1
@@ -560,7 +560,9 @@ def tune_cell(spec: TuneSpec, method: str, batch: int, storage, *, progress: Cal
                 f"(val top-1 {result.get('val_top1') or 0:.2f}%), {wall:.0f} s"
             )
             raise optuna.TrialPruned()
-        value = trial_value(result, spec, total_steps)
+        # a miss scores from the cell's longest budget, so a short trial that misses never ranks above
+        # one that reaches the target (with --search-budget a trial's own length can be 1/8 of it)
+        value = trial_value(result, spec, max(total_steps, planned_steps))
         progress(
             f"{name} trial {number}: {'steps ' if spec.objective == 'steps' else 'val top-1 '}{value:.4g} "
             f"(val top-1 {result.get('val_top1') or 0:.2f}%, test {result.get('top1', float('nan')):.2f}%), {wall:.0f} s"
