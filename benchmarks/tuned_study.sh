@@ -16,7 +16,7 @@
 #      (done: 23 trials, 2.6 h wall on both cores, 2026-12-03)
 #   4  equal epochs (16), test top-1 per method, 256-8192                     (~12 core-h)
 #   5  a second seed of every chosen trial of stages 1-4                      (~4 core-h)
-#   6  steps to 90% val with each trial's length searched too (--search-budget), Nesterov 256-8192,
+#   6  steps to 90% val with each trial's length searched too (--search-budget), Nesterov 128-8192,
 #      6 trials per cell: with a fixed length per batch the steps to target fall on the step schedule's
 #      decay points (docs/results.md), so the length is retuned as Shallue et al. retune the decay
 #   7  the same for LARS, then a second seed of both methods' chosen trials
@@ -98,10 +98,10 @@ for stage in $STAGES; do
     5) "$LB" sweep --tune --objective steps --methods goyal,nesterov,lars,lamb,akiba,mikami --batch-sizes $BATCHES \
          --epochs 8 --trials 4 --seeds 0,1 "${COMMON[@]}" --out runs/study_steps \
          --storage "sqlite:///$R/tuned_steps_e8/study.db" ;;
-    6) "$LB" sweep --tune --search-budget --objective steps --methods nesterov --batch-sizes $BATCHES --epochs 8 \
+    6) "$LB" sweep --tune --search-budget --objective steps --methods nesterov --batch-sizes 128,$BATCHES --epochs 8 \
          --epochs-at 2048=16,4096=32,8192=64 --trials 6 "${COMMON[@]}" --out runs/study_steps_budget \
          --storage "sqlite:///$R/tuned_steps_budget/study.db" ;;
-    7) "$LB" sweep --tune --search-budget --objective steps --methods nesterov,lars --batch-sizes $BATCHES --epochs 8 \
+    7) "$LB" sweep --tune --search-budget --objective steps --methods nesterov,lars --batch-sizes 128,$BATCHES --epochs 8 \
          --epochs-at 2048=16,4096=32,8192=64 --trials 6 --seeds 0,1 "${COMMON[@]}" --out runs/study_steps_budget \
          --storage "sqlite:///$R/tuned_steps_budget/study.db" ;;
     *) echo "unknown stage $stage (stages are 1-7, 4p and save)" >&2; exit 2 ;;
