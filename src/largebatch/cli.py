@@ -388,6 +388,8 @@ def cmd_study_report(args: argparse.Namespace) -> int:
         paths = write_report(report, Path(args.out))
     except ReportError as err:
         return _fail(str(err))
+    except OSError as err:
+        return _fail(f"--out {args.out}: cannot write there ({err.strerror or err}); give a writable folder")
     print(paths[1].read_text())
     print(f"table {paths[1]}, {paths[0]}; figure {paths[2]}")
     return 0
