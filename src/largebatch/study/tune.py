@@ -684,8 +684,7 @@ def run_tuned_sweep(spec: TuneSpec, *, progress: Callable[[str], None] | None = 
         _run_cells(spec, storage, say)
     finally:
         signal.signal(signal.SIGTERM, previous)
-    write_tuned_outputs(spec)
-    return collect_tuned(spec, storage)
+    return write_tuned_outputs(spec)
 
 
 def _run_cells(spec: TuneSpec, storage, say: Callable[[str], None]) -> None:
@@ -701,27 +700,17 @@ def _run_cells(spec: TuneSpec, storage, say: Callable[[str], None]) -> None:
             confirm_seeds(spec, method, b, storage, progress=say)
 
 
-def collect_tuned(spec: TuneSpec, storage=None) -> list[dict]:
-    """One row per (method, global batch) of this sweep with a finished trial (see
-    :func:`largebatch.study.report.collect`): the chosen trial's number, hyperparameters, steps to the
-    validation target, validation and test top-1 (seed 0, and the mean and range over the confirmed
-    seeds), trials finished, pruned and diverged."""
-
-    names = {study_name(m, b, spec) for m in spec.methods for b in spec.batch_sizes}
-    try:
-        return report_collect([spec.storage_url], spec.objective, methods=spec.methods, study_names=names).rows
-    except ReportError:  # no finished cell yet
-        return []
-
-
-def write_tuned_outputs(spec: TuneSpec) -> None:
+def write_tuned_outputs(spec: TuneSpec) -> list[dict]:
     """``tuned.json`` and ``tuned.md`` (best trial per cell), and the figure of the objective:
     ``steps_to_target.png`` (Shallue et al. Fig. 1, with the McCandlish et al. fit per method) or
-    ``equal_epochs.png`` (test error against batch, Goyal et al. Fig. 1), in ``spec.out``."""
+    ``equal_epochs.png`` (test error against batch, Goyal et al. Fig. 1), in ``spec.out``. Returns one
+    row per (method, global batch) of this sweep with a finished trial (see
+    :func:`largebatch.study.report.collect`); none before the first finished trial."""
 
     names = {study_name(m, b, spec) for m in spec.methods for b in spec.batch_sizes}
     try:
         report = report_collect([spec.storage_url], spec.objective, methods=spec.methods, study_names=names)
     except ReportError:  # no finished cell yet
-        return
+        return []
     write_report(report, Path(spec.out))
+    return report.rows
