@@ -45,7 +45,7 @@ save_unfinished() {  # unfinished trial directories (a checkpoint, no summary.js
       if [ -f "$trial/summary.json" ]; then  # finished: its config and summary beside the storage
         mkdir -p "$R/$study/${trial#"$out"/}"
         cp "$trial/config.json" "$trial/summary.json" "$R/$study/${trial#"$out"/}/"
-      elif [ -d "$trial/checkpoints" ]; then
+      elif [ -d "$trial/checkpoints" ] && [ ! -f "$trial/pruned.json" ]; then  # a pruned trial is done
         mkdir -p "$R/$study/in_progress/${trial#"$out"/}"
         cp -r "$trial"/. "$R/$study/in_progress/${trial#"$out"/}/"
         echo "saved $trial"

@@ -266,7 +266,8 @@ def run_trial(
 ) -> dict:
     """Run one trial as ``largebatch train`` into ``run_dir``; ``report(val_top1, step)`` is called at
     every validation evaluation and returns True to prune (the run gets SIGTERM, checkpoints and
-    stops). Returns the run's summary (``pruned`` set when it was stopped).
+    stops, and ``pruned.json`` in ``run_dir`` records the step and val top-1 it was pruned at). Returns
+    the run's summary (``pruned`` set when it was stopped).
 
     Raises:
         TrialDiverged: when the run stopped on a non-finite loss or gradient.
@@ -291,7 +292,7 @@ def run_trial(
         cmd += ["--resume", "auto"]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     offset = 0
-    pruned = False
+    pruned: dict | None = None
     with open(log_path, "a") as log_file:
         proc = subprocess.Popen(
             cmd,
@@ -310,7 +311,7 @@ def run_trial(
                 records, offset = _eval_records(run_dir, offset)
                 for rec in records:
                     if not pruned and report(rec["val_top1"], int(rec["step"])):
-                        pruned = True
+                        pruned = {"pruned_at_step": int(rec["step"]), "val_top1": rec["val_top1"]}
                         proc.send_signal(signal.SIGTERM)  # checkpoint at the step, exit 75
                 if finished:
                     break
@@ -324,6 +325,8 @@ def run_trial(
                     os.killpg(proc.pid, signal.SIGKILL)
             raise
     if pruned:
+        # the run directory says why it stopped short, so nobody resumes or copies it as unfinished
+        (run_dir / "pruned.json").write_text(json.dumps(pruned) + "\n")
         return {**(read_result(run_dir) or {}), "pruned": True}
     if proc.returncode != 0:
         tail = log_path.read_text()[-3000:]
