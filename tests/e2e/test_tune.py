@@ -130,7 +130,9 @@ def test_pruned_trial_stops_at_an_evaluation_and_diverged_trial_is_marked(tmp_pa
     assert list((run / "checkpoints").glob("*.pt"))  # but it checkpointed at the step (SIGTERM, exit 75)
     marker = json.loads((run / "pruned.json").read_text())  # and says why it stopped short
     assert marker["pruned_at_step"] == max(t.intermediate_values)
-    assert marker["val_top1"] == pytest.approx(100.0 - t.intermediate_values[marker["pruned_at_step"]])  # error reported
+    assert marker["val_top1"] == pytest.approx(
+        100.0 - t.intermediate_values[marker["pruned_at_step"]]
+    )  # error reported
 
     # a base LR of 1e5 diverges: the trial is pruned, marked diverged, and the study goes on
     monkeypatch.setattr(tune, "_pruner", lambda spec, warmup_steps: optuna.pruners.NopPruner())
