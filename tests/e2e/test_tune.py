@@ -94,18 +94,10 @@ def test_tuned_sweep_searches_carries_the_rule_and_resumes_from_the_storage(tmp_
             study_name=study_name(r["method"], r["global_batch_size"], spec), storage=spec.storage_url
         )
         confirm = study.user_attrs["confirm_s1"]
-        summary = json.loads(
-            (trial_dir(out, r["method"], r["global_batch_size"], 0).parent / "confirm_s1" / "summary.json").read_text()
-        )
+        confirm_dir = trial_dir(out, r["method"], r["global_batch_size"], 0).parent / f"confirm_s1_t{r['trial']:03d}"
+        summary = json.loads((confirm_dir / "summary.json").read_text())
         assert confirm["trial"] == r["trial"] and confirm["top1"] == summary["top1"]
-        assert (
-            json.loads(
-                (
-                    trial_dir(out, r["method"], r["global_batch_size"], 0).parent / "confirm_s1" / "config.json"
-                ).read_text()
-            )["train"]["seed"]
-            == 1
-        )
+        assert json.loads((confirm_dir / "config.json").read_text())["train"]["seed"] == 1
         assert r["seeds"] == 2 and r["test_top1_min"] <= r["test_top1_mean"] <= r["test_top1_max"]
         assert study.user_attrs["protocol"]["val_size"] == 400
     for run, mtime in mtimes.items():

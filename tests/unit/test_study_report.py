@@ -92,13 +92,15 @@ def test_the_fit_recovers_the_critical_batch_and_the_bend_is_located(tmp_path):
 
 
 def test_further_seeds_give_the_spread_of_the_chosen_trial(tmp_path):
+    # seed 3 confirmed a trial that was chosen before trial 0 beat it: it is not the chosen trial's spread
     url = f"sqlite:///{tmp_path / 's.db'}"
     add_cell(
         url,
         "goyal-b256-accuracy-e16",
         [(TrialState.COMPLETE, 0.5, None, 92.0, 91.0), (TrialState.COMPLETE, 0.1, None, 89.0, 93.0)],
-        confirm_s1={"top1": 90.0, "val_top1": 91.5, "steps_to_val_target": None},
-        confirm_s2={"top1": 91.6, "val_top1": 91.9, "steps_to_val_target": None},
+        confirm_s1={"top1": 90.0, "val_top1": 91.5, "steps_to_val_target": None, "trial": 0},
+        confirm_s2={"top1": 91.6, "val_top1": 91.9, "steps_to_val_target": None, "trial": 0},
+        confirm_s3={"top1": 50.0, "val_top1": 51.0, "steps_to_val_target": None, "trial": 1},  # chosen earlier
     )
     (row,) = collect([url], "accuracy").rows
     assert row["trial"] == 0 and row["val_top1"] == 92.0  # chosen on validation, not on test (93.0)

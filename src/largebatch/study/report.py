@@ -70,12 +70,13 @@ def _finished(study) -> tuple[list, list]:
     return done, [t for t in done if t.state == optuna.trial.TrialState.COMPLETE]
 
 
-def _confirmations(study) -> list[dict]:
-    """The further seeds' results of a study's chosen trial, in seed order."""
+def _confirmations(study, trial: int) -> list[dict]:
+    """The further seeds' results of a study's chosen trial (number ``trial``), in seed order; those of
+    a trial chosen earlier, before later trials beat it, are left out."""
     found = []
     for key, value in study.user_attrs.items():
         m = re.fullmatch(r"confirm_s(\d+)", key)
-        if m and isinstance(value, dict):
+        if m and isinstance(value, dict) and value.get("trial", trial) == trial:
             found.append({"seed": int(m[1]), **value})
     return sorted(found, key=lambda c: c["seed"])
 
@@ -83,7 +84,7 @@ def _confirmations(study) -> list[dict]:
 def _row(cell: dict, study, best, complete: list) -> dict:
     attrs = best.user_attrs
     tests = [attrs.get("top1")]
-    confirms = _confirmations(study)
+    confirms = _confirmations(study, best.number)
     tests += [c.get("top1") for c in confirms]
     tests = [t for t in tests if t is not None]
     reached = [t.user_attrs["steps_to_val_target"] for t in complete if t.user_attrs.get("steps_to_val_target")]

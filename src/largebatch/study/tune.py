@@ -621,8 +621,9 @@ CONFIRM_KEYS = ("top1", "val_top1", "best_val_top1", "steps_to_val_target", "ste
 
 def confirm_seeds(spec: TuneSpec, method: str, batch: int, storage, *, progress: Callable[[str], None]) -> None:
     """Re-run the chosen trial of a cell with each further seed of ``spec.seeds`` (run directory
-    ``confirm_sN`` beside the trials); the results go to the study's ``confirm_sN`` attribute, so the
-    storage alone holds the spread over seeds."""
+    ``confirm_sN_tTTT`` beside the trials, TTT the chosen trial's number); the results go to the study's
+    ``confirm_sN`` attribute with the trial they confirm, so the storage alone holds the spread over
+    seeds. When trials added later change the chosen trial, its further seeds are run again."""
     import optuna
 
     study = optuna.load_study(study_name=study_name(method, batch, spec), storage=storage)
@@ -633,9 +634,9 @@ def confirm_seeds(spec: TuneSpec, method: str, batch: int, storage, *, progress:
     params = list(best.user_attrs.get("overrides", []))
     for seed in spec.seeds[1:]:
         key = f"confirm_s{seed}"
-        if key in study.user_attrs:
-            continue
-        run_dir = Path(spec.out) / method / f"b{batch:06d}" / key
+        if study.user_attrs.get(key, {}).get("trial") == best.number:
+            continue  # done; a confirmation of an earlier chosen trial is run again for the new one
+        run_dir = Path(spec.out) / method / f"b{batch:06d}" / f"{key}_t{best.number:03d}"
         result = read_result(run_dir)
         if result is None:
             cfg = trial_config(spec, method, batch, params, seed=seed, epochs=best.user_attrs.get("budget_epochs"))
