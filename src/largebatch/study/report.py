@@ -108,6 +108,7 @@ def _row(cell: dict, study, best, complete: list) -> dict:
         "seeds": len(tests),
         "seed_steps_to_target": [attrs.get("steps_to_val_target")] + [c.get("steps_to_val_target") for c in confirms],
         "run_dir": attrs.get("run_dir"),
+        "machine": attrs.get("machine"),  # set on trials merged from another machine (merge_trials)
     }
 
 
@@ -269,9 +270,10 @@ def report_markdown(report: Report, *, workers_per_trial: int | None = None) -> 
             steps_text = f"not reached (best val {r['best_val_top1'] or 0:.2f}%)" if report.objective == "steps" else ""
         else:
             steps_text = str(steps)
+        where = f" ({r['machine']})" if r.get("machine") else ""
         lines.append(
             f"| {r['method']} | {r['global_batch_size']} | {'/'.join(map(str, r['budgets_epochs']))} | "
-            f"{r['study']} / {r['trial']} | {_fmt_params(r)} | {steps_text} | {(r['val_top1'] or 0):.2f} | {test} | "
+            f"{r['study']} / {r['trial']}{where} | {_fmt_params(r)} | {steps_text} | {(r['val_top1'] or 0):.2f} | {test} | "
             f"{r['trials']} ({r['pruned']}, {r['diverged']}) | {r['wall_s'] / 60:.1f} |"
         )
     for method, fit in report.fits.items():

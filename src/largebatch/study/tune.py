@@ -718,3 +718,66 @@ def write_tuned_outputs(spec: TuneSpec) -> list[dict]:
         return []
     write_report(report, Path(spec.out))
     return report.rows
+
+
+def merge_trials(
+    source, target, *, since=None, attrs: dict | None = None, attrs_of: Callable | None = None
+) -> list[tuple[str, int, int]]:
+    """Add the finished trials of every study in storage ``source`` to the study of the same name in
+    storage ``target`` (created with the source's direction and ``protocol`` when missing): how
+    trials run on a machine that cannot reach the study's storage, against a copy of it, come back.
+
+    Only trials that began at or after ``since`` (a naive UTC ``datetime``; None: all) and finished
+    (complete or pruned) are added, each with ``attrs`` added to its user attributes and
+    ``merged_from`` naming its source study and number, so merging the same source twice adds
+    nothing the second time. Running or failed trials (a trial stopped by SIGTERM) are left out.
+
+    Args:
+        source, target: Optuna storages or storage URLs.
+        attrs_of: called as ``attrs_of(study_name, source_trial, number_in_target)`` before a trial
+            is added; the user attributes it returns are added too (a finished trial's attributes
+            cannot change afterwards).
+
+    Returns:
+        ``(study name, number in the source, number in the target)`` for each trial added.
+    """
+    import optuna
+
+    added = []
+    for summary in optuna.get_all_study_summaries(source, include_best_trial=False):
+        name = summary.study_name
+        src = optuna.load_study(study_name=name, storage=source)
+        todo = [
+            t
+            for t in src.get_trials(deepcopy=False)
+            if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+            and (since is None or (t.datetime_start is not None and t.datetime_start >= since))
+        ]
+        if not todo:
+            continue
+        dst = optuna.create_study(study_name=name, storage=target, direction=src.direction, load_if_exists=True)
+        if "protocol" in src.user_attrs and "protocol" not in dst.user_attrs:
+            dst.set_user_attr("protocol", src.user_attrs["protocol"])
+        seen = {t.user_attrs.get("merged_from") for t in dst.get_trials(deepcopy=False)}
+        for t in todo:
+            origin = f"{name}#{t.number}@{t.datetime_start.isoformat()}"
+            if origin in seen:
+                continue
+            number = len(dst.get_trials(deepcopy=False))
+            dst.add_trial(
+                optuna.trial.create_trial(
+                    state=t.state,
+                    value=t.value if t.state == optuna.trial.TrialState.COMPLETE else None,
+                    params=t.params,
+                    distributions=t.distributions,
+                    user_attrs={
+                        **t.user_attrs,
+                        **(attrs or {}),
+                        **(attrs_of(name, t, number) if attrs_of else {}),
+                        "merged_from": origin,
+                    },
+                    intermediate_values=t.intermediate_values,
+                )
+            )
+            added.append((name, t.number, number))
+    return added
