@@ -67,7 +67,7 @@ date +%Y-%m-%dT%H:%M:%S > "$WORK/started"  # trials begun after this are the new
 pids=()
 for spec in $CELLS; do
   method=${spec%%:*}
-  for b in ${spec#*:}; do
+  for b in ${spec#*:}; do b=${b//,/ }; for b in $b; do
     cell=${method}_b$b
     cp "$STORAGE" "$WORK/$cell.db"
     timeout -s TERM -k 90 "$((MINUTES * 60))" "$PY" -m largebatch sweep --tune --search-budget --objective steps \
@@ -75,7 +75,7 @@ for spec in $CELLS; do
       --trials "$TRIALS" --target-val-top1 90 --val-size 5000 --nproc 1 \
       --set train.threads_per_worker=1 --set train.max_micro_batch_size=4096 "${EXTRA[@]}" \
       --out "$WORK/runs/$cell" --storage "sqlite:///$WORK/$cell.db" > "$WORK/$cell.log" 2>&1 &
-    pids+=($!)
+    pids+=($!); done
   done
 done
 echo "$(date -u +%T) ${#pids[@]} cells running for $MINUTES minutes"

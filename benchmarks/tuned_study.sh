@@ -20,6 +20,9 @@
 #      6 trials per cell: with a fixed length per batch the steps to target fall on the step schedule's
 #      decay points (docs/results.md), so the length is retuned as Shallue et al. retune the decay
 #   7  the same for LARS, then a second seed of both methods' chosen trials
+#   8  a second seed of the trial each Nesterov cell's fewest steps come from, over all three steps
+#      studies (`largebatch study-report` of them): 512 and 1,024 from stage 1, 2,048-8,192 from
+#      stage 2, 128 and 256 from stage 6 (about 1 core-hour)
 #
 # Across sessions (a machine whose runs/ folder does not survive): `STAGES=save bash
 # benchmarks/tuned_study.sh` after interrupting it copies every unfinished trial's run directory
@@ -104,6 +107,14 @@ for stage in $STAGES; do
     7) "$LB" sweep --tune --search-budget --objective steps --methods nesterov,lars --batch-sizes 128,$BATCHES --epochs 8 \
          --epochs-at 2048=16,4096=32,8192=64 --trials 6 --seeds 0,1 "${COMMON[@]}" --out runs/study_steps_budget \
          --storage "sqlite:///$R/tuned_steps_budget/study.db" ;;
-    *) echo "unknown stage $stage (stages are 1-7, 4p and save)" >&2; exit 2 ;;
+    8) "$LB" sweep --tune --objective steps --methods nesterov --batch-sizes 512,1024 --epochs 8 --trials 4 \
+         --seeds 0,1 "${COMMON[@]}" --out runs/study_steps --storage "sqlite:///$R/tuned_steps_e8/study.db"
+       "$LB" sweep --tune --objective steps --methods nesterov --batch-sizes 2048,4096,8192 --epochs 8 \
+         --epochs-at 2048=16,4096=32,8192=64 --trials 4 --seeds 0,1 "${COMMON[@]}" --out runs/study_steps_long \
+         --storage "sqlite:///$R/tuned_steps_long/study.db"
+       "$LB" sweep --tune --search-budget --objective steps --methods nesterov --batch-sizes 128,256 --epochs 8 \
+         --trials 6 --seeds 0,1 "${COMMON[@]}" --out runs/study_steps_budget \
+         --storage "sqlite:///$R/tuned_steps_budget/study.db" ;;
+    *) echo "unknown stage $stage (stages are 1-8, 4p and save)" >&2; exit 2 ;;
   esac
 done
