@@ -23,6 +23,8 @@
 #   8  a second seed of the trial each Nesterov cell's fewest steps come from, over all three steps
 #      studies (`largebatch study-report` of them): 512 and 1,024 from stage 1, 2,048-8,192 from
 #      stage 2, 128 and 256 from stage 6 (about 1 core-hour)
+#   9  below the range, to find where the steps still halve: Nesterov at 32 and 64 with the
+#      length searched, 1 worker per trial (a worker of a batch of 32 must hold the BN batch of 32)
 #
 # Across sessions (a machine whose runs/ folder does not survive): `STAGES=save bash
 # benchmarks/tuned_study.sh` after interrupting it copies every unfinished trial's run directory
@@ -115,6 +117,9 @@ for stage in $STAGES; do
        "$LB" sweep --tune --search-budget --objective steps --methods nesterov --batch-sizes 128,256 --epochs 8 \
          --trials 6 --seeds 0,1 "${COMMON[@]}" --out runs/study_steps_budget \
          --storage "sqlite:///$R/tuned_steps_budget/study.db" ;;
-    *) echo "unknown stage $stage (stages are 1-8, 4p and save)" >&2; exit 2 ;;
+    9) "$LB" sweep --tune --search-budget --objective steps --methods nesterov --batch-sizes 32,64 --epochs 8 \
+         --trials 6 --target-val-top1 90 --val-size 5000 --nproc 1 --out runs/study_steps_budget \
+         --storage "sqlite:///$R/tuned_steps_budget/study.db" ;;
+    *) echo "unknown stage $stage (stages are 1-9, 4p and save)" >&2; exit 2 ;;
   esac
 done
