@@ -9,7 +9,7 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from largebatch.cli import main
-from largebatch.study.report import ReportError, collect, parse_study_name, write_report
+from largebatch.study.report import ReportError, collect, parse_study_name, report_markdown, write_report
 
 DIST = {"base_lr": FloatDistribution(1e-3, 10.0, log=True)}
 PROTOCOL = {"target_val_top1": 90.0, "val_size": 5000, "evals_per_epoch": 4}
@@ -143,3 +143,20 @@ def test_study_names_parse_as_the_sweep_writes_them():
         "epochs": 64,
     }
     assert parse_study_name("adam-b512-steps-e8") is None and parse_study_name("my-study") is None
+
+
+def test_the_steps_table_shows_the_chosen_trials_steps_with_each_further_seed(tmp_path):
+    # the fewest steps over many trials is the luckiest of them: the table says what the chosen
+    # trial's hyperparameters took again with seed 1 (reached later) and seed 2 (not reached)
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    add_cell(
+        url,
+        "nesterov-b256-steps-e8",
+        [(TrialState.COMPLETE, 0.5, 540, 90.3, 89.5), (TrialState.COMPLETE, 0.1, 700, 90.1, 89.0)],
+        confirm_s1={"top1": 89.4, "val_top1": 90.3, "steps_to_val_target": 702, "trial": 0},
+        confirm_s2={"top1": 88.0, "val_top1": 89.9, "steps_to_val_target": None, "trial": 0},
+    )
+    report = collect([url], "steps")
+    (row,) = report.rows
+    assert row["steps_to_target"] == 540 and row["seed_steps_to_target"] == [540, 702, None]
+    assert "| 540 (further seeds: 702, not reached) |" in report_markdown(report)

@@ -270,6 +270,9 @@ def report_markdown(report: Report, *, workers_per_trial: int | None = None) -> 
             steps_text = f"not reached (best val {r['best_val_top1'] or 0:.2f}%)" if report.objective == "steps" else ""
         else:
             steps_text = str(steps)
+        further = r.get("seed_steps_to_target", [])[1:]
+        if report.objective == "steps" and further:  # the chosen trial's steps again with each further seed
+            steps_text += " (further seeds: " + ", ".join(str(x) if x else "not reached" for x in further) + ")"
         where = f" ({r['machine']})" if r.get("machine") else ""
         lines.append(
             f"| {r['method']} | {r['global_batch_size']} | {'/'.join(map(str, r['budgets_epochs']))} | "
