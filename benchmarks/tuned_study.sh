@@ -24,7 +24,8 @@
 #      studies (`largebatch study-report` of them): 512 and 1,024 from stage 1, 2,048-8,192 from
 #      stage 2, 128 and 256 from stage 6 (about 1 core-hour)
 #   9  below the issue's range, to find where the steps still halve: Nesterov at 32 and 64 with the
-#      length searched, 1 worker per trial (a worker of a batch of 32 must hold the BN batch of 32)
+#      length searched, 1 worker per trial (a worker of a batch of 32 must hold the BN batch of 32),
+#      16 trials per cell (the first 6 of each: about 15 CPU-minutes, 2026-12-04)
 #
 # Across sessions (a machine whose runs/ folder does not survive): `STAGES=save bash
 # benchmarks/tuned_study.sh` after interrupting it copies every unfinished trial's run directory
@@ -117,9 +118,14 @@ for stage in $STAGES; do
        "$LB" sweep --tune --search-budget --objective steps --methods nesterov --batch-sizes 128,256 --epochs 8 \
          --trials 6 --seeds 0,1 "${COMMON[@]}" --out runs/study_steps_budget \
          --storage "sqlite:///$R/tuned_steps_budget/study.db" ;;
-    9) "$LB" sweep --tune --search-budget --objective steps --methods nesterov --batch-sizes 32,64 --epochs 8 \
-         --trials 6 --target-val-top1 90 --val-size 5000 --nproc 1 --out runs/study_steps_budget \
-         --storage "sqlite:///$R/tuned_steps_budget/study.db" ;;
+    9) # one worker per trial, so the two cells run side by side, one per core (16 trials each: 6 left
+       # both cells far off the scaling of 128, the small batches' trials are cheap)
+       for b in 32 64; do
+         "$LB" sweep --tune --search-budget --objective steps --methods nesterov --batch-sizes $b --epochs 8 \
+           --trials 16 --target-val-top1 90 --val-size 5000 --nproc 1 --out runs/study_steps_budget \
+           --storage "sqlite:///$R/tuned_steps_budget/study.db" &
+       done
+       wait ;;
     *) echo "unknown stage $stage (stages are 1-9, 4p and save)" >&2; exit 2 ;;
   esac
 done
