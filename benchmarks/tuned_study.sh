@@ -119,10 +119,12 @@ for stage in $STAGES; do
          --trials 6 --seeds 0,1 "${COMMON[@]}" --out runs/study_steps_budget \
          --storage "sqlite:///$R/tuned_steps_budget/study.db" ;;
     9) # one worker per trial, so the two cells run side by side, one per core (16 trials each: 6 left
-       # both cells far off the scaling of 128, the small batches' trials are cheap)
+       # both cells far off the scaling of 128), one thread each (two threads each on two cores took
+       # 2.4x as long per trial as one trial alone)
        for b in 32 64; do
          "$LB" sweep --tune --search-budget --objective steps --methods nesterov --batch-sizes $b --epochs 8 \
-           --trials 16 --target-val-top1 90 --val-size 5000 --nproc 1 --out runs/study_steps_budget \
+           --trials 16 --target-val-top1 90 --val-size 5000 --nproc 1 --set train.threads_per_worker=1 \
+           --out runs/study_steps_budget \
            --storage "sqlite:///$R/tuned_steps_budget/study.db" &
        done
        wait ;;
