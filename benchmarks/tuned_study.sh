@@ -121,13 +121,15 @@ for stage in $STAGES; do
     9) # one worker per trial, so the two cells run side by side, one per core (16 trials each: 6 left
        # both cells far off the scaling of 128), one thread each (two threads each on two cores took
        # 2.4x as long per trial as one trial alone)
+       pids=()
        for b in 32 64; do
          "$LB" sweep --tune --search-budget --objective steps --methods nesterov --batch-sizes $b --epochs 8 \
            --trials 16 --target-val-top1 90 --val-size 5000 --nproc 1 --set train.threads_per_worker=1 \
            --out runs/study_steps_budget \
            --storage "sqlite:///$R/tuned_steps_budget/study.db" &
+         pids+=($!)
        done
-       wait ;;
+       wait "${pids[@]}" ;;  # not a bare wait: the renicing loop above is a background job too
     *) echo "unknown stage $stage (stages are 1-9, 4p and save)" >&2; exit 2 ;;
   esac
 done
