@@ -14,7 +14,7 @@ before the first step (the CLI and the launcher; each worker's interpreter start
 process-group set-up, data loading and model build), the training loop (steps, evaluations,
 checkpoints) and after it (weights export, summary, plots, shutdown).
 
-    python benchmarks/main_job.py [--repeats 1] [--recipe NAME] [--out benchmarks/results/main_job.json] [-- --set KEY=VALUE ...]
+    python benchmarks/main_job.py [--repeats 1] [--recipe NAME] [--out FILE] [-- --set KEY=VALUE ...]
 
 With --recipe it times another recipe the same way (the Fashion-MNIST variants of the large-batch
 optimizers: results/recipes_fashion_mnist/<recipe>.json).
@@ -63,9 +63,16 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--recipe", default=None, help="a recipe other than the default one")
-    ap.add_argument("--out", default="benchmarks/results/main_job.json")
+    ap.add_argument(
+        "--out",
+        default=None,
+        help="result file (default results/main_job.json, or results/recipes_fashion_mnist/RECIPE.json with --recipe)",
+    )
     ap.add_argument("extra", nargs="*", help="extra arguments for `largebatch train` (after --)")
     args = ap.parse_args()
+    if args.out is None:  # a recipe's run never overwrites the default recipe's result
+        name = f"recipes_fashion_mnist/{args.recipe}.json" if args.recipe else "main_job.json"
+        args.out = f"benchmarks/results/{name}"
     runs = []
     for i in range(args.repeats):
         with tempfile.TemporaryDirectory() as tmp:

@@ -83,7 +83,13 @@ REFERENCE_LRS: dict[str, ReferenceLR] = {
         "chosen at 512 on the default recipe in 2 epochs: 0.005-0.0075 per 256 "
         "trained slower, 0.015 diverged (docs/optimizers.md)",
     ),
-    "rmsprop_warmup": ReferenceLR(0.4, 256, "linear", "akiba2017_fashion_mnist (eta_base of the SGD phase)"),
+    "rmsprop_warmup": ReferenceLR(
+        0.4,
+        256,
+        "linear",
+        "the default recipe's LR as eta_base of the SGD phase (akiba2017_fashion_mnist untuned); "
+        "its 2048 tuning (0.0916) fits that batch and schedule only",
+    ),
 }
 """The LR each optimizer takes when ``--set optim.name=NAME`` switches a recipe's optimizer and no
 ``optim.base_lr``, ``optim.base_batch_size`` or ``optim.lr_scaling`` is given: the LR of one
