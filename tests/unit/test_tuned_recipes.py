@@ -12,48 +12,17 @@ optuna = pytest.importorskip("optuna")
 
 STORAGES = Path(__file__).resolve().parents[2] / "docs" / "results" / "recipe_tuning_2048_e9"
 
+_LR = {"base_lr": ("optim.base_lr", lambda v: v)}
+_MOMENTUM = {"one_minus_momentum": ("optim.momentum", lambda v: 1 - v)}
+_WARMUP = {"warmup_epochs": ("schedule.warmup_epochs", lambda v: v)}
+
 # recipe -> (storage folder, study, {trial parameter: (config key, how the recipe holds it)})
 TUNED = {
-    "nado2021_nesterov_fashion_mnist": (
-        "cosine",
-        "nesterov-b2048-accuracy-e9",
-        {
-            "base_lr": ("optim.base_lr", lambda v: v),
-            "one_minus_momentum": ("optim.momentum", lambda v: 1 - v),
-            "warmup_epochs": ("schedule.warmup_epochs", lambda v: v),
-        },
-    ),
-    "you2018_lars_fashion_mnist": (
-        "poly",
-        "lars-b2048-accuracy-e9",
-        {
-            "base_lr": ("optim.base_lr", lambda v: v),
-            "one_minus_momentum": ("optim.momentum", lambda v: 1 - v),
-            "warmup_epochs": ("schedule.warmup_epochs", lambda v: v),
-        },
-    ),
-    "lamb_fashion_mnist": (
-        "poly",
-        "lamb-b2048-accuracy-e9",
-        {"lr": ("optim.base_lr", lambda v: v), "warmup_epochs": ("schedule.warmup_epochs", lambda v: v)},
-    ),
-    "akiba2017_fashion_mnist": (
-        "slow_start",
-        "akiba-b2048-accuracy-e9",
-        {
-            "base_lr": ("optim.base_lr", lambda v: v),
-            "one_minus_momentum": ("optim.momentum", lambda v: 1 - v),
-        },
-    ),
-    "mikami2018_fashion_mnist": (
-        "poly",
-        "mikami-b2048-accuracy-e9",
-        {
-            "base_lr": ("optim.base_lr", lambda v: v),
-            "one_minus_momentum": ("optim.momentum", lambda v: 1 - v),
-            "warmup_epochs": ("schedule.warmup_epochs", lambda v: v),
-        },
-    ),
+    "nado2021_nesterov_fashion_mnist": ("cosine", "nesterov-b2048-accuracy-e9", _LR | _MOMENTUM | _WARMUP),
+    "you2018_lars_fashion_mnist": ("poly", "lars-b2048-accuracy-e9", _LR | _MOMENTUM | _WARMUP),
+    "lamb_fashion_mnist": ("poly", "lamb-b2048-accuracy-e9", {"lr": ("optim.base_lr", lambda v: v)} | _WARMUP),
+    "akiba2017_fashion_mnist": ("slow_start", "akiba-b2048-accuracy-e9", _LR | _MOMENTUM),
+    "mikami2018_fashion_mnist": ("poly", "mikami-b2048-accuracy-e9", _LR | _MOMENTUM | _WARMUP),
 }
 
 
