@@ -119,8 +119,8 @@ for stage in $STAGES; do
          --trials 6 --seeds 0,1 "${COMMON[@]}" --out runs/study_steps_budget \
          --storage "sqlite:///$R/tuned_steps_budget/study.db" ;;
     9) # one worker per trial, so the two cells run side by side, one per core (16 trials each: 6 left
-       # both cells far off the scaling of 128), one thread each (two threads each on two cores took
-       # 2.4x as long per trial as one trial alone)
+       # both cells far off the scaling of 128), one thread each (two threads each on two cores ran
+       # 9-10x slower per step: benchmarks/README.md, 2026-12-04 night)
        pids=()
        for b in 32 64; do
          "$LB" sweep --tune --search-budget --objective steps --methods nesterov --batch-sizes $b --epochs 8 \
