@@ -758,12 +758,13 @@ def merge_trials(
         dst = optuna.create_study(study_name=name, storage=target, direction=src.direction, load_if_exists=True)
         if "protocol" in src.user_attrs and "protocol" not in dst.user_attrs:
             dst.set_user_attr("protocol", src.user_attrs["protocol"])
-        seen = {t.user_attrs.get("merged_from") for t in dst.get_trials(deepcopy=False)}
+        existing = dst.get_trials(deepcopy=False)
+        seen = {t.user_attrs.get("merged_from") for t in existing}
+        number = len(existing)  # the next trial's number in the target
         for t in todo:
             origin = f"{name}#{t.number}@{t.datetime_start.isoformat()}"
             if origin in seen:
                 continue
-            number = len(dst.get_trials(deepcopy=False))
             dst.add_trial(
                 optuna.trial.create_trial(
                     state=t.state,
@@ -780,4 +781,5 @@ def merge_trials(
                 )
             )
             added.append((name, t.number, number))
+            number += 1
     return added
