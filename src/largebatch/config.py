@@ -724,10 +724,17 @@ OPERATIONAL_KEYS = (
 """Keys that do not change what is computed: a run may resume with other values (e.g. on another
 number of workers, or with another checkpoint interval), so they are left out of the config hash."""
 
+DOCUMENTARY_KEYS = ("description", "source")
+"""Top-level keys that only describe a recipe: a checkpoint resumes after a recipe's description or
+source line was reworded, so they are left out of the config hash too."""
+
 
 def hashed_config(cfg: Config) -> dict:
-    """The config as a dict without :data:`OPERATIONAL_KEYS`, normalized through the typed tree."""
+    """The config as a dict without :data:`OPERATIONAL_KEYS` and :data:`DOCUMENTARY_KEYS`, normalized
+    through the typed tree."""
     data = to_dict(config_from_dict(to_dict(cfg)))
+    for key in DOCUMENTARY_KEYS:
+        data.pop(key, None)
     for key in OPERATIONAL_KEYS:
         section, name = key.split(".")
         data[section].pop(name, None)

@@ -113,6 +113,19 @@ def test_every_recipe_round_trips_and_names_itself():
         assert config_hash(back) == config_hash(cfg)
 
 
+def test_a_reworded_recipe_description_still_resumes_but_a_changed_value_does_not():
+    from largebatch.config import config_mismatch
+
+    cfg = get_recipe("lamb_fashion_mnist")
+    old = to_dict(cfg)
+    old["source"], old["description"] = "an older source line", "an older description"
+    assert config_mismatch(cfg, old, "old.pt") is None
+    assert config_hash(config_from_dict(old)) == config_hash(cfg)
+    old["optim"]["base_lr"] = cfg.optim.base_lr * 2
+    assert "optim.base_lr: checkpoint" in config_mismatch(cfg, old, "old.pt")
+    assert config_hash(config_from_dict(old)) != config_hash(cfg)
+
+
 def test_unknown_recipe():
     with pytest.raises(KeyError, match="known recipes"):
         get_recipe("nope")
