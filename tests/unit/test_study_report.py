@@ -160,3 +160,24 @@ def test_the_steps_table_shows_the_chosen_trials_steps_with_each_further_seed(tm
     (row,) = report.rows
     assert row["steps_to_target"] == 540 and row["seed_steps_to_target"] == [540, 702, None]
     assert "| 540 (further seeds: 702, not reached) |" in report_markdown(report)
+
+
+def test_trial_minutes_of_merged_machines_are_shown_apart(tmp_path):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    C = TrialState.COMPLETE
+    add_cell(url, "nesterov-b512-steps-e8", [(C, 0.3, 400, 90.2, 89.0), (C, 0.5, 380, 90.1, 89.1)])
+    study = optuna.load_study(study_name="nesterov-b512-steps-e8", storage=url)
+    attrs = {"best_val_top1": 90.3, "val_top1": 90.3, "top1": 89.2, "trial_wall_s": 30.0}
+    study.add_trial(  # a trial run on another machine and merged back (merge_trials tags it)
+        create_trial(
+            state=C,
+            params={"base_lr": 0.4},
+            distributions=DIST,
+            user_attrs={**attrs, "steps_to_val_target": 390, "machine": "H200"},
+            values=[390.0],
+        )
+    )
+    row = collect([url], "steps").rows[0]
+    assert row["wall_s"] == 120.0 and row["other_machines_wall_s"] == {"H200": 30.0}
+    assert row["trials"] == 3
+    assert "| 3 (0, 0) | 2.0 + 0.5 H200 |" in report_markdown(collect([url], "steps"))

@@ -217,7 +217,16 @@ def collect(
         row["trials"] = len(all_trials)
         row["pruned"] = sum(1 for t in all_trials if t.state != optuna.trial.TrialState.COMPLETE)
         row["diverged"] = sum(1 for t in all_trials if "diverged" in t.user_attrs)
-        row["wall_s"] = sum(t.user_attrs.get("trial_wall_s", 0.0) for t in all_trials)
+        # trial wall time on this study's own machine, and apart from it that of trials merged from
+        # other machines (merge_trials tags them with "machine"), per machine: the two do not add up
+        row["wall_s"] = sum(t.user_attrs.get("trial_wall_s", 0.0) for t in all_trials if "machine" not in t.user_attrs)
+        row["other_machines_wall_s"] = {}
+        for t in all_trials:
+            if "machine" in t.user_attrs:
+                m = t.user_attrs["machine"]
+                row["other_machines_wall_s"][m] = row["other_machines_wall_s"].get(m, 0.0) + t.user_attrs.get(
+                    "trial_wall_s", 0.0
+                )
         rows.append(row)
     report = Report(objective=objective, rows=rows, protocol=protocol, storages=list(storages))
     if objective == "steps":
@@ -241,6 +250,14 @@ def collect(
 
 def _fmt_params(row: dict) -> str:
     return ", ".join(f"{k} {v:.4g}" for k, v in row["params"].items()) or "rule: " + " ".join(row["overrides"])
+
+
+def _minutes(row: dict) -> str:
+    """Trial minutes on the study's machine, then those of each other machine apart ("12.5 + 3.1 H200")."""
+    text = f"{row['wall_s'] / 60:.1f}"
+    for machine, wall_s in sorted(row.get("other_machines_wall_s", {}).items()):
+        text += f" + {wall_s / 60:.1f} {machine}"
+    return text
 
 
 def report_markdown(report: Report, *, workers_per_trial: int | None = None) -> str:
@@ -277,7 +294,7 @@ def report_markdown(report: Report, *, workers_per_trial: int | None = None) -> 
         lines.append(
             f"| {r['method']} | {r['global_batch_size']} | {'/'.join(map(str, r['budgets_epochs']))} | "
             f"{r['study']} / {r['trial']}{where} | {_fmt_params(r)} | {steps_text} | {(r['val_top1'] or 0):.2f} | {test} | "
-            f"{r['trials']} ({r['pruned']}, {r['diverged']}) | {r['wall_s'] / 60:.1f} |"
+            f"{r['trials']} ({r['pruned']}, {r['diverged']}) | {_minutes(r)} |"
         )
     for method, fit in report.fits.items():
         lines.append("")
