@@ -11,11 +11,11 @@
 #   1  steps to 90% val, Goyal / Nesterov / LARS, 256-8192, 8 epochs         (Goyal, Nesterov done: 2.4 core-h)
 #   2  the same with more epochs at the large batches, to locate the bend    (~6 core-h; Nesterov 2048 done,
 #      4096 run 0 checkpointed at step 390 of 416 after ~1 h niced and shared, 2026-12-03)
-#   3  steps to 90% val, LAMB / Akiba / Mikami / ablations, 256-8192         (~8 core-h)
+#   3  steps to 90% val, LAMB / Akiba / Mikami / ablations, 256-8192         (done: 85 trial runs, 4.4 core-h)
 #   4p equal epochs (16): Goyal/Nesterov at 256, 4096, 8192 and LARS at 4096, 8192, 3 trials each
 #      (done: 23 trials, 2.6 h wall on both cores, 2026-12-03)
 #   4  equal epochs (16), test top-1 per method, 256-8192                     (~12 core-h)
-#   5  a second seed of every chosen trial of stages 1-4                      (~4 core-h)
+#   5  a second seed of every chosen trial of stages 1 and 3                  (~2 core-h)
 #   6  steps to 90% val with each trial's length searched too (--search-budget), Nesterov 128-8192,
 #      6 trials per cell: with a fixed length per batch the steps to target fall on the step schedule's
 #      decay points (docs/results.md), so the length is retuned as Shallue et al. retune the decay
@@ -47,7 +47,8 @@ save_unfinished() {  # unfinished trial directories (a checkpoint, no summary.js
     local study=${pair%%:*} out=${pair#*:}
     [ -d "$out" ] || continue
     rm -rf "$R/$study/in_progress"
-    find "$out" -mindepth 3 -maxdepth 3 -type d -name 'trial_*' | while read -r trial; do
+    # trial_NNN: a tuning trial; confirm_sS_tNNN: a further seed of a cell's chosen trial (--seeds)
+    find "$out" -mindepth 3 -maxdepth 3 -type d \( -name 'trial_*' -o -name 'confirm_s*' \) | while read -r trial; do
       if [ -f "$trial/summary.json" ]; then  # finished: its config and summary beside the storage
         mkdir -p "$R/$study/${trial#"$out"/}"
         cp "$trial/config.json" "$trial/summary.json" "$R/$study/${trial#"$out"/}/"
@@ -101,7 +102,8 @@ for stage in $STAGES; do
     4) "$LB" sweep --tune --objective accuracy --methods goyal,nesterov,lars,lamb --batch-sizes $BATCHES \
          --epochs 16 --trials 4 "${COMMON[@]}" --out runs/study_epochs \
          --storage "sqlite:///$R/tuned_epochs_e16/study.db" ;;
-    5) "$LB" sweep --tune --objective steps --methods goyal,nesterov,lars,lamb,akiba,mikami --batch-sizes $BATCHES \
+    5) # LARS's steps cells are in the length-searched study (stages 6-7), which runs its own seeds
+       "$LB" sweep --tune --objective steps --methods lamb,akiba,mikami,goyal,nesterov --batch-sizes $BATCHES \
          --epochs 8 --trials 4 --seeds 0,1 "${COMMON[@]}" --out runs/study_steps \
          --storage "sqlite:///$R/tuned_steps_e8/study.db" ;;
     6) "$LB" sweep --tune --search-budget --objective steps --methods nesterov --batch-sizes 128,$BATCHES --epochs 8 \
