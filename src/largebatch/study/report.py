@@ -219,14 +219,14 @@ def collect(
         row["diverged"] = sum(1 for t in all_trials if "diverged" in t.user_attrs)
         # trial wall time on this study's own machine, and apart from it that of trials merged from
         # other machines (merge_trials tags them with "machine"), per machine: the two do not add up
-        row["wall_s"] = sum(t.user_attrs.get("trial_wall_s", 0.0) for t in all_trials if "machine" not in t.user_attrs)
-        row["other_machines_wall_s"] = {}
+        row["wall_s"], others = 0.0, {}
         for t in all_trials:
-            if "machine" in t.user_attrs:
-                m = t.user_attrs["machine"]
-                row["other_machines_wall_s"][m] = row["other_machines_wall_s"].get(m, 0.0) + t.user_attrs.get(
-                    "trial_wall_s", 0.0
-                )
+            wall_s, machine = t.user_attrs.get("trial_wall_s", 0.0), t.user_attrs.get("machine")
+            if machine is None:
+                row["wall_s"] += wall_s
+            else:
+                others[machine] = others.get(machine, 0.0) + wall_s
+        row["other_machines_wall_s"] = others
         rows.append(row)
     report = Report(objective=objective, rows=rows, protocol=protocol, storages=list(storages))
     if objective == "steps":
