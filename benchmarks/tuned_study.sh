@@ -15,7 +15,7 @@
 #   4p equal epochs (16): Goyal/Nesterov at 256, 4096, 8192 and LARS at 4096, 8192, 3 trials each
 #      (done: 23 trials, 2.6 h wall on both cores, 2026-12-03)
 #   4  equal epochs (16), test top-1 per method, 256-8192                     (~12 core-h)
-#   5  a second seed of every chosen trial of stages 1 and 3                  (~2 core-h)
+#   5  a second seed of every chosen trial of stages 1 and 3                  (done: 30 runs, 1.6 core-h)
 #   6  steps to 90% val with each trial's length searched too (--search-budget), Nesterov 128-8192,
 #      6 trials per cell: with a fixed length per batch the steps to target fall on the step schedule's
 #      decay points (docs/results.md), so the length is retuned as Shallue et al. retune the decay
