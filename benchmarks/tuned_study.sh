@@ -14,6 +14,7 @@
 #   3  steps to 90% val, LAMB / Akiba / Mikami / ablations, 256-8192         (done: 85 trial runs, 4.4 core-h)
 #   4p equal epochs (16): Goyal/Nesterov at 256, 4096, 8192 and LARS at 4096, 8192, 3 trials each
 #      (done: 23 trials, 2.6 h wall on both cores, 2026-12-03)
+#   4q the same at 512-2048 (Goyal, Nesterov) and 256-2048 (LARS), 3 trials each (begun 2026-12-04)
 #   4  equal epochs (16), test top-1 per method, 256-8192                     (~12 core-h)
 #   5  a second seed of every chosen trial of stages 1 and 3                  (done: 30 runs, 1.6 core-h)
 #   6  steps to 90% val with each trial's length searched too (--search-budget), Nesterov 128-8192,
@@ -99,6 +100,11 @@ for stage in $STAGES; do
        for cell in "goyal,nesterov 256,4096,8192" "lars 4096,8192"; do set -- $cell
          "$LB" sweep --tune --objective accuracy --methods "$1" --batch-sizes "$2" --epochs 16 --trials 3 \
            "${COMMON[@]}" --out runs/study_epochs --storage "sqlite:///$R/tuned_epochs_e16/study.db"; done ;;
+    4q) # equal epochs at the batches between, 3 trials each like 4p, so the figure has every batch for
+       # Goyal's rule, Nesterov and LARS (256 is in both lists: the rule carries its tuned LR from there)
+       for cell in "goyal,nesterov 256,512,1024,2048" "lars 256,512,1024,2048"; do set -- $cell
+         "$LB" sweep --tune --objective accuracy --methods "$1" --batch-sizes "$2" --epochs 16 --trials 3 \
+           "${COMMON[@]}" --out runs/study_epochs --storage "sqlite:///$R/tuned_epochs_e16/study.db"; done ;;
     4) "$LB" sweep --tune --objective accuracy --methods goyal,nesterov,lars,lamb --batch-sizes $BATCHES \
          --epochs 16 --trials 4 "${COMMON[@]}" --out runs/study_epochs \
          --storage "sqlite:///$R/tuned_epochs_e16/study.db" ;;
@@ -132,6 +138,6 @@ for stage in $STAGES; do
          pids+=($!)
        done
        wait "${pids[@]}" ;;  # not a bare wait: the renicing loop above is a background job too
-    *) echo "unknown stage $stage (stages are 1-9, 4p and save)" >&2; exit 2 ;;
+    *) echo "unknown stage $stage (stages are 1-9, 4p, 4q and save)" >&2; exit 2 ;;
   esac
 done
