@@ -15,12 +15,14 @@
 #   4p equal epochs (16): Goyal/Nesterov at 256, 4096, 8192 and LARS at 4096, 8192, 3 trials each
 #      (done: 23 trials, 2.6 h wall on both cores, 2026-12-03)
 #   4q the same at 512-2048 (Goyal, Nesterov) and 256-2048 (LARS), 3 trials each (begun 2026-12-04)
+#   4x the same at 16,384 (64x) for Goyal's rule, Nesterov and LARS, 3 trials each
 #   4  equal epochs (16), test top-1 per method, 256-8192                     (~12 core-h)
 #   5  a second seed of every chosen trial of stages 1 and 3                  (done: 30 runs, 1.6 core-h)
 #   6  steps to 90% val with each trial's length searched too (--search-budget), Nesterov 128-8192,
 #      6 trials per cell: with a fixed length per batch the steps to target fall on the step schedule's
 #      decay points (docs/results.md), so the length is retuned as Shallue et al. retune the decay
-#   7  the same for LARS, then a second seed of both methods' chosen trials
+#   6x Nesterov at 16,384 with the length searched up to 128 epochs, 4 trials (10-30 min each)
+#   7  stage 6 for LARS, then a second seed of both methods' chosen trials
 #   8  a second seed of the trial each Nesterov cell's fewest steps come from, over all three steps
 #      studies (`largebatch study-report` of them): 512 and 1,024 from stage 1, 2,048-8,192 from
 #      stage 2, 128 and 256 from stage 6 (about 1 core-hour)
@@ -105,6 +107,10 @@ for stage in $STAGES; do
        for cell in "goyal,nesterov 256,512,1024,2048" "lars 256,512,1024,2048"; do set -- $cell
          "$LB" sweep --tune --objective accuracy --methods "$1" --batch-sizes "$2" --epochs 16 --trials 3 \
            "${COMMON[@]}" --out runs/study_epochs --storage "sqlite:///$R/tuned_epochs_e16/study.db"; done ;;
+    4x) # 64x the base batch, the top of the issue's range: 16,384 (3 steps per epoch, 53 in 16 epochs)
+       for cell in "goyal,nesterov 256,16384" "lars 16384"; do set -- $cell
+         "$LB" sweep --tune --objective accuracy --methods "$1" --batch-sizes "$2" --epochs 16 --trials 3 \
+           "${COMMON[@]}" --out runs/study_epochs --storage "sqlite:///$R/tuned_epochs_e16/study.db"; done ;;
     4) "$LB" sweep --tune --objective accuracy --methods goyal,nesterov,lars,lamb --batch-sizes $BATCHES \
          --epochs 16 --trials 4 "${COMMON[@]}" --out runs/study_epochs \
          --storage "sqlite:///$R/tuned_epochs_e16/study.db" ;;
@@ -115,6 +121,9 @@ for stage in $STAGES; do
     6) "$LB" sweep --tune --search-budget --objective steps --methods nesterov --batch-sizes 128,$BATCHES --epochs 8 \
          --epochs-at 2048=16,4096=32,8192=64 --trials 6 "${COMMON[@]}" --out runs/study_steps_budget \
          --storage "sqlite:///$R/tuned_steps_budget/study.db" ;;
+    6x) # 16,384 with the length searched up to 128 epochs (428 steps; S_min is about 220), 4 trials
+       "$LB" sweep --tune --search-budget --objective steps --methods nesterov --batch-sizes 16384 --epochs 128 \
+         --trials 4 "${COMMON[@]}" --out runs/study_steps_budget --storage "sqlite:///$R/tuned_steps_budget/study.db" ;;
     7) "$LB" sweep --tune --search-budget --objective steps --methods nesterov,lars --batch-sizes 128,$BATCHES --epochs 8 \
          --epochs-at 2048=16,4096=32,8192=64 --trials 6 --seeds 0,1 "${COMMON[@]}" --out runs/study_steps_budget \
          --storage "sqlite:///$R/tuned_steps_budget/study.db" ;;
@@ -138,6 +147,6 @@ for stage in $STAGES; do
          pids+=($!)
        done
        wait "${pids[@]}" ;;  # not a bare wait: the renicing loop above is a background job too
-    *) echo "unknown stage $stage (stages are 1-9, 4p, 4q and save)" >&2; exit 2 ;;
+    *) echo "unknown stage $stage (stages are 1-9, 4p, 4q, 4x, 6x and save)" >&2; exit 2 ;;
   esac
 done
