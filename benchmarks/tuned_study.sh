@@ -107,7 +107,7 @@ for stage in $STAGES; do
        for cell in "goyal,nesterov 256,512,1024,2048" "lars 256,512,1024,2048"; do set -- $cell
          "$LB" sweep --tune --objective accuracy --methods "$1" --batch-sizes "$2" --epochs 16 --trials 3 \
            "${COMMON[@]}" --out runs/study_epochs --storage "sqlite:///$R/tuned_epochs_e16/study.db"; done ;;
-    4x) # 64x the base batch, the top of the range: 16,384 (3 steps per epoch, 53 in 16 epochs)
+    4x) # 64x the base batch, the top of the range: 16,384 (3 steps per epoch, 48 in 16 epochs)
        for cell in "goyal,nesterov 256,16384" "lars 16384"; do set -- $cell
          "$LB" sweep --tune --objective accuracy --methods "$1" --batch-sizes "$2" --epochs 16 --trials 3 \
            "${COMMON[@]}" --out runs/study_epochs --storage "sqlite:///$R/tuned_epochs_e16/study.db"; done ;;
