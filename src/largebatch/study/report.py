@@ -81,6 +81,31 @@ def _confirmations(study, trial: int) -> list[dict]:
     return sorted(found, key=lambda c: c["seed"])
 
 
+EDGE_FRACTION = 0.05
+"""A chosen value in the outer 5% of its search range (log scale where it was searched on one) is
+flagged: the optimum may lie outside the range (the Deep Learning Tuning Playbook, Godbole et al.
+2023, "checking the search space's boundaries")."""
+
+
+def params_at_edge(trial) -> list[str]:
+    """Names of ``trial``'s parameters that lie within ``EDGE_FRACTION`` of either bound of their
+    distribution (Optuna's ``FloatDistribution`` / ``IntDistribution``; others are skipped), measured
+    on the log scale for log-searched parameters."""
+    names = []
+    for name, value in trial.params.items():
+        dist = trial.distributions.get(name)
+        low, high = getattr(dist, "low", None), getattr(dist, "high", None)
+        if low is None or high is None or high <= low:
+            continue
+        if getattr(dist, "log", False):
+            position = (math.log(value) - math.log(low)) / (math.log(high) - math.log(low))
+        else:
+            position = (value - low) / (high - low)
+        if position < EDGE_FRACTION or position > 1 - EDGE_FRACTION:
+            names.append(name)
+    return names
+
+
 def _row(cell: dict, study, best, complete: list) -> dict:
     attrs = best.user_attrs
     tests = [attrs.get("top1")]
@@ -95,6 +120,7 @@ def _row(cell: dict, study, best, complete: list) -> dict:
         "study": study.study_name,
         "trial": best.number,
         "params": {k: round(v, 6) for k, v in best.params.items()},
+        "params_at_edge": params_at_edge(best),
         "overrides": attrs.get("overrides", []),
         "value": best.value,
         "steps_to_target": attrs.get("steps_to_val_target"),
@@ -249,7 +275,9 @@ def collect(
 
 
 def _fmt_params(row: dict) -> str:
-    return ", ".join(f"{k} {v:.4g}" for k, v in row["params"].items()) or "rule: " + " ".join(row["overrides"])
+    edge = set(row.get("params_at_edge", []))
+    text = ", ".join(f"{k} {v:.4g}" + (" (edge)" if k in edge else "") for k, v in row["params"].items())
+    return text or "rule: " + " ".join(row["overrides"])
 
 
 def _minutes(row: dict) -> str:
@@ -296,6 +324,12 @@ def report_markdown(report: Report, *, workers_per_trial: int | None = None) -> 
             f"{r['study']} / {r['trial']}{where} | {_fmt_params(r)} | {steps_text} | {(r['val_top1'] or 0):.2f} | {test} | "
             f"{r['trials']} ({r['pruned']}, {r['diverged']}) | {_minutes(r)} |"
         )
+    if any(r.get("params_at_edge") for r in report.rows):
+        lines += [
+            "",
+            f"(edge): the chosen value lies in the outer {EDGE_FRACTION:.0%} of its search range (log scale where "
+            "searched on one); the optimum may lie outside it: widen the range before reading the cell as tuned.",
+        ]
     for method, fit in report.fits.items():
         lines.append("")
         if "error" in fit:
