@@ -14,14 +14,16 @@
 #   3  steps to 90% val, LAMB / Akiba / Mikami / ablations, 256-8192         (done: 85 trial runs, 4.4 core-h)
 #   4p equal epochs (16): Goyal/Nesterov at 256, 4096, 8192 and LARS at 4096, 8192, 3 trials each
 #      (done: 23 trials, 2.6 h wall on both cores, 2026-12-03)
-#   4q the same at 512-2048 (Goyal, Nesterov) and 256-2048 (LARS), 3 trials each (begun 2026-12-04)
+#   4q the same at 512-2048 (Goyal, Nesterov) and 256-2048 (LARS), 3 trials each
+#      (4q and 4x done: 31 trials, 2.9 core-h, 2026-12-04)
 #   4x the same at 16,384 (64x) for Goyal's rule, Nesterov and LARS, 3 trials each
 #   4  equal epochs (16), test top-1 per method, 256-8192                     (~12 core-h)
 #   5  a second seed of every chosen trial of stages 1 and 3                  (done: 30 runs, 1.6 core-h)
 #   6  steps to 90% val with each trial's length searched too (--search-budget), Nesterov 128-8192,
 #      6 trials per cell: with a fixed length per batch the steps to target fall on the step schedule's
 #      decay points (docs/results.md), so the length is retuned as Shallue et al. retune the decay
-#   6x Nesterov at 16,384 with the length searched up to 128 epochs, 4 trials (10-30 min each)
+#   6x Nesterov at 16,384 with the length searched up to 128 epochs, 4 trials (done: 0.6 core-h; none
+#      reached 90%: its LR range sits above what works there, docs/results.md)
 #   7  stage 6 for LARS, then a second seed of both methods' chosen trials
 #   8  a second seed of the trial each Nesterov cell's fewest steps come from, over all three steps
 #      studies (`largebatch study-report` of them): 512 and 1,024 from stage 1, 2,048-8,192 from
