@@ -189,10 +189,10 @@ def test_a_chosen_value_at_the_edge_of_its_search_range_is_flagged(tmp_path):
     # DIST searches base_lr in [1e-3, 10] on a log scale: 5% of the log range is a factor 10**0.2 = 1.58
     add_cell(url, "nesterov-b256-steps-e8", [(C, 8.0, 300, 90.4, 89.0), (C, 0.1, 400, 90.1, 88.0)])  # top edge
     add_cell(url, "nesterov-b512-steps-e8", [(C, 1.4e-3, 200, 90.4, 89.0)])  # bottom edge
-    add_cell(url, "nesterov-b1024-steps-e8", [(C, 0.1, 150, 90.4, 89.0), (C, 6.0, 160, 90.2, 88.0)])  # inside
+    add_cell(url, "nesterov-b1024-steps-e8", [(C, 0.1, 160, 90.2, 88.0), (C, 6.0, 150, 90.4, 89.0)])  # near, inside
     rows = {r["global_batch_size"]: r for r in collect([url], "steps").rows}
     assert rows[256]["params_at_edge"] == ["base_lr"] and rows[512]["params_at_edge"] == ["base_lr"]
     assert rows[1024]["params_at_edge"] == []  # 6.0 is 5.5% of the log range from the top: inside
     table = report_markdown(collect([url], "steps"))
-    assert "base_lr 8 (edge)" in table and "base_lr 0.0014 (edge)" in table and "base_lr 0.1 |" in table
+    assert "base_lr 8 (edge)" in table and "base_lr 0.0014 (edge)" in table and "base_lr 6 |" in table
     assert "(edge): the chosen value lies in the outer 5%" in table
