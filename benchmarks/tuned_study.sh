@@ -17,6 +17,7 @@
 #   4q the same at 512-2048 (Goyal, Nesterov) and 256-2048 (LARS), 3 trials each
 #      (4q and 4x done: 31 trials, 2.9 core-h, 2026-12-04)
 #   4x the same at 16,384 (64x) for Goyal's rule, Nesterov and LARS, 3 trials each
+#   4y 8 trials (5 more) for Nesterov and LARS at 4,096, 8,192 and 16,384, equal epochs  (~2.5 core-h)
 #   4  equal epochs (16), test top-1 per method, 256-8192                     (~12 core-h)
 #   5  a second seed of every chosen trial of stages 1 and 3                  (done: 30 runs, 1.6 core-h)
 #   6  steps to 90% val with each trial's length searched too (--search-budget), Nesterov 128-8192,
@@ -113,6 +114,11 @@ for stage in $STAGES; do
        for cell in "goyal,nesterov 256,16384" "lars 16384"; do set -- $cell
          "$LB" sweep --tune --objective accuracy --methods "$1" --batch-sizes "$2" --epochs 16 --trials 3 \
            "${COMMON[@]}" --out runs/study_epochs --storage "sqlite:///$R/tuned_epochs_e16/study.db"; done ;;
+    4y) # the equal-epochs cells at 16x-64x, where 3 draws of a 3-parameter space left Nesterov far below
+       # LARS (76% at 4,096): 8 trials each (TPE after the first 4), one batch at a time, 4,096 first
+       for b in 4096 8192 16384; do
+         "$LB" sweep --tune --objective accuracy --methods nesterov,lars --batch-sizes $b --epochs 16 --trials 8 \
+           "${COMMON[@]}" --out runs/study_epochs --storage "sqlite:///$R/tuned_epochs_e16/study.db"; done ;;
     4) "$LB" sweep --tune --objective accuracy --methods goyal,nesterov,lars,lamb --batch-sizes $BATCHES \
          --epochs 16 --trials 4 "${COMMON[@]}" --out runs/study_epochs \
          --storage "sqlite:///$R/tuned_epochs_e16/study.db" ;;
@@ -149,6 +155,6 @@ for stage in $STAGES; do
          pids+=($!)
        done
        wait "${pids[@]}" ;;  # not a bare wait: the renicing loop above is a background job too
-    *) echo "unknown stage $stage (stages are 1-9, 4p, 4q, 4x, 6x and save)" >&2; exit 2 ;;
+    *) echo "unknown stage $stage (stages are 1-9, 4p, 4q, 4x, 4y, 6x and save)" >&2; exit 2 ;;
   esac
 done
