@@ -334,6 +334,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             nproc=args.nproc,
             epochs_at=tuple(args.epochs_at),
             search_budget=args.search_budget,
+            lr_range=args.lr_range,
         )
         try:
             run_tuned_sweep(spec)
@@ -363,6 +364,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print((out / "sweep.md").read_text() if rows else "no finished runs")
     print(f"table {out / 'sweep.md'}, {out / 'sweep.csv'}; figure {out / 'sweep.png'}")
     return 0
+
+
+def _lr_range(text: str) -> tuple[float, float]:
+    """``LOW,HIGH`` of --lr-range."""
+    try:
+        low, high = (float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not LOW,HIGH (e.g. 0.001,1)") from None
+    if not 0 < low < high:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 0 < LOW < HIGH (e.g. 0.001,1)")
+    return low, high
 
 
 def _batch_epochs(text: str) -> list[tuple[int, int]]:
@@ -677,6 +689,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also search each trial's length in epochs (1/8 of the cell's epochs to all of them, the "
         "schedule scaled to it), as Shallue et al. retune the decay schedule; with --objective steps",
+    )
+    g.add_argument(
+        "--lr-range",
+        type=_lr_range,
+        default=None,
+        metavar="LOW,HIGH",
+        help="the LR search range on a log scale instead of each method's default (base LR per 256 images; "
+        "LAMB: the LR at the batch), e.g. 0.001,1; a study keeps its range: a new one needs a new --storage",
     )
     g.add_argument(
         "--storage",

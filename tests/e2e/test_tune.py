@@ -131,7 +131,7 @@ def test_pruned_trial_stops_at_an_evaluation_and_diverged_trial_is_marked(tmp_pa
     monkeypatch.setitem(
         tune.SPACES,
         "nesterov",
-        lambda trial, epochs, batch: [
+        lambda trial, epochs, batch, lr_range=None: [
             f"optim.base_lr={trial.suggest_float('base_lr', 1e5, 2e5)}",
             "train.nonfinite_policy=stop",
         ],
@@ -276,3 +276,34 @@ def test_search_budget_draws_each_trials_length_and_scales_its_schedule(tmp_path
     assert study.user_attrs["protocol"]["search_budget"] is True and "budget_epochs" in row["params"]
     with pytest.raises(tune.SweepError, match="--search-budget"):
         run_tuned_sweep(spec_for(out, objective="accuracy", search_budget=True), progress=lambda line: None)
+
+
+def test_lr_range_replaces_the_search_range_and_a_study_keeps_its_own(tmp_path):
+    """--lr-range sets the LR range the trials draw from; a study started with another range is refused
+    before any trial runs (one study, one distribution), and a new storage takes the new range."""
+    out = tmp_path / "wide"
+    spec = spec_for(out, batch_sizes=[256], trials=1, lr_range=(1e-4, 2e-4))
+    run_tuned_sweep(spec, progress=lambda line: None)
+    (t,) = finished(out, spec, "nesterov", 256)
+    dist = t.distributions["base_lr"]
+    assert (dist.low, dist.high, dist.log) == (1e-4, 2e-4, True) and 1e-4 <= t.params["base_lr"] <= 2e-4
+    run = trial_dir(out, "nesterov", 256, t.number)
+    config = json.loads((run / "config.json").read_text())
+    assert config["optim"]["base_lr"] == pytest.approx(t.params["base_lr"])
+    study = optuna.load_study(study_name=study_name("nesterov", 256, spec), storage=spec.storage_url)
+    assert study.user_attrs["protocol"]["lr_range"] == [1e-4, 2e-4]
+
+    # the default range, or another one, on the same storage: refused, and nothing runs
+    for other in (None, (1e-3, 1.0)):
+        with pytest.raises(tune.SweepError, match=r"drew base_lr from \[0.0001, 0.0002\].*new --storage"):
+            run_tuned_sweep(spec_for(out, batch_sizes=[256], trials=2, lr_range=other), progress=lambda line: None)
+    assert len(finished(out, spec, "nesterov", 256)) == 1 and not trial_dir(out, "nesterov", 256, 1).exists()
+
+    proc = clirun.subprocess_run(
+        [sys.executable, "-m", "largebatch", "sweep", "--tune", "--lr-range", "1,0.1", "--out", str(tmp_path / "x")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "--lr-range" in proc.stderr and "0 < LOW < HIGH" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -15,7 +15,7 @@ DIST = {"base_lr": FloatDistribution(1e-3, 10.0, log=True)}
 PROTOCOL = {"target_val_top1": 90.0, "val_size": 5000, "evals_per_epoch": 4}
 
 
-def add_cell(url, name, trials, protocol=PROTOCOL, **study_attrs):
+def add_cell(url, name, trials, protocol=PROTOCOL, dist=DIST, **study_attrs):
     """A cell's study as `sweep --tune` leaves it: each trial (state, base LR, steps to target or
     None, best val top-1, test top-1)."""
     accuracy = "-accuracy-" in name  # an equal-epochs study maximizes the final val top-1
@@ -34,7 +34,7 @@ def add_cell(url, name, trials, protocol=PROTOCOL, **study_attrs):
             create_trial(
                 state=state,
                 params={"base_lr": lr},
-                distributions=DIST,
+                distributions=dist,
                 user_attrs=attrs,
                 values=[value] if state == TrialState.COMPLETE else None,
             )
@@ -196,3 +196,24 @@ def test_a_chosen_value_at_the_edge_of_its_search_range_is_flagged(tmp_path):
     table = report_markdown(collect([url], "steps"))
     assert "base_lr 8 (edge)" in table and "base_lr 0.0014 (edge)" in table and "base_lr 6 |" in table
     assert "(edge): the chosen value lies in the outer 5%" in table
+
+
+def test_the_edge_is_judged_on_every_range_a_cell_was_searched_with(tmp_path):
+    """A cell searched again with a wider LR range (``sweep --tune --lr-range`` into a second storage):
+    a value at the edge of the first range only is inside what was searched; one at the wide range's
+    edge is flagged."""
+    narrow, wide = f"sqlite:///{tmp_path / 'narrow.db'}", f"sqlite:///{tmp_path / 'wide.db'}"
+    C = TrialState.COMPLETE
+    narrow_dist = {"base_lr": FloatDistribution(0.01, 3.0, log=True)}
+    wide_dist = {"base_lr": FloatDistribution(1e-4, 3.0, log=True)}
+    # 8,192: the best trial sits at the bottom of [0.01, 3], the middle of [1e-4, 3]
+    add_cell(narrow, "nesterov-b8192-accuracy-e16", [(C, 0.0105, None, 80.0, 79.5)], dist=narrow_dist)
+    add_cell(wide, "nesterov-b8192-accuracy-e16", [(C, 0.2, None, 60.0, 59.0)], dist=wide_dist)
+    # 16,384: the best trial sits at the bottom of the wide range
+    add_cell(narrow, "nesterov-b16384-accuracy-e16", [(C, 0.05, None, 60.0, 59.0)], dist=narrow_dist)
+    add_cell(wide, "nesterov-b16384-accuracy-e16", [(C, 1.1e-4, None, 75.0, 74.0)], dist=wide_dist)
+    alone = {r["global_batch_size"]: r for r in collect([narrow], "accuracy", epochs=16).rows}
+    assert alone[8192]["params_at_edge"] == ["base_lr"]  # judged on the narrow range alone: flagged
+    rows = {r["global_batch_size"]: r for r in collect([narrow, wide], "accuracy", epochs=16).rows}
+    assert rows[8192]["params"]["base_lr"] == 0.0105 and rows[8192]["params_at_edge"] == []
+    assert rows[16384]["params"]["base_lr"] == 0.00011 and rows[16384]["params_at_edge"] == ["base_lr"]

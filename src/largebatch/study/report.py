@@ -87,17 +87,37 @@ flagged: the optimum may lie outside the range (the Deep Learning Tuning Playboo
 2023, "checking the search space's boundaries")."""
 
 
-def params_at_edge(trial) -> list[str]:
+def searched_bounds(trials: list) -> dict[str, tuple[float, float, bool]]:
+    """Per parameter, ``(low, high, log)`` of the union of the ranges ``trials`` drew it from: a cell
+    searched again with a wider range (``sweep --tune --lr-range`` into another storage) is judged by
+    everything searched."""
+    bounds: dict[str, tuple[float, float, bool]] = {}
+    for t in trials:
+        for name, dist in t.distributions.items():
+            low, high = getattr(dist, "low", None), getattr(dist, "high", None)
+            if low is None or high is None:
+                continue
+            if name in bounds:
+                low, high = min(low, bounds[name][0]), max(high, bounds[name][1])
+            bounds[name] = (low, high, bool(getattr(dist, "log", False)))
+    return bounds
+
+
+def params_at_edge(trial, bounds: dict[str, tuple[float, float, bool]] | None = None) -> list[str]:
     """Names of ``trial``'s parameters that lie within ``EDGE_FRACTION`` of either bound of their
     distribution (Optuna's ``FloatDistribution`` / ``IntDistribution``; others are skipped), measured
-    on the log scale for log-searched parameters."""
+    on the log scale for log-searched parameters. ``bounds`` (``searched_bounds`` of the cell's trials)
+    replaces the trial's own distributions where given."""
     names = []
     for name, value in trial.params.items():
         dist = trial.distributions.get(name)
         low, high = getattr(dist, "low", None), getattr(dist, "high", None)
+        log = getattr(dist, "log", False)
+        if bounds and name in bounds:
+            low, high, log = bounds[name]
         if low is None or high is None or high <= low:
             continue
-        if getattr(dist, "log", False):
+        if log:
             position = (math.log(value) - math.log(low)) / (math.log(high) - math.log(low))
         else:
             position = (value - low) / (high - low)
@@ -239,6 +259,7 @@ def collect(
             pick = max(candidates, key=lambda c: c[2].value)
         row = _row(*pick)
         row["budgets_epochs"] = sorted({c["epochs"] for c, _ in studies})
+        row["params_at_edge"] = params_at_edge(pick[2], searched_bounds(all_trials))
         # counts over every budget of the cell, not only the chosen trial's study
         row["trials"] = len(all_trials)
         row["pruned"] = sum(1 for t in all_trials if t.state != optuna.trial.TrialState.COMPLETE)

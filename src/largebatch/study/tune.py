@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import signal
 import subprocess
@@ -68,9 +69,15 @@ def _momentum(trial) -> float:
     return 1.0 - _log_uniform(trial, "one_minus_momentum", 0.01, 0.2)
 
 
-def _space_sgd(trial, epochs: int, batch: int) -> list[str]:
+SGD_LR_RANGE = (0.01, 3.0)
+LARS_LR_RANGE = (0.1, 30.0)
+LAMB_LR_RANGE = (1e-3, 0.2)
+AKIBA_LR_RANGE = (0.02, 3.0)
+
+
+def _space_sgd(trial, epochs: int, batch: int, lr_range: tuple[float, float] | None = None) -> list[str]:
     return [
-        f"optim.base_lr={_log_uniform(trial, 'base_lr', 0.01, 3.0)}",
+        f"optim.base_lr={_log_uniform(trial, 'base_lr', *(lr_range or SGD_LR_RANGE))}",
         "optim.base_batch_size=256",
         "optim.lr_scaling=linear",
         f"schedule.warmup_epochs={_warmup(trial, epochs)}",
@@ -78,9 +85,9 @@ def _space_sgd(trial, epochs: int, batch: int) -> list[str]:
     ]
 
 
-def _space_lars(trial, epochs: int, batch: int) -> list[str]:
+def _space_lars(trial, epochs: int, batch: int, lr_range: tuple[float, float] | None = None) -> list[str]:
     return [
-        f"optim.base_lr={_log_uniform(trial, 'base_lr', 0.1, 30.0)}",
+        f"optim.base_lr={_log_uniform(trial, 'base_lr', *(lr_range or LARS_LR_RANGE))}",
         "optim.base_batch_size=256",
         "optim.lr_scaling=linear",
         f"schedule.warmup_epochs={_warmup(trial, epochs)}",
@@ -88,30 +95,30 @@ def _space_lars(trial, epochs: int, batch: int) -> list[str]:
     ]
 
 
-def _space_lamb(trial, epochs: int, batch: int) -> list[str]:
+def _space_lamb(trial, epochs: int, batch: int, lr_range: tuple[float, float] | None = None) -> list[str]:
     # the LR at this batch itself (no rule: it is retuned at every batch)
     return [
-        f"optim.base_lr={_log_uniform(trial, 'lr', 1e-3, 0.2)}",
+        f"optim.base_lr={_log_uniform(trial, 'lr', *(lr_range or LAMB_LR_RANGE))}",
         f"optim.base_batch_size={batch}",
         "optim.lr_scaling=linear",
         f"schedule.warmup_epochs={_warmup(trial, epochs)}",
     ]
 
 
-def _space_akiba(trial, epochs: int, batch: int) -> list[str]:
+def _space_akiba(trial, epochs: int, batch: int, lr_range: tuple[float, float] | None = None) -> list[str]:
     # eta_base of the SGD phase and momentum; the RMSprop-to-SGD transition and slow start as the recipe
     return [
-        f"optim.base_lr={_log_uniform(trial, 'base_lr', 0.02, 3.0)}",
+        f"optim.base_lr={_log_uniform(trial, 'base_lr', *(lr_range or AKIBA_LR_RANGE))}",
         "optim.base_batch_size=256",
         "optim.lr_scaling=linear",
         f"optim.momentum={_momentum(trial)}",
     ]
 
 
-def _space_goyal_base(trial, epochs: int, batch: int) -> list[str]:
+def _space_goyal_base(trial, epochs: int, batch: int, lr_range: tuple[float, float] | None = None) -> list[str]:
     # Goyal et al. sec. 2.1: the reference LR is the one hyperparameter tuned, at the base batch
     return [
-        f"optim.base_lr={_log_uniform(trial, 'base_lr', 0.01, 3.0)}",
+        f"optim.base_lr={_log_uniform(trial, 'base_lr', *(lr_range or SGD_LR_RANGE))}",
         "optim.base_batch_size=256",
         "optim.lr_scaling=linear",
     ]
@@ -126,7 +133,25 @@ SPACES: dict[str, Callable] = {
     "goyal": _space_goyal_base,
 }
 """What each method searches: names, ranges and scales. Keys of ``METHODS`` not here use ``goyal``'s
-tuned reference LR."""
+tuned reference LR. Each is called as ``space(trial, epochs, batch, lr_range=...)``."""
+
+LR_SEARCH: dict[str, tuple[str, tuple[float, float]]] = {
+    "nesterov": ("base_lr", SGD_LR_RANGE),
+    "lars": ("base_lr", LARS_LR_RANGE),
+    "lamb": ("lr", LAMB_LR_RANGE),
+    "akiba": ("base_lr", AKIBA_LR_RANGE),
+    "mikami": ("base_lr", LARS_LR_RANGE),
+    "goyal": ("base_lr", SGD_LR_RANGE),
+}
+"""Each searched method's LR parameter and its default range (log scale): ``base_lr`` is the LR per 256
+images, scaled linearly to the batch; LAMB's ``lr`` is the LR at the batch itself. ``--lr-range``
+replaces the range."""
+
+
+def lr_search(method: str, spec: TuneSpec) -> tuple[str, tuple[float, float]]:
+    """The LR parameter ``method``'s trials draw and the range they draw it from under ``spec``."""
+    name, default = LR_SEARCH.get(method, LR_SEARCH["goyal"])
+    return name, tuple(spec.lr_range) if spec.lr_range else default
 
 
 @dataclass
@@ -150,6 +175,10 @@ class TuneSpec:
     epochs_at: tuple[tuple[int, int], ...] = ()
     """(global batch, epochs) pairs that replace ``epochs`` at those batches: larger batches need more
     epochs to reach a target (Shallue et al. give every batch its own step budget)."""
+    lr_range: tuple[float, float] | None = None
+    """The LR search range (low, high) instead of each method's default (``LR_SEARCH``): the base LR per
+    256 images for the linearly scaled methods, the LR at the batch for LAMB. A study keeps the range
+    it was started with: a new range goes to a new storage (``largebatch study-report`` merges them)."""
     search_budget: bool = False
     """Also search each trial's length (``budget_epochs``, integer, log scale from 1/8 of the cell's
     epochs to all of them), the schedule's warmup and decays scaled to it, warmup searched as a
@@ -196,6 +225,10 @@ def check_spec(spec: TuneSpec) -> None:
         raise SweepError(f"method {unknown[0]!r} is unknown; accepted: {', '.join(METHODS)}")
     if spec.evals_per_epoch < 1:
         raise SweepError(f"--evals-per-epoch {spec.evals_per_epoch}: give at least 1")
+    if spec.lr_range is not None:
+        low, high = spec.lr_range
+        if not 0 < low < high:
+            raise SweepError(f"--lr-range {low:g},{high:g}: give LOW,HIGH with 0 < LOW < HIGH (e.g. 0.001,1)")
     if spec.search_budget and spec.objective != "steps":
         raise SweepError("--search-budget searches the run's length: it goes with --objective steps, not equal epochs")
 
@@ -464,6 +497,22 @@ def requeue_interrupted(study) -> list[int]:
     return queued
 
 
+def check_lr_range(study, method: str, spec: TuneSpec, *, storage_url: str) -> None:
+    """Raises SweepError when ``study`` already holds trials that drew the method's LR from another
+    range than the one ``spec`` asks: two ranges in one study would mix two distributions in its
+    sampler and its edge checks."""
+    name, (low, high) = lr_search(method, spec)
+    for trial in study.get_trials(deepcopy=False):
+        dist = trial.distributions.get(name)
+        if dist is None or (math.isclose(dist.low, low) and math.isclose(dist.high, high)):
+            continue
+        raise SweepError(
+            f"study {study.study_name} in {storage_url} drew {name} from [{dist.low:g}, {dist.high:g}], "
+            f"not [{low:g}, {high:g}]: give that --lr-range, or a new --storage for the new range "
+            "(largebatch study-report merges storages)"
+        )
+
+
 def tune_cell(spec: TuneSpec, method: str, batch: int, storage, *, progress: Callable[[str], None]) -> None:
     """Run the missing trials of one (method, global batch) study."""
     import optuna
@@ -486,6 +535,8 @@ def tune_cell(spec: TuneSpec, method: str, batch: int, storage, *, progress: Cal
     study.set_metric_names(["steps_to_val_target" if spec.objective == "steps" else "val_top1"])
     if "protocol" not in study.user_attrs:  # what `largebatch study-report` checks before merging studies
         study.set_user_attr("protocol", protocol_of(spec, batch))
+    if not fixed:
+        check_lr_range(study, method, spec, storage_url=spec.storage_url)
     if len(_finished(study)) >= n_trials:
         return
     requeue_interrupted(study)
@@ -498,7 +549,10 @@ def tune_cell(spec: TuneSpec, method: str, batch: int, storage, *, progress: Cal
             cell_epochs = spec.epochs_for(batch)
             budget = trial.suggest_int("budget_epochs", max(1, cell_epochs // 8), cell_epochs, log=True)
         params = fixed_overrides or space(
-            _BudgetTrial(trial, budget) if budget else trial, budget or spec.epochs_for(batch), batch
+            _BudgetTrial(trial, budget) if budget else trial,
+            budget or spec.epochs_for(batch),
+            batch,
+            lr_range=lr_search(method, spec)[1],
         )
         retried = retry.retried_trial_number(trial)
         number = trial.user_attrs.get("resume_run_number", trial.number)
@@ -613,6 +667,7 @@ def protocol_of(spec: TuneSpec, batch: int) -> dict:
         "nproc": spec.nproc,
         "overrides": list(spec.overrides),
         "search_budget": spec.search_budget,
+        "lr_range": list(spec.lr_range) if spec.lr_range else None,
     }
 
 
@@ -679,6 +734,15 @@ def run_tuned_sweep(spec: TuneSpec, *, progress: Callable[[str], None] | None = 
         optuna.logging.ERROR
     )  # its per-trial warnings (with tracebacks) stay out of the terminal
     storage = _storage(spec)
+    for method in spec.methods:  # a study started with another LR range is refused before any trial runs
+        for b in spec.batch_sizes:
+            if method in FIXED_METHODS and not (method == "goyal" and b == spec.base_batch):
+                continue
+            try:
+                study = optuna.load_study(study_name=study_name(method, b, spec), storage=storage)
+            except KeyError:  # not started yet
+                continue
+            check_lr_range(study, method, spec, storage_url=spec.storage_url)
 
     def on_sigterm(signum, frame):  # the running trial checkpoints and stops; the command resumes it
         raise KeyboardInterrupt
