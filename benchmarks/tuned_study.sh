@@ -18,6 +18,9 @@
 #      (4q and 4x done: 31 trials, 2.9 core-h, 2026-12-04)
 #   4x the same at 16,384 (64x) for Goyal's rule, Nesterov and LARS, 3 trials each
 #   4y 8 trials (5 more) for Nesterov and LARS at 4,096, 8,192 and 16,384, equal epochs  (~2.5 core-h)
+#   4z Nesterov at 8,192 and 16,384 with the LR searched in [0.001, 1] per 256 (--lr-range), 6 trials
+#      each, storage tuned_epochs_e16_wide                                       (~0.6 core-h)
+#   4m LAMB, Akiba and Mikami at equal epochs, 256 and 2,048-8,192, 3 trials each (~4 core-h)
 #   4  equal epochs (16), test top-1 per method, 256-8192                     (~12 core-h)
 #   5  a second seed of every chosen trial of stages 1 and 3                  (done: 30 runs, 1.6 core-h)
 #   6  steps to 90% val with each trial's length searched too (--search-budget), Nesterov 128-8192,
@@ -45,7 +48,7 @@ STAGES=${STAGES:-"1 2 3 4 5"}
 R=docs/results
 BATCHES=256,512,1024,2048,4096,8192
 COMMON=(--target-val-top1 90 --val-size 5000 --nproc 2)
-PAIRS="tuned_steps_budget:runs/study_steps_budget tuned_steps_long:runs/study_steps_long tuned_steps_e8:runs/study_steps tuned_epochs_e16:runs/study_epochs"
+PAIRS="tuned_steps_budget:runs/study_steps_budget tuned_steps_long:runs/study_steps_long tuned_steps_e8:runs/study_steps tuned_epochs_e16:runs/study_epochs tuned_epochs_e16_wide:runs/study_epochs_wide"
 
 save_unfinished() {  # unfinished trial directories (a checkpoint, no summary.json) -> $R/<study>/in_progress,
   # and every finished trial's config.json and summary.json -> $R/<study>/<method>/<batch>/<trial>
@@ -119,6 +122,14 @@ for stage in $STAGES; do
        for b in 4096 8192 16384; do
          "$LB" sweep --tune --objective accuracy --methods nesterov,lars --batch-sizes $b --epochs 16 --trials 8 \
            "${COMMON[@]}" --out runs/study_epochs --storage "sqlite:///$R/tuned_epochs_e16/study.db"; done ;;
+    4z) # Nesterov's chosen LR at 8,192-16,384 sits at the bottom of [0.01, 3] per 256: the same cells
+       # searched over [0.001, 1] in a storage of their own (a study keeps its range), 6 trials each
+       "$LB" sweep --tune --objective accuracy --methods nesterov --batch-sizes 8192,16384 --epochs 16 --trials 6 \
+         --lr-range 0.001,1 "${COMMON[@]}" --out runs/study_epochs_wide \
+         --storage "sqlite:///$R/tuned_epochs_e16_wide/study.db" ;;
+    4m) # equal epochs for the other three methods at the base batch and 8x-32x, 3 trials each like 4p
+       "$LB" sweep --tune --objective accuracy --methods lamb,akiba,mikami --batch-sizes 256,2048,4096,8192 \
+         --epochs 16 --trials 3 "${COMMON[@]}" --out runs/study_epochs --storage "sqlite:///$R/tuned_epochs_e16/study.db" ;;
     4) "$LB" sweep --tune --objective accuracy --methods goyal,nesterov,lars,lamb --batch-sizes $BATCHES \
          --epochs 16 --trials 4 "${COMMON[@]}" --out runs/study_epochs \
          --storage "sqlite:///$R/tuned_epochs_e16/study.db" ;;
@@ -155,6 +166,6 @@ for stage in $STAGES; do
          pids+=($!)
        done
        wait "${pids[@]}" ;;  # not a bare wait: the renicing loop above is a background job too
-    *) echo "unknown stage $stage (stages are 1-9, 4p, 4q, 4x, 4y, 6x and save)" >&2; exit 2 ;;
+    *) echo "unknown stage $stage (stages are 1-9, 4p, 4q, 4x, 4y, 4z, 4m, 6x and save)" >&2; exit 2 ;;
   esac
 done
