@@ -18,8 +18,8 @@
 #      (4q and 4x done: 31 trials, 2.9 core-h, 2026-12-04)
 #   4x the same at 16,384 (64x) for Goyal's rule, Nesterov and LARS, 3 trials each
 #   4y 8 trials (5 more) for Nesterov and LARS at 4,096, 8,192 and 16,384, equal epochs  (~2.5 core-h)
-#   4z Nesterov at 8,192 and 16,384 with the LR searched in [0.001, 1] per 256 (--lr-range), 6 trials
-#      each, storage tuned_epochs_e16_wide                                       (~0.6 core-h)
+#   4z Nesterov at 4,096-16,384 with the LR searched in [0.001, 1] per 256 and 1 - momentum in
+#      [0.001, 0.2] (--search-range), 6 trials each, storage tuned_epochs_e16_wide  (~1.5 core-h)
 #   4m LAMB, Akiba and Mikami at equal epochs, 256 and 2,048-8,192, 3 trials each (~4 core-h)
 #   4  equal epochs (16), test top-1 per method, 256-8192                     (~12 core-h)
 #   5  a second seed of every chosen trial of stages 1 and 3                  (done: 30 runs, 1.6 core-h)
@@ -122,11 +122,13 @@ for stage in $STAGES; do
        for b in 4096 8192 16384; do
          "$LB" sweep --tune --objective accuracy --methods nesterov,lars --batch-sizes $b --epochs 16 --trials 8 \
            "${COMMON[@]}" --out runs/study_epochs --storage "sqlite:///$R/tuned_epochs_e16/study.db"; done ;;
-    4z) # Nesterov's chosen LR at 8,192-16,384 sits at the bottom of [0.01, 3] per 256: the same cells
-       # searched over [0.001, 1] in a storage of their own (a study keeps its range), 6 trials each
-       "$LB" sweep --tune --objective accuracy --methods nesterov --batch-sizes 8192,16384 --epochs 16 --trials 6 \
-         --lr-range 0.001,1 "${COMMON[@]}" --out runs/study_epochs_wide \
-         --storage "sqlite:///$R/tuned_epochs_e16_wide/study.db" ;;
+    4z) # after 4y, retuned Nesterov's chosen LR at 4,096-16,384 sits at the bottom of [0.01, 3] per 256 and
+       # its momentum at the top of [0.8, 0.99]: the same cells searched over LR [0.001, 1] and 1 - momentum
+       # [0.001, 0.2], in a storage of their own (a study keeps its ranges), 6 trials each
+       for b in 4096 8192 16384; do
+         "$LB" sweep --tune --objective accuracy --methods nesterov --batch-sizes $b --epochs 16 --trials 6 \
+           --search-range base_lr=0.001,1 --search-range one_minus_momentum=0.001,0.2 "${COMMON[@]}" \
+           --out runs/study_epochs_wide --storage "sqlite:///$R/tuned_epochs_e16_wide/study.db"; done ;;
     4m) # equal epochs for the other three methods at the base batch and 8x-32x, 3 trials each like 4p
        "$LB" sweep --tune --objective accuracy --methods lamb,akiba,mikami --batch-sizes 256,2048,4096,8192 \
          --epochs 16 --trials 3 "${COMMON[@]}" --out runs/study_epochs --storage "sqlite:///$R/tuned_epochs_e16/study.db" ;;

@@ -334,7 +334,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             nproc=args.nproc,
             epochs_at=tuple(args.epochs_at),
             search_budget=args.search_budget,
-            lr_range=args.lr_range,
+            search_ranges=tuple(args.search_range),
         )
         try:
             run_tuned_sweep(spec)
@@ -366,15 +366,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def _lr_range(text: str) -> tuple[float, float]:
-    """``LOW,HIGH`` of --lr-range."""
+def _search_range(text: str) -> tuple[str, float, float]:
+    """``NAME=LOW,HIGH`` of --search-range."""
     try:
-        low, high = (float(x) for x in text.split(","))
+        name, bounds = text.split("=")
+        low, high = (float(x) for x in bounds.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not LOW,HIGH (e.g. 0.001,1)") from None
-    if not 0 < low < high:
-        raise argparse.ArgumentTypeError(f"{text!r}: give 0 < LOW < HIGH (e.g. 0.001,1)")
-    return low, high
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=LOW,HIGH (e.g. base_lr=0.001,1)") from None
+    if not 0 <= low < high:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 0 <= LOW < HIGH (e.g. base_lr=0.001,1)")
+    return name.strip(), low, high
 
 
 def _batch_epochs(text: str) -> list[tuple[int, int]]:
@@ -691,12 +692,14 @@ def build_parser() -> argparse.ArgumentParser:
         "schedule scaled to it), as Shallue et al. retune the decay schedule; with --objective steps",
     )
     g.add_argument(
-        "--lr-range",
-        type=_lr_range,
-        default=None,
-        metavar="LOW,HIGH",
-        help="the LR search range on a log scale instead of each method's default (base LR per 256 images; "
-        "LAMB: the LR at the batch), e.g. 0.001,1; a study keeps its range: a new one needs a new --storage",
+        "--search-range",
+        type=_search_range,
+        action="append",
+        default=[],
+        metavar="NAME=LOW,HIGH",
+        help="replace a searched parameter's range in every method's space, on its own scale, e.g. "
+        "base_lr=0.001,1 (LR per 256 images) or one_minus_momentum=0.001,0.2; repeatable. A study keeps "
+        "its ranges: new ones need a new --storage",
     )
     g.add_argument(
         "--storage",

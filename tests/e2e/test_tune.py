@@ -113,7 +113,11 @@ def test_pruned_trial_stops_at_an_evaluation_and_diverged_trial_is_marked(tmp_pa
     out = tmp_path / "prune"
     # a pruner that stops every trial at its first report: the trial's run gets SIGTERM there
     monkeypatch.setattr(tune, "_pruner", lambda spec, warmup_steps: optuna.pruners.ThresholdPruner(upper=-1.0))
-    spec = spec_for(out, batch_sizes=[128], trials=1, evals_per_epoch=4, epochs=4)  # 48 steps: stopped long before
+    # 48 steps, 12 per epoch, evaluated every 3: stopped long before the end, but not inside its warmup
+    # (0.9-1 epochs, drawn from the range given: 11-12 steps), where a longer warmup is behind by design
+    spec = spec_for(
+        out, batch_sizes=[128], trials=1, evals_per_epoch=4, epochs=4, search_ranges=(("warmup_epochs", 0.9, 1.0),)
+    )
     assert run_tuned_sweep(spec, progress=lambda line: None) == []  # no completed trial: no row
     (t,) = finished(out, spec, "nesterov", 128)
     assert t.state == optuna.trial.TrialState.PRUNED and len(t.intermediate_values) >= 1
@@ -122,6 +126,7 @@ def test_pruned_trial_stops_at_an_evaluation_and_diverged_trial_is_marked(tmp_pa
     assert list((run / "checkpoints").glob("*.pt"))  # but it checkpointed at the step (SIGTERM, exit 75)
     marker = json.loads((run / "pruned.json").read_text())  # and says why it stopped short
     assert marker["pruned_at_step"] == max(t.intermediate_values)
+    assert marker["pruned_at_step"] == 12 and min(t.intermediate_values) == 3  # reported from step 3 on
     assert marker["val_top1"] == pytest.approx(
         100.0 - t.intermediate_values[marker["pruned_at_step"]]
     )  # error reported
@@ -131,7 +136,7 @@ def test_pruned_trial_stops_at_an_evaluation_and_diverged_trial_is_marked(tmp_pa
     monkeypatch.setitem(
         tune.SPACES,
         "nesterov",
-        lambda trial, epochs, batch, lr_range=None: [
+        lambda trial, epochs, batch: [
             f"optim.base_lr={trial.suggest_float('base_lr', 1e5, 2e5)}",
             "train.nonfinite_policy=stop",
         ],
@@ -278,32 +283,50 @@ def test_search_budget_draws_each_trials_length_and_scales_its_schedule(tmp_path
         run_tuned_sweep(spec_for(out, objective="accuracy", search_budget=True), progress=lambda line: None)
 
 
-def test_lr_range_replaces_the_search_range_and_a_study_keeps_its_own(tmp_path):
-    """--lr-range sets the LR range the trials draw from; a study started with another range is refused
-    before any trial runs (one study, one distribution), and a new storage takes the new range."""
+def test_search_range_replaces_a_range_and_a_study_keeps_its_own(tmp_path):
+    """--search-range sets the range a parameter is drawn from; a study started with other ranges is
+    refused before any trial runs (one study, one distribution), and an unknown name is refused."""
     out = tmp_path / "wide"
-    spec = spec_for(out, batch_sizes=[256], trials=1, lr_range=(1e-4, 2e-4))
+    ranges = (("base_lr", 1e-4, 2e-4), ("one_minus_momentum", 0.001, 0.002))
+    spec = spec_for(out, batch_sizes=[256], trials=1, search_ranges=ranges)
     run_tuned_sweep(spec, progress=lambda line: None)
     (t,) = finished(out, spec, "nesterov", 256)
-    dist = t.distributions["base_lr"]
-    assert (dist.low, dist.high, dist.log) == (1e-4, 2e-4, True) and 1e-4 <= t.params["base_lr"] <= 2e-4
-    run = trial_dir(out, "nesterov", 256, t.number)
-    config = json.loads((run / "config.json").read_text())
+    lr, one_minus = t.distributions["base_lr"], t.distributions["one_minus_momentum"]
+    assert (lr.low, lr.high, lr.log) == (1e-4, 2e-4, True) and 1e-4 <= t.params["base_lr"] <= 2e-4
+    assert (one_minus.low, one_minus.high) == (0.001, 0.002)
+    assert t.distributions["warmup_epochs"].high == 0.5  # not named: the space's own range
+    config = json.loads((trial_dir(out, "nesterov", 256, t.number) / "config.json").read_text())
     assert config["optim"]["base_lr"] == pytest.approx(t.params["base_lr"])
+    assert config["optim"]["momentum"] == pytest.approx(1 - t.params["one_minus_momentum"])
     study = optuna.load_study(study_name=study_name("nesterov", 256, spec), storage=spec.storage_url)
-    assert study.user_attrs["protocol"]["lr_range"] == [1e-4, 2e-4]
+    assert study.user_attrs["protocol"]["search_ranges"] == {
+        "base_lr": [1e-4, 2e-4],
+        "one_minus_momentum": [0.001, 0.002],
+    }
 
-    # the default range, or another one, on the same storage: refused, and nothing runs
-    for other in (None, (1e-3, 1.0)):
-        with pytest.raises(tune.SweepError, match=r"drew base_lr from \[0.0001, 0.0002\].*new --storage"):
-            run_tuned_sweep(spec_for(out, batch_sizes=[256], trials=2, lr_range=other), progress=lambda line: None)
+    # the default ranges, or other ones, on the same storage: refused, and nothing runs
+    for other in ((), (("base_lr", 1e-3, 1.0),), ranges[:1]):
+        with pytest.raises(tune.SweepError, match=r"drew \w+ from \[0.00\d+, 0.00\d+\].*new --storage"):
+            run_tuned_sweep(spec_for(out, batch_sizes=[256], trials=2, search_ranges=other), progress=lambda line: None)
     assert len(finished(out, spec, "nesterov", 256)) == 1 and not trial_dir(out, "nesterov", 256, 1).exists()
+    with pytest.raises(tune.SweepError, match="not a parameter these methods search; they search base_lr, "):
+        run_tuned_sweep(spec_for(tmp_path / "y", search_ranges=(("momentum", 0.9, 0.99),)), progress=lambda line: None)
 
     proc = clirun.subprocess_run(
-        [sys.executable, "-m", "largebatch", "sweep", "--tune", "--lr-range", "1,0.1", "--out", str(tmp_path / "x")],
+        [
+            sys.executable,
+            "-m",
+            "largebatch",
+            "sweep",
+            "--tune",
+            "--search-range",
+            "base_lr=1,0.1",
+            "--out",
+            str(tmp_path / "x"),
+        ],
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert proc.returncode == 2 and "--lr-range" in proc.stderr and "0 < LOW < HIGH" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "--search-range" in proc.stderr and "0 <= LOW < HIGH" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "x").exists()

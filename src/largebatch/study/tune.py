@@ -19,7 +19,8 @@ Two objectives:
 - ``accuracy`` (Goyal et al. Fig. 1, equal epochs): the validation top-1 after the run's epochs.
 
 The search is Optuna's (TPE sampler; median or successive-halving pruner on the validation top-1
-reported at every evaluation; ``optuna.storages.RDBStorage``, a SQLite file by default). Several
+reported at every evaluation, a trial never stopped inside its own LR warmup;
+``optuna.storages.RDBStorage``, a SQLite file by default). Several
 machines share one study by passing the same PostgreSQL or MySQL URL as ``--storage``: each runs
 trials until the cell has ``--trials`` finished ones. The study is resumable: the same command goes
 on from the storage; a trial whose process died (no heartbeat) is retried with its parameters and
@@ -69,15 +70,9 @@ def _momentum(trial) -> float:
     return 1.0 - _log_uniform(trial, "one_minus_momentum", 0.01, 0.2)
 
 
-SGD_LR_RANGE = (0.01, 3.0)
-LARS_LR_RANGE = (0.1, 30.0)
-LAMB_LR_RANGE = (1e-3, 0.2)
-AKIBA_LR_RANGE = (0.02, 3.0)
-
-
-def _space_sgd(trial, epochs: int, batch: int, lr_range: tuple[float, float] | None = None) -> list[str]:
+def _space_sgd(trial, epochs: int, batch: int) -> list[str]:
     return [
-        f"optim.base_lr={_log_uniform(trial, 'base_lr', *(lr_range or SGD_LR_RANGE))}",
+        f"optim.base_lr={_log_uniform(trial, 'base_lr', 0.01, 3.0)}",
         "optim.base_batch_size=256",
         "optim.lr_scaling=linear",
         f"schedule.warmup_epochs={_warmup(trial, epochs)}",
@@ -85,9 +80,9 @@ def _space_sgd(trial, epochs: int, batch: int, lr_range: tuple[float, float] | N
     ]
 
 
-def _space_lars(trial, epochs: int, batch: int, lr_range: tuple[float, float] | None = None) -> list[str]:
+def _space_lars(trial, epochs: int, batch: int) -> list[str]:
     return [
-        f"optim.base_lr={_log_uniform(trial, 'base_lr', *(lr_range or LARS_LR_RANGE))}",
+        f"optim.base_lr={_log_uniform(trial, 'base_lr', 0.1, 30.0)}",
         "optim.base_batch_size=256",
         "optim.lr_scaling=linear",
         f"schedule.warmup_epochs={_warmup(trial, epochs)}",
@@ -95,30 +90,30 @@ def _space_lars(trial, epochs: int, batch: int, lr_range: tuple[float, float] | 
     ]
 
 
-def _space_lamb(trial, epochs: int, batch: int, lr_range: tuple[float, float] | None = None) -> list[str]:
+def _space_lamb(trial, epochs: int, batch: int) -> list[str]:
     # the LR at this batch itself (no rule: it is retuned at every batch)
     return [
-        f"optim.base_lr={_log_uniform(trial, 'lr', *(lr_range or LAMB_LR_RANGE))}",
+        f"optim.base_lr={_log_uniform(trial, 'lr', 1e-3, 0.2)}",
         f"optim.base_batch_size={batch}",
         "optim.lr_scaling=linear",
         f"schedule.warmup_epochs={_warmup(trial, epochs)}",
     ]
 
 
-def _space_akiba(trial, epochs: int, batch: int, lr_range: tuple[float, float] | None = None) -> list[str]:
+def _space_akiba(trial, epochs: int, batch: int) -> list[str]:
     # eta_base of the SGD phase and momentum; the RMSprop-to-SGD transition and slow start as the recipe
     return [
-        f"optim.base_lr={_log_uniform(trial, 'base_lr', *(lr_range or AKIBA_LR_RANGE))}",
+        f"optim.base_lr={_log_uniform(trial, 'base_lr', 0.02, 3.0)}",
         "optim.base_batch_size=256",
         "optim.lr_scaling=linear",
         f"optim.momentum={_momentum(trial)}",
     ]
 
 
-def _space_goyal_base(trial, epochs: int, batch: int, lr_range: tuple[float, float] | None = None) -> list[str]:
+def _space_goyal_base(trial, epochs: int, batch: int) -> list[str]:
     # Goyal et al. sec. 2.1: the reference LR is the one hyperparameter tuned, at the base batch
     return [
-        f"optim.base_lr={_log_uniform(trial, 'base_lr', *(lr_range or SGD_LR_RANGE))}",
+        f"optim.base_lr={_log_uniform(trial, 'base_lr', 0.01, 3.0)}",
         "optim.base_batch_size=256",
         "optim.lr_scaling=linear",
     ]
@@ -133,25 +128,33 @@ SPACES: dict[str, Callable] = {
     "goyal": _space_goyal_base,
 }
 """What each method searches: names, ranges and scales. Keys of ``METHODS`` not here use ``goyal``'s
-tuned reference LR. Each is called as ``space(trial, epochs, batch, lr_range=...)``."""
-
-LR_SEARCH: dict[str, tuple[str, tuple[float, float]]] = {
-    "nesterov": ("base_lr", SGD_LR_RANGE),
-    "lars": ("base_lr", LARS_LR_RANGE),
-    "lamb": ("lr", LAMB_LR_RANGE),
-    "akiba": ("base_lr", AKIBA_LR_RANGE),
-    "mikami": ("base_lr", LARS_LR_RANGE),
-    "goyal": ("base_lr", SGD_LR_RANGE),
-}
-"""Each searched method's LR parameter and its default range (log scale): ``base_lr`` is the LR per 256
-images, scaled linearly to the batch; LAMB's ``lr`` is the LR at the batch itself. ``--lr-range``
-replaces the range."""
+tuned reference LR. ``--search-range NAME=LOW,HIGH`` replaces a range (``_RangedTrial``)."""
 
 
-def lr_search(method: str, spec: TuneSpec) -> tuple[str, tuple[float, float]]:
-    """The LR parameter ``method``'s trials draw and the range they draw it from under ``spec``."""
-    name, default = LR_SEARCH.get(method, LR_SEARCH["goyal"])
-    return name, tuple(spec.lr_range) if spec.lr_range else default
+class _RangedTrial:
+    """An Optuna trial whose ``suggest_float`` draws the parameters named in ``ranges`` from those
+    ranges instead of the ones the search space gives (``--search-range``)."""
+
+    def __init__(self, trial, ranges: dict[str, tuple[float, float]]):
+        self._trial, self._ranges = trial, ranges
+
+    def suggest_float(self, name: str, low: float, high: float, *, log: bool = False) -> float:
+        low, high = self._ranges.get(name, (low, high))
+        return self._trial.suggest_float(name, low, high, log=log)
+
+    def __getattr__(self, name: str):
+        return getattr(self._trial, name)
+
+
+class _Recorder:
+    """Stands in for a trial to read a search space: records each ``suggest_float``'s range."""
+
+    def __init__(self):
+        self.space: dict[str, tuple[float, float, bool]] = {}
+
+    def suggest_float(self, name: str, low: float, high: float, *, log: bool = False) -> float:
+        self.space[name] = (low, high, log)
+        return math.sqrt(low * high) if log else (low + high) / 2
 
 
 @dataclass
@@ -175,10 +178,11 @@ class TuneSpec:
     epochs_at: tuple[tuple[int, int], ...] = ()
     """(global batch, epochs) pairs that replace ``epochs`` at those batches: larger batches need more
     epochs to reach a target (Shallue et al. give every batch its own step budget)."""
-    lr_range: tuple[float, float] | None = None
-    """The LR search range (low, high) instead of each method's default (``LR_SEARCH``): the base LR per
-    256 images for the linearly scaled methods, the LR at the batch for LAMB. A study keeps the range
-    it was started with: a new range goes to a new storage (``largebatch study-report`` merges them)."""
+    search_ranges: tuple[tuple[str, float, float], ...] = ()
+    """(parameter, low, high) triples that replace those parameters' ranges in every method's search
+    space (``SPACES``; e.g. ``base_lr``, the LR per 256 images, or ``one_minus_momentum``), on the
+    scale the space searches them. A study keeps the ranges it was started with: new ranges go to a
+    new storage (``largebatch study-report`` merges storages)."""
     search_budget: bool = False
     """Also search each trial's length (``budget_epochs``, integer, log scale from 1/8 of the cell's
     epochs to all of them), the schedule's warmup and decays scaled to it, warmup searched as a
@@ -225,10 +229,18 @@ def check_spec(spec: TuneSpec) -> None:
         raise SweepError(f"method {unknown[0]!r} is unknown; accepted: {', '.join(METHODS)}")
     if spec.evals_per_epoch < 1:
         raise SweepError(f"--evals-per-epoch {spec.evals_per_epoch}: give at least 1")
-    if spec.lr_range is not None:
-        low, high = spec.lr_range
-        if not 0 < low < high:
-            raise SweepError(f"--lr-range {low:g},{high:g}: give LOW,HIGH with 0 < LOW < HIGH (e.g. 0.001,1)")
+    if spec.search_ranges:
+        searched: set[str] = set()
+        for method in spec.methods:
+            searched |= set(search_space(method, spec, spec.base_batch))
+        for name, low, high in spec.search_ranges:
+            if not 0 <= low < high:
+                raise SweepError(f"--search-range {name}={low:g},{high:g}: give LOW,HIGH with 0 <= LOW < HIGH")
+            if name not in searched:
+                raise SweepError(
+                    f"--search-range {name}: not a parameter these methods search; they search "
+                    f"{', '.join(sorted(searched))}"
+                )
     if spec.search_budget and spec.objective != "steps":
         raise SweepError("--search-budget searches the run's length: it goes with --objective steps, not equal epochs")
 
@@ -393,7 +405,8 @@ def _pruner(spec: TuneSpec, warmup_steps: int):
 
     if spec.pruner == "median":
         # a trial is stopped when its validation top-1 is below the median of earlier trials at the same
-        # step, once 2 trials have finished and past the first fifth of the run (early evaluations are noisy)
+        # step, once 2 trials have finished and past the first fifth of the run (early evaluations are noisy);
+        # each trial also runs past its own LR warmup before it can be stopped (tune_cell's report)
         return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=warmup_steps, interval_steps=1)
     if spec.pruner == "halving":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
@@ -497,20 +510,39 @@ def requeue_interrupted(study) -> list[int]:
     return queued
 
 
-def check_lr_range(study, method: str, spec: TuneSpec, *, storage_url: str) -> None:
-    """Raises SweepError when ``study`` already holds trials that drew the method's LR from another
-    range than the one ``spec`` asks: two ranges in one study would mix two distributions in its
-    sampler and its edge checks."""
-    name, (low, high) = lr_search(method, spec)
+def search_space(method: str, spec: TuneSpec, batch: int) -> dict[str, tuple[float, float, bool]]:
+    """What a trial of ``method`` at ``batch`` draws under ``spec``: ``{name: (low, high, log)}``, the
+    method's space (``SPACES``) with ``spec.search_ranges`` applied; empty for a cell that carries a
+    rule instead of searching (Goyal's rule above the base batch and its ablations)."""
+    if method in FIXED_METHODS and not (method == "goyal" and batch == spec.base_batch):
+        return {}
+    recorder = _Recorder()
+    ranged = _RangedTrial(recorder, {n: (lo, hi) for n, lo, hi in spec.search_ranges})
+    epochs = spec.epochs_for(batch)
+    if spec.search_budget:
+        recorder.space["budget_epochs"] = (max(1, epochs // 8), epochs, True)
+        SPACES.get(method, _space_goyal_base)(_BudgetTrial(ranged, epochs), epochs, batch)
+    else:
+        SPACES.get(method, _space_goyal_base)(ranged, epochs, batch)
+    return recorder.space
+
+
+def check_search_space(study, method: str, batch: int, spec: TuneSpec, *, storage_url: str) -> None:
+    """Raises SweepError when ``study`` holds trials that drew a parameter from another range than
+    ``spec`` would: two ranges in one study mix two distributions in its sampler and edge checks."""
+    space = search_space(method, spec, batch)
     for trial in study.get_trials(deepcopy=False):
-        dist = trial.distributions.get(name)
-        if dist is None or (math.isclose(dist.low, low) and math.isclose(dist.high, high)):
-            continue
-        raise SweepError(
-            f"study {study.study_name} in {storage_url} drew {name} from [{dist.low:g}, {dist.high:g}], "
-            f"not [{low:g}, {high:g}]: give that --lr-range, or a new --storage for the new range "
-            "(largebatch study-report merges storages)"
-        )
+        for name, dist in trial.distributions.items():
+            if name not in space or not hasattr(dist, "low"):
+                continue
+            low, high, _ = space[name]
+            if math.isclose(dist.low, low) and math.isclose(dist.high, high):
+                continue
+            raise SweepError(
+                f"study {study.study_name} in {storage_url} drew {name} from [{dist.low:g}, {dist.high:g}], "
+                f"this command from [{low:g}, {high:g}]: give --search-range {name}={dist.low:g},{dist.high:g}, "
+                "or a new --storage for the new range (largebatch study-report merges storages)"
+            )
 
 
 def tune_cell(spec: TuneSpec, method: str, batch: int, storage, *, progress: Callable[[str], None]) -> None:
@@ -535,8 +567,7 @@ def tune_cell(spec: TuneSpec, method: str, batch: int, storage, *, progress: Cal
     study.set_metric_names(["steps_to_val_target" if spec.objective == "steps" else "val_top1"])
     if "protocol" not in study.user_attrs:  # what `largebatch study-report` checks before merging studies
         study.set_user_attr("protocol", protocol_of(spec, batch))
-    if not fixed:
-        check_lr_range(study, method, spec, storage_url=spec.storage_url)
+    check_search_space(study, method, batch, spec, storage_url=spec.storage_url)
     if len(_finished(study)) >= n_trials:
         return
     requeue_interrupted(study)
@@ -548,11 +579,9 @@ def tune_cell(spec: TuneSpec, method: str, batch: int, storage, *, progress: Cal
         if spec.search_budget and not fixed_overrides:
             cell_epochs = spec.epochs_for(batch)
             budget = trial.suggest_int("budget_epochs", max(1, cell_epochs // 8), cell_epochs, log=True)
+        ranged = _RangedTrial(trial, {n: (lo, hi) for n, lo, hi in spec.search_ranges})
         params = fixed_overrides or space(
-            _BudgetTrial(trial, budget) if budget else trial,
-            budget or spec.epochs_for(batch),
-            batch,
-            lr_range=lr_search(method, spec)[1],
+            _BudgetTrial(ranged, budget) if budget else ranged, budget or spec.epochs_for(batch), batch
         )
         retried = retry.retried_trial_number(trial)
         number = trial.user_attrs.get("resume_run_number", trial.number)
@@ -571,12 +600,17 @@ def tune_cell(spec: TuneSpec, method: str, batch: int, storage, *, progress: Cal
 
         reported: set[int] = set()
 
+        # not pruned before its own LR warmup ends: while warming up, a trial with a longer warmup is
+        # behind the others by construction (at 16,384, 48 steps in all, the pruner's first fifth ends
+        # at step 9, inside most warmups)
+        warmup_end_step = math.ceil(cfg.schedule.warmup_epochs / cfg.train.epochs * total_steps)
+
         def report(val_top1: float, step: int) -> bool:
             last.update(val_top1=val_top1, steps=step)
             if step not in reported:  # a resumed run evaluates its checkpoint's step again
                 reported.add(step)
                 trial.report(100.0 - val_top1 if direction_error else val_top1, step)
-            return trial.should_prune()
+            return step >= warmup_end_step and trial.should_prune()
 
         t0 = time.perf_counter()
         try:
@@ -667,7 +701,7 @@ def protocol_of(spec: TuneSpec, batch: int) -> dict:
         "nproc": spec.nproc,
         "overrides": list(spec.overrides),
         "search_budget": spec.search_budget,
-        "lr_range": list(spec.lr_range) if spec.lr_range else None,
+        "search_ranges": {name: [low, high] for name, low, high in spec.search_ranges},
     }
 
 
@@ -734,15 +768,13 @@ def run_tuned_sweep(spec: TuneSpec, *, progress: Callable[[str], None] | None = 
         optuna.logging.ERROR
     )  # its per-trial warnings (with tracebacks) stay out of the terminal
     storage = _storage(spec)
-    for method in spec.methods:  # a study started with another LR range is refused before any trial runs
+    for method in spec.methods:  # a study started with other ranges is refused before any trial runs
         for b in spec.batch_sizes:
-            if method in FIXED_METHODS and not (method == "goyal" and b == spec.base_batch):
-                continue
             try:
                 study = optuna.load_study(study_name=study_name(method, b, spec), storage=storage)
             except KeyError:  # not started yet
                 continue
-            check_lr_range(study, method, spec, storage_url=spec.storage_url)
+            check_search_space(study, method, b, spec, storage_url=spec.storage_url)
 
     def on_sigterm(signum, frame):  # the running trial checkpoints and stops; the command resumes it
         raise KeyboardInterrupt
