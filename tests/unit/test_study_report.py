@@ -9,7 +9,14 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from largebatch.cli import main
-from largebatch.study.report import ReportError, collect, parse_study_name, report_markdown, write_report
+from largebatch.study.report import (
+    ReportError,
+    collect,
+    parse_study_name,
+    report_markdown,
+    storage_label,
+    write_report,
+)
 
 DIST = {"base_lr": FloatDistribution(1e-3, 10.0, log=True)}
 PROTOCOL = {"target_val_top1": 90.0, "val_size": 5000, "evals_per_epoch": 4}
@@ -217,3 +224,10 @@ def test_the_edge_is_judged_on_every_range_a_cell_was_searched_with(tmp_path):
     rows = {r["global_batch_size"]: r for r in collect([narrow, wide], "accuracy", epochs=16).rows}
     assert rows[8192]["params"]["base_lr"] == 0.0105 and rows[8192]["params_at_edge"] == []
     assert rows[16384]["params"]["base_lr"] == 0.00011 and rows[16384]["params_at_edge"] == ["base_lr"]
+    # the same study name in both storages: the table says which one the chosen trial is in
+    assert rows[8192]["storage"] == narrow and rows[16384]["storage"] == wide
+    table = report_markdown(collect([narrow, wide], "accuracy", epochs=16))
+    assert f"nesterov-b8192-accuracy-e16 / 0 in {tmp_path.name}/narrow.db |" in table
+    assert f"nesterov-b16384-accuracy-e16 / 0 in {tmp_path.name}/wide.db |" in table
+    assert " in " not in report_markdown(collect([narrow], "accuracy", epochs=16)).split("\n")[4]
+    assert storage_label("postgresql://lb:secret@db.example:5432/study") == "postgresql://lb:***@db.example:5432/study"

@@ -138,6 +138,7 @@ def _row(cell: dict, study, best, complete: list) -> dict:
         "global_batch_size": cell["batch"],
         "epochs": cell["epochs"],
         "study": study.study_name,
+        "storage": cell.get("storage"),
         "trial": best.number,
         "params": {k: round(v, 6) for k, v in best.params.items()},
         "params_at_edge": params_at_edge(best),
@@ -224,6 +225,7 @@ def collect(
                             "a report merges studies of one protocol; give the storages separately"
                         )
                     protocol[key] = recorded[key]
+            cell["storage"] = url
             cells.setdefault((cell["method"], cell["batch"]), []).append((cell, study))
     if not cells:
         raise ReportError(f"no tuned studies of objective {objective!r} in {', '.join(storages)}")
@@ -259,6 +261,7 @@ def collect(
             pick = max(candidates, key=lambda c: c[2].value)
         row = _row(*pick)
         row["budgets_epochs"] = sorted({c["epochs"] for c, _ in studies})
+        row["study_name_in_storages"] = sum(1 for _, st in studies if st.study_name == row["study"])
         row["params_at_edge"] = params_at_edge(pick[2], searched_bounds(all_trials))
         # counts over every budget of the cell, not only the chosen trial's study
         row["trials"] = len(all_trials)
@@ -309,6 +312,14 @@ def _minutes(row: dict) -> str:
     return text
 
 
+def storage_label(url: str) -> str:
+    """A short name for a storage in a table: the last two parts of a SQLite file's path
+    (``tuned_epochs_e16_wide/study.db``), else the URL without its password."""
+    if url.startswith("sqlite:///"):
+        return "/".join(Path(url[len("sqlite:///") :]).parts[-2:])
+    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
+
+
 def report_markdown(report: Report, *, workers_per_trial: int | None = None) -> str:
     """The table of the best trial per cell, then one line per fit and per scaling region."""
     target = report.protocol.get("target_val_top1")
@@ -340,6 +351,8 @@ def report_markdown(report: Report, *, workers_per_trial: int | None = None) -> 
         if report.objective == "steps" and further:  # the chosen trial's steps again with each further seed
             steps_text += " (further seeds: " + ", ".join(str(x) if x else "not reached" for x in further) + ")"
         where = f" ({r['machine']})" if r.get("machine") else ""
+        if r.get("study_name_in_storages", 1) > 1:  # the same study name in several storages: say which
+            where += f" in {storage_label(r['storage'])}"
         lines.append(
             f"| {r['method']} | {r['global_batch_size']} | {'/'.join(map(str, r['budgets_epochs']))} | "
             f"{r['study']} / {r['trial']}{where} | {_fmt_params(r)} | {steps_text} | {(r['val_top1'] or 0):.2f} | {test} | "
