@@ -17,10 +17,13 @@
 #   4q the same at 512-2048 (Goyal, Nesterov) and 256-2048 (LARS), 3 trials each
 #      (4q and 4x done: 31 trials, 2.9 core-h, 2026-12-04)
 #   4x the same at 16,384 (64x) for Goyal's rule, Nesterov and LARS, 3 trials each
-#   4y 8 trials (5 more) for Nesterov and LARS at 4,096, 8,192 and 16,384, equal epochs  (~2.5 core-h)
+#   4y 8 trials (5 more) for Nesterov and LARS at 4,096, 8,192 and 16,384, equal epochs
+#      (done: 30 trials, 43 min on both cores, 2026-12-04)
 #   4z Nesterov at 4,096-16,384 with the LR searched in [0.001, 1] per 256 and 1 - momentum in
-#      [0.001, 0.2] (--search-range), 6 trials each, storage tuned_epochs_e16_wide  (~1.5 core-h)
-#   4m LAMB, Akiba and Mikami at equal epochs, 256 and 2,048-8,192, 3 trials each (~4 core-h)
+#      [0.001, 0.2] (--search-range), 6 trials each, storage tuned_epochs_e16_wide
+#      (done: 18 trials, 43 min on both cores, 2026-12-05)
+#   4m LAMB, Akiba and Mikami at equal epochs, 256 and 2,048-8,192, 3 trials each (~4 core-h;
+#      LAMB done in 34 min on both cores, 2026-12-05; Akiba's first trial at 256 checkpointed)
 #   4  equal epochs (16), test top-1 per method, 256-8192                     (~12 core-h)
 #   5  a second seed of every chosen trial of stages 1 and 3                  (done: 30 runs, 1.6 core-h)
 #   6  steps to 90% val with each trial's length searched too (--search-budget), Nesterov 128-8192,
