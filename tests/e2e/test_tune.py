@@ -148,30 +148,17 @@ def test_pruned_trial_stops_at_an_evaluation_and_diverged_trial_is_marked(tmp_pa
 
 
 def test_tune_refuses_bad_requests_before_any_trial(tmp_path):
-    proc = clirun.subprocess_run(
-        [
-            sys.executable,
-            "-m",
-            "largebatch",
-            "sweep",
-            "--tune",
-            "--methods",
-            "nesterov,adam",
-            "--out",
-            str(tmp_path / "x"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    def sweep(*args):
+        command = [sys.executable, "-m", "largebatch", "sweep", "--tune", *args, "--out", str(tmp_path / "x")]
+        return clirun.subprocess_run(command, capture_output=True, text=True, timeout=120)
+
+    proc = sweep("--methods", "nesterov,adam")
     assert proc.returncode == 2 and "method 'adam' is unknown" in proc.stderr and "Traceback" not in proc.stderr
-    proc = clirun.subprocess_run(
-        [sys.executable, "-m", "largebatch", "sweep", "--tune", "--val-size", "0", "--out", str(tmp_path / "x")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = sweep("--val-size", "0")
     assert proc.returncode == 2 and "validation split" in proc.stderr
+    proc = sweep("--search-range", "base_lr=1,0.1")
+    assert proc.returncode == 2 and "--search-range" in proc.stderr and "0 <= LOW < HIGH" in proc.stderr
+    assert "Traceback" not in proc.stderr
     assert not (tmp_path / "x" / "study.db").exists()
 
 
@@ -311,22 +298,3 @@ def test_search_range_replaces_a_range_and_a_study_keeps_its_own(tmp_path):
     assert len(finished(out, spec, "nesterov", 256)) == 1 and not trial_dir(out, "nesterov", 256, 1).exists()
     with pytest.raises(tune.SweepError, match="not a parameter these methods search; they search base_lr, "):
         run_tuned_sweep(spec_for(tmp_path / "y", search_ranges=(("momentum", 0.9, 0.99),)), progress=lambda line: None)
-
-    proc = clirun.subprocess_run(
-        [
-            sys.executable,
-            "-m",
-            "largebatch",
-            "sweep",
-            "--tune",
-            "--search-range",
-            "base_lr=1,0.1",
-            "--out",
-            str(tmp_path / "x"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 2 and "--search-range" in proc.stderr and "0 <= LOW < HIGH" in proc.stderr
-    assert "Traceback" not in proc.stderr and not (tmp_path / "x").exists()
