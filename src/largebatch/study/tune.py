@@ -194,6 +194,11 @@ class TuneSpec:
         return dict(self.epochs_at).get(batch, self.epochs)
 
     @property
+    def range_overrides(self) -> dict[str, tuple[float, float]]:
+        """``search_ranges`` as ``{parameter: (low, high)}``."""
+        return {name: (low, high) for name, low, high in self.search_ranges}
+
+    @property
     def base_batch(self) -> int:
         return min(self.batch_sizes)
 
@@ -517,7 +522,7 @@ def search_space(method: str, spec: TuneSpec, batch: int) -> dict[str, tuple[flo
     if method in FIXED_METHODS and not (method == "goyal" and batch == spec.base_batch):
         return {}
     recorder = _Recorder()
-    ranged = _RangedTrial(recorder, {n: (lo, hi) for n, lo, hi in spec.search_ranges})
+    ranged = _RangedTrial(recorder, spec.range_overrides)
     epochs = spec.epochs_for(batch)
     if spec.search_budget:
         recorder.space["budget_epochs"] = (max(1, epochs // 8), epochs, True)
@@ -579,7 +584,7 @@ def tune_cell(spec: TuneSpec, method: str, batch: int, storage, *, progress: Cal
         if spec.search_budget and not fixed_overrides:
             cell_epochs = spec.epochs_for(batch)
             budget = trial.suggest_int("budget_epochs", max(1, cell_epochs // 8), cell_epochs, log=True)
-        ranged = _RangedTrial(trial, {n: (lo, hi) for n, lo, hi in spec.search_ranges})
+        ranged = _RangedTrial(trial, spec.range_overrides)
         params = fixed_overrides or space(
             _BudgetTrial(ranged, budget) if budget else ranged, budget or spec.epochs_for(batch), batch
         )
