@@ -206,7 +206,7 @@ def test_a_chosen_value_at_the_edge_of_its_search_range_is_flagged(tmp_path):
 
 
 def test_the_edge_is_judged_on_every_range_a_cell_was_searched_with(tmp_path):
-    """A cell searched again with a wider LR range (``sweep --tune --lr-range`` into a second storage):
+    """A cell searched again with a wider LR range (``sweep --tune --search-range`` into a second storage):
     a value at the edge of the first range only is inside what was searched; one at the wide range's
     edge is flagged."""
     narrow, wide = f"sqlite:///{tmp_path / 'narrow.db'}", f"sqlite:///{tmp_path / 'wide.db'}"

@@ -89,7 +89,7 @@ flagged: the optimum may lie outside the range (the Deep Learning Tuning Playboo
 
 def searched_bounds(trials: list) -> dict[str, tuple[float, float, bool]]:
     """Per parameter, ``(low, high, log)`` of the union of the ranges ``trials`` drew it from: a cell
-    searched again with a wider range (``sweep --tune --lr-range`` into another storage) is judged by
+    searched again with a wider range (``sweep --tune --search-range`` into another storage) is judged by
     everything searched."""
     bounds: dict[str, tuple[float, float, bool]] = {}
     for t in trials:
