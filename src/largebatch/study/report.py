@@ -141,7 +141,6 @@ def _row(cell: dict, study, best, complete: list) -> dict:
         "storage": cell.get("storage"),
         "trial": best.number,
         "params": {k: round(v, 6) for k, v in best.params.items()},
-        "params_at_edge": params_at_edge(best),
         "overrides": attrs.get("overrides", []),
         "value": best.value,
         "steps_to_target": attrs.get("steps_to_val_target"),
