@@ -240,6 +240,11 @@ def test_a_resumed_study_does_not_draw_its_first_parameters_again(tmp_path):
     draws = [first_draw() for _ in range(3)]
     assert len(set(draws)) == 3, draws
     assert tune.sampler_seed("fresh", storage) == tune.sampler_seed("fresh", storage)  # deterministic
+    # the default ranges keep the name's seed; other ranges draw another stream, in a new storage too
+    wider = {"base_lr": (0.001, 1.0)}
+    assert tune.sampler_seed("fresh", storage, {}) == tune.sampler_seed("fresh", storage)
+    assert tune.sampler_seed("fresh", storage, wider) != tune.sampler_seed("fresh", storage)
+    assert tune.sampler_seed("fresh", storage, wider) != tune.sampler_seed("fresh", storage, {"base_lr": (0.001, 2.0)})
 
 
 def test_search_budget_draws_each_trials_length_and_scales_its_schedule(tmp_path):

@@ -483,17 +483,20 @@ def total_steps_of(cfg, val_size: int, nproc: int) -> int:
     return steps
 
 
-def sampler_seed(name: str, storage) -> int:
-    """The TPE sampler's seed for study ``name``: a function of the name and of how many trials the
+def sampler_seed(name: str, storage, search_ranges: dict[str, tuple[float, float]] | None = None) -> int:
+    """The TPE sampler's seed for study ``name``: a function of the name, of how many trials the
     storage already holds, so a resumed study does not draw its first trials' parameters again (a
-    sampler seeded by the name alone restarts its random stream on every resume)."""
+    sampler seeded by the name alone restarts its random stream on every resume), and of the ranges
+    that replace the defaults (``TuneSpec.range_overrides``), so the same cell searched again over
+    wider ranges in a new storage does not repeat the first draws of the parameters it kept."""
     import optuna
 
     try:
         existing = len(optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False))
     except KeyError:  # no such study yet
         existing = 0
-    return zlib.crc32(name.encode() if existing == 0 else f"{name}#{existing}".encode())
+    key = name + "".join(f";{k}={lo:g},{hi:g}" for k, (lo, hi) in sorted((search_ranges or {}).items()))
+    return zlib.crc32(key.encode() if existing == 0 else f"{key}#{existing}".encode())
 
 
 def requeue_interrupted(study) -> list[int]:
@@ -566,7 +569,7 @@ def tune_cell(spec: TuneSpec, method: str, batch: int, storage, *, progress: Cal
         storage=storage,
         load_if_exists=True,
         direction="minimize" if spec.objective == "steps" else "maximize",
-        sampler=optuna.samplers.TPESampler(seed=sampler_seed(name, storage), n_startup_trials=min(4, n_trials)),
+        sampler=optuna.samplers.TPESampler(seed=sampler_seed(name, storage, spec.range_overrides), n_startup_trials=min(4, n_trials)),
         pruner=_pruner(spec, warmup_steps=planned_steps // 5),
     )
     study.set_metric_names(["steps_to_val_target" if spec.objective == "steps" else "val_top1"])
