@@ -569,7 +569,9 @@ def tune_cell(spec: TuneSpec, method: str, batch: int, storage, *, progress: Cal
         storage=storage,
         load_if_exists=True,
         direction="minimize" if spec.objective == "steps" else "maximize",
-        sampler=optuna.samplers.TPESampler(seed=sampler_seed(name, storage, spec.range_overrides), n_startup_trials=min(4, n_trials)),
+        sampler=optuna.samplers.TPESampler(
+            seed=sampler_seed(name, storage, spec.range_overrides), n_startup_trials=min(4, n_trials)
+        ),
         pruner=_pruner(spec, warmup_steps=planned_steps // 5),
     )
     study.set_metric_names(["steps_to_val_target" if spec.objective == "steps" else "val_top1"])
