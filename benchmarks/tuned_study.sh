@@ -22,6 +22,8 @@
 #   4z Nesterov at 4,096-16,384 with the LR searched in [0.001, 1] per 256 and 1 - momentum in
 #      [0.001, 0.2] (--search-range), 6 trials each, storage tuned_epochs_e16_wide
 #      (done: 18 trials, 43 min on both cores, 2026-12-05)
+#   4w LARS at 256 with the LR searched in [1, 300] per 256 (its chosen 28.0 sat at the top of [0.1, 30]),
+#      3 trials, storage tuned_epochs_e16_wide
 #   4m LAMB, Akiba and Mikami at equal epochs, 256 and 2,048-8,192, 3 trials each (~4 core-h;
 #      LAMB done in 34 min on both cores, 2026-12-05; Akiba's first trial at 256 checkpointed)
 #   4  equal epochs (16), test top-1 per method, 256-8192                     (~12 core-h)
@@ -32,6 +34,7 @@
 #   6x Nesterov at 16,384 with the length searched up to 128 epochs, 4 trials (done: 0.6 core-h; none
 #      reached 90%: its LR range sits above what works there, docs/results.md)
 #   7  stage 6 for LARS, then a second seed of both methods' chosen trials
+#   7x LARS at 16,384 with the length searched up to 128 epochs, 4 trials (as 6x for Nesterov)
 #   8  a second seed of the trial each Nesterov cell's fewest steps come from, over all three steps
 #      studies (`largebatch study-report` of them): 512 and 1,024 from stage 1, 2,048-8,192 from
 #      stage 2, 128 and 256 from stage 6 (about 1 core-hour)
@@ -132,6 +135,11 @@ for stage in $STAGES; do
          "$LB" sweep --tune --objective accuracy --methods nesterov --batch-sizes $b --epochs 16 --trials 6 \
            --search-range base_lr=0.001,1 --search-range one_minus_momentum=0.001,0.2 "${COMMON[@]}" \
            --out runs/study_epochs_wide --storage "sqlite:///$R/tuned_epochs_e16_wide/study.db"; done ;;
+    4w) # LARS's chosen LR at 256 (28.0 per 256) sits at the top of [0.1, 30]: the cell again with the
+       # LR searched in [1, 300], in the storage of widened ranges, 3 trials like the narrow cell
+       "$LB" sweep --tune --objective accuracy --methods lars --batch-sizes 256 --epochs 16 --trials 3 \
+         --search-range base_lr=1,300 "${COMMON[@]}" --out runs/study_epochs_wide \
+         --storage "sqlite:///$R/tuned_epochs_e16_wide/study.db" ;;
     4m) # equal epochs for the other three methods at the base batch and 8x-32x, 3 trials each like 4p
        "$LB" sweep --tune --objective accuracy --methods lamb,akiba,mikami --batch-sizes 256,2048,4096,8192 \
          --epochs 16 --trials 3 "${COMMON[@]}" --out runs/study_epochs --storage "sqlite:///$R/tuned_epochs_e16/study.db" ;;
@@ -147,6 +155,9 @@ for stage in $STAGES; do
          --storage "sqlite:///$R/tuned_steps_budget/study.db" ;;
     6x) # 16,384 with the length searched up to 128 epochs (428 steps; S_min is about 220), 4 trials
        "$LB" sweep --tune --search-budget --objective steps --methods nesterov --batch-sizes 16384 --epochs 128 \
+         --trials 4 "${COMMON[@]}" --out runs/study_steps_budget --storage "sqlite:///$R/tuned_steps_budget/study.db" ;;
+    7x) # steps to target at 16,384 for LARS, its length searched up to 128 epochs like 6x, 4 trials
+       "$LB" sweep --tune --search-budget --objective steps --methods lars --batch-sizes 16384 --epochs 128 \
          --trials 4 "${COMMON[@]}" --out runs/study_steps_budget --storage "sqlite:///$R/tuned_steps_budget/study.db" ;;
     7) "$LB" sweep --tune --search-budget --objective steps --methods nesterov,lars --batch-sizes 128,$BATCHES --epochs 8 \
          --epochs-at 2048=16,4096=32,8192=64 --trials 6 --seeds 0,1 "${COMMON[@]}" --out runs/study_steps_budget \
@@ -171,6 +182,6 @@ for stage in $STAGES; do
          pids+=($!)
        done
        wait "${pids[@]}" ;;  # not a bare wait: the renicing loop above is a background job too
-    *) echo "unknown stage $stage (stages are 1-9, 4p, 4q, 4x, 4y, 4z, 4m, 6x and save)" >&2; exit 2 ;;
+    *) echo "unknown stage $stage (stages are 1-9, 4p, 4q, 4x, 4y, 4z, 4w, 4m, 6x, 7x and save)" >&2; exit 2 ;;
   esac
 done
