@@ -26,6 +26,7 @@
 #      3 trials, storage tuned_epochs_e16_wide
 #   4m LAMB, Akiba and Mikami at equal epochs, 256 and 2,048-8,192, 3 trials each (~4 core-h;
 #      LAMB done in 34 min on both cores, 2026-12-05; Akiba's first trial at 256 checkpointed)
+#   4k Mikami at 4,096 and 8,192 to 6 trials each, and at 16,384, 3 trials (~1 core-h)
 #   4  equal epochs (16), test top-1 per method, 256-8192                     (~12 core-h)
 #   5  a second seed of every chosen trial of stages 1 and 3                  (done: 30 runs, 1.6 core-h)
 #   6  steps to 90% val with each trial's length searched too (--search-budget), Nesterov 128-8192,
@@ -135,6 +136,11 @@ for stage in $STAGES; do
          "$LB" sweep --tune --objective accuracy --methods nesterov --batch-sizes $b --epochs 16 --trials 6 \
            --search-range base_lr=0.001,1 --search-range one_minus_momentum=0.001,0.2 "${COMMON[@]}" \
            --out runs/study_epochs_wide --storage "sqlite:///$R/tuned_epochs_e16_wide/study.db"; done ;;
+    4k) # Mikami's batch-size control led at 4,096 after 3 trials (90.01% test): 6 trials at 4,096 and
+       # 8,192 (TPE after the first 4), and 16,384 (B/4 = 4,096 for the first 3 epochs), 3 trials
+       for cell in "4096,8192 6" "16384 3"; do set -- $cell
+         "$LB" sweep --tune --objective accuracy --methods mikami --batch-sizes "$1" --epochs 16 --trials "$2" \
+           "${COMMON[@]}" --out runs/study_epochs --storage "sqlite:///$R/tuned_epochs_e16/study.db"; done ;;
     4w) # LARS's chosen LR at 256 (28.0 per 256) sits at the top of [0.1, 30]: the cell again with the
        # LR searched in [1, 300], in the storage of widened ranges, 3 trials like the narrow cell
        "$LB" sweep --tune --objective accuracy --methods lars --batch-sizes 256 --epochs 16 --trials 3 \
@@ -182,6 +188,6 @@ for stage in $STAGES; do
          pids+=($!)
        done
        wait "${pids[@]}" ;;  # not a bare wait: the renicing loop above is a background job too
-    *) echo "unknown stage $stage (stages are 1-9, 4p, 4q, 4x, 4y, 4z, 4w, 4m, 6x, 7x and save)" >&2; exit 2 ;;
+    *) echo "unknown stage $stage (stages are 1-9, 4p, 4q, 4x, 4y, 4z, 4w, 4m, 4k, 6x, 7x and save)" >&2; exit 2 ;;
   esac
 done
