@@ -23,10 +23,11 @@
 #      [0.001, 0.2] (--search-range), 6 trials each, storage tuned_epochs_e16_wide
 #      (done: 18 trials, 43 min on both cores, 2026-12-05)
 #   4w LARS at 256 with the LR searched in [1, 300] per 256 (its chosen 28.0 sat at the top of [0.1, 30]),
-#      3 trials, storage tuned_epochs_e16_wide
+#      3 trials, storage tuned_epochs_e16_wide (done: 8 minutes on both cores, 2026-12-05)
 #   4m LAMB, Akiba and Mikami at equal epochs, 256 and 2,048-8,192, 3 trials each (~4 core-h;
-#      LAMB done in 34 min on both cores, 2026-12-05; Akiba's first trial at 256 checkpointed)
-#   4k Mikami at 4,096 and 8,192 to 6 trials each, and at 16,384, 3 trials (~1 core-h)
+#      done: LAMB in 34 min, Akiba and Mikami in 62 min on both cores, 2026-12-05)
+#   4k Mikami at 4,096 and 8,192 to 6 trials each, and at 16,384, 3 trials (done: 25 min on both
+#      cores, 2026-12-05)
 #   4  equal epochs (16), test top-1 per method, 256-8192                     (~12 core-h)
 #   5  a second seed of every chosen trial of stages 1 and 3                  (done: 30 runs, 1.6 core-h)
 #   6  steps to 90% val with each trial's length searched too (--search-budget), Nesterov 128-8192,
@@ -34,7 +35,8 @@
 #      decay points (docs/results.md), so the length is retuned as Shallue et al. retune the decay
 #   6x Nesterov at 16,384 with the length searched up to 128 epochs, 4 trials (done: 0.6 core-h; none
 #      reached 90%: its LR range sits above what works there, docs/results.md)
-#   7  stage 6 for LARS, then a second seed of both methods' chosen trials
+#   7  stage 6 for LARS, then a second seed of both methods' chosen trials (all done but LARS 8,192: 2 of
+#      its 6 trials, the third checkpointed in in_progress, 2026-12-05)
 #   7x LARS at 16,384 with the length searched up to 128 epochs, 4 trials (as 6x for Nesterov)
 #   8  a second seed of the trial each Nesterov cell's fewest steps come from, over all three steps
 #      studies (`largebatch study-report` of them): 512 and 1,024 from stage 1, 2,048-8,192 from
