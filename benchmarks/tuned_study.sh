@@ -139,7 +139,7 @@ for stage in $STAGES; do
            --search-range base_lr=0.001,1 --search-range one_minus_momentum=0.001,0.2 "${COMMON[@]}" \
            --out runs/study_epochs_wide --storage "sqlite:///$R/tuned_epochs_e16_wide/study.db"; done ;;
     4k) # Mikami's batch-size control led at 4,096 after 3 trials (90.01% test): 6 trials at 4,096 and
-       # 8,192 (TPE after the first 4), and 16,384 (B/4 = 4,096 for the first 3 epochs), 3 trials
+       # 8,192 (TPE after the first 4), and 16,384 (B/4 = 4,096 for the first 5 of 16 epochs), 3 trials
        for cell in "4096,8192 6" "16384 3"; do set -- $cell
          "$LB" sweep --tune --objective accuracy --methods mikami --batch-sizes "$1" --epochs 16 --trials "$2" \
            "${COMMON[@]}" --out runs/study_epochs --storage "sqlite:///$R/tuned_epochs_e16/study.db"; done ;;
