@@ -26,17 +26,6 @@ import optuna
 
 from largebatch.study import tune
 
-KEYS = (
-    "top1",
-    "val_top1",
-    "best_val_top1",
-    "steps",
-    "steps_to_val_target",
-    "images_to_val_target",
-    "wall_s",
-    "peak_lr",
-)
-
 
 def config_value(cfg: dict, dotted: str):
     for part in dotted.split("."):
@@ -137,7 +126,7 @@ def main() -> None:
                         trial.report(rec["val_top1"], step)
                 summary = {} if pruned else json.loads((run_dir / "summary.json").read_text())
                 result = {**last, **{k: v for k, v in summary.items() if v is not None}}
-                for key in KEYS:
+                for key in tune.TRIAL_RESULT_KEYS:
                     if result.get(key) is not None:
                         trial.set_user_attr(key, result[key])
                 if (name, number) not in walls:

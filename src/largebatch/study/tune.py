@@ -394,6 +394,19 @@ def run_trial(
     return result
 
 
+TRIAL_RESULT_KEYS = (
+    "top1",
+    "val_top1",
+    "best_val_top1",
+    "steps",
+    "steps_to_val_target",
+    "images_to_val_target",
+    "wall_s",
+    "peak_lr",
+)
+"""A finished or pruned run's numbers that its trial keeps as user attributes (``study-report`` reads them)."""
+
+
 def trial_value(result: dict, spec: TuneSpec, total_steps: int) -> float:
     """The objective of a finished trial (see the module docstring)."""
     if spec.objective == "accuracy":
@@ -641,16 +654,7 @@ def tune_cell(spec: TuneSpec, method: str, batch: int, storage, *, progress: Cal
             progress(f"{name} trial {number}: diverged ({err})")
             raise optuna.TrialPruned(f"diverged: {err}") from None
         result = {**last, **{k: v for k, v in result.items() if v is not None}}
-        for key in (
-            "top1",
-            "val_top1",
-            "best_val_top1",
-            "steps",
-            "steps_to_val_target",
-            "images_to_val_target",
-            "wall_s",
-            "peak_lr",
-        ):
+        for key in TRIAL_RESULT_KEYS:
             if result.get(key) is not None:
                 trial.set_user_attr(key, result[key])
         wall = time.perf_counter() - t0
