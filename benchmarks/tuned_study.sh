@@ -28,6 +28,7 @@
 #      done: LAMB in 34 min, Akiba and Mikami in 62 min on both cores, 2026-12-05)
 #   4k Mikami at 4,096 and 8,192 to 6 trials each, and at 16,384, 3 trials (done: 25 min on both
 #      cores, 2026-12-05)
+#   4s a second seed of the chosen trial of every equal-epochs batch (done: 7 runs, 2026-12-05)
 #   4  equal epochs (16), test top-1 per method, 256-8192                     (~12 core-h)
 #   5  a second seed of every chosen trial of stages 1 and 3                  (done: 30 runs, 1.6 core-h)
 #   6  steps to 90% val with each trial's length searched too (--search-budget), Nesterov 128-8192,
@@ -143,6 +144,11 @@ for stage in $STAGES; do
        for cell in "4096,8192 6" "16384 3"; do set -- $cell
          "$LB" sweep --tune --objective accuracy --methods mikami --batch-sizes "$1" --epochs 16 --trials "$2" \
            "${COMMON[@]}" --out runs/study_epochs --storage "sqlite:///$R/tuned_epochs_e16/study.db"; done ;;
+    4s) # a second seed of each batch's chosen trial (best method by validation), equal epochs
+       for cell in "mikami 4096 6" "lars 8192 8" "mikami 16384 3" "lamb 2048 3" "nesterov 1024 3" "nesterov 512 3" \
+                   "nesterov 256 3"; do set -- $cell
+         "$LB" sweep --tune --objective accuracy --methods "$1" --batch-sizes "$2" --epochs 16 --trials "$3" \
+           --seeds 0,1 "${COMMON[@]}" --out runs/study_epochs --storage "sqlite:///$R/tuned_epochs_e16/study.db"; done ;;
     4w) # LARS's chosen LR at 256 (28.0 per 256) sits at the top of [0.1, 30]: the cell again with the
        # LR searched in [1, 300], in the storage of widened ranges, 3 trials like the narrow cell
        "$LB" sweep --tune --objective accuracy --methods lars --batch-sizes 256 --epochs 16 --trials 3 \
@@ -190,6 +196,6 @@ for stage in $STAGES; do
          pids+=($!)
        done
        wait "${pids[@]}" ;;  # not a bare wait: the renicing loop above is a background job too
-    *) echo "unknown stage $stage (stages are 1-9, 4p, 4q, 4x, 4y, 4z, 4w, 4m, 4k, 6x, 7x and save)" >&2; exit 2 ;;
+    *) echo "unknown stage $stage (stages are 1-9, 4p, 4q, 4x, 4y, 4z, 4w, 4m, 4k, 4s, 6x, 7x and save)" >&2; exit 2 ;;
   esac
 done
