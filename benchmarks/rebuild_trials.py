@@ -88,20 +88,12 @@ def main() -> None:
             study.set_metric_names(["val_top1"])
             if "protocol" not in study.user_attrs:
                 study.set_user_attr("protocol", tune.protocol_of(spec, batch))
-            done = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished() and t.state.name != "FAIL"]
-            if done:
-                print(f"{name}: {len(done)} finished trials already, left alone")
+            if tune._finished(study):
+                print(f"{name}: {len(tune._finished(study))} finished trials already, left alone")
                 continue
             tune.requeue_interrupted(study)
             space = tune.SPACES[method]
-            while (
-                len(
-                    study.get_trials(
-                        deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-                    )
-                )
-                < spec.trials
-            ):
+            while len(tune._finished(study)) < spec.trials:
                 trial = study.ask()
                 number = trial.user_attrs.get("resume_run_number", trial.number)
                 params = space(tune._RangedTrial(trial, {}), spec.epochs_for(batch), batch)
@@ -113,10 +105,7 @@ def main() -> None:
                 pruned_path = run_dir / "pruned.json"
                 pruned = json.loads(pruned_path.read_text()) if pruned_path.is_file() else None
                 last, reported = {}, set()
-                for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-                    rec = json.loads(line)
-                    if rec.get("kind") != "eval" or rec.get("val_top1") is None:
-                        continue
+                for rec in tune._eval_records(run_dir, 0)[0]:
                     step = int(rec["step"])
                     if pruned and step > pruned["pruned_at_step"]:
                         break
