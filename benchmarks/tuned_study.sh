@@ -26,7 +26,7 @@
 #      3 trials, storage tuned_epochs_e16_wide (done: 8 minutes on both cores, 2026-12-05)
 #   4m LAMB, Akiba and Mikami at equal epochs, 256 and 2,048-8,192, 3 trials each (~4 core-h;
 #      done: LAMB in 34 min, Akiba and Mikami in 62 min on both cores, 2026-12-05)
-#   4k Mikami at 4,096 and 8,192 to 6 trials each, and at 16,384, 3 trials (done: 25 min on both
+#   4k Mikami at 4,096 and 8,192 to 6 trials each, and at 16,384, 3 trials (done: 14 min on both
 #      cores, 2026-12-05)
 #   4s a second seed of the chosen trial of every equal-epochs batch (done: 7 runs, 2026-12-05)
 #   4  equal epochs (16), test top-1 per method, 256-8192                     (~12 core-h)
