@@ -33,10 +33,13 @@ def read_config_file(path: str | os.PathLike) -> Config:
     ``config.json``; a run directory stands for its ``config.json``.
 
     Raises:
-        ConfigError: the file is missing, is not YAML/JSON, or holds an unknown key or a wrong type.
+        ConfigError: the file is missing, is not YAML/JSON, holds a recursive alias or is nested too
+            deeply, or holds an unknown key or a wrong type.
     """
     import yaml
     from omegaconf.errors import OmegaConfBaseException
+
+    from largebatch.config import check_yaml_tree
 
     p = Path(path)
     if p.is_dir():
@@ -54,8 +57,11 @@ def read_config_file(path: str | os.PathLike) -> Config:
             f"--config {str(p)!r} is not readable {'JSON' if p.suffix == '.json' else 'YAML'}: "
             f"{str(err).splitlines()[0]}"
         ) from None
+    except RecursionError:  # thousands of nested [ or {: the parser recursed before any check could run
+        raise ConfigError(f"--config {str(p)!r} is nested too deeply to be a config") from None
     if not isinstance(data, dict):
         raise ConfigError(f"--config {str(p)!r} holds a {type(data).__name__}, not a mapping of config sections")
+    check_yaml_tree(data, f"--config {str(p)!r}")  # a recursive alias or deep nesting: refused before omegaconf
     try:
         return config_from_dict(data)
     except OmegaConfBaseException as err:
@@ -134,6 +140,25 @@ def check_devices(cfg: Config, nproc: int) -> None:
         )
 
 
+def check_writable(run_dir: Path) -> None:
+    """Refuse a run directory that cannot be created or written, before anything is written.
+
+    Raises:
+        ConfigError: a part of the path is a file, or the nearest existing folder is not writable
+            (permissions, a read-only mount).
+    """
+    existing = Path(run_dir).absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"--out {str(run_dir)!r}: {existing} is a file, not a folder; give another --out")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"--out {str(run_dir)!r}: cannot write in {existing} (permissions or a read-only file system); "
+            f"give a writable --out"
+        )
+
+
 def prepare_run(
     cfg: Config, *, nproc: int | None = None, out: str | os.PathLike | None = None, resume: str | None = None
 ) -> PreparedRun:
@@ -151,9 +176,9 @@ def prepare_run(
         latest_valid_checkpoint,
         list_checkpoints,
         load_checkpoint,
-        remove_stale_temp_files,
     )
     from largebatch.train.run import choose_run_dir
+    from largebatch.train.runlock import check_not_in_use
 
     nproc = nproc or cfg.train.nproc
     if nproc < 1:
@@ -163,6 +188,8 @@ def prepare_run(
     check_data(cfg)
     out = os.fspath(out) if out is not None else None
     run_dir, resume_path = choose_run_dir(cfg.recipe, out, resume)
+    check_writable(run_dir)
+    check_not_in_use(run_dir)
     if resume_path is not None:  # refuse another config's checkpoint before any worker starts
         try:
             found = (
@@ -179,7 +206,6 @@ def prepare_run(
             )
         if mismatch := config_mismatch(cfg, found[1]["config"], found[0]):
             raise ConfigError(mismatch)
-    remove_stale_temp_files(run_dir)
     told = "auto" if resume == "auto" else (str(resume_path) if resume_path else None)
     return PreparedRun(cfg, nproc, plan, run_dir, resume_path, told)
 

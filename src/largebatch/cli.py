@@ -11,11 +11,12 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
 
-from largebatch.errors import EXIT_BAD_INPUT, EXIT_PREEMPTED  # torch-free: the CLI starts fast
+from largebatch.errors import EXIT_BAD_INPUT, EXIT_PREEMPTED, Terminated  # torch-free: the CLI starts fast
 
 log = logging.getLogger("largebatch")
 
@@ -46,10 +47,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.config and args.recipe:
         return _fail("--config and --recipe both name the config; give one (--set applies on top of either)")
+    _stop_if_terminated()
     try:
         cfg = _build_config(args.recipe, args.set, args.config)
     except ConfigError as err:
         return _fail(str(err))
+    _stop_if_terminated()
 
     if _in_torchrun():
         # torchrun started this process: it is one worker; the world size comes from the environment.
@@ -77,6 +80,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         run = prepare_run(cfg, nproc=args.nproc, out=args.out, resume=args.resume)
     except (ConfigError, FileNotFoundError, ImportError) as err:
         return _fail(str(err))
+    except OSError as err:  # --out under a regular file, on a read-only mount, ...
+        return _fail(
+            f"--out {args.out or 'runs/'}: cannot use it as the run directory ({err.strerror or err}); give a writable folder"
+        )
     print(f"largebatch: {cfg.recipe}: {run.plan.describe()}; run directory {run.run_dir}", file=sys.stderr)
     if args.resume == "auto" and run.resume_path is None:
         print(f"largebatch: --resume auto found no checkpoint in {run.run_dir}; starting from step 0", file=sys.stderr)
@@ -87,21 +94,27 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from largebatch.dist.launch import WorkerFailed
 
+    _stop_if_terminated()
     started = time.time()
+    global _LAUNCHED
+    _LAUNCHED = (run.run_dir, started)  # from here a signal's message reads the run's state from the disk
     try:
-        result = launch(run, max_restarts=args.max_restarts)
+        try:
+            result = launch(run, max_restarts=args.max_restarts)
+        finally:
+            signal.signal(signal.SIGTERM, _raise_terminated)  # torch's agent leaves its own handler installed
     except ConfigError as err:
         return _fail(str(err))
+    except OSError as err:
+        return _fail(f"run directory {run.run_dir}: {err.strerror or err}; give a writable --out")
     except WorkerFailed as err:
         if err.kind in ("preempted", "interrupted"):  # a worker got SIGTERM (or SIGINT) and left
             return _stopped(run.run_dir, "SIGTERM" if err.kind == "preempted" else "SIGINT", started)
         return _fail(str(err), code=1)
     except SignalException as sig:  # the launcher itself got a signal; it was passed on to the workers
         return _stopped(run.run_dir, sig.sigval.name, started)
-    except KeyboardInterrupt:  # Ctrl-C of a run in this process (one worker)
-        return _stopped(run.run_dir, "SIGINT", started)
     if _preempted(result):
-        return _stopped(run.run_dir, "SIGTERM", started)
+        return _stopped(run.run_dir, result.get("signal", "SIGTERM"), started)
     return 0
 
 
@@ -133,7 +146,7 @@ def _stopped(run_dir: Path, signal_name: str, started_unix_s: float) -> int:
 
 
 def _eval_source(path_text: str):
-    """(config dict, model state_dict, step, what was read) for ``largebatch eval PATH``: a
+    """(config dict, model state_dict, step, weights file, config file) for ``largebatch eval PATH``: a
     checkpoint, a run directory (its ``model_final.pt``, else its newest valid checkpoint) or a
     ``model_final.pt`` (with the ``config.json`` beside it).
 
@@ -168,7 +181,7 @@ def _eval_source(path_text: str):
             raise ConfigError(str(err)) from None
         if "config" not in ckpt or "model" not in ckpt:
             raise ConfigError(f"{path} has no config or model state: not a training checkpoint")
-        return ckpt["config"], ckpt["model"], ckpt.get("train_state", {}).get("step"), str(path)
+        return ckpt["config"], ckpt["model"], ckpt.get("train_state", {}).get("step"), str(path), str(path)
     try:  # exported weights: a plain state_dict, the run's config beside it
         state = torch.load(path, map_location="cpu", weights_only=True)
         cfg = json.loads((path.parent / "config.json").read_text())
@@ -178,16 +191,20 @@ def _eval_source(path_text: str):
         ) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConfigError(f"{path} is not a state_dict of tensors")
-    return cfg, state, None, str(path)
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{path.parent / 'config.json'} holds a {type(cfg).__name__}, not a run's config mapping")
+    return cfg, state, None, str(path), str(path.parent / "config.json")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
-    from largebatch.config import ConfigError, apply_overrides, config_from_dict
+    from largebatch.config import ConfigError, apply_overrides, config_from_dict, validate
     from largebatch.data import build_data, check_data
     from largebatch.dist import cleanup, setup
     from largebatch.nn import build_model
+    from largebatch.registry import refuse_plugins_named_by_file, set_keys
+    from largebatch.train.checkpoint import CheckpointError, load_model_state
     from largebatch.train.precision import choose_precision
     from largebatch.train.trainer import evaluate
 
@@ -195,8 +212,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not target:
         return _fail("give what to evaluate: a run directory, a checkpoint or a model_final.pt (largebatch eval PATH)")
     try:
-        cfg_dict, state, step, source = _eval_source(target)
-        cfg = apply_overrides(config_from_dict(cfg_dict), args.set)
+        cfg_dict, state, step, source, config_source = _eval_source(target)
+        try:
+            stored = config_from_dict(cfg_dict)
+        except Exception as err:  # whatever the file holds (a list, unknown keys, wrong types): one line
+            raise ConfigError(
+                f"{config_source}: not a largebatch run's config ({(str(err).splitlines() or [type(err).__name__])[0]})"
+            ) from None
+        cfg = apply_overrides(stored, args.set)
+        # The stored config is data: a plugin it alone names is never imported (registry docstring).
+        refuse_plugins_named_by_file(
+            cfg, config_source, named_on_command_line=set_keys(args.set), trusted=args.trust_plugins
+        )
+        validate(cfg)
         check_data(cfg)
     except (ConfigError, ValueError, FileNotFoundError) as err:
         return _fail(str(err))
@@ -210,7 +238,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
             width=cfg.model.width,
             blocks_per_stage=cfg.model.blocks_per_stage,
         ).to(env.device)
-        model.load_state_dict(state)
+        try:
+            load_model_state(model, state, source)
+        except CheckpointError as err:
+            return _fail(str(err))
         if cfg.model.channels_last:
             model = model.to(memory_format=torch.channels_last)
         precision = choose_precision(cfg.train.precision, env.device)  # as the training's evaluations
@@ -259,12 +290,35 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cannot_write(path: str, *, folder: bool = False) -> str | None:
+    """Why ``path`` cannot be written as a file in an existing folder (``folder``: made, with its
+    parents, or filled as a folder), or None. Checked before the work; nothing is created."""
+    target = Path(path).absolute()
+    if folder and target.exists() and not target.is_dir():
+        return f"{target} is a file, not a folder"
+    if not folder and target.is_dir():
+        return f"{target} is a folder"
+    if not folder and not target.parent.exists():
+        return f"folder {target.parent} does not exist"
+    ancestor = target if folder else target.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:  # made on the way, as mkdir -p does
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        return f"{ancestor} is not a folder"
+    if not os.access(ancestor, os.W_OK | os.X_OK) or (target.is_file() and not os.access(target, os.W_OK)):
+        return f"permission denied in {ancestor}"
+    return None
+
+
 def cmd_data_check(args: argparse.Namespace) -> int:
-    """``largebatch data check ROOT``: exit 0 when no file is bad, 1 when some are, 2 for bad input."""
+    """``largebatch data check ROOT``: exit 0 when no file is bad, 1 when some are, 2 for bad input
+    (the report's path is checked before any file is decoded)."""
     from largebatch.data.check import check_dataset, summary_lines, write_report
 
     if args.workers < 0:
         return _fail(f"--workers {args.workers}: give 0 (all cores) or more")
+    if args.report and (problem := _cannot_write(args.report)):
+        return _fail(f"--report {args.report}: cannot write the report there ({problem}); give a writable path")
     try:
         report = check_dataset(args.root, workers=args.workers, progress=sys.stderr.isatty())
     except FileNotFoundError as err:
@@ -272,7 +326,12 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     for line in summary_lines(report):
         print(line)
     if args.report:
-        write_report(report, Path(args.report))
+        try:
+            write_report(report, Path(args.report))
+        except OSError as err:
+            return _fail(
+                f"--report {args.report}: cannot write the report ({err.strerror or err}); give a writable path"
+            )
         print(f"report: {args.report}")
     return 0 if report.ok else 1
 
@@ -282,6 +341,8 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     listed), 2 for bad input."""
     from largebatch.data.shards import prepare
 
+    if problem := _cannot_write(args.dst, folder=True):
+        return _fail(f"DST {args.dst}: cannot write the shards there ({problem}); give a writable folder")
     try:
         manifest = prepare(
             args.src,
@@ -292,8 +353,15 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
             workers=max(args.workers, 0),
             progress=sys.stderr.isatty(),
         )
-    except (FileNotFoundError, ValueError) as err:
+    except ValueError as err:
         return _fail(str(err))
+    except OSError as err:  # a missing layout (a message of ours), or the file system's error on a path
+        if err.errno is None or not err.filename:
+            return _fail(str(err))
+        where = os.path.abspath(err.filename)
+        if where.startswith(os.path.abspath(args.src) + os.sep):
+            return _fail(f"SRC {args.src}: cannot read {where} ({err.strerror}); fix its permissions")
+        return _fail(f"DST {args.dst}: cannot write {where} ({err.strerror}); give a writable folder with space")
     for split, part in manifest["splits"].items():
         print(f"{split}: {part['samples']} images in {len(part['shards'])} shard(s)")
     for bad in manifest["bad_files"]:
@@ -423,6 +491,7 @@ def cmd_critical_batch(args: argparse.Namespace) -> int:
             min_reduction=args.min_reduction,
             nproc=args.nproc,
             overrides=args.set,
+            trust_plugins=args.trust_plugins,
         )
     except (BranchError, ConfigError) as err:
         return _fail(str(err))
@@ -470,9 +539,11 @@ def cmd_advise(args: argparse.Namespace) -> int:
 EXIT_CODES = {
     "train": "0 finished; 1 a worker failed (one line here, the traceback in RUN/train.log); 2 bad input, found "
     "before any worker started; 75 stopped by SIGTERM (continue with --resume auto); 130 Ctrl-C",
-    "eval": "0 evaluated (the result as JSON on stdout); 2 bad input (nothing usable at PATH, unknown key, missing data)",
+    "eval": "0 evaluated (the result as JSON on stdout); 2 bad input (nothing usable at PATH, weights that do not "
+    "fit the model, unknown key, missing data, a plugin named only by the run without --trust-plugins)",
     "recipes": "0 listed or printed; 2 bad input (an unknown recipe or key)",
-    "data check": "0 every file decodes; 1 some files are bad (listed); 2 bad input (no such folder, bad option)",
+    "data check": "0 every file decodes; 1 some files are bad (listed); 2 bad input (no such folder, bad option, "
+    "a --report path that cannot be written)",
     "data prepare": "0 written (files that cannot be decoded are left out and listed); 2 bad input",
     "sweep": "0 finished (table and figure); 1 a run failed; 2 bad input; 75 interrupted (--tune: the same "
     "command continues the study)",
@@ -528,6 +599,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"largebatch {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     set_help = "override a config key, e.g. --set train.epochs=10 (repeatable; values are YAML)"
+    trust_help = (
+        "load the plugin model or data set (module:callable or entry point) that the run's stored config "
+        "names, running its code; without it such a run is refused unless --set names the plugin. Only "
+        "for runs you trust"
+    )
 
     p = _command(
         sub,
@@ -584,6 +660,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="test (default) or val: the data.val_size images held out of the training set",
     )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+    p.add_argument("--trust-plugins", action="store_true", help=trust_help)
     p.set_defaults(func=cmd_eval)
 
     p = _command(
@@ -770,6 +847,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--nproc", type=int, default=1, help="worker processes per branch (default 1)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key in every branch")
+    p.add_argument("--trust-plugins", action="store_true", help=trust_help)
     p.add_argument(
         "--out", default=None, help="study directory (default RUN/critical_batch); finished branches there are kept"
     )
@@ -823,17 +901,71 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_LAUNCHED: tuple[Path, float] | None = None
+"""(run directory, start time) once ``train`` has started its workers: a signal after that point is
+reported from what the run left on disk (:func:`_stopped`)."""
+
+
+_SIGTERM_SEEN = False
+
+
+def _raise_terminated(signum, frame) -> None:
+    global _SIGTERM_SEEN
+    _SIGTERM_SEEN = True
+    raise Terminated
+
+
+def _stop_if_terminated() -> None:
+    """Raise :class:`Terminated` for a SIGTERM whose exception was lost: one raised while an import
+    compiles a module can vanish (seen on CPython 3.11, about one time in three when the signal comes
+    within a millisecond of the handler's installation). Called between the phases of ``train``."""
+    if _SIGTERM_SEEN:
+        raise Terminated
+
+
+def _exit_with(code: int):
+    """A SIGTERM handler for a command that has its exit status: leave with it at once."""
+
+    def handler(signum, frame) -> None:
+        print(f"largebatch: SIGTERM arrived as the command was exiting; exit status {code}", file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(code)
+
+    return handler
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "train" and args.nproc is not None and args.nproc < 1:
-        return _fail(f"--nproc {args.nproc}: give at least 1 worker process")
-    if args.command == "train" and args.max_restarts < 0:
-        return _fail(f"--max-restarts {args.max_restarts}: give 0 or more restarts")
+    """The ``largebatch`` command. For ``train``, SIGTERM and SIGINT keep their contract from the
+    first instant to the exit (docs/reliability.md): one line saying where the run stands, exit
+    status 75 after SIGTERM (0 when the run had finished), 130 after Ctrl-C."""
+    global _LAUNCHED, _SIGTERM_SEEN
+    _SIGTERM_SEEN = False
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)  # first: torch's import takes seconds
+    command, _LAUNCHED = "train", None
     try:
-        return args.func(args)
+        args = build_parser().parse_args(argv)
+        command = args.command
+        if args.command != "train":
+            signal.signal(signal.SIGTERM, previous)
+        if args.command == "train" and args.nproc is not None and args.nproc < 1:
+            return _fail(f"--nproc {args.nproc}: give at least 1 worker process")
+        if args.command == "train" and args.max_restarts < 0:
+            return _fail(f"--max-restarts {args.max_restarts}: give 0 or more restarts")
+        code = args.func(args)
     except BrokenPipeError:  # the reader went away (`largebatch recipes NAME | head`): not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
-        return 0
+        code = 0
+    except (Terminated, KeyboardInterrupt) as sig:
+        name = "SIGTERM" if isinstance(sig, Terminated) else "SIGINT"
+        if _LAUNCHED is not None:  # the run started: say where it stands
+            code = _stopped(_LAUNCHED[0], name, _LAUNCHED[1])
+        else:
+            where = "before the run started; nothing was written" if command == "train" else f"({command} stopped)"
+            print(f"largebatch: stopped by {name} {where}", file=sys.stderr)
+            code = EXIT_PREEMPTED if name == "SIGTERM" else 128 + signal.SIGINT
+    if signal.getsignal(signal.SIGTERM) is _raise_terminated:
+        signal.signal(signal.SIGTERM, _exit_with(code))
+    return code
 
 
 if __name__ == "__main__":

@@ -192,7 +192,7 @@ class BNConfig:
 @dataclass(kw_only=True)
 class TrainConfig:
     epochs: int = 90
-    """Number of passes over the training set."""
+    """Number of passes over the training set (at most 1,000,000)."""
     global_batch_size: int = 256
     """Samples per optimizer step summed over all workers (the paper's kn)."""
     bn: BNConfig = field(default_factory=lambda: BNConfig())
@@ -211,7 +211,7 @@ class TrainConfig:
     under torchrun, which sets the world size itself)."""
     seed: int = 0
     """Seed of model init, the per-epoch shuffle and augmentation; process r also seeds torch's
-    global RNG with seed + r."""
+    global RNG with seed + r. An integer in [0, 2**63 - 1]."""
     eval_every_epochs: int = 1
     """Evaluate on the test split every N epochs (and always after the last)."""
     eval_batch_size: int = 1000
@@ -281,7 +281,7 @@ class TrainConfig:
     checkpoint keys) after DDP wraps it, so DDP's optimizer splits the graph at its buckets. The
     first steps pay the compilation (tens of seconds on ResNet-50)."""
     threads_per_worker: int = 0
-    """torch intra-op threads per process; 0: CPU cores divided by local workers."""
+    """torch intra-op threads per process, at most 4 per CPU core; 0: CPU cores divided by local workers."""
     collective_timeout_s: float = 900.0
     """Seconds a collective (and the process group's store) waits for the other workers before it
     raises: a hung or stopped worker ends the run with a message naming this key instead of
@@ -623,7 +623,8 @@ def apply_overrides(cfg: Config, overrides: Iterable[str]) -> Config:
 
     Raises:
         ConfigError: an override without ``=``, an unknown key (the message lists the keys of that
-            section), or a value that cannot be converted to the key's type.
+            section), a value that cannot be converted to the key's type, or a value that is a
+            recursive YAML alias or nested too deeply (see :func:`check_yaml_tree`).
     """
     base = OmegaConf.structured(cfg)
     for item in overrides:
@@ -640,23 +641,33 @@ def apply_overrides(cfg: Config, overrides: Iterable[str]) -> Config:
                 f"unknown config key {key!r} (value {raw!r}); {f'did you mean {guess[0]!r}? ' if guess else ''}"
                 f"accepted keys{' in ' + repr(section) if near else ''}: {', '.join(accepted)}"
             )
+        shown = raw if len(raw) <= 100 else f"{raw[:100]}... ({len(raw)} characters)"
+        try:
+            parsed = yaml.safe_load(raw)
+        except Exception:  # not YAML, too deep, a bad date (ValueError): omegaconf reports it
+            parsed = None
+        check_yaml_tree(parsed, f"config key {key!r}")  # recursive aliases, deep nesting: before omegaconf recurses
         try:
             patch = OmegaConf.from_dotlist([f"{key}={raw}"])
             base = OmegaConf.merge(base, patch)
+        except RecursionError:
+            raise ConfigError(
+                f"config key {key!r} got value {shown!r}, which is nested too deeply for a {_field_type_name(key)}"
+            ) from None
         except (ConfigKeyError, ConfigAttributeError) as err:  # pragma: no cover - caught above
             raise ConfigError(f"unknown config key {key!r}: {err}") from None
         except OmegaConfBaseException as err:
             raise ConfigError(
-                f"config key {key!r} got value {raw!r}, which is not a valid "
+                f"config key {key!r} got value {shown!r}, which is not a valid "
                 f"{_field_type_name(key)}: {str(err).splitlines()[0]}"
             ) from None
         except (TypeError, ValueError) as err:  # e.g. a mapping given for a list key: omegaconf cannot merge them
             raise ConfigError(
-                f"config key {key!r} got value {raw!r}, which is not a valid {_field_type_name(key)}: {err}"
+                f"config key {key!r} got value {shown!r}, which is not a valid {_field_type_name(key)}: {err}"
             ) from None
         except yaml.YAMLError as err:  # the value is not YAML at all (e.g. an unclosed "[")
             raise ConfigError(
-                f"config key {key!r} got value {raw!r}, which is not valid YAML for a "
+                f"config key {key!r} got value {shown!r}, which is not valid YAML for a "
                 f"{_field_type_name(key)} ({str(err).splitlines()[0]}); quote strings, write lists as [a, b]"
             ) from None
     try:
@@ -702,6 +713,53 @@ def _check_list_items(section: Any, prefix: str) -> None:
                     )
                 if dataclasses.is_dataclass(item):
                     _check_list_items(item, f"{key}[{i}].")
+
+
+MAX_NESTING = 32
+"""Deepest nesting of mappings and lists a config file or ``--set`` value may hold (the config tree
+itself is 4 deep)."""
+MAX_NODES = 10_000
+"""Most mappings and lists a config may expand to (a config has a few hundred; YAML aliases of
+aliases can expand a small file into billions)."""
+
+
+def check_yaml_tree(data: Any, where: str) -> None:
+    """Refuse what YAML can build but a config never is: a recursive alias (``a: &a [*a]``, a
+    structure inside itself), nesting deeper than :data:`MAX_NESTING` and aliases expanding to more
+    than :data:`MAX_NODES` nodes, which would otherwise end in a RecursionError or fill the memory.
+    Iterative, so a deep tree cannot overflow the stack here.
+
+    Raises:
+        ConfigError: naming ``where`` and the path of the offending node.
+    """
+    stack: list[tuple[Any, str, int, bool]] = [(data, "", 0, False)]
+    on_path: set[int] = set()
+    nodes = 0
+    while stack:
+        node, path, depth, leaving = stack.pop()
+        if leaving:
+            on_path.discard(id(node))
+            continue
+        if not isinstance(node, dict | list):
+            continue
+        if id(node) in on_path:
+            raise ConfigError(
+                f"{where}: {path[:80] or 'the top level'} is a recursive YAML alias (an anchor used inside "
+                f"itself), which no config holds; write the values out"
+            )
+        nodes += 1
+        if depth > MAX_NESTING or nodes > MAX_NODES:
+            what = f"nested more than {MAX_NESTING} levels deep" if depth > MAX_NESTING else "too large"
+            raise ConfigError(
+                f"{where}: {what} (at {path[:80]}); a config is a mapping of sections of settings "
+                f"(`largebatch recipes NAME` prints one)"
+            )
+        on_path.add(id(node))
+        stack.append((node, path, depth, True))
+        children = list(node.items() if isinstance(node, dict) else enumerate(node))
+        for k, child in reversed(children):  # popped in the file's order: the first offender is named
+            sub = (f"{path}.{k}" if path else str(k)) if isinstance(node, dict) else f"{path}[{k}]"
+            stack.append((child, sub, depth + 1, False))
 
 
 def to_dict(cfg: Config) -> dict:
@@ -778,19 +836,48 @@ def require(cond: bool, key: str, value: Any, accepted: str) -> None:
         raise ConfigError(f"{key}={value!r} is invalid: {accepted}")
 
 
+MAX_SEED = 2**63 - 1
+"""Largest ``train.seed``: torch's generators take 64-bit seeds, and derived seeds are 63-bit."""
+MAX_EPOCHS = 10**6
+"""Largest ``train.epochs``: a run lays out the steps of every epoch before it starts."""
+THREADS_PER_CORE = 4
+"""Most ``train.threads_per_worker`` per CPU core of the machine: a little oversubscription is legal,
+thousands of threads per worker exhaust the process limit."""
+
+
+def _check_finite(section: Any, prefix: str) -> None:
+    """Refuse inf and nan in every float of the config tree (list items and batch stages included).
+
+    Raises:
+        ConfigError: naming the key and the value.
+    """
+    for f in dataclasses.fields(section):
+        value, key = getattr(section, f.name), f"{prefix}{f.name}"
+        items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
+        for i, item in items:
+            where = key if i is None else f"{key}[{i}]"
+            if dataclasses.is_dataclass(item):
+                _check_finite(item, where + ".")
+            elif isinstance(item, float) and not math.isfinite(item):
+                what = "a finite number" if i is None else f"finite numbers ({where} is {item!r})"
+                raise ConfigError(f"{key}={value!r} is invalid: {what}, not inf or nan")
+
+
 def validate(cfg: Config) -> None:
     """Check every key of ``cfg`` that does not depend on the number of processes: names, ranges,
-    contradictions between keys, user factories that cannot be imported. The batch split over
-    processes is checked by :func:`largebatch.plan.resolve_stages`, which calls this first.
+    contradictions between keys, user factories that cannot be imported or called as their contract
+    says (:func:`largebatch.registry.check_plugin`), bounds of the machine (threads per core). The
+    batch split over processes is checked by :func:`largebatch.plan.resolve_stages`, which calls
+    this first.
 
     Raises:
         ConfigError: naming the key, the value and what is accepted.
     """
-    from largebatch.registry import DATASET_GROUP, MODEL_GROUP, is_plugin, load_plugin
+    from largebatch.registry import DATASET_GROUP, MODEL_GROUP, check_plugin, is_plugin
 
     for name, group, key in ((cfg.data.name, DATASET_GROUP, "data.name"), (cfg.model.name, MODEL_GROUP, "model.name")):
         if name not in DATA_NAMES + MODEL_NAMES and is_plugin(name, group):
-            load_plugin(name, group, key)  # a user factory that cannot be imported is refused here, before workers
+            check_plugin(name, group, key)  # a factory that cannot be imported or called as its contract says
 
     require(
         cfg.data.name in DATA_NAMES or is_plugin(cfg.data.name, DATASET_GROUP),
@@ -827,6 +914,50 @@ def validate(cfg: Config) -> None:
         "optim.rmsprop_warmup.variant",
         cfg.optim.rmsprop_warmup.variant,
         f"one of {', '.join(ALPHA_VARIANTS)}",
+    )
+    _check_finite(cfg, "")  # inf and nan are no hyperparameter (an inf weight decay passed the range checks below)
+    require(
+        isinstance(cfg.train.seed, int) and not isinstance(cfg.train.seed, bool) and 0 <= cfg.train.seed <= MAX_SEED,
+        "train.seed",
+        cfg.train.seed,
+        f"an integer in [0, 2**63 - 1 = {MAX_SEED}] (torch's generators take 64-bit seeds, and rank r seeds seed + r)",
+    )
+    require(
+        cfg.train.epochs <= MAX_EPOCHS,
+        "train.epochs",
+        cfg.train.epochs,
+        f"a positive integer up to {MAX_EPOCHS:,} (the run lays out every epoch's steps before it starts; "
+        f"ImageNet runs take 90)",
+    )
+    cores = os.cpu_count() or 1
+    require(
+        cfg.train.threads_per_worker <= THREADS_PER_CORE * cores,
+        "train.threads_per_worker",
+        cfg.train.threads_per_worker,
+        f"an integer in [0, {THREADS_PER_CORE * cores}]: at most {THREADS_PER_CORE} threads per CPU core of this "
+        f"machine ({cores} cores; more only slow the run down, and thousands exhaust the process limit); 0: the "
+        f"cores divided among the local workers",
+    )
+    require(
+        cfg.model.fc_init_std >= 0, "model.fc_init_std", cfg.model.fc_init_std, "a float >= 0 (0: torchvision's init)"
+    )
+    require(
+        cfg.schedule.poly.power >= 0,
+        "schedule.poly.power",
+        cfg.schedule.poly.power,
+        "a float >= 0 (2 in You et al. and MLPerf; 1: linear decay)",
+    )
+    require(
+        cfg.schedule.decay_end_epochs is None or cfg.schedule.decay_end_epochs > 0,
+        "schedule.decay_end_epochs",
+        cfg.schedule.decay_end_epochs,
+        "null (train.epochs) or a float > 0",
+    )
+    require(
+        all(f >= 0 for f in cfg.schedule.slow_start.factors),
+        "schedule.slow_start.factors",
+        cfg.schedule.slow_start.factors,
+        "floats >= 0 (multiples of the scaled LR)",
     )
     require(0 <= cfg.train.label_smoothing < 1, "train.label_smoothing", cfg.train.label_smoothing, "a float in [0, 1)")
     require(

@@ -13,3 +13,9 @@ EXIT_PREEMPTED = 75
 
 class ConfigError(ValueError):
     """A config key has a value that is unknown, of the wrong type, or contradicts another key."""
+
+
+class Terminated(BaseException):
+    """SIGTERM reached the launching process of ``largebatch train`` while no worker runs yet (or
+    torch's elastic agent has not installed its own handler): raised by the command line's handler
+    so that the run stops with one line and the right exit status (docs/reliability.md)."""

@@ -23,7 +23,8 @@ Contracts:
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Iterable
 from importlib import metadata
 from typing import Any
 
@@ -41,6 +42,51 @@ class RegistryError(ConfigError):
 def is_plugin(name: str, group: str) -> bool:
     """True if ``name`` is a ``module:callable`` path or an entry point of ``group``."""
     return ":" in name or any(ep.name == name for ep in metadata.entry_points(group=group))
+
+
+TRUST_FLAG = "--trust-plugins"
+"""The option of the commands that read a run (``eval``, ``critical-batch``) that lets them load the
+plugin model or data set the run's stored config names."""
+
+
+def refuse_plugins_named_by_file(
+    cfg: Any, source: str, *, named_on_command_line: Iterable[str] = (), trusted: bool = False
+) -> None:
+    """Refuse to import or call a plugin that only a file names.
+
+    A checkpoint or a run's ``config.json`` is data: it may come from anyone (a colleague's run
+    directory, a download), and its checksum only says the bytes are whole, not who wrote them. A
+    ``module:callable`` or entry-point name in its ``model.name`` or ``data.name`` would run that code
+    in this process. So a command that reads a stored config loads such a plugin only when the user
+    names it (``--set model.name=...`` on the command line, which ``named_on_command_line`` lists
+    by key) or opts in for the file (``trusted``, the ``--trust-plugins`` option). Built-in models
+    and data sets need neither.
+
+    Args:
+        cfg: the config as it will be used (a :class:`largebatch.config.Config`).
+        source: the file the stored config came from (named in the error).
+        named_on_command_line: the keys the user's own ``--set`` items give.
+        trusted: the user opted in for this file.
+
+    Raises:
+        ConfigError: a plugin named only by the file, without the opt-in (one line: the key, the
+            name, the file and the two ways to go on). Nothing has been imported.
+    """
+    if trusted:
+        return
+    named = set(named_on_command_line)
+    for key, name, group in (("model.name", cfg.model.name, MODEL_GROUP), ("data.name", cfg.data.name, DATASET_GROUP)):
+        if key not in named and is_plugin(name, group):
+            raise ConfigError(
+                f"{source} names {key}={name!r}, code outside largebatch, and loading it would run that code; "
+                f"nothing was imported. If you trust the file, pass {TRUST_FLAG}, or name the plugin yourself "
+                f"with --set {key}={name}"
+            )
+
+
+def set_keys(overrides: Iterable[str]) -> set[str]:
+    """The keys that ``KEY=VALUE`` items name (``["model.name=m:f"]`` -> ``{"model.name"}``)."""
+    return {item.split("=", 1)[0].strip() for item in overrides if "=" in item}
 
 
 def load_plugin(name: str, group: str, key: str) -> Callable[..., Any]:
@@ -79,6 +125,40 @@ def load_plugin(name: str, group: str, key: str) -> Callable[..., Any]:
     if not callable(target):
         raise RegistryError(f"{key}={name!r} is a {type(target).__name__}, not a callable")
     return target
+
+
+FACTORY_KEYWORDS = {MODEL_GROUP: ("num_classes", "in_channels"), DATASET_GROUP: ("root", "seed")}
+"""The keywords each group's factory is called with (the contracts above)."""
+
+
+def check_plugin(name: str, group: str, key: str) -> Callable[..., Any]:
+    """Load the factory ``name`` of ``group`` and check, without calling it, that it can be called
+    with the group's keywords (:data:`FACTORY_KEYWORDS`): run before any worker starts, so that
+    ``model.name=os:system`` is refused in one line instead of failing in every worker.
+
+    Raises:
+        RegistryError: the factory cannot be loaded (see :func:`load_plugin`), its signature cannot
+            be read (a C built-in such as ``builtins:dict`` is no factory), or it does not take those
+            keywords; the message names ``key``, the name and the call expected.
+    """
+    factory = load_plugin(name, group, key)
+    keywords = FACTORY_KEYWORDS[group]
+    call = f"factory({', '.join(f'{k}=...' for k in keywords)})"
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):
+        raise RegistryError(
+            f"{key}={name!r}: its signature cannot be read (a built-in, not a factory); the factory must be a "
+            f"Python function or class called as {call} (docs/api.md)"
+        ) from None
+    try:
+        signature.bind(**dict.fromkeys(keywords))
+    except TypeError as err:
+        raise RegistryError(
+            f"{key}={name!r} cannot be called as {call}: its signature is {signature} ({err}); give a Python "
+            f"function or class taking the keywords {', '.join(keywords)} (docs/api.md)"
+        ) from None
+    return factory
 
 
 def _call(name: str, group: str, key: str, **kwargs):

@@ -1,9 +1,24 @@
 """Config overrides, validation and the derived plan."""
 
+import dataclasses
+import math
+import os
+import re
+
 import pytest
 import torch
 
-from largebatch.config import ConfigError, apply_overrides, config_from_dict, config_hash, to_dict
+from largebatch.config import (
+    ConfigError,
+    _field_type_name,
+    all_keys,
+    apply_overrides,
+    config_from_dict,
+    config_hash,
+    get_key,
+    to_dict,
+    validate,
+)
 from largebatch.plan import resolve
 from largebatch.recipes import DEFAULT_RECIPE, get_recipe, recipe_names
 
@@ -315,3 +330,86 @@ def test_legacy_flat_configs_still_load_compare_and_take_overrides(recipe):
     )
     assert got.optim.lars.eps == 0.25 and got.schedule.poly.power == 3.0 and got.data.synthetic.channels == 3
     assert got.train.bn.statistics == "precise" and got.train.bn.precise_batches == 4
+
+
+def test_every_float_key_refuses_inf_and_nan():
+    """optim.weight_decay=.inf passed `>= 0` and reached the optimizers; every float must be finite."""
+    keys = [k for k in all_keys() if "float" in _field_type_name(k)]
+    assert {"optim.weight_decay", "optim.lars.trust_coefficient", "schedule.warmup_start_lr"} <= set(keys)
+    for key in keys:
+        for bad in (math.inf, -math.inf, math.nan):
+            cfg = default()
+            *parents, leaf = key.split(".")
+            setattr(get_key(cfg, ".".join(parents)), leaf, [bad] if "list" in _field_type_name(key) else bad)
+            with pytest.raises(ConfigError, match=rf"^{re.escape(key)}=.* is invalid: .*finite"):
+                validate(cfg)
+    with pytest.raises(ConfigError, match=r"^optim\.weight_decay=inf is invalid: a finite number, not inf or nan$"):
+        validate(apply_overrides(default(), ["optim.weight_decay=.inf"]))  # as --set gives it
+    with pytest.raises(ConfigError, match=r"train\.batch_schedule\[0\]\.peak_lr=inf is invalid: a finite number"):
+        validate(
+            apply_overrides(
+                default(), ["train.batch_schedule=[{start_epoch: 0, global_batch_size: 512, peak_lr: .inf}]"]
+            )
+        )
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("schedule.poly.power=-1", "schedule.poly.power=-1.0 is invalid: a float >= 0"),
+        ("model.fc_init_std=-0.5", "model.fc_init_std=-0.5 is invalid: a float >= 0"),
+        ("schedule.decay_end_epochs=0", "schedule.decay_end_epochs=0.0 is invalid: null (train.epochs) or a float > 0"),
+        ("schedule.slow_start.factors=[1, -1, 1, 1]", "schedule.slow_start.factors=[1.0, -1.0, 1.0, 1.0] is invalid"),
+    ],
+)
+def test_schedule_and_init_floats_have_ranges(override, fragment):
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        validate(apply_overrides(default(), [override]))
+
+
+def test_seed_must_fit_63_bits():
+    """train.seed=10**23 overflowed torch.manual_seed inside the workers."""
+    for seed in (10**23, 2**63, -1):
+        with pytest.raises(ConfigError, match=rf"train\.seed={seed} is invalid: an integer in \[0, 2\*\*63 - 1"):
+            validate(apply_overrides(default(), [f"train.seed={seed}"]))
+    with pytest.raises(ConfigError, match=r"train\.seed=1e\+23 is invalid"):  # a float through the Python API
+        validate(dataclasses.replace(default(), train=dataclasses.replace(default().train, seed=1e23)))
+    for seed in (0, 2**63 - 1):
+        validate(apply_overrides(default(), [f"train.seed={seed}"]))
+
+
+def test_threads_per_worker_is_bounded_by_the_cores(monkeypatch):
+    """100000 threads per worker hung 30 s, then failed with 'Resource temporarily unavailable'."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    validate(apply_overrides(default(), ["train.threads_per_worker=8"]))  # 4 per core: oversubscribed, legal
+    for n in (9, 100000):
+        with pytest.raises(ConfigError, match=rf"train\.threads_per_worker={n} is invalid: an integer in \[0, 8\]"):
+            validate(apply_overrides(default(), [f"train.threads_per_worker={n}"]))
+
+
+def test_absurd_epoch_counts_are_refused():
+    """train.epochs=10**12 was accepted and the workers grew by 10 MB/s laying out the epochs."""
+    validate(apply_overrides(default(), ["train.epochs=1000000"]))
+    for epochs in (1_000_001, 10**12):
+        with pytest.raises(
+            ConfigError, match=rf"train\.epochs={epochs} is invalid: a positive integer up to 1,000,000"
+        ):
+            validate(apply_overrides(default(), [f"train.epochs={epochs}"]))
+
+
+@pytest.mark.parametrize(
+    "value, fragment",
+    [
+        ("&a [*a, *a]", "is a recursive YAML alias"),
+        ("[" * 500 + "]" * 500, "nested too deeply"),
+        ("[" * 40 + "]" * 40, "nested more than 32 levels deep"),
+        ("[" + "1, " * 2000, "(6001 characters)"),  # a long bad value is cut short in the message
+    ],
+)
+def test_a_recursive_or_deep_yaml_value_is_one_line(value, fragment):
+    """--set values are YAML: a value nested 500 deep was a RecursionError traceback."""
+    with pytest.raises(ConfigError) as err:
+        apply_overrides(default(), [f"schedule.decay_epochs={value}"])
+    msg = str(err.value)
+    assert msg.startswith("config key 'schedule.decay_epochs'") and fragment in msg, msg
+    assert "\n" not in msg and len(msg) < 400

@@ -1,6 +1,7 @@
 """Damaged Fashion-MNIST files are found before any worker starts, with one line naming the file
-(truncated gzip, bytes that are not gzip, a wrong magic number, labels of the wrong length), and
-leave nothing behind in the cache; the real files pass and are decompressed once."""
+(truncated gzip, bytes that are not gzip, a wrong magic number, labels of the wrong length, a
+label outside 0-9), and leave nothing behind in the cache; the real files pass and are decompressed
+once."""
 
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def _labels(root, name, header_n, body_n):
 
 def test_the_real_files_pass_and_are_decompressed_once(copy, tmp_path):
     check_data(_cfg(copy))
-    assert _cache_files(tmp_path) == sorted(FILES)
+    assert _cache_files(tmp_path) == sorted([*FILES, "sources.json"])  # and the record of the sources
     assert prepare_files(str(copy)) == prepare_files(str(copy))  # the same cache entry
 
 
@@ -62,6 +63,7 @@ def test_the_real_files_pass_and_are_decompressed_once(copy, tmp_path):
         ("wrong_magic", "train-labels-idx1-ubyte.gz: not the IDX file train-labels-idx1-ubyte (magic number"),
         ("short_labels", "t10k-labels-idx1-ubyte.gz: 9999 labels for the 10000 images of"),
         ("body_cut", "t10k-labels-idx1-ubyte.gz: 10007 bytes after decompression, expected 10008 for 10000 items"),
+        ("bad_label", "train-labels-idx1-ubyte.gz: label 200 at index 12345 is outside Fashion-MNIST's classes 0-9"),
     ],
 )
 def test_a_damaged_file_is_named_before_any_worker(copy, tmp_path, damage, message):
@@ -73,6 +75,10 @@ def test_a_damaged_file_is_named_before_any_worker(copy, tmp_path, damage, messa
     elif damage == "wrong_magic":
         raw = bytearray(gzip.decompress((REAL / "train-labels-idx1-ubyte.gz").read_bytes()))
         raw[3] = 0x03  # an images magic number on a labels file
+        (copy / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(bytes(raw)))
+    elif damage == "bad_label":  # a valid header and length: this was an IndexError in every worker
+        raw = bytearray(gzip.decompress((REAL / "train-labels-idx1-ubyte.gz").read_bytes()))
+        raw[8 + 12345] = raw[8 + 50000] = 200
         (copy / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(bytes(raw)))
     elif damage == "short_labels":
         _labels(copy, "t10k-labels-idx1-ubyte", 9999, 9999)

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 import clirun
-from largebatch.api import check_devices, prepare_run
-from largebatch.config import ConfigError, apply_overrides, schedule_warnings
+from largebatch.api import check_devices, load_config, prepare_run
+from largebatch.config import ConfigError, apply_overrides, schedule_warnings, validate
+from largebatch.data import check_data
 from largebatch.recipes import DEFAULT_RECIPE, get_recipe
 from largebatch.train.checkpoint import (
     CheckpointError,
@@ -81,7 +82,7 @@ def test_resume_auto_refuses_when_every_checkpoint_is_unreadable(tmp_path):
     assert len(list_checkpoints(tmp_path)) == 2  # nothing deleted
 
 
-def test_stale_temporary_files_are_removed_before_the_run(tmp_path):
+def test_stale_temporary_files_are_removed_by_the_cleanup_not_by_prepare_run(tmp_path):
     d = checkpoint_dir(tmp_path)
     d.mkdir(parents=True)
     stale = [d / ".ckpt_step00000003.pt.k2j9x.tmp", d / ".ckpt_step00000003.pt.sha256.a8b.tmp"]
@@ -92,8 +93,8 @@ def test_stale_temporary_files_are_removed_before_the_run(tmp_path):
     assert sorted(remove_stale_temp_files(tmp_path)) == sorted(stale)
     assert not any(p.exists() for p in stale) and keep.exists()
     stale[0].write_bytes(b"half")
-    prepare_run(_cfg(), nproc=1, out=tmp_path)
-    assert not stale[0].exists()
+    prepare_run(_cfg(), nproc=1, out=tmp_path)  # deletes nothing: rank 0 cleans up, under the run's lock
+    assert stale[0].exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
@@ -140,3 +141,86 @@ def test_resume_auto_says_when_it_finds_nothing(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"--resume auto found no checkpoint in {out}; starting from step 0" in proc.stderr
     assert "warning: schedule.decay_epochs 3 fall at or after the end of training" in proc.stderr
+
+
+PLUGIN_MODULE = """
+def net(*, num_classes, in_channels, width=8):
+    raise AssertionError("a check must not call the factory")
+
+
+def data(root, seed):
+    raise AssertionError("a check must not call the factory")
+"""
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        (
+            "model.name=os:system",
+            "model.name='os:system' cannot be called as factory(num_classes=..., in_channels=...)",
+        ),
+        ("data.name=os:system", "data.name='os:system' cannot be called as factory(root=..., seed=...)"),
+        ("model.name=builtins:dict", "model.name='builtins:dict': its signature cannot be read"),
+        ("model.name=largebatch_guard_plug:data", "cannot be called as factory(num_classes=..., in_channels=...)"),
+    ],
+)
+def test_a_plugin_that_breaks_the_factory_contract_is_refused_by_check_data(tmp_path, monkeypatch, override, fragment):
+    """model.name=os:system passed every check and failed in each worker with a TypeError."""
+    (tmp_path / "largebatch_guard_plug.py").write_text(PLUGIN_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for check in (check_data, validate):  # validate: sweeps and studies plan their runs with it
+        with pytest.raises(ConfigError) as err:
+            check(_cfg([override]))
+        assert fragment in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+def test_a_plugin_that_takes_the_contract_passes_and_builtins_import_nothing(tmp_path, monkeypatch):
+    (tmp_path / "largebatch_guard_plug.py").write_text(PLUGIN_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    check_data(_cfg(["model.name=largebatch_guard_plug:net", "data.name=largebatch_guard_plug:data"]))
+    import largebatch.registry
+
+    def no_import(*args):
+        raise AssertionError(f"check_plugin{args} called for a built-in name")
+
+    monkeypatch.setattr(largebatch.registry, "check_plugin", no_import)
+    check_data(_cfg())  # synthetic + resnet_fmnist
+    check_data(_cfg(["model.name=resnet18", "data.synthetic.channels=3"]))  # a torchvision model
+
+
+def test_the_cli_refuses_a_plugin_of_the_wrong_shape_in_one_line(tmp_path):
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "largebatch", "train", "--nproc", "2", "--out", str(out)]
+    for item in [*SYNTHETIC, "model.name=os:system"]:
+        args += ["--set", item]
+    proc = clirun.subprocess_run(args, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "model.name='os:system' cannot be called" in proc.stderr
+    assert not out.exists()  # refused before the run directory, and so before any worker
+
+
+@pytest.mark.parametrize(
+    "name, text, fragment",
+    [
+        ("loop.yaml", "a: &a [*a, *a]\n", "a[0] is a recursive YAML alias"),
+        ("loop2.yaml", "train: &t {seed: 1, again: *t}\n", "train.again is a recursive YAML alias"),
+        ("deep.yaml", "train: " + "[" * 1000 + "]" * 1000 + "\n", "is nested too deeply to be a config"),
+        ("deep.json", '{"train": ' + "[" * 5000 + "]" * 5000 + "}", "is nested too deeply to be a config"),
+        ("deep300.yaml", "train: {seed: " + "[" * 300 + "]" * 300 + "}\n", "nested more than 32 levels deep"),
+        (
+            "bomb.yaml",
+            "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n"
+            + "".join(f"{c}: &{c} [{', '.join([f'*{p}'] * 10)}]\n" for p, c in zip("abcde", "bcdef")),
+            "too large",
+        ),
+    ],
+)
+def test_a_config_file_with_a_recursive_alias_or_deep_nesting_is_one_line(tmp_path, name, text, fragment):
+    """These were RecursionError tracebacks (or, for aliases of aliases, a config expanded into memory)."""
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(str(path))
+    msg = str(err.value)
+    assert msg.startswith(f"--config {str(path)!r}") and fragment in msg and "\n" not in msg, msg

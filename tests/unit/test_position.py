@@ -2,6 +2,8 @@
 closed forms (drop-last steps per epoch, fractional epochs, warmup and decays at their epochs, each
 stage's peak LR in samples of the nominal epoch)."""
 
+import signal
+
 import pytest
 
 from largebatch.config import apply_overrides
@@ -58,3 +60,28 @@ def test_batch_schedule_counts_each_epochs_steps_and_places_the_lr_in_samples():
     # stage 1 (epoch 1): the linear rule's peak for 256, 0.4; stage 2 its own peak 0.05, decayed at epoch 2.5
     assert pos.lr_at(8) == pytest.approx(0.4) and pos.lr_at(9) == pytest.approx(0.4)
     assert pos.lr_at(10) == pytest.approx(0.05) and pos.lr_at(11) == pytest.approx(0.005)
+
+
+def test_a_million_epochs_lay_out_in_linear_time():
+    """epoch_start summed a prefix per epoch (quadratic): 10**4 epochs took 0.7 s, 10**6 hours."""
+    extra = [
+        "train.epochs=1000000",
+        "train.global_batch_size=64",
+        "train.batch_schedule=[{start_epoch: 0, global_batch_size: 64}, {start_epoch: 500000, global_batch_size: 256}]",
+    ]
+
+    def too_slow(signum, frame):
+        raise TimeoutError("laying out 10**6 epochs took over 30 s: not linear")
+
+    previous = signal.signal(signal.SIGALRM, too_slow)
+    signal.alarm(30)  # about 0.5 s; the quadratic sum took hours
+    try:
+        pos = position(extra)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert pos.epoch_start[:3] == [0, 8, 16] and pos.epoch_start[500_001] == 500_000 * 8 + 2
+    assert pos.total_steps == 500_000 * 8 + 500_000 * 2 == pos.epoch_start[-1] and len(pos.epoch_start) == 1_000_001
+    assert pos.stage_of(499_999).index == 0 and pos.stage_of(500_000).index == 1
+    assert pos.epoch_position(8) == 1.0 and pos.epoch_position(500_000 * 8 + 1) == pytest.approx(500_000.5)
+    assert pos.epoch_position(pos.total_steps) == 1_000_000.0

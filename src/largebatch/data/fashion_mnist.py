@@ -12,13 +12,21 @@ and checks each file's IDX header (magic number, dimensions) and length, naming 
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import json
 import math
 import os
 import shutil
 import tempfile
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # not on Windows: the cache is not locked there
+    fcntl = None  # type: ignore[assignment]
 
 import torch
 
@@ -40,11 +48,14 @@ IDX = {  # magic number (0x0803: unsigned bytes, 3 dimensions; 0x0801: 1 dimensi
     "t10k-images-idx3-ubyte": (0x0803, (28, 28)),
     "t10k-labels-idx1-ubyte": (0x0801, ()),
 }
+NUM_CLASSES = 10
+"""Labels of Fashion-MNIST are 0-9; a larger one would index past the model's 10 logits."""
 
 
 def check_idx(raw: Path, name: str, source: Path) -> int:
     """Check that the decompressed file ``raw`` is an IDX file as Fashion-MNIST's ``name`` is (its
-    magic number, 28x28 images, a length that matches its header); returns its number of items.
+    magic number, 28x28 images, a length that matches its header, labels in [0, 10)); returns its
+    number of items.
 
     Raises:
         ValueError: naming ``source`` (the user's file) and what is wrong.
@@ -70,6 +81,15 @@ def check_idx(raw: Path, name: str, source: Path) -> int:
             f"{source}: {size} bytes{' after decompression' if source != raw else ''}, expected {want} for "
             f"{dims[0]} items (truncated or padded); replace it with a fresh copy"
         )
+    if not item:  # a labels file: every label one of the 10 classes (60,000 bytes at most, read at C speed)
+        with open(raw, "rb") as f:
+            labels = f.read()[header:]
+        if labels and max(labels) >= NUM_CLASSES:
+            index = next(i for i, label in enumerate(labels) if label >= NUM_CLASSES)
+            raise ValueError(
+                f"{source}: label {labels[index]} at index {index} is outside Fashion-MNIST's classes "
+                f"0-{NUM_CLASSES - 1} (a damaged file or another data set's); replace it with a fresh copy"
+            )
     return dims[0]
 
 
@@ -99,7 +119,9 @@ def default_root() -> str:
 
 
 def cache_dir() -> Path:
-    """Where decompressed files go: $LARGEBATCH_CACHE, else ~/.cache/largebatch."""
+    """Where decompressed files go: $LARGEBATCH_CACHE, else ~/.cache/largebatch; about 53 MB per
+    set of source files (one ``fashion-mnist-*`` entry each, see :func:`_prepare_raw`). Deleting the
+    folder is safe: it is rebuilt on the next run."""
     return Path(os.environ.get("LARGEBATCH_CACHE", Path.home() / ".cache" / "largebatch"))
 
 
@@ -125,17 +147,137 @@ def find_files(root: str) -> dict[str, Path]:
     return found
 
 
-def _prepare_raw(files: dict[str, Path]) -> Path:
-    """A folder laid out as torchvision expects (``<root>/FashionMNIST/raw/<name>``) holding the
-    decompressed files; returns ``<root>``."""
+SOURCES_FILE = "sources.json"
+"""In each cache entry: the absolute paths of the source files it was made from (a JSON list)."""
+
+ENTRY_PREFIX = "fashion-mnist-"
+"""Cache entries are the folders ``<cache_dir()>/fashion-mnist-<hash of the sources' paths, sizes, mtimes>``."""
+
+
+def _flock(fd: int, operation: int) -> bool:
+    """flock(2) on ``fd``; False when a non-blocking request would block. No locking without fcntl."""
+    if fcntl is None:
+        return True
+    try:
+        fcntl.flock(fd, operation)
+        return True
+    except BlockingIOError:
+        return False
+
+
+def _enter_entry(root: Path) -> int:
+    """Make the cache entry ``root`` if needed and hold a shared lock on it (an open descriptor of the
+    folder; flock). A process that removes an entry holds it exclusively, so an entry in use by
+    another process (being written or read) is never removed, and one removed meanwhile is made again.
+
+    Raises:
+        ValueError: the cache folder cannot be written (naming it and ``LARGEBATCH_CACHE``).
+    """
+    for _ in range(20):
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            fd = os.open(root, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        except FileNotFoundError:  # removed between mkdir and open by a process cleaning the cache
+            continue
+        except OSError as err:
+            raise ValueError(
+                f"the Fashion-MNIST cache {root.parent} cannot be written ({err.strerror or err}); set "
+                f"LARGEBATCH_CACHE to a writable folder"
+            ) from None
+        _flock(fd, fcntl.LOCK_SH if fcntl else 0)
+        try:
+            if os.stat(root).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # removed while we waited for the lock: make it again
+    raise ValueError(f"the Fashion-MNIST cache entry {root} keeps disappearing; is another program removing it?")
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _remove_entry_if_unused(entry: Path, fd: int) -> bool:
+    """Remove the cache entry ``entry`` (``fd``: an open descriptor of it) when no other process holds
+    it; True when removed."""
+    if entry.is_symlink() or not _flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB if fcntl else 0):
+        return False
+    shutil.rmtree(entry, ignore_errors=True)
+    return True
+
+
+def _remove_older_entries(entry: Path, sources: list[str]) -> None:
+    """Remove the other cache entries made from the same source paths (older copies or versions of
+    the same files), except those another process is writing or reading. Only folders named
+    ``fashion-mnist-*`` directly in the cache folder that record their sources are considered."""
+    for other in entry.parent.glob(f"{ENTRY_PREFIX}*"):
+        if other == entry or other.is_symlink() or not other.is_dir():
+            continue
+        try:
+            if json.loads((other / SOURCES_FILE).read_text()) != sources:
+                continue
+            fd = os.open(other, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        except (OSError, ValueError):  # no record (another program's folder, an older version's), or gone
+            continue
+        try:
+            _remove_entry_if_unused(other, fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def _prepared(files: dict[str, Path]) -> Iterator[Path]:
+    """:func:`_prepare_raw` whose cache entry is held (not removed by another process) while inside."""
     if all(p.suffix != ".gz" for p in files.values()):
         parents = {p.parent for p in files.values()}
         if len(parents) == 1 and next(iter(parents)).parts[-2:] == ("FashionMNIST", "raw"):
             _check_pairs({name: check_idx(src, name, src) for name, src in files.items()}, files)
-            return next(iter(parents)).parent.parent
+            yield next(iter(parents)).parent.parent
+            return
     key = str(sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files.values()))
+    sources = sorted(os.path.abspath(p) for p in files.values())
+    root = cache_dir() / f"{ENTRY_PREFIX}{derive_seed(key):016x}"
+    fd = _enter_entry(root)
+    try:
+        try:
+            if not (root / SOURCES_FILE).is_file():
+                _write_atomically(root / SOURCES_FILE, json.dumps(sources) + "\n")
+            _fill_entry(root, files)
+        except BaseException:  # nothing usable: leave no entry behind (unless another process holds it)
+            _remove_entry_if_unused(root, fd)
+            raise
+        _remove_older_entries(root, sources)
+        yield root
+    finally:
+        os.close(fd)
 
-    root = cache_dir() / f"fashion-mnist-{derive_seed(key):016x}"
+
+def _prepare_raw(files: dict[str, Path]) -> Path:
+    """A folder laid out as torchvision expects (``<root>/FashionMNIST/raw/<name>``) holding the
+    decompressed files; returns ``<root>``.
+
+    The cache stays bounded: making the entry of a set of source files removes the entries made
+    before from the same paths (a touched or re-copied source), and a failed attempt leaves no entry.
+    Entries another process is using are left alone.
+
+    Raises:
+        ValueError: a file cannot be decompressed or is not the IDX file it is named after, or the
+            cache folder cannot be written.
+    """
+    with _prepared(files) as root:
+        return root
+
+
+def _fill_entry(root: Path, files: dict[str, Path]) -> None:
+    """Decompress (atomically) and check the files into the entry ``root``, reusing valid ones."""
     raw = root / "FashionMNIST" / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     counts = {}
@@ -163,7 +305,6 @@ def _prepare_raw(files: dict[str, Path]) -> Path:
             raise
         os.replace(tmp, dst)
     _check_pairs(counts, files)
-    return root
 
 
 def load_fashion_mnist(root: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -175,18 +316,18 @@ def load_fashion_mnist(root: str) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     """
     from torchvision.datasets import FashionMNIST
 
-    tv_root = prepare_files(root)
-    out = []
-    for train in (True, False):
-        try:
-            ds = FashionMNIST(str(tv_root), train=train, download=False)
-        except (AssertionError, RuntimeError, ValueError) as err:
-            raise ValueError(
-                f"Fashion-MNIST files in {root or default_root()} are not valid IDX files: {err}"
-            ) from None
-        if ds.data.shape[1:] != (28, 28) or ds.data.shape[0] != ds.targets.shape[0]:
-            raise ValueError(
-                f"Fashion-MNIST files in {root or default_root()} have unexpected shapes {tuple(ds.data.shape)}"
-            )
-        out += [ds.data.unsqueeze(1).contiguous(), ds.targets.long()]
+    with _prepared(find_files(root)) as tv_root:  # the cache entry is held while torchvision reads it
+        out = []
+        for train in (True, False):
+            try:
+                ds = FashionMNIST(str(tv_root), train=train, download=False)
+            except (AssertionError, RuntimeError, ValueError) as err:
+                raise ValueError(
+                    f"Fashion-MNIST files in {root or default_root()} are not valid IDX files: {err}"
+                ) from None
+            if ds.data.shape[1:] != (28, 28) or ds.data.shape[0] != ds.targets.shape[0]:
+                raise ValueError(
+                    f"Fashion-MNIST files in {root or default_root()} have unexpected shapes {tuple(ds.data.shape)}"
+                )
+            out += [ds.data.unsqueeze(1).contiguous(), ds.targets.long()]
     return out[0], out[1], out[2], out[3]

@@ -8,6 +8,7 @@ crop, centre crop). Batches follow the same :class:`GlobalBatchSampler` as the i
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,6 +63,50 @@ class _CheckedImages(torch.utils.data.Dataset):
                     ) from None
                 bad.append(f"{path}\t{type(err).__name__}: {err}")
         raise BadImageError(f"no readable image in {getattr(self.folder, 'root', 'the data set')}")
+
+
+_WORKER_ERROR = re.compile(r"^Caught (\w+) in DataLoader worker process \d+\.")
+
+
+def worker_error(err: BaseException) -> BaseException | None:
+    """The error a DataLoader worker raised, as one line, from the one torch raises again in the
+    loading process (``Caught X in DataLoader worker process N.`` followed by the worker's whole
+    traceback), or None for any other error. The same class when it can be made from the message
+    (:class:`BadImageError` naming the file), else a RuntimeError ``X: message``."""
+    text = str(err.args[0]) if err.args and isinstance(err.args[0], str) else str(err)
+    found = _WORKER_ERROR.match(text)
+    if found is None or "Original Traceback" not in text:
+        return None
+    name = found.group(1)
+    message = ""
+    for line in reversed(text.rstrip().splitlines()):  # the traceback's last 'module.Name: message' line
+        head, sep, rest = line.partition(": ")
+        if sep and not line[:1].isspace() and (head == name or head.endswith("." + name)):
+            message = rest.strip()
+            break
+    if type(err).__name__ == name:
+        try:
+            return type(err)(message)
+        except Exception:
+            pass
+    return RuntimeError(f"{name}: {message}")
+
+
+def _one_line_worker_errors(batches):
+    """Iterate ``batches`` (a DataLoader), raising a worker's error as :func:`worker_error` gives it
+    (chained to torch's, so the worker's traceback stays in the log) instead of torch's many lines."""
+    iterator = iter(batches)
+    while True:
+        try:
+            item = next(iterator)
+        except StopIteration:
+            return
+        except Exception as err:
+            plain = worker_error(err)
+            if plain is None:
+                raise
+            raise plain from err
+        yield item
 
 
 class _DecodedImages(torch.utils.data.Dataset):
@@ -298,11 +343,17 @@ class ImageFolderData:
     def _batches(self, split: str, dataset, index_batches, seed: int):
         """(images uint8 or float, labels, skipped files) from the batch decoder or DataLoader."""
         decoder = self._batch_decoder(split)
-        if decoder is None:
-            return self._loader(dataset, index_batches, seed)
+        if decoder is None:  # a loader worker's error (a file that cannot be decoded) in one line
+            return _one_line_worker_errors(self._loader(dataset, index_batches, seed))
         return decoder.batches(index_batches, seed=seed, dataset_size=len(dataset))
 
     def train_batches(self, sampler: GlobalBatchSampler, *, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Normalized images and labels of this rank's share of each global batch.
+
+        Raises:
+            BadImageError: a file cannot be decoded under ``bad_file_policy=fail`` (one line naming
+                it, also when a loader worker met it).
+        """
         sampler.as_lists = True
         loader_seed = derive_seed(seed, "loader", sampler.rank, sampler.epoch, sampler.start_step)
         for images, labels, bad in self._batches("train", self.train_set, sampler, loader_seed):

@@ -24,6 +24,7 @@ import glob
 import importlib
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -50,7 +51,7 @@ log = logging.getLogger(__name__)
 LOOPBACK_BACKEND = "largebatch-loopback"
 """The rendezvous back-end name of :func:`launch_local`: c10d's, with every store on 127.0.0.1."""
 
-AGENT_LOGGERS = ("torch.distributed.elastic", "torch.distributed.launcher")
+AGENT_LOGGERS = ("torch.distributed.elastic", "torch.distributed.launcher", "torch.multiprocessing")
 """torch's loggers whose records (the agent's failure reports with the workers' tracebacks) go to the
 run's log file instead of the terminal during :func:`launch_local`."""
 
@@ -94,6 +95,18 @@ def _error_text(failure: ProcessFailure) -> tuple[str, str]:
     return error_type, text
 
 
+def _signal_in(text: str) -> int | None:
+    """The signal named in torch's ``SignalException`` message ("... got signal: 2", or ``SIGINT``
+    / ``Signals.SIGINT`` on other Python versions)."""
+    m = re.search(r"got signal: (?:Signals\.)?(\w+)", text)
+    if m is None:
+        return None
+    name = m.group(1)
+    if name.isdigit():
+        return int(name)
+    return getattr(signal, name, None)
+
+
 def _recorded(failure: ProcessFailure) -> bool:
     return bool(failure.error_file) and os.path.isfile(failure.error_file)
 
@@ -118,17 +131,21 @@ def classify_failure(failures: dict[int, ProcessFailure]) -> FailureKind:
         f = failures[rank]
         error_type, text = _error_text(f) if _recorded(f) else ("", "")
         if error_type in ("SignalException", "KeyboardInterrupt"):  # torch's handler, inherited by a fork
-            kind = "interrupted" if error_type == "KeyboardInterrupt" or "SIGINT" in text else "preempted"
+            kind = (
+                "interrupted" if error_type == "KeyboardInterrupt" or _signal_in(text) == signal.SIGINT else "preempted"
+            )
         elif f.exitcode == EXIT_PREEMPTED or f.exitcode == -signal.SIGTERM:
             kind = "preempted"
-        elif f.exitcode == -signal.SIGINT:
+        elif f.exitcode in (-signal.SIGINT, 128 + signal.SIGINT):
             kind = "interrupted"
         elif f.exitcode < 0 or not _recorded(f):
             kind = "died"
         else:
             kind = "error"
         by_kind.setdefault(kind, (rank, f))
-    for kind in ("preempted", "interrupted", "died", "error"):
+    # an interrupt outranks a preemption: the launcher stops the other workers with SIGTERM, and they
+    # checkpoint and leave as preempted
+    for kind in ("interrupted", "preempted", "died", "error"):
         if kind in by_kind:
             return FailureKind(kind, *by_kind[kind])
     raise ValueError("no failure to classify")
@@ -138,7 +155,9 @@ def _describe(fk: FailureKind) -> WorkerFailed:
     f = fk.failure
     if fk.kind == "error":
         error_type, text = _error_text(f)
-        return WorkerFailed(f"worker rank {fk.rank} failed (exit code {f.exitcode}): {text}", f.exitcode, "error", error_type)
+        return WorkerFailed(
+            f"worker rank {fk.rank} failed (exit code {f.exitcode}): {text}", f.exitcode, "error", error_type
+        )
     if f.exitcode < 0:
         how = f"was killed by {f.signal_name()}"
     else:

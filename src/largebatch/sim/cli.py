@@ -4,8 +4,8 @@
                         [--epochs 90] [--torus-x 8] [--out FIGURE.png]
 
 The table goes to stdout; the figure is written only when ``--out`` names a file. Exit status 0,
-or 2 for bad input (one line on stderr naming the option and what is accepted), checked before
-anything is computed or written.
+or 2 for bad input (one line on stderr naming the option and what is accepted, e.g. ``--gpus``
+outside 1 to :data:`MAX_GPUS`), checked before anything is computed or written.
 """
 
 from __future__ import annotations
@@ -19,10 +19,14 @@ from largebatch.sim.allreduce import ALGORITHMS, allreduce_cost
 from largebatch.sim.presets import PRESETS, get_preset
 from largebatch.sim.step import IMAGENET_TRAIN_IMAGES, simulate_step
 
+MAX_GPUS = 10_000_000
+"""The largest --gpus accepted: 10 million, far more GPUs than any cluster built (the largest hold a
+few hundred thousand); larger counts are typing mistakes, and their times overflow the table."""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``simulate`` to ``parser`` (validated in :func:`run`)."""
-    parser.add_argument("--gpus", type=int, default=256, help="number of GPUs (default 256)")
+    parser.add_argument("--gpus", type=int, default=256, help=f"number of GPUs, 1 to {MAX_GPUS:,} (default 256)")
     parser.add_argument("--preset", default="goyal2017", help=f"hardware preset: {', '.join(PRESETS)}")
     parser.add_argument(
         "--algorithm",
@@ -62,8 +66,11 @@ def run(args: argparse.Namespace) -> int:
         preset = get_preset(args.preset)
     except ValueError as err:
         return _fail(f"--preset: {err}")
-    if args.gpus is None or args.gpus < 1:
-        return _fail(f"--gpus {args.gpus} is invalid; accepted: an integer >= 1")
+    if args.gpus is None or not 1 <= args.gpus <= MAX_GPUS:
+        return _fail(
+            f"--gpus {args.gpus} is out of range; accepted: 1 to {MAX_GPUS:,} (more GPUs than any cluster built "
+            f"by far: a larger count is a typing mistake, and the model is not calibrated there)"
+        )
     algorithms = ALGORITHMS if args.algorithm == "all" else (args.algorithm,)
     if args.algorithm != "all" and args.algorithm not in ALGORITHMS:
         return _fail(f"--algorithm {args.algorithm!r} is unknown; accepted: {', '.join(ALGORITHMS)}, all")
@@ -102,11 +109,11 @@ def run(args: argparse.Namespace) -> int:
         f"{'algorithm':<18}{'allreduce_ms':>13}{'step_ms':>10}{'exposed_ms':>11}{'epoch_s':>10}{'train_min':>11}"
         f"{'efficiency_%':>14}  nccl_choice"
     )
-    for r in rows:
+    for r in rows:  # a space before every number: a value wider than its column never runs into the next
         print(
-            f"{r.algorithm:<18}{r.allreduce_s * 1e3:>13.3f}{r.step_s * 1e3:>10.2f}{r.last_bucket_exposed_s * 1e3:>11.3f}"
-            f"{r.epoch_s(args.images):>10.2f}{r.train_s(args.epochs, args.images) / 60:>11.2f}"
-            f"{r.scaling_efficiency * 100:>14.1f}  {r.choice or '-'}"
+            f"{r.algorithm:<18} {r.allreduce_s * 1e3:>12.3f} {r.step_s * 1e3:>9.2f} {r.last_bucket_exposed_s * 1e3:>10.3f}"
+            f" {r.epoch_s(args.images):>9.2f} {r.train_s(args.epochs, args.images) / 60:>10.2f}"
+            f" {r.scaling_efficiency * 100:>13.1f}  {r.choice or '-'}"
         )
     if args.out is not None:
         try:

@@ -32,6 +32,7 @@ from pathlib import Path
 from largebatch.config import ConfigError, apply_overrides, config_from_dict
 from largebatch.plan import resolve_stages
 from largebatch.recipes import recipe_names
+from largebatch.registry import refuse_plugins_named_by_file, set_keys
 from largebatch.study.advise import read_noise_scale
 from largebatch.study.sweep import _overrides_of
 from largebatch.study.tune import _train_images
@@ -165,12 +166,16 @@ def run_branches(
     nproc: int = 1,
     overrides: list[str] = (),
     progress: Callable[[str], None] | None = None,
+    trust_plugins: bool = False,
 ) -> dict:
     """Branch every (checkpoint, batch, LR rule) that has no result under ``out``, then write
     ``critical_batch.json`` and ``critical_batch.md``; returns the report (see the module docstring).
+    A plugin model or data set that only the reference run's config names is loaded only with
+    ``trust_plugins`` or when ``overrides`` name it (:func:`largebatch.registry.refuse_plugins_named_by_file`).
 
     Raises:
         BranchError: before any branch, for a study that cannot run as asked.
+        ConfigError: a plugin named only by the reference run, without ``trust_plugins``.
         RuntimeError: when a branch fails other than by diverging (the same command resumes).
     """
 
@@ -183,7 +188,17 @@ def run_branches(
     cfg_path = reference / "config.json"
     if not cfg_path.is_file():
         raise BranchError(f"{reference} has no config.json: give the run directory of a largebatch train run")
-    ref_cfg = config_from_dict(json.loads(cfg_path.read_text()))
+    try:
+        ref_cfg = config_from_dict(json.loads(cfg_path.read_text()))
+    except Exception as err:  # whatever the file holds: one line
+        raise BranchError(f"{cfg_path}: not a largebatch run's config ({(str(err).splitlines() or [''])[0]})") from None
+    # The run's config is data: a plugin only it names is not imported (largebatch.registry).
+    refuse_plugins_named_by_file(
+        apply_overrides(ref_cfg, list(overrides)),
+        str(cfg_path),
+        named_on_command_line=set_keys(overrides),
+        trusted=trust_plugins,
+    )
     points = branch_points(reference, steps)
     ref_batch = (
         ref_cfg.train.global_batch_size

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import sqlite3
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +41,104 @@ PROTOCOL_KEYS = ("target_val_top1", "val_size", "evals_per_epoch")
 
 class ReportError(ValueError):
     """Storages that cannot make one report (none given, nothing in them, or protocols that differ)."""
+
+
+DRIVER_PACKAGES = {
+    "MySQLdb": "mysqlclient",
+    "pymysql": "PyMySQL",
+    "psycopg2": "psycopg2-binary",
+    "psycopg": "psycopg[binary]",
+    "pg8000": "pg8000",
+    "asyncpg": "asyncpg",
+    "mysql": "mysql-connector-python",
+}
+"""The pip package of each database driver module SQLAlchemy may ask for (a storage URL's driver)."""
+
+OPTUNA_TABLES = ("studies", "version_info")
+"""Tables every Optuna RDB storage has: a SQLite file without them is another program's database."""
+
+
+def shown_url(url: str) -> str:
+    """``url`` for a message: its password, if any, replaced by ``***``."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url
+
+
+def storage_problem(url: str, *, existing: bool) -> str | None:
+    """Why ``url`` cannot be used as an Optuna storage, as one line naming it and the fix, or None.
+
+    Checked without changing anything (a SQLite file is opened read-only, no table is created): the
+    URL parses, SQLAlchemy knows its database, the database's driver module is installed, and a
+    SQLite file is a database holding an Optuna study's tables (or no tables at all). ``existing``:
+    the storage must already hold studies (``study-report``); otherwise a missing or empty SQLite file
+    is fine (``sweep --tune`` creates the study there). A server is not contacted.
+    """
+    from sqlalchemy.engine import make_url
+
+    name = shown_url(url)
+    examples = "sqlite:///PATH/study.db, postgresql://USER:PASSWORD@HOST/DB or mysql+pymysql://USER:PASSWORD@HOST/DB"
+    try:
+        parsed = make_url(url)
+    except Exception:
+        return f"storage {name!r} is not a database URL; give {examples}"
+    try:
+        dialect = parsed.get_dialect()
+    except Exception:
+        return f"storage {name}: unknown database {parsed.drivername!r} (no SQLAlchemy dialect); give {examples}"
+    try:
+        (getattr(dialect, "import_dbapi", None) or dialect.dbapi)()
+    except ImportError as err:
+        module = getattr(err, "name", None) or str(err).split("'")[1 if "'" in str(err) else 0]
+        package = DRIVER_PACKAGES.get(module, module)
+        return (
+            f"storage {name}: its database driver {module!r} is not installed; pip install {package!r}, "
+            f"or name an installed driver in the URL (e.g. {parsed.get_backend_name()}+DRIVER://...)"
+        )
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    path = Path(parsed.database)
+    if path.is_dir():
+        return f"storage {name}: {path} is a folder; give sqlite:///PATH of a study.db file"
+    if not path.exists():
+        if existing:
+            return f"storage {name}: no such file (give sqlite:///PATH of an existing study.db)"
+        ancestor = path.absolute().parent
+        while not ancestor.exists() and ancestor != ancestor.parent:
+            ancestor = ancestor.parent
+        if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+            why = "is not a folder" if not ancestor.is_dir() else "is not writable"
+            return f"storage {name}: the study.db cannot be created there ({ancestor} {why}); give another path"
+        return None
+    try:
+        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        finally:
+            connection.close()
+    except sqlite3.Error as err:
+        return (
+            f"storage {name}: {path} is not a readable SQLite database ({err}); give the study.db of "
+            f"`largebatch sweep --tune`, or a new path for a new study (the file was not changed)"
+        )
+    if tables and not all(t in tables for t in OPTUNA_TABLES):
+        listed = ", ".join(sorted(tables)[:5]) + (" ..." if len(tables) > 5 else "")
+        return (
+            f"storage {name}: {path} is a SQLite database of another program (tables {listed}), not an Optuna "
+            f"study; give the study.db of `largebatch sweep --tune`, or a new path (the file was not changed)"
+        )
+    if existing and not tables:
+        return f"storage {name}: {path} holds no Optuna study (an empty database); give the study.db of a tuned sweep"
+    return None
+
+
+def _first_line(err: BaseException) -> str:
+    """An exception's first line, without SQLAlchemy's '(Background on this error ...)' link."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return f"{type(err).__name__}: {text}"[:300]
 
 
 @dataclass
@@ -188,8 +288,10 @@ def collect(
         methods, batch_sizes, study_names: keep only these (None: all).
 
     Raises:
-        ReportError: no storage, a storage without tuned studies of the objective, several budgets of
-            one cell at equal epochs, or merged studies whose target or validation split differ.
+        ReportError: no storage, a storage that cannot be read (see :func:`storage_problem`: a bad URL,
+            a driver not installed, a file that is not an Optuna study's SQLite database), a storage
+            without tuned studies of the objective, several budgets of one cell at equal epochs, or
+            merged studies whose target or validation split differ.
     """
     import optuna
 
@@ -197,13 +299,14 @@ def collect(
         raise ReportError("give at least one storage URL (e.g. sqlite:///runs/study/study.db)")
     cells: dict[tuple[str, int], list] = {}
     protocol: dict = {}
+    for url in storages:  # every storage checked before any is read
+        if problem := storage_problem(url, existing=True):
+            raise ReportError(problem)
     for url in storages:
-        if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).is_file():
-            raise ReportError(f"storage {url}: no such file (give sqlite:///PATH of an existing study.db)")
         try:
             names = optuna.get_all_study_names(storage=url)
-        except Exception as err:  # optuna raises sqlalchemy's and its own errors for a bad URL
-            raise ReportError(f"storage {url}: cannot be read ({type(err).__name__}: {str(err)[:120]})") from None
+        except Exception as err:  # optuna raises sqlalchemy's and its own errors (server down, old schema)
+            raise ReportError(f"storage {shown_url(url)}: cannot be read ({_first_line(err)})") from None
         for name in names:
             cell = parse_study_name(name)
             if cell is None or cell["objective"] != objective:

@@ -46,7 +46,7 @@ from pathlib import Path
 
 from largebatch.config import ConfigError, apply_overrides
 from largebatch.plan import resolve_stages
-from largebatch.study.report import ReportError, write_report
+from largebatch.study.report import ReportError, shown_url, storage_problem, write_report
 from largebatch.study.report import collect as report_collect
 from largebatch.study.sweep import METHODS, SweepError, _overrides_of, read_result, run_config
 
@@ -761,12 +761,15 @@ def run_tuned_sweep(spec: TuneSpec, *, progress: Callable[[str], None] | None = 
     further seeds, then write the tables and figures; returns the rows (see :func:`collect_tuned`).
 
     Raises:
-        SweepError: before any trial, for a sweep that cannot run as asked.
+        SweepError: before any trial, for a sweep that cannot run as asked, or a storage that cannot
+            be used (a bad URL, a driver not installed, a file that is not an Optuna SQLite database).
         RuntimeError: when a trial fails for a reason other than divergence (the same command resumes).
     """
     import optuna
 
     check_spec(spec)
+    if problem := storage_problem(spec.storage_url, existing=False):  # before OUT is made or a trial runs
+        raise SweepError(problem)
 
     # Optuna marks set_metric_names and the retry callback experimental; the study does not depend on it
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -781,7 +784,14 @@ def run_tuned_sweep(spec: TuneSpec, *, progress: Callable[[str], None] | None = 
     optuna.logging.set_verbosity(
         optuna.logging.ERROR
     )  # its per-trial warnings (with tracebacks) stay out of the terminal
-    storage = _storage(spec)
+    try:
+        storage = _storage(spec)
+    except Exception as err:  # a server that refuses, an old Optuna schema, a folder that cannot be made
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise SweepError(
+            f"--storage {shown_url(spec.storage_url)}: cannot be opened ({type(err).__name__}: {first[:200]}); "
+            f"check the URL and the database server, or give another --storage"
+        ) from None
     for method in spec.methods:  # a study started with other ranges is refused before any trial runs
         for b in spec.batch_sizes:
             try:

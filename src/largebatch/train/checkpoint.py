@@ -27,7 +27,9 @@ import logging
 import os
 import pickle
 import re
+import socket
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -42,6 +44,10 @@ _NAME = re.compile(r"^ckpt_step(\d{8,})\.pt$")
 REQUIRED_KEYS = ("config", "model")
 """Entries every training checkpoint holds (the run's config and the model's state)."""
 _STALE_TMP = re.compile(r"^\.ckpt_step\d{8,}\.pt(\.sha256)?\..+\.tmp$")
+_TMP_OWNER = re.compile(r"\.(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)\.[^.]*\.tmp$")
+FOREIGN_TMP_GRACE_S = 3600.0
+"""A temporary checkpoint file written from another host is left alone this long after its last
+change (its writer may be alive: a shared run directory under torchrun)."""
 
 
 class CheckpointError(ValueError):
@@ -66,14 +72,58 @@ def step_of(path: Path) -> int:
     return int(_NAME.match(Path(path).name).group(1))
 
 
+def _host_tag() -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())[:64] or "host"
+
+
+def _writer_alive(name: str, age_s: float) -> bool:
+    """Whether the process writing the temporary file ``name`` (last changed ``age_s`` seconds ago)
+    may still be running. The name carries the writer's host and pid
+    (``.ckpt_step<N>.pt.<host>-<pid>.<random>.tmp``): a writer on this host is alive while its pid
+    is; one on another host (a run directory on a shared file system) counts as alive for
+    :data:`FOREIGN_TMP_GRACE_S`. Names without an owner (earlier versions) count as dead."""
+    m = _TMP_OWNER.search(name)
+    if m is None:
+        return False
+    if m.group("host") != _host_tag():
+        return age_s <= FOREIGN_TMP_GRACE_S
+    pid = int(m.group("pid"))
+    if pid == os.getpid():
+        return False  # this process is not writing while it cleans up
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
 def remove_stale_temp_files(run_dir: Path) -> list[Path]:
-    """Delete the ``.tmp`` files a writer killed mid-write left in ``checkpoints/`` (called before a
-    run's workers start, when no writer can be running); returns what was removed."""
+    """Delete what an interrupted checkpoint write or rotation left in ``checkpoints/``: temporary
+    files whose writer is dead (:func:`_writer_alive`) and ``.sha256`` files whose checkpoint is
+    gone. Rank 0 calls it as a run's workers start (each elastic restart too), under the run
+    directory's lock and before it writes anything; a refused run never calls it. Returns what was
+    removed."""
     d = checkpoint_dir(run_dir)
-    stale = [p for p in d.iterdir() if _STALE_TMP.match(p.name) and p.is_file()] if d.is_dir() else []
-    for p in stale:
-        p.unlink(missing_ok=True)
-        log.info("removed %s, left by an interrupted checkpoint write", p)
+    if not d.is_dir():
+        return []
+    now, stale = time.time(), []
+    for p in d.iterdir():
+        if _STALE_TMP.match(p.name):
+            try:
+                if _writer_alive(p.name, now - p.stat().st_mtime):
+                    continue
+            except OSError:  # gone meanwhile
+                continue
+        elif not (p.name.endswith(".sha256") and _NAME.match(p.name.removesuffix(".sha256"))):
+            continue
+        elif p.with_name(p.name.removesuffix(".sha256")).exists():
+            continue
+        if p.is_file():
+            p.unlink(missing_ok=True)
+            stale.append(p)
+            log.info("removed %s, left by an interrupted checkpoint write or rotation", p)
     return stale
 
 
@@ -89,7 +139,8 @@ def checksum_path(path: Path) -> Path:
 
 
 def _atomic_write(path: Path, chunks: list[bytes]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # the writer's host and pid in the name: a clean-up removes only a dead writer's files
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_host_tag()}-{os.getpid()}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give what open() would
         with os.fdopen(fd, "wb") as f:
@@ -130,11 +181,31 @@ def save_checkpoint(run_dir: Path, step: int, payload: dict, *, keep: int) -> Pa
     _atomic_write(checksum_path(path), [f"{hashlib.sha256(blob).hexdigest()}  {path.name}\n".encode()])
     _atomic_write(path, [blob])
     older = [p for p in list_checkpoints(run_dir) if step_of(p) < step]  # never a newer file than this one
-    for old in older[: max(0, len(older) - (keep - 1))]:
+    doomed = older[: max(0, len(older) - (keep - 1))]
+    if bad := nonfinite_tensors(payload.get("model", {})):
+        # Not a usable checkpoint: the rotation must not delete the newest one that is.
+        keeper = next((p for p in reversed(older) if _usable(p)), None)
+        doomed = [p for p in doomed if p != keeper]
+        log.warning(
+            "checkpoint %s holds non-finite weights (%s); resuming skips it, and %s",
+            path,
+            _count_names(bad, len(payload["model"])),
+            f"{keeper.name} is kept as the newest usable one" if keeper else "no usable checkpoint exists",
+        )
+    for old in doomed:
         old.unlink(missing_ok=True)
         checksum_path(old).unlink(missing_ok=True)
     log.info("checkpoint %s", path)
     return path
+
+
+def _usable(path: Path) -> bool:
+    """Whether :func:`load_checkpoint` accepts ``path``."""
+    try:
+        load_checkpoint(path)
+        return True
+    except CheckpointError:
+        return False
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -191,7 +262,62 @@ def load_checkpoint(path: Path) -> dict:
             f"{path} is not a largebatch training checkpoint: its header and checksum are valid but it has no "
             f"{' and no '.join(repr(k) for k in missing)} entry"
         )
+    if not isinstance(ckpt["model"], dict) or not all(isinstance(v, torch.Tensor) for v in ckpt["model"].values()):
+        raise CheckpointError(f"{path}: its 'model' entry is not a state_dict of tensors")
+    if bad := nonfinite_tensors(ckpt["model"]):
+        raise CheckpointError(
+            f"{path} holds non-finite weights ({_count_names(bad, len(ckpt['model']))}): not a usable checkpoint"
+        )
     return ckpt
+
+
+def nonfinite_tensors(state_dict: dict) -> list[str]:
+    """The names of the floating-point tensors of ``state_dict`` that hold a NaN or an infinity."""
+    return [
+        name
+        for name, t in state_dict.items()
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())
+    ]
+
+
+def _count_names(names: list[str], total: int) -> str:
+    shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    return f"{len(names)} of {total} tensors: {shown}"
+
+
+def load_model_state(model: torch.nn.Module, state: dict, source: str | os.PathLike) -> None:
+    """``model.load_state_dict(state)``, after checking that the two have the same tensors.
+
+    Raises:
+        CheckpointError: one line naming ``source`` and the first missing, unexpected and mis-shaped
+            tensors (``load_state_dict``'s own message spans many lines).
+    """
+    own = model.state_dict()
+    problems = []
+    if missing := [k for k in own if k not in state]:
+        problems.append(f"{len(missing)} missing ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})")
+    if unexpected := [k for k in state if k not in own]:
+        problems.append(
+            f"{len(unexpected)} unexpected ({', '.join(unexpected[:3])}{', ...' if len(unexpected) > 3 else ''})"
+        )
+    shapes = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if shapes:
+        k = shapes[0]
+        problems.append(
+            f"{len(shapes)} of another shape ({k}: {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} in the model)"
+        )
+    if problems:
+        raise CheckpointError(
+            f"{source} does not fit the model the config builds: tensors {'; '.join(problems)}; were the "
+            f"weights written with another model.name, width or data set?"
+        )
+    model.load_state_dict(state)
+
+
+def newest_usable_checkpoint(run_dir: Path) -> Path | None:
+    """The newest checkpoint of ``run_dir`` that passes :func:`load_checkpoint` (checksum, format and
+    finite weights), or None; quietly, for messages about what a stopped run kept."""
+    return next((p for p in reversed(list_checkpoints(run_dir)) if _usable(p)), None)
 
 
 def latest_valid_checkpoint(run_dir: Path) -> tuple[Path, dict] | None:

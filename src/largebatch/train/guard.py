@@ -199,10 +199,10 @@ class NonFiniteGuard:
                 state.skipped_steps += n
                 raise NonFiniteGradient(
                     f"{where}; stopping (train.nonfinite_policy=stop; found at the next sync "
-                    f"point, the step and any after it were not applied). The last checkpoint is kept"
+                    f"point, the step and any after it were not applied)"
                 )
             raise NonFiniteGradient(
-                f"{where}; stopping (train.nonfinite_policy=stop). The last checkpoint is kept; "
+                f"{where}; stopping (train.nonfinite_policy=stop); "
                 f"lower optim.base_lr or lengthen schedule.warmup_epochs"
             )
         state.skipped_steps += n
@@ -219,8 +219,8 @@ class NonFiniteGuard:
         if state.skipped_steps > t.max_nonfinite_steps:
             raise NonFiniteGradient(
                 f"{where}; {state.skipped_steps} steps skipped, more than "
-                f"train.max_nonfinite_steps={t.max_nonfinite_steps}: stopping. The last good "
-                f"checkpoint is kept; lower optim.base_lr or lengthen schedule.warmup_epochs"
+                f"train.max_nonfinite_steps={t.max_nonfinite_steps}: stopping; lower optim.base_lr or "
+                f"lengthen schedule.warmup_epochs"
             )
 
 

@@ -15,6 +15,9 @@ A checkpoint needs only the step: everything here is derived from it and the con
 
 from __future__ import annotations
 
+from bisect import bisect_right
+from itertools import accumulate
+
 from largebatch.config import Config
 from largebatch.data import GlobalBatchSampler
 from largebatch.plan import Stage
@@ -38,8 +41,9 @@ class StepPosition:
         epochs = cfg.train.epochs
         self.stages, self.num_train, self.epochs, self.seed = stages, num_train, epochs, cfg.train.seed
         self.batch_schedule = bool(cfg.train.batch_schedule)
+        self._stage_starts = [st.start_epoch for st in stages]  # increasing (largebatch.plan checks it)
         self.epoch_steps = [num_train // self.stage_of(e).plan.global_batch_size for e in range(epochs)]
-        self.epoch_start = [sum(self.epoch_steps[:e]) for e in range(epochs + 1)]
+        self.epoch_start = list(accumulate(self.epoch_steps, initial=0))  # linear: 10**6 epochs start at once
         self.steps_per_epoch = self.epoch_steps[0]
         self.total_steps = self.epoch_start[-1]
         unit = num_train if self.batch_schedule else self.steps_per_epoch  # samples or steps per epoch
@@ -53,12 +57,15 @@ class StepPosition:
 
     def stage_of(self, epoch: int) -> Stage:
         """The batch stage that ``epoch`` belongs to."""
-        return [st for st in self.stages if st.start_epoch <= epoch][-1]
+        i = bisect_right(self._stage_starts, epoch) - 1
+        if i < 0:
+            raise IndexError(f"epoch {epoch} is before the first batch stage (epoch {self._stage_starts[0]})")
+        return self.stages[i]
 
     def epoch_position(self, step: int) -> float:
         """Fractional epoch reached after ``step`` optimizer steps (epoch + share of its steps done)."""
         epoch = (
-            max(e for e in range(self.epochs) if self.epoch_start[e] <= step)
+            bisect_right(self.epoch_start, step, 0, self.epochs) - 1  # the last epoch starting at or before step
             if step < self.total_steps
             else self.epochs
         )

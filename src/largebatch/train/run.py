@@ -30,6 +30,7 @@ from largebatch.dist.launch import WorkerFailed
 from largebatch.errors import EXIT_FAILED, EXIT_PREEMPTED
 from largebatch.plan import resolve_stages
 from largebatch.train import checkpoint as ckpt_io
+from largebatch.train.guard import NonFiniteGradient
 from largebatch.train.metrics import plot_curves
 from largebatch.train.precision import choose_precision
 from largebatch.train.trainer import Preempted, Trainer
@@ -204,29 +205,42 @@ def exit_now(code: int) -> None:
     os._exit(code)
 
 
-class SigtermFlag:
-    """SIGTERM over a worker's whole life (Slurm, Kubernetes and torchrun's agent send it).
+class StopSignals:
+    """SIGTERM and SIGINT over a worker's whole life (Slurm, Kubernetes and torchrun's agent send
+    SIGTERM; Ctrl-C sends SIGINT to every process of the terminal).
 
-    Before the trainer exists it is remembered; during training the trainer writes a checkpoint at
-    the next step boundary and stops (:class:`~largebatch.train.trainer.Preempted`); after training
-    the run's outputs are finished all the same. Under an elastic agent a worker that received it
-    leaves with EXIT_PREEMPTED instead of returning: a returning worker waits for the agent to
-    collect its result, and an agent that is itself stopping never does (it kills the worker 30 s
-    later)."""
+    Neither raises inside library code (an exception from a signal handler can land in any callee,
+    and some wrap it into errors of their own): before the trainer exists the signal is remembered;
+    during training the trainer writes a checkpoint at the next step boundary and stops
+    (:class:`~largebatch.train.trainer.Preempted`); after training the run's outputs are finished all
+    the same. A second SIGINT raises ``KeyboardInterrupt`` at once. Under an elastic agent a worker
+    that received a signal leaves with :func:`exit_status` instead of returning: a returning worker
+    waits for the agent to collect its result, and an agent that is itself stopping never does (it
+    kills the worker 30 s later)."""
 
     def __init__(self) -> None:
-        self.received = False
+        self.received: int | None = None  # the first signal's number
         self.trainer: Trainer | None = None
 
     def __call__(self, signum, frame) -> None:
-        self.received = True
+        if signum == signal.SIGINT and self.received == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = self.received or signum
         if self.trainer is not None:
             self.trainer.stop_requested = True
-        log.warning("SIGTERM: writing a checkpoint at the next step boundary, then exiting")
+        log.warning("%s: writing a checkpoint at the next step boundary, then exiting", signal.Signals(signum).name)
 
     def attach(self, trainer: Trainer) -> None:
         self.trainer = trainer
-        trainer.stop_requested = self.received
+        trainer.stop_requested = self.received is not None
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.received or signal.SIGTERM).name
+
+    def exit_status(self) -> int:
+        """75 (EX_TEMPFAIL) after SIGTERM, 130 (128 + SIGINT) after SIGINT."""
+        return EXIT_PREEMPTED if self.received != signal.SIGINT else 128 + signal.SIGINT
 
 
 def run_in_process(cfg_dict: dict, out: str, resume: str | None = None) -> dict | None:
@@ -266,16 +280,17 @@ def run_worker(cfg_dict: dict, out: str | None = None, resume: str | None = None
     Raises:
         ConfigError: contradictory settings (the CLI turns it into exit status 2).
     """
-    sigterm = SigtermFlag()
-    previous = signal.signal(signal.SIGTERM, sigterm)
+    stop = StopSignals()
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        return _run_worker(cfg_dict, out, resume, restart, sigterm)
+        return _run_worker(cfg_dict, out, resume, restart, stop)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         close_log_file()
 
 
-def _run_worker(cfg_dict: dict, out: str | None, resume: str | None, restart: int, sigterm: SigtermFlag):
+def _run_worker(cfg_dict: dict, out: str | None, resume: str | None, restart: int, stop: StopSignals):
     cfg: Config = config_from_dict(cfg_dict)
     tempfile.tempdir = None  # a forked worker inherits the launcher's temporary folder for torch's error files
     restarts = restart or int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
@@ -314,6 +329,8 @@ def _run_worker(cfg_dict: dict, out: str | None, resume: str | None, restart: in
         run_dir, resume_path = Path(decision[1]), (Path(decision[2]) if decision[2] else None)
         if env.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
+            # what a killed writer left (this run's earlier attempt included); no writer of it is alive now
+            ckpt_io.remove_stale_temp_files(run_dir)
             (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
             env_path, info = run_dir / "env.json", {**environment_info(env), **precision.as_dict()}
             if resume_path is not None and env_path.is_file():
@@ -336,7 +353,7 @@ def _run_worker(cfg_dict: dict, out: str | None, resume: str | None, restart: in
         if resume_path is not None:
             trainer.load(resume_path, ckpt=loaded)
 
-        sigterm.attach(trainer)
+        stop.attach(trainer)
         under_agent = "TORCHELASTIC_RUN_ID" in os.environ
         try:
             state = trainer.fit()
@@ -349,11 +366,19 @@ def _run_worker(cfg_dict: dict, out: str | None, resume: str | None, restart: in
                     f"the last checkpoint is kept: {str(err).splitlines()[0][:200]}"
                 ) from err
             raise
-        except Preempted as stop:
-            if under_agent:  # see SigtermFlag: the checkpoint is on disk, leave with the preempted status
+        except NonFiniteGradient as err:  # say, from the disk, what the run kept
+            usable = ckpt_io.newest_usable_checkpoint(run_dir)
+            kept = (
+                f"the newest usable checkpoint (finite weights) is {usable}; --resume auto continues from it"
+                if usable
+                else "no usable checkpoint (with finite weights) exists"
+            )
+            raise NonFiniteGradient(f"{err}. {kept}") from None
+        except Preempted as stopped:
+            if under_agent:  # see StopSignals: the checkpoint is on disk, leave with the signal's status
                 cleanup()
-                exit_now(EXIT_PREEMPTED)
-            return {"preempted": True, "step": stop.args[0], "run_dir": str(run_dir)}
+                exit_now(stop.exit_status())
+            return {"preempted": True, "signal": stop.name, "step": stopped.args[0], "run_dir": str(run_dir)}
         bad_files = _gather_bad_files(getattr(trainer.data, "bad_files", []), env)
         if env.is_main:
             ckpt_io.export_weights(
@@ -369,7 +394,7 @@ def _run_worker(cfg_dict: dict, out: str | None, resume: str | None, restart: in
                     " ..." if len(bad_files) > 5 else "",
                 )
         if not env.is_main:
-            _leave_if_signalled(sigterm, under_agent)
+            _leave_if_signalled(stop, under_agent)
             return None
         summary = {
             "recipe": cfg.recipe,
@@ -429,16 +454,16 @@ def _run_worker(cfg_dict: dict, out: str | None, resume: str | None, restart: in
             summary["images_per_s"] or 0.0,
             run_dir / "summary.json",
         )
-        _leave_if_signalled(sigterm, under_agent)
+        _leave_if_signalled(stop, under_agent)
         return summary
     finally:
         cleanup()
 
 
-def _leave_if_signalled(sigterm: SigtermFlag, under_agent: bool) -> None:
-    """A SIGTERM that came after the last step: the run's outputs are complete (summary.json on rank
-    0); under an elastic agent leave with EXIT_PREEMPTED now rather than wait for a stopping agent
-    (see :class:`SigtermFlag`); the launcher sees the summary and reports the run as finished."""
-    if sigterm.received and under_agent:
+def _leave_if_signalled(stop: StopSignals, under_agent: bool) -> None:
+    """A signal that came after the last step: the run's outputs are complete (summary.json on rank
+    0); under an elastic agent leave with the signal's status now rather than wait for a stopping
+    agent (see :class:`StopSignals`); the launcher sees the summary and reports the run as finished."""
+    if stop.received is not None and under_agent:
         cleanup()
-        exit_now(EXIT_PREEMPTED)
+        exit_now(stop.exit_status())

@@ -30,13 +30,14 @@ def run_dir_lock(run_dir: Path) -> Iterator[None]:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.fstat(fd).st_ino != _inode(path):
+            # the holder ended and removed the file between our open and our flock, and a third run
+            # may hold a new one: the lock we got is on a file nobody else can see
+            raise BlockingIOError
     except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        err = _in_use(run_dir, fd)
         os.close(fd)
-        raise ConfigError(
-            f"run directory {run_dir} is in use by another run (pid {holder}); wait for it to end, "
-            f"or choose another --out (nothing was written)"
-        ) from None
+        raise err from None
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -46,3 +47,39 @@ def run_dir_lock(run_dir: Path) -> Iterator[None]:
             path.unlink()
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except FileNotFoundError:
+        return None
+
+
+def check_not_in_use(run_dir: Path) -> None:
+    """Refuse early, before anything is decided or written, a run directory that a live run holds
+    (:func:`run_dir_lock` takes the lock for real afterwards; this creates nothing).
+
+    Raises:
+        ConfigError: another live process holds the lock (its pid in the message).
+    """
+    path = Path(run_dir) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # no lock file (or no directory): nobody holds it
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    except BlockingIOError:
+        raise _in_use(run_dir, fd) from None
+    finally:
+        os.close(fd)
+
+
+def _in_use(run_dir: Path, fd: int) -> ConfigError:
+    holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+    return ConfigError(
+        f"run directory {run_dir} is in use by another run (pid {holder}); wait for it to end, "
+        f"or choose another --out (nothing was written)"
+    )

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from largebatch.config import Config, config_hash, to_dict
+from largebatch.config import Config, ConfigError, config_hash, to_dict
 from largebatch.data import build_data
 from largebatch.dist import DistEnv, barrier
 from largebatch.optim import build_optimizer
@@ -184,13 +184,24 @@ class Trainer:
         checkpoint's (they depend on the config and the step only); per-rank RNG states are restored
         only on the same number (training draws nothing from them).
 
-        Raises: ConfigError (another config's checkpoint), CheckpointError (truncated, corrupt, pickled).
+        Raises: ConfigError (another config's checkpoint, or a part whose tensors do not fit: one line),
+        CheckpointError (truncated, corrupt, pickled, non-finite weights).
         """
         ckpt = ckpt if ckpt is not None else ckpt_io.load_checkpoint(path)
         build.check_resumable(self.cfg, ckpt, path, self.precision)
         for name, part in self.checkpoint_parts().items():
-            if ckpt.get(name) is not None:
-                part.load_state_dict(ckpt[name])
+            if ckpt.get(name) is None:
+                continue
+            try:
+                if name == "model":
+                    ckpt_io.load_model_state(part, ckpt[name], path)
+                else:
+                    part.load_state_dict(ckpt[name])
+            except ckpt_io.CheckpointError as err:
+                raise ConfigError(str(err)) from None
+            except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as err:
+                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise ConfigError(f"{path}: its {name!r} state does not fit this run ({first})") from None
         self.callbacks.load_state_dict(ckpt)
         if ckpt["world_size"] != self.env.world_size:
             log.info(
