@@ -150,7 +150,7 @@ def test_a_refused_run_leaves_a_live_writers_temp_files(tmp_path):
 
 def test_refused_runs_racing_a_live_runs_checkpoint_writes(tmp_path):
     out = tmp_path / "run"
-    live = clirun.start(*train_args(out, "train.epochs=6", "train.checkpoint_every_steps=1"), cwd=tmp_path)
+    live = clirun.start(*train_args(out, "train.epochs=4", "train.checkpoint_every_steps=1"), cwd=tmp_path)
     t0 = time.time()
     while not ckpt_io.list_checkpoints(out):
         assert live.poll() is None, live.communicate()[1][-3000:]
@@ -158,7 +158,7 @@ def test_refused_runs_racing_a_live_runs_checkpoint_writes(tmp_path):
         time.sleep(0.05)
     refused = 0
     while live.poll() is None and refused < 12:
-        proc = clirun.run(*train_args(out, "train.epochs=6", "train.checkpoint_every_steps=1"), "--resume", "auto",
+        proc = clirun.run(*train_args(out, "train.epochs=4", "train.checkpoint_every_steps=1"), "--resume", "auto",
                           cwd=tmp_path, timeout=120)  # fmt: skip
         if live.poll() is None or proc.returncode == 2:
             assert proc.returncode == 2 and "in use by another run" in one_line(proc)
@@ -166,7 +166,7 @@ def test_refused_runs_racing_a_live_runs_checkpoint_writes(tmp_path):
     _, err = live.communicate(timeout=300)
     assert live.returncode == 0, err[-3000:]
     assert refused >= 3
-    assert json.loads((out / "summary.json").read_text())["steps"] == 48
+    assert json.loads((out / "summary.json").read_text())["steps"] == 32
     leftovers = [p.name for p in ckpt_io.checkpoint_dir(out).iterdir() if p.name.endswith(".tmp")]
     assert leftovers == []
 

@@ -14,7 +14,6 @@ import torch
 import clirun
 from largebatch.api import check_devices, load_config, prepare_run
 from largebatch.config import ConfigError, apply_overrides, schedule_warnings, validate
-from largebatch.data import check_data
 from largebatch.recipes import DEFAULT_RECIPE, get_recipe
 from largebatch.train.checkpoint import (
     CheckpointError,
@@ -165,28 +164,28 @@ def data(root, seed):
         ("model.name=largebatch_guard_plug:data", "cannot be called as factory(num_classes=..., in_channels=...)"),
     ],
 )
-def test_a_plugin_that_breaks_the_factory_contract_is_refused_by_check_data(tmp_path, monkeypatch, override, fragment):
-    """model.name=os:system passed every check and failed in each worker with a TypeError."""
+def test_a_plugin_that_breaks_the_factory_contract_is_refused_by_validate(tmp_path, monkeypatch, override, fragment):
+    """model.name=os:system passed every check and failed in each worker with a TypeError. validate
+    runs before any worker of train, eval, sweep and the studies."""
     (tmp_path / "largebatch_guard_plug.py").write_text(PLUGIN_MODULE)
     monkeypatch.syspath_prepend(str(tmp_path))
-    for check in (check_data, validate):  # validate: sweeps and studies plan their runs with it
-        with pytest.raises(ConfigError) as err:
-            check(_cfg([override]))
-        assert fragment in str(err.value) and "\n" not in str(err.value), str(err.value)
+    with pytest.raises(ConfigError) as err:
+        validate(_cfg([override]))
+    assert fragment in str(err.value) and "\n" not in str(err.value), str(err.value)
 
 
 def test_a_plugin_that_takes_the_contract_passes_and_builtins_import_nothing(tmp_path, monkeypatch):
     (tmp_path / "largebatch_guard_plug.py").write_text(PLUGIN_MODULE)
     monkeypatch.syspath_prepend(str(tmp_path))
-    check_data(_cfg(["model.name=largebatch_guard_plug:net", "data.name=largebatch_guard_plug:data"]))
+    validate(_cfg(["model.name=largebatch_guard_plug:net", "data.name=largebatch_guard_plug:data"]))
     import largebatch.registry
 
     def no_import(*args):
         raise AssertionError(f"check_plugin{args} called for a built-in name")
 
     monkeypatch.setattr(largebatch.registry, "check_plugin", no_import)
-    check_data(_cfg())  # synthetic + resnet_fmnist
-    check_data(_cfg(["model.name=resnet18", "data.synthetic.channels=3"]))  # a torchvision model
+    validate(_cfg())  # synthetic + resnet_fmnist
+    validate(_cfg(["model.name=resnet18", "data.synthetic.channels=3"]))  # a torchvision model
 
 
 def test_the_cli_refuses_a_plugin_of_the_wrong_shape_in_one_line(tmp_path):

@@ -27,44 +27,22 @@ FASHION_MNIST_CLASSES = (
 """Label names of Fashion-MNIST's classes 0-9 (Xiao, Rasul, Vollgraf 2017, Table 1)."""
 
 
-def check_user_factories(cfg) -> None:
-    """Check that a user model or data-set factory (``model.name`` / ``data.name`` given as
-    ``module:callable`` or an entry point) can be called with its contract's keywords. Built-in
-    names (and torchvision models) are neither imported nor checked.
-
-    Raises:
-        largebatch.registry.RegistryError: a ConfigError naming the key, the name and the call expected.
-    """
-    from largebatch.choices import DATA_NAMES, MODEL_NAMES
-    from largebatch.registry import DATASET_GROUP, MODEL_GROUP, check_plugin, is_plugin
-
-    if cfg.data.name not in DATA_NAMES and is_plugin(cfg.data.name, DATASET_GROUP):
-        check_plugin(cfg.data.name, DATASET_GROUP, "data.name")
-    name = cfg.model.name
-    if name not in MODEL_NAMES and is_plugin(name, MODEL_GROUP):
-        from largebatch.nn.models import torchvision_classifiers
-
-        if ":" in name or name not in torchvision_classifiers():  # build_model takes torchvision's first
-            check_plugin(name, MODEL_GROUP, "model.name")
-
-
 def check_data(cfg) -> None:
-    """Cheap checks that run before any worker starts: a user model or data-set factory takes its
-    contract's keywords (:func:`check_user_factories`), the files or folders exist, and the training
-    set (where its size is known without reading it) holds at least one global batch.
+    """Cheap checks that run before any worker starts: the files or folders exist, and the training
+    set (where its size is known without reading it) holds at least one global batch (a user factory
+    is checked against its contract by :func:`largebatch.config.validate`).
 
     Fashion-MNIST's files are decompressed into the cache here, once, and their IDX headers,
     lengths and label ranges checked.
 
     Raises:
         FileNotFoundError: naming the path and how to fix it.
-        ConfigError: when the training set is smaller than the global batch, a user factory cannot be
-            called as its contract says, or a Fashion-MNIST file is damaged (truncated gzip, wrong
-            magic number, wrong length, a label outside 0-9; the file named).
+        ConfigError: when the training set is smaller than the global batch, or a Fashion-MNIST file
+            is damaged (truncated gzip, wrong magic number, wrong length, a label outside 0-9; the
+            file named).
     """
     from largebatch.config import ConfigError
 
-    check_user_factories(cfg)
     data_cfg = cfg.data
     known = {"fashion_mnist": FASHION_MNIST_TRAIN_SAMPLES, "synthetic": data_cfg.synthetic.train_samples}
     if data_cfg.name in known:

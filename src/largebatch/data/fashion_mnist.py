@@ -13,6 +13,7 @@ and checks each file's IDX header (magic number, dimensions) and length, naming 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import gzip
 import json
 import math
@@ -22,11 +23,6 @@ import tempfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-
-try:
-    import fcntl
-except ImportError:  # not on Windows: the cache is not locked there
-    fcntl = None  # type: ignore[assignment]
 
 import torch
 
@@ -155,9 +151,7 @@ ENTRY_PREFIX = "fashion-mnist-"
 
 
 def _flock(fd: int, operation: int) -> bool:
-    """flock(2) on ``fd``; False when a non-blocking request would block. No locking without fcntl."""
-    if fcntl is None:
-        return True
+    """flock(2) on ``fd``; False when a non-blocking request would block."""
     try:
         fcntl.flock(fd, operation)
         return True
@@ -184,7 +178,7 @@ def _enter_entry(root: Path) -> int:
                 f"the Fashion-MNIST cache {root.parent} cannot be written ({err.strerror or err}); set "
                 f"LARGEBATCH_CACHE to a writable folder"
             ) from None
-        _flock(fd, fcntl.LOCK_SH if fcntl else 0)
+        _flock(fd, fcntl.LOCK_SH)
         try:
             if os.stat(root).st_ino == os.fstat(fd).st_ino:
                 return fd
@@ -208,7 +202,7 @@ def _write_atomically(path: Path, text: str) -> None:
 def _remove_entry_if_unused(entry: Path, fd: int) -> bool:
     """Remove the cache entry ``entry`` (``fd``: an open descriptor of it) when no other process holds
     it; True when removed."""
-    if entry.is_symlink() or not _flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB if fcntl else 0):
+    if entry.is_symlink() or not _flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB):
         return False
     shutil.rmtree(entry, ignore_errors=True)
     return True

@@ -183,7 +183,7 @@ class CheckpointCallback(Callback):
         if self.triggers.after_step(loop.state.step, step.epoch_end):
             loop.save_now()
             if self.triggers.stop:
-                raise loop.preempted()
+                raise loop.preempted(self.triggers.stop)
         return False
 
     def on_epoch_end(self, loop: Any) -> None:
@@ -191,7 +191,7 @@ class CheckpointCallback(Callback):
         if last or loop.state.epoch % self.cfg.checkpoint_every_epochs == 0 or self.triggers.pending_at_epoch_end:
             loop.save_now()
         if self.triggers.stop_at_epoch_end and not last:
-            raise loop.preempted()
+            raise loop.preempted(self.triggers.stop_at_epoch_end)
 
     def on_stop_in_epoch(self, loop: Any) -> None:
         loop.save_now()

@@ -65,8 +65,14 @@ class TrainState:
             setattr(self, f.name, getattr(fresh, f.name))
 
 
+STOP_SIGNALS = {1: "SIGTERM", 2: "SIGINT"}
+"""Stop levels of :class:`CheckpointTriggers` and the signal each stands for; the ranks agree on the
+highest (an interrupt outranks a preemption), so every rank leaves with the same status."""
+
+
 class Preempted(Exception):
-    """The run was asked to stop (SIGTERM) and wrote a checkpoint at a step boundary."""
+    """The run was asked to stop (SIGTERM, or SIGINT) and wrote a checkpoint at a step boundary;
+    ``args``: (step, the agreed signal's name)."""
 
 
 class WallClock:
@@ -181,37 +187,39 @@ class CheckpointTriggers:
     end (its checkpoint covers it): :attr:`pending_at_epoch_end` and :attr:`stop_at_epoch_end`."""
 
     def __init__(self, train_cfg, env, stop_requested) -> None:
+        """``stop_requested()``: this rank's stop level (0: none; see :data:`STOP_SIGNALS`)."""
         self.cfg, self.env, self.stop_requested = train_cfg, env, stop_requested
         self._control = torch.distributed.new_group(backend="gloo") if env.distributed else None
         self._last_save = time.monotonic()
-        self.stop = False
+        self.stop = 0
         self.start_epoch()
 
     def start_epoch(self) -> None:
-        self.pending_at_epoch_end = self.stop_at_epoch_end = False
+        self.pending_at_epoch_end = False
+        self.stop_at_epoch_end = 0
 
     def saved(self) -> None:
         self._last_save = time.monotonic()
 
-    def control_flags(self, step: int) -> tuple[bool, bool]:
-        """(stop, checkpoint due) agreed by all ranks after ``step``: any rank's stop request, and rank
-        0's step or minute interval."""
+    def control_flags(self, step: int) -> tuple[int, bool]:
+        """(stop level, checkpoint due) agreed by all ranks after ``step``: the highest rank's stop
+        request, and rank 0's step or minute interval."""
         t = self.cfg
         due = bool(t.checkpoint_every_steps and step % t.checkpoint_every_steps == 0)
         if self.env.is_main and t.checkpoint_every_minutes:
             due = due or time.monotonic() - self._last_save >= 60.0 * t.checkpoint_every_minutes
         if self._control is None:
-            return self.stop_requested(), due
+            return int(self.stop_requested()), due
         flags = torch.tensor([int(self.stop_requested()), int(due)], dtype=torch.int32)
         torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX, group=self._control)
-        return bool(flags[0]), bool(flags[1])
+        return int(flags[0]), bool(flags[1])
 
     def after_step(self, step: int, epoch_end: bool) -> bool:
         """True when a checkpoint is due now (then :attr:`stop` says whether the run stops after it)."""
         stop, due = self.control_flags(step)
         if epoch_end:
-            self.stop_at_epoch_end = self.stop_at_epoch_end or stop
-            self.pending_at_epoch_end = self.stop_at_epoch_end or due
+            self.stop_at_epoch_end = max(self.stop_at_epoch_end, stop)
+            self.pending_at_epoch_end = bool(self.stop_at_epoch_end) or due
             return False
         self.stop = stop
-        return stop or due
+        return bool(stop) or due

@@ -214,7 +214,7 @@ class StopSignals:
     during training the trainer writes a checkpoint at the next step boundary and stops
     (:class:`~largebatch.train.trainer.Preempted`); after training the run's outputs are finished all
     the same. A second SIGINT raises ``KeyboardInterrupt`` at once. Under an elastic agent a worker
-    that received a signal leaves with :func:`exit_status` instead of returning: a returning worker
+    that stopped leaves with :func:`exit_status` of the signal the ranks agreed on instead of returning: a returning worker
     waits for the agent to collect its result, and an agent that is itself stopping never does (it
     kills the worker 30 s later)."""
 
@@ -227,20 +227,27 @@ class StopSignals:
             raise KeyboardInterrupt
         self.received = self.received or signum
         if self.trainer is not None:
-            self.trainer.stop_requested = True
+            self.trainer.stop_requested = max(self.trainer.stop_requested, self.level)
         log.warning("%s: writing a checkpoint at the next step boundary, then exiting", signal.Signals(signum).name)
 
     def attach(self, trainer: Trainer) -> None:
         self.trainer = trainer
-        trainer.stop_requested = self.received is not None
+        trainer.stop_requested = self.level
+
+    @property
+    def level(self) -> int:
+        """This rank's stop level (:data:`~largebatch.train.loop.STOP_SIGNALS`; 0: no signal): the ranks
+        agree on the highest, so a rank that got no signal leaves as the signalled one does."""
+        return {None: 0, signal.SIGTERM: 1, signal.SIGINT: 2}.get(self.received, 1)
 
     @property
     def name(self) -> str:
         return signal.Signals(self.received or signal.SIGTERM).name
 
-    def exit_status(self) -> int:
-        """75 (EX_TEMPFAIL) after SIGTERM, 130 (128 + SIGINT) after SIGINT."""
-        return EXIT_PREEMPTED if self.received != signal.SIGINT else 128 + signal.SIGINT
+
+def exit_status(signal_name: str) -> int:
+    """75 (EX_TEMPFAIL) after SIGTERM, 130 (128 + SIGINT) after SIGINT."""
+    return 128 + signal.SIGINT if signal_name == "SIGINT" else EXIT_PREEMPTED
 
 
 def run_in_process(cfg_dict: dict, out: str, resume: str | None = None) -> dict | None:
@@ -375,10 +382,11 @@ def _run_worker(cfg_dict: dict, out: str | None, resume: str | None, restart: in
             )
             raise NonFiniteGradient(f"{err}. {kept}") from None
         except Preempted as stopped:
-            if under_agent:  # see StopSignals: the checkpoint is on disk, leave with the signal's status
+            step, agreed = stopped.args
+            if under_agent:  # see StopSignals: the checkpoint is on disk, leave with the agreed signal's status
                 cleanup()
-                exit_now(stop.exit_status())
-            return {"preempted": True, "signal": stop.name, "step": stopped.args[0], "run_dir": str(run_dir)}
+                exit_now(exit_status(agreed))
+            return {"preempted": True, "signal": agreed, "step": step, "run_dir": str(run_dir)}
         bad_files = _gather_bad_files(getattr(trainer.data, "bad_files", []), env)
         if env.is_main:
             ckpt_io.export_weights(
@@ -466,4 +474,4 @@ def _leave_if_signalled(stop: StopSignals, under_agent: bool) -> None:
     agent (see :class:`StopSignals`); the launcher sees the summary and reports the run as finished."""
     if stop.received is not None and under_agent:
         cleanup()
-        exit_now(stop.exit_status())
+        exit_now(exit_status(stop.name))

@@ -51,7 +51,7 @@ from largebatch.train.callbacks import (
 )
 from largebatch.train.evaluation import Evaluator, evaluate  # noqa: F401  (evaluate: re-exported)
 from largebatch.train.guard import NonFiniteGradient, NonFiniteGuard  # noqa: F401  (re-exported)
-from largebatch.train.loop import CheckpointTriggers, Preempted, TrainState, WallClock
+from largebatch.train.loop import STOP_SIGNALS, CheckpointTriggers, Preempted, TrainState, WallClock
 from largebatch.train.metrics import MetricsLogger
 from largebatch.train.noise_scale import NoiseScaleMonitor
 from largebatch.train.position import StepPosition
@@ -108,7 +108,7 @@ class Trainer:
             self.model, self.data, t, plan, env, channels_last=self.channels_last, autocast_dtype=self.autocast_dtype
         )
         self.state = TrainState()
-        self.stop_requested = False  # set by the SIGTERM handler of run_worker
+        self.stop_requested = 0  # a stop level of loop.STOP_SIGNALS, set by run_worker's signal handler
         self.metrics = MetricsLogger(self.run_dir, enabled=env.is_main)
         self.evaluator = Evaluator(
             self.model,
@@ -306,8 +306,10 @@ class Trainer:
         self.state.train_wall_s = self.clock()
         self.save()
 
-    def preempted(self) -> Preempted:
+    def preempted(self, level: int = 1) -> Preempted:
+        """The stop the ranks agreed on (``level``: :data:`~largebatch.train.loop.STOP_SIGNALS`)."""
+        name = STOP_SIGNALS.get(level, "SIGTERM")
         log.warning(
-            "stop requested (SIGTERM): checkpoint written at step %d; continue with --resume auto", self.state.step
+            "stop requested (%s): checkpoint written at step %d; continue with --resume auto", name, self.state.step
         )
-        return Preempted(self.state.step)
+        return Preempted(self.state.step, name)
