@@ -231,3 +231,23 @@ def fork_largebatch_commands(monkeypatch) -> None:
     process and in every command forked from it."""
     monkeypatch.setattr(subprocess, "run", subprocess_run)
     monkeypatch.setattr(subprocess, "Popen", popen)
+
+
+SMALL_SYNTHETIC = (
+    "data.name=synthetic",
+    "data.synthetic.train_samples=512",
+    "data.synthetic.test_samples=64",
+    "data.image_size_px=12",
+    "train.global_batch_size=64",
+    "train.bn.batch_size=16",
+    "model.width=4",
+    "schedule.warmup_epochs=0",
+    "schedule.decay_epochs=[]",
+    "train.log_every_steps=1",
+)
+"""A run of 8 steps per epoch on 512 small synthetic images (the signal and attack tests)."""
+
+
+def sets(*items: str) -> list[str]:
+    """``--set ITEM`` for each of ``items``."""
+    return [arg for item in items for arg in ("--set", item)]

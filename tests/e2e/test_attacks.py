@@ -25,18 +25,7 @@ from largebatch.train.runlock import run_dir_lock
 pytestmark = pytest.mark.e2e
 
 # 512 images / 64 = 8 steps per epoch (as tests/e2e/test_signals.py)
-SMALL = [
-    "data.name=synthetic",
-    "data.synthetic.train_samples=512",
-    "data.synthetic.test_samples=64",
-    "data.image_size_px=12",
-    "train.global_batch_size=64",
-    "train.bn.batch_size=16",
-    "model.width=4",
-    "schedule.warmup_epochs=0",
-    "schedule.decay_epochs=[]",
-    "train.log_every_steps=1",
-]
+SMALL = list(clirun.SMALL_SYNTHETIC)
 
 
 def train_args(out: Path, *sets: str, nproc: int = 2) -> list[str]:

@@ -73,37 +73,20 @@ def test_corrupt_jpeg_in_loader_workers_is_one_line_naming_the_file(tmp_path, np
     bad = root / "train" / "n01" / "n01_3.JPEG"
     bad.write_bytes(bad.read_bytes()[:200])  # truncated: PIL and libjpeg cannot decode it
     out = tmp_path / "run"
-    proc = largebatch(
-        "train",
-        "--nproc",
-        nproc,
-        "--set",
+    tiny = clirun.sets(
         "data.name=imagefolder",
-        "--set",
         f"data.root={root}",
-        "--set",
         "model.name=resnet18",
-        "--set",
         "data.image_size_px=32",
-        "--set",
         "data.imagefolder.loader_workers=2",
-        "--set",
         "data.imagefolder.bad_file_policy=fail",
-        "--set",
         "train.epochs=1",
-        "--set",
         "train.global_batch_size=16",
-        "--set",
         "train.bn.batch_size=8",
-        "--set",
         "schedule.warmup_epochs=0",
-        "--set",
         "schedule.decay_epochs=[]",
-        "--out",
-        out,
-        cwd=tmp_path,
-        timeout=300,
     )
+    proc = largebatch("train", "--nproc", nproc, *tiny, "--out", out, cwd=tmp_path, timeout=300)
     errors = [line for line in error_lines(proc.stderr) if line.startswith("largebatch: error:")]
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert len(errors) == 1 and "DataLoader worker" not in proc.stderr, proc.stderr[-3000:]

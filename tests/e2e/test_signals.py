@@ -18,18 +18,7 @@ from largebatch.train.checkpoint import list_checkpoints, step_of
 pytestmark = pytest.mark.e2e
 
 # 512 images / 64 = 8 steps per epoch
-SMALL = [
-    "data.name=synthetic",
-    "data.synthetic.train_samples=512",
-    "data.synthetic.test_samples=64",
-    "data.image_size_px=12",
-    "train.global_batch_size=64",
-    "train.bn.batch_size=16",
-    "model.width=4",
-    "schedule.warmup_epochs=0",
-    "schedule.decay_epochs=[]",
-    "train.log_every_steps=1",
-]
+SMALL = list(clirun.SMALL_SYNTHETIC)
 DIVERGES = ["optim.base_lr=1e8", "train.nonfinite_policy=stop", "train.epochs=2"]
 
 
