@@ -917,7 +917,7 @@ def _raise_terminated(signum, frame) -> None:
 
 def _stop_if_terminated() -> None:
     """Raise :class:`Terminated` for a SIGTERM whose exception was lost: one raised while an import
-    compiles a module can vanish (seen on CPython 3.11, about one time in three when the signal comes
+    compiles a module can vanish (seen on CPython 3.11 in about half of the tries whose signal came
     within a millisecond of the handler's installation). Called between the phases of ``train``."""
     if _SIGTERM_SEEN:
         raise Terminated

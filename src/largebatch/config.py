@@ -237,7 +237,8 @@ class TrainConfig:
     and reported at the next log interval, evaluation or checkpoint) or ``auto`` (device on CUDA,
     host elsewhere)."""
     max_nonfinite_steps: int = 20
-    """``skip``: after this many skipped steps the run stops; its last good checkpoint is kept."""
+    """``skip``: after this many skipped steps the run stops; its message names the newest usable
+    checkpoint (finite weights), which the rotation never deletes."""
     target_top1: float = 0.0
     """Test top-1 (percent) whose first crossing is reported as time_to_target_s (0: none)."""
     val_every_steps: int = 0

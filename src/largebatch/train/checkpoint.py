@@ -10,8 +10,11 @@ the epoch, batch stage), ``world_size`` and ``rng`` (torch RNG state of every ra
 format 2 (one file: an ``LBCKPT2`` header with the checksum, then the archive) still load.
 
 Writing: the checksum file first, then the archive; each goes to a temporary file in the same
-directory, is flushed and fsynced, renamed over its final name, and the directory fsynced; then the
-oldest checkpoints beyond ``keep`` are deleted. A reader therefore sees either the previous set of
+directory (its name carries the writer's host and pid, so a clean-up removes only a dead writer's
+files: :func:`remove_stale_temp_files`), is flushed and fsynced, renamed over its final name, and the
+directory fsynced; then the oldest checkpoints beyond ``keep`` are deleted, never the newest one
+with finite weights. A checkpoint whose weights hold a NaN or an infinity is not usable:
+:func:`load_checkpoint` refuses it and :func:`latest_valid_checkpoint` falls back past it. A reader therefore sees either the previous set of
 checkpoints or the new one, never a partial file under a final name; a file truncated or altered
 later (a full disk, a bad copy) fails its checksum, and :func:`latest_valid_checkpoint` falls back to
 the previous one with a warning. Files get the mode the user's umask gives (0644 under the usual
@@ -213,7 +216,8 @@ def load_checkpoint(path: Path) -> dict:
 
     Raises:
         CheckpointError: if the file is missing, is not a largebatch checkpoint, fails its checksum
-            (truncated or corrupt), or holds pickled objects (refused by ``weights_only=True``).
+            (truncated or corrupt), holds pickled objects (refused by ``weights_only=True``), or its
+            model weights are not all finite.
     """
     path = Path(path)
     try:
