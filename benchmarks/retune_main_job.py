@@ -14,9 +14,15 @@ chosen schedule is then run on the test set (by ``benchmarks/main_job.py``, with
 The runs also evaluate the test set (the trainer always does; it is in each summary.json), but
 the rule never reads it and this table leaves it out.
 
+With ``--seeds 0,1`` every candidate runs once per seed (``train.seed``; seed 0's run directory is
+the candidate's name, seed s's ``NAME_seed<s>``) and the rule reads the mean over the seeds.
+``--set KEY=VALUE`` applies to every run, e.g. another model for the same schedules (the faster
+networks of ``benchmarks/fmnist_fast.py``: ``PYTHONPATH=benchmarks ... --set model.name=fmnist_fast:s2``).
+
 Resumable: a candidate whose ``summary.json`` is in ``--out`` is not run again.
 
     python benchmarks/retune_main_job.py [--out benchmarks/results/main_job_retune] [--only NAME ...]
+        [--seeds 0,1] [--set KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -47,9 +53,9 @@ CANDIDATES = {
 }
 
 
-def run(name: str, out: Path) -> dict:
+def run(name: str, out: Path, seed: int = 0, sets: tuple[str, ...] = ()) -> dict:
     epochs, warmup, decays = CANDIDATES[name]
-    run_dir = out / name
+    run_dir = out / (name if seed == 0 else f"{name}_seed{seed}")
     if (run_dir / "summary.json").is_file():
         return json.loads((run_dir / "summary.json").read_text())
     if run_dir.exists():
@@ -69,7 +75,11 @@ def run(name: str, out: Path) -> dict:
         f"schedule.warmup_epochs={warmup:.6g}",
         "--set",
         "schedule.decay_epochs=[" + ", ".join(f"{d:.6g}" for d in decays) + "]",
+        "--set",
+        f"train.seed={seed}",
     ]
+    for item in sets:
+        cmd += ["--set", item]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
@@ -91,28 +101,45 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/main_job_retune")
     ap.add_argument("--only", nargs="*", default=None, help="run these candidates only")
     ap.add_argument("--tolerance", type=float, default=0.5, help="validation points below the reference allowed")
+    ap.add_argument("--seeds", default="0", help="comma-separated train.seed values per candidate (default 0)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config override of every run")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    seeds = [int(x) for x in args.seeds.split(",") if x]
     rows = {}
-    for name in args.only or CANDIDATES:
-        s = run(name, out)
-        rows[name] = {
-            "epochs": CANDIDATES[name][0],
-            "warmup_epochs": CANDIDATES[name][1],
-            "decay_epochs": CANDIDATES[name][2],
-            "val_top1": s["val_top1"],
-            "train_wall_s": s["wall_s"],
-            "command_s": s.get("command_s"),
-            "precision": s.get("precision"),
-        }
-        print(f"{name}: val top-1 {s['val_top1']:.2f}%, training {s['wall_s']:.0f} s", flush=True)
+    for seed in seeds:  # every candidate's first seed before any second one: a cut-short study reads as one
+        for name in args.only or CANDIDATES:
+            s = run(name, out, seed, tuple(args.set))
+            row = rows.setdefault(
+                name,
+                {
+                    "epochs": CANDIDATES[name][0],
+                    "warmup_epochs": CANDIDATES[name][1],
+                    "decay_epochs": CANDIDATES[name][2],
+                    "seeds": [],
+                    "val_top1_per_seed": [],
+                    "train_wall_s_per_seed": [],
+                    "command_s_per_seed": [],
+                    "precision": s.get("precision"),
+                },
+            )
+            row["seeds"].append(seed)
+            row["val_top1_per_seed"].append(s["val_top1"])
+            row["train_wall_s_per_seed"].append(s["wall_s"])
+            row["command_s_per_seed"].append(s.get("command_s"))
+            row["val_top1"] = sum(row["val_top1_per_seed"]) / len(row["val_top1_per_seed"])
+            row["train_wall_s"] = sum(row["train_wall_s_per_seed"]) / len(row["train_wall_s_per_seed"])
+            print(f"{name} seed {seed}: val top-1 {s['val_top1']:.2f}%, training {s['wall_s']:.0f} s", flush=True)
     result = {
         "benchmark": "retune_main_job",
         "date": dt.date.today().isoformat(),
         "machine": machine(),
+        "cpu_capability": _cpu_capability(),
         "val_size": VAL_SIZE,
         "tolerance": args.tolerance,
+        "seeds": seeds,
+        "overrides": args.set,
         "rows": rows,
     }
     if "reference_e9" in rows:
@@ -122,6 +149,12 @@ def main() -> None:
         result.update(val_floor=floor, chosen=chosen)
         print(f"chosen on validation: {chosen} (floor {floor:.2f}%)")
     (out / "retune.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
+def _cpu_capability() -> str:
+    import torch
+
+    return torch.backends.cpu.get_cpu_capability()
 
 
 if __name__ == "__main__":
