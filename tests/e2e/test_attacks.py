@@ -35,6 +35,15 @@ def train_args(out: Path, *sets: str, nproc: int = 2) -> list[str]:
     return args
 
 
+def wait_for(predicate, proc, *, poll_s: float = 0.05, timeout_s: float = 120) -> None:
+    """Wait until ``predicate()`` holds while ``proc`` runs (its stderr in the failure if it ends)."""
+    t0 = time.time()
+    while not predicate():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.time() - t0 < timeout_s, "timed out"
+        time.sleep(poll_s)
+
+
 def one_line(proc) -> str:
     """The single line of a refused command's stderr (no traceback)."""
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
@@ -140,11 +149,7 @@ def test_a_refused_run_leaves_a_live_writers_temp_files(tmp_path):
 def test_refused_runs_racing_a_live_runs_checkpoint_writes(tmp_path):
     out = tmp_path / "run"
     live = clirun.start(*train_args(out, "train.epochs=4", "train.checkpoint_every_steps=1"), cwd=tmp_path)
-    t0 = time.time()
-    while not ckpt_io.list_checkpoints(out):
-        assert live.poll() is None, live.communicate()[1][-3000:]
-        assert time.time() - t0 < 120
-        time.sleep(0.05)
+    wait_for(lambda: ckpt_io.list_checkpoints(out), live, poll_s=0.05)
     refused = 0
     while live.poll() is None and refused < 12:
         proc = clirun.run(*train_args(out, "train.epochs=4", "train.checkpoint_every_steps=1"), "--resume", "auto",
@@ -246,11 +251,7 @@ def test_sigterm_to_the_launcher_before_the_agent_starts_is_one_line_and_75(tmp_
 def test_sigterm_after_the_last_step_of_a_one_process_run_exits_0(tmp_path):
     out = tmp_path / "run"
     proc = clirun.start(*train_args(out, "train.epochs=1", nproc=1), cwd=tmp_path)
-    t0 = time.time()
-    while not (out / "summary.json").exists():
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        assert time.time() - t0 < 120
-        time.sleep(0.005)
+    wait_for(lambda: (out / "summary.json").exists(), proc, poll_s=0.005)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, (proc.returncode, err[-2000:])  # was 143, silent
@@ -261,11 +262,7 @@ def test_sigterm_after_the_last_step_of_a_one_process_run_exits_0(tmp_path):
 def test_sigint_to_one_worker_is_reported_as_sigint(tmp_path):
     out = tmp_path / "run"
     proc = clirun.start(*train_args(out, "train.epochs=40", "train.checkpoint_every_steps=4"), cwd=tmp_path)
-    t0 = time.time()
-    while not ckpt_io.list_checkpoints(out):
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        assert time.time() - t0 < 120
-        time.sleep(0.05)
+    wait_for(lambda: ckpt_io.list_checkpoints(out), proc, poll_s=0.05)
     worker = next(
         int(p.parent.name)
         for p in Path("/proc").glob("[0-9]*/stat")
