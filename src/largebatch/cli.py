@@ -237,6 +237,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             in_channels=data.in_channels,
             width=cfg.model.width,
             blocks_per_stage=cfg.model.blocks_per_stage,
+            stem_stride=cfg.model.stem_stride,
         ).to(env.device)
         try:
             load_model_state(model, state, source)
@@ -253,6 +254,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             split=args.split,
             batch_size=cfg.train.eval_batch_size,
             autocast_dtype=precision.autocast_dtype,
+            flip=cfg.train.eval_flip,
         )
         result.update(checkpoint=source, step=step, recipe=cfg.recipe, precision=precision.precision)
         if env.is_main:

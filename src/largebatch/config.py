@@ -67,7 +67,7 @@ class ReferenceLR:
 REFERENCE_LRS: dict[str, ReferenceLR] = {
     # The Fashion-MNIST ResNet-8 of the CPU recipes; docs/optimizers.md says where each was chosen.
     "sgd": ReferenceLR(
-        0.4, 256, "linear", "goyal2017_fashion_mnist: tuned at 512 on the default recipe (docs/recipes.md)"
+        0.4, 256, "linear", "goyal2017_fashion_mnist_28px: tuned at 512 (docs/recipes.md)"
     ),
     "lars": ReferenceLR(
         2.5,
@@ -97,6 +97,17 @@ optimizer means nothing to another (LARS multiplies it by a trust ratio of about
 
 
 @dataclass(kw_only=True)
+class ResizeStage:
+    """One stage of progressive resizing: training images at a lower resolution in early epochs."""
+
+    start_epoch: int = 0
+    """First epoch of the stage."""
+    image_size_px: int = 0
+    """Side, in pixels, to which training batches are resized (bilinear, antialiased) from
+    start_epoch on; 0: the data set's own size."""
+
+
+@dataclass(kw_only=True)
 class DataConfig:
     name: str = "fashion_mnist"
     """Data set: ``fashion_mnist`` (IDX files, held in memory), ``synthetic`` (random tensors, for
@@ -122,6 +133,13 @@ class DataConfig:
     """Zero padding, in pixels, on each side before the random crop back to the input size."""
     image_size_px: int = 224
     """Training crop side for imagefolder, and the side of synthetic images."""
+    resize_stages: list[ResizeStage] = field(default_factory=list)
+    """Progressive resizing (fast.ai's and FFCV's ImageNet runs; Howard 2018, Leclerc et al. 2023):
+    stages of (start_epoch, image_size_px), each resizing the training batches from its start epoch
+    on, after augmentation and normalization; evaluation always sees the data set's own size, so
+    the model must be fully convolutional (global pooling). Empty: the own size throughout.
+    fashion_mnist, synthetic and user data sets (in-memory tensors) only. Which sizes help is
+    measured per recipe, not a published constant [U]."""
     synthetic: SyntheticConfig = field(default_factory=lambda: SyntheticConfig())
     """``data.name=synthetic``: size, classes and channels of the random data set."""
     imagefolder: ImageFolderConfig = field(default_factory=lambda: ImageFolderConfig())
@@ -138,6 +156,9 @@ class ModelConfig:
     """resnet_fmnist: channels of the first stage (doubled at each of the three stages)."""
     blocks_per_stage: int = 1
     """resnet_fmnist: BasicBlocks per stage."""
+    stem_stride: int = 1
+    """resnet_fmnist: stride of the 3x3 stem, 1 or 2. 2 halves the side of every stage (14, 7 and 4
+    px on 28x28 images instead of 28, 14 and 7): about a quarter of the FLOPs, the same parameters."""
     zero_init_residual: bool = True
     """Zero-init the last BN gamma of every residual block (Goyal et al. 2017, sec. 5.1)."""
     fc_init_std: float = 0.01
@@ -216,6 +237,9 @@ class TrainConfig:
     """Evaluate on the test split every N epochs (and always after the last)."""
     eval_batch_size: int = 1000
     """Samples per forward pass during evaluation, per process."""
+    eval_flip: bool = False
+    """Test-time augmentation: every evaluation (test and validation) averages the logits of each
+    image and of its left-right mirror, at twice the evaluation cost [U]."""
     log_every_steps: int = 20
     """Steps between metric lines (loss is reduced across workers only at these points)."""
     checkpoint_every_epochs: int = 1
@@ -1019,6 +1043,7 @@ def validate(cfg: Config) -> None:
     ):
         value = get_key(cfg, key)
         require(value >= 1, key, value, "a positive integer")
+    require(cfg.model.stem_stride in (1, 2), "model.stem_stride", cfg.model.stem_stride, "1 or 2")
     require(cfg.data.synthetic.classes >= 2, "data.synthetic.classes", cfg.data.synthetic.classes, "an integer >= 2")
     for key in (
         "train.bn.batch_size",
@@ -1147,6 +1172,24 @@ def validate(cfg: Config) -> None:
         cfg.data.imagefolder.bad_file_policy,
         f"one of {', '.join(BAD_FILE_POLICIES)}",
     )
+    require(
+        not cfg.data.resize_stages or cfg.data.name != "imagefolder",
+        "data.resize_stages",
+        cfg.data.resize_stages,
+        "empty for imagefolder (progressive resizing is built for in-memory data: fashion_mnist, "
+        "synthetic, user data sets; set data.image_size_px per run instead)",
+    )
+    previous_start = -1
+    for i, stage in enumerate(cfg.data.resize_stages):
+        key = f"data.resize_stages[{i}]"
+        require(
+            previous_start < stage.start_epoch < cfg.train.epochs,
+            f"{key}.start_epoch",
+            stage.start_epoch,
+            f"an epoch after the previous stage's and before train.epochs={cfg.train.epochs}",
+        )
+        require(stage.image_size_px >= 0, f"{key}.image_size_px", stage.image_size_px, "an integer >= 0")
+        previous_start = stage.start_epoch
     require(
         cfg.data.val_size == 0 or cfg.data.name != "imagefolder",
         "data.val_size",

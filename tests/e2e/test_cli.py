@@ -122,14 +122,18 @@ def test_model_card_gives_plain_torch_the_training_accuracy(run):
         in_channels=card["input"]["channels"],
         width=arch["width"],
         blocks_per_stage=arch["blocks_per_stage"],
+        stem_stride=arch["stem_stride"],
     )
     model.load_state_dict(torch.load(out / "model_final.pt", weights_only=True))
     _, _, test_x, test_y = load_fashion_mnist("")
     test_x, test_y = test_x[:2000], test_y[:2000]
     norm = card["input"]["normalization"]
     mean, std = (torch.tensor(norm[k]).view(1, -1, 1, 1) for k in ("mean", "std"))
+    assert card["input"]["test_time_flip"] is True  # the default recipe's
     with torch.no_grad():
-        top1 = (model.eval()((test_x.float() / 255 - mean) / std).argmax(1) == test_y).float().mean().item() * 100
+        x = (test_x.float() / 255 - mean) / std
+        logits = (model.eval()(x) + model(x.flip(3))) / 2
+        top1 = (logits.argmax(1) == test_y).float().mean().item() * 100
     summary = json.loads((out / "summary.json").read_text())
     assert top1 == pytest.approx(summary["top1"], abs=0.1)
 

@@ -181,3 +181,73 @@ def test_validation_split_errors_before_launch():
         check_data(apply_overrides(cfg, ["data.train_subset=600", "data.val_size=500"]))
     with pytest.raises(ConfigError, match="data.val_size=10 is invalid: 0 for imagefolder"):
         resolve(apply_overrides(cfg, ["data.name=imagefolder", "data.root=/x", "data.val_size=10"]), 2)
+
+
+def test_resize_stages_shrink_training_batches_of_their_epochs_only():
+    stages = "data.resize_stages=[{start_epoch: 0, image_size_px: 8}, {start_epoch: 2, image_size_px: 0}]"
+    base = ["data.name=synthetic", "data.synthetic.train_samples=128", "data.image_size_px=12", "train.epochs=3"]
+    cfg = get_recipe(DEFAULT_RECIPE)
+    plain = build_data(apply_overrides(cfg, [*base, "data.resize_stages=[]"]), device=torch.device("cpu"))
+    staged = build_data(apply_overrides(cfg, [*base, stages]), device=torch.device("cpu"))
+    assert [staged.train_size_px(e) for e in range(3)] == [8, 8, 0]
+
+    def first_batch(data, epoch):
+        s = GlobalBatchSampler(data.num_train, 64, world_size=1, rank=0, seed=3)
+        s.set_epoch(epoch)
+        return next(iter(data.train_batches(s, seed=3)))
+
+    for epoch in (0, 1):
+        (small, labels), (full, same_labels) = first_batch(staged, epoch), first_batch(plain, epoch)
+        assert small.shape == (64, 1, 8, 8) and torch.equal(labels, same_labels)
+        # the same augmented, normalized batch, resized (bilinear, antialiased)
+        ref = torch.nn.functional.interpolate(full, size=(8, 8), mode="bilinear", antialias=True, align_corners=False)
+        assert torch.allclose(small, ref, atol=1e-6)
+    assert torch.equal(first_batch(staged, 2)[0], first_batch(plain, 2)[0])  # own size from epoch 2
+    test_images = next(staged.eval_batches(world_size=1, rank=0, batch_size=16))[0]
+    assert test_images.shape[-2:] == (12, 12)  # evaluation at the data's own size
+
+
+def test_resize_stages_are_checked_before_launch():
+    from largebatch.config import ConfigError, validate
+
+    cfg = get_recipe(DEFAULT_RECIPE)
+    bad = {
+        "data.resize_stages=[{start_epoch: 2, image_size_px: 20}, {start_epoch: 1, image_size_px: 0}]": (
+            r"data.resize_stages\[1\].start_epoch=1 is invalid: an epoch after the previous stage's"
+        ),
+        "data.resize_stages=[{start_epoch: 0, image_size_px: -4}]": r"data.resize_stages\[0\].image_size_px=-4",
+        "data.resize_stages=[{start_epoch: 99, image_size_px: 20}]": r"before train.epochs",
+    }
+    for override, message in bad.items():
+        with pytest.raises(ConfigError, match=message):
+            validate(apply_overrides(cfg, [override]))
+    with pytest.raises(ConfigError, match="data.resize_stages=.* empty for imagefolder"):
+        validate(
+            apply_overrides(
+                get_recipe("goyal2017_resnet50_imagenet_8k"),
+                ["data.root=/tmp", "data.resize_stages=[{start_epoch: 0, image_size_px: 128}]"],
+            )
+        )
+
+
+def test_eval_flip_averages_the_logits_of_the_image_and_its_mirror():
+    from largebatch.dist import DistEnv
+    from largebatch.train.evaluation import evaluate
+
+    cfg = apply_overrides(
+        get_recipe(DEFAULT_RECIPE),
+        ["data.name=synthetic", "data.synthetic.test_samples=40", "data.image_size_px=8", "data.synthetic.classes=10"],
+    )
+    data = build_data(cfg, device=torch.device("cpu"))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(8 * 8, 10))  # not mirror-symmetric
+    env = DistEnv(rank=0, world_size=1, local_rank=0, local_world_size=1, device=torch.device("cpu"), backend=None)
+    images, labels = next(data.eval_batches(world_size=1, rank=0, batch_size=40))
+    with torch.no_grad():
+        logits = (model(images) + model(images.flip(3))) / 2
+    expected_loss = torch.nn.functional.cross_entropy(logits, labels).item()
+    expected_top1 = 100.0 * (logits.argmax(1) == labels).float().mean().item()
+    out = evaluate(model, data, env, channels_last=False, batch_size=40, flip=True)
+    assert out["loss"] == pytest.approx(expected_loss, rel=1e-5) and out["top1"] == pytest.approx(expected_top1)
+    plain = evaluate(model, data, env, channels_last=False, batch_size=40)
+    assert plain["loss"] != pytest.approx(out["loss"], rel=1e-5)

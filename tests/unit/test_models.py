@@ -78,3 +78,21 @@ def test_channels_last_guard_names_the_narrow_strided_1x1_convs():
             channels_last_unsafe_convs(build_model("resnet_fmnist", num_classes=10, in_channels=1, width=width), cpu)
             == []
         )
+
+
+def test_stride_two_stem_quarters_the_work_with_the_same_parameters():
+    full = build_model("resnet_fmnist", num_classes=10, in_channels=1, bn_batch_size=32)
+    fast = build_model("resnet_fmnist", num_classes=10, in_channels=1, bn_batch_size=32, stem_stride=2)
+    assert sum(p.numel() for p in fast.parameters()) == sum(p.numel() for p in full.parameters()) == 77_754
+    # stages at 14, 7 and 4 px: stem 14*14*16*9, layer1 2*14*14*16*16*9, layer2 7*7*(32*16*9 + 32*32*9
+    # + 32*16), layer3 4*4*(64*32*9 + 64*64*9 + 64*32), fc 64*10
+    expected = 14 * 14 * 16 * 9 + 2 * 14 * 14 * 16 * 16 * 9
+    expected += 7 * 7 * (32 * 16 * 9 + 32 * 32 * 9 + 32 * 16) + 4 * 4 * (64 * 32 * 9 + 64 * 64 * 9 + 64 * 32) + 640
+    assert count_macs(fast, (1, 28, 28)) == expected == 2_552_000
+    assert fast.conv1.stride == (2, 2) and fast(torch.randn(32, 1, 28, 28)).shape == (32, 10)
+    # fully convolutional: a lower training resolution gives the same output shape
+    assert fast(torch.randn(32, 1, 20, 20)).shape == (32, 10)
+    import pytest
+
+    with pytest.raises(ValueError, match="model.stem_stride=3 must be 1 or 2"):
+        build_model("resnet_fmnist", num_classes=10, in_channels=1, stem_stride=3)

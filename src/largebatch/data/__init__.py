@@ -162,6 +162,7 @@ def build_data(cfg, *, device: torch.device):
         device=device,
         val=val,
         classes=classes,
+        resize_stages=[(st.start_epoch, st.image_size_px) for st in d.resize_stages],
     )
 
 

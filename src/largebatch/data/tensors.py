@@ -52,6 +52,10 @@ class TensorImageData:
         device: where batches are produced (the data is moved there once).
         val: optional (uint8 images, int64 labels) validation split held out of the training set,
             normalized with the training split's statistics and evaluated like the test split.
+        resize_stages: progressive resizing, ``[(start_epoch, image_size_px), ...]`` in increasing
+            start epochs: training batches of an epoch are resized (bilinear, antialiased) to the
+            size of the last stage that started at or before it (0: the data's own size);
+            evaluation batches never are.
     """
 
     def __init__(
@@ -67,6 +71,7 @@ class TensorImageData:
         device: torch.device,
         val: tuple[torch.Tensor, torch.Tensor] | None = None,
         classes: list[str] | None = None,
+        resize_stages: list[tuple[int, int]] | None = None,
     ) -> None:
         if train_images.dtype != torch.uint8 or train_images.ndim != 4:
             raise ValueError(
@@ -83,6 +88,7 @@ class TensorImageData:
         self.classes = list(classes) if classes else None
         self.augment = augment
         self.padding_px = padding_px
+        self.resize_stages = sorted(resize_stages or [])
         pixels = train_images.float().div_(255)
         # Per-channel statistics of the training split, used to normalize both splits.
         self.mean = pixels.mean(dim=(0, 2, 3)).view(1, -1, 1, 1).to(device)
@@ -122,10 +128,19 @@ class TensorImageData:
     def _normalize(self, images: torch.Tensor) -> torch.Tensor:
         return (images.float().div_(255) - self.mean) / self.std
 
+    def train_size_px(self, epoch: int) -> int:
+        """Side of the training images in ``epoch`` under the resize stages (0: the data's own)."""
+        size = 0
+        for start, px in self.resize_stages:
+            if start <= epoch:
+                size = px
+        return size
+
     def train_batches(self, sampler: GlobalBatchSampler, *, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The rank's (images, labels) batches of the sampler's epoch, from its start step."""
         lo = sampler.rank * sampler.per_worker_batch_size
         hi = lo + sampler.per_worker_batch_size
+        size = self.train_size_px(sampler.epoch)
         for step, idx in enumerate(sampler, start=sampler.start_step):
             idx = idx.to(self.device)
             images = self.train_images[idx]
@@ -135,7 +150,12 @@ class TensorImageData:
                 offsets = torch.randint(0, 2 * self.padding_px + 1, (gbs, 2), generator=g)[lo:hi]
                 flips = (torch.rand(gbs, generator=g) < 0.5)[lo:hi]
                 images = random_crop_flip(images, offsets.to(self.device), flips.to(self.device), self.padding_px)
-            yield self._normalize(images), self.train_labels[idx]
+            images = self._normalize(images)
+            if size and tuple(images.shape[-2:]) != (size, size):
+                images = torch.nn.functional.interpolate(
+                    images, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+                )
+            yield images, self.train_labels[idx]
 
     def eval_batches(
         self, *, world_size: int, rank: int, batch_size: int, split: str = "test"

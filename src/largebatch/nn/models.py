@@ -28,7 +28,14 @@ class SmallResNet(nn.Module):
     """A ResNet for small images: 3x3 stem, three stages of BasicBlocks (widths w, 2w, 4w, the last
     two with stride 2), global average pooling and a linear classifier.
 
+    ``stem_stride=2`` makes the stem downsample: on 28x28 images the stages run at 14, 7 and 4 px
+    instead of 28, 14 and 7, about a quarter of the multiply-accumulates (2.55 M per image against
+    9.35 M at width 16), the same parameters.
+
     Shapes: input (N, in_channels, H, W) -> logits (N, num_classes).
+
+    Raises:
+        ValueError: ``stem_stride`` not 1 or 2.
     """
 
     def __init__(
@@ -38,10 +45,13 @@ class SmallResNet(nn.Module):
         num_classes: int = 10,
         width: int = 16,
         blocks_per_stage: int = 1,
+        stem_stride: int = 1,
         norm_layer=nn.BatchNorm2d,
     ) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
+        if stem_stride not in (1, 2):
+            raise ValueError(f"model.stem_stride={stem_stride!r} must be 1 or 2")
+        self.conv1 = nn.Conv2d(in_channels, width, 3, stem_stride, 1, bias=False)
         self.bn1 = norm_layer(width)
         self.relu = nn.ReLU(inplace=True)
         inplanes = width
@@ -140,6 +150,7 @@ def build_model(
     bn_batch_size: int = 0,
     width: int = 16,
     blocks_per_stage: int = 1,
+    stem_stride: int = 1,
     zero_init_residual: bool = True,
     fc_init_std: float = 0.01,
 ) -> nn.Module:
@@ -150,7 +161,9 @@ def build_model(
     ``largebatch.models`` (:mod:`largebatch.registry`).
 
     Raises:
-        ValueError: for an unknown name, or a torchvision model with in_channels != 3.
+        ValueError: for an unknown name, a torchvision model with in_channels != 3, or a
+            ``stem_stride`` other than 1 or 2 (``width``, ``blocks_per_stage`` and ``stem_stride``
+            apply to ``resnet_fmnist`` only).
     """
     if name == "resnet_fmnist":
         norm_layer = functools.partial(GhostBatchNorm2d, bn_batch_size=bn_batch_size)
@@ -159,6 +172,7 @@ def build_model(
             num_classes=num_classes,
             width=width,
             blocks_per_stage=blocks_per_stage,
+            stem_stride=stem_stride,
             norm_layer=norm_layer,
         )
     elif ":" not in name and name in torchvision_classifiers():

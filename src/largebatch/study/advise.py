@@ -212,6 +212,7 @@ def _model_of(cfg):
         bn_batch_size=1,
         width=cfg.model.width,
         blocks_per_stage=cfg.model.blocks_per_stage,
+        stem_stride=cfg.model.stem_stride,
         zero_init_residual=False,
         fc_init_std=0.0,
     )

@@ -41,22 +41,22 @@ class Method:
 
 METHODS: dict[str, Method] = {
     "no_scaling": Method(
-        "goyal2017_fashion_mnist",
+        "goyal2017_fashion_mnist_28px",
         "SGD, no LR scaling",
         ("optim.lr_scaling=none",),
         "base LR 0.4 at every batch (Goyal et al. 2017 sec. 2.1 without the rule)",
     ),
     "linear_no_warmup": Method(
-        "goyal2017_fashion_mnist",
+        "goyal2017_fashion_mnist_28px",
         "SGD, linear scaling, no warmup",
         ("schedule.warmup_epochs=0",),
         "Goyal et al. 2017 Table 1 'no warmup'",
     ),
     "goyal": Method(
-        "goyal2017_fashion_mnist", "SGD, linear scaling + gradual warmup (Goyal)", (), "Goyal et al. 2017 sec. 2.1-2.2"
+        "goyal2017_fashion_mnist_28px", "SGD, linear scaling + gradual warmup (Goyal)", (), "Goyal et al. 2017 sec. 2.1-2.2"
     ),
     "nesterov": Method(
-        "goyal2017_fashion_mnist",
+        "goyal2017_fashion_mnist_28px",
         "Nesterov momentum, retuned per batch (Nado)",
         (),
         "Nado et al. 2021 sec. 3: Nesterov momentum with LR, momentum and warmup tuned at every batch",

@@ -42,6 +42,7 @@ def build_run_model(cfg: Config, plan: Plan, env: DistEnv, data) -> tuple[nn.Mod
         bn_batch_size=plan.bn_local_batch_size,
         width=cfg.model.width,
         blocks_per_stage=cfg.model.blocks_per_stage,
+        stem_stride=cfg.model.stem_stride,
         zero_init_residual=cfg.model.zero_init_residual,
         fc_init_std=cfg.model.fc_init_std,
     ).to(env.device)

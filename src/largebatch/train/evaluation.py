@@ -26,11 +26,13 @@ def evaluate(
     batch_size: int,
     split: str = "test",
     autocast_dtype: torch.dtype | None = None,
+    flip: bool = False,
 ) -> dict:
     """Top-1 (and top-5 when there are more than 10 classes) and mean loss on the ``test`` split (or
     the held-out ``val`` split); every sample is counted exactly once across ranks (sums
     all-reduced). ``autocast_dtype``: the forward pass in that autocast (the run's precision); the
-    loss and the counts are summed in fp64. Returns ``{"loss", "count", "top1"[, "top5"]}``
+    loss and the counts are summed in fp64. ``flip``: test-time augmentation, the logits are the mean
+    of the image's and its left-right mirror's (``train.eval_flip``). Returns ``{"loss", "count", "top1"[, "top5"]}``
     (top-1 and top-5 in percent)."""
     model.eval()
     topk = (1, 5) if data.num_classes > 10 else (1,)
@@ -41,6 +43,8 @@ def evaluate(
             images = images.contiguous(memory_format=torch.channels_last)
         with torch.autocast(env.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             logits = model(images).float()
+            if flip:
+                logits = (logits + model(images.flip(3)).float()) / 2
         sums[0] += F.cross_entropy(logits, labels, reduction="sum").double()
         sums[1] += labels.numel()
         pred = logits.topk(max(topk), dim=1).indices
@@ -85,7 +89,10 @@ class Evaluator:
         )
         self.prepare = prepare
         self.kwargs = dict(
-            channels_last=channels_last, batch_size=train_cfg.eval_batch_size, autocast_dtype=autocast_dtype
+            channels_last=channels_last,
+            batch_size=train_cfg.eval_batch_size,
+            autocast_dtype=autocast_dtype,
+            flip=train_cfg.eval_flip,
         )
 
     def _record_val(self, state, v: dict) -> None:

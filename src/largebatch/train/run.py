@@ -93,13 +93,15 @@ def choose_run_dir(recipe: str, out: str | None, resume: str | None) -> tuple[Pa
 def model_card(cfg: Config, data) -> dict:
     """What ``model_final.pt`` needs to be used outside largebatch (written as ``model_final.json``):
     the architecture and how to build it, the input (channels, size in pixels, the evaluation
-    transform and the normalization ``x = (pixels / 255 - mean) / std`` per channel) and the classes."""
+    transform, whether the reported top-1 used test-time flips, and the normalization
+    ``x = (pixels / 255 - mean) / std`` per channel) and the classes."""
     spec = data.input_spec()
     m = cfg.model
     if m.name == "resnet_fmnist":
         build = (
             f"largebatch.nn.build_model('resnet_fmnist', num_classes={spec['num_classes']}, "
-            f"in_channels={spec['in_channels']}, width={m.width}, blocks_per_stage={m.blocks_per_stage})"
+            f"in_channels={spec['in_channels']}, width={m.width}, blocks_per_stage={m.blocks_per_stage}, "
+            f"stem_stride={m.stem_stride})"
         )
     elif ":" in m.name:
         build = f"{m.name}(num_classes={spec['num_classes']}, in_channels={spec['in_channels']})"
@@ -108,12 +110,23 @@ def model_card(cfg: Config, data) -> dict:
     return {
         "format": "largebatch model card 1",
         "weights": "model_final.pt (a state_dict: torch.load(path, weights_only=True))",
-        "architecture": {"name": m.name, "width": m.width, "blocks_per_stage": m.blocks_per_stage, "build": build},
+        "architecture": {
+            "name": m.name,
+            "width": m.width,
+            "blocks_per_stage": m.blocks_per_stage,
+            "stem_stride": m.stem_stride,
+            "build": build,
+        },
         "input": {
             "channels": spec["in_channels"],
             "size_px": spec["image_size_px"],
             "memory_format": "channels_last" if m.channels_last else "contiguous",
             "eval_transform": spec["eval_transform"],
+            "test_time_flip": cfg.train.eval_flip,
+            "test_time_flip_means": "the run's top-1 averages the logits of each image and of its left-right "
+            "mirror (train.eval_flip)"
+            if cfg.train.eval_flip
+            else "the run's top-1 is of the image alone",
             "normalization": {
                 "mean": spec["mean"],
                 "std": spec["std"],
