@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine  # noqa: E402
 
 VAL_SIZE = 5000
+BASE_RECIPE = "goyal2017_fashion_mnist_28px"
 
 # name: (epochs, warmup epochs, decay epochs). Warmup is Goyal's share, 5 of 90 epochs, except where
 # named; "shape9" is the 9-epoch recipe's decay positions (1/2, 7/9 and 8.5/9 of the run) scaled.
@@ -141,6 +142,9 @@ def run(name: str, out: Path, seed: int = 0, sets: tuple[str, ...] = ()) -> dict
         "-m",
         "largebatch",
         "train",
+        # the recipe every study ran on (the default recipe until the fast study chose its successor)
+        "--recipe",
+        BASE_RECIPE,
         "--out",
         str(run_dir),
         "--set",

@@ -33,6 +33,7 @@ on the bare loop for BF16_STEPS steps (on a CPU without native bf16 it is emulat
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -110,12 +111,13 @@ def run_bare(env, steps: int, precision: str) -> float:
     data = build_data(cfg, device=env.device)
     torch.manual_seed(cfg.train.seed)
     model = build_model(
-        "resnet_fmnist",
+        cfg.model.name,
         num_classes=10,
         in_channels=1,
         bn_batch_size=32,
-        width=16,
-        blocks_per_stage=1,
+        width=cfg.model.width,
+        blocks_per_stage=cfg.model.blocks_per_stage,
+        stem_stride=cfg.model.stem_stride,
         zero_init_residual=True,
         fc_init_std=0.01,
     )
@@ -150,7 +152,16 @@ def flops_per_image(precision: str) -> float:
 
     from largebatch.nn import build_model
 
-    model = build_model("resnet_fmnist", num_classes=10, in_channels=1, bn_batch_size=32)
+    m = _config(1, precision, "flops").model  # the default recipe's network
+    model = build_model(
+        m.name,
+        num_classes=10,
+        in_channels=1,
+        bn_batch_size=32,
+        width=m.width,
+        blocks_per_stage=m.blocks_per_stage,
+        stem_stride=m.stem_stride,
+    )
     x, y = torch.randn(256, 1, 28, 28), torch.randint(0, 10, (256,))
     dtype = {"bf16": torch.bfloat16}.get(precision)
     with FlopCounterMode(display=False) as counter:
@@ -247,7 +258,8 @@ def main() -> None:
             "threads_per_rank": 1,
             "precision": main_precision,
             "precision_reason": precision.reason,
-            "model": "resnet_fmnist (ghost BN 32, channels_last)",
+            "model": "the default recipe's resnet_fmnist (ghost BN 32, channels_last)",
+            "model_config": dataclasses.asdict(_config(1, main_precision, "flops").model),
             "bf16_steps": args.bf16_steps,
         },
         "images_per_s": rows,

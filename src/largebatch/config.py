@@ -66,9 +66,7 @@ class ReferenceLR:
 
 REFERENCE_LRS: dict[str, ReferenceLR] = {
     # The Fashion-MNIST ResNet-8 of the CPU recipes; docs/optimizers.md says where each was chosen.
-    "sgd": ReferenceLR(
-        0.4, 256, "linear", "goyal2017_fashion_mnist_28px: tuned at 512 (docs/recipes.md)"
-    ),
+    "sgd": ReferenceLR(0.4, 256, "linear", "goyal2017_fashion_mnist_28px: tuned at 512 (docs/recipes.md)"),
     "lars": ReferenceLR(
         2.5,
         256,

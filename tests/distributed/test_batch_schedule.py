@@ -19,6 +19,7 @@ OVERRIDES = [
     "train.checkpoint_every_epochs=100",
     "model.width=4",
     "schedule.warmup_epochs=0.5",
+    "schedule.name=step",
     "schedule.decay_epochs=[2.5]",
     "optim.base_lr=0.1",
     # 64 for epoch 0 (8 steps), then 256 (2 steps per epoch) with the linear rule; 208 is not a

@@ -26,6 +26,8 @@ SUBSET = [
     "optim.base_lr=0.1",
     "--set",
     "train.noise_scale=false",
+    "--set",
+    "train.eval_every_epochs=1",
 ]
 
 

@@ -227,7 +227,7 @@ def test_batch_schedule_plans_each_stage():
     ],
 )
 def test_batch_schedule_errors_name_the_stage(schedule, fragment):
-    cfg = apply_overrides(get_recipe(DEFAULT_RECIPE), [f"train.batch_schedule={schedule}"])
+    cfg = apply_overrides(get_recipe("goyal2017_fashion_mnist_28px"), [f"train.batch_schedule={schedule}"])  # 9 epochs
     with pytest.raises(ConfigError, match=fragment.replace("[", r"\[").replace("]", r"\]")):
         resolve(cfg, 2)
 

@@ -122,8 +122,9 @@ def test_a_misspelt_key_gets_the_nearest_one():
 
 
 def test_schedule_points_after_the_end_are_named():
-    assert schedule_warnings(get_recipe(DEFAULT_RECIPE)) == []
-    lines = schedule_warnings(apply_overrides(get_recipe(DEFAULT_RECIPE), ["train.epochs=5"]))
+    step = get_recipe("goyal2017_fashion_mnist_28px")  # step decay at 4.5, 7 and 8.5 of 9 epochs
+    assert schedule_warnings(get_recipe(DEFAULT_RECIPE)) == [] and schedule_warnings(step) == []
+    lines = schedule_warnings(apply_overrides(step, ["train.epochs=5"]))
     assert lines == [
         "schedule.decay_epochs 7, 8.5 fall at or after the end of training (train.epochs=5): those decays never apply"
     ]
@@ -134,7 +135,7 @@ def test_schedule_points_after_the_end_are_named():
 def test_resume_auto_says_when_it_finds_nothing(tmp_path):
     out = tmp_path / "run"
     args = [sys.executable, "-m", "largebatch", "train", "--nproc", "1", "--resume", "auto", "--out", str(out)]
-    for item in SYNTHETIC[:-1] + ["schedule.decay_epochs=[3]"]:
+    for item in SYNTHETIC[:-1] + ["schedule.name=step", "schedule.decay_epochs=[3]"]:
         args += ["--set", item]
     proc = clirun.subprocess_run(args, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

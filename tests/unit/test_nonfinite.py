@@ -10,8 +10,10 @@ import torch
 from largebatch.config import apply_overrides
 from largebatch.dist.env import DistEnv
 from largebatch.plan import resolve
-from largebatch.recipes import DEFAULT_RECIPE, get_recipe
+from largebatch.recipes import get_recipe
 from largebatch.train.trainer import NonFiniteGradient, Trainer
+
+STEP_RECIPE = "goyal2017_fashion_mnist_28px"  # step decay: the schedule these tests place
 
 OVERRIDES = [
     "data.name=synthetic",
@@ -30,7 +32,7 @@ OVERRIDES = [
 
 
 def run(extra, bad_steps):
-    cfg = apply_overrides(get_recipe(DEFAULT_RECIPE), OVERRIDES + extra)
+    cfg = apply_overrides(get_recipe(STEP_RECIPE), OVERRIDES + extra)
     env = DistEnv(0, 1, 0, 1, torch.device("cpu"), None)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(cfg, resolve(cfg, 1), env, tmp)
@@ -75,7 +77,7 @@ def test_step_and_minute_checkpoint_intervals():
         (["train.checkpoint_every_steps=3"], [3, 6, 8]),
         (["train.checkpoint_every_minutes=0.000001"], [1, 2, 3, 4, 5, 6, 7, 8]),
     ):
-        cfg = apply_overrides(get_recipe(DEFAULT_RECIPE), OVERRIDES + extra)
+        cfg = apply_overrides(get_recipe(STEP_RECIPE), OVERRIDES + extra)
         env = DistEnv(0, 1, 0, 1, torch.device("cpu"), None)
         with tempfile.TemporaryDirectory() as tmp:
             trainer = Trainer(cfg, resolve(cfg, 1), env, tmp)
@@ -147,7 +149,7 @@ def test_device_check_counts_bad_steps_once_and_takes_back_the_optimizers_counte
 def test_a_skipped_step_leaves_the_bn_statistics_as_they_were(check):
     # a NaN input makes the forward write NaN into the BN running statistics before the guard sees
     # the gradients; the skipped step must leave every buffer (and parameter) as it was
-    cfg = apply_overrides(get_recipe(DEFAULT_RECIPE), OVERRIDES + [f"train.nonfinite_check={check}"])
+    cfg = apply_overrides(get_recipe(STEP_RECIPE), OVERRIDES + [f"train.nonfinite_check={check}"])
     env = DistEnv(0, 1, 0, 1, torch.device("cpu"), None)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(cfg, resolve(cfg, 1), env, tmp)

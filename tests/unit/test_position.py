@@ -8,8 +8,10 @@ import pytest
 
 from largebatch.config import apply_overrides
 from largebatch.plan import resolve_stages
-from largebatch.recipes import DEFAULT_RECIPE, get_recipe
+from largebatch.recipes import get_recipe
 from largebatch.train.position import StepPosition
+
+STEP_RECIPE = "goyal2017_fashion_mnist_28px"  # step decay: the schedule these tests place
 
 BASE = [
     "data.name=synthetic",
@@ -24,7 +26,7 @@ BASE = [
 
 
 def position(extra, n=512, world=2):
-    cfg = apply_overrides(get_recipe(DEFAULT_RECIPE), BASE + extra)
+    cfg = apply_overrides(get_recipe(STEP_RECIPE), BASE + extra)
     return StepPosition(cfg, resolve_stages(cfg, world), n)
 
 

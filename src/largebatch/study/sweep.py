@@ -53,7 +53,10 @@ METHODS: dict[str, Method] = {
         "Goyal et al. 2017 Table 1 'no warmup'",
     ),
     "goyal": Method(
-        "goyal2017_fashion_mnist_28px", "SGD, linear scaling + gradual warmup (Goyal)", (), "Goyal et al. 2017 sec. 2.1-2.2"
+        "goyal2017_fashion_mnist_28px",
+        "SGD, linear scaling + gradual warmup (Goyal)",
+        (),
+        "Goyal et al. 2017 sec. 2.1-2.2",
     ),
     "nesterov": Method(
         "goyal2017_fashion_mnist_28px",
