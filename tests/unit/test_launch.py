@@ -26,3 +26,45 @@ def test_method_name_is_what_inspect_stack_gives_and_is_installed_by_the_handler
         launch.RendezvousParameters(backend=launch.LOOPBACK_BACKEND, endpoint="", run_id="t", min_nodes=1, max_nodes=1)
     )
     assert handler is not None and dynamic_rendezvous.get_method_name is launch._method_name
+
+
+def _recorded_failure(attempt_dir, rank, message, exitcode=1):
+    import json
+
+    from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
+
+    path = attempt_dir / str(rank) / "error.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"message": {"message": message, "extraInfo": {"py_callstack": "", "timestamp": "0"}}}))
+    return ProcessFailure(local_rank=rank, pid=1000 + rank, exitcode=exitcode, error_file=str(path))
+
+
+GLOO_PEER = (
+    "RuntimeError: [gloo/transport/tcp/pair.cc:561] Connection closed by peer [127.0.0.1]:24962. This is "
+    "typically caused by a remote worker crashing."
+)
+
+
+def test_a_peer_lost_error_alone_is_a_death_and_restarts(tmp_path):
+    """torch reported only rank 0, whose collective failed because rank 1 was killed (no record)."""
+    failure = launch.classify_failure({0: _recorded_failure(tmp_path / "attempt_0", 0, GLOO_PEER)})
+    assert failure.kind == "peer_lost" and failure.restartable and failure.rank == 0
+    message = str(launch._describe(failure))
+    assert message.startswith("worker rank 0 lost its connection to another worker") and "Connection closed" in message
+
+
+def test_a_peer_lost_error_defers_to_another_workers_real_error(tmp_path):
+    attempt = tmp_path / "attempt_0"
+    first = _recorded_failure(attempt, 0, GLOO_PEER)
+    _recorded_failure(attempt, 1, "ValueError: label 12 of train-labels-idx1-ubyte is outside 0-9")
+    failure = launch.classify_failure({0: first})
+    assert failure.kind == "error" and not failure.restartable and failure.rank == 1
+    assert "label 12" in str(launch._describe(failure))
+    # a real error of the reported worker stays an error; a killed worker still outranks it
+    other = tmp_path / "attempt_1"
+    real = _recorded_failure(other, 0, "ValueError: bad")
+    assert launch.classify_failure({0: real}).kind == "error"
+    from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
+
+    killed = ProcessFailure(local_rank=1, pid=1, exitcode=-9, error_file="")
+    assert launch.classify_failure({0: real, 1: killed}).kind == "died"

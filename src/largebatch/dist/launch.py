@@ -11,7 +11,8 @@ a parent touched it).
 A worker that fails ends the whole group, and the failure is classified (:func:`classify_failure`):
 a worker that *died* (killed by a signal other than SIGTERM/SIGINT, or gone without reporting an
 error: OOM kill, segfault, node fault) restarts the group, up to ``max_restarts`` times, from the
-newest valid checkpoint; a worker that *raised* (bad data, a non-finite stop, a config error: the
+newest valid checkpoint (so does a worker whose collective lost a peer that left no error report);
+a worker that *raised* (bad data, a non-finite stop, a config error: the
 same on every retry) or was *preempted* (SIGTERM: it checkpointed and left with status 75) or
 *interrupted* (SIGINT) ends the run at once. The elastic agent's log, tracebacks included, goes to a
 file (the run's ``train.log``), not to the terminal.
@@ -76,13 +77,38 @@ class WorkerFailed(RuntimeError):
 class FailureKind:
     """What ended a worker group: see :func:`classify_failure`."""
 
-    kind: str  # error | died | preempted | interrupted
+    kind: str  # error | died | peer_lost | preempted | interrupted
     rank: int
     failure: ProcessFailure
 
     @property
     def restartable(self) -> bool:
-        return self.kind == "died"
+        return self.kind in ("died", "peer_lost")
+
+
+PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+"""Words of the error a collective raises when another worker's connection went away (gloo's TCP
+transport): on its own such an error is a consequence, not a cause."""
+
+
+def _peer_lost(text: str) -> bool:
+    return any(words in text for words in PEER_LOST)
+
+
+def _other_ranks_errors(failure: ProcessFailure) -> list[ProcessFailure]:
+    """The recorded errors of the other workers of the same attempt (their ``error.json`` files beside
+    this one's, ``.../attempt_N/<rank>/error.json``): torch reports only the first worker it saw fail."""
+    if not _recorded(failure):
+        return []
+    here = Path(failure.error_file)
+    found = []
+    for path in sorted(here.parent.parent.glob("*/error.json")):
+        if path != here and path.parent.name.isdigit():
+            try:
+                found.append(ProcessFailure(local_rank=int(path.parent.name), pid=0, exitcode=1, error_file=str(path)))
+            except (OSError, ValueError):
+                continue
+    return found
 
 
 def _error_text(failure: ProcessFailure) -> tuple[str, str]:
@@ -125,7 +151,10 @@ def classify_failure(failures: dict[int, ProcessFailure]) -> FailureKind:
       stop, a config error. A retry would meet it again.
 
     A death outranks an error: when one worker is killed its peers' next collective fails too, and
-    those errors are consequences.
+    those errors are consequences. torch reports only the first failed worker it sees, which may be
+    such a peer: an error that says the peer's connection went away (``peer_lost``, :data:`PEER_LOST`)
+    is read against the other workers' error records of the attempt. Another worker's real error
+    is the cause (``error``); none means a worker vanished without one, a death (restarted).
     """
     by_kind: dict[str, tuple[int, ProcessFailure]] = {}
     for rank in sorted(failures):
@@ -141,13 +170,19 @@ def classify_failure(failures: dict[int, ProcessFailure]) -> FailureKind:
             kind = "interrupted"
         elif f.exitcode < 0 or not _recorded(f):
             kind = "died"
+        elif _peer_lost(text):
+            kind = "peer_lost"
         else:
             kind = "error"
         by_kind.setdefault(kind, (rank, f))
     # an interrupt outranks a preemption: the launcher stops the other workers with SIGTERM, and they
     # checkpoint and leave as preempted
-    for kind in ("interrupted", "preempted", "died", "error"):
+    for kind in ("interrupted", "preempted", "died", "error", "peer_lost"):
         if kind in by_kind:
+            if kind == "peer_lost":
+                for other in _other_ranks_errors(by_kind[kind][1]):
+                    if not _peer_lost(_error_text(other)[1]):
+                        return FailureKind("error", other.local_rank, other)
             return FailureKind(kind, *by_kind[kind])
     raise ValueError("no failure to classify")
 
@@ -158,6 +193,13 @@ def _describe(fk: FailureKind) -> WorkerFailed:
         error_type, text = _error_text(f)
         return WorkerFailed(
             f"worker rank {fk.rank} failed (exit code {f.exitcode}): {text}", f.exitcode, "error", error_type
+        )
+    if fk.kind == "peer_lost":
+        return WorkerFailed(
+            f"worker rank {fk.rank} lost its connection to another worker, which left without an error report "
+            f"(killed or crashed): {_error_text(f)[1][:300]}",
+            f.exitcode,
+            "peer_lost",
         )
     if f.exitcode < 0:
         how = f"was killed by {f.signal_name()}"
