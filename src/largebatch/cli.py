@@ -228,7 +228,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         check_data(cfg)
     except (ConfigError, ValueError, FileNotFoundError) as err:
         return _fail(str(err))
-    env = setup(cfg.train.device, threads_per_worker=cfg.train.threads_per_worker)
+    env = setup(
+        cfg.train.device,
+        threads_per_worker=cfg.train.threads_per_worker,
+        malloc_cache_mib=cfg.train.malloc_cache_mib,
+    )
     try:
         data = build_data(cfg, device=env.device)
         model = build_model(

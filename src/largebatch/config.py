@@ -305,6 +305,12 @@ class TrainConfig:
     first steps pay the compilation (tens of seconds on ResNet-50)."""
     threads_per_worker: int = 0
     """torch intra-op threads per process, at most 4 per CPU core; 0: CPU cores divided by local workers."""
+    malloc_cache_mib: int = 1024
+    """MiB of freed memory each worker process keeps for reuse instead of returning it to the kernel
+    (glibc's ``M_TRIM_THRESHOLD``; tensors up to 32 MiB are then served from the heap instead of
+    fresh ``mmap`` calls). Repeated page faults on the same activations cost 30% of a CPU step of
+    the main job without it (docs/performance.md). 0 keeps the C library's defaults; no effect
+    where the C library is not glibc."""
     collective_timeout_s: float = 900.0
     """Seconds a collective (and the process group's store) waits for the other workers before it
     raises: a hung or stopped worker ends the run with a message naming this key instead of
@@ -799,6 +805,7 @@ OPERATIONAL_KEYS = (
     "train.keep_checkpoints",
     "train.max_nonfinite_steps",
     "train.threads_per_worker",
+    "train.malloc_cache_mib",
     "train.noise_scale",
     "train.noise_scale_decay",
 )
@@ -1052,6 +1059,7 @@ def validate(cfg: Config) -> None:
         "data.crop_padding_px",
         "data.imagefolder.loader_workers",
         "train.threads_per_worker",
+        "train.malloc_cache_mib",
     ):
         value = get_key(cfg, key)
         require(value >= 0, key, value, "an integer >= 0")

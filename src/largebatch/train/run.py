@@ -319,7 +319,10 @@ def _run_worker(cfg_dict: dict, out: str | None, resume: str | None, restart: in
 
     t_setup = time.perf_counter()
     env = setup(
-        cfg.train.device, threads_per_worker=cfg.train.threads_per_worker, timeout_s=cfg.train.collective_timeout_s
+        cfg.train.device,
+        threads_per_worker=cfg.train.threads_per_worker,
+        timeout_s=cfg.train.collective_timeout_s,
+        malloc_cache_mib=cfg.train.malloc_cache_mib,
     )
     startup = {
         "process_start_to_worker_s": t_setup - _process_start_perf(),
