@@ -8,6 +8,9 @@ setting: resnet_fmnist with ghost BN over 32 samples, global batch 512 (256 per 
 Fashion-MNIST with random flips, SGD with Nesterov momentum, the run's precision. Per round, in the
 same processes:
 
+Every rank keeps freed memory as ``largebatch train``'s workers do (``train.malloc_cache_mib``,
+``--malloc-cache-mib``), for both loops.
+
 * ``bare``: written here: ``build_model``, DDP, ``torch.optim.SGD``; the same data object, sampler
   and augmentation as the trainer (``TensorImageData.train_batches``); the LR set each step; forward
   under autocast, backward, step, zero_grad; one host sync at the end.
@@ -27,7 +30,7 @@ FLOPs per multiply-accumulate); achieved FLOP/s = FLOPs per image x images/s. Th
 docs/performance.md: cores x FMA pipes x lanes per vector x 2 FLOPs per FMA x clock. bf16 is timed
 on the bare loop for BF16_STEPS steps (on a CPU without native bf16 it is emulated and slow).
 
-    python benchmarks/trainer_overhead.py [--rounds 5] [--steps 20] [--bf16-steps 4]
+    python benchmarks/trainer_overhead.py [--rounds 5] [--steps 20] [--bf16-steps 4] [--malloc-cache-mib 1024]
 """
 
 from __future__ import annotations
@@ -172,9 +175,20 @@ def flops_per_image(precision: str) -> float:
 
 
 def _worker(
-    rank: int, world: int, init_file: str, out: str, rounds: int, steps: int, bf16_steps: int, precision: str
+    rank: int,
+    world: int,
+    init_file: str,
+    out: str,
+    rounds: int,
+    steps: int,
+    bf16_steps: int,
+    precision: str,
+    malloc_cache_mib: int,
 ) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
+    from largebatch.dist.env import keep_freed_memory
+
+    keep_freed_memory(malloc_cache_mib)  # as largebatch's workers do (train.malloc_cache_mib), for both loops
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     import logging
@@ -204,6 +218,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--bf16-steps", type=int, default=4)
+    ap.add_argument(
+        "--malloc-cache-mib",
+        type=int,
+        default=1024,
+        help="train.malloc_cache_mib of every rank, for both loops (0: glibc's defaults)",
+    )
     ap.add_argument("--out", default="benchmarks/results/trainer_overhead.json")
     args = ap.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
@@ -224,6 +244,7 @@ def main() -> None:
                 args.steps,
                 args.bf16_steps,
                 precision.precision,
+                args.malloc_cache_mib,
             ),
             nprocs=2,
             start_method="spawn",
@@ -256,6 +277,7 @@ def main() -> None:
             "global_batch_size": 512,
             "world_size": 2,
             "threads_per_rank": 1,
+            "malloc_cache_mib": args.malloc_cache_mib,
             "precision": main_precision,
             "precision_reason": precision.reason,
             "model": "the default recipe's resnet_fmnist (ghost BN 32, channels_last)",

@@ -308,9 +308,10 @@ class TrainConfig:
     malloc_cache_mib: int = 1024
     """MiB of freed memory each worker process keeps for reuse instead of returning it to the kernel
     (glibc's ``M_TRIM_THRESHOLD``; tensors up to 32 MiB are then served from the heap instead of
-    fresh ``mmap`` calls). Repeated page faults on the same activations cost 30% of a CPU step of
-    the main job without it (docs/performance.md). 0 keeps the C library's defaults; no effect
-    where the C library is not glibc."""
+    fresh ``mmap`` calls). Without it a CPU step of the main job's network page-faults its
+    activations back in (7,600 faults, a quarter of the step) until glibc's own thresholds grow,
+    in ``largebatch train`` after the first epoch (docs/performance.md). Same results either way.
+    0 keeps the C library's defaults; no effect where the C library is not glibc."""
     collective_timeout_s: float = 900.0
     """Seconds a collective (and the process group's store) waits for the other workers before it
     raises: a hung or stopped worker ends the run with a message naming this key instead of

@@ -85,12 +85,13 @@ def keep_freed_memory(cache_mib: int) -> bool:
 
     By default glibc serves every allocation above its mmap threshold (128 KiB, raised as such
     blocks are freed) with a fresh ``mmap`` and gives the top of the heap back to the kernel once
-    more than 128 KiB of it are free. A CPU training step allocates and frees the same activation
-    and gradient tensors every step (0.1-3 MiB each for the main job's network), so each step pays
-    thousands of page faults to map the same memory again: 7,600 per step of 256 images, 30% of the
-    step time (docs/performance.md). This raises the mmap threshold to 32 MiB (glibc's maximum on
-    64-bit) and the trim threshold to ``cache_mib``, the most free memory the heap keeps. Settings
-    are per process and inherited by forked workers.
+    more than twice that threshold is free. A CPU training step allocates and frees the same
+    activation and gradient tensors every step (0.1-3 MiB each for the main job's network), so
+    until the thresholds have grown past them each step maps the same memory again: 7,600 page
+    faults per step of 256 images, a quarter of the step time (docs/performance.md). This raises
+    the mmap threshold to 32 MiB (glibc's maximum on 64-bit) and the trim threshold to
+    ``cache_mib``, the most free memory the heap keeps. Settings are per process and inherited by
+    forked workers.
 
     Args:
         cache_mib: MiB of free heap the process may keep (``train.malloc_cache_mib``); 0 does nothing.
