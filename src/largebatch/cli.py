@@ -532,6 +532,7 @@ def cmd_advise(args: argparse.Namespace) -> int:
             preset=args.preset,
             algorithm=args.algorithm,
             measured=args.measured,
+            horizon_epochs=args.horizon_epochs,
         )
     except (ConfigError, ValueError, KeyError) as err:
         return _fail(err.args[0] if isinstance(err, KeyError) else str(err))
@@ -556,7 +557,8 @@ EXIT_CODES = {
     "study-report": "0 written (table on stdout); 2 bad input (no tuned studies, protocols that differ, a "
     "storage that cannot be read)",
     "critical-batch": "0 measured (the report on stdout); 1 a branch failed; 2 bad input",
-    "advise": "0 advised (the report on stdout); 1 the probe failed; 2 bad input (unknown preset, --out in use)",
+    "advise": "0 advised (the report on stdout); 1 the probe failed; 2 bad input, found before the probe starts "
+    "(unknown recipe or preset, a probe too short to leave warmup, --out in use)",
     "simulate": "0 predicted (the table on stdout); 2 bad input (one line naming the option)",
 }
 """Exit statuses of each subcommand, printed by its --help (docs/reliability.md has the table for train)."""
@@ -870,10 +872,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--probe-epochs",
         type=float,
-        default=1.0,
-        help="length of the probe in epochs (default 1; below 1 trains on that share of the data)",
+        default=2.0,
+        help="length of the probe in epochs (default 2): the recipe's run, its schedule unchanged, stopped "
+        "there; it must leave the warmup by two windows of a quarter epoch",
     )
-    p.add_argument("--nproc", type=int, default=2, help="worker processes of the probe (at least 2; default 2)")
+    p.add_argument(
+        "--horizon-epochs",
+        type=float,
+        default=None,
+        help="epoch up to which the prediction averages the noise scale (default: the first LR decay of a step "
+        "schedule, else half the run)",
+    )
+    p.add_argument("--nproc", type=int, default=2, help="worker processes of the probe (default 2; 1 works)")
     p.add_argument(
         "--preset",
         default="h100_ndr",

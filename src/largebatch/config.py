@@ -291,6 +291,14 @@ class TrainConfig:
     ``noise_scale`` in metrics and TensorBoard at every log interval. Needs 2 or more workers."""
     noise_scale_decay: float = 0.99
     """Per-step decay of the moving averages behind the noise scale (0.99: about 100 steps)."""
+    noise_scale_small_batch: str = "worker"
+    """The small batch of the two-batch estimate (McCandlish et al. 2018, app. A.1): ``worker`` (one
+    worker's gradient of its per-worker batch, from the DDP hook; needs 2 or more workers) or
+    ``micro_batch`` (the gradient of each micro-batch of the accumulation, from differences of the
+    accumulated gradients: small batches of one BN group, on one process or many; the automatic
+    ``train.accumulation_steps`` then makes each micro-batch one BN group). ``micro_batch`` also logs
+    every step's estimates of |G|^2 and tr(Sigma) (``noise_scale_steps`` in the train records), which
+    ``largebatch advise`` reads in windows (docs/noise_scale.md)."""
     precision: str = "auto"
     """``auto`` (bf16 where the device runs it natively: CUDA GPUs with bf16, CPUs with AVX-512 BF16
     or AMX; fp32 elsewhere; see ``largebatch.train.precision``), ``fp32``, ``bf16`` (autocast) or
@@ -809,6 +817,7 @@ OPERATIONAL_KEYS = (
     "train.malloc_cache_mib",
     "train.noise_scale",
     "train.noise_scale_decay",
+    "train.noise_scale_small_batch",
 )
 """Keys that do not change what is computed: a run may resume with other values (e.g. on another
 number of workers, or with another checkpoint interval), so they are left out of the config hash."""
@@ -867,6 +876,8 @@ def require(cond: bool, key: str, value: Any, accepted: str) -> None:
         raise ConfigError(f"{key}={value!r} is invalid: {accepted}")
 
 
+NOISE_SCALE_SMALL_BATCHES = ("worker", "micro_batch")
+"""Accepted ``train.noise_scale_small_batch`` values."""
 MAX_SEED = 2**63 - 1
 """Largest ``train.seed``: torch's generators take 64-bit seeds, and derived seeds are 63-bit."""
 MAX_EPOCHS = 10**6
@@ -1064,6 +1075,12 @@ def validate(cfg: Config) -> None:
     ):
         value = get_key(cfg, key)
         require(value >= 0, key, value, "an integer >= 0")
+    require(
+        cfg.train.noise_scale_small_batch in NOISE_SCALE_SMALL_BATCHES,
+        "train.noise_scale_small_batch",
+        cfg.train.noise_scale_small_batch,
+        " or ".join(NOISE_SCALE_SMALL_BATCHES),
+    )
     require(
         0 <= cfg.train.noise_scale_decay < 1,
         "train.noise_scale_decay",

@@ -168,6 +168,14 @@ def _plan(cfg: Config, world_size: int, *, gbs: int, bn_req: int, peak_lr: float
             f"{f', {local} samples of each group per process' if sync > 1 else ''}); use a global batch that is a "
             f"multiple of {world_size * local}, or a train.bn.batch_size that divides {per_worker * sync}"
         )
+    micro_noise = cfg.train.noise_scale and cfg.train.noise_scale_small_batch == "micro_batch"
+    if accum == 0 and micro_noise:
+        if not local:
+            raise ConfigError(
+                "train.noise_scale_small_batch=micro_batch with BN over the whole micro-batch "
+                "(train.bn.batch_size=0): set train.accumulation_steps to 2 or more micro-batches per step"
+            )
+        accum = per_worker // local  # one BN group per micro-batch: the small batch is the BN batch
     if accum == 0:
         # Fewest micro-batches that divide the per-worker batch into whole BN groups within the bound.
         fits = [
@@ -189,6 +197,12 @@ def _plan(cfg: Config, world_size: int, *, gbs: int, bn_req: int, peak_lr: float
         raise ConfigError(
             f"train.accumulation_steps={accum} does not divide the per-worker batch {per_worker} "
             f"({gkey}={gbs} / {world_size} workers); choose a divisor of {per_worker} or 0 (auto)"
+        )
+    if micro_noise and accum < 2:
+        raise ConfigError(
+            f"train.noise_scale_small_batch=micro_batch needs 2 or more micro-batches per step, but "
+            f"train.accumulation_steps={accum} (per-worker batch {per_worker}); set train.accumulation_steps=0 "
+            f"(one BN group per micro-batch) or a divisor of {per_worker} of 2 or more"
         )
     micro = per_worker // accum
     local = local or micro

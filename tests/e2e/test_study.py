@@ -9,7 +9,8 @@ import sys
 import pytest
 
 import clirun
-from largebatch.study.advise import Advice, against_measured, epochs_ratio, read_noise_scale
+from largebatch.study.advise import Advice, against_measured, epochs_ratio
+from largebatch.study.noise_probe import step_estimates, window_estimates
 from largebatch.study.sweep import METHODS, SweepError, plan_sweep, run_config
 
 pytestmark = pytest.mark.e2e
@@ -70,8 +71,34 @@ def test_advice_follows_the_empirical_model():
     assert epochs_ratio(1000, 1000, 1000) == 1
     assert epochs_ratio(2000, 0, 2000) == pytest.approx(2)
     assert epochs_ratio(100, 10, 1000) == pytest.approx(1.1 / 1.01)
-    text = Advice("r", 512, 3000, 1500, 100, 300, 3000, 9, 9 * epochs_ratio(3000, 512, 3000)).text()
-    assert "B_simple = 3,000" in text and "rising" in text and "up to a global batch of about 300" in text
+    text = _advice(3000.0).text()
+    assert "predicted critical batch B_noise = 3,000 images (80% interval 2,000-4,500)" in text
+    assert "B ~ step^0.50 over 3 windows" in text and "B_noise / 10 = 300" in text
+    assert "1.50x the probe's own value" in text and "note: a flag" in text
+
+
+def _advice(b_noise: float, measured=()) -> Advice:
+    from largebatch.study.noise_probe import Prediction, Window
+
+    windows = [Window(10 * i, 10 * i + 9, 2000.0, 1500.0, 2500.0, False) for i in (1, 2, 3)]
+    pred = Prediction(windows, 2000.0, 1500.0, 2500.0, 0.5, 100, 3500.0, b_noise, 1.0, b_noise, 2000.0, 4500.0, 0.8, 0)
+    pred.predicted = b_noise
+    return Advice(
+        recipe="r",
+        global_batch_size=512,
+        optimizer="sgd",
+        probe_steps=40,
+        warmup_steps=9,
+        window_steps=10,
+        b_simple=2000.0,
+        prediction=pred.as_dict() | {"extrapolation_factor": 1.5},
+        critical_batch=b_noise,
+        linear_scaling_max_batch=b_noise / 10,
+        epochs_at_recipe_batch=9,
+        epochs_at_critical_batch=9 * epochs_ratio(b_noise, 512, b_noise),
+        flags=["a flag"],
+        measured=list(measured),
+    )
 
 
 def test_advice_against_measured_critical_batches():
@@ -86,8 +113,7 @@ def test_advice_against_measured_critical_batches():
     assert [r["ratio"] for r in rows] == [pytest.approx(300 / 512), None, pytest.approx(300 / 2048)]
     assert [r["within_2x"] for r in rows] == [True, False, False]  # 0.59x inside, 0.15x outside
     assert against_measured(1024.0, report)[0]["within_2x"] and not against_measured(1025.0, report)[0]["within_2x"]
-    advice = Advice("r", 512, 300, 100, 100, 30, 300, 9, 9.0, measured=rows)
-    text = advice.text()
+    text = _advice(300.0, rows).text()
     assert (
         "measured B_crit at step 107 (branching, Merrill et al. 2025): 512; this advice's 300 is 0.59x it "
         "(within 2x); the B_simple that run logged at that step, 67, is 0.13x it" in text
@@ -97,7 +123,7 @@ def test_advice_against_measured_critical_batches():
     )
 
 
-def test_advise_probe_logs_the_noise_scale(tmp_path):
+def test_advise_probe_predicts_from_windows_of_micro_batch_estimates(tmp_path):
     out = tmp_path / "probe"
     measured = tmp_path / "critical_batch.json"
     measured.write_text(json.dumps({"points": [{"step": 16, "critical_batch": 256.0, "b_simple": 40.0}]}))
@@ -108,6 +134,11 @@ def test_advise_probe_logs_the_noise_scale(tmp_path):
         wrong = largebatch("advise", flag, value, "--out", str(tmp_path / "wrong"))
         assert wrong.returncode == 2 and f"{flag} '{value}' is unknown" in wrong.stderr, wrong.stderr
         assert "Traceback" not in wrong.stderr and not (tmp_path / "wrong").exists()
+    short = largebatch("advise", "--probe-epochs", "0.25", "--out", str(tmp_path / "short"))
+    assert short.returncode == 2 and "end before two windows" in short.stderr and "--probe-epochs" in short.stderr
+    assert len(short.stderr.strip().splitlines()) == 1 and not (tmp_path / "short").exists()
+    unknown = largebatch("advise", "--recipe", "no_such_recipe", "--out", str(tmp_path / "unknown"))
+    assert unknown.returncode == 2 and "no_such_recipe" in unknown.stderr and "Traceback" not in unknown.stderr
     proc = largebatch(
         "advise",
         "--probe-epochs",
@@ -124,19 +155,31 @@ def test_advise_probe_logs_the_noise_scale(tmp_path):
         str(measured),
         "--out",
         str(out),
-    )  # 16 steps, 4 log records
+    )  # 16 steps of 256 on 2 workers, 4 micro-batches of one BN group (32) each per worker
     assert proc.returncode == 0, proc.stderr[-3000:]
-    series = read_noise_scale(out)
-    assert [s for s, _ in series] == [4, 8, 12, 16] and all(v > 0 for _, v in series)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    estimates = step_estimates(records)
+    assert [e[0] for e in estimates] == list(range(1, 17))  # every step's estimate, logged in fours
+    assert all(r.get("noise_scale_small_batch") == "micro_batch" for r in records if r["kind"] == "train")
     advice = json.loads((out / "advice.json").read_text())
-    assert advice["b_simple"] == pytest.approx(series[-1][1])
-    assert advice["linear_scaling_max_batch"] == pytest.approx(advice["b_simple"] / 10)
+    # warmup 1/3 of 16 steps per epoch: 5 steps; windows of 16 // 4 = 4 steps from step 6; the last,
+    # steps 14-16, is shorter than 4 but not than half: its own window
+    windows = window_estimates(estimates, window_steps=4, first_step=6)
+    assert (
+        [(w["first_step"], w["last_step"]) for w in advice["prediction"]["windows"]]
+        == [(w.first_step, w.last_step) for w in windows]
+        == [(6, 9), (10, 13), (14, 16)]
+    )
+    assert advice["b_simple"] == pytest.approx(windows[-1].b_simple)
+    pred = advice["prediction"]
+    assert pred["horizon_step"] == 48  # the linear decay's run of 6 epochs: half of it
+    assert pred["predicted_low"] <= advice["critical_batch"] <= pred["predicted_high"]
+    assert advice["linear_scaling_max_batch"] == pytest.approx(advice["critical_batch"] / 10)
+    assert any("uncalibrated" in f for f in advice["flags"]) and any("decays within" in f for f in advice["flags"])
     cluster = advice["cluster"]
     assert cluster["preset"] == "h100_ndr" and cluster["gpus"] >= 1 and 0 < cluster["scaling_efficiency"] <= 1
     assert "/" in cluster["algorithm"] or cluster["gpus"] == 1  # auto: NCCL's (algorithm/protocol) choice
-    assert "critical batch B_crit" in proc.stdout
+    assert "predicted critical batch B_noise" in proc.stdout and "note: uncalibrated" in proc.stdout
     (row,) = advice["measured"]
-    assert row["step"] == 16 and row["ratio"] == pytest.approx(advice["b_simple"] / 256.0)
+    assert row["step"] == 16 and row["ratio"] == pytest.approx(advice["critical_batch"] / 256.0)
     assert "measured B_crit at step 16" in proc.stdout and f"is {row['ratio']:.2f}x it" in proc.stdout
-    one = largebatch("advise", "--nproc", "1", "--out", str(tmp_path / "one"))
-    assert one.returncode == 2 and "at least 2 workers" in one.stderr

@@ -15,8 +15,8 @@ B_simple (sec. 2.2; measured by :mod:`largebatch.train.noise_scale`). So
 * beyond it each doubling of the batch buys ever fewer steps.
 
 The noise scale grows as the loss falls (sec. 3 of the paper): a probe over the first epoch(s)
-measures the early value, which bounds the run's later critical batch from below. The report says
-so and prints the trend within the probe.
+measures the early value. :mod:`largebatch.study.noise_probe` reads it in windows, fits its trend,
+extrapolates it to the run's horizon and averages it over the run the way eq. 2.11 weighs the steps.
 """
 
 from __future__ import annotations
@@ -39,48 +39,63 @@ from largebatch.sim.step import simulate_step
 
 @dataclass
 class Advice:
-    """What ``largebatch advise`` reports (all batch sizes in images)."""
+    """What ``largebatch advise`` reports (all batch sizes in images, positions in steps of the
+    recipe's batch)."""
 
     recipe: str
     global_batch_size: int
-    b_simple: float
-    b_simple_first_half: float
+    optimizer: str
     probe_steps: int
-    linear_scaling_max_batch: float
+    warmup_steps: int
+    window_steps: int
+    b_simple: float
+    """B_simple of the probe's last window (its own value, before any extrapolation)."""
+    prediction: dict
+    """:meth:`largebatch.study.noise_probe.Prediction.as_dict`."""
     critical_batch: float
+    """The predicted run-level B_noise (calibrated run-level average of the noise scale)."""
+    linear_scaling_max_batch: float
     epochs_at_recipe_batch: float
     epochs_at_critical_batch: float
+    flags: list = field(default_factory=list)
     cluster: dict = field(default_factory=dict)
     measured: list = field(default_factory=list)
     """One dict per point of a ``largebatch critical-batch`` report given with ``--measured`` (see
     :func:`against_measured`)."""
 
     def text(self) -> str:
+        p = self.prediction
+        pct = round(100 * p["coverage"])
         trend = (
-            "rising"
-            if self.b_simple > 1.1 * self.b_simple_first_half
-            else "falling"
-            if self.b_simple < 0.9 * self.b_simple_first_half
-            else "flat"
+            f"B ~ step^{p['trend_exponent']:.2f} over {len(p['windows'])} windows"
+            if p["trend_exponent"] is not None
+            else "one window: taken as constant"
         )
         lines = [
-            f"recipe {self.recipe} (global batch {self.global_batch_size}); probe of {self.probe_steps} steps",
-            f"gradient noise scale B_simple = {self.b_simple:,.0f} images at the end of the probe "
-            f"({self.b_simple_first_half:,.0f} over its first half: {trend}; it usually grows as the loss falls, "
-            f"so later in training the critical batch is larger)",
-            f"critical batch B_crit ~ B_simple = {self.critical_batch:,.0f}: 2x the minimal epochs and 2x the "
-            f"minimal steps (McCandlish et al. 2018, eq. 2.11)",
-            f"linear LR scaling should hold (at most 10% more epochs) up to a global batch of about "
-            f"{self.linear_scaling_max_batch:,.0f}",
+            f"recipe {self.recipe} (global batch {self.global_batch_size}, {self.optimizer}); probe of "
+            f"{self.probe_steps} steps, warmup ({self.warmup_steps} steps) left out, windows of "
+            f"{self.window_steps} steps, small batches of one BN group",
+            f"noise scale B_simple at the end of the probe: {p['probe_end_b']:,.0f} images "
+            f"({pct}% interval {p['probe_end_low']:,.0f}-{p['probe_end_high']:,.0f}); trend {trend}; "
+            f"at the horizon (step {p['horizon_step']}): {p['horizon_b']:,.0f}",
+            f"predicted critical batch B_noise = {self.critical_batch:,.0f} images ({pct}% interval "
+            f"{p['predicted_low']:,.0f}-{p['predicted_high']:,.0f}): the steps-weighted average of the noise "
+            f"scale from the end of warmup to the horizon (McCandlish et al. 2018, eq. 2.11 piece by piece)"
+            f" x calibration {p['calibration']:g}; {p['extrapolation_factor']:.2f}x the probe's own value",
+            f"what it means: at a global batch of B_noise a run needs about 2x the minimal steps and 2x the "
+            f"minimal images; below about B_noise / 10 = {self.linear_scaling_max_batch:,.0f} the linear "
+            f"scaling rule costs at most 10% more images; above B_noise each doubling of the batch buys "
+            f"ever fewer steps",
             f"epochs: the recipe's {self.epochs_at_recipe_batch:g} at {self.global_batch_size} become about "
-            f"{self.epochs_at_critical_batch:.1f} at B_crit",
+            f"{self.epochs_at_critical_batch:.1f} at B_noise",
         ]
+        lines += [f"note: {flag}" for flag in self.flags]
         c = self.cluster
         if c:
             lines.append(
                 f"cost model ({c['preset']}, all-reduce {c.get('algorithm', 'auto')}: {c['per_gpu_batch']} images "
                 "per GPU, compute scaled by the model's "
-                f"FLOPs, {c['flops_ratio_to_resnet50']:.3g}x ResNet-50's): B_crit on {c['gpus']} GPU(s), "
+                f"FLOPs, {c['flops_ratio_to_resnet50']:.3g}x ResNet-50's): B_noise on {c['gpus']} GPU(s), "
                 f"{c['images_per_s']:,.0f} images/s, scaling efficiency {100 * c['scaling_efficiency']:.0f}%, "
                 f"{_duration(c['train_s'])} for {self.epochs_at_critical_batch:.1f} epochs of {c['train_images']:,} "
                 f"images"
@@ -258,6 +273,46 @@ def _parameter_count(cfg) -> int:
     return sum(p.numel() for p in _model_of(cfg)[0].parameters())
 
 
+def probe_layout(cfg, probe_epochs: float, horizon_epochs: float | None) -> dict:
+    """Steps of the probe, its warmup and windows, and the horizon, from the config alone.
+
+    The horizon is the step of the first LR decay of a ``step`` schedule, else half the run (where a
+    linear decay has halved the LR; our choice), or ``horizon_epochs`` when given.
+
+    Raises:
+        ValueError: the probe ends before two windows after warmup, or a horizon outside the run.
+    """
+    b0 = cfg.train.global_batch_size
+    per_epoch = max(1, _train_images(cfg) // b0)
+    window = max(2, per_epoch // 4)
+    warmup = round(cfg.schedule.warmup_epochs * per_epoch)
+    probe = int(probe_epochs * per_epoch)
+    if probe < warmup + 2 * window:
+        need = (warmup + 2 * window) / per_epoch
+        raise ValueError(
+            f"--probe-epochs {probe_epochs:g}: the probe's {probe} steps end before two windows of {window} steps "
+            f"after the warmup's {warmup}; give --probe-epochs {math.ceil(need * 4) / 4:g} or more"
+        )
+    decays = [e for e in cfg.schedule.decay_epochs if e > cfg.schedule.warmup_epochs]
+    first_decay = min(decays) if cfg.schedule.name == "step" and decays else None
+    if horizon_epochs is not None:
+        if not 0 < horizon_epochs <= cfg.train.epochs:
+            raise ValueError(
+                f"--horizon-epochs {horizon_epochs:g}: give an epoch within the run (0, {cfg.train.epochs}]"
+            )
+        horizon = horizon_epochs
+    else:
+        horizon = first_decay if first_decay is not None else cfg.train.epochs / 2
+    return {
+        "steps_per_epoch": per_epoch,
+        "window_steps": window,
+        "warmup_steps": warmup,
+        "probe_steps": probe,
+        "horizon_step": max(probe, round(horizon * per_epoch)),
+        "decay_within_horizon": first_decay is None or horizon > first_decay,
+    }
+
+
 def advise(
     recipe: str,
     overrides: list[str],
@@ -268,32 +323,39 @@ def advise(
     preset: str = "h100_ndr",
     algorithm: str = "auto",
     measured: str | Path | None = None,
+    horizon_epochs: float | None = None,
 ) -> Advice:
-    """Run the probe (``largebatch train`` of the recipe for ``probe_epochs`` epochs on ``nproc``
-    >= 2 workers, noise scale on) into ``out``, then build the :class:`Advice`; with ``measured`` (a
-    ``critical_batch.json`` of ``largebatch critical-batch``) the advice's critical batch is compared
-    with each measured point (:func:`against_measured`).
+    """Run the probe (``largebatch train`` of the recipe on ``nproc`` workers, its schedule unchanged,
+    stopped after ``probe_epochs`` epochs, the noise scale measured on micro-batches of one BN group)
+    into ``out``, then predict the run's critical batch (:mod:`largebatch.study.noise_probe`) and
+    build the :class:`Advice`; with ``measured`` (a ``critical_batch.json`` of ``largebatch
+    critical-batch``) the prediction is compared with each measured point (:func:`against_measured`).
 
     Raises:
-        ValueError: for fewer than 2 workers, a non-positive probe length or an unreadable ``measured``
-            report (all before the probe starts).
+        ValueError: fewer than 1 worker, a probe that ends in warmup, a horizon outside the run or an
+            unreadable ``measured`` report (all before the probe starts).
         RuntimeError: when the probe fails or logs no noise scale (its log's end in the message).
     """
+    from largebatch.study.noise_probe import predict, step_estimates
+    from largebatch.train.metrics import read_metrics
 
-    if nproc < 2:
-        raise ValueError(
-            f"--nproc {nproc}: the noise scale compares one worker's gradient with the all-reduced "
-            f"one, so the probe needs at least 2 workers"
-        )
+    if nproc < 1:
+        raise ValueError(f"--nproc {nproc}: give 1 or more worker processes")
     if probe_epochs <= 0:
         raise ValueError(f"--probe-epochs {probe_epochs}: give a positive number of epochs")
     report = read_measured(measured) if measured else None
     cfg = load_config(recipe, overrides)
-    epochs = max(1, math.ceil(probe_epochs))
-    subset = ""
-    if probe_epochs < 1:
-        subset = f"data.train_subset={max(cfg.train.global_batch_size, int(_train_images(cfg) * probe_epochs))}"
+    layout = probe_layout(cfg, probe_epochs, horizon_epochs)
+    b0 = cfg.train.global_batch_size
     run_dir = Path(out)
+    settings = [
+        "train.noise_scale=true",
+        "train.noise_scale_small_batch=micro_batch",
+        "train.accumulation_steps=0",
+        f"train.stop_after_images={layout['probe_steps'] * b0}",
+        f"train.eval_every_epochs={cfg.train.epochs + 1}",
+        "train.batch_schedule=[]",
+    ]
     cmd = [
         sys.executable,
         "-m",
@@ -305,46 +367,87 @@ def advise(
         str(nproc),
         "--out",
         str(run_dir),
-        *sum((["--set", s] for s in overrides), []),
-        "--set",
-        f"train.epochs={epochs}",
-        "--set",
-        "train.noise_scale=true",
-        "--set",
-        "train.eval_every_epochs=1000",
-        "--set",
-        "train.batch_schedule=[]",
     ]
-    if subset:
-        cmd += ["--set", subset]
+    cmd += sum((["--set", s] for s in [*overrides, *settings]), [])
     proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
     if proc.returncode != 0:
         raise RuntimeError(f"the probe run failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    series = read_noise_scale(run_dir)
-    if not series:
+    estimates = step_estimates(read_metrics(run_dir))
+    if not estimates:
         raise RuntimeError(f"the probe logged no noise scale in {run_dir}/metrics.jsonl")
-    half = [v for s, v in series if s <= series[-1][0] / 2] or [series[0][1]]
-    b_noise = series[-1][1]
-    b0 = cfg.train.global_batch_size
-    n_images = _train_images(cfg)
-    epochs_crit = cfg.train.epochs * epochs_ratio(b_noise, b0, b_noise)
+    try:
+        pred = predict(
+            estimates,
+            window_steps=layout["window_steps"],
+            warmup_steps=layout["warmup_steps"],
+            horizon_step=layout["horizon_step"],
+            reference_batch=b0,
+        )
+    except ValueError as err:
+        raise RuntimeError(f"{err} ({run_dir}/metrics.jsonl)") from None
+    b_noise = pred.predicted
+    flags = _flags(cfg, pred, layout)
+    epochs_crit = cfg.train.epochs * epochs_ratio(b_noise, b0, b_noise) if math.isfinite(b_noise) else math.inf
     advice = Advice(
         recipe=recipe,
         global_batch_size=b0,
-        b_simple=b_noise,
-        b_simple_first_half=half[-1],
-        probe_steps=series[-1][0],
-        linear_scaling_max_batch=b_noise / 10,
+        optimizer=cfg.optim.name,
+        probe_steps=estimates[-1][0],
+        warmup_steps=layout["warmup_steps"],
+        window_steps=layout["window_steps"],
+        b_simple=pred.probe_end_b,
+        prediction=pred.as_dict(),
         critical_batch=b_noise,
+        linear_scaling_max_batch=b_noise / 10,
         epochs_at_recipe_batch=cfg.train.epochs,
         epochs_at_critical_batch=epochs_crit,
+        flags=flags,
     )
-    if preset:
-        advice.cluster = cluster_estimate(cfg, b_noise, epochs_crit, n_images, preset, algorithm)
+    if preset and math.isfinite(b_noise):
+        advice.cluster = cluster_estimate(cfg, b_noise, epochs_crit, _train_images(cfg), preset, algorithm)
     if report is not None:
         advice.measured = against_measured(b_noise, report)
-    (run_dir / "advice.json").write_text(json.dumps(advice.__dict__, indent=2) + "\n")
+    (run_dir / "advice.json").write_text(json.dumps(dataclasses.asdict(advice), indent=2) + "\n")
     return advice
+
+
+VALIDATED = "no configuration validated yet (docs/noise_scale.md)"
+"""Where the prediction has been checked against the branching yardstick; see docs/noise_scale.md."""
+
+
+def _flags(cfg, pred, layout: dict) -> list[str]:
+    """The caveats ``advise`` prints under its numbers."""
+    flags = []
+    if pred.calibration == 1.0:
+        flags.append("uncalibrated: the calibration factor is 1 until it is fitted on two configurations")
+    flags.append(f"validated range: {VALIDATED}")
+    if len(pred.windows) < 3:
+        flags.append(f"only {len(pred.windows)} window(s) after warmup: the trend is poorly determined")
+    if pred.negative_windows:
+        flags.append(
+            f"{pred.negative_windows} window(s) with a non-positive |G|^2 estimate: the gradient is too small "
+            f"against its noise there; the trend leaves them out"
+        )
+    if layout["decay_within_horizon"]:
+        flags.append(
+            "the LR decays within the horizon: the noise scale jumps after a decay, which a probe before it "
+            "cannot see; give --horizon-epochs to choose the horizon"
+        )
+    if cfg.optim.name != "sgd":
+        flags.append(
+            f"optimizer {cfg.optim.name}: the noise scale is SGD's; with a preconditioned or layer-wise "
+            f"normalized update the critical batch tends to be larger, so read this as a lower bound"
+        )
+    if math.isfinite(pred.extrapolation_factor) and pred.extrapolation_factor > 4:
+        flags.append(
+            f"the prediction is {pred.extrapolation_factor:.1f}x the probe's own value: a long extrapolation; a "
+            f"longer probe narrows it"
+        )
+    flags.append(
+        "not modelled: the stability limit of the linear LR rule (a large batch may diverge at the scaled LR "
+        "before it reaches B_noise)"
+    )
+    return flags
 
 
 def _train_images(cfg) -> int:
@@ -354,5 +457,5 @@ def _train_images(cfg) -> int:
         "synthetic": cfg.data.synthetic.train_samples,
         "imagefolder": 1_281_167,
     }
-    n = known.get(cfg.data.name, 1_281_167)
+    n = known.get(cfg.data.name, 1_281_167) - (cfg.data.val_size or 0)
     return min(n, cfg.data.train_subset) if cfg.data.train_subset else n

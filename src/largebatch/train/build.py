@@ -117,10 +117,11 @@ def init_from(model: nn.Module, path: str) -> None:
     log.info("model weights and BN buffers from %s (train.init_from); optimizer, schedule and steps start fresh", path)
 
 
-def register_comm_hook(ddp, cfg: Config, plan: Plan, env: DistEnv):
+def register_comm_hook(ddp, cfg: Config, plan: Plan, env: DistEnv, *, noise_scale: bool | None = None):
     """``comm.algorithm`` / ``comm.compression`` as a DDP communication hook (none: DDP's own), wrapped
-    by the noise-scale measurement when ``train.noise_scale`` is on; returns the noise hook's state
-    (None when not measured)."""
+    by the noise-scale measurement when ``noise_scale`` (default ``train.noise_scale``) is on; returns
+    the noise hook's state (None when not measured)."""
+    noise_scale = cfg.train.noise_scale if noise_scale is None else noise_scale
     c = cfg.comm
     state = None
     if c.algorithm != "allreduce":
@@ -137,7 +138,7 @@ def register_comm_hook(ddp, cfg: Config, plan: Plan, env: DistEnv):
         )
     pair = make_comm_hook(c.algorithm, c.compression, state)
     noise_hook = None
-    if cfg.train.noise_scale:  # wraps the chosen all-reduce (or DDP's own): norms before and after
+    if noise_scale:  # wraps the chosen all-reduce (or DDP's own): norms before and after
         noise_hook, hook = wrap_hook(pair)
         ddp.register_comm_hook(noise_hook, hook)
         log.info(

@@ -110,7 +110,7 @@ class NoiseScaleCallback(Callback):
         self.monitor = monitor
 
     def on_step_end(self, loop: Any, step: StepEnd) -> bool:
-        self.monitor.after_step(loop.plan, step.grad_scale_sq)
+        self.monitor.after_step(loop.plan, step.grad_scale_sq, getattr(loop, "_step_norms", None))
         return False
 
     def state_dict(self) -> dict | None:

@@ -17,9 +17,15 @@ separately with exponential moving averages over steps and divided when logged (
 since their ratio is biased for single steps); at each log interval one all-reduce of two scalars
 averages the workers' estimates.
 
-Needs at least 2 workers (the gradient of one worker is the only small batch); with 1 the noise
-scale is not measured. Ghost BN makes the samples of a BN group dependent, so "per-example" is
-approximate there (docs/noise_scale.md).
+With ``train.noise_scale_small_batch=worker`` (the default) it needs at least 2 workers; with 1 the
+noise scale is not measured. With ``micro_batch`` the small batches are the micro-batches of the
+gradient accumulation (one BN group each by default): each micro-batch's gradient is the difference
+of the accumulated gradients before and after its backward pass (:class:`MicroBatchNorms`), so
+``B_small`` is the BN batch (32 in the main job, not one worker's 256), every step averages
+``accumulation_steps - 1`` small-batch norms per worker (the last micro-batch's backward runs the
+all-reduce, which overwrites its local sum), and one process is enough. Ghost BN makes the samples of
+a BN group dependent; with micro-batches of one BN group the "examples" of the estimate are whole
+groups, each of ``B_small`` images (docs/noise_scale.md).
 """
 
 # No postponed annotations: DDP checks a hook's annotations at registration.
@@ -146,33 +152,115 @@ def wrap_hook(pair: tuple[Any, Callable] | None, process_group=None) -> tuple[No
     return NoiseScaleHookState(inner_state=inner_state, inner_hook=inner_hook), noise_scale_hook
 
 
+class MicroBatchNorms:
+    """Squared norms of each micro-batch's gradient, taken from the accumulated gradients.
+
+    A micro-batch's loss is its mean loss divided by the number of micro-batches ``accum``, so its
+    gradient ``g_k`` adds ``g_k / accum`` to ``p.grad``; ``accum`` times the difference before and
+    after its backward pass is ``g_k``. The trainer calls :meth:`after_micro_batch` after every
+    backward pass but the last (whose all-reduce replaces the local sum) and :meth:`finish` after the
+    last. Costs two passes over the gradients per micro-batch and one copy of them.
+    """
+
+    def __init__(self) -> None:
+        self._prev: list[torch.Tensor] | None = None
+        self._sum: torch.Tensor | None = None
+        self._count = 0
+
+    @staticmethod
+    def _grads(params) -> list[torch.Tensor]:
+        return [p.grad for p in params if p.grad is not None]
+
+    def after_micro_batch(self, params, accum: int) -> None:
+        grads = self._grads(params)
+        if not grads:
+            return
+        if self._prev is None:
+            norms = torch._foreach_norm(grads)
+            self._prev = [g.detach().clone() for g in grads]
+        else:
+            diffs = torch._foreach_sub(grads, self._prev)
+            norms = torch._foreach_norm(diffs)
+            torch._foreach_copy_(self._prev, grads)
+        sq = torch.stack([n.float() for n in norms]).square().sum() * float(accum) ** 2
+        self._sum = sq if self._sum is None else self._sum + sq
+        self._count += 1
+
+    def finish(self, params) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(mean squared norm of this step's micro-batch gradients, squared norm of the step's
+        all-reduced gradient), device tensors; None when no micro-batch was measured. Resets."""
+        grads = self._grads(params)
+        out = None
+        if self._sum is not None and self._count and grads:
+            big = torch.stack([n.float() for n in torch._foreach_norm(grads)]).square().sum()
+            out = (self._sum / self._count, big)
+        self._prev, self._sum, self._count = None, None, 0
+        return out
+
+
 class NoiseScaleMonitor:
     """The trainer's side of the measurement: the hook's per-step norms fed to a
     :class:`NoiseScaleEstimator`, averaged over ranks for the log and the checkpoint.
 
-    ``hook`` is the :class:`NoiseScaleHookState` registered on DDP (None: not measured)."""
+    ``hook`` is the :class:`NoiseScaleHookState` registered on DDP (None: not measured);
+    ``micro`` the :class:`MicroBatchNorms` of ``train.noise_scale_small_batch=micro_batch`` (None:
+    the worker's gradient is the small batch)."""
 
     def __init__(self, decay: float, device: torch.device, world_size: int) -> None:
         self.estimator = NoiseScaleEstimator(decay=decay)
         self.hook: NoiseScaleHookState | None = None
+        self.micro: MicroBatchNorms | None = None
         self.device, self.world_size = device, world_size
+        self._steps: list[torch.Tensor] = []  # micro_batch: this rank's per-step (|G|^2, tr(Sigma)) since the last log
 
-    def after_step(self, plan, grad_scale_sq: torch.Tensor | None) -> None:
-        """Take the step's norms from the hook (device tensors: no sync); under fp16 loss scaling
-        ``grad_scale_sq`` unscales them."""
-        if self.hook is None:
+    @property
+    def measuring(self) -> bool:
+        return self.hook is not None or self.micro is not None
+
+    def after_step(self, plan, grad_scale_sq: torch.Tensor | None, step_norms=None) -> None:
+        """Take the step's norms from the hook, or ``step_norms`` from :meth:`MicroBatchNorms.finish`
+        (device tensors: no sync); under fp16 loss scaling ``grad_scale_sq`` unscales them."""
+        if self.micro is not None:
+            if step_norms is None:
+                return
+            small_sq, big_sq = step_norms
+            b_small = plan.micro_batch_size
+        elif self.hook is not None:
+            small_sq, big_sq = self.hook.take()
+            b_small = plan.per_worker_batch_size
+        else:
             return
-        local_sq, global_sq = self.hook.take()
-        if local_sq is not None and global_sq is not None:
-            if grad_scale_sq is not None:
-                local_sq, global_sq = local_sq / grad_scale_sq, global_sq / grad_scale_sq
-            self.estimator.update(local_sq, global_sq, plan.per_worker_batch_size, plan.global_batch_size)
+        if small_sq is None or big_sq is None:
+            return
+        if grad_scale_sq is not None:
+            small_sq, big_sq = small_sq / grad_scale_sq, big_sq / grad_scale_sq
+        self.estimator.update(small_sq, big_sq, b_small, plan.global_batch_size)
+        if self.micro is not None:
+            g_sq, trace = two_batch_estimates(small_sq, big_sq, b_small, plan.global_batch_size)
+            self._steps.append(torch.stack([torch.as_tensor(g_sq), torch.as_tensor(trace)]).double())
+
+    def step_estimates(self) -> list[list[float]]:
+        """micro_batch: every step's [|G|^2, tr(Sigma)] since the last call, averaged over ranks (NaN
+        for a skipped step); [] otherwise. Collective: every rank calls it."""
+        if self.micro is None:
+            return []
+        n = torch.tensor([len(self._steps)], device=self.device)
+        if dist.is_available() and dist.is_initialized():  # every rank saw the same steps
+            dist.all_reduce(n, op=dist.ReduceOp.MIN)
+        steps, self._steps = self._steps[: int(n)], self._steps[int(n) :]
+        if not steps:
+            return []
+        values = torch.stack(steps).to(self.device)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(values)
+            values /= self.world_size
+        return values.tolist()
 
     def state(self) -> dict | None:
         """The averages (g_sq, trace, weight) averaged over ranks, or None when not measured: what is
         logged and what a checkpoint keeps, so a resumed run, on any number of workers, goes on from
         the same smoothed estimate. Collective: every rank calls it."""
-        if self.hook is None or self.estimator.steps == 0:
+        if not self.measuring or self.estimator.steps == 0:
             return None
         state = self.estimator.state_dict()
         values = torch.tensor([state["g_sq"], state["trace"], state["weight"]], dtype=torch.float64, device=self.device)
@@ -187,8 +275,12 @@ class NoiseScaleMonitor:
         if state is None or state["weight"] == 0:
             return {}
         g_sq, trace = state["g_sq"] / state["weight"], state["trace"] / state["weight"]
-        return {
+        out = {
             "noise_scale": trace / g_sq if g_sq > 0 else float("inf"),
             "grad_sq_norm": g_sq,
             "grad_cov_trace": trace,
         }
+        if self.micro is not None:
+            out["noise_scale_small_batch"] = "micro_batch"
+            out["noise_scale_steps"] = self.step_estimates()
+        return out

@@ -53,7 +53,7 @@ from largebatch.train.evaluation import Evaluator, evaluate  # noqa: F401  (eval
 from largebatch.train.guard import NonFiniteGradient, NonFiniteGuard  # noqa: F401  (re-exported)
 from largebatch.train.loop import STOP_SIGNALS, CheckpointTriggers, Preempted, TrainState, WallClock
 from largebatch.train.metrics import MetricsLogger
-from largebatch.train.noise_scale import NoiseScaleMonitor
+from largebatch.train.noise_scale import MicroBatchNorms, NoiseScaleMonitor
 from largebatch.train.position import StepPosition
 from largebatch.train.precision import PrecisionChoice, choose_precision
 
@@ -87,8 +87,13 @@ class Trainer:
         self.ddp = build.wrap_ddp(self.model, cfg, env)
         self.noise_monitor = NoiseScaleMonitor(t.noise_scale_decay, env.device, env.world_size)
         self.noise = self.noise_monitor.estimator
+        micro_noise = t.noise_scale and t.noise_scale_small_batch == "micro_batch"
         if env.distributed:
-            self.noise_monitor.hook = build.register_comm_hook(self.ddp, cfg, plan, env)
+            self.noise_monitor.hook = build.register_comm_hook(
+                self.ddp, cfg, plan, env, noise_scale=t.noise_scale and not micro_noise
+            )
+        if micro_noise:
+            self.noise_monitor.micro = MicroBatchNorms()
         if t.compile:
             self.ddp.compile()  # in place: parameters, buffers and state_dict keys unchanged
         build.check_batches_fit(self.data.num_train, self.stages, env, t.seed)
@@ -234,6 +239,7 @@ class Trainer:
         self.guard.begin_step()  # a skipped step leaves the BN running statistics as they were
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
+        micro = self.noise_monitor.micro
         for i, (x, y) in enumerate(zip(images.chunk(accum), labels.chunk(accum))):
             ctx = self.ddp.no_sync() if (self.env.distributed and i < accum - 1) else contextlib.nullcontext()
             with ctx:
@@ -242,9 +248,14 @@ class Trainer:
                 ):
                     loss = F.cross_entropy(self.ddp(x), y, label_smoothing=self.cfg.train.label_smoothing) / accum
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
+            if micro is not None and i < accum - 1:
+                micro.after_micro_batch(self.model.parameters(), accum)
             loss_sum += loss.detach().float()
-        grad_scale_sq = None  # the hook measured gradients carrying the fp16 loss scale (update() changes it in place)
-        if self.scaler and self.noise_monitor.hook is not None and self.scaler.is_enabled():
+        self._step_norms = micro.finish(self.model.parameters()) if micro is not None else None
+        grad_scale_sq = (
+            None  # the norms were taken of gradients carrying the fp16 loss scale (update() changes it in place)
+        )
+        if self.scaler and self.noise_monitor.measuring and self.scaler.is_enabled():
             grad_scale_sq = self.scaler._get_scale_async().detach().square()  # a new tensor
         self._last_step_ok = self.guard.step(self.state)
         self.optimizer.zero_grad(set_to_none=True)
