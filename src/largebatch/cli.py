@@ -383,6 +383,13 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated integers, e.g. 128,256,512") from None
 
 
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated numbers, e.g. 0.25,0.5,1,2") from None
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from largebatch.config import ConfigError
     from largebatch.study.sweep import SweepError, run_sweep
@@ -498,6 +505,11 @@ def cmd_critical_batch(args: argparse.Namespace) -> int:
             nproc=args.nproc,
             overrides=args.set,
             trust_plugins=args.trust_plugins,
+            lr_multipliers=tuple(args.lr_multipliers),
+            seeds=tuple(args.seeds),
+            evals_per_branch=args.evals_per_branch,
+            max_doublings=args.max_doublings,
+            max_widenings=args.max_widenings,
         )
     except (BranchError, ConfigError) as err:
         return _fail(str(err))
@@ -843,15 +855,34 @@ def build_parser() -> argparse.ArgumentParser:
         "--tolerance",
         type=float,
         default=0.2,
-        help="a batch is below the critical one while it keeps 1 - tolerance of the smallest batch's "
-        "loss reduction (default 0.2)",
+        help="tolerance-based critical batch: the largest batch needing at most 1 + tolerance times the "
+        "smallest batch's images to the middle loss level (default 0.2)",
     )
     p.add_argument(
         "--min-reduction",
         type=float,
-        default=0.02,
-        help="validation loss reduction (nats) the smallest batch's branch must exceed for a reading; "
-        "below it the point is reported as not resolved (default 0.02)",
+        default=0.15,
+        help="validation loss reduction (nats) the smallest batch's best branch must reach; below it the "
+        "budget is doubled (at most --max-doublings times), then the point is reported as not resolved "
+        "(default 0.15, about 5x the noise of a 5,000-image evaluation)",
+    )
+    p.add_argument("--max-doublings", type=int, default=2, help="budget doublings per point (default 2)")
+    p.add_argument(
+        "--max-widenings", type=int, default=2, help="widenings of the LR grid per batch at a winning edge (default 2)"
+    )
+    p.add_argument(
+        "--lr-multipliers",
+        type=_float_list,
+        default=[0.25, 0.5, 1.0, 2.0],
+        help="multiples of the linear rule's LR tried at every batch, besides the reference's own LR; widened "
+        "by 2x at an edge that wins (default 0.25,0.5,1,2)",
+    )
+    p.add_argument("--seeds", type=_int_list, default=[0, 1], help="seeds of every branch (default 0,1)")
+    p.add_argument(
+        "--evals-per-branch",
+        type=int,
+        default=4,
+        help="validation evaluations within each branch, evenly spaced (default 4)",
     )
     p.add_argument("--nproc", type=int, default=1, help="worker processes per branch (default 1)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key in every branch")

@@ -101,7 +101,7 @@ def test_init_from_and_the_image_budget(reference, tmp_path):
         train(tmp_path / "bad", "train.init_from=/nonexistent.pt", "train.epochs=1")
 
 
-def test_critical_batch_branches_every_batch_on_the_same_budget(reference, tmp_path):
+def test_critical_batch_branches_an_lr_grid_and_seeds_on_the_same_budget(reference, tmp_path):
     steps = sorted(int(p.stem.removeprefix("ckpt_step")) for p in (reference / "checkpoints").glob("*.pt"))
     out = tmp_path / "cb"
     cmd = [
@@ -116,7 +116,17 @@ def test_critical_batch_branches_every_batch_on_the_same_budget(reference, tmp_p
         "64,256",
         "--budget-images",
         "1024",
+        "--lr-multipliers",
+        "1",
+        "--max-widenings",
+        "0",
+        "--seeds",
+        "0,1",
+        "--evals-per-branch",
+        "2",
         "--min-reduction",
+        "0",
+        "--max-doublings",
         "0",
         "--out",
         str(out),
@@ -130,12 +140,24 @@ def test_critical_batch_branches_every_batch_on_the_same_budget(reference, tmp_p
     report = json.loads((out / "critical_batch.json").read_text())
     (point,) = report["points"]
     assert point["step"] == steps[0] and [b["batch"] for b in point["branches"]] == [64, 256]
-    assert [b["steps"] for b in point["branches"]] == [16, 4]  # the same 1024 images at each batch
-    for b in point["branches"]:  # linear and square-root LRs tried, the better counted
-        assert set(b["losses"]) == {"linear", "sqrt"} and b["best_val_loss"] == min(b["losses"].values())
-        run = out / f"step{steps[0]:08d}" / f"b{b['batch']:06d}_linear"
-        assert json.loads((run / "summary.json").read_text())["steps"] == b["steps"]
-    assert "measured B_crit" in proc.stdout
+    assert [b["steps"] for b in point["branches"]] == [16, 4] and point["budget_images"] == 1024
+    ref_lr = point["lr"]
+    for b in point["branches"]:  # the linear rule's LR (x1) and the reference's own, two seeds each
+        assert set(b["lrs"]) == {"x1", "ref"}
+        assert b["lrs"]["ref"]["lr"] == pytest.approx(ref_lr)
+        assert b["lrs"]["x1"]["lr"] == pytest.approx(ref_lr * b["batch"] / 128)
+        for tag in ("x1", "ref"):
+            for seed in (0, 1):
+                run = out / f"step{steps[0]:08d}" / "budget1024" / f"b{b['batch']:06d}_{tag}_s{seed}"
+                summary = json.loads((run / "summary.json").read_text())
+                assert summary["steps"] == b["steps"]
+                config = json.loads((run / "config.json").read_text())
+                assert config["train"]["seed"] == seed and config["train"]["val_every_steps"] == b["steps"] // 2
+    # images to each level: per batch and seed, the fewest over the LRs, never beyond the budget
+    for level in point["levels"].values():
+        for images in level["images"].values():
+            assert all(e is None or 0 <= e <= 1024 for e in images) and len(images) == 2
+    assert "B_noise" in proc.stdout and "tolerance-based" in proc.stdout
     bad = clirun.subprocess_run(
         [sys.executable, "-m", "largebatch", "critical-batch", str(reference), "--steps", "99999"],
         capture_output=True,
@@ -143,6 +165,13 @@ def test_critical_batch_branches_every_batch_on_the_same_budget(reference, tmp_p
         timeout=120,
     )
     assert bad.returncode == 2 and "no checkpoint at step(s) [99999]" in bad.stderr and "Traceback" not in bad.stderr
+    grid = clirun.subprocess_run(
+        [sys.executable, "-m", "largebatch", "critical-batch", str(reference), "--lr-multipliers", "0,1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert grid.returncode == 2 and "--lr-multipliers" in grid.stderr and "Traceback" not in grid.stderr
 
 
 def test_critical_batch_reading_of_reductions():
@@ -151,3 +180,26 @@ def test_critical_batch_reading_of_reductions():
     assert critical_from_reductions([128, 256], [1.0, 0.9], 0.2) == 256.0  # every batch passes: a lower bound
     assert critical_from_reductions([128, 256], [-0.1, 0.5], 0.2) is None  # the smallest batch did not learn
     assert critical_from_reductions([128, 256], [0.01, 0.005], 0.2, min_reduction=0.02) is None  # within the noise
+
+
+def test_images_to_a_level_and_the_fit_of_eq_2_11():
+    from largebatch.study.branch import fit_b_noise, images_to_level, run_level_b_noise, tolerance_critical
+
+    curve = [(0, 2.0), (100, 1.5), (200, 1.0)]
+    assert images_to_level(curve, 1.25) == pytest.approx(150) and images_to_level(curve, 0.9) is None
+    assert images_to_level(curve, 2.5) == 0
+    # exact E(B) = E_min (1 + B / B_noise) with E_min = 1000, B_noise = 400
+    batches = [64, 128, 256, 512, 1024]
+    images = [1000 * (1 + b / 400) for b in batches]
+    e_min, b_noise = fit_b_noise(batches, images)
+    assert e_min == pytest.approx(1000) and b_noise == pytest.approx(400)
+    assert fit_b_noise(batches, [1000.0] * 5) == (pytest.approx(1000), float("inf"))  # perfect scaling
+    assert fit_b_noise([64], [1000.0]) is None
+    # tolerance 0.2: E(B) <= 1.2 E(64) = 1392 holds at 128 (1320), not at 256 (1640): log2-interpolated
+    crit, bound = tolerance_critical(batches, images, 0.2)
+    assert crit == pytest.approx(2 ** (7 + (1392 - 1320) / (1640 - 1320))) and not bound
+    assert tolerance_critical(batches, [1000.0] * 5, 0.2) == (1024.0, True)
+    assert tolerance_critical(batches, [None, 1.0, 1.0, 1.0, 1.0], 0.2) is None
+    # a constant B_noise over the steps averages to itself
+    assert run_level_b_noise([(100, 300.0), (400, 300.0)], 512) == pytest.approx(300)
+    assert run_level_b_noise([(100, 300.0)], 512) is None

@@ -115,7 +115,7 @@ def test_advice_against_measured_critical_batches():
     assert against_measured(1024.0, report)[0]["within_2x"] and not against_measured(1025.0, report)[0]["within_2x"]
     text = _advice(300.0, rows).text()
     assert (
-        "measured B_crit at step 107 (branching, Merrill et al. 2025): 512; this advice's 300 is 0.59x it "
+        "measured B_noise at step 107 (branching, Merrill et al. 2025): 512; this advice's 300 is 0.59x it "
         "(within 2x); the B_simple that run logged at that step, 67, is 0.13x it" in text
     )
     assert (
@@ -182,4 +182,4 @@ def test_advise_probe_predicts_from_windows_of_micro_batch_estimates(tmp_path):
     assert "predicted critical batch B_noise" in proc.stdout and "note: uncalibrated" in proc.stdout
     (row,) = advice["measured"]
     assert row["step"] == 16 and row["ratio"] == pytest.approx(advice["critical_batch"] / 256.0)
-    assert "measured B_crit at step 16" in proc.stdout and f"is {row['ratio']:.2f}x it" in proc.stdout
+    assert "measured B_noise at step 16" in proc.stdout and f"is {row['ratio']:.2f}x it" in proc.stdout

@@ -35,6 +35,8 @@ from largebatch.data import FASHION_MNIST_TRAIN_SAMPLES
 from largebatch.nn.models import build_model
 from largebatch.sim.presets import get_preset
 from largebatch.sim.step import simulate_step
+from largebatch.study.noise_probe import predict, step_estimates
+from largebatch.train.metrics import read_metrics
 
 
 @dataclass
@@ -102,11 +104,11 @@ class Advice:
             )
         for m in self.measured:
             if m["measured"] is None:
-                lines.append(f"measured B_crit at step {m['step']} (branching): not resolved; no comparison")
+                lines.append(f"measured B_noise at step {m['step']} (branching): not resolved; no comparison")
                 continue
             bound = ">= " if m["lower_bound"] else ""
             line = (
-                f"measured B_crit at step {m['step']} (branching, Merrill et al. 2025): {bound}{m['measured']:,.0f}; "
+                f"measured B_noise at step {m['step']} (branching, Merrill et al. 2025): {bound}{m['measured']:,.0f}; "
                 f"this advice's {self.critical_batch:,.0f} is {m['ratio']:.2f}x it "
                 f"({'within' if m['within_2x'] else 'outside'} 2x)"
             )
@@ -149,10 +151,14 @@ def against_measured(predicted: float, report: dict) -> list[dict]:
     point the step, the measured critical batch (None when not resolved), whether it is a lower bound,
     the ratio predicted / measured and whether that lies within a factor of 2 either way, and the
     B_simple the reference run logged at that step. The target of the comparison is agreement within
-    2x (Merrill et al. 2025 measure; McCandlish et al. 2018 sec. 2.2 predict B_crit ~ B_simple)."""
+    2x (Merrill et al. 2025 measure; McCandlish et al. 2018 sec. 2.2 predict B_crit ~ B_simple). The
+    measured value is the point's ``b_noise`` where the report has one, else its ``critical_batch``."""
     rows = []
     for p in report["points"]:
-        measured = p["critical_batch"]
+        # B_noise where the report measured it (the quantity predicted); older reports: their critical batch
+        measured = p["b_noise"] if "b_noise" in p else p["critical_batch"]
+        if measured is not None and math.isinf(measured):
+            measured = None
         ratio = predicted / measured if measured else None
         b_simple = p.get("b_simple")
         rows.append(
@@ -336,9 +342,6 @@ def advise(
             unreadable ``measured`` report (all before the probe starts).
         RuntimeError: when the probe fails or logs no noise scale (its log's end in the message).
     """
-    from largebatch.study.noise_probe import predict, step_estimates
-    from largebatch.train.metrics import read_metrics
-
     if nproc < 1:
         raise ValueError(f"--nproc {nproc}: give 1 or more worker processes")
     if probe_epochs <= 0:

@@ -1,22 +1,35 @@
 """``largebatch critical-batch``: the critical batch size measured directly, by branching short runs
-from checkpoints of one run (Merrill et al. 2025, "Critical batch size revisited", sec. 3).
+from checkpoints of one run (Merrill et al. 2025, "Critical batch size revisited", sec. 3), read
+with the empirical model of McCandlish et al. 2018 (eq. 2.11).
 
 From a checkpoint at step t of a reference run (global batch B_ref, LR eta(t) there), one branch per
-global batch B starts from the checkpoint's weights and BN buffers (``train.init_from``; a fresh
-optimizer) and trains on the same budget of D training images at a constant LR. Each B tries the LR
-carried by the linear rule, eta(t) B / B_ref (Goyal et al. 2017 sec. 2.1), and by the square-root
-rule, eta(t) sqrt(B / B_ref); the better validation loss counts. Below the critical batch every
-batch reduces the loss about equally for the same images (perfect scaling: k times the batch, k
-times fewer steps); above it the larger batch falls behind.
+(global batch B, LR, seed) starts from the checkpoint's weights and BN buffers
+(``train.init_from``; a fresh optimizer) and trains on the same budget of D training images at a
+constant LR, evaluating the validation loss ``evals_per_branch`` times on the way.
 
-Our reading of the criterion: the measured critical batch at t is the largest B whose branch
-reduces the validation loss by at least ``1 - tolerance`` of the reduction of the smallest batch's
-branch (loss at the checkpoint minus loss after D images), interpolated on log2 B between the last
-batch that passes and the first that fails. Merrill et al. state their criterion on the loss
-reached; on a budget this short a reduction is far less noisy than a loss.
+* **LR grid**: per batch, multiples 1/4, 1/2, 1 and 2 of the linear rule's eta(t) B / B_ref (Goyal
+  et al. 2017 sec. 2.1) and the reference's own eta(t) unscaled; when the best LR (mean final loss
+  over seeds) sits at an edge of the multiples, the grid is widened by a factor of 2 that way (at
+  most twice). Above the linear rule's stability limit the scaled LR diverges; the grid's smaller
+  LRs keep such a batch measurable, so the reading is of gradient noise, not of one LR rule.
+* **Budget**: doubled (at most ``max_doublings`` times) until the smallest batch's best branch
+  reduces the validation loss by at least ``min_reduction`` nats, several times the evaluation's
+  noise.
+* **Images to a loss level**: for loss levels at 1/4, 1/2 and 3/4 of the smallest batch's reduction,
+  E(B) = the fewest images any LR of batch B needed to reach the level (linear interpolation
+  between evaluations), per seed.
+* **B_noise**: E(B) = E_min (1 + B / B_noise) fitted by least squares over the batches that reached
+  the level in every seed (McCandlish et al. eq. 2.11; B_noise = E_min / slope), at the middle level
+  on the seeds' mean; the interval is the range of the fits per seed and per level.
+* **Tolerance-based critical batch** (Merrill et al. 2025's kind of definition): the largest B whose
+  E(B) is at most ``1 + tolerance`` times the smallest batch's, interpolated on log2 B; under the
+  model it is about ``tolerance x B_noise`` plus the smallest batch, a different quantity from
+  B_noise, and the report names each.
 
-Beside it the report puts the gradient noise scale B_simple (McCandlish et al. 2018 sec. 2.2)
-logged by the reference run at the same steps, and the ratio of the two.
+With two or more points, the report also averages B_noise over the steps between the first and the
+last point as :func:`largebatch.study.noise_probe.run_level` does (log B interpolated linearly in
+log step), the quantity ``largebatch advise`` predicts. Beside them it puts the gradient noise scale
+B_simple the reference run logged at the same steps.
 """
 
 from __future__ import annotations
@@ -34,6 +47,7 @@ from largebatch.plan import resolve_stages
 from largebatch.recipes import recipe_names
 from largebatch.registry import refuse_plugins_named_by_file, set_keys
 from largebatch.study.advise import read_noise_scale
+from largebatch.study.noise_probe import run_level
 from largebatch.study.sweep import _overrides_of
 from largebatch.study.tune import _train_images
 from largebatch.train.metrics import read_metrics
@@ -120,11 +134,102 @@ def critical_from_reductions(
     return float(pts[-1][0])
 
 
+LEVEL_FRACTIONS = (0.25, 0.5, 0.75)
+"""Loss levels, as fractions of the smallest batch's reduction, at which images are counted."""
+PRIMARY_LEVEL = 0.5
+LR_MULTIPLIERS = (0.25, 0.5, 1.0, 2.0)
+"""Default multiples of the linear rule's LR tried at every batch (plus the reference's LR)."""
+MAX_WIDENINGS = 2
+
+
+def lr_tag(multiplier: float | None) -> str:
+    """Directory tag of an LR of the grid: ``ref`` (the reference's LR unscaled) or ``x<multiple>``."""
+    return "ref" if multiplier is None else f"x{multiplier:g}"
+
+
+def images_to_level(curve: list[tuple[float, float]], level: float) -> float | None:
+    """The first images at which ``curve`` ((images, validation loss) points, in order, from the
+    checkpoint at 0) reaches ``level``, linearly interpolated between points; None if never."""
+    for (e0, l0), (e1, l1) in zip(curve, curve[1:]):
+        if l0 <= level:
+            return float(e0)
+        if l1 <= level:
+            return e0 + (e1 - e0) * (l0 - level) / (l0 - l1)
+    if curve and curve[-1][1] <= level:
+        return float(curve[-1][0])
+    return None
+
+
+def fit_b_noise(batch_sizes: list[float], images: list[float]) -> tuple[float, float] | None:
+    """(E_min, B_noise) of E(B) = E_min (1 + B / B_noise) = E_min + (E_min / B_noise) B, least
+    squares over two or more batches (McCandlish et al. 2018, eq. 2.11). B_noise is infinite when the
+    images do not grow with the batch (perfect scaling over the range); None when the fit is not
+    meaningful (fewer than two batches, or a non-positive E_min)."""
+    pts = [(b, e) for b, e in zip(batch_sizes, images) if e is not None]
+    if len({b for b, _ in pts}) < 2:
+        return None
+    n = len(pts)
+    mb, me = sum(b for b, _ in pts) / n, sum(e for _, e in pts) / n
+    slope = sum((b - mb) * (e - me) for b, e in pts) / sum((b - mb) ** 2 for b, _ in pts)
+    e_min = me - slope * mb
+    if e_min <= 0:
+        return None
+    return e_min, (e_min / slope if slope > 0 else math.inf)
+
+
+def tolerance_critical(
+    batch_sizes: list[int], images: list[float | None], tolerance: float
+) -> tuple[float, bool] | None:
+    """(largest B whose images to the level are at most ``1 + tolerance`` times the smallest batch's,
+    interpolated on log2 B; whether every batch passed, a lower bound). A batch that never reached
+    the level fails. None when the smallest batch did not reach it."""
+    pts = sorted(zip(batch_sizes, images))
+    ref = pts[0][1]
+    if ref is None:
+        return None
+    limit = (1 + tolerance) * ref
+    for (b0, e0), (b1, e1) in zip(pts, pts[1:]):
+        if e1 is None or e1 > limit:
+            if e1 is None or e1 == e0:
+                return float(b0), False
+            f = (limit - e0) / (e1 - e0)
+            return 2 ** (math.log2(b0) + f * (math.log2(b1) - math.log2(b0))), False
+    return float(pts[-1][0]), True
+
+
+def run_level_b_noise(points: list[tuple[int, float]], reference_batch: int) -> float | None:
+    """B_noise measured at two or more steps, averaged over the steps between the first and the last
+    as eq. 2.11 weighs them (log B linear in log step between the points)."""
+    pts = sorted((s, b) for s, b in points if s > 0 and b is not None and 0 < b < math.inf)
+    if len(pts) < 2:
+        return None
+    logs = [(math.log(s), math.log(b)) for s, b in pts]
+
+    def b_at(step: float) -> float:
+        x = math.log(step)
+        for (x0, y0), (x1, y1) in zip(logs, logs[1:]):
+            if x <= x1:
+                return math.exp(y0 + (y1 - y0) * (x - x0) / (x1 - x0))
+        return math.exp(logs[-1][1])
+
+    return run_level(b_at, pts[0][0], pts[-1][0], reference_batch)
+
+
 def _branch_overrides(
-    n_train: int, point: BranchPoint, batch: int, lr: float, budget_images: int, val_size: int
+    n_train: int,
+    point: BranchPoint,
+    batch: int,
+    lr: float,
+    budget_images: int,
+    val_size: int,
+    seed: int = 0,
+    evals_per_branch: int = 1,
 ) -> list[str]:
     epochs = max(1, math.ceil(budget_images / max(1, n_train)))
+    steps = max(1, budget_images // batch)
     return [
+        f"train.seed={seed}",
+        f"train.val_every_steps={max(1, steps // max(1, evals_per_branch)) if evals_per_branch > 1 else 0}",
         f"train.init_from={point.checkpoint}",
         f"train.global_batch_size={batch}",
         f"train.epochs={epochs}",
@@ -141,7 +246,6 @@ def _branch_overrides(
         f"train.checkpoint_every_epochs={epochs}",
         "train.checkpoint_every_steps=0",
         "train.checkpoint_every_minutes=0",
-        "train.val_every_steps=0",
         "train.stop_at_val_top1=0",
         "train.val_target_top1=0",
         "train.keep_checkpoints=1",
@@ -167,11 +271,17 @@ def run_branches(
     overrides: list[str] = (),
     progress: Callable[[str], None] | None = None,
     trust_plugins: bool = False,
+    lr_multipliers: tuple[float, ...] = LR_MULTIPLIERS,
+    seeds: tuple[int, ...] = (0, 1),
+    evals_per_branch: int = 4,
+    max_doublings: int = 2,
+    max_widenings: int = MAX_WIDENINGS,
 ) -> dict:
-    """Branch every (checkpoint, batch, LR rule) that has no result under ``out``, then write
-    ``critical_batch.json`` and ``critical_batch.md``; returns the report (see the module docstring).
-    A plugin model or data set that only the reference run's config names is loaded only with
-    ``trust_plugins`` or when ``overrides`` name it (:func:`largebatch.registry.refuse_plugins_named_by_file`).
+    """Branch every (checkpoint, batch, LR, seed) that has no result under ``out`` (the LR grid
+    widened and the budget doubled as the module docstring says), then write ``critical_batch.json``
+    and ``critical_batch.md``; returns the report. A plugin model or data set that only the reference
+    run's config names is loaded only with ``trust_plugins`` or when ``overrides`` name it
+    (:func:`largebatch.registry.refuse_plugins_named_by_file`).
 
     Raises:
         BranchError: before any branch, for a study that cannot run as asked.
@@ -185,6 +295,15 @@ def run_branches(
         raise BranchError(f"--batch-sizes {batch_sizes}: give 2 or more positive global batch sizes")
     if not 0 < tolerance < 1:
         raise BranchError(f"--tolerance {tolerance}: a fraction in (0, 1)")
+    if not lr_multipliers or any(not (m > 0 and math.isfinite(m)) for m in lr_multipliers):
+        raise BranchError(f"--lr-multipliers {list(lr_multipliers)}: give one or more positive numbers")
+    if not seeds or len(set(seeds)) != len(seeds) or any(x < 0 for x in seeds):
+        raise BranchError(f"--seeds {list(seeds)}: give one or more distinct seeds >= 0")
+    if evals_per_branch < 1 or max_doublings < 0 or max_widenings < 0:
+        raise BranchError(
+            f"--evals-per-branch {evals_per_branch} / --max-doublings {max_doublings} / --max-widenings "
+            f"{max_widenings}: give >= 1, >= 0 and >= 0"
+        )
     cfg_path = reference / "config.json"
     if not cfg_path.is_file():
         raise BranchError(f"{reference} has no config.json: give the run directory of a largebatch train run")
@@ -213,62 +332,111 @@ def run_branches(
             f"--budget-images {budget_images} is less than one step at {max(batch_sizes)}; give at least "
             f"{4 * max(batch_sizes)} (4 steps at the largest batch)"
         )
-    plan = []
-    for p in points:
-        for b in sorted(batch_sizes):
-            for rule in ("linear", "sqrt"):
-                factor = b / ref_batch if rule == "linear" else math.sqrt(b / ref_batch)
-                if rule == "sqrt" and b == ref_batch:
-                    continue  # the same LR as the linear rule
-                items = _branch_overrides(n_train, p, b, p.lr * factor, budget_images, val_size)
-                try:
-                    cfg = apply_overrides(ref_cfg, [*items, *overrides])
-                    resolve_stages(cfg, nproc)
-                except ConfigError as err:
-                    raise BranchError(f"step {p.step}, batch {b}: {err}") from None
-                plan.append((p, b, rule, cfg))
-    base_loss = {}
-    for p, b, rule, cfg in plan:
-        run_dir = out / f"step{p.step:08d}" / f"b{b:06d}_{rule}"
-        if not (run_dir / "summary.json").is_file():
-            cmd = [
-                sys.executable,
-                "-m",
-                "largebatch",
-                "train",
-                "--nproc",
-                str(nproc),
-                "--out",
-                str(run_dir),
-                "--recipe",
-                ref_cfg.recipe if ref_cfg.recipe in _recipes() else "goyal2017_fashion_mnist",
-            ]
+    recipe = ref_cfg.recipe if ref_cfg.recipe in _recipes() else "goyal2017_fashion_mnist"
 
-            for item in _overrides_of(cfg):
-                cmd += ["--set", item]
-            run_dir.parent.mkdir(parents=True, exist_ok=True)
-            log_path = run_dir.parent / f"b{b:06d}_{rule}.log"
-            with open(log_path, "w") as log_file:
-                proc = subprocess.run(cmd, stdout=log_file, stderr=subprocess.STDOUT)
-            tail = log_path.read_text()[-2000:]
-            if proc.returncode != 0 and "training loss is" not in tail and "nonfinite" not in tail:
-                raise RuntimeError(
-                    f"branch step {p.step} batch {b} ({rule}) failed (exit {proc.returncode}); "
-                    f"log {log_path}:\n{tail}\nfinished branches are kept: the same command continues"
-                )
-            if proc.returncode != 0:
-                run_dir.mkdir(parents=True, exist_ok=True)
-                (run_dir / "summary.json").write_text(json.dumps({"diverged": True, "log": str(log_path)}) + "\n")
-            say(
-                f"step {p.step} batch {b} ({rule} LR {cfg.optim.base_lr:.4g}): val loss "
-                f"{_val_loss_at(run_dir) if proc.returncode == 0 else 'diverged'}"
+    def config_of(p: BranchPoint, b: int, multiplier, budget: int, seed: int):
+        lr = p.lr if multiplier is None else p.lr * multiplier * b / ref_batch
+        items = _branch_overrides(n_train, p, b, lr, budget, val_size, seed, evals_per_branch)
+        try:
+            cfg = apply_overrides(ref_cfg, [*items, *overrides])
+            resolve_stages(cfg, nproc)
+        except ConfigError as err:
+            raise BranchError(f"step {p.step}, batch {b}: {err}") from None
+        return cfg
+
+    for p in points:  # every branch's config checked before the first one runs
+        for b in batch_sizes:
+            config_of(p, b, lr_multipliers[0], budget_images, seeds[0])
+
+    def branch(p: BranchPoint, b: int, multiplier, budget: int, seed: int) -> Path:
+        run_dir = out / f"step{p.step:08d}" / f"budget{budget}" / f"b{b:06d}_{lr_tag(multiplier)}_s{seed}"
+        if (run_dir / "summary.json").is_file():
+            return run_dir
+        cfg = config_of(p, b, multiplier, budget, seed)
+        cmd = [sys.executable, "-m", "largebatch", "train", "--nproc", str(nproc), "--out", str(run_dir)]
+        cmd += ["--recipe", recipe, *sum((["--set", item] for item in _overrides_of(cfg)), [])]
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        log_path = run_dir.parent / f"{run_dir.name}.log"
+        with open(log_path, "w") as log_file:
+            proc = subprocess.run(cmd, stdout=log_file, stderr=subprocess.STDOUT)
+        tail = log_path.read_text()[-2000:]
+        if proc.returncode != 0 and "training loss is" not in tail and "nonfinite" not in tail:
+            raise RuntimeError(
+                f"branch step {p.step} batch {b} LR {lr_tag(multiplier)} seed {seed} failed (exit {proc.returncode}); "
+                f"log {log_path}:\n{tail}\nfinished branches are kept: the same command continues"
             )
-        if p.step not in base_loss:
-            base_loss[p.step] = _checkpoint_val_loss(p, ref_cfg, val_size, nproc, out)
-    report = _report(points, plan, out, base_loss, batch_sizes, budget_images, tolerance, ref_batch, min_reduction)
+        if proc.returncode != 0:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "summary.json").write_text(json.dumps({"diverged": True, "log": str(log_path)}) + "\n")
+        say(
+            f"step {p.step} batch {b} LR {lr_tag(multiplier)} ({cfg.optim.base_lr:.4g}) seed {seed}: final val loss "
+            f"{_val_loss_at(run_dir) if proc.returncode == 0 else 'diverged'}"
+        )
+        return run_dir
+
+    def grid(p: BranchPoint, b: int, budget: int) -> dict:
+        """{lr tag: {"multiplier", "lr", "runs": [run dir per seed]}}, widened at an edge."""
+        mults = sorted(set(lr_multipliers))
+        cells: dict = {}
+        for _ in range(max_widenings + 1):
+            for m in [None, *mults]:
+                if lr_tag(m) not in cells:
+                    lr = p.lr if m is None else p.lr * m * b / ref_batch
+                    cells[lr_tag(m)] = {"multiplier": m, "lr": lr, "runs": [branch(p, b, m, budget, x) for x in seeds]}
+            mean = {
+                t: _mean_final(c["runs"]) for t, c in cells.items() if c["multiplier"] is not None
+            }  # inf when any seed diverged
+            best = min(mean, key=mean.get)
+            if not math.isfinite(mean[best]):
+                break
+            if cells[best]["multiplier"] == mults[0]:
+                mults.insert(0, mults[0] / 2)
+            elif cells[best]["multiplier"] == mults[-1]:
+                mults.append(mults[-1] * 2)
+            else:
+                break
+        return cells
+
+    results = {}
+    base_loss = {}
+    for p in points:
+        base_loss[p.step] = _checkpoint_val_loss(p, ref_cfg, val_size, nproc, out)
+        budget, smallest = budget_images, min(batch_sizes)
+        for doubling in range(max_doublings + 1):
+            cells = grid(p, smallest, budget)
+            reduction = base_loss[p.step] - min(_mean_final(c["runs"]) for c in cells.values())
+            if reduction >= min_reduction or doubling == max_doublings:
+                break
+            say(f"step {p.step}: the smallest batch reduced the loss by {reduction:.3f} < {min_reduction}; budget x2")
+            budget *= 2
+        per_batch = {smallest: cells}
+        for b in sorted(set(batch_sizes) - {smallest}):
+            per_batch[b] = grid(p, b, budget)
+        results[p.step] = (budget, per_batch)
+    report = _report(points, results, base_loss, batch_sizes, tolerance, ref_batch, min_reduction, seeds)
     (out / "critical_batch.json").write_text(json.dumps(report, indent=1) + "\n")
     (out / "critical_batch.md").write_text(report_text(report) + "\n")
     return report
+
+
+def _curve(run_dir: Path, batch: int, base_loss: float) -> list[tuple[float, float]]:
+    """(images, validation loss) of a branch from the checkpoint (0 images) on; [] if it diverged."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    if summary.get("diverged"):
+        return []
+    points = {0: base_loss}
+    for r in read_metrics(run_dir):
+        if r.get("kind") == "eval" and r.get("val_loss") is not None and math.isfinite(r["val_loss"]):
+            points[r["step"] * batch] = r["val_loss"]
+    return sorted(points.items())
+
+
+def _mean_final(runs: list[Path]) -> float:
+    """Mean final validation loss over the seeds' runs; inf when any diverged or has none."""
+    losses = [
+        _val_loss_at(r) if not json.loads((r / "summary.json").read_text()).get("diverged") else None for r in runs
+    ]
+    return sum(losses) / len(losses) if all(v is not None and math.isfinite(v) for v in losses) else math.inf
 
 
 def _recipes() -> set[str]:
@@ -305,85 +473,148 @@ def _checkpoint_val_loss(point: BranchPoint, ref_cfg, val_size: int, nproc: int,
     return result["loss"]
 
 
-def _report(
-    points, plan, out: Path, base_loss: dict, batch_sizes, budget_images, tolerance, ref_batch, min_reduction: float
-) -> dict:
+def _report(points, results, base_loss: dict, batch_sizes, tolerance, ref_batch, min_reduction, seeds) -> dict:
     rows = []
     for p in points:
-        per_batch = {}
-        for q, b, rule, _cfg in plan:
-            if q.step != p.step:
-                continue
-            run_dir = out / f"step{p.step:08d}" / f"b{b:06d}_{rule}"
-            summary = json.loads((run_dir / "summary.json").read_text())
-            loss = None if summary.get("diverged") else _val_loss_at(run_dir)
-            entry = per_batch.setdefault(b, {"batch": b, "steps": budget_images // b, "losses": {}})
-            entry["losses"][rule] = loss
-        for entry in per_batch.values():
-            finite = [v for v in entry["losses"].values() if v is not None and math.isfinite(v)]
-            entry["best_val_loss"] = min(finite) if finite else None
-            entry["reduction"] = (base_loss[p.step] - entry["best_val_loss"]) if finite else -math.inf
-        entries = [per_batch[b] for b in sorted(per_batch)]
-        b_crit = critical_from_reductions(
-            [e["batch"] for e in entries], [e["reduction"] for e in entries], tolerance, min_reduction
-        )
+        budget, per_batch = results[p.step]
+        base = base_loss[p.step]
+        curves = {
+            b: {t: [_curve(r, b, base) for r in c["runs"]] for t, c in cells.items()} for b, cells in per_batch.items()
+        }
+        smallest = min(per_batch)
+        best_final = {b: min(_mean_final(c["runs"]) for c in cells.values()) for b, cells in per_batch.items()}
+        reduction = base - best_final[smallest]
+        levels = {}
+        for f in LEVEL_FRACTIONS:
+            level = base - f * reduction
+            # per batch and seed: the fewest images any LR needed to reach the level
+            e = {
+                b: [
+                    min(
+                        (
+                            x
+                            for x in (images_to_level(cs[k], level) for cs in curves[b].values() if cs[k])
+                            if x is not None
+                        ),
+                        default=None,
+                    )
+                    for k in range(len(seeds))
+                ]
+                for b in sorted(per_batch)
+            }
+            reached = [b for b in e if all(x is not None for x in e[b])]
+            mean_e = [sum(e[b]) / len(seeds) for b in reached]
+            fit = fit_b_noise(reached, mean_e) if reduction > 0 else None
+            per_seed = [fit_b_noise(reached, [e[b][k] for b in reached]) for k in range(len(seeds))]
+            crit = tolerance_critical(
+                sorted(e),
+                [sum(e[b]) / len(seeds) if all(x is not None for x in e[b]) else None for b in sorted(e)],
+                tolerance,
+            )
+            levels[f"{f:g}"] = {
+                "val_loss": level,
+                "images": {str(b): e[b] for b in e},
+                "e_min": fit[0] if fit else None,
+                "b_noise": fit[1] if fit else None,
+                "b_noise_per_seed": [x[1] if x else None for x in per_seed],
+                "critical_batch": crit[0] if crit else None,
+                "critical_batch_is_lower_bound": bool(crit and crit[1]),
+            }
+        primary = levels[f"{PRIMARY_LEVEL:g}"]
+        spread = [v for lv in levels.values() for v in [lv["b_noise"], *lv["b_noise_per_seed"]] if v is not None]
+        resolved = reduction >= min_reduction and primary["b_noise"] is not None
+        branches = []
+        for b, cells in sorted(per_batch.items()):
+            branches.append(
+                {
+                    "batch": b,
+                    "steps": budget // b,
+                    "lrs": {
+                        t: {
+                            "multiplier": c["multiplier"],
+                            "lr": c["lr"],
+                            "final_val_loss": [None if not cv else cv[-1][1] for cv in curves[b][t]],
+                        }
+                        for t, c in cells.items()
+                    },
+                    "best_val_loss": best_final[b] if math.isfinite(best_final[b]) else None,
+                    "reduction": base - best_final[b] if math.isfinite(best_final[b]) else None,
+                }
+            )
+        b_noise = primary["b_noise"] if resolved else None
+        crit = primary["critical_batch"] if resolved else None
         rows.append(
             {
                 "step": p.step,
                 "checkpoint": str(p.checkpoint),
                 "lr": p.lr,
-                "val_loss_at_checkpoint": base_loss[p.step],
-                "branches": entries,
-                "critical_batch": b_crit,
-                "critical_batch_is_lower_bound": b_crit == float(max(batch_sizes)),
+                "val_loss_at_checkpoint": base,
+                "budget_images": budget,
+                "smallest_batch_reduction": reduction,
+                "branches": branches,
+                "levels": levels,
+                "b_noise": b_noise,
+                "b_noise_low": min(spread) if resolved and spread else None,
+                "b_noise_high": max(spread) if resolved and spread else None,
+                "critical_batch": crit,
+                "critical_batch_is_lower_bound": bool(resolved and primary["critical_batch_is_lower_bound"]),
                 "b_simple": p.b_simple,
-                "ratio_b_simple_to_measured": (p.b_simple / b_crit) if (p.b_simple and b_crit) else None,
+                "ratio_b_simple_to_measured": (p.b_simple / b_noise) if (p.b_simple and b_noise) else None,
             }
         )
     return {
         "reference_batch": ref_batch,
-        "budget_images": budget_images,
         "tolerance": tolerance,
         "min_reduction": min_reduction,
         "batch_sizes": sorted(batch_sizes),
+        "seeds": list(seeds),
+        "level_fractions": list(LEVEL_FRACTIONS),
         "points": rows,
+        "run_level_b_noise": run_level_b_noise([(r["step"], r["b_noise"]) for r in rows], ref_batch),
     }
+
+
+def _fmt(x: float | None, bound: bool = False) -> str:
+    if x is None:
+        return "not resolved"
+    return "inf" if math.isinf(x) else f"{'>= ' if bound else ''}{x:,.0f}"
 
 
 def report_text(report: dict) -> str:
     lines = [
-        f"Critical batch by branching (Merrill et al. 2025): {report['budget_images']:,} images per branch, "
-        f"constant LR by the linear or square-root rule from the reference batch {report['reference_batch']} "
-        f"(the better counts); critical = largest batch keeping {1 - report['tolerance']:.0%} of the smallest "
-        "batch's loss reduction.",
+        f"Critical batch by branching (Merrill et al. 2025), read with McCandlish et al. 2018 eq. 2.11: per batch an "
+        f"LR grid around the linear rule from the reference batch {report['reference_batch']} and the reference's "
+        f"own LR, seeds {report['seeds']}, images to reach loss levels at "
+        f"{', '.join(f'{f:g}' for f in report['level_fractions'])} of the smallest batch's reduction.",
+        "B_noise: E(B) = E_min (1 + B/B_noise) fitted at the middle level (range: per seed and per level). "
+        f"Tolerance-based: the largest batch needing at most {1 + report['tolerance']:.2g}x the smallest batch's images.",
         "",
-        "| step | val loss there | "
+        "| step | val loss there | budget (images) | "
         + " | ".join(f"B={b}" for b in report["batch_sizes"])
-        + " | measured B_crit | B_simple there | B_simple / measured |",
-        "|---|---|" + "---|" * len(report["batch_sizes"]) + "---|---|---|",
+        + " | B_noise (range) | tolerance-based critical batch | B_simple there | B_simple / B_noise |",
+        "|---|---|---|" + "---|" * len(report["batch_sizes"]) + "---|---|---|---|",
     ]
     for r in report["points"]:
-        cells = []
-        for e in r["branches"]:
-            cells.append("diverged" if e["best_val_loss"] is None else f"{e['reduction']:+.3f}")
-        crit = (
-            "not resolved"
-            if r["critical_batch"] is None
-            else (
-                f">= {r['critical_batch']:.0f}" if r["critical_batch_is_lower_bound"] else f"{r['critical_batch']:.0f}"
-            )
-        )
+        cells = ["diverged" if e["reduction"] is None else f"{e['reduction']:+.3f}" for e in r["branches"]]
+        b_noise = _fmt(r["b_noise"])
+        if r["b_noise"] is not None:
+            b_noise += f" ({_fmt(r['b_noise_low'])}-{_fmt(r['b_noise_high'])})"
         ratio = "" if r["ratio_b_simple_to_measured"] is None else f"{r['ratio_b_simple_to_measured']:.2f}"
         b_simple = "" if r["b_simple"] is None else f"{r['b_simple']:.0f}"
         lines.append(
-            f"| {r['step']} | {r['val_loss_at_checkpoint']:.4f} | "
+            f"| {r['step']} | {r['val_loss_at_checkpoint']:.4f} | {r['budget_images']:,} | "
             + " | ".join(cells)
-            + f" | {crit} | {b_simple} | {ratio} |"
+            + f" | {b_noise} | {_fmt(r['critical_batch'], r['critical_batch_is_lower_bound'])} | {b_simple} | {ratio} |"
         )
     lines.append("")
     lines.append(
-        "Cells: validation loss reduction of each batch's branch over the same images (higher is better). "
-        f"Not resolved: the smallest batch reduced the loss by at most {report.get('min_reduction', 0):g}, "
-        "within the evaluation's noise; give a larger --budget-images."
+        "Cells: the best branch's validation loss reduction over the budget (higher is better). Not resolved: the "
+        f"smallest batch reduced the loss by less than {report.get('min_reduction', 0):g} nats even after the "
+        "budget's doublings, or the fit had fewer than two batches; give a larger --budget-images."
     )
+    if report.get("run_level_b_noise") is not None:
+        lines.append(
+            f"B_noise averaged over the steps between the first and the last point as eq. 2.11 weighs them: "
+            f"{_fmt(report['run_level_b_noise'])} images (what `largebatch advise` predicts)."
+        )
     return "\n".join(lines)
