@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The branching yardstick (`largebatch critical-batch`) on the 28-px ResNet-8 recipe, the model of the
+# tuned study whose steps-to-target fit gave B_noise = 394 +- 80 (docs/results.md): a reference run
+# to epoch 4 with checkpoints at epochs 1, 2, 3 and 4 (the first LR decay is at 4.5), then branches
+# at 128-4,096 with the LR grid and two seeds from each checkpoint.
+#
+# Resumable and meant for the background: a finished reference run and every finished branch are
+# kept; run the same command again to continue. About 40 s of both cores per branch on the AVX2 VM,
+# 60+ branches per point: several hours in all. The report goes to $OUT/critical_batch.{json,md} and
+# is copied to benchmarks/results/critical_batch_anchor/ when complete; progress.txt there lists the
+# finished branches.
+#
+#   bash benchmarks/critical_batch_anchor.sh            # PY=... RUN=... OUT=... to move things
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+RUN=${RUN:-runs/critical_batch_anchor/reference}
+OUT=${OUT:-runs/critical_batch_anchor/branches}
+RESULTS=benchmarks/results/critical_batch_anchor
+mkdir -p "$RESULTS"
+if [ ! -f "$RUN/summary.json" ]; then
+  resume=()
+  [ -d "$RUN/checkpoints" ] && resume=(--resume auto)
+  $PY -m largebatch train --recipe goyal2017_fashion_mnist_28px --out "$RUN" "${resume[@]}" \
+    --set data.val_size=5000 --set train.checkpoint_every_steps=107 --set train.keep_checkpoints=50 \
+    --set train.stop_after_images=$((428 * 512)) --set train.eval_every_epochs=100
+fi
+progress() {
+  find "$OUT" -name summary.json 2>/dev/null | sed "s|^$OUT/||; s|/summary.json$||" | sort > "$RESULTS/progress.txt" || true
+}
+trap progress EXIT
+$PY -m largebatch critical-batch "$RUN" --out "$OUT" --steps 107,214,321,428 \
+  --batch-sizes 128,256,512,1024,2048,4096 --budget-images 32768 --nproc 1
+cp "$OUT/critical_batch.json" "$OUT/critical_batch.md" "$RESULTS/"

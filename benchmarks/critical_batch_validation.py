@@ -1,0 +1,261 @@
+"""Validation of ``largebatch advise``'s critical batch on configurations it was not fitted to.
+
+The plan (docs/noise_scale.md, written before any of its runs): two calibration configurations fix
+the calibration factor, six held-out ones test it; each configuration's ground truth is the
+branching yardstick (``largebatch critical-batch``) from a reference run's checkpoints before its
+first LR decay. Both sides are the S_min-weighted average of B_noise over the same stretch of the
+run: from the end of warmup to the horizon (the first LR decay of a step schedule, else half the
+run), the measured points' B_noise interpolated in log-log and held constant beyond them.
+
+    python benchmarks/critical_batch_validation.py probe   [--only NAME ...]   # advise on each (minutes)
+    python benchmarks/critical_batch_validation.py measure [--only NAME ...]   # yardstick (hours each)
+    python benchmarks/critical_batch_validation.py report                      # calibrate, compare, write
+
+Every step is resumable: a finished probe, reference run or branch is kept, and the same command
+continues. ``report`` writes ``benchmarks/results/critical_batch_validation.json`` (one object per
+configuration: ``config``, ``role``, ``predicted``, ``predicted_low``, ``predicted_high``,
+``measured``, ``measured_low``, ``measured_high``, ``quantity``) with what exists so far; the
+calibration factor is fitted only when both calibration configurations are measured, and held-out
+predictions are scaled by it only then.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results" / "critical_batch_validation"
+RUNS = REPO / "runs" / "critical_batch_validation"
+RECIPE = "goyal2017_fashion_mnist_28px"
+VAL_SIZE = 5000
+POINTS = 4
+BATCH_SIZES = "128,256,512,1024,2048,4096"
+BUDGET_IMAGES = 32768
+
+# name: (role, recipe, overrides): fixed 2026-12-07 before any of their runs (docs/noise_scale.md)
+CONFIGS = {
+    "width16": ("calibration", RECIPE, []),
+    "width8": ("calibration", RECIPE, ["model.width=8"]),
+    "width32": ("held_out", RECIPE, ["model.width=32"]),
+    "width64": ("held_out", RECIPE, ["model.width=64"]),
+    "blocks2": ("held_out", RECIPE, ["model.blocks_per_stage=2"]),
+    "subset15000": ("held_out", RECIPE, ["data.train_subset=15000"]),
+    "lamb": ("held_out", "lamb_fashion_mnist", []),
+    "synthetic": (
+        "held_out",
+        RECIPE,
+        ["data.name=synthetic", "data.image_size_px=28", "data.synthetic.train_samples=60000"],
+    ),
+}
+# The anchor study (benchmarks/critical_batch_anchor.sh) is width16's measurement.
+RUN_DIRS = {"width16": (REPO / "runs/critical_batch_anchor/reference", REPO / "runs/critical_batch_anchor/branches")}
+
+
+def _py() -> str:
+    venv = REPO / ".venv" / "bin" / "python"
+    return str(venv) if venv.exists() else sys.executable
+
+
+def _cfg(name: str):
+    sys.path.insert(0, str(REPO / "src"))
+    from largebatch.api import load_config
+
+    _, recipe, overrides = CONFIGS[name]
+    return load_config(recipe, [*overrides, f"data.val_size={VAL_SIZE}"])
+
+
+def layout(name: str) -> dict:
+    """Steps per epoch, warmup, horizon and the checkpoint steps of the reference run: POINTS evenly
+    spaced from the first epoch's end (or the end of warmup, if later) to just before the horizon."""
+    from largebatch.study.advise import _train_images, probe_layout
+
+    cfg = _cfg(name)
+    lay = probe_layout(
+        cfg, 2.0 if cfg.schedule.warmup_epochs < 1.5 else math.ceil(cfg.schedule.warmup_epochs + 1), None
+    )
+    per_epoch, horizon = lay["steps_per_epoch"], lay["horizon_step"]
+    first = max(per_epoch, lay["warmup_steps"] + 1)
+    last = horizon - max(1, per_epoch // 4)
+    steps = sorted({round(first + i * (last - first) / (POINTS - 1)) for i in range(POINTS)})
+    return {
+        **lay,
+        "checkpoint_steps": steps,
+        "train_images": _train_images(cfg),
+        "global_batch": cfg.train.global_batch_size,
+    }
+
+
+def _dirs(name: str) -> tuple[Path, Path]:
+    return RUN_DIRS.get(name, (RUNS / name / "reference", RUNS / name / "branches"))
+
+
+def probe(names: list[str]) -> None:
+    for name in names:
+        target = RESULTS / "probes" / f"{name}.json"
+        if target.is_file():
+            continue
+        role, recipe, overrides = CONFIGS[name]
+        out = RUNS / name / "probe"
+        if out.exists():
+            shutil.rmtree(out)  # an unfinished probe starts again (a few minutes)
+        cmd = [_py(), "-m", "largebatch", "advise", "--recipe", recipe, "--out", str(out), "--preset", ""]
+        cmd += sum((["--set", s] for s in [*overrides, f"data.val_size={VAL_SIZE}"]), [])
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode:
+            sys.exit(f"probe {name} failed:\n{proc.stderr[-2000:]}")
+        advice = json.loads((out / "advice.json").read_text())
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(
+            json.dumps(
+                {"name": name, "role": role, "probe_wall_s": time.perf_counter() - t0, "advice": advice}, indent=1
+            )
+        )
+        print(
+            f"{name}: run-level {advice['prediction']['run_level_b']:.0f} images ({time.perf_counter() - t0:.0f} s)",
+            flush=True,
+        )
+
+
+def measure(names: list[str]) -> None:
+    for name in names:
+        _, recipe, overrides = CONFIGS[name]
+        ref, branches = _dirs(name)
+        lay = layout(name)
+        sets = [*overrides, f"data.val_size={VAL_SIZE}"]
+        if not (ref / "summary.json").is_file():
+            cmd = [_py(), "-m", "largebatch", "train", "--recipe", recipe, "--out", str(ref)]
+            if (ref / "checkpoints").is_dir():
+                cmd += ["--resume", "auto"]
+            step = lay["checkpoint_steps"][1] - lay["checkpoint_steps"][0]
+            sets_ref = [
+                *sets,
+                f"train.checkpoint_every_steps={step}",
+                "train.keep_checkpoints=50",
+                f"train.stop_after_images={lay['checkpoint_steps'][-1] * lay['global_batch']}",
+                "train.eval_every_epochs=100",
+            ]
+            subprocess.run(cmd + sum((["--set", s] for s in sets_ref), []), check=True)
+        have = sorted(int(p.stem.removeprefix("ckpt_step")) for p in (ref / "checkpoints").glob("ckpt_step*.pt"))
+        steps = [min(have, key=lambda h: abs(h - s)) for s in lay["checkpoint_steps"]]
+        cmd = [_py(), "-m", "largebatch", "critical-batch", str(ref), "--out", str(branches), "--nproc", "1"]
+        cmd += ["--steps", ",".join(map(str, sorted(set(steps)))), "--batch-sizes", BATCH_SIZES]
+        cmd += ["--budget-images", str(BUDGET_IMAGES)]
+        subprocess.run(cmd + sum((["--set", s] for s in sets), []), check=True)
+        (RESULTS / "measured").mkdir(parents=True, exist_ok=True)
+        shutil.copy(branches / "critical_batch.json", RESULTS / "measured" / f"{name}.json")
+
+
+def _measured(name: str, lay: dict) -> tuple[float, float, float] | None:
+    """The yardstick's B_noise averaged over [end of warmup, horizon] (with the low and high ends of
+    its points' ranges averaged the same way), or None when not measured."""
+    from largebatch.study.noise_probe import run_level
+
+    path = RESULTS / "measured" / f"{name}.json"
+    if not path.is_file():
+        return None
+    report = json.loads(path.read_text())
+    out = []
+    for key in ("b_noise", "b_noise_low", "b_noise_high"):
+        pts = sorted((p["step"], p[key]) for p in report["points"] if p.get(key) and 0 < p[key] < math.inf)
+        if not pts:
+            return None
+        logs = [(math.log(s), math.log(b)) for s, b in pts]
+
+        def b_at(step: float, logs=logs) -> float:
+            x = math.log(max(step, 1.0))
+            if x <= logs[0][0]:
+                return math.exp(logs[0][1])
+            for (x0, y0), (x1, y1) in zip(logs, logs[1:]):
+                if x <= x1:
+                    return math.exp(y0 + (y1 - y0) * (x - x0) / (x1 - x0))
+            return math.exp(logs[-1][1])
+
+        out.append(run_level(b_at, lay["warmup_steps"] + 1, lay["horizon_step"], report["reference_batch"]))
+    return out[0], out[1], out[2]
+
+
+def report() -> None:
+    rows = {}
+    for name, (role, recipe, overrides) in CONFIGS.items():
+        probe_path = RESULTS / "probes" / f"{name}.json"
+        pred = json.loads(probe_path.read_text())["advice"]["prediction"] if probe_path.is_file() else None
+        rows[name] = {
+            "role": role,
+            "recipe": recipe,
+            "overrides": overrides,
+            "pred": pred,
+            "meas": _measured(name, layout(name)),
+        }
+    calib = [r for r in rows.values() if r["role"] == "calibration"]
+    kappa = None
+    if all(r["pred"] and r["meas"] for r in calib):
+        kappa = math.exp(sum(math.log(r["meas"][0] / r["pred"]["run_level_b"]) for r in calib) / len(calib))
+    out = []
+    for name, r in rows.items():
+        p, m = r["pred"], r["meas"]
+        scale = kappa if kappa is not None else 1.0
+        out.append(
+            {
+                "name": name,
+                "config": {"recipe": r["recipe"], "overrides": r["overrides"]},
+                "role": r["role"],
+                "quantity": "B_noise",
+                "calibration": kappa,
+                "predicted": p["run_level_b"] * scale if p else None,
+                "predicted_low": p["predicted_low"] / p["calibration"] * scale if p else None,
+                "predicted_high": p["predicted_high"] / p["calibration"] * scale if p else None,
+                "measured": m[0] if m else None,
+                "measured_low": m[1] if m else None,
+                "measured_high": m[2] if m else None,
+            }
+        )
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (REPO / "benchmarks" / "results" / "critical_batch_validation.json").write_text(json.dumps(out, indent=1) + "\n")
+    print("| config | role | predicted (interval) | measured (range) | ratio |")
+    print("|---|---|---|---|---|")
+    for o in out:
+        pred = (
+            "-"
+            if o["predicted"] is None
+            else f"{o['predicted']:,.0f} ({o['predicted_low']:,.0f}-{o['predicted_high']:,.0f})"
+        )
+        meas = (
+            "-"
+            if o["measured"] is None
+            else f"{o['measured']:,.0f} ({o['measured_low']:,.0f}-{o['measured_high']:,.0f})"
+        )
+        ratio = "-" if o["predicted"] is None or o["measured"] is None else f"{o['predicted'] / o['measured']:.2f}"
+        print(f"| {o['name']} | {o['role']} | {pred} | {meas} | {ratio} |")
+    print(
+        f"calibration factor: {kappa if kappa is not None else 'not fitted (calibration configurations not measured)'}"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("step", choices=("probe", "measure", "report", "layout"))
+    ap.add_argument("--only", nargs="*", choices=list(CONFIGS), default=None)
+    args = ap.parse_args()
+    names = args.only or list(CONFIGS)
+    sys.path.insert(0, str(REPO / "src"))
+    if args.step == "probe":
+        probe(names)
+    elif args.step == "measure":
+        measure(names)
+    elif args.step == "layout":
+        for name in names:
+            print(name, layout(name))
+    else:
+        report()
+
+
+if __name__ == "__main__":
+    main()
