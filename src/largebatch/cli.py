@@ -545,6 +545,7 @@ def cmd_advise(args: argparse.Namespace) -> int:
             algorithm=args.algorithm,
             measured=args.measured,
             horizon_epochs=args.horizon_epochs,
+            probe_seeds=args.probe_seeds,
         )
     except (ConfigError, ValueError, KeyError) as err:
         return _fail(err.args[0] if isinstance(err, KeyError) else str(err))
@@ -913,6 +914,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="epoch up to which the prediction averages the noise scale (default: the first LR decay of a step "
         "schedule, else half the run)",
+    )
+    p.add_argument(
+        "--probe-seeds",
+        type=int,
+        default=2,
+        help="probes of different seeds, pooled; their spread widens the interval (default 2)",
     )
     p.add_argument("--nproc", type=int, default=2, help="worker processes of the probe (default 2; 1 works)")
     p.add_argument(

@@ -88,6 +88,7 @@ def _advice(b_noise: float, measured=()) -> Advice:
         global_batch_size=512,
         optimizer="sgd",
         probe_steps=40,
+        probe_seeds=2,
         warmup_steps=9,
         window_steps=10,
         b_simple=2000.0,
@@ -157,9 +158,11 @@ def test_advise_probe_predicts_from_windows_of_micro_batch_estimates(tmp_path):
         str(out),
     )  # 16 steps of 256 on 2 workers, 4 micro-batches of one BN group (32) each per worker
     assert proc.returncode == 0, proc.stderr[-3000:]
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    estimates = step_estimates(records)
-    assert [e[0] for e in estimates] == list(range(1, 17))  # every step's estimate, logged in fours
+    records = [json.loads(line) for line in (out / "seed0" / "metrics.jsonl").read_text().splitlines()]
+    other = [json.loads(line) for line in (out / "seed1" / "metrics.jsonl").read_text().splitlines()]
+    assert [e[0] for e in step_estimates(records)] == list(range(1, 17))  # every step's estimate, logged in fours
+    assert step_estimates(other) != step_estimates(records)  # two probes of different seeds, pooled
+    estimates = step_estimates(records) + step_estimates(other)
     assert all(r.get("noise_scale_small_batch") == "micro_batch" for r in records if r["kind"] == "train")
     advice = json.loads((out / "advice.json").read_text())
     # warmup 1/3 of 16 steps per epoch: 5 steps; windows of 16 // 4 = 4 steps from step 6; the last,

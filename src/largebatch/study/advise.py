@@ -48,6 +48,7 @@ class Advice:
     global_batch_size: int
     optimizer: str
     probe_steps: int
+    probe_seeds: int
     warmup_steps: int
     window_steps: int
     b_simple: float
@@ -74,8 +75,8 @@ class Advice:
             else "one window: taken as constant"
         )
         lines = [
-            f"recipe {self.recipe} (global batch {self.global_batch_size}, {self.optimizer}); probe of "
-            f"{self.probe_steps} steps, warmup ({self.warmup_steps} steps) left out, windows of "
+            f"recipe {self.recipe} (global batch {self.global_batch_size}, {self.optimizer}); "
+            f"{self.probe_seeds} probe(s) of {self.probe_steps} steps (seeds pooled), warmup ({self.warmup_steps} steps) left out, windows of "
             f"{self.window_steps} steps, small batches of one BN group",
             f"noise scale B_simple at the end of the probe: {p['probe_end_b']:,.0f} images "
             f"({pct}% interval {p['probe_end_low']:,.0f}-{p['probe_end_high']:,.0f}); trend {trend}; "
@@ -330,10 +331,11 @@ def advise(
     algorithm: str = "auto",
     measured: str | Path | None = None,
     horizon_epochs: float | None = None,
+    probe_seeds: int = 2,
 ) -> Advice:
     """Run the probe (``largebatch train`` of the recipe on ``nproc`` workers, its schedule unchanged,
     stopped after ``probe_epochs`` epochs, the noise scale measured on micro-batches of one BN group)
-    into ``out``, then predict the run's critical batch (:mod:`largebatch.study.noise_probe`) and
+    ``probe_seeds`` times with seeds ``train.seed``, ``train.seed + 1``, ... into ``out/seed<k>``, then predict the run's critical batch (:mod:`largebatch.study.noise_probe`) and
     build the :class:`Advice`; with ``measured`` (a ``critical_batch.json`` of ``largebatch
     critical-batch``) the prediction is compared with each measured point (:func:`against_measured`).
 
@@ -346,6 +348,8 @@ def advise(
         raise ValueError(f"--nproc {nproc}: give 1 or more worker processes")
     if probe_epochs <= 0:
         raise ValueError(f"--probe-epochs {probe_epochs}: give a positive number of epochs")
+    if probe_seeds < 1:
+        raise ValueError(f"--probe-seeds {probe_seeds}: give 1 or more")
     report = read_measured(measured) if measured else None
     cfg = load_config(recipe, overrides)
     layout = probe_layout(cfg, probe_epochs, horizon_epochs)
@@ -359,25 +363,20 @@ def advise(
         f"train.eval_every_epochs={cfg.train.epochs + 1}",
         "train.batch_schedule=[]",
     ]
-    cmd = [
-        sys.executable,
-        "-m",
-        "largebatch",
-        "train",
-        "--recipe",
-        recipe,
-        "--nproc",
-        str(nproc),
-        "--out",
-        str(run_dir),
-    ]
-    cmd += sum((["--set", s] for s in [*overrides, *settings]), [])
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    if proc.returncode != 0:
-        raise RuntimeError(f"the probe run failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    estimates = step_estimates(read_metrics(run_dir))
-    if not estimates:
-        raise RuntimeError(f"the probe logged no noise scale in {run_dir}/metrics.jsonl")
+    groups = []
+    for k in range(probe_seeds):
+        seed_dir = run_dir / f"seed{k}"
+        cmd = [sys.executable, "-m", "largebatch", "train", "--recipe", recipe, "--nproc", str(nproc)]
+        cmd += ["--out", str(seed_dir)]
+        cmd += sum((["--set", s] for s in [*overrides, *settings, f"train.seed={cfg.train.seed + k}"]), [])
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        if proc.returncode != 0:
+            raise RuntimeError(f"the probe run {seed_dir} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+        estimates = step_estimates(read_metrics(seed_dir))
+        if not estimates:
+            raise RuntimeError(f"the probe logged no noise scale in {seed_dir}/metrics.jsonl")
+        groups.append(estimates)
+    estimates = [row for g in groups for row in g]
     try:
         pred = predict(
             estimates,
@@ -385,9 +384,10 @@ def advise(
             warmup_steps=layout["warmup_steps"],
             horizon_step=layout["horizon_step"],
             reference_batch=b0,
+            seed_groups=groups,
         )
     except ValueError as err:
-        raise RuntimeError(f"{err} ({run_dir}/metrics.jsonl)") from None
+        raise RuntimeError(f"{err} ({run_dir}/seed*/metrics.jsonl)") from None
     b_noise = pred.predicted
     flags = _flags(cfg, pred, layout)
     epochs_crit = cfg.train.epochs * epochs_ratio(b_noise, b0, b_noise) if math.isfinite(b_noise) else math.inf
@@ -395,7 +395,8 @@ def advise(
         recipe=recipe,
         global_batch_size=b0,
         optimizer=cfg.optim.name,
-        probe_steps=estimates[-1][0],
+        probe_steps=max(e[0] for e in estimates),
+        probe_seeds=probe_seeds,
         warmup_steps=layout["warmup_steps"],
         window_steps=layout["window_steps"],
         b_simple=pred.probe_end_b,

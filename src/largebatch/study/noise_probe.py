@@ -205,10 +205,13 @@ def predict(
     coverage: float = 0.8,
     resamples: int = 300,
     seed: int = 0,
+    seed_groups: list[list[tuple[int, float, float]]] | None = None,
 ) -> Prediction:
     """Windows after warmup, the trend, its run-level average up to ``horizon_step``, and the
-    calibrated prediction with a bootstrap interval (steps resampled within every window, the whole
-    chain recomputed).
+    calibrated prediction with a bootstrap interval: the wider of two, steps resampled within every
+    window and the trend fit's residuals resampled across windows, the whole chain recomputed; with
+    ``seed_groups`` (the estimates of each of two or more probes of different seeds, pooled in
+    ``estimates``), also the probes resampled, so the interval spans the seed-to-seed spread.
 
     Raises:
         ValueError: no window after warmup (the probe ended in warmup or logged no estimates).
@@ -230,6 +233,43 @@ def predict(
         ]
         boot.append(_run_b(resampled, first, horizon_step, reference_batch)[2] * calibration)
     lo, hi = _percentiles(boot, coverage) if resamples else (b_run, b_run)
+    # The steps of a window are not independent (the weights drift between them), so resampling them
+    # understates how far windows scatter about the trend; a residual bootstrap of the trend fit
+    # (residuals drawn with replacement, inflated for the two fitted parameters) measures that
+    # scatter. The interval is the wider of the two.
+    fit = fit_trend([(w.mid_step, w.b_simple) for w in windows])
+    finite = [w for w in windows if 0 < w.b_simple < math.inf]
+    if fit is not None and len(finite) >= 3 and resamples:
+        a, c = fit
+        resid = [math.log(w.b_simple) - a - c * math.log(w.mid_step) for w in finite]
+        inflate = math.sqrt(len(resid) / (len(resid) - 2)) if len(resid) > 2 else 1.0
+        boot = []
+        for _ in range(resamples):
+            resampled = [
+                Window(
+                    w.first_step,
+                    w.last_step,
+                    math.exp(a + c * math.log(w.mid_step) + inflate * rng.choice(resid)),
+                    0,
+                    0,
+                    False,
+                )
+                for w in finite
+            ]
+            boot.append(_run_b(resampled, first, horizon_step, reference_batch)[2] * calibration)
+        r_lo, r_hi = _percentiles(boot, coverage)
+        lo, hi = min(lo, r_lo), max(hi, r_hi)
+    if seed_groups and len(seed_groups) >= 2 and resamples:
+        boot = []
+        for _ in range(resamples):
+            pooled = [row for _ in seed_groups for row in rng.choice(seed_groups)]
+            resampled = [
+                Window(rows[0][0], rows[-1][0], _ratio(rows), 0, 0, False)
+                for rows in _chunks(pooled, window_steps, first)
+            ]
+            boot.append(_run_b(resampled, first, horizon_step, reference_batch)[2] * calibration)
+        s_lo, s_hi = _percentiles(boot, coverage)
+        lo, hi = min(lo, s_lo), max(hi, s_hi)
     last = windows[-1]
     return Prediction(
         windows=windows,
