@@ -112,12 +112,13 @@ def probe(names: list[str]) -> None:
         if proc.returncode:
             sys.exit(f"probe {name} failed:\n{proc.stderr[-2000:]}")
         advice = json.loads((out / "advice.json").read_text())
+        from largebatch.study.noise_probe import step_estimates
+        from largebatch.train.metrics import read_metrics
+
+        estimates = {d.name: step_estimates(read_metrics(d)) for d in sorted(out.glob("seed*"))}
+        record = {"name": name, "role": role, "probe_wall_s": time.perf_counter() - t0, "advice": advice}
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(
-            json.dumps(
-                {"name": name, "role": role, "probe_wall_s": time.perf_counter() - t0, "advice": advice}, indent=1
-            )
-        )
+        target.write_text(json.dumps({**record, "estimates": estimates}, indent=1))
         print(
             f"{name}: run-level {advice['prediction']['run_level_b']:.0f} images ({time.perf_counter() - t0:.0f} s)",
             flush=True,
