@@ -83,8 +83,9 @@ def _chunks(estimates, window_steps: int, first_step: int) -> list[list[tuple[in
     for row in rows:
         chunks.setdefault((row[0] - first_step) // window_steps, []).append(row)
     out = [chunks[k] for k in sorted(chunks)]
-    if out and len(out[-1]) < window_steps / 2 and len(out) > 1:  # a short tail joins the window before it
-        out[-2] = out[-2] + out.pop()
+    if len(out) > 1 and len(out[-1]) < window_steps / 2:  # a short tail joins the window before it
+        tail = out.pop()
+        out[-1] = out[-1] + tail
     return out
 
 

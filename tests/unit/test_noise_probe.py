@@ -1,0 +1,63 @@
+"""From per-step noise-scale estimates to the run's critical batch (largebatch.study.noise_probe)."""
+
+import math
+import random
+
+import pytest
+
+from largebatch.study.noise_probe import fit_trend, predict, run_level, step_estimates, window_estimates
+
+
+def _estimates(b_of_step, steps, noise, seed):
+    """Per-step unbiased estimates (|G|^2, tr Sigma) whose ratio of sums is b_of_step: |G|^2 = 1 +
+    noise, tr(Sigma) = b (1 + noise)."""
+    rng = random.Random(seed)
+    return [(t, 1.0 + rng.gauss(0, noise), b_of_step(t) * (1.0 + rng.gauss(0, noise))) for t in steps]
+
+
+def test_step_estimates_number_the_steps_of_each_record():
+    records = [
+        {"kind": "train", "step": 3, "noise_scale_steps": [[1.0, 10.0], [2.0, 20.0], [3.0, 30.0]]},
+        {"kind": "eval", "step": 3},
+        {"kind": "train", "step": 5, "noise_scale_steps": [[4.0, float("nan")], [5.0, 50.0]]},
+    ]
+    assert step_estimates(records) == [(1, 1.0, 10.0), (2, 2.0, 20.0), (3, 3.0, 30.0), (5, 5.0, 50.0)]
+
+
+def test_windows_are_ratios_of_sums_and_a_short_tail_joins_the_last():
+    est = [(t, 1.0, 100.0 if t < 11 else 300.0) for t in range(1, 23)]
+    w = window_estimates(est, window_steps=10, first_step=1, resamples=50)
+    assert [(x.first_step, x.last_step) for x in w] == [(1, 10), (11, 22)]  # steps 21-22 joined the window before
+    assert w[0].b_simple == pytest.approx(100) and w[1].b_simple == pytest.approx(300)
+    neg = window_estimates([(1, -1.0, 5.0), (2, 0.5, 5.0)], window_steps=2, resamples=10)
+    assert neg[0].negative and math.isinf(neg[0].b_simple)
+
+
+def test_trend_and_run_level_closed_forms():
+    a, c = fit_trend([(t, 50 * t**0.5) for t in (10, 40, 90)])
+    assert c == pytest.approx(0.5) and math.exp(a) == pytest.approx(50)
+    assert fit_trend([(10, 5.0)]) is None
+    # a constant noise scale averages to itself; a rising one weighs early, cheap-in-S_min steps more
+    assert run_level(lambda t: 400.0, 0, 100, 512) == pytest.approx(400)
+    rising = run_level(lambda t: 100 + 9 * t, 0, 100, 512)
+    assert 100 < rising < 550 and rising < (100 + 1000) / 2 * 1.2
+
+
+def test_prediction_recovers_a_growing_noise_scale_and_seeds_widen_the_interval():
+    b = lambda t: 20 * t**0.6  # noqa: E731
+    steps = range(1, 241)
+    one = _estimates(b, steps, 0.3, 0)
+    p = predict(one, window_steps=30, warmup_steps=30, horizon_step=480, reference_batch=512)
+    assert p.trend_exponent == pytest.approx(0.6, abs=0.1)
+    truth = run_level(b, 31, 480, 512)
+    assert p.run_level_b == pytest.approx(truth, rel=0.15) and p.predicted_low <= truth <= p.predicted_high
+    assert p.horizon_b == pytest.approx(b(480), rel=0.25) and p.negative_windows == 0
+    # a second probe whose noise scale reads 1.5x higher: the pooled interval spans both
+    other = _estimates(lambda t: 1.5 * b(t), steps, 0.3, 1)
+    both = predict(
+        one + other, window_steps=30, warmup_steps=30, horizon_step=480, reference_batch=512, seed_groups=[one, other]
+    )
+    alone = predict(other, window_steps=30, warmup_steps=30, horizon_step=480, reference_batch=512)
+    assert both.predicted_low <= p.run_level_b * 1.05 and both.predicted_high >= alone.run_level_b * 0.95
+    with pytest.raises(ValueError, match="after warmup"):
+        predict(one, window_steps=30, warmup_steps=500, horizon_step=600, reference_batch=512)
