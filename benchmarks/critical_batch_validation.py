@@ -157,7 +157,7 @@ def measure(names: list[str]) -> None:
 def _measured(name: str, lay: dict) -> tuple[float, float, float] | None:
     """The yardstick's B_noise averaged over [end of warmup, horizon] (with the low and high ends of
     its points' ranges averaged the same way), or None when not measured."""
-    from largebatch.study.noise_probe import run_level
+    from largebatch.study.branch import run_level_b_noise
 
     path = RESULTS / "measured" / f"{name}.json"
     if not path.is_file():
@@ -165,21 +165,15 @@ def _measured(name: str, lay: dict) -> tuple[float, float, float] | None:
     report = json.loads(path.read_text())
     out = []
     for key in ("b_noise", "b_noise_low", "b_noise_high"):
-        pts = sorted((p["step"], p[key]) for p in report["points"] if p.get(key) and 0 < p[key] < math.inf)
-        if not pts:
+        value = run_level_b_noise(
+            [(p["step"], p.get(key)) for p in report["points"]],
+            report["reference_batch"],
+            start=lay["warmup_steps"] + 1,
+            end=lay["horizon_step"],
+        )
+        if value is None:
             return None
-        logs = [(math.log(s), math.log(b)) for s, b in pts]
-
-        def b_at(step: float, logs=logs) -> float:
-            x = math.log(max(step, 1.0))
-            if x <= logs[0][0]:
-                return math.exp(logs[0][1])
-            for (x0, y0), (x1, y1) in zip(logs, logs[1:]):
-                if x <= x1:
-                    return math.exp(y0 + (y1 - y0) * (x - x0) / (x1 - x0))
-            return math.exp(logs[-1][1])
-
-        out.append(run_level(b_at, lay["warmup_steps"] + 1, lay["horizon_step"], report["reference_batch"]))
+        out.append(value)
     return out[0], out[1], out[2]
 
 

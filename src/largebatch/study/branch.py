@@ -197,22 +197,29 @@ def tolerance_critical(
     return float(pts[-1][0]), True
 
 
-def run_level_b_noise(points: list[tuple[int, float]], reference_batch: int) -> float | None:
-    """B_noise measured at two or more steps, averaged over the steps between the first and the last
-    as eq. 2.11 weighs them (log B linear in log step between the points)."""
+def run_level_b_noise(
+    points: list[tuple[int, float]], reference_batch: int, start: float | None = None, end: float | None = None
+) -> float | None:
+    """B_noise measured at two or more steps, averaged over the steps from ``start`` to ``end``
+    (default: the first and the last point) as eq. 2.11 weighs them: log B linear in log step
+    between the points, held at the end points' values beyond them."""
     pts = sorted((s, b) for s, b in points if s > 0 and b is not None and 0 < b < math.inf)
     if len(pts) < 2:
         return None
     logs = [(math.log(s), math.log(b)) for s, b in pts]
 
     def b_at(step: float) -> float:
-        x = math.log(step)
+        x = math.log(max(step, 1.0))
+        if x <= logs[0][0]:
+            return math.exp(logs[0][1])
         for (x0, y0), (x1, y1) in zip(logs, logs[1:]):
             if x <= x1:
                 return math.exp(y0 + (y1 - y0) * (x - x0) / (x1 - x0))
         return math.exp(logs[-1][1])
 
-    return run_level(b_at, pts[0][0], pts[-1][0], reference_batch)
+    lo = pts[0][0] if start is None else start
+    hi = pts[-1][0] if end is None else end
+    return run_level(b_at, lo, hi, reference_batch)
 
 
 def _branch_overrides(
