@@ -46,6 +46,9 @@ class StepEnd:
     """The step was the last of its epoch."""
     grad_scale_sq: torch.Tensor | None = None
     """The squared fp16 loss scale the gradients carried (None without loss scaling)."""
+    micro_batch_norms: tuple[torch.Tensor, torch.Tensor] | None = None
+    """``train.noise_scale_small_batch=micro_batch``: the step's mean squared micro-batch gradient
+    norm and the all-reduced gradient's (:class:`largebatch.train.noise_scale.MicroBatchNorms`)."""
 
 
 class Callback:
@@ -110,7 +113,7 @@ class NoiseScaleCallback(Callback):
         self.monitor = monitor
 
     def on_step_end(self, loop: Any, step: StepEnd) -> bool:
-        self.monitor.after_step(loop.plan, step.grad_scale_sq, getattr(loop, "_step_norms", None))
+        self.monitor.after_step(loop.plan, step.grad_scale_sq, step.micro_batch_norms)
         return False
 
     def state_dict(self) -> dict | None:

@@ -137,6 +137,7 @@ class Trainer:
         )
         self.rng = ckpt_io.ProcessRNG(env)
         self._last_step_ok: bool | torch.Tensor = True
+        self._micro_batch_norms = None  # this step's MicroBatchNorms.finish(), for the callbacks
         build.log_setup(cfg, plan, self.precision, self.position)
 
     # ------------------------------------------------------------------ position (delegated)
@@ -251,10 +252,9 @@ class Trainer:
             if micro is not None and i < accum - 1:
                 micro.after_micro_batch(self.model.parameters(), accum)
             loss_sum += loss.detach().float()
-        self._step_norms = micro.finish(self.model.parameters()) if micro is not None else None
-        grad_scale_sq = (
-            None  # the norms were taken of gradients carrying the fp16 loss scale (update() changes it in place)
-        )
+        self._micro_batch_norms = micro.finish(self.model.parameters()) if micro is not None else None
+        # The noise-scale norms were taken of gradients carrying the fp16 loss scale (update() changes it in place).
+        grad_scale_sq = None
         if self.scaler and self.noise_monitor.measuring and self.scaler.is_enabled():
             grad_scale_sq = self.scaler._get_scale_async().detach().square()  # a new tensor
         self._last_step_ok = self.guard.step(self.state)
@@ -306,7 +306,13 @@ class Trainer:
             st.step_time_s += time.perf_counter() - t0
             st.step, st.images_seen = st.step + 1, st.images_seen + self.plan.global_batch_size
             end = StepEnd(
-                loss, self._last_step_ok, lr, epoch, self.position.is_epoch_end(st.step, epoch), grad_scale_sq
+                loss,
+                self._last_step_ok,
+                lr,
+                epoch,
+                self.position.is_epoch_end(st.step, epoch),
+                grad_scale_sq,
+                self._micro_batch_norms,
             )
             if self.callbacks.step_end(self, end):
                 return True
