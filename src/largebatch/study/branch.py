@@ -387,6 +387,8 @@ def run_branches(
         cells: dict = {}
         for _ in range(max_widenings + 1):
             for m in [None, *mults]:
+                if m is None and b == ref_batch and 1.0 in mults:
+                    continue  # at the reference batch the linear rule's x1 is the reference's own LR
                 if lr_tag(m) not in cells:
                     lr = p.lr if m is None else p.lr * m * b / ref_batch
                     cells[lr_tag(m)] = {"multiplier": m, "lr": lr, "runs": [branch(p, b, m, budget, x) for x in seeds]}
