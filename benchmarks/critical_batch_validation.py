@@ -71,15 +71,20 @@ def _cfg(name: str):
     return load_config(recipe, [*overrides, f"data.val_size={VAL_SIZE}"])
 
 
+def probe_epochs(name: str) -> float:
+    """advise's default of 2 epochs, or the warmup plus an epoch where the warmup is longer (LAMB's
+    2.125 epochs)."""
+    warmup = _cfg(name).schedule.warmup_epochs
+    return 2.0 if warmup < 1.5 else float(math.ceil(warmup + 1))
+
+
 def layout(name: str) -> dict:
     """Steps per epoch, warmup, horizon and the checkpoint steps of the reference run: POINTS evenly
     spaced from the first epoch's end (or the end of warmup, if later) to just before the horizon."""
     from largebatch.study.advise import _train_images, probe_layout
 
     cfg = _cfg(name)
-    lay = probe_layout(
-        cfg, 2.0 if cfg.schedule.warmup_epochs < 1.5 else math.ceil(cfg.schedule.warmup_epochs + 1), None
-    )
+    lay = probe_layout(cfg, probe_epochs(name), None)
     per_epoch, horizon = lay["steps_per_epoch"], lay["horizon_step"]
     first = max(per_epoch, lay["warmup_steps"] + 1)
     last = horizon - max(1, per_epoch // 4)
@@ -106,6 +111,7 @@ def probe(names: list[str]) -> None:
         if out.exists():
             shutil.rmtree(out)  # an unfinished probe starts again (a few minutes)
         cmd = [_py(), "-m", "largebatch", "advise", "--recipe", recipe, "--out", str(out), "--preset", ""]
+        cmd += ["--probe-epochs", f"{probe_epochs(name):g}"]
         cmd += sum((["--set", s] for s in [*overrides, f"data.val_size={VAL_SIZE}"]), [])
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
