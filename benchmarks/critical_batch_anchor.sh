@@ -2,11 +2,11 @@
 # The branching yardstick (`largebatch critical-batch`) on the 28-px ResNet-8 recipe, the model of the
 # tuned study whose steps-to-target fit gave B_noise = 394 +- 80 (docs/results.md): a reference run
 # to epoch 4 with checkpoints at epochs 1, 2, 3 and 4 (the first LR decay is at 4.5), then branches
-# at 128-4,096 with the LR grid and two seeds from each checkpoint.
+# at 128-2,048 with the LR grid on seed 0 and seed 1 at its best LR, from each checkpoint.
 #
 # Resumable and meant for the background: a finished reference run and every finished branch are
-# kept; run the same command again to continue. About 40 s of both cores per branch on the AVX2 VM,
-# 60+ branches per point: several hours in all. The report goes to $OUT/critical_batch.{json,md} and
+# kept; run the same command again to continue. About 35 s of both cores per branch on the AVX2 VM,
+# about 35 branches per point: several hours in all. The report goes to $OUT/critical_batch.{json,md} and
 # is copied to benchmarks/results/critical_batch_anchor/ when complete; progress.txt there lists the
 # finished branches.
 #
@@ -30,5 +30,5 @@ progress() {
 }
 trap progress EXIT
 $PY -m largebatch critical-batch "$RUN" --out "$OUT" --steps 107,214,321,428 \
-  --batch-sizes 128,256,512,1024,2048,4096 --budget-images 32768 --nproc 1
+  --batch-sizes 128,256,512,1024,2048 --budget-images 32768 --nproc 1
 cp "$OUT/critical_batch.json" "$OUT/critical_batch.md" "$RESULTS/"

@@ -24,7 +24,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import resource
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -35,17 +37,20 @@ RESULTS = REPO / "benchmarks" / "results" / "critical_batch_validation"
 RUNS = REPO / "runs" / "critical_batch_validation"
 RECIPE = "goyal2017_fashion_mnist_28px"
 VAL_SIZE = 5000
-POINTS = 4
-BATCH_SIZES = "128,256,512,1024,2048,4096"
+POINTS = 2
+"""Branch points per configuration: the end of the first epoch (or of warmup) and just before the
+horizon (the anchor study adds two between them for width16)."""
+BATCH_SIZES = "128,256,512,1024,2048"
 BUDGET_IMAGES = 32768
 
-# name: (role, recipe, overrides): fixed 2026-12-07 before any of their runs (docs/noise_scale.md)
+# name: (role, recipe, overrides): fixed 2026-12-07 before any of their runs (docs/noise_scale.md);
+# ``measure`` takes them in this order (the cheapest first).
 CONFIGS = {
     "width16": ("calibration", RECIPE, []),
     "width8": ("calibration", RECIPE, ["model.width=8"]),
-    "width32": ("held_out", RECIPE, ["model.width=32"]),
-    "width64": ("held_out", RECIPE, ["model.width=64"]),
-    "blocks2": ("held_out", RECIPE, ["model.blocks_per_stage=2"]),
+    # width64 was replaced by stride2 on 2026-12-07 before any of its runs (not even its probe): its
+    # yardstick would take about 9 hours of this 2-core machine (16x width16's FLOPs per image).
+    "stride2": ("held_out", "goyal2017_fashion_mnist", []),
     "subset15000": ("held_out", RECIPE, ["data.train_subset=15000"]),
     "lamb": ("held_out", "lamb_fashion_mnist", []),
     "synthetic": (
@@ -53,6 +58,8 @@ CONFIGS = {
         RECIPE,
         ["data.name=synthetic", "data.image_size_px=28", "data.synthetic.train_samples=60000"],
     ),
+    "blocks2": ("held_out", RECIPE, ["model.blocks_per_stage=2"]),
+    "width32": ("held_out", RECIPE, ["model.width=32"]),
 }
 # The anchor study (benchmarks/critical_batch_anchor.sh) is width16's measurement.
 RUN_DIRS = {"width16": (REPO / "runs/critical_batch_anchor/reference", REPO / "runs/critical_batch_anchor/branches")}
@@ -79,8 +86,10 @@ def probe_epochs(name: str) -> float:
 
 
 def layout(name: str) -> dict:
-    """Steps per epoch, warmup, horizon and the checkpoint steps of the reference run: POINTS evenly
-    spaced from the first epoch's end (or the end of warmup, if later) to just before the horizon."""
+    """Steps per epoch, warmup, horizon and the branch points of the reference run: POINTS evenly
+    spaced from the first epoch's end (or the end of warmup, if later) to just before the horizon.
+    The reference run checkpoints every ``checkpoint_steps[0]`` steps and at its stop (the last point);
+    the nearest checkpoint to each point is branched."""
     from largebatch.study.advise import _train_images, probe_layout
 
     cfg = _cfg(name)
@@ -131,33 +140,67 @@ def probe(names: list[str]) -> None:
         )
 
 
+def _cpu_s() -> float:
+    """CPU seconds (user + system) of this process and of its finished children, grandchildren included."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def measure(names: list[str]) -> None:
+    """The yardstick on each configuration in turn; each one's wall and CPU time (this invocation's
+    share, also when stopped by SIGTERM or Ctrl-C) is appended to ``RESULTS/cpu_time.jsonl``."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     for name in names:
-        _, recipe, overrides = CONFIGS[name]
-        ref, branches = _dirs(name)
-        lay = layout(name)
-        sets = [*overrides, f"data.val_size={VAL_SIZE}"]
-        if not (ref / "summary.json").is_file():
-            cmd = [_py(), "-m", "largebatch", "train", "--recipe", recipe, "--out", str(ref)]
-            if (ref / "checkpoints").is_dir():
-                cmd += ["--resume", "auto"]
-            step = lay["checkpoint_steps"][1] - lay["checkpoint_steps"][0]
-            sets_ref = [
-                *sets,
-                f"train.checkpoint_every_steps={step}",
-                "train.keep_checkpoints=50",
-                f"train.stop_after_images={lay['checkpoint_steps'][-1] * lay['global_batch']}",
-                "train.eval_every_epochs=100",
-            ]
-            subprocess.run(cmd + sum((["--set", s] for s in sets_ref), []), check=True)
-        have = sorted(int(p.stem.removeprefix("ckpt_step")) for p in (ref / "checkpoints").glob("ckpt_step*.pt"))
-        steps = [min(have, key=lambda h: abs(h - s)) for s in lay["checkpoint_steps"]]
-        cmd = [_py(), "-m", "largebatch", "critical-batch", str(ref), "--out", str(branches), "--nproc", "1"]
-        cmd += ["--steps", ",".join(map(str, sorted(set(steps)))), "--batch-sizes", BATCH_SIZES]
-        cmd += ["--budget-images", str(BUDGET_IMAGES)]
-        subprocess.run(cmd + sum((["--set", s] for s in sets), []), check=True)
-        (RESULTS / "measured").mkdir(parents=True, exist_ok=True)
-        shutil.copy(branches / "critical_batch.json", RESULTS / "measured" / f"{name}.json")
+        t0, c0, done = time.time(), _cpu_s(), False
+        try:
+            _measure_one(name)
+            done = True
+        finally:
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            with open(RESULTS / "cpu_time.jsonl", "a") as f:
+                record = {
+                    "config": name,
+                    "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0)),
+                    "wall_s": round(time.time() - t0, 1),
+                    "cpu_s": round(_cpu_s() - c0, 1),
+                    "finished": done,
+                    "cpu": _cpu_kind(),
+                }
+                f.write(json.dumps(record) + "\n")
+
+
+def _cpu_kind() -> str:
+    import torch
+
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def _measure_one(name: str) -> None:
+    _, recipe, overrides = CONFIGS[name]
+    ref, branches = _dirs(name)
+    lay = layout(name)
+    sets = [*overrides, f"data.val_size={VAL_SIZE}"]
+    if not (ref / "summary.json").is_file():
+        cmd = [_py(), "-m", "largebatch", "train", "--recipe", recipe, "--out", str(ref)]
+        if (ref / "checkpoints").is_dir():
+            cmd += ["--resume", "auto"]
+        step = lay["checkpoint_steps"][0]
+        sets_ref = [
+            *sets,
+            f"train.checkpoint_every_steps={step}",
+            "train.keep_checkpoints=50",
+            f"train.stop_after_images={lay['checkpoint_steps'][-1] * lay['global_batch']}",
+            "train.eval_every_epochs=100",
+        ]
+        subprocess.run(cmd + sum((["--set", s] for s in sets_ref), []), check=True)
+    have = sorted(int(p.stem.removeprefix("ckpt_step")) for p in (ref / "checkpoints").glob("ckpt_step*.pt"))
+    steps = [min(have, key=lambda h: abs(h - s)) for s in lay["checkpoint_steps"]]
+    cmd = [_py(), "-m", "largebatch", "critical-batch", str(ref), "--out", str(branches), "--nproc", "1"]
+    cmd += ["--steps", ",".join(map(str, sorted(set(steps)))), "--batch-sizes", BATCH_SIZES]
+    cmd += ["--budget-images", str(BUDGET_IMAGES)]
+    subprocess.run(cmd + sum((["--set", s] for s in sets), []), check=True)
+    (RESULTS / "measured").mkdir(parents=True, exist_ok=True)
+    shutil.copy(branches / "critical_batch.json", RESULTS / "measured" / f"{name}.json")
 
 
 def _measured(name: str, lay: dict) -> tuple[float, float, float] | None:

@@ -878,7 +878,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="multiples of the linear rule's LR tried at every batch, besides the reference's own LR; widened "
         "by 2x at an edge that wins (default 0.25,0.5,1,2)",
     )
-    p.add_argument("--seeds", type=_int_list, default=[0, 1], help="seeds of every branch (default 0,1)")
+    p.add_argument(
+        "--seeds",
+        type=_int_list,
+        default=[0, 1],
+        help="seeds: the first runs the LR grid, the others re-run its best LR (default 0,1)",
+    )
     p.add_argument(
         "--evals-per-branch",
         type=int,

@@ -142,17 +142,26 @@ def test_critical_batch_branches_an_lr_grid_and_seeds_on_the_same_budget(referen
     assert point["step"] == steps[0] and [b["batch"] for b in point["branches"]] == [64, 256]
     assert [b["steps"] for b in point["branches"]] == [16, 4] and point["budget_images"] == 1024
     ref_lr = point["lr"]
-    for b in point["branches"]:  # the linear rule's LR (x1) and the reference's own, two seeds each
+    for b in point["branches"]:  # the linear rule's LR (x1) and the reference's own on seed 0 ...
         assert set(b["lrs"]) == {"x1", "ref"}
         assert b["lrs"]["ref"]["lr"] == pytest.approx(ref_lr)
         assert b["lrs"]["x1"]["lr"] == pytest.approx(ref_lr * b["batch"] / 128)
-        for tag in ("x1", "ref"):
+        seed0 = {tag: b["lrs"][tag]["final_val_loss"]["0"] for tag in ("x1", "ref")}
+        best = min(seed0, key=seed0.get)
+        for tag in ("x1", "ref"):  # ... and seed 1 only at seed 0's best LR
+            assert set(b["lrs"][tag]["final_val_loss"]) == ({"0", "1"} if tag == best else {"0"})
             for seed in (0, 1):
                 run = out / f"step{steps[0]:08d}" / "budget1024" / f"b{b['batch']:06d}_{tag}_s{seed}"
+                if seed == 1 and tag != best:
+                    assert not run.exists()
+                    continue
                 summary = json.loads((run / "summary.json").read_text())
                 assert summary["steps"] == b["steps"]
                 config = json.loads((run / "config.json").read_text())
                 assert config["train"]["seed"] == seed and config["train"]["val_every_steps"] == b["steps"] // 2
+        # the batch's loss reduction is the seeds' mean at that LR
+        mean = sum(b["lrs"][best]["final_val_loss"].values()) / 2
+        assert b["best_val_loss"] == pytest.approx(mean)
     # images to each level: per batch and seed, the fewest over the LRs, never beyond the budget
     for level in point["levels"].values():
         for images in level["images"].values():

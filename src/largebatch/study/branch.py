@@ -8,16 +8,19 @@ From a checkpoint at step t of a reference run (global batch B_ref, LR eta(t) th
 constant LR, evaluating the validation loss ``evals_per_branch`` times on the way.
 
 * **LR grid**: per batch, multiples 1/4, 1/2, 1 and 2 of the linear rule's eta(t) B / B_ref (Goyal
-  et al. 2017 sec. 2.1) and the reference's own eta(t) unscaled; when the best LR (mean final loss
-  over seeds) sits at an edge of the multiples, the grid is widened by a factor of 2 that way (at
+  et al. 2017 sec. 2.1) and the reference's own eta(t) unscaled; when the best LR (final loss of the
+  first seed) sits at an edge of the multiples, the grid is widened by a factor of 2 that way (at
   most twice). Above the linear rule's stability limit the scaled LR diverges; the grid's smaller
   LRs keep such a batch measurable, so the reading is of gradient noise, not of one LR rule.
+* **Seeds**: the first seed runs the whole grid; every further seed re-runs only the LR that won
+  for the first (the lowest final loss of the grid, the unscaled LR included). This halves the cost
+  of two seeds and measures the seed-to-seed spread where it matters, at the chosen LR.
 * **Budget**: doubled (at most ``max_doublings`` times) until the smallest batch's best branch
   reduces the validation loss by at least ``min_reduction`` nats, several times the evaluation's
   noise.
 * **Images to a loss level**: for loss levels at 1/4, 1/2 and 3/4 of the smallest batch's reduction,
   E(B) = the fewest images any LR of batch B needed to reach the level (linear interpolation
-  between evaluations), per seed.
+  between evaluations), per seed (over the LRs that seed ran).
 * **B_noise**: E(B) = E_min (1 + B / B_noise) fitted by least squares over the batches that reached
   the level in every seed (McCandlish et al. eq. 2.11; B_noise = E_min / slope), at the middle level
   on the seeds' mean; the interval is the range of the fits per seed and per level.
@@ -391,12 +394,16 @@ def run_branches(
                     continue  # at the reference batch the linear rule's x1 is the reference's own LR
                 if lr_tag(m) not in cells:
                     lr = p.lr if m is None else p.lr * m * b / ref_batch
-                    cells[lr_tag(m)] = {"multiplier": m, "lr": lr, "runs": [branch(p, b, m, budget, x) for x in seeds]}
-            mean = {
+                    cells[lr_tag(m)] = {
+                        "multiplier": m,
+                        "lr": lr,
+                        "runs": {seeds[0]: branch(p, b, m, budget, seeds[0])},
+                    }
+            final = {
                 t: _mean_final(c["runs"]) for t, c in cells.items() if c["multiplier"] is not None
-            }  # inf when any seed diverged
-            best = min(mean, key=mean.get)
-            if not math.isfinite(mean[best]):
+            }  # inf when diverged
+            best = min(final, key=final.get)
+            if not math.isfinite(final[best]):
                 break
             if cells[best]["multiplier"] == mults[0]:
                 mults.insert(0, mults[0] / 2)
@@ -404,6 +411,11 @@ def run_branches(
                 mults.append(mults[-1] * 2)
             else:
                 break
+        chosen = _best_cell(cells)
+        if chosen is not None:  # the other seeds at the first seed's best LR
+            c = cells[chosen]
+            for x in seeds[1:]:
+                c["runs"][x] = branch(p, b, c["multiplier"], budget, x)
         return cells
 
     results = {}
@@ -413,7 +425,7 @@ def run_branches(
         budget, smallest = budget_images, min(batch_sizes)
         for doubling in range(max_doublings + 1):
             cells = grid(p, smallest, budget)
-            reduction = base_loss[p.step] - min(_mean_final(c["runs"]) for c in cells.values())
+            reduction = base_loss[p.step] - _best_final(cells)
             if reduction >= min_reduction or doubling == max_doublings:
                 break
             say(f"step {p.step}: the smallest batch reduced the loss by {reduction:.3f} < {min_reduction}; budget x2")
@@ -440,12 +452,29 @@ def _curve(run_dir: Path, batch: int, base_loss: float) -> list[tuple[float, flo
     return sorted(points.items())
 
 
-def _mean_final(runs: list[Path]) -> float:
-    """Mean final validation loss over the seeds' runs; inf when any diverged or has none."""
-    losses = [
-        _val_loss_at(r) if not json.loads((r / "summary.json").read_text()).get("diverged") else None for r in runs
-    ]
-    return sum(losses) / len(losses) if all(v is not None and math.isfinite(v) for v in losses) else math.inf
+def _final(run: Path) -> float:
+    """Final validation loss of one branch; inf when it diverged or has none."""
+    loss = None if json.loads((run / "summary.json").read_text()).get("diverged") else _val_loss_at(run)
+    return loss if loss is not None and math.isfinite(loss) else math.inf
+
+
+def _mean_final(runs: dict[int, Path]) -> float:
+    """Mean final validation loss over the seeds' runs ({seed: run dir}); inf when any diverged."""
+    losses = [_final(r) for r in runs.values()]
+    return sum(losses) / len(losses) if losses else math.inf
+
+
+def _best_cell(cells: dict) -> str | None:
+    """The LR tag whose first-seed branch ended lowest (the unscaled LR included); None if all diverged."""
+    first = {t: _final(next(iter(c["runs"].values()))) for t, c in cells.items()}
+    best = min(first, key=first.get)
+    return best if math.isfinite(first[best]) else None
+
+
+def _best_final(cells: dict) -> float:
+    """Mean final loss over the seeds at the best LR (:func:`_best_cell`); inf if all diverged."""
+    best = _best_cell(cells)
+    return math.inf if best is None else _mean_final(cells[best]["runs"])
 
 
 def _recipes() -> set[str]:
@@ -487,27 +516,28 @@ def _report(points, results, base_loss: dict, batch_sizes, tolerance, ref_batch,
     for p in points:
         budget, per_batch = results[p.step]
         base = base_loss[p.step]
-        curves = {
-            b: {t: [_curve(r, b, base) for r in c["runs"]] for t, c in cells.items()} for b, cells in per_batch.items()
+        curves = {  # {batch: {lr tag: {seed: curve}}}
+            b: {t: {x: _curve(r, b, base) for x, r in c["runs"].items()} for t, c in cells.items()}
+            for b, cells in per_batch.items()
         }
         smallest = min(per_batch)
-        best_final = {b: min(_mean_final(c["runs"]) for c in cells.values()) for b, cells in per_batch.items()}
+        best_final = {b: _best_final(cells) for b, cells in per_batch.items()}
         reduction = base - best_final[smallest]
         levels = {}
         for f in LEVEL_FRACTIONS:
             level = base - f * reduction
-            # per batch and seed: the fewest images any LR needed to reach the level
+            # per batch and seed: the fewest images any LR that seed ran needed to reach the level
             e = {
                 b: [
                     min(
                         (
                             x
-                            for x in (images_to_level(cs[k], level) for cs in curves[b].values() if cs[k])
+                            for x in (images_to_level(cs[k], level) for cs in curves[b].values() if cs.get(k))
                             if x is not None
                         ),
                         default=None,
                     )
-                    for k in range(len(seeds))
+                    for k in seeds
                 ]
                 for b in sorted(per_batch)
             }
@@ -542,7 +572,7 @@ def _report(points, results, base_loss: dict, batch_sizes, tolerance, ref_batch,
                         t: {
                             "multiplier": c["multiplier"],
                             "lr": c["lr"],
-                            "final_val_loss": [None if not cv else cv[-1][1] for cv in curves[b][t]],
+                            "final_val_loss": {str(x): (cv[-1][1] if cv else None) for x, cv in curves[b][t].items()},
                         }
                         for t, c in cells.items()
                     },
@@ -593,7 +623,7 @@ def report_text(report: dict) -> str:
     lines = [
         f"Critical batch by branching (Merrill et al. 2025), read with McCandlish et al. 2018 eq. 2.11: per batch an "
         f"LR grid around the linear rule from the reference batch {report['reference_batch']} and the reference's "
-        f"own LR, seeds {report['seeds']}, images to reach loss levels at "
+        f"own LR on seed {report['seeds'][0]}, seeds {report['seeds'][1:]} at its best LR, images to reach loss levels at "
         f"{', '.join(f'{f:g}' for f in report['level_fractions'])} of the smallest batch's reduction.",
         "B_noise: E(B) = E_min (1 + B/B_noise) fitted at the middle level (range: per seed and per level). "
         f"Tolerance-based: the largest batch needing at most {1 + report['tolerance']:.2g}x the smallest batch's images.",
