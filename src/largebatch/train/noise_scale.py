@@ -72,7 +72,10 @@ class NoiseScaleEstimator:
     def update(self, small_sq, big_sq, b_small: float, b_big: float) -> None:
         """One step: squared norms (floats or 0-dim tensors, kept on the device) of a worker's
         gradient (batch ``b_small``) and of the all-reduced gradient (batch ``b_big``)."""
-        g_sq, trace = two_batch_estimates(small_sq, big_sq, b_small, b_big)
+        self.update_estimates(*two_batch_estimates(small_sq, big_sq, b_small, b_big))
+
+    def update_estimates(self, g_sq, trace) -> None:
+        """One step's unbiased estimates of |G|^2 and tr(Sigma) (:func:`two_batch_estimates`)."""
         d = self.decay
         new_g, new_t, new_w = (
             d * self.g_sq + (1 - d) * g_sq,
@@ -234,9 +237,9 @@ class NoiseScaleMonitor:
             return
         if grad_scale_sq is not None:
             small_sq, big_sq = small_sq / grad_scale_sq, big_sq / grad_scale_sq
-        self.estimator.update(small_sq, big_sq, b_small, plan.global_batch_size)
+        g_sq, trace = two_batch_estimates(small_sq, big_sq, b_small, plan.global_batch_size)
+        self.estimator.update_estimates(g_sq, trace)
         if self.micro is not None:
-            g_sq, trace = two_batch_estimates(small_sq, big_sq, b_small, plan.global_batch_size)
             self._steps.append(torch.stack([torch.as_tensor(g_sq), torch.as_tensor(trace)]).double())
 
     def step_estimates(self) -> list[list[float]]:
