@@ -887,8 +887,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--evals-per-branch",
         type=int,
-        default=4,
-        help="validation evaluations within each branch, evenly spaced (default 4)",
+        default=8,
+        help="validation evaluations within each branch, at log-spaced steps: the last step, its half, its "
+        "quarter, ... (default 8)",
     )
     p.add_argument("--nproc", type=int, default=1, help="worker processes per branch (default 1)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key in every branch")

@@ -267,6 +267,10 @@ class TrainConfig:
     """Also evaluate the validation split (data.val_size > 0) every N optimizer steps, logged as
     ``val_top1`` eval records: the resolution of steps to target (Shallue et al. 2018 sec. 3.2
     measure it at regular step intervals). 0: only with the per-epoch evaluations."""
+    val_at_steps: list[int] = field(default_factory=list)
+    """Also evaluate the validation split at these optimizer steps (each >= 1; data.val_size > 0):
+    unevenly spaced evaluations, such as the log-spaced ones of ``largebatch critical-batch``'s
+    branches, which resolve a loss curve's fast start. []: none."""
     stop_at_val_top1: float = 0.0
     """Stop training at the first evaluation whose validation top-1 (percent) reaches this target,
     after a final test evaluation and checkpoint; summary.json records ``steps_to_val_target`` and
@@ -1140,6 +1144,18 @@ def validate(cfg: Config) -> None:
     )
     require(
         cfg.train.val_every_steps >= 0, "train.val_every_steps", cfg.train.val_every_steps, "an integer >= 0 (0: off)"
+    )
+    require(
+        all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in cfg.train.val_at_steps),
+        "train.val_at_steps",
+        cfg.train.val_at_steps,
+        "a list of optimizer steps, integers >= 1 (e.g. [1, 2, 4, 8])",
+    )
+    require(
+        not cfg.train.val_at_steps or cfg.data.val_size > 0,
+        "train.val_at_steps",
+        cfg.train.val_at_steps,
+        "[] unless data.val_size > 0 (set data.val_size=5000)",
     )
     require(
         cfg.train.val_every_steps == 0 or cfg.data.val_size > 0,

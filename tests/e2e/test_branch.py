@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import clirun
-from largebatch.study.branch import critical_from_reductions
+from largebatch.study.branch import critical_from_reductions, eval_steps
 from largebatch.train.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.e2e
@@ -123,7 +123,7 @@ def test_critical_batch_branches_an_lr_grid_and_seeds_on_the_same_budget(referen
         "--seeds",
         "0,1",
         "--evals-per-branch",
-        "2",
+        "3",
         "--min-reduction",
         "0",
         "--max-doublings",
@@ -146,10 +146,10 @@ def test_critical_batch_branches_an_lr_grid_and_seeds_on_the_same_budget(referen
         assert set(b["lrs"]) == {"x1", "ref"}
         assert b["lrs"]["ref"]["lr"] == pytest.approx(ref_lr)
         assert b["lrs"]["x1"]["lr"] == pytest.approx(ref_lr * b["batch"] / 128)
-        seed0 = {tag: b["lrs"][tag]["final_val_loss"]["0"] for tag in ("x1", "ref")}
+        seed0 = {tag: b["lrs"][tag]["lowest_val_loss"]["0"] for tag in ("x1", "ref")}
         best = min(seed0, key=seed0.get)
         for tag in ("x1", "ref"):  # ... and seed 1 only at seed 0's best LR
-            assert set(b["lrs"][tag]["final_val_loss"]) == ({"0", "1"} if tag == best else {"0"})
+            assert set(b["lrs"][tag]["lowest_val_loss"]) == ({"0", "1"} if tag == best else {"0"})
             for seed in (0, 1):
                 run = out / f"step{steps[0]:08d}" / "budget1024" / f"b{b['batch']:06d}_{tag}_s{seed}"
                 if seed == 1 and tag != best:
@@ -158,9 +158,13 @@ def test_critical_batch_branches_an_lr_grid_and_seeds_on_the_same_budget(referen
                 summary = json.loads((run / "summary.json").read_text())
                 assert summary["steps"] == b["steps"]
                 config = json.loads((run / "config.json").read_text())
-                assert config["train"]["seed"] == seed and config["train"]["val_every_steps"] == b["steps"] // 2
+                # log-spaced evaluations: the last step, its half, its quarter, ...
+                assert config["train"]["seed"] == seed and config["train"]["val_at_steps"] == eval_steps(b["steps"], 3)
+                evals = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+                val_steps = sorted({e["step"] for e in evals if e["kind"] == "eval" and e.get("val_loss") is not None})
+                assert val_steps == eval_steps(b["steps"], 3)
         # the batch's loss reduction is the seeds' mean at that LR
-        mean = sum(b["lrs"][best]["final_val_loss"].values()) / 2
+        mean = sum(b["lrs"][best]["lowest_val_loss"].values()) / 2
         assert b["best_val_loss"] == pytest.approx(mean)
     # images to each level: per batch and seed, the fewest over the LRs, never beyond the budget
     for level in point["levels"].values():
@@ -197,6 +201,8 @@ def test_images_to_a_level_and_the_fit_of_eq_2_11():
     curve = [(0, 2.0), (100, 1.5), (200, 1.0)]
     assert images_to_level(curve, 1.25) == pytest.approx(150) and images_to_level(curve, 0.9) is None
     assert images_to_level(curve, 2.5) == 0
+    assert eval_steps(256, 8) == [2, 4, 8, 16, 32, 64, 128, 256] and eval_steps(16, 8) == [1, 2, 4, 8, 16]
+    assert eval_steps(12, 3) == [3, 6, 12] and eval_steps(5, 3) == [2, 3, 5] and eval_steps(1, 4) == [1]
     # exact E(B) = E_min (1 + B / B_noise) with E_min = 1000, B_noise = 400
     batches = [64, 128, 256, 512, 1024]
     images = [1000 * (1 + b / 400) for b in batches]

@@ -108,6 +108,8 @@ def test_auto_accumulation_keeps_micro_batch_bound():
         (["schedule.decay_epochs=[5,2]"], 2, "increasing list"),
         (["data.name=cifar"], 2, "one of fashion_mnist, synthetic, imagefolder"),
         (["train.epochs=0"], 2, "train.epochs=0 is invalid: a positive integer"),
+        (["train.val_at_steps=[4, 0]", "data.val_size=100"], 2, "integers >= 1"),
+        (["train.val_at_steps=[4]", "data.val_size=0"], 2, "unless data.val_size > 0"),
     ],
 )
 def test_contradictions(overrides, world, fragment):

@@ -5,15 +5,16 @@ with the empirical model of McCandlish et al. 2018 (eq. 2.11).
 From a checkpoint at step t of a reference run (global batch B_ref, LR eta(t) there), one branch per
 (global batch B, LR, seed) starts from the checkpoint's weights and BN buffers
 (``train.init_from``; a fresh optimizer) and trains on the same budget of D training images at a
-constant LR, evaluating the validation loss ``evals_per_branch`` times on the way.
+constant LR, evaluating the validation loss ``evals_per_branch`` times on the way, at log-spaced
+steps (:func:`eval_steps`): the loss falls fastest just after the branch point.
 
 * **LR grid**: per batch, multiples 1/4, 1/2, 1 and 2 of the linear rule's eta(t) B / B_ref (Goyal
-  et al. 2017 sec. 2.1) and the reference's own eta(t) unscaled; when the best LR (final loss of the
-  first seed) sits at an edge of the multiples, the grid is widened by a factor of 2 that way (at
+  et al. 2017 sec. 2.1) and the reference's own eta(t) unscaled; when the best LR (lowest validation loss of
+  the first seed's branch) sits at an edge of the multiples, the grid is widened by a factor of 2 that way (at
   most twice). Above the linear rule's stability limit the scaled LR diverges; the grid's smaller
   LRs keep such a batch measurable, so the reading is of gradient noise, not of one LR rule.
 * **Seeds**: the first seed runs the whole grid; every further seed re-runs only the LR that won
-  for the first (the lowest final loss of the grid, the unscaled LR included). This halves the cost
+  for the first (the lowest validation loss of the grid, the unscaled LR included). This halves the cost
   of two seeds and measures the seed-to-seed spread where it matters, at the chosen LR.
 * **Budget**: doubled (at most ``max_doublings`` times) until the smallest batch's best branch
   reduces the validation loss by at least ``min_reduction`` nats, several times the evaluation's
@@ -239,7 +240,8 @@ def _branch_overrides(
     steps = max(1, budget_images // batch)
     return [
         f"train.seed={seed}",
-        f"train.val_every_steps={max(1, steps // max(1, evals_per_branch)) if evals_per_branch > 1 else 0}",
+        "train.val_every_steps=0",
+        f"train.val_at_steps=[{','.join(map(str, eval_steps(steps, evals_per_branch)))}]",
         f"train.init_from={point.checkpoint}",
         f"train.global_batch_size={batch}",
         f"train.epochs={epochs}",
@@ -263,9 +265,18 @@ def _branch_overrides(
 
 
 def _val_loss_at(run_dir: Path) -> float | None:
+    """The lowest validation loss over a branch's evaluations (None without any): at a constant LR
+    the last evaluation can sit on a spike of the iterate's noise, the lowest cannot."""
+    evals = [r["val_loss"] for r in read_metrics(run_dir) if r.get("kind") == "eval" and r.get("val_loss") is not None]
+    finite = [v for v in evals if math.isfinite(v)]
+    return min(finite) if finite else None
 
-    evals = [r for r in read_metrics(run_dir) if r.get("kind") == "eval" and r.get("val_loss") is not None]
-    return evals[-1]["val_loss"] if evals else None
+
+def eval_steps(steps: int, evals: int) -> list[int]:
+    """The steps at which a branch of ``steps`` steps evaluates: ``steps / 2**k`` for k = 0 ..
+    ``evals - 1``, rounded up, without repeats, so that the fast fall of the loss just after the
+    branch point is resolved as well as the slow part (1 to 256 steps: 2, 4, ..., 256 for 8)."""
+    return sorted({max(1, math.ceil(steps / 2**k)) for k in range(max(1, evals))})
 
 
 def run_branches(
@@ -283,7 +294,7 @@ def run_branches(
     trust_plugins: bool = False,
     lr_multipliers: tuple[float, ...] = LR_MULTIPLIERS,
     seeds: tuple[int, ...] = (0, 1),
-    evals_per_branch: int = 4,
+    evals_per_branch: int = 8,
     max_doublings: int = 2,
     max_widenings: int = MAX_WIDENINGS,
 ) -> dict:
@@ -379,7 +390,7 @@ def run_branches(
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "summary.json").write_text(json.dumps({"diverged": True, "log": str(log_path)}) + "\n")
         say(
-            f"step {p.step} batch {b} LR {lr_tag(multiplier)} ({cfg.optim.base_lr:.4g}) seed {seed}: final val loss "
+            f"step {p.step} batch {b} LR {lr_tag(multiplier)} ({cfg.optim.base_lr:.4g}) seed {seed}: lowest val loss "
             f"{_val_loss_at(run_dir) if proc.returncode == 0 else 'diverged'}"
         )
         return run_dir
@@ -400,7 +411,7 @@ def run_branches(
                         "runs": {seeds[0]: branch(p, b, m, budget, seeds[0])},
                     }
             final = {
-                t: _mean_final(c["runs"]) for t, c in cells.items() if c["multiplier"] is not None
+                t: _mean_lowest(c["runs"]) for t, c in cells.items() if c["multiplier"] is not None
             }  # inf when diverged
             best = min(final, key=final.get)
             if not math.isfinite(final[best]):
@@ -425,7 +436,7 @@ def run_branches(
         budget, smallest = budget_images, min(batch_sizes)
         for doubling in range(max_doublings + 1):
             cells = grid(p, smallest, budget)
-            reduction = base_loss[p.step] - _best_final(cells)
+            reduction = base_loss[p.step] - _best_lowest(cells)
             if reduction >= min_reduction or doubling == max_doublings:
                 break
             say(f"step {p.step}: the smallest batch reduced the loss by {reduction:.3f} < {min_reduction}; budget x2")
@@ -452,29 +463,29 @@ def _curve(run_dir: Path, batch: int, base_loss: float) -> list[tuple[float, flo
     return sorted(points.items())
 
 
-def _final(run: Path) -> float:
-    """Final validation loss of one branch; inf when it diverged or has none."""
+def _lowest(run: Path) -> float:
+    """Lowest validation loss of one branch (:func:`_val_loss_at`); inf when it diverged or has none."""
     loss = None if json.loads((run / "summary.json").read_text()).get("diverged") else _val_loss_at(run)
     return loss if loss is not None and math.isfinite(loss) else math.inf
 
 
-def _mean_final(runs: dict[int, Path]) -> float:
-    """Mean final validation loss over the seeds' runs ({seed: run dir}); inf when any diverged."""
-    losses = [_final(r) for r in runs.values()]
+def _mean_lowest(runs: dict[int, Path]) -> float:
+    """Mean over the seeds' runs of their lowest validation loss ({seed: run dir}); inf when any diverged."""
+    losses = [_lowest(r) for r in runs.values()]
     return sum(losses) / len(losses) if losses else math.inf
 
 
 def _best_cell(cells: dict) -> str | None:
     """The LR tag whose first-seed branch ended lowest (the unscaled LR included); None if all diverged."""
-    first = {t: _final(next(iter(c["runs"].values()))) for t, c in cells.items()}
+    first = {t: _lowest(next(iter(c["runs"].values()))) for t, c in cells.items()}
     best = min(first, key=first.get)
     return best if math.isfinite(first[best]) else None
 
 
-def _best_final(cells: dict) -> float:
-    """Mean final loss over the seeds at the best LR (:func:`_best_cell`); inf if all diverged."""
+def _best_lowest(cells: dict) -> float:
+    """Mean lowest loss over the seeds at the best LR (:func:`_best_cell`); inf if all diverged."""
     best = _best_cell(cells)
-    return math.inf if best is None else _mean_final(cells[best]["runs"])
+    return math.inf if best is None else _mean_lowest(cells[best]["runs"])
 
 
 def _recipes() -> set[str]:
@@ -521,8 +532,8 @@ def _report(points, results, base_loss: dict, batch_sizes, tolerance, ref_batch,
             for b, cells in per_batch.items()
         }
         smallest = min(per_batch)
-        best_final = {b: _best_final(cells) for b, cells in per_batch.items()}
-        reduction = base - best_final[smallest]
+        best_lowest = {b: _best_lowest(cells) for b, cells in per_batch.items()}
+        reduction = base - best_lowest[smallest]
         levels = {}
         for f in LEVEL_FRACTIONS:
             level = base - f * reduction
@@ -572,12 +583,15 @@ def _report(points, results, base_loss: dict, batch_sizes, tolerance, ref_batch,
                         t: {
                             "multiplier": c["multiplier"],
                             "lr": c["lr"],
-                            "final_val_loss": {str(x): (cv[-1][1] if cv else None) for x, cv in curves[b][t].items()},
+                            "lowest_val_loss": {
+                                str(x): (min(v for _, v in cv[1:]) if cv[1:] else None)
+                                for x, cv in curves[b][t].items()
+                            },
                         }
                         for t, c in cells.items()
                     },
-                    "best_val_loss": best_final[b] if math.isfinite(best_final[b]) else None,
-                    "reduction": base - best_final[b] if math.isfinite(best_final[b]) else None,
+                    "best_val_loss": best_lowest[b] if math.isfinite(best_lowest[b]) else None,
+                    "reduction": base - best_lowest[b] if math.isfinite(best_lowest[b]) else None,
                 }
             )
         b_noise = primary["b_noise"] if resolved else None
@@ -647,7 +661,7 @@ def report_text(report: dict) -> str:
         )
     lines.append("")
     lines.append(
-        "Cells: the best branch's validation loss reduction over the budget (higher is better). Not resolved: the "
+        "Cells: the best branch's validation loss reduction (checkpoint minus lowest; higher is better). Not resolved: the "
         f"smallest batch reduced the loss by less than {report.get('min_reduction', 0):g} nats even after the "
         "budget's doublings, or the fit had fewer than two batches; give a larger --budget-images."
     )

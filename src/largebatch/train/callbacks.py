@@ -124,7 +124,8 @@ class NoiseScaleCallback(Callback):
 
 
 class EvalCallback(Callback):
-    """Evaluation and the stop rules: the validation split every ``train.val_every_steps`` steps, the
+    """Evaluation and the stop rules: the validation split every ``train.val_every_steps`` steps and at
+    ``train.val_at_steps``, the
     test (and validation) split every ``train.eval_every_epochs`` epochs and at the end, the stop at
     ``train.stop_at_val_top1`` and the image budget ``train.stop_after_images``. Its records (best
     top-1, steps to the validation target) live in the run's ``TrainState``, which the summary reports."""
@@ -138,8 +139,7 @@ class EvalCallback(Callback):
         t, st = self.cfg, loop.state
         will_eval = step.epoch_end and ((step.epoch + 1) % t.eval_every_epochs == 0 or step.epoch + 1 == t.epochs)
         if (
-            t.val_every_steps
-            and st.step % t.val_every_steps == 0
+            ((t.val_every_steps and st.step % t.val_every_steps == 0) or st.step in t.val_at_steps)
             and not will_eval
             and self.evaluator.validation(st, wall_clock=loop.clock)
         ):
