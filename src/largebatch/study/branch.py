@@ -6,7 +6,10 @@ From a checkpoint at step t of a reference run (global batch B_ref, LR eta(t) th
 (global batch B, LR, seed) starts from the checkpoint's weights and BN buffers
 (``train.init_from``; a fresh optimizer) and trains on the same budget of D training images at a
 constant LR, evaluating the validation loss ``evals_per_branch`` times on the way, at log-spaced
-steps (:func:`eval_steps`): the loss falls fastest just after the branch point.
+steps (:func:`eval_steps`): the loss falls fastest just after the branch point. Every evaluation
+recomputes the BN statistics over ``PRECISE_BN_IMAGES`` training images (precise BN), and so does
+the checkpoint's own (a step at an LR of 1e-30): moving averages lag the weights and would be read
+as loss.
 
 * **LR grid**: per batch, multiples 1/4, 1/2, 1 and 2 of the linear rule's eta(t) B / B_ref (Goyal
   et al. 2017 sec. 2.1) and the reference's own eta(t) unscaled; when the best LR (lowest validation loss of
@@ -144,6 +147,8 @@ PRIMARY_LEVEL = 0.5
 LR_MULTIPLIERS = (0.25, 0.5, 1.0, 2.0)
 """Default multiples of the linear rule's LR tried at every batch (plus the reference's LR)."""
 MAX_WIDENINGS = 2
+PRECISE_BN_IMAGES = 2048
+"""Training images over which each evaluation's BN statistics are recomputed (precise BN)."""
 
 
 def lr_tag(multiplier: float | None) -> str:
@@ -243,6 +248,10 @@ def _branch_overrides(
         "train.val_every_steps=0",
         f"train.val_at_steps=[{','.join(map(str, eval_steps(steps, evals_per_branch)))}]",
         f"train.init_from={point.checkpoint}",
+        # precise BN before every evaluation: the checkpoint's moving averages lag weights that moved
+        # fast at the reference's LR, and a branch's own lag its last steps; either would be read as loss
+        "train.bn.statistics=precise",
+        f"train.bn.precise_batches={max(1, math.ceil(PRECISE_BN_IMAGES / batch))}",
         f"train.global_batch_size={batch}",
         f"train.epochs={epochs}",
         f"train.stop_after_images={budget_images}",
@@ -429,11 +438,28 @@ def run_branches(
                 c["runs"][x] = branch(p, b, c["multiplier"], budget, x)
         return cells
 
+    def checkpoint_loss(p: BranchPoint, b: int) -> float:
+        """The checkpoint's validation loss, its BN statistics recomputed as every branch's are: one
+        step of batch ``b`` at an LR of 1e-30 (the weights do not move), evaluated after it."""
+        run_dir = out / f"step{p.step:08d}" / "checkpoint_eval"
+        if not (run_dir / "summary.json").is_file():
+            cfg = config_of(p, b, None, b, seeds[0])
+            items = [*_overrides_of(cfg), "optim.base_lr=1e-30", "train.val_at_steps=[1]"]
+            cmd = [sys.executable, "-m", "largebatch", "train", "--nproc", str(nproc), "--out", str(run_dir)]
+            cmd += ["--recipe", recipe, *sum((["--set", item] for item in items), [])]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"evaluating the checkpoint of step {p.step} failed:\n{proc.stderr[-2000:]}")
+        loss = _val_loss_at(run_dir)
+        if loss is None:
+            raise RuntimeError(f"{run_dir}: no validation loss recorded")
+        return loss
+
     results = {}
     base_loss = {}
     for p in points:
-        base_loss[p.step] = _checkpoint_val_loss(p, ref_cfg, val_size, nproc, out)
         budget, smallest = budget_images, min(batch_sizes)
+        base_loss[p.step] = checkpoint_loss(p, smallest)
         for doubling in range(max_doublings + 1):
             cells = grid(p, smallest, budget)
             reduction = base_loss[p.step] - _best_lowest(cells)
@@ -491,35 +517,6 @@ def _best_lowest(cells: dict) -> float:
 def _recipes() -> set[str]:
 
     return set(recipe_names())
-
-
-def _checkpoint_val_loss(point: BranchPoint, ref_cfg, val_size: int, nproc: int, out: Path) -> float:
-    """Validation loss of the checkpoint itself: a branch of no steps (``largebatch eval``)."""
-    path = out / f"step{point.step:08d}" / "checkpoint_eval.json"
-    if path.is_file():
-        return json.loads(path.read_text())["val_loss"]
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "largebatch",
-            "eval",
-            "--checkpoint",
-            str(point.checkpoint),
-            "--split",
-            "val",
-            "--set",
-            f"data.val_size={val_size}",
-        ],
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"evaluating {point.checkpoint} on the validation split failed: {proc.stderr[-1500:]}")
-    result = json.loads(proc.stdout[proc.stdout.index("{") :])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"val_loss": result["loss"], "val_top1": result["top1"]}) + "\n")
-    return result["loss"]
 
 
 def _report(points, results, base_loss: dict, batch_sizes, tolerance, ref_batch, min_reduction, seeds) -> dict:
