@@ -48,7 +48,7 @@ BUDGET_IMAGES = 32768
 CONFIGS = {
     "width16": ("calibration", RECIPE, []),
     "width8": ("calibration", RECIPE, ["model.width=8"]),
-    # width64 was replaced by stride2 on 2026-12-07 before any of its runs (not even its probe): its
+    # width64 was replaced by stride2 on 2026-12-07 with no prediction (its probe stopped at step 20): its
     # yardstick would take about 9 hours of this 2-core machine (16x width16's FLOPs per image).
     "stride2": ("held_out", "goyal2017_fashion_mnist", []),
     "subset15000": ("held_out", RECIPE, ["data.train_subset=15000"]),
