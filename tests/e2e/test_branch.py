@@ -115,7 +115,7 @@ def test_critical_batch_branches_an_lr_grid_and_seeds_on_the_same_budget(referen
         "--batch-sizes",
         "64,256",
         "--budget-images",
-        "1024",
+        "512",
         "--lr-multipliers",
         "1",
         "--max-widenings",
@@ -140,7 +140,7 @@ def test_critical_batch_branches_an_lr_grid_and_seeds_on_the_same_budget(referen
     report = json.loads((out / "critical_batch.json").read_text())
     (point,) = report["points"]
     assert point["step"] == steps[0] and [b["batch"] for b in point["branches"]] == [64, 256]
-    assert [b["steps"] for b in point["branches"]] == [16, 4] and point["budget_images"] == 1024
+    assert [b["steps"] for b in point["branches"]] == [8, 2] and point["budget_images"] == 512
     ref_lr = point["lr"]
     for b in point["branches"]:  # the linear rule's LR (x1) and the reference's own on seed 0 ...
         assert set(b["lrs"]) == {"x1", "ref"}
@@ -151,7 +151,7 @@ def test_critical_batch_branches_an_lr_grid_and_seeds_on_the_same_budget(referen
         for tag in ("x1", "ref"):  # ... and seed 1 only at seed 0's best LR
             assert set(b["lrs"][tag]["lowest_val_loss"]) == ({"0", "1"} if tag == best else {"0"})
             for seed in (0, 1):
-                run = out / f"step{steps[0]:08d}" / "budget1024" / f"b{b['batch']:06d}_{tag}_s{seed}"
+                run = out / f"step{steps[0]:08d}" / "budget512" / f"b{b['batch']:06d}_{tag}_s{seed}"
                 if seed == 1 and tag != best:
                     assert not run.exists()
                     continue
@@ -163,13 +163,20 @@ def test_critical_batch_branches_an_lr_grid_and_seeds_on_the_same_budget(referen
                 evals = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
                 val_steps = sorted({e["step"] for e in evals if e["kind"] == "eval" and e.get("val_loss") is not None})
                 assert val_steps == eval_steps(b["steps"], 3)
+                assert config["train"]["bn"]["statistics"] == "precise"  # BN recomputed at each evaluation
         # the batch's loss reduction is the seeds' mean at that LR
         mean = sum(b["lrs"][best]["lowest_val_loss"].values()) / 2
         assert b["best_val_loss"] == pytest.approx(mean)
+    # the checkpoint's own loss: one step at an LR of 1e-30 with the branches' precise BN
+    ckpt_eval = out / f"step{steps[0]:08d}" / "checkpoint_eval"
+    ckpt_cfg = json.loads((ckpt_eval / "config.json").read_text())
+    assert ckpt_cfg["optim"]["base_lr"] == 1e-30 and ckpt_cfg["train"]["bn"]["statistics"] == "precise"
+    val = [json.loads(x) for x in (ckpt_eval / "metrics.jsonl").read_text().splitlines() if '"eval"' in x]
+    assert point["val_loss_at_checkpoint"] == pytest.approx(min(e["val_loss"] for e in val if e.get("val_loss")))
     # images to each level: per batch and seed, the fewest over the LRs, never beyond the budget
     for level in point["levels"].values():
         for images in level["images"].values():
-            assert all(e is None or 0 <= e <= 1024 for e in images) and len(images) == 2
+            assert all(e is None or 0 <= e <= 512 for e in images) and len(images) == 2
     assert "B_noise" in proc.stdout and "tolerance-based" in proc.stdout
     bad = clirun.subprocess_run(
         [sys.executable, "-m", "largebatch", "critical-batch", str(reference), "--steps", "99999"],
