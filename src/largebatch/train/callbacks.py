@@ -138,6 +138,8 @@ class EvalCallback(Callback):
     def on_step_end(self, loop: Any, step: StepEnd) -> bool:
         t, st = self.cfg, loop.state
         will_eval = step.epoch_end and ((step.epoch + 1) % t.eval_every_epochs == 0 or step.epoch + 1 == t.epochs)
+        # the image budget's stop evaluates both splits at this step anyway
+        will_eval = will_eval or bool(t.stop_after_images and st.images_seen >= t.stop_after_images)
         if (
             ((t.val_every_steps and st.step % t.val_every_steps == 0) or st.step in t.val_at_steps)
             and not will_eval
