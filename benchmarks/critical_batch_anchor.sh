@@ -30,5 +30,5 @@ progress() {
 }
 trap progress EXIT
 $PY -m largebatch critical-batch "$RUN" --out "$OUT" --steps 107,214,321,428 \
-  --batch-sizes 128,256,512,1024,2048 --budget-images 32768 --nproc 1
+  --batch-sizes 128,256,512,1024,2048 --budget-images 32768 --nproc 1 --parallel 2
 cp "$OUT/critical_batch.json" "$OUT/critical_batch.md" "$RESULTS/"

@@ -197,7 +197,7 @@ def _measure_one(name: str) -> None:
     steps = [min(have, key=lambda h: abs(h - s)) for s in lay["checkpoint_steps"]]
     cmd = [_py(), "-m", "largebatch", "critical-batch", str(ref), "--out", str(branches), "--nproc", "1"]
     cmd += ["--steps", ",".join(map(str, sorted(set(steps)))), "--batch-sizes", BATCH_SIZES]
-    cmd += ["--budget-images", str(BUDGET_IMAGES)]
+    cmd += ["--budget-images", str(BUDGET_IMAGES), "--parallel", "2"]
     subprocess.run(cmd + sum((["--set", s] for s in sets), []), check=True)
     (RESULTS / "measured").mkdir(parents=True, exist_ok=True)
     shutil.copy(branches / "critical_batch.json", RESULTS / "measured" / f"{name}.json")

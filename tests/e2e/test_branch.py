@@ -2,6 +2,7 @@
 ``largebatch critical-batch`` branching from checkpoints (real Fashion-MNIST, a 2,000-image subset)."""
 
 import json
+import os
 import sys
 
 import pytest
@@ -128,6 +129,8 @@ def test_critical_batch_branches_an_lr_grid_and_seeds_on_the_same_budget(referen
         "0",
         "--max-doublings",
         "0",
+        "--parallel",
+        "2",
         "--out",
         str(out),
         "--set",
@@ -164,6 +167,7 @@ def test_critical_batch_branches_an_lr_grid_and_seeds_on_the_same_budget(referen
                 val_steps = sorted({e["step"] for e in evals if e["kind"] == "eval" and e.get("val_loss") is not None})
                 assert val_steps == eval_steps(b["steps"], 3)
                 assert config["train"]["bn"]["statistics"] == "precise"  # BN recomputed at each evaluation
+                assert config["train"]["threads_per_worker"] == max(1, (os.cpu_count() or 1) // 2)  # 2 side by side
         # the batch's loss reduction is the seeds' mean at that LR
         mean = sum(b["lrs"][best]["lowest_val_loss"].values()) / 2
         assert b["best_val_loss"] == pytest.approx(mean)
@@ -192,6 +196,8 @@ def test_critical_batch_branches_an_lr_grid_and_seeds_on_the_same_budget(referen
         timeout=120,
     )
     assert grid.returncode == 2 and "--lr-multipliers" in grid.stderr and "Traceback" not in grid.stderr
+    side = clirun.run("critical-batch", str(reference), "--parallel", "0", timeout=120)
+    assert side.returncode == 2 and "--parallel 0" in side.stderr and "Traceback" not in side.stderr
 
 
 def test_critical_batch_reading_of_reductions():

@@ -43,8 +43,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -306,6 +308,7 @@ def run_branches(
     evals_per_branch: int = 8,
     max_doublings: int = 2,
     max_widenings: int = MAX_WIDENINGS,
+    parallel: int = 1,
 ) -> dict:
     """Branch every (checkpoint, batch, LR, seed) that has no result under ``out`` (the LR grid
     widened and the budget doubled as the module docstring says), then write ``critical_batch.json``
@@ -329,6 +332,8 @@ def run_branches(
         raise BranchError(f"--lr-multipliers {list(lr_multipliers)}: give one or more positive numbers")
     if not seeds or len(set(seeds)) != len(seeds) or any(x < 0 for x in seeds):
         raise BranchError(f"--seeds {list(seeds)}: give one or more distinct seeds >= 0")
+    if parallel < 1:
+        raise BranchError(f"--parallel {parallel}: give 1 or more branches at once")
     if evals_per_branch < 1 or max_doublings < 0 or max_widenings < 0:
         raise BranchError(
             f"--evals-per-branch {evals_per_branch} / --max-doublings {max_doublings} / --max-widenings "
@@ -378,17 +383,26 @@ def run_branches(
         for b in batch_sizes:
             config_of(p, b, lr_multipliers[0], budget_images, seeds[0])
 
-    def branch(p: BranchPoint, b: int, multiplier, budget: int, seed: int) -> Path:
-        run_dir = out / f"step{p.step:08d}" / f"budget{budget}" / f"b{b:06d}_{lr_tag(multiplier)}_s{seed}"
-        if (run_dir / "summary.json").is_file():
-            return run_dir
+    def run_dir_of(p: BranchPoint, b: int, multiplier, budget: int, seed: int) -> Path:
+        return out / f"step{p.step:08d}" / f"budget{budget}" / f"b{b:06d}_{lr_tag(multiplier)}_s{seed}"
+
+    threads = max(1, (os.cpu_count() or 1) // (parallel * nproc))
+
+    def start(p: BranchPoint, b: int, multiplier, budget: int, seed: int):
+        run_dir = run_dir_of(p, b, multiplier, budget, seed)
         cfg = config_of(p, b, multiplier, budget, seed)
+        items = _overrides_of(cfg) + ([f"train.threads_per_worker={threads}"] if parallel > 1 else [])
         cmd = [sys.executable, "-m", "largebatch", "train", "--nproc", str(nproc), "--out", str(run_dir)]
-        cmd += ["--recipe", recipe, *sum((["--set", item] for item in _overrides_of(cfg)), [])]
+        cmd += ["--recipe", recipe, *sum((["--set", item] for item in items), [])]
         run_dir.parent.mkdir(parents=True, exist_ok=True)
         log_path = run_dir.parent / f"{run_dir.name}.log"
         with open(log_path, "w") as log_file:
-            proc = subprocess.run(cmd, stdout=log_file, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT)
+        return proc, log_path, cfg
+
+    def finish(job: tuple, proc, log_path: Path, cfg) -> None:
+        p, b, multiplier, _, seed = job
+        run_dir = run_dir_of(*job)
         tail = log_path.read_text()[-2000:]
         if proc.returncode != 0 and "training loss is" not in tail and "nonfinite" not in tail:
             raise RuntimeError(
@@ -402,7 +416,29 @@ def run_branches(
             f"step {p.step} batch {b} LR {lr_tag(multiplier)} ({cfg.optim.base_lr:.4g}) seed {seed}: lowest val loss "
             f"{_val_loss_at(run_dir) if proc.returncode == 0 else 'diverged'}"
         )
-        return run_dir
+
+    def branches(jobs: list[tuple]) -> list[Path]:
+        """Run each (point, batch, LR multiplier, budget, seed) without a result, ``parallel`` at once;
+        their run directories, in order."""
+        pending = [j for j in jobs if not (run_dir_of(*j) / "summary.json").is_file()]
+        running: list = []
+        try:
+            while pending or running:
+                while pending and len(running) < parallel:
+                    job = pending.pop(0)
+                    running.append((job, *start(*job)))
+                for item in running:
+                    if item[1].poll() is not None:
+                        running.remove(item)
+                        finish(*item)
+                        break
+                else:
+                    time.sleep(0.2)
+        finally:
+            for _, proc, *_ in running:  # an error or a signal: the others stop too (a rerun resumes)
+                proc.terminate()
+                proc.wait()
+        return [run_dir_of(*j) for j in jobs]
 
     def grid(p: BranchPoint, b: int, budget: int) -> dict:
         """{lr tag: {"multiplier", "lr", "runs": [run dir per seed]}}, widened at an edge."""
@@ -414,11 +450,11 @@ def run_branches(
                     continue  # at the reference batch the linear rule's x1 is the reference's own LR
                 if lr_tag(m) not in cells:
                     lr = p.lr if m is None else p.lr * m * b / ref_batch
-                    cells[lr_tag(m)] = {
-                        "multiplier": m,
-                        "lr": lr,
-                        "runs": {seeds[0]: branch(p, b, m, budget, seeds[0])},
-                    }
+                    cells[lr_tag(m)] = {"multiplier": m, "lr": lr, "runs": {}}
+            new = [t for t, c in cells.items() if not c["runs"]]  # this round's LRs, side by side
+            dirs = branches([(p, b, cells[t]["multiplier"], budget, seeds[0]) for t in new])
+            for t, d in zip(new, dirs):
+                cells[t]["runs"][seeds[0]] = d
             final = {
                 t: _mean_lowest(c["runs"]) for t, c in cells.items() if c["multiplier"] is not None
             }  # inf when diverged
@@ -434,8 +470,8 @@ def run_branches(
         chosen = _best_cell(cells)
         if chosen is not None:  # the other seeds at the first seed's best LR
             c = cells[chosen]
-            for x in seeds[1:]:
-                c["runs"][x] = branch(p, b, c["multiplier"], budget, x)
+            for x, d in zip(seeds[1:], branches([(p, b, c["multiplier"], budget, x) for x in seeds[1:]])):
+                c["runs"][x] = d
         return cells
 
     def checkpoint_loss(p: BranchPoint, b: int) -> float:
