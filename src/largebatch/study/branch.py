@@ -394,6 +394,8 @@ def run_branches(
         items = _overrides_of(cfg) + ([f"train.threads_per_worker={threads}"] if parallel > 1 else [])
         cmd = [sys.executable, "-m", "largebatch", "train", "--nproc", str(nproc), "--out", str(run_dir)]
         cmd += ["--recipe", recipe, *sum((["--set", item] for item in items), [])]
+        if (run_dir / "checkpoints").is_dir():  # stopped part way (SIGTERM checkpoints): it goes on
+            cmd += ["--resume", "auto"]
         run_dir.parent.mkdir(parents=True, exist_ok=True)
         log_path = run_dir.parent / f"{run_dir.name}.log"
         with open(log_path, "w") as log_file:
