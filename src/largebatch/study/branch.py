@@ -419,31 +419,57 @@ def run_branches(
             f"{_val_loss_at(run_dir) if proc.returncode == 0 else 'diverged'}"
         )
 
-    def branches(jobs: list[tuple]) -> list[Path]:
-        """Run each (point, batch, LR multiplier, budget, seed) without a result, ``parallel`` at once;
-        their run directories, in order."""
-        pending = [j for j in jobs if not (run_dir_of(*j) / "summary.json").is_file()]
+    def drive(plans: list) -> list:
+        """Run generator plans side by side: each yields a list of branch jobs (point, batch, LR
+        multiplier, budget, seed) and is sent back their run directories once all of them finished;
+        the branches of all plans run ``parallel`` at once. Returns each plan's return value."""
+        results: list = [None] * len(plans)
+        waiting: dict = {}  # plan index -> (its jobs, those not finished)
+        queue: list = []
+
+        def advance(k: int, sent) -> None:
+            while True:
+                try:
+                    jobs = plans[k].send(sent)
+                except StopIteration as stop:
+                    results[k] = stop.value
+                    return
+                todo = [job for job in jobs if not (run_dir_of(*job) / "summary.json").is_file()]
+                if todo:
+                    waiting[k] = (jobs, set(todo))
+                    queue.extend((k, job) for job in todo)
+                    return
+                sent = [run_dir_of(*job) for job in jobs]
+
+        for k in range(len(plans)):
+            advance(k, None)
         running: list = []
         try:
-            while pending or running:
-                while pending and len(running) < parallel:
-                    job = pending.pop(0)
-                    running.append((job, *start(*job)))
-                for item in running:
-                    if item[1].poll() is not None:
-                        running.remove(item)
-                        finish(*item)
-                        break
-                else:
+            while queue or running:
+                while queue and len(running) < parallel:
+                    k, job = queue.pop(0)
+                    running.append((k, job, *start(*job)))
+                done = next((r for r in running if r[2].poll() is not None), None)
+                if done is None:
                     time.sleep(0.2)
+                    continue
+                running.remove(done)
+                k, job, proc, log_path, cfg = done
+                finish(job, proc, log_path, cfg)
+                jobs, left = waiting[k]
+                left.discard(job)
+                if not left:
+                    del waiting[k]
+                    advance(k, [run_dir_of(*x) for x in jobs])
         finally:
-            for _, proc, *_ in running:  # an error or a signal: the others stop too (a rerun resumes)
+            for _, _, proc, *_ in running:  # an error or a signal: the others stop too (a rerun resumes)
                 proc.terminate()
                 proc.wait()
-        return [run_dir_of(*j) for j in jobs]
+        return results
 
-    def grid(p: BranchPoint, b: int, budget: int) -> dict:
-        """{lr tag: {"multiplier", "lr", "runs": [run dir per seed]}}, widened at an edge."""
+    def grid(p: BranchPoint, b: int, budget: int):
+        """Plan (for :func:`drive`) of one batch's LR grid, widened at an edge, then the other seeds at
+        the first seed's best LR; returns {lr tag: {"multiplier", "lr", "runs": {seed: run dir}}}."""
         mults = sorted(set(lr_multipliers))
         cells: dict = {}
         for _ in range(max_widenings + 1):
@@ -454,7 +480,7 @@ def run_branches(
                     lr = p.lr if m is None else p.lr * m * b / ref_batch
                     cells[lr_tag(m)] = {"multiplier": m, "lr": lr, "runs": {}}
             new = [t for t, c in cells.items() if not c["runs"]]  # this round's LRs, side by side
-            dirs = branches([(p, b, cells[t]["multiplier"], budget, seeds[0]) for t in new])
+            dirs = yield [(p, b, cells[t]["multiplier"], budget, seeds[0]) for t in new]
             for t, d in zip(new, dirs):
                 cells[t]["runs"][seeds[0]] = d
             final = {
@@ -470,9 +496,10 @@ def run_branches(
             else:
                 break
         chosen = _best_cell(cells)
-        if chosen is not None:  # the other seeds at the first seed's best LR
+        if chosen is not None and len(seeds) > 1:  # the other seeds at the first seed's best LR
             c = cells[chosen]
-            for x, d in zip(seeds[1:], branches([(p, b, c["multiplier"], budget, x) for x in seeds[1:]])):
+            dirs = yield [(p, b, c["multiplier"], budget, x) for x in seeds[1:]]
+            for x, d in zip(seeds[1:], dirs):
                 c["runs"][x] = d
         return cells
 
@@ -499,15 +526,15 @@ def run_branches(
         budget, smallest = budget_images, min(batch_sizes)
         base_loss[p.step] = checkpoint_loss(p, smallest)
         for doubling in range(max_doublings + 1):
-            cells = grid(p, smallest, budget)
+            (cells,) = drive([grid(p, smallest, budget)])
             reduction = base_loss[p.step] - _best_lowest(cells)
             if reduction >= min_reduction or doubling == max_doublings:
                 break
             say(f"step {p.step}: the smallest batch reduced the loss by {reduction:.3f} < {min_reduction}; budget x2")
             budget *= 2
         per_batch = {smallest: cells}
-        for b in sorted(set(batch_sizes) - {smallest}):
-            per_batch[b] = grid(p, b, budget)
+        others = sorted(set(batch_sizes) - {smallest})  # every batch's grid at once: the slots stay full
+        per_batch.update(zip(others, drive([grid(p, b, budget) for b in others])))
         results[p.step] = (budget, per_batch)
     report = _report(points, results, base_loss, batch_sizes, tolerance, ref_batch, min_reduction, seeds)
     (out / "critical_batch.json").write_text(json.dumps(report, indent=1) + "\n")
