@@ -118,7 +118,7 @@ def test_critical_batch_branches_an_lr_grid_and_seeds_on_the_same_budget(referen
         "--budget-images",
         "512",
         "--lr-multipliers",
-        "1",
+        "0.5,1",
         "--max-widenings",
         "0",
         "--seeds",
@@ -145,18 +145,26 @@ def test_critical_batch_branches_an_lr_grid_and_seeds_on_the_same_budget(referen
     assert point["step"] == steps[0] and [b["batch"] for b in point["branches"]] == [64, 256]
     assert [b["steps"] for b in point["branches"]] == [8, 2] and point["budget_images"] == 512
     ref_lr = point["lr"]
-    for b in point["branches"]:  # the linear rule's LR (x1) and the reference's own on seed 0 ...
-        assert set(b["lrs"]) == {"x1", "ref"}
+    for b in point["branches"]:  # the linear rule's LR x0.5 and x1 and the reference's own on seed 0 ...
+        tags = ("ref", "x0.5", "x1")
+        assert set(b["lrs"]) == set(tags)
         assert b["lrs"]["ref"]["lr"] == pytest.approx(ref_lr)
-        assert b["lrs"]["x1"]["lr"] == pytest.approx(ref_lr * b["batch"] / 128)
-        seed0 = {tag: b["lrs"][tag]["lowest_val_loss"]["0"] for tag in ("x1", "ref")}
+        for m in (0.5, 1):
+            assert b["lrs"][f"x{m:g}"]["lr"] == pytest.approx(m * ref_lr * b["batch"] / 128)
+        seed0 = {tag: b["lrs"][tag]["lowest_val_loss"]["0"] for tag in tags}
         best = min(seed0, key=seed0.get)
-        for tag in ("x1", "ref"):  # ... and seed 1 only at seed 0's best LR
+        # at batch 256, x0.5 is the reference's own LR: one run serves both
+        same = b["batch"] == 256
+        assert not (out / f"step{steps[0]:08d}" / "budget512" / "b000256_x0.5_s0").exists() or not same
+        if same:
+            assert seed0["x0.5"] == seed0["ref"]
+        for tag in tags:  # ... and seed 1 only at seed 0's best LR
             assert set(b["lrs"][tag]["lowest_val_loss"]) == ({"0", "1"} if tag == best else {"0"})
             for seed in (0, 1):
-                run = out / f"step{steps[0]:08d}" / "budget512" / f"b{b['batch']:06d}_{tag}_s{seed}"
+                d = "ref" if same and tag == "x0.5" else tag
+                run = out / f"step{steps[0]:08d}" / "budget512" / f"b{b['batch']:06d}_{d}_s{seed}"
                 if seed == 1 and tag != best:
-                    assert not run.exists()
+                    assert not run.exists() or (same and {tag, best} == {"ref", "x0.5"})
                     continue
                 summary = json.loads((run / "summary.json").read_text())
                 assert summary["steps"] == b["steps"]

@@ -384,6 +384,8 @@ def run_branches(
             config_of(p, b, lr_multipliers[0], budget_images, seeds[0])
 
     def run_dir_of(p: BranchPoint, b: int, multiplier, budget: int, seed: int) -> Path:
+        if multiplier is not None and abs(multiplier * b / ref_batch - 1) < 1e-9:
+            multiplier = None  # the grid's multiple that is the reference's own LR: one run for both
         return out / f"step{p.step:08d}" / f"budget{budget}" / f"b{b:06d}_{lr_tag(multiplier)}_s{seed}"
 
     threads = max(1, (os.cpu_count() or 1) // (parallel * nproc))
@@ -434,7 +436,11 @@ def run_branches(
                 except StopIteration as stop:
                     results[k] = stop.value
                     return
-                todo = [job for job in jobs if not (run_dir_of(*job) / "summary.json").is_file()]
+                todo = list(  # once per run directory: two LRs of the grid may be one run
+                    {
+                        run_dir_of(*job): job for job in jobs if not (run_dir_of(*job) / "summary.json").is_file()
+                    }.values()
+                )
                 if todo:
                     waiting[k] = (jobs, set(todo))
                     queue.extend((k, job) for job in todo)
