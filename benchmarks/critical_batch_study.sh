@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
 # The whole validation of `largebatch advise`'s critical batch, in the background and resumable
-# (docs/noise_scale.md, "Validation plan"): the probes not yet recorded, the yardstick on every
-# configuration (calibration first, then the held-out ones, cheapest first), the anchor study's two
-# middle points, then the report. Run the same command again to continue; finished probes, reference
-# runs and branches are kept. Each configuration's wall and CPU time is appended to
-# benchmarks/results/critical_batch_validation/cpu_time.jsonl.
+# (docs/noise_scale.md, "Validation plan"): the probes not yet recorded, the yardstick on the two
+# calibration configurations, the anchor study's two middle points (width16's 1.5x check against the
+# steps fit), the held-out configurations (cheapest first), then the report. Run the same command
+# again to continue; finished probes, reference runs and branches are kept. Each configuration's
+# wall and CPU time is appended to benchmarks/results/critical_batch_validation/cpu_time.jsonl.
 #
 #   setsid nohup bash benchmarks/critical_batch_study.sh > runs/critical_batch_study.log 2>&1 &
-#   kill -- -<pid>        # stops it; the same command continues
+#   kill -- -<pid>        # stops it (branches under way checkpoint); the same command continues
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 mkdir -p runs
 $PY benchmarks/critical_batch_validation.py probe
-$PY benchmarks/critical_batch_validation.py measure
+$PY benchmarks/critical_batch_validation.py measure --only width16 width8
 bash benchmarks/critical_batch_anchor.sh
+$PY benchmarks/critical_batch_validation.py measure
 $PY benchmarks/critical_batch_validation.py report
