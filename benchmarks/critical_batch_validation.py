@@ -226,7 +226,50 @@ def _measured(name: str, lay: dict) -> tuple[float, float, float] | None:
     return out[0], out[1], out[2]
 
 
+STEPS_FIT = (394.0, 80.0)
+"""The tuned study's fit of steps to 90% validation top-1 on width16 (docs/results.md): B_noise, 1 sd."""
+ANCHOR = REPO / "benchmarks" / "results" / "critical_batch_anchor"
+
+
+def anchor() -> dict | None:
+    """The anchor check: width16's yardstick at all four points (benchmarks/critical_batch_anchor.sh),
+    averaged over the same stretch as the validation, against the steps fit; within 1.5x passes.
+    Written to ``ANCHOR/anchor_check.json``; None until the anchor study's report exists."""
+    from largebatch.study.branch import run_level_b_noise
+
+    path = ANCHOR / "critical_batch.json"
+    if not path.is_file():
+        return None
+    rep = json.loads(path.read_text())
+    lay = layout("width16")
+    values = [
+        run_level_b_noise(
+            [(p["step"], p.get(key)) for p in rep["points"]],
+            rep["reference_batch"],
+            start=lay["warmup_steps"] + 1,
+            end=lay["horizon_step"],
+        )
+        for key in ("b_noise", "b_noise_low", "b_noise_high")
+    ]
+    out = {
+        "points": [{"step": p["step"], "b_noise": p["b_noise"]} for p in rep["points"]],
+        "branching_b_noise": values[0],
+        "branching_low": values[1],
+        "branching_high": values[2],
+        "steps_fit_b_noise": STEPS_FIT[0],
+        "steps_fit_sd": STEPS_FIT[1],
+        "ratio": values[0] / STEPS_FIT[0] if values[0] else None,
+        "within_1_5x": bool(values[0]) and 1 / 1.5 <= values[0] / STEPS_FIT[0] <= 1.5,
+    }
+    (ANCHOR / "anchor_check.json").write_text(json.dumps(out, indent=1) + "\n")
+    print(
+        f"anchor: branching B_noise over the run {values[0]} against the steps fit {STEPS_FIT[0]:g} +- {STEPS_FIT[1]:g}"
+    )
+    return out
+
+
 def report() -> None:
+    anchor()
     rows = {}
     for name, (role, recipe, overrides) in CONFIGS.items():
         probe_path = RESULTS / "probes" / f"{name}.json"
@@ -285,7 +328,7 @@ def report() -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("step", choices=("probe", "measure", "report", "layout"))
+    ap.add_argument("step", choices=("probe", "measure", "report", "layout", "anchor"))
     ap.add_argument("--only", nargs="*", choices=list(CONFIGS), default=None)
     args = ap.parse_args()
     names = args.only or list(CONFIGS)
@@ -294,6 +337,8 @@ def main() -> None:
         probe(names)
     elif args.step == "measure":
         measure(names)
+    elif args.step == "anchor":
+        anchor()
     elif args.step == "layout":
         for name in names:
             print(name, layout(name))
