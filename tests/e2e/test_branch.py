@@ -217,7 +217,13 @@ def test_critical_batch_reading_of_reductions():
 
 
 def test_images_to_a_level_and_the_fit_of_eq_2_11():
-    from largebatch.study.branch import fit_b_noise, images_to_level, run_level_b_noise, tolerance_critical
+    from largebatch.study.branch import (
+        fit_b_noise,
+        fit_b_noise_levels,
+        images_to_level,
+        run_level_b_noise,
+        tolerance_critical,
+    )
 
     curve = [(0, 2.0), (100, 1.5), (200, 1.0)]
     assert images_to_level(curve, 1.25) == pytest.approx(150) and images_to_level(curve, 0.9) is None
@@ -231,6 +237,17 @@ def test_images_to_a_level_and_the_fit_of_eq_2_11():
     assert e_min == pytest.approx(1000) and b_noise == pytest.approx(400)
     assert fit_b_noise(batches, [1000.0] * 5) == (pytest.approx(1000), float("inf"))  # perfect scaling
     assert fit_b_noise([64], [1000.0]) is None
+    # the joint fit over levels: E_min 1000 and 3000 at two levels, B_noise 400, from 4,096-image budgets
+    obs = [(lv, b, e_min * (1 + b / 400)) for lv, e_min in ((0, 1000.0), (1, 3000.0)) for b in batches]
+    assert fit_b_noise_levels(obs, 16384) == pytest.approx(400, rel=0.05)  # the log grid's resolution
+    # a crossing within the first two steps is left out; a level never reached caps the fit from below
+    noisy = [*obs, (0, 1024, 100.0)]
+    assert fit_b_noise_levels(noisy, 16384) == pytest.approx(400, rel=0.05)
+    flat = [(lv, b, 1000.0 * (lv + 1)) for lv in (0, 1) for b in batches]  # perfect scaling: infinite
+    assert fit_b_noise_levels(flat, 16384) == float("inf")
+    censored = [(0, 64, 1000.0), (0, 128, 1000.0), (0, 256, None)]  # 256 never reached 1000 within 1024
+    assert fit_b_noise_levels(censored, 1024) < 10**7 and fit_b_noise_levels(censored[:2], 1024) == float("inf")
+    assert fit_b_noise_levels([(0, 64, 1000.0)], 1024) is None  # one batch: no fit
     # tolerance 0.2: E(B) <= 1.2 E(64) = 1392 holds at 128 (1320), not at 256 (1640): log2-interpolated
     crit, bound = tolerance_critical(batches, images, 0.2)
     assert crit == pytest.approx(2 ** (7 + (1392 - 1320) / (1640 - 1320))) and not bound

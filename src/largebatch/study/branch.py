@@ -25,9 +25,12 @@ as loss.
 * **Images to a loss level**: for loss levels at 1/4, 1/2 and 3/4 of the smallest batch's reduction,
   E(B) = the fewest images any LR of batch B needed to reach the level (linear interpolation
   between evaluations), per seed (over the LRs that seed ran).
-* **B_noise**: E(B) = E_min (1 + B / B_noise) fitted by least squares over the batches that reached
-  the level in every seed (McCandlish et al. eq. 2.11; B_noise = E_min / slope), at the middle level
-  on the seeds' mean; the interval is the range of the fits per seed and per level.
+* **B_noise**: E(B) = E_min,l (1 + B / B_noise) fitted jointly over the levels l and seeds, one
+  E_min per level and one B_noise, by least squares on log E (McCandlish et al. eq. 2.11;
+  :func:`fit_b_noise_levels`): crossings within a branch's first two steps are not resolved and are
+  left out, a level never reached counts as more than the budget. The range is that of the same fit
+  on each seed alone. Each level's own fit (on the seeds' mean) is reported too: on a flat stretch
+  of the curve a level's crossing moves far with little noise, so the levels' fits scatter.
 * **Tolerance-based critical batch** (Merrill et al. 2025's kind of definition): the largest B whose
   E(B) is at most ``1 + tolerance`` times the smallest batch's, interpolated on log2 B; under the
   model it is about ``tolerance x B_noise`` plus the smallest batch, a different quantity from
@@ -186,6 +189,36 @@ def fit_b_noise(batch_sizes: list[float], images: list[float]) -> tuple[float, f
     if e_min <= 0:
         return None
     return e_min, (e_min / slope if slope > 0 else math.inf)
+
+
+def fit_b_noise_levels(observations: list[tuple[int, float, float | None]], budget_images: float) -> float | None:
+    """B_noise of E(B) = E_min,l (1 + B / B_noise) fitted jointly over loss levels l, one E_min per
+    level and one B_noise for all (McCandlish et al. 2018, eq. 2.11), by least squares on log E.
+
+    ``observations``: (level index, batch B, images E to reach the level, or None when the branch
+    never reached it within ``budget_images``). A crossing within the first two steps (E < 2 B) is
+    not resolved by the branch and is left out; one never reached counts only if the fit puts it
+    below the budget (censored). B_noise is searched on a log grid from 1 to 10^7 images and infinity
+    (perfect scaling over the range). None without two batches of resolved crossings."""
+    seen = [(lv, b, e) for lv, b, e in observations if e is None or e >= 2 * b]
+    resolved = [(lv, b, math.log(e)) for lv, b, e in seen if e is not None and e > 0]
+    if len({b for _, b, _ in resolved}) < 2:
+        return None
+    censored = [(lv, b) for lv, b, e in seen if e is None]
+    levels = sorted({lv for lv, _, _ in resolved})
+    log_budget = math.log(budget_images)
+    best = None
+    for b_noise in [10 ** (k / 50) for k in range(0, 351)] + [math.inf]:
+        f = (lambda b: 0.0) if math.isinf(b_noise) else (lambda b, bn=b_noise: math.log1p(b / bn))
+        e_min = {
+            lv: sum(y - f(b) for l2, b, y in resolved if l2 == lv) / sum(1 for l2, _, _ in resolved if l2 == lv)
+            for lv in levels
+        }
+        sse = sum((y - e_min[lv] - f(b)) ** 2 for lv, b, y in resolved)
+        sse += sum(max(0.0, log_budget - e_min[lv] - f(b)) ** 2 for lv, b in censored if lv in e_min)
+        if best is None or sse < best[0] - 1e-12:
+            best = (sse, b_noise)
+    return best[1]
 
 
 def tolerance_critical(
@@ -639,8 +672,28 @@ def _report(points, results, base_loss: dict, batch_sizes, tolerance, ref_batch,
                 "critical_batch_is_lower_bound": bool(crit and crit[1]),
             }
         primary = levels[f"{PRIMARY_LEVEL:g}"]
-        spread = [v for lv in levels.values() for v in [lv["b_noise"], *lv["b_noise_per_seed"]] if v is not None]
-        resolved = reduction >= min_reduction and primary["b_noise"] is not None
+        # B_noise: one fit over every level and seed (the levels' own fits scatter with the noise
+        # of a flat curve's crossing); its range: the same fit on each seed alone
+        obs = [
+            (i, int(b), e)
+            for i, lv in enumerate(levels.values())
+            for b, per_seed in lv["images"].items()
+            for e in per_seed
+        ]
+        joint = fit_b_noise_levels(obs, budget) if reduction > 0 else None
+        per_seed_joint = [
+            fit_b_noise_levels(
+                [
+                    (i, int(b), per_seed[k])
+                    for i, lv in enumerate(levels.values())
+                    for b, per_seed in lv["images"].items()
+                ],
+                budget,
+            )
+            for k in range(len(seeds))
+        ]
+        spread = [v for v in [joint, *per_seed_joint] if v is not None]
+        resolved = reduction >= min_reduction and joint is not None
         branches = []
         for b, cells in sorted(per_batch.items()):
             branches.append(
@@ -662,7 +715,7 @@ def _report(points, results, base_loss: dict, batch_sizes, tolerance, ref_batch,
                     "reduction": base - best_lowest[b] if math.isfinite(best_lowest[b]) else None,
                 }
             )
-        b_noise = primary["b_noise"] if resolved else None
+        b_noise = joint if resolved else None
         crit = primary["critical_batch"] if resolved else None
         rows.append(
             {
@@ -707,7 +760,7 @@ def report_text(report: dict) -> str:
         f"LR grid around the linear rule from the reference batch {report['reference_batch']} and the reference's "
         f"own LR on seed {report['seeds'][0]}, seeds {report['seeds'][1:]} at its best LR, images to reach loss levels at "
         f"{', '.join(f'{f:g}' for f in report['level_fractions'])} of the smallest batch's reduction.",
-        "B_noise: E(B) = E_min (1 + B/B_noise) fitted at the middle level (range: per seed and per level). "
+        "B_noise: E(B) = E_min,level (1 + B/B_noise) fitted over all levels and seeds (range: each seed alone). "
         f"Tolerance-based: the largest batch needing at most {1 + report['tolerance']:.2g}x the smallest batch's images.",
         "",
         "| step | val loss there | budget (images) | "
