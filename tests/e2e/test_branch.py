@@ -190,22 +190,13 @@ def test_critical_batch_branches_an_lr_grid_and_seeds_on_the_same_budget(referen
         for images in level["images"].values():
             assert all(e is None or 0 <= e <= 512 for e in images) and len(images) == 2
     assert "B_noise" in proc.stdout and "tolerance-based" in proc.stdout
-    bad = clirun.subprocess_run(
-        [sys.executable, "-m", "largebatch", "critical-batch", str(reference), "--steps", "99999"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert bad.returncode == 2 and "no checkpoint at step(s) [99999]" in bad.stderr and "Traceback" not in bad.stderr
-    grid = clirun.subprocess_run(
-        [sys.executable, "-m", "largebatch", "critical-batch", str(reference), "--lr-multipliers", "0,1"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert grid.returncode == 2 and "--lr-multipliers" in grid.stderr and "Traceback" not in grid.stderr
-    side = clirun.run("critical-batch", str(reference), "--parallel", "0", timeout=120)
-    assert side.returncode == 2 and "--parallel 0" in side.stderr and "Traceback" not in side.stderr
+    for args, fragment in (  # refused before any branch: one line, exit 2
+        (["--steps", "99999"], "no checkpoint at step(s) [99999]"),
+        (["--lr-multipliers", "0,1"], "--lr-multipliers"),
+        (["--parallel", "0"], "--parallel 0"),
+    ):
+        bad = clirun.run("critical-batch", str(reference), *args, timeout=120)
+        assert bad.returncode == 2 and fragment in bad.stderr and "Traceback" not in bad.stderr, args
 
 
 def test_critical_batch_reading_of_reductions():
