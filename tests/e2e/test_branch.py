@@ -189,7 +189,8 @@ def test_critical_batch_branches_an_lr_grid_and_seeds_on_the_same_budget(referen
     for level in point["levels"].values():
         for images in level["images"].values():
             assert all(e is None or 0 <= e <= 512 for e in images) and len(images) == 2
-    assert "B_noise" in proc.stdout and "tolerance-based" in proc.stdout
+    assert "B_noise" in proc.stdout and "tolerance-based" in proc.stdout and "clock" in proc.stdout
+    assert set(point["b_noise_clock_per_batch"]) <= {"256"}  # the larger batch, read on batch 64's curve
     for args, fragment in (  # refused before any branch: one line, exit 2
         (["--steps", "99999"], "no checkpoint at step(s) [99999]"),
         (["--lr-multipliers", "0,1"], "--lr-multipliers"),
@@ -209,6 +210,7 @@ def test_critical_batch_reading_of_reductions():
 
 def test_images_to_a_level_and_the_fit_of_eq_2_11():
     from largebatch.study.branch import (
+        clock_b_noise,
         fit_b_noise,
         fit_b_noise_levels,
         images_to_level,
@@ -239,6 +241,17 @@ def test_images_to_a_level_and_the_fit_of_eq_2_11():
     censored = [(0, 64, 1000.0), (0, 128, 1000.0), (0, 256, None)]  # 256 never reached 1000 within 1024
     assert fit_b_noise_levels(censored, 1024) < 10**7 and fit_b_noise_levels(censored[:2], 1024) == float("inf")
     assert fit_b_noise_levels([(0, 64, 1000.0)], 1024) is None  # one batch: no fit
+    # the clock: batch 64's loss falls linearly from 2.0 by 0.001 per image over a 1,000-image budget;
+    # under B_noise = 400 batch B needs r = (1 + B/400) / (1 + 64/400) times the images for a loss
+    clock_curve = [(0.0, 2.0), (1000.0, 1.0)]
+    finals = {64: 1.0}
+    for b in (128, 256, 512):
+        r = (1 + b / 400) / (1 + 64 / 400)
+        finals[b] = 2.0 - 1000 / r / 1000  # what batch 64 reached with 1000 / r images
+    fit, each = clock_b_noise(64, clock_curve, 1000, finals)
+    assert fit == pytest.approx(400, rel=0.05) and all(v == pytest.approx(400) for v in each.values())
+    assert clock_b_noise(64, clock_curve, 1000, {64: 1.0, 128: 1.0})[1] == {128: float("inf")}  # no cost
+    assert clock_b_noise(64, clock_curve, 1000, {64: 1.0, 128: 0.5}) == (None, {})  # never reached by 64
     # tolerance 0.2: E(B) <= 1.2 E(64) = 1392 holds at 128 (1320), not at 256 (1640): log2-interpolated
     crit, bound = tolerance_critical(batches, images, 0.2)
     assert crit == pytest.approx(2 ** (7 + (1392 - 1320) / (1640 - 1320))) and not bound

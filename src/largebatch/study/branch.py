@@ -221,6 +221,42 @@ def fit_b_noise_levels(observations: list[tuple[int, float, float | None]], budg
     return best[1]
 
 
+def clock_b_noise(
+    smallest_batch: int, smallest_curve: list[tuple[float, float]], budget_images: float, final_losses: dict
+) -> tuple[float | None, dict]:
+    """B_noise read with the smallest batch's loss curve as the clock: for each larger batch B, the
+    images E_0 the smallest batch B_0 needed to reach B's final loss L_B (interpolated on
+    ``smallest_curve``, (images, loss) points from 0) give r = D / E_0, the images B needs for what
+    B_0 does with E_0; eq. 2.11 says r = (1 + B / B_noise) / (1 + B_0 / B_noise). Returns (B_noise of
+    a least-squares fit of log r over the batches, {B: the B_noise of B alone}); r <= 1 reads as
+    infinite (no cost over the smallest batch), a final loss the smallest batch never reached
+    (beyond its budget) is left out. The final losses are the least noisy numbers a branch gives;
+    the level crossings of :func:`fit_b_noise_levels` sit on the flat part of the curves."""
+    ratios = {}
+    for b, loss in final_losses.items():
+        if b == smallest_batch or loss is None or not math.isfinite(loss):
+            continue
+        e0 = images_to_level(smallest_curve, loss)
+        if e0 is None or e0 <= 0:
+            continue
+        ratios[b] = budget_images / e0
+    each = {
+        b: (math.inf if r <= 1 or b <= r * smallest_batch else (b - r * smallest_batch) / (r - 1))
+        for b, r in ratios.items()
+    }
+    if not ratios:
+        return None, each
+    best = None
+    for b_noise in [10 ** (k / 50) for k in range(0, 351)] + [math.inf]:
+        sse = 0.0
+        for b, r in ratios.items():
+            model = 1.0 if math.isinf(b_noise) else (1 + b / b_noise) / (1 + smallest_batch / b_noise)
+            sse += (math.log(r) - math.log(model)) ** 2
+        if best is None or sse < best[0] - 1e-12:
+            best = (sse, b_noise)
+    return best[1], each
+
+
 def tolerance_critical(
     batch_sizes: list[int], images: list[float | None], tolerance: float
 ) -> tuple[float, bool] | None:
@@ -717,6 +753,18 @@ def _report(points, results, base_loss: dict, batch_sizes, tolerance, ref_batch,
             )
         b_noise = joint if resolved else None
         crit = primary["critical_batch"] if resolved else None
+        # the second reading: final losses against the smallest batch's curve (its best LR, seed 0)
+        best_small = _best_cell(per_batch[smallest])
+        clock, clock_each = (
+            clock_b_noise(
+                smallest,
+                curves[smallest][best_small][seeds[0]],
+                budget,
+                {b: (best_lowest[b] if math.isfinite(best_lowest[b]) else None) for b in per_batch},
+            )
+            if best_small is not None and reduction > 0
+            else (None, {})
+        )
         rows.append(
             {
                 "step": p.step,
@@ -734,6 +782,8 @@ def _report(points, results, base_loss: dict, batch_sizes, tolerance, ref_batch,
                 "critical_batch_is_lower_bound": bool(resolved and primary["critical_batch_is_lower_bound"]),
                 "b_simple": p.b_simple,
                 "ratio_b_simple_to_measured": (p.b_simple / b_noise) if (p.b_simple and b_noise) else None,
+                "b_noise_clock": clock,
+                "b_noise_clock_per_batch": {str(b): v for b, v in clock_each.items()},
             }
         )
     return {
@@ -765,8 +815,9 @@ def report_text(report: dict) -> str:
         "",
         "| step | val loss there | budget (images) | "
         + " | ".join(f"B={b}" for b in report["batch_sizes"])
-        + " | B_noise (range) | tolerance-based critical batch | B_simple there | B_simple / B_noise |",
-        "|---|---|---|" + "---|" * len(report["batch_sizes"]) + "---|---|---|---|",
+        + " | B_noise (range) | B_noise on the smallest batch's clock | tolerance-based critical batch | B_simple there "
+        "| B_simple / B_noise |",
+        "|---|---|---|" + "---|" * len(report["batch_sizes"]) + "---|---|---|---|---|",
     ]
     for r in report["points"]:
         cells = ["diverged" if e["reduction"] is None else f"{e['reduction']:+.3f}" for e in r["branches"]]
@@ -778,10 +829,13 @@ def report_text(report: dict) -> str:
         lines.append(
             f"| {r['step']} | {r['val_loss_at_checkpoint']:.4f} | {r['budget_images']:,} | "
             + " | ".join(cells)
-            + f" | {b_noise} | {_fmt(r['critical_batch'], r['critical_batch_is_lower_bound'])} | {b_simple} | {ratio} |"
+            + f" | {b_noise} | {_fmt(r.get('b_noise_clock'))} | "
+            f"{_fmt(r['critical_batch'], r['critical_batch_is_lower_bound'])} | {b_simple} | {ratio} |"
         )
     lines.append("")
     lines.append(
+        "Clock: the images batch B needed over those the smallest batch needed for the same loss (its curve "
+        "read at B's final loss), turned into B_noise by eq. 2.11 and fitted over the batches. "
         "Cells: the best branch's validation loss reduction (checkpoint minus lowest; higher is better). Not resolved: the "
         f"smallest batch reduced the loss by less than {report.get('min_reduction', 0):g} nats even after the "
         "budget's doublings, or the fit had fewer than two batches; give a larger --budget-images."
