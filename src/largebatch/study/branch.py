@@ -232,7 +232,8 @@ def clock_b_noise(
     a least-squares fit of log r over the batches, {B: the B_noise of B alone}); r <= 1 reads as
     infinite (no cost over the smallest batch), a final loss the smallest batch never reached
     (beyond its budget) is left out. The final losses are the least noisy numbers a branch gives;
-    the level crossings of :func:`fit_b_noise_levels` sit on the flat part of the curves."""
+    the level crossings of :func:`fit_b_noise_levels` are interpolated between evaluations, and move
+    far with little noise where a curve is flat."""
     ratios = {}
     for b, loss in final_losses.items():
         if b == smallest_batch or loss is None or not math.isfinite(loss):
