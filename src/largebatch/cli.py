@@ -507,7 +507,6 @@ def cmd_critical_batch(args: argparse.Namespace) -> int:
             trust_plugins=args.trust_plugins,
             lr_multipliers=tuple(args.lr_multipliers),
             seeds=tuple(args.seeds),
-            evals_per_branch=args.evals_per_branch,
             max_doublings=args.max_doublings,
             max_widenings=args.max_widenings,
             parallel=args.parallel,
@@ -851,7 +850,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--budget-images",
         type=int,
         default=32768,
-        help="training images per branch, the same at every batch (default 32768)",
+        help="training images of the longest branch, the same at every batch; each batch also runs 1/2, 1/4 "
+        "and 1/8 of it, every branch decaying its LR linearly to 0 over its own images (default 32768)",
     )
     p.add_argument(
         "--tolerance",
@@ -864,9 +864,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-reduction",
         type=float,
         default=0.05,
-        help="validation loss reduction (nats) the smallest batch's best branch must reach; below it the "
+        help="validation loss reduction (nats) the smallest batch must reach at the full budget; below it the "
         "budget is doubled (at most --max-doublings times), then the point is reported as not resolved "
-        "(default 0.05, about 7x the seed-to-seed spread of a branch's lowest loss with precise BN on "
+        "(default 0.05, about 7x the seed-to-seed spread of a branch's final loss with precise BN on "
         "5,000 images, 0.007 nats)",
     )
     p.add_argument("--max-doublings", type=int, default=2, help="budget doublings per point (default 2)")
@@ -884,14 +884,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--seeds",
         type=_int_list,
         default=[0, 1],
-        help="seeds: the first runs the LR grid, the others re-run its best LR (default 0,1)",
-    )
-    p.add_argument(
-        "--evals-per-branch",
-        type=int,
-        default=8,
-        help="validation evaluations within each branch, at log-spaced steps: the last step, its half, its "
-        "quarter, ... (default 8)",
+        help="seeds: the first runs the LR grid (at half the budget), every seed runs every budget at its "
+        "best LR (default 0,1)",
     )
     p.add_argument("--nproc", type=int, default=1, help="worker processes per branch (default 1)")
     p.add_argument(

@@ -2,6 +2,7 @@
 ``largebatch critical-batch`` branching from checkpoints (real Fashion-MNIST, a 2,000-image subset)."""
 
 import json
+import math
 import os
 import sys
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 import clirun
-from largebatch.study.branch import critical_from_reductions, eval_steps
+from largebatch.study.branch import BEFORE_FIRST
 from largebatch.train.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.e2e
@@ -102,135 +103,102 @@ def test_init_from_and_the_image_budget(reference, tmp_path):
         train(tmp_path / "bad", "train.init_from=/nonexistent.pt", "train.epochs=1")
 
 
-def test_critical_batch_branches_an_lr_grid_and_seeds_on_the_same_budget(reference, tmp_path):
+def test_critical_batch_decays_each_branch_to_zero_at_four_budgets_after_an_lr_grid(reference, tmp_path):
     steps = sorted(int(p.stem.removeprefix("ckpt_step")) for p in (reference / "checkpoints").glob("*.pt"))
     out = tmp_path / "cb"
-    cmd = [
-        sys.executable,
-        "-m",
-        "largebatch",
-        "critical-batch",
-        str(reference),
-        "--steps",
-        str(steps[0]),
-        "--batch-sizes",
-        "64,256",
-        "--budget-images",
-        "512",
-        "--lr-multipliers",
-        "0.5,1",
-        "--max-widenings",
-        "0",
-        "--seeds",
-        "0,1",
-        "--evals-per-branch",
-        "3",
-        "--min-reduction",
-        "0",
-        "--max-doublings",
-        "0",
-        "--parallel",
-        "2",
-        "--out",
-        str(out),
-        "--set",
-        "data.train_subset=2000",
-        "--set",
-        "data.test_subset=500",
-    ]
+    cmd = [sys.executable, "-m", "largebatch", "critical-batch", str(reference), "--steps", str(steps[0])]
+    cmd += ["--batch-sizes", "64,256", "--budget-images", "2048", "--lr-multipliers", "1", "--max-widenings", "0"]
+    cmd += ["--seeds", "0,1", "--min-reduction", "0", "--max-doublings", "0", "--parallel", "2", "--out", str(out)]
+    cmd += ["--set", "data.train_subset=2000", "--set", "data.test_subset=500"]
     proc = clirun.subprocess_run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "critical_batch.json").read_text())
     (point,) = report["points"]
     assert point["step"] == steps[0] and [b["batch"] for b in point["branches"]] == [64, 256]
-    assert [b["steps"] for b in point["branches"]] == [8, 2] and point["budget_images"] == 512
+    assert point["budgets_images"] == [256, 512, 1024, 2048] and point["grid_budget_images"] == 1024
     ref_lr = point["lr"]
-    for b in point["branches"]:  # the linear rule's LR x0.5 and x1 and the reference's own on seed 0 ...
-        tags = ("ref", "x0.5", "x1")
-        assert set(b["lrs"]) == set(tags)
+    for b in point["branches"]:
+        # the grid, on seed 0 at half the budget: the linear rule's LR and the reference's own
+        assert set(b["lrs"]) == {"ref", "x1"}
         assert b["lrs"]["ref"]["lr"] == pytest.approx(ref_lr)
-        for m in (0.5, 1):
-            assert b["lrs"][f"x{m:g}"]["lr"] == pytest.approx(m * ref_lr * b["batch"] / 128)
-        seed0 = {tag: b["lrs"][tag]["lowest_val_loss"]["0"] for tag in tags}
-        best = min(seed0, key=seed0.get)
-        # at batch 256, x0.5 is the reference's own LR: one run serves both
-        same = b["batch"] == 256
-        assert not (out / f"step{steps[0]:08d}" / "budget512" / "b000256_x0.5_s0").exists() or not same
-        if same:
-            assert seed0["x0.5"] == seed0["ref"]
-        for tag in tags:  # ... and seed 1 only at seed 0's best LR
-            assert set(b["lrs"][tag]["lowest_val_loss"]) == ({"0", "1"} if tag == best else {"0"})
-            for seed in (0, 1):
-                d = "ref" if same and tag == "x0.5" else tag
-                run = out / f"step{steps[0]:08d}" / "budget512" / f"b{b['batch']:06d}_{d}_s{seed}"
-                if seed == 1 and tag != best:
-                    assert not run.exists() or (same and {tag, best} == {"ref", "x0.5"})
-                    continue
+        assert b["lrs"]["x1"]["lr"] == pytest.approx(ref_lr * b["batch"] / 128)
+        grid = {tag: cell["val_loss_at_grid_budget"]["0"] for tag, cell in b["lrs"].items()}
+        assert set(b["lrs"]["x1"]["val_loss_at_grid_budget"]) == {"0"}  # seed 1 runs no grid
+        chosen = b["chosen_lr"]
+        assert chosen == min(grid, key=grid.get)
+        peak = b["lrs"][chosen]["lr"]
+        # then every budget on every seed at the LR that won
+        assert set(b["val_loss_by_budget"]) == {"0", "1"}
+        for seed in (0, 1):
+            assert set(b["val_loss_by_budget"][str(seed)]) == {"256", "512", "1024", "2048"}
+            for budget in (256, 512, 1024, 2048):
+                run = out / f"step{steps[0]:08d}" / f"d2z_budget{budget}" / f"b{b['batch']:06d}_{chosen}_s{seed}"
+                n = budget // b["batch"]
                 summary = json.loads((run / "summary.json").read_text())
-                assert summary["steps"] == b["steps"]
                 config = json.loads((run / "config.json").read_text())
-                # log-spaced evaluations: the last step, its half, its quarter, ...
-                assert config["train"]["seed"] == seed and config["train"]["val_at_steps"] == eval_steps(b["steps"], 3)
-                evals = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-                val_steps = sorted({e["step"] for e in evals if e["kind"] == "eval" and e.get("val_loss") is not None})
-                assert val_steps == eval_steps(b["steps"], 3)
-                assert config["train"]["bn"]["statistics"] == "precise"  # BN recomputed at each evaluation
+                assert summary["steps"] == n and config["train"]["seed"] == seed
+                s = config["schedule"]
+                assert (s["name"], s["poly"]["power"], s["end_lr"], s["warmup_epochs"]) == ("poly", 1, 0, 0)
+                assert round(s["decay_end_epochs"] * (1600 // b["batch"])) == n  # decays over its own steps
+                assert config["train"]["val_at_steps"] == [n] and config["train"]["bn"]["statistics"] == "precise"
                 assert config["train"]["threads_per_worker"] == max(1, (os.cpu_count() or 1) // 2)  # 2 side by side
-        # the batch's loss reduction is the seeds' mean at that LR
-        mean = sum(b["lrs"][best]["lowest_val_loss"].values()) / 2
+                records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+                evals = [r for r in records if r["kind"] == "eval" and r.get("val_loss") is not None]
+                assert [r["step"] for r in evals] == [n]  # one evaluation, at the end
+                assert b["val_loss_by_budget"][str(seed)][str(budget)] == pytest.approx(evals[0]["val_loss"])
+                # linear from the peak toward 0 over the branch's own n steps (MLPerf's poly form: D = n + 1)
+                for r in (r for r in records if r["kind"] == "train" and r.get("lr") is not None):
+                    assert r["lr"] == pytest.approx(peak * (1 - (r["step"] - 1) / (n + 1)))
+        # the batch's reduction: the seeds' mean at the full budget
+        mean = sum(b["val_loss_by_budget"][x]["2048"] for x in ("0", "1")) / 2
         assert b["best_val_loss"] == pytest.approx(mean)
+        assert b["reduction"] == pytest.approx(point["val_loss_at_checkpoint"] - mean)
+    # the grid's run at half the budget is the seed-0 curve's point there: not run twice
+    assert len(list((out / f"step{steps[0]:08d}" / "d2z_budget1024").glob("b000064_*_s0"))) == 2
     # the checkpoint's own loss: one step at an LR of 1e-30 with the branches' precise BN
     ckpt_eval = out / f"step{steps[0]:08d}" / "checkpoint_eval"
     ckpt_cfg = json.loads((ckpt_eval / "config.json").read_text())
     assert ckpt_cfg["optim"]["base_lr"] == 1e-30 and ckpt_cfg["train"]["bn"]["statistics"] == "precise"
     val = [json.loads(x) for x in (ckpt_eval / "metrics.jsonl").read_text().splitlines() if '"eval"' in x]
     assert point["val_loss_at_checkpoint"] == pytest.approx(min(e["val_loss"] for e in val if e.get("val_loss")))
-    # images to each level: per batch and seed, the fewest over the LRs, never beyond the budget
+    # levels from the smallest batch's shortest budget's loss (the seeds' mean) down to its full budget's
+    small = point["branches"][0]["val_loss_by_budget"]
+    top = (small["0"]["256"] + small["1"]["256"]) / 2
+    assert list(point["levels"]) == ["0", "0.25", "0.5", "0.75"]
+    assert point["levels"]["0"]["val_loss"] == pytest.approx(top)
     for level in point["levels"].values():
         for images in level["images"].values():
-            assert all(e is None or 0 <= e <= 512 for e in images) and len(images) == 2
+            assert len(images) == 2 and all(e is None or e == BEFORE_FIRST or 256 <= e <= 2048 for e in images)
     assert "B_noise" in proc.stdout and "tolerance-based" in proc.stdout and "clock" in proc.stdout
     assert set(point["b_noise_clock_per_batch"]) <= {"256"}  # the larger batch, read on batch 64's curve
     for args, fragment in (  # refused before any branch: one line, exit 2
         (["--steps", "99999"], "no checkpoint at step(s) [99999]"),
         (["--lr-multipliers", "0,1"], "--lr-multipliers"),
         (["--parallel", "0"], "--parallel 0"),
+        (["--steps", str(steps[0]), "--batch-sizes", "64,256", "--budget-images", "1024"], "--budget-images 1024"),
     ):
         bad = clirun.run("critical-batch", str(reference), *args, timeout=120)
         assert bad.returncode == 2 and fragment in bad.stderr and "Traceback" not in bad.stderr, args
 
 
-def test_critical_batch_reading_of_reductions():
-    # halving the reduction's share: 1.0, 0.95, 0.7 (below 80% of 1.0) -> between 256 and 512 on log2 B
-    assert critical_from_reductions([128, 256, 512], [1.0, 0.95, 0.7], 0.2) == pytest.approx(2 ** (8 + 0.15 / 0.25))
-    assert critical_from_reductions([128, 256], [1.0, 0.9], 0.2) == 256.0  # every batch passes: a lower bound
-    assert critical_from_reductions([128, 256], [-0.1, 0.5], 0.2) is None  # the smallest batch did not learn
-    assert critical_from_reductions([128, 256], [0.01, 0.005], 0.2, min_reduction=0.02) is None  # within the noise
-
-
 def test_images_to_a_level_and_the_fit_of_eq_2_11():
     from largebatch.study.branch import (
         clock_b_noise,
-        fit_b_noise,
         fit_b_noise_levels,
-        images_to_level,
+        images_to_level_log,
         run_level_b_noise,
         tolerance_critical,
     )
 
-    curve = [(0, 2.0), (100, 1.5), (200, 1.0)]
-    assert images_to_level(curve, 1.25) == pytest.approx(150) and images_to_level(curve, 0.9) is None
-    assert images_to_level(curve, 2.5) == 0
-    assert eval_steps(256, 8) == [2, 4, 8, 16, 32, 64, 128, 256] and eval_steps(16, 8) == [1, 2, 4, 8, 16]
-    assert eval_steps(12, 3) == [3, 6, 12] and eval_steps(5, 3) == [2, 3, 5] and eval_steps(1, 4) == [1]
-    # exact E(B) = E_min (1 + B / B_noise) with E_min = 1000, B_noise = 400
+    curve = [(256, 2.0), (1024, 1.0), (2048, 0.8)]  # interpolated linearly in log images
+    assert images_to_level_log(curve, 1.5) == pytest.approx(512) and images_to_level_log(curve, 0.9) == pytest.approx(
+        2**10.5
+    )
+    assert images_to_level_log(curve, 0.5) is None and images_to_level_log(curve, 2.0) == 256
+    assert math.isnan(images_to_level_log(curve, 2.5)) and images_to_level_log([], 1.0) is None
+    # the joint fit over levels: E_min 1000 and 3000 at two levels, B_noise 400, from 4,096-image budgets
     batches = [64, 128, 256, 512, 1024]
     images = [1000 * (1 + b / 400) for b in batches]
-    e_min, b_noise = fit_b_noise(batches, images)
-    assert e_min == pytest.approx(1000) and b_noise == pytest.approx(400)
-    assert fit_b_noise(batches, [1000.0] * 5) == (pytest.approx(1000), float("inf"))  # perfect scaling
-    assert fit_b_noise([64], [1000.0]) is None
-    # the joint fit over levels: E_min 1000 and 3000 at two levels, B_noise 400, from 4,096-image budgets
     obs = [(lv, b, e_min * (1 + b / 400)) for lv, e_min in ((0, 1000.0), (1, 3000.0)) for b in batches]
     assert fit_b_noise_levels(obs, 16384) == pytest.approx(400, rel=0.05)  # the log grid's resolution
     # a crossing within the first two steps is left out; a level never reached caps the fit from below
@@ -241,17 +209,18 @@ def test_images_to_a_level_and_the_fit_of_eq_2_11():
     censored = [(0, 64, 1000.0), (0, 128, 1000.0), (0, 256, None)]  # 256 never reached 1000 within 1024
     assert fit_b_noise_levels(censored, 1024) < 10**7 and fit_b_noise_levels(censored[:2], 1024) == float("inf")
     assert fit_b_noise_levels([(0, 64, 1000.0)], 1024) is None  # one batch: no fit
-    # the clock: batch 64's loss falls linearly from 2.0 by 0.001 per image over a 1,000-image budget;
-    # under B_noise = 400 batch B needs r = (1 + B/400) / (1 + 64/400) times the images for a loss
-    clock_curve = [(0.0, 2.0), (1000.0, 1.0)]
-    finals = {64: 1.0}
+    # the clock: batch 64's annealed loss falls by 0.5 per doubling of its images, 125 to 1,000; under
+    # B_noise = 400 batch B needs r = (1 + B/400) / (1 + 64/400) times the images for a loss
+    clock_curve = [(125.0, 2.0), (250.0, 1.5), (500.0, 1.0), (1000.0, 0.5)]
+    finals = {64: 0.5}
     for b in (128, 256, 512):
         r = (1 + b / 400) / (1 + 64 / 400)
-        finals[b] = 2.0 - 1000 / r / 1000  # what batch 64 reached with 1000 / r images
+        finals[b] = 2.0 - 0.5 * math.log2(1000 / r / 125)  # what batch 64 reached with 1000 / r images
     fit, each = clock_b_noise(64, clock_curve, 1000, finals)
     assert fit == pytest.approx(400, rel=0.05) and all(v == pytest.approx(400) for v in each.values())
-    assert clock_b_noise(64, clock_curve, 1000, {64: 1.0, 128: 1.0})[1] == {128: float("inf")}  # no cost
-    assert clock_b_noise(64, clock_curve, 1000, {64: 1.0, 128: 0.5}) == (None, {})  # never reached by 64
+    assert clock_b_noise(64, clock_curve, 1000, {64: 0.5, 128: 0.5})[1] == {128: float("inf")}  # no cost
+    assert clock_b_noise(64, clock_curve, 1000, {64: 0.5, 128: 0.4}) == (None, {})  # never reached by 64
+    assert clock_b_noise(64, clock_curve, 1000, {64: 0.5, 128: 2.5}) == (None, {})  # above its shortest budget
     # tolerance 0.2: E(B) <= 1.2 E(64) = 1392 holds at 128 (1320), not at 256 (1640): log2-interpolated
     crit, bound = tolerance_critical(batches, images, 0.2)
     assert crit == pytest.approx(2 ** (7 + (1392 - 1320) / (1640 - 1320))) and not bound

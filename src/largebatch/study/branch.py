@@ -3,39 +3,47 @@ from checkpoints of one run (Merrill et al. 2025, "Critical batch size revisited
 with the empirical model of McCandlish et al. 2018 (eq. 2.11).
 
 From a checkpoint at step t of a reference run (global batch B_ref, LR eta(t) there), one branch per
-(global batch B, LR, seed) starts from the checkpoint's weights and BN buffers
-(``train.init_from``; a fresh optimizer) and trains on the same budget of D training images at a
-constant LR, evaluating the validation loss ``evals_per_branch`` times on the way, at log-spaced
-steps (:func:`eval_steps`): the loss falls fastest just after the branch point. Every evaluation
-recomputes the BN statistics over ``PRECISE_BN_IMAGES`` training images (precise BN), and so does
-the checkpoint's own (a step at an LR of 1e-30): moving averages lag the weights and would be read
-as loss.
+(global batch B, LR, budget, seed) starts from the checkpoint's weights and BN buffers
+(``train.init_from``; a fresh optimizer), trains on a budget of D training images with its LR
+decaying linearly from its peak to 0 over those images (no warmup), and is evaluated once, at its
+end. The evaluation recomputes the BN statistics over ``PRECISE_BN_IMAGES`` training images
+(precise BN), and so does the checkpoint's own (a step at an LR of 1e-30): moving averages lag the
+weights and would be read as loss.
 
-* **LR grid**: per batch, multiples 1/4, 1/2, 1 and 2 of the linear rule's eta(t) B / B_ref (Goyal
-  et al. 2017 sec. 2.1) and the reference's own eta(t) unscaled; when the best LR (lowest validation loss of
-  the first seed's branch) sits at an edge of the multiples, the grid is widened by a factor of 2 that way (at
-  most twice). Above the linear rule's stability limit the scaled LR diverges; the grid's smaller
-  LRs keep such a batch measurable, so the reading is of gradient noise, not of one LR rule.
-* **Seeds**: the first seed runs the whole grid; every further seed re-runs only the LR that won
-  for the first (the lowest validation loss of the grid, the unscaled LR included). This halves the cost
-  of two seeds and measures the seed-to-seed spread where it matters, at the chosen LR.
-* **Budget**: doubled (at most ``max_doublings`` times) until the smallest batch's best branch
-  reduces the validation loss by at least ``min_reduction`` nats (0.05 by default: about 7x the
-  seed-to-seed standard deviation of a branch's lowest loss, 0.007 nats with precise BN on 5,000
-  images).
-* **Images to a loss level**: for loss levels at 1/4, 1/2 and 3/4 of the smallest batch's reduction,
-  E(B) = the fewest images any LR of batch B needed to reach the level (linear interpolation
-  between evaluations), per seed (over the LRs that seed ran).
+Why a decay to 0 and not a constant LR: at a constant LR below the reference's, a branch's loss first
+falls fast for a few steps whatever its batch (the iterate settles to the lower LR's noise level),
+then slowly; levels crossed in that fall measure the LR change in steps, not gradient noise, and
+levels crossed after it are interpolated across a linear stretch (docs/noise_scale.md, "What this
+says about the yardstick"). Annealed to 0, every branch ends settled, and its final loss is the best
+that batch reaches with that many images: the quantity the tuned steps-to-target study fits, whose
+runs also end decayed.
+
+* **Budgets**: each batch runs at 1/8, 1/4, 1/2 and all of the budget (:data:`DECAY_BUDGET_FRACTIONS`),
+  giving its annealed loss as a function of images.
+* **LR grid**: at half the budget (:data:`DECAY_GRID_FRACTION`), on the first seed, the peak LRs
+  1/4, 1/2, 1 and 2 times the linear rule's eta(t) B / B_ref (Goyal et al. 2017 sec. 2.1) and the
+  reference's own eta(t) unscaled; when the best (lowest final validation loss) sits at an edge of
+  the multiples, the grid is widened by a factor of 2 that way (at most twice). Above the linear
+  rule's stability limit the scaled LR diverges; the grid's smaller LRs keep such a batch
+  measurable, so the reading is of gradient noise, not of one LR rule. Every budget and every seed
+  then runs at the LR that won.
+* **Budget**: doubled (at most ``max_doublings`` times) until the smallest batch's final loss at the
+  full budget is at least ``min_reduction`` nats (0.05 by default, about 7x the seed-to-seed
+  standard deviation of a final loss with precise BN on 5,000 images) below the checkpoint's.
+* **Images to a loss level**: levels from the smallest batch's loss at its shortest budget down to its
+  loss at the full budget (:data:`DECAY_LEVEL_FRACTIONS` of the way, the seeds' mean); E(B) per seed
+  is interpolated on that seed's curve linearly in log images (:func:`images_to_level_log`). A level a
+  batch's curve was already below at its shortest budget is left out; one it never reached counts
+  as more than the budget.
 * **B_noise**: E(B) = E_min,l (1 + B / B_noise) fitted jointly over the levels l and seeds, one
   E_min per level and one B_noise, by least squares on log E (McCandlish et al. eq. 2.11;
-  :func:`fit_b_noise_levels`): crossings within a branch's first two steps are not resolved and are
-  left out, a level never reached counts as more than the budget. The range is that of the same fit
-  on each seed alone. Each level's own fit (on the seeds' mean) is reported too: on a flat stretch
-  of the curve a level's crossing moves far with little noise, so the levels' fits scatter.
+  :func:`fit_b_noise_levels`). The range is that of the same fit on each seed alone.
+* **Clock**: a second reading; each larger batch's final loss at the full budget read on the
+  smallest batch's curve (:func:`clock_b_noise`).
 * **Tolerance-based critical batch** (Merrill et al. 2025's kind of definition): the largest B whose
-  E(B) is at most ``1 + tolerance`` times the smallest batch's, interpolated on log2 B; under the
-  model it is about ``tolerance x B_noise`` plus the smallest batch, a different quantity from
-  B_noise, and the report names each.
+  E(B) at the middle level is at most ``1 + tolerance`` times the smallest batch's, interpolated on
+  log2 B; under the model it is about ``tolerance x B_noise`` plus the smallest batch, a different
+  quantity from B_noise, and the report names each.
 
 With two or more points, the report also averages B_noise over the steps between the first and the
 last point as :func:`largebatch.study.noise_probe.run_level` does (log B interpolated linearly in
@@ -125,34 +133,21 @@ def branch_points(run_dir: Path, steps: list[int] | None) -> list[BranchPoint]:
     return points
 
 
-def critical_from_reductions(
-    batch_sizes: list[int], reductions: list[float], tolerance: float, min_reduction: float = 0.0
-) -> float | None:
-    """The largest batch whose loss reduction is at least ``(1 - tolerance)`` of the smallest batch's,
-    interpolated on log2 B to where the reduction crosses that level; None when the smallest batch
-    reduced the loss by no more than ``min_reduction`` (nats): the branches cannot tell the batches
-    apart from the evaluation's noise. The largest batch itself when every batch passes (a lower
-    bound)."""
-    pts = sorted(zip(batch_sizes, reductions))
-    ref = pts[0][1]
-    if not ref > max(0.0, min_reduction):
-        return None
-    level = (1 - tolerance) * ref
-    for (b0, r0), (b1, r1) in zip(pts, pts[1:]):
-        if r1 < level:
-            if r0 == r1:
-                return float(b0)
-            f = (r0 - level) / (r0 - r1)
-            return 2 ** (math.log2(b0) + f * (math.log2(b1) - math.log2(b0)))
-    return float(pts[-1][0])
-
-
-LEVEL_FRACTIONS = (0.25, 0.5, 0.75)
-"""Loss levels, as fractions of the smallest batch's reduction, at which images are counted."""
-PRIMARY_LEVEL = 0.5
 LR_MULTIPLIERS = (0.25, 0.5, 1.0, 2.0)
 """Default multiples of the linear rule's LR tried at every batch (plus the reference's LR)."""
 MAX_WIDENINGS = 2
+DECAY_BUDGET_FRACTIONS = (0.125, 0.25, 0.5, 1.0)
+"""The budgets of the decay design, as fractions of ``budget_images``: the curve of annealed loss
+against images, 8x in images from its first point to its last."""
+DECAY_GRID_FRACTION = 0.5
+"""The budget (fraction of ``budget_images``) at which the decay design's LR grid runs: the middle
+of the curve in log images, so that the LR it picks is off by as little at the shortest budget
+(which prefers a higher peak LR) as at the longest."""
+BEFORE_FIRST = "before_first_budget"
+"""The report's images for a level a decay curve was already below at its shortest budget."""
+DECAY_LEVEL_FRACTIONS = (0.0, 0.25, 0.5, 0.75)
+"""Loss levels of the decay design: fractions of the way from the smallest batch's loss at its
+shortest budget down to its loss at the full budget (both the seeds' mean)."""
 PRECISE_BN_IMAGES = 2048
 """Training images over which each evaluation's BN statistics are recomputed (precise BN)."""
 
@@ -162,34 +157,22 @@ def lr_tag(multiplier: float | None) -> str:
     return "ref" if multiplier is None else f"x{multiplier:g}"
 
 
-def images_to_level(curve: list[tuple[float, float]], level: float) -> float | None:
-    """The first images at which ``curve`` ((images, validation loss) points, in order, from the
-    checkpoint at 0) reaches ``level``, linearly interpolated between points; None if never."""
+def images_to_level_log(curve: list[tuple[float, float]], level: float) -> float | None:
+    """The images at which ``curve`` ((images, validation loss) points at increasing images > 0, one
+    per budget of the decay design) first reaches ``level``, interpolated linearly in log images
+    (annealed loss falls about linearly in log budget); None when never reached, NaN when already
+    below the level at the first point (reached at fewer images than the curve resolves)."""
+    if not curve:
+        return None
+    if curve[0][1] <= level:
+        return float(curve[0][0]) if curve[0][1] == level else math.nan
     for (e0, l0), (e1, l1) in zip(curve, curve[1:]):
-        if l0 <= level:
-            return float(e0)
-        if l1 <= level:
-            return e0 + (e1 - e0) * (l0 - level) / (l0 - l1)
-    if curve and curve[-1][1] <= level:
-        return float(curve[-1][0])
+        if l1 == level:
+            return float(e1)
+        if l1 < level:
+            f = (l0 - level) / (l0 - l1)
+            return math.exp(math.log(e0) + f * (math.log(e1) - math.log(e0)))
     return None
-
-
-def fit_b_noise(batch_sizes: list[float], images: list[float]) -> tuple[float, float] | None:
-    """(E_min, B_noise) of E(B) = E_min (1 + B / B_noise) = E_min + (E_min / B_noise) B, least
-    squares over two or more batches (McCandlish et al. 2018, eq. 2.11). B_noise is infinite when the
-    images do not grow with the batch (perfect scaling over the range); None when the fit is not
-    meaningful (fewer than two batches, or a non-positive E_min)."""
-    pts = [(b, e) for b, e in zip(batch_sizes, images) if e is not None]
-    if len({b for b, _ in pts}) < 2:
-        return None
-    n = len(pts)
-    mb, me = sum(b for b, _ in pts) / n, sum(e for _, e in pts) / n
-    slope = sum((b - mb) * (e - me) for b, e in pts) / sum((b - mb) ** 2 for b, _ in pts)
-    e_min = me - slope * mb
-    if e_min <= 0:
-        return None
-    return e_min, (e_min / slope if slope > 0 else math.inf)
 
 
 def fit_b_noise_levels(observations: list[tuple[int, float, float | None]], budget_images: float) -> float | None:
@@ -223,7 +206,11 @@ def fit_b_noise_levels(observations: list[tuple[int, float, float | None]], budg
 
 
 def clock_b_noise(
-    smallest_batch: int, smallest_curve: list[tuple[float, float]], budget_images: float, final_losses: dict
+    smallest_batch: int,
+    smallest_curve: list[tuple[float, float]],
+    budget_images: float,
+    final_losses: dict,
+    read: Callable[[list[tuple[float, float]], float], float | None] = images_to_level_log,
 ) -> tuple[float | None, dict]:
     """B_noise read with the smallest batch's loss curve as the clock: for each larger batch B, the
     images E_0 the smallest batch B_0 needed to reach B's final loss L_B (interpolated on
@@ -233,13 +220,14 @@ def clock_b_noise(
     infinite (no cost over the smallest batch), a final loss the smallest batch never reached
     (beyond its budget) is left out. The final losses are the least noisy numbers a branch gives;
     the level crossings of :func:`fit_b_noise_levels` are interpolated between evaluations, and move
-    far with little noise where a curve is flat."""
+    far with little noise where a curve is flat. ``read`` interpolates the curve (by default
+    :func:`images_to_level_log`, whose NaN, a loss below the curve's first point, is left out)."""
     ratios = {}
     for b, loss in final_losses.items():
         if b == smallest_batch or loss is None or not math.isfinite(loss):
             continue
-        e0 = images_to_level(smallest_curve, loss)
-        if e0 is None or e0 <= 0:
+        e0 = read(smallest_curve, loss)
+        if e0 is None or not e0 > 0:
             continue
         ratios[b] = budget_images / e0
     each = {
@@ -312,16 +300,18 @@ def _branch_overrides(
     budget_images: int,
     val_size: int,
     seed: int = 0,
-    evals_per_branch: int = 1,
 ) -> list[str]:
+    """The ``--set`` items of one branch: ``lr`` decaying linearly to 0 over ``budget_images // batch``
+    steps from ``point``'s weights, one evaluation (with precise BN) at the end."""
     epochs = max(1, math.ceil(budget_images / max(1, n_train)))
     steps = max(1, budget_images // batch)
+    steps_per_epoch = max(1, n_train // batch)  # the drop-last loader's (largebatch.schedules.lr)
     return [
         f"train.seed={seed}",
         "train.val_every_steps=0",
-        f"train.val_at_steps=[{','.join(map(str, eval_steps(steps, evals_per_branch)))}]",
+        f"train.val_at_steps=[{steps}]",
         f"train.init_from={point.checkpoint}",
-        # precise BN before every evaluation: the checkpoint's moving averages lag weights that moved
+        # precise BN before the evaluation: the checkpoint's moving averages lag weights that moved
         # fast at the reference's LR, and a branch's own lag its last steps; either would be read as loss
         "train.bn.statistics=precise",
         f"train.bn.precise_batches={max(1, math.ceil(PRECISE_BN_IMAGES / batch))}",
@@ -332,9 +322,11 @@ def _branch_overrides(
         f"optim.base_lr={lr}",
         f"optim.base_batch_size={batch}",
         "optim.lr_scaling=linear",
-        "schedule.name=step",
+        "schedule.name=poly",
+        "schedule.poly.power=1",
+        "schedule.end_lr=0",
+        f"schedule.decay_end_epochs={steps / steps_per_epoch!r}",
         "schedule.warmup_epochs=0",
-        "schedule.decay_epochs=[]",
         f"data.val_size={val_size}",
         f"train.eval_every_epochs={epochs}",
         f"train.checkpoint_every_epochs={epochs}",
@@ -347,18 +339,11 @@ def _branch_overrides(
 
 
 def _val_loss_at(run_dir: Path) -> float | None:
-    """The lowest validation loss over a branch's evaluations (None without any): at a constant LR
-    the last evaluation can sit on a spike of the iterate's noise, the lowest cannot."""
+    """The lowest validation loss over a run's evaluations (None without any): a branch's one
+    evaluation, at the end of its decay."""
     evals = [r["val_loss"] for r in read_metrics(run_dir) if r.get("kind") == "eval" and r.get("val_loss") is not None]
     finite = [v for v in evals if math.isfinite(v)]
     return min(finite) if finite else None
-
-
-def eval_steps(steps: int, evals: int) -> list[int]:
-    """The steps at which a branch of ``steps`` steps evaluates: ``steps / 2**k`` for k = 0 ..
-    ``evals - 1``, rounded up, without repeats, so that the fast fall of the loss just after the
-    branch point is resolved as well as the slow part (1 to 256 steps: 2, 4, ..., 256 for 8)."""
-    return sorted({max(1, math.ceil(steps / 2**k)) for k in range(max(1, evals))})
 
 
 def run_branches(
@@ -376,13 +361,12 @@ def run_branches(
     trust_plugins: bool = False,
     lr_multipliers: tuple[float, ...] = LR_MULTIPLIERS,
     seeds: tuple[int, ...] = (0, 1),
-    evals_per_branch: int = 8,
     max_doublings: int = 2,
     max_widenings: int = MAX_WIDENINGS,
     parallel: int = 1,
 ) -> dict:
-    """Branch every (checkpoint, batch, LR, seed) that has no result under ``out`` (the LR grid
-    widened and the budget doubled as the module docstring says), then write ``critical_batch.json``
+    """Branch every (checkpoint, batch, LR, budget, seed) that has no result under ``out`` (the LR
+    grid widened and the budget doubled as the module docstring says), then write ``critical_batch.json``
     and ``critical_batch.md``; returns the report. A plugin model or data set that only the reference
     run's config names is loaded only with ``trust_plugins`` or when ``overrides`` name it
     (:func:`largebatch.registry.refuse_plugins_named_by_file`).
@@ -405,11 +389,8 @@ def run_branches(
         raise BranchError(f"--seeds {list(seeds)}: give one or more distinct seeds >= 0")
     if parallel < 1:
         raise BranchError(f"--parallel {parallel}: give 1 or more branches at once")
-    if evals_per_branch < 1 or max_doublings < 0 or max_widenings < 0:
-        raise BranchError(
-            f"--evals-per-branch {evals_per_branch} / --max-doublings {max_doublings} / --max-widenings "
-            f"{max_widenings}: give >= 1, >= 0 and >= 0"
-        )
+    if max_doublings < 0 or max_widenings < 0:
+        raise BranchError(f"--max-doublings {max_doublings} / --max-widenings {max_widenings}: give >= 0 and >= 0")
     cfg_path = reference / "config.json"
     if not cfg_path.is_file():
         raise BranchError(f"{reference} has no config.json: give the run directory of a largebatch train run")
@@ -433,16 +414,18 @@ def run_branches(
     val_size = ref_cfg.data.val_size or 5000
 
     n_train = _train_images(ref_cfg, val_size)
-    if budget_images < max(batch_sizes):
+    smallest_share = min(DECAY_BUDGET_FRACTIONS)
+    if budget_images * smallest_share < max(batch_sizes):
         raise BranchError(
-            f"--budget-images {budget_images} is less than one step at {max(batch_sizes)}; give at least "
-            f"{4 * max(batch_sizes)} (4 steps at the largest batch)"
+            f"--budget-images {budget_images}: its smallest branch ({smallest_share:g} of it) is less than one step "
+            f"at {max(batch_sizes)}; give at least {math.ceil(4 * max(batch_sizes) / smallest_share)} "
+            "(4 steps at the largest batch)"
         )
     recipe = ref_cfg.recipe if ref_cfg.recipe in _recipes() else "goyal2017_fashion_mnist"
 
     def config_of(p: BranchPoint, b: int, multiplier, budget: int, seed: int):
         lr = p.lr if multiplier is None else p.lr * multiplier * b / ref_batch
-        items = _branch_overrides(n_train, p, b, lr, budget, val_size, seed, evals_per_branch)
+        items = _branch_overrides(n_train, p, b, lr, budget, val_size, seed)
         try:
             cfg = apply_overrides(ref_cfg, [*items, *overrides])
             resolve_stages(cfg, nproc)
@@ -457,7 +440,8 @@ def run_branches(
     def run_dir_of(p: BranchPoint, b: int, multiplier, budget: int, seed: int) -> Path:
         if multiplier is not None and abs(multiplier * b / ref_batch - 1) < 1e-9:
             multiplier = None  # the grid's multiple that is the reference's own LR: one run for both
-        return out / f"step{p.step:08d}" / f"budget{budget}" / f"b{b:06d}_{lr_tag(multiplier)}_s{seed}"
+        # "d2z": decayed to zero (the constant-LR design that came before wrote budget<N>/; never mixed)
+        return out / f"step{p.step:08d}" / f"d2z_budget{budget}" / f"b{b:06d}_{lr_tag(multiplier)}_s{seed}"
 
     threads = max(1, (os.cpu_count() or 1) // (parallel * nproc))
 
@@ -545,8 +529,8 @@ def run_branches(
         return results
 
     def grid(p: BranchPoint, b: int, budget: int):
-        """Plan (for :func:`drive`) of one batch's LR grid, widened at an edge, then the other seeds at
-        the first seed's best LR; returns {lr tag: {"multiplier", "lr", "runs": {seed: run dir}}}."""
+        """Plan (for :func:`drive`) of one batch's LR grid on the first seed, widened at an edge;
+        returns {lr tag: {"multiplier", "lr", "runs": {seed: run dir}}}."""
         mults = sorted(set(lr_multipliers))
         cells: dict = {}
         for _ in range(max_widenings + 1):
@@ -572,13 +556,26 @@ def run_branches(
                 mults.append(mults[-1] * 2)
             else:
                 break
-        chosen = _best_cell(cells)
-        if chosen is not None and len(seeds) > 1:  # the other seeds at the first seed's best LR
-            c = cells[chosen]
-            dirs = yield [(p, b, c["multiplier"], budget, x) for x in seeds[1:]]
-            for x, d in zip(seeds[1:], dirs):
-                c["runs"][x] = d
         return cells
+
+    def budgets_of(budget: int) -> list[int]:
+        return [int(budget * f) for f in DECAY_BUDGET_FRACTIONS]
+
+    def plan(p: BranchPoint, b: int, budget: int):
+        """Plan (for :func:`drive`) of one batch: the LR grid on the first seed at
+        ``DECAY_GRID_FRACTION`` of the budget, then every budget of :data:`DECAY_BUDGET_FRACTIONS` at
+        the LR that won, on every seed. Returns {"grid": the grid's cells, "chosen": its winning tag or
+        None when every LR diverged, "runs": {seed: {budget: run dir}}}."""
+        cells = yield from grid(p, b, int(budget * DECAY_GRID_FRACTION))
+        chosen = _best_cell(cells)
+        runs: dict = {x: {} for x in seeds}
+        if chosen is not None:
+            m = cells[chosen]["multiplier"]
+            jobs = [(p, b, m, e, x) for x in seeds for e in budgets_of(budget)]
+            dirs = yield jobs
+            for (_, _, _, e, x), d in zip(jobs, dirs):
+                runs[x][e] = d
+        return {"grid": cells, "chosen": chosen, "runs": runs}
 
     def checkpoint_loss(p: BranchPoint, b: int) -> float:
         """The checkpoint's validation loss, its BN statistics recomputed as every branch's are: one
@@ -603,32 +600,20 @@ def run_branches(
         budget, smallest = budget_images, min(batch_sizes)
         base_loss[p.step] = checkpoint_loss(p, smallest)
         for doubling in range(max_doublings + 1):
-            (cells,) = drive([grid(p, smallest, budget)])
-            reduction = base_loss[p.step] - _best_lowest(cells)
+            (cells,) = drive([plan(p, smallest, budget)])
+            reduction = base_loss[p.step] - _decay_final(cells, budget)
             if reduction >= min_reduction or doubling == max_doublings:
                 break
             say(f"step {p.step}: the smallest batch reduced the loss by {reduction:.3f} < {min_reduction}; budget x2")
             budget *= 2
         per_batch = {smallest: cells}
         others = sorted(set(batch_sizes) - {smallest})  # every batch's grid at once: the slots stay full
-        per_batch.update(zip(others, drive([grid(p, b, budget) for b in others])))
+        per_batch.update(zip(others, drive([plan(p, b, budget) for b in others])))
         results[p.step] = (budget, per_batch)
     report = _report(points, results, base_loss, batch_sizes, tolerance, ref_batch, min_reduction, seeds)
     (out / "critical_batch.json").write_text(json.dumps(report, indent=1) + "\n")
     (out / "critical_batch.md").write_text(report_text(report) + "\n")
     return report
-
-
-def _curve(run_dir: Path, batch: int, base_loss: float) -> list[tuple[float, float]]:
-    """(images, validation loss) of a branch from the checkpoint (0 images) on; [] if it diverged."""
-    summary = json.loads((run_dir / "summary.json").read_text())
-    if summary.get("diverged"):
-        return []
-    points = {0: base_loss}
-    for r in read_metrics(run_dir):
-        if r.get("kind") == "eval" and r.get("val_loss") is not None and math.isfinite(r["val_loss"]):
-            points[r["step"] * batch] = r["val_loss"]
-    return sorted(points.items())
 
 
 def _lowest(run: Path) -> float:
@@ -650,90 +635,90 @@ def _best_cell(cells: dict) -> str | None:
     return best if math.isfinite(first[best]) else None
 
 
-def _best_lowest(cells: dict) -> float:
-    """Mean lowest loss over the seeds at the best LR (:func:`_best_cell`); inf if all diverged."""
-    best = _best_cell(cells)
-    return math.inf if best is None else _mean_lowest(cells[best]["runs"])
-
-
 def _recipes() -> set[str]:
 
     return set(recipe_names())
 
 
+def _decay_curve(runs: dict[int, Path]) -> list[tuple[float, float]]:
+    """(budget images, final validation loss) of one seed's decay branches ({budget: run dir}), the
+    diverged and unfinished left out."""
+    out = []
+    for budget, run in sorted(runs.items()):
+        loss = _lowest(run)  # one evaluation, at the end of the decay
+        if math.isfinite(loss):
+            out.append((float(budget), loss))
+    return out
+
+
+def _decay_final(plan: dict, budget: int) -> float:
+    """The seeds' mean final loss at the full ``budget`` of one batch's decay plan; inf if any diverged."""
+    losses = [_lowest(r[budget]) if budget in r else math.inf for r in plan["runs"].values()]
+    return sum(losses) / len(losses) if losses else math.inf
+
+
 def _report(points, results, base_loss: dict, batch_sizes, tolerance, ref_batch, min_reduction, seeds) -> dict:
+    """The report: per point, the annealed-loss curves, the images each batch
+    needed for each loss level (log-interpolated between budgets), the joint fit of eq. 2.11, the
+    clock reading and the tolerance-based critical batch."""
     rows = []
     for p in points:
         budget, per_batch = results[p.step]
         base = base_loss[p.step]
-        curves = {  # {batch: {lr tag: {seed: curve}}}
-            b: {t: {x: _curve(r, b, base) for x, r in c["runs"].items()} for t, c in cells.items()}
-            for b, cells in per_batch.items()
-        }
         smallest = min(per_batch)
-        best_lowest = {b: _best_lowest(cells) for b, cells in per_batch.items()}
-        reduction = base - best_lowest[smallest]
+        curves = {b: {x: _decay_curve(plan["runs"][x]) for x in seeds} for b, plan in per_batch.items()}
+        final = {b: _decay_final(plan, budget) for b, plan in per_batch.items()}
+        reduction = base - final[smallest]
+        small = {}  # the smallest batch's seed-mean curve
+        for x in seeds:
+            for e, loss in curves[smallest][x]:
+                small.setdefault(e, []).append(loss)
+        small_curve = sorted((e, sum(v) / len(v)) for e, v in small.items() if len(v) == len(seeds))
         levels = {}
-        for f in LEVEL_FRACTIONS:
-            level = base - f * reduction
-            # per batch and seed: the fewest images any LR that seed ran needed to reach the level
-            e = {
-                b: [
-                    min(
-                        (
-                            x
-                            for x in (images_to_level(cs[k], level) for cs in curves[b].values() if cs.get(k))
-                            if x is not None
-                        ),
-                        default=None,
-                    )
-                    for k in seeds
-                ]
-                for b in sorted(per_batch)
-            }
-            reached = [b for b in e if all(x is not None for x in e[b])]
-            mean_e = [sum(e[b]) / len(seeds) for b in reached]
-            fit = fit_b_noise(reached, mean_e) if reduction > 0 else None
-            per_seed = [fit_b_noise(reached, [e[b][k] for b in reached]) for k in range(len(seeds))]
-            crit = tolerance_critical(
-                sorted(e),
-                [sum(e[b]) / len(seeds) if all(x is not None for x in e[b]) else None for b in sorted(e)],
-                tolerance,
-            )
-            levels[f"{f:g}"] = {
-                "val_loss": level,
-                "images": {str(b): e[b] for b in e},
-                "e_min": fit[0] if fit else None,
-                "b_noise": fit[1] if fit else None,
-                "b_noise_per_seed": [x[1] if x else None for x in per_seed],
-                "critical_batch": crit[0] if crit else None,
-                "critical_batch_is_lower_bound": bool(crit and crit[1]),
-            }
-        primary = levels[f"{PRIMARY_LEVEL:g}"]
-        # B_noise: one fit over every level and seed (the levels' own fits scatter with the noise
-        # of a flat curve's crossing); its range: the same fit on each seed alone
-        obs = [
-            (i, int(b), e)
-            for i, lv in enumerate(levels.values())
-            for b, per_seed in lv["images"].items()
-            for e in per_seed
-        ]
-        joint = fit_b_noise_levels(obs, budget) if reduction > 0 else None
-        per_seed_joint = [
-            fit_b_noise_levels(
-                [
-                    (i, int(b), per_seed[k])
-                    for i, lv in enumerate(levels.values())
-                    for b, per_seed in lv["images"].items()
-                ],
-                budget,
-            )
-            for k in range(len(seeds))
-        ]
+        if len(small_curve) >= 2 and small_curve[0][1] > small_curve[-1][1]:
+            top, bottom = small_curve[0][1], small_curve[-1][1]
+            for f in DECAY_LEVEL_FRACTIONS:
+                level = top - f * (top - bottom)
+                e = {b: [images_to_level_log(curves[b][x], level) for x in seeds] for b in sorted(per_batch)}
+                images = {
+                    str(b): [BEFORE_FIRST if x is not None and math.isnan(x) else x for x in v] for b, v in e.items()
+                }
+                levels[f"{f:g}"] = {"val_loss": level, "images": images}
+
+        def observations(seed_index: int | None, levels: dict = levels) -> list:
+            return [
+                (i, int(b), e)
+                for i, lv in enumerate(levels.values())
+                for b, per_seed in lv["images"].items()
+                for k, e in enumerate(per_seed)
+                if (seed_index is None or k == seed_index) and e != BEFORE_FIRST
+            ]
+
+        joint = fit_b_noise_levels(observations(None), budget) if levels and reduction > 0 else None
+        per_seed_joint = [fit_b_noise_levels(observations(k), budget) for k in range(len(seeds))] if levels else []
         spread = [v for v in [joint, *per_seed_joint] if v is not None]
         resolved = reduction >= min_reduction and joint is not None
+        middle = levels.get("0.5")
+        crit = None
+        if middle is not None:
+            mean_images = [
+                (sum(v) / len(v) if all(x is not None and x != BEFORE_FIRST for x in v) else None)
+                for v in (middle["images"][str(b)] for b in sorted(per_batch))
+            ]
+            crit = tolerance_critical(sorted(per_batch), mean_images, tolerance)
+        clock, clock_each = (
+            clock_b_noise(
+                smallest,
+                small_curve,
+                budget,
+                {b: (v if math.isfinite(v) else None) for b, v in final.items()},
+                read=images_to_level_log,
+            )
+            if len(small_curve) >= 2 and reduction > 0
+            else (None, {})
+        )
         branches = []
-        for b, cells in sorted(per_batch.items()):
+        for b, plan in sorted(per_batch.items()):
             branches.append(
                 {
                     "batch": b,
@@ -742,31 +727,20 @@ def _report(points, results, base_loss: dict, batch_sizes, tolerance, ref_batch,
                         t: {
                             "multiplier": c["multiplier"],
                             "lr": c["lr"],
-                            "lowest_val_loss": {
-                                str(x): (min(v for _, v in cv[1:]) if cv[1:] else None)
-                                for x, cv in curves[b][t].items()
+                            "val_loss_at_grid_budget": {
+                                str(x): (None if not math.isfinite(_lowest(r)) else _lowest(r))
+                                for x, r in c["runs"].items()
                             },
                         }
-                        for t, c in cells.items()
+                        for t, c in plan["grid"].items()
                     },
-                    "best_val_loss": best_lowest[b] if math.isfinite(best_lowest[b]) else None,
-                    "reduction": base - best_lowest[b] if math.isfinite(best_lowest[b]) else None,
+                    "chosen_lr": plan["chosen"],
+                    "val_loss_by_budget": {str(x): {str(int(e)): v for e, v in curves[b][x]} for x in seeds},
+                    "best_val_loss": final[b] if math.isfinite(final[b]) else None,
+                    "reduction": base - final[b] if math.isfinite(final[b]) else None,
                 }
             )
         b_noise = joint if resolved else None
-        crit = primary["critical_batch"] if resolved else None
-        # the second reading: final losses against the smallest batch's curve (its best LR, seed 0)
-        best_small = _best_cell(per_batch[smallest])
-        clock, clock_each = (
-            clock_b_noise(
-                smallest,
-                curves[smallest][best_small][seeds[0]],
-                budget,
-                {b: (best_lowest[b] if math.isfinite(best_lowest[b]) else None) for b in per_batch},
-            )
-            if best_small is not None and reduction > 0
-            else (None, {})
-        )
         rows.append(
             {
                 "step": p.step,
@@ -774,14 +748,16 @@ def _report(points, results, base_loss: dict, batch_sizes, tolerance, ref_batch,
                 "lr": p.lr,
                 "val_loss_at_checkpoint": base,
                 "budget_images": budget,
+                "budgets_images": [int(budget * f) for f in DECAY_BUDGET_FRACTIONS],
+                "grid_budget_images": int(budget * DECAY_GRID_FRACTION),
                 "smallest_batch_reduction": reduction,
                 "branches": branches,
                 "levels": levels,
                 "b_noise": b_noise,
                 "b_noise_low": min(spread) if resolved and spread else None,
                 "b_noise_high": max(spread) if resolved and spread else None,
-                "critical_batch": crit,
-                "critical_batch_is_lower_bound": bool(resolved and primary["critical_batch_is_lower_bound"]),
+                "critical_batch": crit[0] if resolved and crit else None,
+                "critical_batch_is_lower_bound": bool(resolved and crit and crit[1]),
                 "b_simple": p.b_simple,
                 "ratio_b_simple_to_measured": (p.b_simple / b_noise) if (p.b_simple and b_noise) else None,
                 "b_noise_clock": clock,
@@ -789,12 +765,14 @@ def _report(points, results, base_loss: dict, batch_sizes, tolerance, ref_batch,
             }
         )
     return {
+        "branch_schedule": "decay",
         "reference_batch": ref_batch,
         "tolerance": tolerance,
         "min_reduction": min_reduction,
         "batch_sizes": sorted(batch_sizes),
         "seeds": list(seeds),
-        "level_fractions": list(LEVEL_FRACTIONS),
+        "level_fractions": list(DECAY_LEVEL_FRACTIONS),
+        "budget_fractions": list(DECAY_BUDGET_FRACTIONS),
         "points": rows,
         "run_level_b_noise": run_level_b_noise([(r["step"], r["b_noise"]) for r in rows], ref_batch),
     }
@@ -808,12 +786,16 @@ def _fmt(x: float | None, bound: bool = False) -> str:
 
 def report_text(report: dict) -> str:
     lines = [
-        f"Critical batch by branching (Merrill et al. 2025), read with McCandlish et al. 2018 eq. 2.11: per batch an "
-        f"LR grid around the linear rule from the reference batch {report['reference_batch']} and the reference's "
-        f"own LR on seed {report['seeds'][0]}, seeds {report['seeds'][1:]} at its best LR, images to reach loss levels at "
-        f"{', '.join(f'{f:g}' for f in report['level_fractions'])} of the smallest batch's reduction.",
+        f"Critical batch by branching (Merrill et al. 2025), read with McCandlish et al. 2018 eq. 2.11: each branch "
+        f"decays its LR linearly to 0 over its budget; per batch an LR grid around the linear rule from the "
+        f"reference batch {report['reference_batch']} and the reference's own LR at "
+        f"{DECAY_GRID_FRACTION:g} of the budget on seed {report['seeds'][0]}, then budgets of "
+        f"{', '.join(f'{f:g}' for f in report['budget_fractions'])} of it at the winning LR on seeds "
+        f"{report['seeds']}; images to reach loss levels between the smallest batch's shortest and longest "
+        "budget's losses.",
         "B_noise: E(B) = E_min,level (1 + B/B_noise) fitted over all levels and seeds (range: each seed alone). "
-        f"Tolerance-based: the largest batch needing at most {1 + report['tolerance']:.2g}x the smallest batch's images.",
+        f"Tolerance-based: the largest batch needing at most {1 + report['tolerance']:.2g}x the smallest batch's "
+        "images.",
         "",
         "| step | val loss there | budget (images) | "
         + " | ".join(f"B={b}" for b in report["batch_sizes"])
@@ -838,7 +820,8 @@ def report_text(report: dict) -> str:
     lines.append(
         "Clock: the images batch B needed over those the smallest batch needed for the same loss (its curve "
         "read at B's final loss), turned into B_noise by eq. 2.11 and fitted over the batches. "
-        "Cells: the best branch's validation loss reduction (checkpoint minus lowest; higher is better). Not resolved: the "
+        "Cells: the validation loss reduction at the full budget (checkpoint minus the seeds' mean final loss at the "
+        "winning LR; higher is better). Not resolved: the "
         f"smallest batch reduced the loss by less than {report.get('min_reduction', 0):g} nats even after the "
         "budget's doublings, or the fit had fewer than two batches; give a larger --budget-images."
     )
