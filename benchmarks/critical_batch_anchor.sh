@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The branching yardstick (`largebatch critical-batch`) on the 28-px ResNet-8 recipe, the model of the
 # tuned study whose steps-to-target fit gave B_noise = 394 +- 80 (docs/results.md): a reference run
-# to epoch 4 with checkpoints at epochs 1, 2, 3 and 4 (the first LR decay is at 4.5), then branches
-# at 128-2,048 with the LR grid on seed 0 and seed 1 at its best LR, from each checkpoint.
+# to epoch 4 with checkpoints at epochs 1, 2, 3 and 4 (the first LR decay is at 4.5), then from each
+# checkpoint, at batches 128-2,048, an LR grid on seed 0 at 16,384 images and branches of 4,096-32,768
+# images on seeds 0 and 1 at the winning LR, every branch decaying its LR linearly to 0.
 #
 # Resumable and meant for the background: a finished reference run and every finished branch are
-# kept; run the same command again to continue. About 35 s of both cores per branch on the AVX2 VM,
-# about 35 branches per point: several hours in all. The report goes to $OUT/critical_batch.{json,md} and
-# is copied to benchmarks/results/critical_batch_anchor/ when complete; progress.txt there lists the
-# finished branches.
+# kept; run the same command again to continue. About 50 branches per point, 30-40 minutes of both
+# cores per point on the AVX2 VM. The report goes to $OUT/critical_batch.{json,md} (rewritten after
+# each point) and is copied to benchmarks/results/critical_batch_anchor/ when complete; progress.txt
+# there lists the finished branches.
 #
 #   bash benchmarks/critical_batch_anchor.sh            # PY=... RUN=... OUT=... to move things
 set -euo pipefail

@@ -110,6 +110,7 @@ def test_critical_batch_decays_each_branch_to_zero_at_four_budgets_after_an_lr_g
     cmd += ["--batch-sizes", "64,256", "--budget-images", "2048", "--lr-multipliers", "1", "--max-widenings", "0"]
     cmd += ["--seeds", "0,1", "--min-reduction", "0", "--max-doublings", "0", "--parallel", "2", "--out", str(out)]
     cmd += ["--set", "data.train_subset=2000", "--set", "data.test_subset=500"]
+    cmd += ["--set", "train.bn.precise_batches=4"]  # a user's --set wins over the branch's own settings
     proc = clirun.subprocess_run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "critical_batch.json").read_text())
@@ -141,6 +142,7 @@ def test_critical_batch_decays_each_branch_to_zero_at_four_budgets_after_an_lr_g
                 assert (s["name"], s["poly"]["power"], s["end_lr"], s["warmup_epochs"]) == ("poly", 1, 0, 0)
                 assert round(s["decay_end_epochs"] * (1600 // b["batch"])) == n  # decays over its own steps
                 assert config["train"]["val_at_steps"] == [n] and config["train"]["bn"]["statistics"] == "precise"
+                assert config["train"]["bn"]["precise_batches"] == 4
                 assert config["train"]["threads_per_worker"] == max(1, (os.cpu_count() or 1) // 2)  # 2 side by side
                 records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
                 evals = [r for r in records if r["kind"] == "eval" and r.get("val_loss") is not None]
@@ -163,9 +165,10 @@ def test_critical_batch_decays_each_branch_to_zero_at_four_budgets_after_an_lr_g
     assert point["val_loss_at_checkpoint"] == pytest.approx(min(e["val_loss"] for e in val if e.get("val_loss")))
     # levels from the smallest batch's shortest budget's loss (the seeds' mean) down to its full budget's
     small = point["branches"][0]["val_loss_by_budget"]
-    top = (small["0"]["256"] + small["1"]["256"]) / 2
-    assert list(point["levels"]) == ["0", "0.25", "0.5", "0.75"]
-    assert point["levels"]["0"]["val_loss"] == pytest.approx(top)
+    top, bottom = ((small["0"][e] + small["1"][e]) / 2 for e in ("256", "2048"))
+    assert list(point["levels"]) == ["0.25", "0.5", "0.75"]
+    for f in (0.25, 0.5, 0.75):
+        assert point["levels"][f"{f:g}"]["val_loss"] == pytest.approx(top - f * (top - bottom))
     for level in point["levels"].values():
         for images in level["images"].values():
             assert len(images) == 2 and all(e is None or e == BEFORE_FIRST or 256 <= e <= 2048 for e in images)
