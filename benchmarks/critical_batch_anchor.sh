@@ -11,14 +11,39 @@
 # each point) and is copied to benchmarks/results/critical_batch_anchor/ when complete; progress.txt
 # there lists the finished branches.
 #
-#   bash benchmarks/critical_batch_anchor.sh            # PY=... RUN=... OUT=... to move things
+# With the argument `warmup` it measures one more point instead, at the end of warmup (step 54), from
+# a second run of the recipe stopped there; its report goes to benchmarks/results/critical_batch_anchor/warmup_point/.
+#
+#   bash benchmarks/critical_batch_anchor.sh [warmup]   # PY=... RUN=... OUT=... to move things
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 RUN=${RUN:-runs/critical_batch_anchor/reference}
 OUT=${OUT:-runs/critical_batch_anchor/branches}
+RUN_WARMUP=runs/critical_batch_anchor/reference_warmup
+OUT_WARMUP=runs/critical_batch_anchor/branches_warmup
 RESULTS=benchmarks/results/critical_batch_anchor
 mkdir -p "$RESULTS"
+progress() {
+  find "$OUT" "$OUT_WARMUP" -name summary.json 2>/dev/null | sed "s|^runs/critical_batch_anchor/||; s|/summary.json$||" \
+    | sort > "$RESULTS/progress.txt" || true
+}
+trap progress EXIT
+if [ "${1:-}" = warmup ]; then
+  # The point at the end of warmup (step 54), from a run of the same recipe and seed stopped there:
+  # whether the steps fit's lower value comes from the start of the run, which the other points skip.
+  if [ ! -f "$RUN_WARMUP/summary.json" ]; then
+    rm -rf "$RUN_WARMUP"  # a few minutes: an unfinished one starts again
+    $PY -m largebatch train --recipe goyal2017_fashion_mnist_28px --out "$RUN_WARMUP" \
+      --set data.val_size=5000 --set train.checkpoint_every_steps=54 --set train.keep_checkpoints=5 \
+      --set train.stop_after_images=$((54 * 512)) --set train.eval_every_epochs=100
+  fi
+  $PY -m largebatch critical-batch "$RUN_WARMUP" --out "$OUT_WARMUP" --steps 54 \
+    --batch-sizes 128,256,512,1024,2048 --budget-images 32768 --nproc 1 --parallel 2
+  mkdir -p "$RESULTS/warmup_point"
+  cp "$OUT_WARMUP/critical_batch.json" "$OUT_WARMUP/critical_batch.md" "$RESULTS/warmup_point/"
+  exit 0
+fi
 if [ ! -f "$RUN/summary.json" ]; then
   resume=()
   [ -d "$RUN/checkpoints" ] && resume=(--resume auto)
@@ -26,10 +51,6 @@ if [ ! -f "$RUN/summary.json" ]; then
     --set data.val_size=5000 --set train.checkpoint_every_steps=107 --set train.keep_checkpoints=50 \
     --set train.stop_after_images=$((428 * 512)) --set train.eval_every_epochs=100
 fi
-progress() {
-  find "$OUT" -name summary.json 2>/dev/null | sed "s|^$OUT/||; s|/summary.json$||" | sort > "$RESULTS/progress.txt" || true
-}
-trap progress EXIT
 $PY -m largebatch critical-batch "$RUN" --out "$OUT" --steps 107,214,321,428 \
   --batch-sizes 128,256,512,1024,2048 --budget-images 32768 --nproc 1 --parallel 2
 cp "$OUT/critical_batch.json" "$OUT/critical_batch.md" "$RESULTS/"

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole validation of `largebatch advise`'s critical batch, in the background and resumable
 # (docs/noise_scale.md, "Validation plan"): the probes not yet recorded, the yardstick on the two
-# calibration configurations, the anchor study's two middle points (width16's 1.5x check against the
-# steps fit), the held-out configurations (cheapest first), then the report. Run the same command
+# calibration configurations (the report then fits the calibration factor), width16's point at the
+# end of warmup (the anchor), the held-out configurations in the plan's order, then the anchor's two middle points (width16's 1.5x
+# check against the steps fit, which width16's own two points already give), a report after each stage. Run the same command
 # again to continue; finished probes, reference runs and branches are kept. Each configuration's
 # wall and CPU time is appended to benchmarks/results/critical_batch_validation/cpu_time.jsonl.
 #
@@ -14,6 +15,10 @@ PY=${PY:-.venv/bin/python}
 mkdir -p runs
 $PY benchmarks/critical_batch_validation.py probe
 $PY benchmarks/critical_batch_validation.py measure --only width16 width8
-bash benchmarks/critical_batch_anchor.sh
+$PY benchmarks/critical_batch_validation.py report
+bash benchmarks/critical_batch_anchor.sh warmup
+$PY benchmarks/critical_batch_validation.py report
 $PY benchmarks/critical_batch_validation.py measure
+$PY benchmarks/critical_batch_validation.py report
+bash benchmarks/critical_batch_anchor.sh
 $PY benchmarks/critical_batch_validation.py report

@@ -233,11 +233,14 @@ ANCHOR = REPO / "benchmarks" / "results" / "critical_batch_anchor"
 
 def anchor() -> dict | None:
     """The anchor check: width16's yardstick at all four points (benchmarks/critical_batch_anchor.sh),
-    averaged over the same stretch as the validation, against the steps fit; within 1.5x passes.
-    Written to ``ANCHOR/anchor_check.json``; None until the anchor study's report exists."""
+    or at its two validation points until those four exist, averaged over the same stretch as the
+    validation, against the steps fit; within 1.5x passes. Written to ``ANCHOR/anchor_check.json``;
+    None while neither report exists."""
     from largebatch.study.branch import run_level_b_noise
 
     path = ANCHOR / "critical_batch.json"
+    if not path.is_file():
+        path = RESULTS / "measured" / "width16.json"
     if not path.is_file():
         return None
     rep = json.loads(path.read_text())
@@ -252,7 +255,10 @@ def anchor() -> dict | None:
         for key in ("b_noise", "b_noise_low", "b_noise_high")
     ]
     out = {
-        "points": [{"step": p["step"], "b_noise": p["b_noise"]} for p in rep["points"]],
+        "report": str(path.relative_to(REPO)),
+        "points": [
+            {"step": p["step"], "b_noise": p["b_noise"], "b_noise_clock": p.get("b_noise_clock")} for p in rep["points"]
+        ],
         "branching_b_noise": values[0],
         "branching_low": values[1],
         "branching_high": values[2],

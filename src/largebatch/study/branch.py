@@ -36,7 +36,7 @@ runs also end decayed.
   batch's curve was already below at its shortest budget is left out; one it never reached counts
   as more than the budget.
 * **B_noise**: E(B) = E_min,l (1 + B / B_noise) fitted jointly over the levels l and seeds, one
-  E_min per level and one B_noise, by least squares on log E (McCandlish et al. eq. 2.11;
+  E_min per level and seed and one B_noise, by least squares on log E (McCandlish et al. eq. 2.11;
   :func:`fit_b_noise_levels`). The range is that of the same fit on each seed alone.
 * **Clock**: a second reading; each larger batch's final loss at the full budget read on the
   smallest batch's curve (:func:`clock_b_noise`).
@@ -59,7 +59,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,11 +177,11 @@ def images_to_level_log(curve: list[tuple[float, float]], level: float) -> float
     return None
 
 
-def fit_b_noise_levels(observations: list[tuple[int, float, float | None]], budget_images: float) -> float | None:
+def fit_b_noise_levels(observations: list[tuple[Hashable, float, float | None]], budget_images: float) -> float | None:
     """B_noise of E(B) = E_min,l (1 + B / B_noise) fitted jointly over loss levels l, one E_min per
     level and one B_noise for all (McCandlish et al. 2018, eq. 2.11), by least squares on log E.
 
-    ``observations``: (level index, batch B, images E to reach the level, or None when the branch
+    ``observations``: (level key, batch B, images E to reach the level, or None when the branch
     never reached it within ``budget_images``). A crossing within the first two steps (E < 2 B) is
     not resolved by the branch and is left out; one never reached counts only if the fit puts it
     below the budget (censored). B_noise is searched on a log grid from 1 to 10^7 images and infinity
@@ -690,8 +690,10 @@ def _report(points, results, base_loss: dict, batch_sizes, tolerance, ref_batch,
                 levels[f"{f:g}"] = {"val_loss": level, "images": images}
 
         def observations(seed_index: int | None, levels: dict = levels) -> list:
+            # one E_min per level and seed: a seed's curves can sit lower at every batch (its own data
+            # order and precise-BN sample), which one E_min per level would read as a batch effect
             return [
-                (i, int(b), e)
+                ((i, k), int(b), e)
                 for i, lv in enumerate(levels.values())
                 for b, per_seed in lv["images"].items()
                 for k, e in enumerate(per_seed)
@@ -797,7 +799,7 @@ def report_text(report: dict) -> str:
         f"{', '.join(f'{f:g}' for f in report['budget_fractions'])} of it at the winning LR on seeds "
         f"{report['seeds']}; images to reach loss levels between the smallest batch's shortest and longest "
         "budget's losses.",
-        "B_noise: E(B) = E_min,level (1 + B/B_noise) fitted over all levels and seeds (range: each seed alone). "
+        "B_noise: E(B) = E_min,level (1 + B/B_noise) fitted over all levels and seeds, one E_min per level and seed (range: each seed alone). "
         f"Tolerance-based: the largest batch needing at most {1 + report['tolerance']:.2g}x the smallest batch's "
         "images.",
         "",
