@@ -10,7 +10,7 @@ import pytest
 
 import clirun
 from largebatch.study.advise import Advice, against_measured, epochs_ratio
-from largebatch.study.noise_probe import step_estimates, window_estimates
+from largebatch.study.noise_probe import CALIBRATION, step_estimates, window_estimates
 from largebatch.study.sweep import METHODS, SweepError, plan_sweep, run_config
 
 pytestmark = pytest.mark.e2e
@@ -178,11 +178,15 @@ def test_advise_probe_predicts_from_windows_of_micro_batch_estimates(tmp_path):
     assert pred["horizon_step"] == 48  # the linear decay's run of 6 epochs: half of it
     assert pred["predicted_low"] <= advice["critical_batch"] <= pred["predicted_high"]
     assert advice["linear_scaling_max_batch"] == pytest.approx(advice["critical_batch"] / 10)
-    assert any("uncalibrated" in f for f in advice["flags"]) and any("decays within" in f for f in advice["flags"])
+    # the frozen calibration factor multiplies the run-level average, and the flags say so
+    assert pred["calibration"] == CALIBRATION != 1.0
+    assert advice["critical_batch"] == pytest.approx(pred["run_level_b"] * CALIBRATION)
+    assert any(f.startswith(f"calibrated: x{CALIBRATION:g}") for f in advice["flags"])
+    assert any("decays within" in f for f in advice["flags"])
     cluster = advice["cluster"]
     assert cluster["preset"] == "h100_ndr" and cluster["gpus"] >= 1 and 0 < cluster["scaling_efficiency"] <= 1
     assert "/" in cluster["algorithm"] or cluster["gpus"] == 1  # auto: NCCL's (algorithm/protocol) choice
-    assert "predicted critical batch B_noise" in proc.stdout and "note: uncalibrated" in proc.stdout
+    assert "predicted critical batch B_noise" in proc.stdout and f"x calibration {CALIBRATION:g}" in proc.stdout
     (row,) = advice["measured"]
     assert row["step"] == 16 and row["ratio"] == pytest.approx(advice["critical_batch"] / 256.0)
     assert "measured B_noise at step 16" in proc.stdout and f"is {row['ratio']:.2f}x it" in proc.stdout

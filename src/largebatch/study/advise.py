@@ -415,7 +415,7 @@ def advise(
     return advice
 
 
-VALIDATED = "no configuration validated yet (docs/noise_scale.md)"
+VALIDATED = "calibration configurations only; the six held-out configurations are being measured (docs/noise_scale.md)"
 """Where the prediction has been checked against the branching yardstick; see docs/noise_scale.md."""
 
 
@@ -424,6 +424,11 @@ def _flags(cfg, pred, layout: dict) -> list[str]:
     flags = []
     if pred.calibration == 1.0:
         flags.append("uncalibrated: the calibration factor is 1 until it is fitted on two configurations")
+    else:
+        flags.append(
+            f"calibrated: x{pred.calibration:g}, fitted on the 28-px ResNet-8 recipe at widths 16 and 8 against the "
+            "branching yardstick (`largebatch critical-batch`; docs/noise_scale.md)"
+        )
     flags.append(f"validated range: {VALIDATED}")
     if len(pred.windows) < 3:
         flags.append(f"only {len(pred.windows)} window(s) after warmup: the trend is poorly determined")

@@ -28,8 +28,12 @@ import random
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
-CALIBRATION = 1.0
-"""Factor on the run-level average. 1.0: not calibrated yet (docs/noise_scale.md)."""
+CALIBRATION = 3.36
+"""Factor on the run-level average: the geometric mean of measured / predicted B_noise over the two
+calibration configurations, the 28-px ResNet-8 recipe at width 16 (1,056 / 408) and at width 8
+(1,437 / 329), measured by the branching yardstick (``largebatch critical-batch``); fitted
+2026-12-07 20:15 UTC and frozen before any held-out configuration's branch (docs/noise_scale.md,
+"Calibration"). 1.0 would mean uncalibrated."""
 
 
 @dataclass(frozen=True)
