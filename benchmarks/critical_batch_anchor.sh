@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The branching yardstick (`largebatch critical-batch`) on the 28-px ResNet-8 recipe, the model of the
 # tuned study whose steps-to-target fit gave B_noise = 394 +- 80 (docs/results.md): a reference run
-# to epoch 4 with checkpoints at epochs 1, 2, 3 and 4 (the first LR decay is at 4.5), then from each
-# checkpoint, at batches 128-2,048, an LR grid on seed 0 at 16,384 images and branches of 4,096-32,768
+# to epoch 4 with checkpoints at epochs 1, 2, 3 and 4 (the first LR decay is at 4.5), then from the
+# checkpoints at epochs 2 and 3 (1 and 4 are width16's validation points), at batches 128-2,048, an LR grid on seed 0 at 16,384 images and branches of 4,096-32,768
 # images on seeds 0 and 1 at the winning LR, every branch decaying its LR linearly to 0.
 #
 # Resumable and meant for the background: a finished reference run and every finished branch are
@@ -51,6 +51,8 @@ if [ ! -f "$RUN/summary.json" ]; then
     --set data.val_size=5000 --set train.checkpoint_every_steps=107 --set train.keep_checkpoints=50 \
     --set train.stop_after_images=$((428 * 512)) --set train.eval_every_epochs=100
 fi
-$PY -m largebatch critical-batch "$RUN" --out "$OUT" --steps 107,214,321,428 \
+# steps 107 and 428 are width16's validation points (benchmarks/results/critical_batch_validation/
+# measured/width16.json); the anchor check (critical_batch_validation.py anchor) merges them in
+$PY -m largebatch critical-batch "$RUN" --out "$OUT" --steps 214,321 \
   --batch-sizes 128,256,512,1024,2048 --budget-images 32768 --nproc 1 --parallel 2
 cp "$OUT/critical_batch.json" "$OUT/critical_batch.md" "$RESULTS/"
