@@ -5,7 +5,14 @@ import random
 
 import pytest
 
-from largebatch.study.noise_probe import fit_trend, predict, run_level, step_estimates, window_estimates
+from largebatch.study.noise_probe import (
+    CALIBRATION,
+    fit_trend,
+    predict,
+    run_level,
+    step_estimates,
+    window_estimates,
+)
 
 
 def _estimates(b_of_step, steps, noise, seed):
@@ -47,7 +54,7 @@ def test_prediction_recovers_a_growing_noise_scale_and_seeds_widen_the_interval(
     b = lambda t: 20 * t**0.6  # noqa: E731
     steps = range(1, 241)
     one = _estimates(b, steps, 0.3, 0)
-    p = predict(one, window_steps=30, warmup_steps=30, horizon_step=480, reference_batch=512)
+    p = predict(one, window_steps=30, warmup_steps=30, horizon_step=480, reference_batch=512, calibration=1.0)
     assert p.trend_exponent == pytest.approx(0.6, abs=0.1)
     truth = run_level(b, 31, 480, 512)
     assert p.run_level_b == pytest.approx(truth, rel=0.15) and p.predicted_low <= truth <= p.predicted_high
@@ -55,9 +62,19 @@ def test_prediction_recovers_a_growing_noise_scale_and_seeds_widen_the_interval(
     # a second probe whose noise scale reads 1.5x higher: the pooled interval spans both
     other = _estimates(lambda t: 1.5 * b(t), steps, 0.3, 1)
     both = predict(
-        one + other, window_steps=30, warmup_steps=30, horizon_step=480, reference_batch=512, seed_groups=[one, other]
+        one + other,
+        window_steps=30,
+        warmup_steps=30,
+        horizon_step=480,
+        reference_batch=512,
+        seed_groups=[one, other],
+        calibration=1.0,
     )
-    alone = predict(other, window_steps=30, warmup_steps=30, horizon_step=480, reference_batch=512)
+    alone = predict(other, window_steps=30, warmup_steps=30, horizon_step=480, reference_batch=512, calibration=1.0)
     assert both.predicted_low <= p.run_level_b * 1.05 and both.predicted_high >= alone.run_level_b * 0.95
+    # by default the frozen calibration factor multiplies the prediction and its interval
+    calibrated = predict(one, window_steps=30, warmup_steps=30, horizon_step=480, reference_batch=512)
+    assert calibrated.calibration == CALIBRATION and calibrated.predicted == pytest.approx(p.run_level_b * CALIBRATION)
+    assert calibrated.predicted_low == pytest.approx(p.predicted_low * CALIBRATION)
     with pytest.raises(ValueError, match="after warmup"):
         predict(one, window_steps=30, warmup_steps=500, horizon_step=600, reference_batch=512)

@@ -212,23 +212,22 @@ def clock_b_noise(
     smallest_curve: list[tuple[float, float]],
     budget_images: float,
     final_losses: dict,
-    read: Callable[[list[tuple[float, float]], float], float | None] = images_to_level_log,
 ) -> tuple[float | None, dict]:
     """B_noise read with the smallest batch's loss curve as the clock: for each larger batch B, the
     images E_0 the smallest batch B_0 needed to reach B's final loss L_B (interpolated on
-    ``smallest_curve``, (images, loss) points from 0) give r = D / E_0, the images B needs for what
-    B_0 does with E_0; eq. 2.11 says r = (1 + B / B_noise) / (1 + B_0 / B_noise). Returns (B_noise of
-    a least-squares fit of log r over the batches, {B: the B_noise of B alone}); r <= 1 reads as
-    infinite (no cost over the smallest batch), a final loss the smallest batch never reached
-    (beyond its budget) is left out. The final losses are the least noisy numbers a branch gives;
-    the level crossings of :func:`fit_b_noise_levels` are interpolated between evaluations, and move
-    far with little noise where a curve is flat. ``read`` interpolates the curve (by default
-    :func:`images_to_level_log`, whose NaN, a loss below the curve's first point, is left out)."""
+    ``smallest_curve``, (images, annealed loss) points at increasing budgets, by
+    :func:`images_to_level_log`) give r = D / E_0, the images B needs for what B_0 does with E_0;
+    eq. 2.11 says r = (1 + B / B_noise) / (1 + B_0 / B_noise). Returns (B_noise of a least-squares
+    fit of log r over the batches, {B: the B_noise of B alone}); r <= 1 reads as infinite (no cost
+    over the smallest batch); a final loss the smallest batch never reached within its budget, or
+    was already below at its shortest budget, is left out. The final losses are the least noisy
+    numbers a branch gives; the level crossings of :func:`fit_b_noise_levels` are interpolated
+    between budgets."""
     ratios = {}
     for b, loss in final_losses.items():
         if b == smallest_batch or loss is None or not math.isfinite(loss):
             continue
-        e0 = read(smallest_curve, loss)
+        e0 = images_to_level_log(smallest_curve, loss)
         if e0 is None or not e0 > 0:
             continue
         ratios[b] = budget_images / e0
@@ -718,7 +717,6 @@ def _report(points, results, base_loss: dict, batch_sizes, tolerance, ref_batch,
                 small_curve,
                 budget,
                 {b: (v if math.isfinite(v) else None) for b, v in final.items()},
-                read=images_to_level_log,
             )
             if len(small_curve) >= 2 and reduction > 0
             else (None, {})
