@@ -143,6 +143,14 @@ DECAY_GRID_FRACTION = 0.5
 """The budget (fraction of ``budget_images``) at which the decay design's LR grid runs: the middle
 of the curve in log images, so that the LR it picks is off by as little at the shortest budget
 (which prefers a higher peak LR) as at the longest."""
+
+
+def decay_budgets(budget_images: int) -> list[int]:
+    """The images of each batch's branches for a full budget of ``budget_images``
+    (:data:`DECAY_BUDGET_FRACTIONS` of it)."""
+    return [int(budget_images * f) for f in DECAY_BUDGET_FRACTIONS]
+
+
 BEFORE_FIRST = "before_first_budget"
 """The report's images for a level a decay curve was already below at its shortest budget."""
 DECAY_LEVEL_FRACTIONS = (0.25, 0.5, 0.75)
@@ -559,9 +567,6 @@ def run_branches(
                 break
         return cells
 
-    def budgets_of(budget: int) -> list[int]:
-        return [int(budget * f) for f in DECAY_BUDGET_FRACTIONS]
-
     def plan(p: BranchPoint, b: int, budget: int):
         """Plan (for :func:`drive`) of one batch: the LR grid on the first seed at
         ``DECAY_GRID_FRACTION`` of the budget, then every budget of :data:`DECAY_BUDGET_FRACTIONS` at
@@ -572,7 +577,7 @@ def run_branches(
         runs: dict = {x: {} for x in seeds}
         if chosen is not None:
             m = cells[chosen]["multiplier"]
-            jobs = [(p, b, m, e, x) for x in seeds for e in budgets_of(budget)]
+            jobs = [(p, b, m, e, x) for x in seeds for e in decay_budgets(budget)]
             dirs = yield jobs
             for (_, _, _, e, x), d in zip(jobs, dirs):
                 runs[x][e] = d
@@ -732,8 +737,8 @@ def _report(points, results, base_loss: dict, batch_sizes, tolerance, ref_batch,
                             "multiplier": c["multiplier"],
                             "lr": c["lr"],
                             "val_loss_at_grid_budget": {
-                                str(x): (None if not math.isfinite(_lowest(r)) else _lowest(r))
-                                for x, r in c["runs"].items()
+                                str(x): (loss if math.isfinite(loss) else None)
+                                for x, loss in ((x, _lowest(r)) for x, r in c["runs"].items())
                             },
                         }
                         for t, c in plan["grid"].items()
@@ -752,7 +757,7 @@ def _report(points, results, base_loss: dict, batch_sizes, tolerance, ref_batch,
                 "lr": p.lr,
                 "val_loss_at_checkpoint": base,
                 "budget_images": budget,
-                "budgets_images": [int(budget * f) for f in DECAY_BUDGET_FRACTIONS],
+                "budgets_images": decay_budgets(budget),
                 "grid_budget_images": int(budget * DECAY_GRID_FRACTION),
                 "smallest_batch_reduction": reduction,
                 "branches": branches,
