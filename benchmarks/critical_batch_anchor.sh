@@ -11,6 +11,9 @@
 # each point) and is copied to benchmarks/results/critical_batch_anchor/ when complete; progress.txt
 # there lists the finished branches.
 #
+# Every run is fp32 (width16's validation points were measured on an AVX2 VM, where
+# train.precision=auto is fp32), whatever the CPU kind.
+#
 # With the argument `warmup` it measures one more point instead, at the end of warmup (step 54), from
 # a second run of the recipe stopped there; its report goes to benchmarks/results/critical_batch_anchor/warmup_point/.
 #
@@ -35,11 +38,11 @@ if [ "${1:-}" = warmup ]; then
   if [ ! -f "$RUN_WARMUP/summary.json" ]; then
     rm -rf "$RUN_WARMUP"  # a few minutes: an unfinished one starts again
     $PY -m largebatch train --recipe goyal2017_fashion_mnist_28px --out "$RUN_WARMUP" \
-      --set data.val_size=5000 --set train.checkpoint_every_steps=54 --set train.keep_checkpoints=5 \
+      --set data.val_size=5000 --set train.precision=fp32 --set train.checkpoint_every_steps=54 --set train.keep_checkpoints=5 \
       --set train.stop_after_images=$((54 * 512)) --set train.eval_every_epochs=100
   fi
   $PY -m largebatch critical-batch "$RUN_WARMUP" --out "$OUT_WARMUP" --steps 54 \
-    --batch-sizes 128,256,512,1024,2048 --budget-images 32768 --nproc 1 --parallel 2
+    --batch-sizes 128,256,512,1024,2048 --budget-images 32768 --nproc 1 --parallel 2 --set train.precision=fp32
   mkdir -p "$RESULTS/warmup_point"
   cp "$OUT_WARMUP/critical_batch.json" "$OUT_WARMUP/critical_batch.md" "$RESULTS/warmup_point/"
   exit 0
@@ -48,11 +51,11 @@ if [ ! -f "$RUN/summary.json" ]; then
   resume=()
   [ -d "$RUN/checkpoints" ] && resume=(--resume auto)
   $PY -m largebatch train --recipe goyal2017_fashion_mnist_28px --out "$RUN" "${resume[@]}" \
-    --set data.val_size=5000 --set train.checkpoint_every_steps=107 --set train.keep_checkpoints=50 \
+    --set data.val_size=5000 --set train.precision=fp32 --set train.checkpoint_every_steps=107 --set train.keep_checkpoints=50 \
     --set train.stop_after_images=$((428 * 512)) --set train.eval_every_epochs=100
 fi
 # steps 107 and 428 are width16's validation points (benchmarks/results/critical_batch_validation/
 # measured/width16.json); the anchor check (critical_batch_validation.py anchor) merges them in
 $PY -m largebatch critical-batch "$RUN" --out "$OUT" --steps 214,321 \
-  --batch-sizes 128,256,512,1024,2048 --budget-images 32768 --nproc 1 --parallel 2
+  --batch-sizes 128,256,512,1024,2048 --budget-images 32768 --nproc 1 --parallel 2 --set train.precision=fp32
 cp "$OUT/critical_batch.json" "$OUT/critical_batch.md" "$RESULTS/"

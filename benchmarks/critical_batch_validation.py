@@ -16,7 +16,9 @@ continues. ``report`` writes ``benchmarks/results/critical_batch_validation.json
 configuration: ``config``, ``role``, ``predicted``, ``predicted_low``, ``predicted_high``,
 ``measured``, ``measured_low``, ``measured_high``, ``quantity``) with what exists so far; the
 calibration factor is fitted only when both calibration configurations are measured, and held-out
-predictions are scaled by it only then.
+predictions are scaled by it only then. The interval of each prediction is the probe's bootstrap
+interval widened on both sides by the calibration factor's own scatter (the larger ratio of a
+calibration configuration's factor to their geometric mean), as ``advise`` prints it.
 """
 
 from __future__ import annotations
@@ -151,6 +153,8 @@ def measure(names: list[str]) -> None:
     share, also when stopped by SIGTERM or Ctrl-C) is appended to ``RESULTS/cpu_time.jsonl``."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     for name in names:
+        if (RESULTS / "measured" / f"{name}.json").is_file():
+            continue  # measured and recorded (delete the file to measure again): runs/ need not survive a session
         t0, c0, done = time.time(), _cpu_s(), False
         try:
             _measure_one(name)
@@ -176,12 +180,12 @@ def _cpu_kind() -> str:
 
 
 def _measure_one(name: str) -> None:
-    if (RESULTS / "measured" / f"{name}.json").is_file():
-        return  # measured and recorded (delete the file to measure again): runs/ need not survive a session
     _, recipe, overrides = CONFIGS[name]
     ref, branches = _dirs(name)
     lay = layout(name)
-    sets = [*overrides, f"data.val_size={VAL_SIZE}"]
+    # fp32 on every CPU kind: the calibration configurations were measured on an AVX2 VM, where
+    # train.precision=auto means fp32; on an AVX-512 BF16 VM auto would switch the held-out ones to bf16
+    sets = [*overrides, f"data.val_size={VAL_SIZE}", "train.precision=fp32"]
     if not (ref / "summary.json").is_file():
         cmd = [_py(), "-m", "largebatch", "train", "--recipe", recipe, "--out", str(ref)]
         if (ref / "checkpoints").is_dir():
@@ -299,9 +303,12 @@ def report() -> None:
             "meas": _measured(name, layout(name)),
         }
     calib = [r for r in rows.values() if r["role"] == "calibration"]
-    kappa = None
+    kappa, spread = None, 1.0
     if all(r["pred"] and r["meas"] for r in calib):
-        kappa = math.exp(sum(math.log(r["meas"][0] / r["pred"]["run_level_b"]) for r in calib) / len(calib))
+        factors = [r["meas"][0] / r["pred"]["run_level_b"] for r in calib]
+        kappa = math.exp(sum(math.log(f) for f in factors) / len(factors))
+        # the factor's own scatter: each configuration's factor lies within this ratio of their mean
+        spread = max(max(f / kappa, kappa / f) for f in factors)
     out = []
     for name, r in rows.items():
         p, m = r["pred"], r["meas"]
@@ -314,8 +321,15 @@ def report() -> None:
                 "quantity": "B_noise",
                 "calibration": kappa,
                 "predicted": p["run_level_b"] * scale if p else None,
-                "predicted_low": p["predicted_low"] / p["calibration"] * scale if p else None,
-                "predicted_high": p["predicted_high"] / p["calibration"] * scale if p else None,
+                # the probe's bootstrap interval (recorded as predicted_low/high before the spread
+                # existed), rescaled to this calibration and widened by the factor's scatter
+                "predicted_low": p.get("sampling_low", p["predicted_low"]) / p["calibration"] * scale / spread
+                if p
+                else None,
+                "predicted_high": p.get("sampling_high", p["predicted_high"]) / p["calibration"] * scale * spread
+                if p
+                else None,
+                "calibration_spread": spread,
                 "measured": m[0] if m else None,
                 "measured_low": m[1] if m else None,
                 "measured_high": m[2] if m else None,
@@ -340,6 +354,7 @@ def report() -> None:
         print(f"| {o['name']} | {o['role']} | {pred} | {meas} | {ratio} |")
     print(
         f"calibration factor: {kappa if kappa is not None else 'not fitted (calibration configurations not measured)'}"
+        f"; its spread: {spread:.3f}x"
     )
 
 

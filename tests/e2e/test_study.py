@@ -81,7 +81,25 @@ def _advice(b_noise: float, measured=()) -> Advice:
     from largebatch.study.noise_probe import Prediction, Window
 
     windows = [Window(10 * i, 10 * i + 9, 2000.0, 1500.0, 2500.0, False) for i in (1, 2, 3)]
-    pred = Prediction(windows, 2000.0, 1500.0, 2500.0, 0.5, 100, 3500.0, b_noise, 1.0, b_noise, 2000.0, 4500.0, 0.8, 0)
+    pred = Prediction(
+        windows,
+        2000.0,
+        1500.0,
+        2500.0,
+        0.5,
+        100,
+        3500.0,
+        b_noise,
+        1.0,
+        b_noise,
+        2000.0,
+        4500.0,
+        2000.0,
+        4500.0,
+        1.0,
+        0.8,
+        0,
+    )
     pred.predicted = b_noise
     return Advice(
         recipe="r",

@@ -7,6 +7,7 @@ import pytest
 
 from largebatch.study.noise_probe import (
     CALIBRATION,
+    CALIBRATION_SPREAD,
     fit_trend,
     predict,
     run_level,
@@ -54,7 +55,15 @@ def test_prediction_recovers_a_growing_noise_scale_and_seeds_widen_the_interval(
     b = lambda t: 20 * t**0.6  # noqa: E731
     steps = range(1, 241)
     one = _estimates(b, steps, 0.3, 0)
-    p = predict(one, window_steps=30, warmup_steps=30, horizon_step=480, reference_batch=512, calibration=1.0)
+    p = predict(
+        one,
+        window_steps=30,
+        warmup_steps=30,
+        horizon_step=480,
+        reference_batch=512,
+        calibration=1.0,
+        calibration_spread=1.0,
+    )
     assert p.trend_exponent == pytest.approx(0.6, abs=0.1)
     truth = run_level(b, 31, 480, 512)
     assert p.run_level_b == pytest.approx(truth, rel=0.15) and p.predicted_low <= truth <= p.predicted_high
@@ -69,12 +78,44 @@ def test_prediction_recovers_a_growing_noise_scale_and_seeds_widen_the_interval(
         reference_batch=512,
         seed_groups=[one, other],
         calibration=1.0,
+        calibration_spread=1.0,
     )
-    alone = predict(other, window_steps=30, warmup_steps=30, horizon_step=480, reference_batch=512, calibration=1.0)
+    alone = predict(
+        other,
+        window_steps=30,
+        warmup_steps=30,
+        horizon_step=480,
+        reference_batch=512,
+        calibration=1.0,
+        calibration_spread=1.0,
+    )
     assert both.predicted_low <= p.run_level_b * 1.05 and both.predicted_high >= alone.run_level_b * 0.95
     # by default the frozen calibration factor multiplies the prediction and its interval
     calibrated = predict(one, window_steps=30, warmup_steps=30, horizon_step=480, reference_batch=512)
     assert calibrated.calibration == CALIBRATION and calibrated.predicted == pytest.approx(p.run_level_b * CALIBRATION)
-    assert calibrated.predicted_low == pytest.approx(p.predicted_low * CALIBRATION)
+    assert calibrated.sampling_low == pytest.approx(p.predicted_low * CALIBRATION)
+    assert calibrated.sampling_high == pytest.approx(p.predicted_high * CALIBRATION)
+    # ... and the printed interval is that one widened by the factor's own scatter on each side
+    assert calibrated.calibration_spread == CALIBRATION_SPREAD
+    assert calibrated.predicted_low == pytest.approx(p.predicted_low * CALIBRATION / CALIBRATION_SPREAD)
+    assert calibrated.predicted_high == pytest.approx(p.predicted_high * CALIBRATION * CALIBRATION_SPREAD)
     with pytest.raises(ValueError, match="after warmup"):
         predict(one, window_steps=30, warmup_steps=500, horizon_step=600, reference_batch=512)
+
+
+def test_the_frozen_calibration_is_the_recorded_calibration_configurations_factor_and_scatter():
+    """CALIBRATION and CALIBRATION_SPREAD are what the validation report
+    (benchmarks/results/critical_batch_validation.json) gives for its two calibration rows: the
+    geometric mean of measured / uncalibrated prediction, and the larger ratio of either to it."""
+    import json
+    from pathlib import Path
+
+    rows = json.loads((Path(__file__).parents[2] / "benchmarks/results/critical_batch_validation.json").read_text())
+    calib = [r for r in rows if r["role"] == "calibration"]
+    assert len(calib) == 2 and all(r["measured"] and r["predicted"] for r in calib)
+    factors = [r["measured"] / (r["predicted"] / r["calibration"]) for r in calib]
+    mean = math.sqrt(factors[0] * factors[1])
+    assert mean == pytest.approx(CALIBRATION, abs=0.005)
+    assert max(factors) / mean == pytest.approx(CALIBRATION_SPREAD, abs=0.005)
+    # each calibration configuration's printed interval then covers its own measurement
+    assert all(r["predicted_low"] <= r["measured"] <= r["predicted_high"] for r in calib)

@@ -427,7 +427,9 @@ def _flags(cfg, pred, layout: dict) -> list[str]:
     else:
         flags.append(
             f"calibrated: x{pred.calibration:g}, fitted on the 28-px ResNet-8 recipe at widths 16 and 8 against the "
-            "branching yardstick (`largebatch critical-batch`; docs/noise_scale.md)"
+            "branching yardstick (`largebatch critical-batch`; docs/noise_scale.md); the interval is the "
+            f"probe's bootstrap interval ({pred.sampling_low:,.0f}-{pred.sampling_high:,.0f}) widened "
+            f"{pred.calibration_spread:g}x on each side for the factor's scatter between those two"
         )
     flags.append(f"validated range: {VALIDATED}")
     if len(pred.windows) < 3:

@@ -35,6 +35,14 @@ calibration configurations, the 28-px ResNet-8 recipe at width 16 (1,056 / 408) 
 2026-12-07 20:15 UTC and frozen before any held-out configuration's branch (docs/noise_scale.md,
 "Calibration"). 1.0 would mean uncalibrated."""
 
+CALIBRATION_SPREAD = 1.30
+"""How far the calibration factor itself is known: the two calibration configurations' own factors,
+2.59 and 4.37, lie 1.30x either side of their geometric mean (sqrt(4.37 / 2.59)). The printed
+interval is the probe's bootstrap interval divided (low end) and multiplied (high end) by it, so it
+holds both the probe's sampling noise and the factor's configuration-to-configuration scatter; without
+it neither calibration configuration's interval covered its own measurement. Frozen 2026-12-07
+21:25 UTC, before any held-out configuration's branch (docs/noise_scale.md, "Calibration")."""
+
 
 @dataclass(frozen=True)
 class Window:
@@ -167,6 +175,11 @@ class Prediction:
     predicted: float
     predicted_low: float
     predicted_high: float
+    """The interval: the bootstrap's (``sampling_low``-``sampling_high``) widened by ``calibration_spread``."""
+    sampling_low: float
+    sampling_high: float
+    """The bootstrap interval alone (the probe's sampling noise and the trend's scatter), calibrated."""
+    calibration_spread: float
     coverage: float
     negative_windows: int
     flags: list[str] = field(default_factory=list)
@@ -207,6 +220,7 @@ def predict(
     horizon_step: int,
     reference_batch: int,
     calibration: float = CALIBRATION,
+    calibration_spread: float = CALIBRATION_SPREAD,
     coverage: float = 0.8,
     resamples: int = 300,
     seed: int = 0,
@@ -216,7 +230,9 @@ def predict(
     calibrated prediction with a bootstrap interval: the wider of two, steps resampled within every
     window and the trend fit's residuals resampled across windows, the whole chain recomputed; with
     ``seed_groups`` (the estimates of each of two or more probes of different seeds, pooled in
-    ``estimates``), also the probes resampled, so the interval spans the seed-to-seed spread.
+    ``estimates``), also the probes resampled, so the interval spans the seed-to-seed spread. The
+    printed interval is that bootstrap interval widened by ``calibration_spread`` on both sides
+    (:data:`CALIBRATION_SPREAD`; 1.0 with ``calibration=1.0`` for the uncalibrated estimate).
 
     Raises:
         ValueError: no window after warmup (the probe ended in warmup or logged no estimates).
@@ -287,8 +303,11 @@ def predict(
         run_level_b=b_run,
         calibration=calibration,
         predicted=b_run * calibration,
-        predicted_low=lo,
-        predicted_high=hi,
+        predicted_low=lo / calibration_spread,
+        predicted_high=hi * calibration_spread,
+        sampling_low=lo,
+        sampling_high=hi,
+        calibration_spread=calibration_spread,
         coverage=coverage,
         negative_windows=sum(w.negative for w in windows),
     )
