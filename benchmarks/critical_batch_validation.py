@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
 import shutil
 import signal
@@ -140,6 +141,42 @@ def probe(names: list[str]) -> None:
             f"{name}: run-level {advice['prediction']['run_level_b']:.0f} images ({time.perf_counter() - t0:.0f} s)",
             flush=True,
         )
+
+
+def hessian(names: list[str]) -> None:
+    """The Hessian-corrected ratio B_noise / B_simple for each configuration: one more probe (seed 0,
+    one process of one thread, so it can share the machine with the yardstick) with
+    ``advise --hessian``; its ratio at the probe's final weights goes to ``RESULTS/probes_hessian/``
+    and multiplies the recorded two-seed probe's run-level average in :func:`report`."""
+    for name in names:
+        target = RESULTS / "probes_hessian" / f"{name}.json"
+        if target.is_file():
+            continue
+        _, recipe, overrides = CONFIGS[name]
+        out = RUNS / name / "hessian_probe"
+        if out.exists():
+            shutil.rmtree(out)  # an unfinished probe starts again (minutes)
+        cmd = [_py(), "-m", "largebatch", "advise", "--recipe", recipe, "--out", str(out), "--preset", ""]
+        cmd += ["--probe-epochs", f"{probe_epochs(name):g}", "--probe-seeds", "1", "--nproc", "1", "--hessian"]
+        sets = [*overrides, f"data.val_size={VAL_SIZE}", "train.threads_per_worker=1"]
+        cmd += sum((["--set", s] for s in sets), [])
+        t0, c0 = time.perf_counter(), _cpu_s()
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        if proc.returncode:
+            sys.exit(f"hessian probe {name} failed:\n{proc.stderr[-2000:]}")
+        advice = json.loads((out / "advice.json").read_text())
+        record = {
+            "name": name,
+            "hessian": advice["hessian"],
+            "single_seed_run_level_b": advice["prediction"]["run_level_b"],
+            "wall_s": round(time.perf_counter() - t0, 1),
+            "cpu_s": round(_cpu_s() - c0, 1),
+            "cpu": _cpu_kind(),
+            "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(record, indent=1) + "\n")
+        print(f"{name}: Hessian ratio {advice['hessian']['ratio']:.3f} ({record['wall_s']:.0f} s)", flush=True)
 
 
 def _cpu_s() -> float:
@@ -301,6 +338,9 @@ def report() -> None:
             "overrides": overrides,
             "pred": pred,
             "meas": _measured(name, layout(name)),
+            "hess": json.loads(h.read_text())["hessian"]
+            if (h := RESULTS / "probes_hessian" / f"{name}.json").is_file()
+            else None,
         }
     calib = [r for r in rows.values() if r["role"] == "calibration"]
     kappa, spread = None, 1.0
@@ -309,9 +349,23 @@ def report() -> None:
         kappa = math.exp(sum(math.log(f) for f in factors) / len(factors))
         # the factor's own scatter: each configuration's factor lies within this ratio of their mean
         spread = max(max(f / kappa, kappa / f) for f in factors)
+
+    # The Hessian-corrected prediction (advise --hessian): the same run-level average times the ratio
+    # B_noise / B_simple at the Hessian probe's final weights, with its own factor fitted the same way.
+    def corrected(r):
+        h = r["hess"]
+        return r["pred"]["run_level_b"] * h["ratio"] if r["pred"] and h and math.isfinite(h["ratio"]) else None
+
+    kappa_h, spread_h = None, 1.0
+    if all(corrected(r) and r["meas"] for r in calib):
+        factors = [r["meas"][0] / corrected(r) for r in calib]
+        kappa_h = math.exp(sum(math.log(f) for f in factors) / len(factors))
+        spread_h = max(max(f / kappa_h, kappa_h / f) for f in factors)
     out = []
     for name, r in rows.items():
         p, m = r["pred"], r["meas"]
+        c = corrected(r)
+        scale_h = (kappa_h if kappa_h is not None else 1.0) * (c / p["run_level_b"]) if c else None
         scale = kappa if kappa is not None else 1.0
         out.append(
             {
@@ -330,6 +384,21 @@ def report() -> None:
                 if p
                 else None,
                 "calibration_spread": spread,
+                "hessian_ratio": r["hess"]["ratio"] if r["hess"] else None,
+                "hessian_calibration": kappa_h,
+                "hessian_predicted": p["run_level_b"] * scale_h if scale_h else None,
+                "hessian_predicted_low": p.get("sampling_low", p["predicted_low"])
+                / p["calibration"]
+                * scale_h
+                / spread_h
+                if scale_h
+                else None,
+                "hessian_predicted_high": p.get("sampling_high", p["predicted_high"])
+                / p["calibration"]
+                * scale_h
+                * spread_h
+                if scale_h
+                else None,
                 "measured": m[0] if m else None,
                 "measured_low": m[1] if m else None,
                 "measured_high": m[2] if m else None,
@@ -337,8 +406,8 @@ def report() -> None:
         )
     RESULTS.mkdir(parents=True, exist_ok=True)
     (REPO / "benchmarks" / "results" / "critical_batch_validation.json").write_text(json.dumps(out, indent=1) + "\n")
-    print("| config | role | predicted (interval) | measured (range) | ratio |")
-    print("|---|---|---|---|---|")
+    print("| config | role | predicted (interval) | measured (range) | ratio | Hessian-corrected (interval) | ratio |")
+    print("|---|---|---|---|---|---|---|")
     for o in out:
         pred = (
             "-"
@@ -351,22 +420,41 @@ def report() -> None:
             else f"{o['measured']:,.0f} ({o['measured_low']:,.0f}-{o['measured_high']:,.0f})"
         )
         ratio = "-" if o["predicted"] is None or o["measured"] is None else f"{o['predicted'] / o['measured']:.2f}"
-        print(f"| {o['name']} | {o['role']} | {pred} | {meas} | {ratio} |")
+        hp = o["hessian_predicted"]
+        hess = (
+            "-" if hp is None else f"{hp:,.0f} ({o['hessian_predicted_low']:,.0f}-{o['hessian_predicted_high']:,.0f})"
+        )
+        h_ratio = "-" if hp is None or o["measured"] is None else f"{hp / o['measured']:.2f}"
+        print(f"| {o['name']} | {o['role']} | {pred} | {meas} | {ratio} | {hess} | {h_ratio} |")
     print(
         f"calibration factor: {kappa if kappa is not None else 'not fitted (calibration configurations not measured)'}"
-        f"; its spread: {spread:.3f}x"
+        f"; its spread: {spread:.3f}x; Hessian-corrected: {kappa_h if kappa_h is not None else 'not fitted'}, "
+        f"spread {spread_h:.3f}x"
     )
+    held = [o for o in out if o["role"] == "held_out" and o["measured"] and o["predicted"]]
+    for key in ("predicted", "hessian_predicted"):
+        both = [o for o in held if o[key]]
+        if both:
+            err = math.exp(sum(abs(math.log(o[key] / o["measured"])) for o in both) / len(both))
+            within = sum(1 / 2 <= o[key] / o["measured"] <= 2 for o in both)
+            covered = sum(o[key + "_low"] <= o["measured"] <= o[key + "_high"] for o in both)
+            print(
+                f"held out, {key}: {len(both)} measured; geometric-mean error {err:.2f}x; within 2x: {within}; "
+                f"interval covers: {covered}"
+            )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("step", choices=("probe", "measure", "report", "layout", "anchor"))
+    ap.add_argument("step", choices=("probe", "hessian", "measure", "report", "layout", "anchor"))
     ap.add_argument("--only", nargs="*", choices=list(CONFIGS), default=None)
     args = ap.parse_args()
     names = args.only or list(CONFIGS)
     sys.path.insert(0, str(REPO / "src"))
     if args.step == "probe":
         probe(names)
+    elif args.step == "hessian":
+        hessian(names)
     elif args.step == "measure":
         measure(names)
     elif args.step == "anchor":

@@ -546,6 +546,7 @@ def cmd_advise(args: argparse.Namespace) -> int:
             measured=args.measured,
             horizon_epochs=args.horizon_epochs,
             probe_seeds=args.probe_seeds,
+            hessian_small_batches=args.hessian_small_batches if args.hessian else 0,
         )
     except (ConfigError, ValueError, KeyError) as err:
         return _fail(err.args[0] if isinstance(err, KeyError) else str(err))
@@ -929,6 +930,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=2,
         help="probes of different seeds, pooled; their spread widens the interval (default 2)",
+    )
+    p.add_argument(
+        "--hessian",
+        action="store_true",
+        help="also measure the Hessian-corrected noise scale tr(H Sigma) / G^T H G at each probe's final weights "
+        "(Hessian-vector products; seconds to minutes) and print the prediction it gives",
+    )
+    p.add_argument(
+        "--hessian-small-batches",
+        type=int,
+        default=128,
+        help="small batches (one BN group each) behind the Hessian-corrected estimate (default 128)",
     )
     p.add_argument("--nproc", type=int, default=2, help="worker processes of the probe (default 2; 1 works)")
     p.add_argument(

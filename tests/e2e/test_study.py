@@ -4,12 +4,14 @@ follows the empirical model's closed forms)."""
 
 import csv
 import json
+import math
 import sys
 
 import pytest
 
 import clirun
 from largebatch.study.advise import Advice, against_measured, epochs_ratio
+from largebatch.study.hessian_noise import CALIBRATION_HESSIAN
 from largebatch.study.noise_probe import CALIBRATION, step_estimates, window_estimates
 from largebatch.study.sweep import METHODS, SweepError, plan_sweep, run_config
 
@@ -156,6 +158,8 @@ def test_advise_probe_predicts_from_windows_of_micro_batch_estimates(tmp_path):
     short = largebatch("advise", "--probe-epochs", "0.25", "--out", str(tmp_path / "short"))
     assert short.returncode == 2 and "end before two windows" in short.stderr and "--probe-epochs" in short.stderr
     assert len(short.stderr.strip().splitlines()) == 1 and not (tmp_path / "short").exists()
+    few = largebatch("advise", "--hessian", "--hessian-small-batches", "1", "--out", str(tmp_path / "few"))
+    assert few.returncode == 2 and "--hessian-small-batches 1" in few.stderr and not (tmp_path / "few").exists()
     unknown = largebatch("advise", "--recipe", "no_such_recipe", "--out", str(tmp_path / "unknown"))
     assert unknown.returncode == 2 and "no_such_recipe" in unknown.stderr and "Traceback" not in unknown.stderr
     proc = largebatch(
@@ -172,6 +176,9 @@ def test_advise_probe_predicts_from_windows_of_micro_batch_estimates(tmp_path):
         "train.log_every_steps=4",
         "--measured",
         str(measured),
+        "--hessian",
+        "--hessian-small-batches",
+        "8",
         "--out",
         str(out),
     )  # 16 steps of 256 on 2 workers, 4 micro-batches of one BN group (32) each per worker
@@ -198,6 +205,15 @@ def test_advise_probe_predicts_from_windows_of_micro_batch_estimates(tmp_path):
     assert advice["linear_scaling_max_batch"] == pytest.approx(advice["critical_batch"] / 10)
     # the frozen calibration factor multiplies the run-level average, and the flags say so
     assert pred["calibration"] == CALIBRATION != 1.0
+    # --hessian: tr(H Sigma) / G^T H G at each probe's final weights, from 8 small batches of one BN group
+    h = advice["hessian"]
+    assert [(r["small_batch"], r["small_batches"]) for r in h["per_seed"]] == [(32, 8), (32, 8)]
+    assert h["per_seed"][0] != h["per_seed"][1] and all(r["trace"] > 0 for r in h["per_seed"])
+    expected = math.sqrt(h["per_seed"][0]["ratio"] * h["per_seed"][1]["ratio"])
+    assert math.isfinite(h["ratio"]) and h["ratio"] == pytest.approx(expected)
+    assert h["predicted"] == pytest.approx(pred["run_level_b"] * h["ratio"] * CALIBRATION_HESSIAN)
+    assert h["predicted_low"] <= h["predicted"] <= h["predicted_high"]
+    assert "Hessian-corrected (tr(H Sigma) / G^T H G" in proc.stdout
     assert advice["critical_batch"] == pytest.approx(pred["run_level_b"] * CALIBRATION)
     assert any(f.startswith(f"calibrated: x{CALIBRATION:g}") for f in advice["flags"])
     assert any("decays within" in f for f in advice["flags"])

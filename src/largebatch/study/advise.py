@@ -62,6 +62,11 @@ class Advice:
     epochs_at_critical_batch: float
     flags: list = field(default_factory=list)
     cluster: dict = field(default_factory=dict)
+    hessian: dict = field(default_factory=dict)
+    """With ``--hessian``: each probe's :class:`largebatch.study.hessian_noise.HessianNoise` at its
+    final weights (``per_seed``), their geometric-mean ``ratio`` B_noise / B_simple, and the
+    Hessian-corrected prediction (``predicted``, ``predicted_low``, ``predicted_high``, with its own
+    ``calibration``; :func:`hessian_prediction`)."""
     measured: list = field(default_factory=list)
     """One dict per point of a ``largebatch critical-batch`` report given with ``--measured`` (see
     :func:`against_measured`)."""
@@ -92,6 +97,18 @@ class Advice:
             f"epochs: the recipe's {self.epochs_at_recipe_batch:g} at {self.global_batch_size} become about "
             f"{self.epochs_at_critical_batch:.1f} at B_noise",
         ]
+        h = self.hessian
+        if h:
+            if math.isfinite(h["ratio"]):
+                lines.append(
+                    f"Hessian-corrected (tr(H Sigma) / G^T H G at the probes' final weights, {h['ratio']:.2f}x "
+                    f"B_simple there): B_noise = {h['predicted']:,.0f} images ({h['predicted_low']:,.0f}-"
+                    f"{h['predicted_high']:,.0f}), x calibration {h['calibration']:g}; {h['status']}"
+                )
+            else:
+                lines.append(
+                    "Hessian-corrected: not measured (G^T H G or |G|^2 was not positive at the probes' final weights)"
+                )
         lines += [f"note: {flag}" for flag in self.flags]
         c = self.cluster
         if c:
@@ -332,12 +349,15 @@ def advise(
     measured: str | Path | None = None,
     horizon_epochs: float | None = None,
     probe_seeds: int = 2,
+    hessian_small_batches: int = 0,
 ) -> Advice:
     """Run the probe (``largebatch train`` of the recipe on ``nproc`` workers, its schedule unchanged,
     stopped after ``probe_epochs`` epochs, the noise scale measured on micro-batches of one BN group)
     ``probe_seeds`` times with seeds ``train.seed``, ``train.seed + 1``, ... into ``out/seed<k>``, then predict the run's critical batch (:mod:`largebatch.study.noise_probe`) and
     build the :class:`Advice`; with ``measured`` (a ``critical_batch.json`` of ``largebatch
-    critical-batch``) the prediction is compared with each measured point (:func:`against_measured`).
+    critical-batch``) the prediction is compared with each measured point (:func:`against_measured`);
+    with ``hessian_small_batches`` > 0 the Hessian-corrected noise scale is measured at each probe's
+    final weights from that many small batches (:func:`hessian_prediction`).
 
     Raises:
         ValueError: fewer than 1 worker, a probe that ends in warmup, a horizon outside the run or an
@@ -350,6 +370,8 @@ def advise(
         raise ValueError(f"--probe-epochs {probe_epochs}: give a positive number of epochs")
     if probe_seeds < 1:
         raise ValueError(f"--probe-seeds {probe_seeds}: give 1 or more")
+    if hessian_small_batches and hessian_small_batches < 2:
+        raise ValueError(f"--hessian-small-batches {hessian_small_batches}: give 2 or more (128 by default)")
     report = read_measured(measured) if measured else None
     cfg = load_config(recipe, overrides)
     layout = probe_layout(cfg, probe_epochs, horizon_epochs)
@@ -407,12 +429,45 @@ def advise(
         epochs_at_critical_batch=epochs_crit,
         flags=flags,
     )
+    if hessian_small_batches:
+        from largebatch.study.hessian_noise import measure_run
+
+        per_seed = [
+            measure_run(run_dir / f"seed{k}", seed=cfg.train.seed + k, small_batches=hessian_small_batches)
+            for k in range(probe_seeds)
+        ]
+        advice.hessian = hessian_prediction(pred, per_seed)
     if preset and math.isfinite(b_noise):
         advice.cluster = cluster_estimate(cfg, b_noise, epochs_crit, _train_images(cfg), preset, algorithm)
     if report is not None:
         advice.measured = against_measured(b_noise, report)
     (run_dir / "advice.json").write_text(json.dumps(dataclasses.asdict(advice), indent=2) + "\n")
     return advice
+
+
+def hessian_prediction(pred, per_seed: list) -> dict:
+    """The Hessian-corrected prediction: the uncalibrated run-level B_simple average of ``pred`` times
+    the geometric mean over the probes of B_noise / B_simple at their final weights (McCandlish et al.
+    2018, eq. 2.7 over eq. 2.8; ``per_seed``: :class:`largebatch.study.hessian_noise.HessianNoise`),
+    times its own calibration factor (:data:`largebatch.study.hessian_noise.CALIBRATION_HESSIAN`),
+    the interval the bootstrap's widened by that factor's spread, as for the plain prediction. The
+    correction is an option until the held-out validation says whether it lowers the error
+    (docs/noise_scale.md, "Hessian correction")."""
+    from largebatch.study.hessian_noise import CALIBRATION_HESSIAN, CALIBRATION_HESSIAN_SPREAD, HESSIAN_STATUS
+
+    ratios = [h.ratio for h in per_seed if math.isfinite(h.ratio) and h.ratio > 0]
+    ratio = math.exp(sum(map(math.log, ratios)) / len(ratios)) if len(ratios) == len(per_seed) else math.nan
+    base = pred.run_level_b
+    scale = ratio * CALIBRATION_HESSIAN
+    return {
+        "per_seed": [h.as_dict() for h in per_seed],
+        "ratio": ratio,
+        "calibration": CALIBRATION_HESSIAN,
+        "predicted": base * scale,
+        "predicted_low": pred.sampling_low / pred.calibration * scale / CALIBRATION_HESSIAN_SPREAD,
+        "predicted_high": pred.sampling_high / pred.calibration * scale * CALIBRATION_HESSIAN_SPREAD,
+        "status": HESSIAN_STATUS,
+    }
 
 
 VALIDATED = "calibration configurations only; the six held-out configurations are being measured (docs/noise_scale.md)"

@@ -1,0 +1,235 @@
+"""The Hessian-corrected noise scale of McCandlish et al. 2018, measured at one checkpoint.
+
+The simple noise scale B_simple = tr(Sigma) / |G|^2 (sec. 2.2, eq. 2.8) is the critical batch only
+when the Hessian is a multiple of the identity. With the Hessian H of the loss, the batch at which
+the optimal step's gain is half its noise-free value is (sec. 2.1, eq. 2.7)
+
+    B_noise = tr(H Sigma) / (G^T H G),
+
+which weighs the noise and the gradient by the curvature along them. This module measures both at
+one set of weights, with Hessian-vector products (Pearlmutter 1994: the gradient of g . v), and
+returns their ratio B_noise / B_simple; ``largebatch advise --hessian`` multiplies its run-level
+B_simple average by that ratio (docs/noise_scale.md, "Hessian correction").
+
+Estimators, from ``m`` small batches of ``b`` images (one BN group each, so each small batch's
+gradient is what ghost BN gives; the "examples" are groups, as for the probe's B_simple):
+
+* g_j, j = 1..m: the small batches' gradients; g = their mean; d_j = g_j - g.
+* tr(Sigma) = b * sum_j |d_j|^2 / (m - 1); |G|^2 = |g|^2 - tr(Sigma) / (b m) (unbiased).
+* tr(H Sigma) = b * sum_j d_j^T H_j d_j / (m - 1), where H_j is the Hessian of the mean loss over
+  other small batches, drawn independently of the g's, so E[d^T H_j d] = d^T H d.
+* G^T H G = g^T H g - tr(H Sigma) / (b m), with g^T H g averaged over several Hessian batches
+  (the same bias correction as |G|^2).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+CALIBRATION_HESSIAN = 1.0
+"""Factor on the Hessian-corrected run-level prediction (``advise --hessian``), fitted like
+:data:`largebatch.study.noise_probe.CALIBRATION` on the two calibration configurations; 1.0 means
+not fitted yet."""
+
+CALIBRATION_HESSIAN_SPREAD = 1.0
+"""The Hessian calibration factor's scatter between its two configurations (as
+:data:`largebatch.study.noise_probe.CALIBRATION_SPREAD`); 1.0 until fitted."""
+
+HESSIAN_STATUS = "uncalibrated and not validated: an option until the held-out check decides (docs/noise_scale.md)"
+"""What ``advise`` says of the Hessian-corrected prediction."""
+
+
+@dataclass(frozen=True)
+class HessianNoise:
+    """What :func:`hessian_noise_scale` measured (batch sizes in images).
+
+    ``b_simple`` = trace / g_sq; ``b_noise`` = trace_h / g_h_g (inf when ``g_h_g`` is not positive:
+    the curvature along the gradient is negative or below the estimate's noise); ``ratio`` =
+    ``b_noise / b_simple``."""
+
+    small_batch: int
+    small_batches: int
+    hessian_batches: int
+    g_sq: float
+    trace: float
+    g_h_g: float
+    trace_h: float
+    b_simple: float
+    b_noise: float
+    ratio: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _flat(tensors) -> torch.Tensor:
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def _unflat(vec: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor]:
+    out, i = [], 0
+    for p in like:
+        out.append(vec[i : i + p.numel()].view_as(p))
+        i += p.numel()
+    return out
+
+
+def hessian_noise_scale(
+    model: nn.Module,
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    small_batches: int = 128,
+    hessian_small_batches: int = 4,
+    gradient_hvps: int = 8,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> HessianNoise:
+    """B_simple and the Hessian-corrected B_noise of ``model`` at its current weights.
+
+    Args:
+        model: in train mode for the measurement (BN on each batch's own statistics, as in training);
+            its weights and buffers (BN running statistics) are left as they were.
+        batches: (images, labels) small batches of one BN group each, all of the same size b, drawn
+            without repeats; ``small_batches + (small_batches + gradient_hvps) * hessian_small_batches``
+            of them are used.
+        small_batches: m, the small batches whose gradients give g, tr(Sigma) and tr(H Sigma) (>= 2).
+        hessian_small_batches: small batches whose mean loss defines each Hessian batch H_j.
+        gradient_hvps: Hessian batches over which g^T H g is averaged.
+        loss_fn: (logits, labels) -> mean loss; cross-entropy by default.
+
+    Returns:
+        :class:`HessianNoise`.
+
+    Raises:
+        ValueError: ``small_batches`` < 2, or ``batches`` runs out or changes size.
+
+    Source: McCandlish et al. 2018, "An Empirical Model of Large-Batch Training", sec. 2.1 (eq. 2.7)
+    and app. A.1; Pearlmutter 1994 for the Hessian-vector product.
+    """
+    if small_batches < 2 or hessian_small_batches < 1 or gradient_hvps < 1:
+        raise ValueError(
+            f"small_batches={small_batches}, hessian_small_batches={hessian_small_batches}, "
+            f"gradient_hvps={gradient_hvps}: give >= 2, >= 1 and >= 1"
+        )
+    loss_fn = loss_fn or nn.functional.cross_entropy
+    params = [p for p in model.parameters() if p.requires_grad]
+    buffers = {name: buf.clone() for name, buf in model.named_buffers()}
+    was_training = model.training
+    model.train()
+    size = None
+
+    def take() -> tuple[torch.Tensor, torch.Tensor]:
+        nonlocal size
+        try:
+            x, y = next(batches)
+        except StopIteration:
+            raise ValueError("the batches ran out: give more small batches") from None
+        if size is None:
+            size = x.shape[0]
+        elif x.shape[0] != size:
+            raise ValueError(f"small batches of {size} and {x.shape[0]} images: give batches of one size")
+        return x, y
+
+    def grad_of(x, y) -> torch.Tensor:
+        return _flat(torch.autograd.grad(loss_fn(model(x), y), params))
+
+    def hvp(vectors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """H v for each v, H the Hessian of the mean loss over one fresh Hessian batch (each small
+        batch through the model on its own, its BN on its own statistics)."""
+        parts = [take() for _ in range(hessian_small_batches)]
+        loss = sum(loss_fn(model(x), y) for x, y in parts) / len(parts)
+        grads = torch.autograd.grad(loss, params, create_graph=True)
+        out = []
+        for k, v in enumerate(vectors):
+            dot = sum((g * u).sum() for g, u in zip(grads, _unflat(v, params)))
+            out.append(_flat(torch.autograd.grad(dot, params, retain_graph=k < len(vectors) - 1)))
+        return out
+
+    try:
+        g_small = torch.stack([grad_of(*take()) for _ in range(small_batches)])
+        m, b = small_batches, size
+        g = g_small.mean(0)
+        d = g_small - g
+        trace_small = float((d * d).sum()) / (m - 1)  # tr of one small batch's gradient covariance
+        trace_h_small = sum(float(d[j] @ hvp([d[j]])[0]) for j in range(m)) / (m - 1)
+        g_h_g_raw = sum(float(g @ hvp([g])[0]) for _ in range(gradient_hvps)) / gradient_hvps
+    finally:
+        with torch.no_grad():
+            for name, buf in model.named_buffers():
+                buf.copy_(buffers[name])
+        model.train(was_training)
+    g_sq = float(g @ g) - trace_small / m
+    g_h_g = g_h_g_raw - trace_h_small / m
+    trace, trace_h = b * trace_small, b * trace_h_small
+    b_simple = trace / g_sq if g_sq > 0 else math.inf
+    b_noise = trace_h / g_h_g if g_h_g > 0 else math.inf
+    ratio = b_noise / b_simple if math.isfinite(b_simple) and math.isfinite(b_noise) else math.nan
+    return HessianNoise(
+        small_batch=b,
+        small_batches=m,
+        hessian_batches=m + gradient_hvps,
+        g_sq=g_sq,
+        trace=trace,
+        g_h_g=g_h_g,
+        trace_h=trace_h,
+        b_simple=b_simple,
+        b_noise=b_noise,
+        ratio=ratio,
+    )
+
+
+def measure_run(run_dir, *, seed: int = 0, small_batches: int = 128, **kwargs) -> HessianNoise:
+    """:func:`hessian_noise_scale` at the final weights of a finished ``largebatch train`` run
+    (``run_dir/model_final.pt`` with ``config.json``), on its training data with its augmentation,
+    in small batches of the run's BN group (``train.bn.batch_size``; the per-worker batch when 0),
+    on the CPU in fp32, the order drawn from ``seed``.
+
+    Raises:
+        FileNotFoundError: ``run_dir`` lacks ``model_final.pt`` or ``config.json``.
+    """
+    import json
+    from pathlib import Path
+
+    from largebatch.config import config_from_dict
+    from largebatch.data import build_data
+    from largebatch.data.samplers import GlobalBatchSampler
+    from largebatch.nn import build_model
+    from largebatch.plan import resolve
+
+    run_dir = Path(run_dir)
+    for name in ("model_final.pt", "config.json"):
+        if not (run_dir / name).is_file():
+            raise FileNotFoundError(f"{run_dir / name}: give the directory of a finished largebatch train run")
+    cfg = config_from_dict(json.loads((run_dir / "config.json").read_text()))
+    plan = resolve(cfg, cfg.train.nproc or 1)
+    b = plan.bn_batch_size
+    device = torch.device("cpu")
+    data = build_data(cfg, device=device)
+    model = build_model(
+        cfg.model.name,
+        num_classes=data.num_classes,
+        in_channels=data.in_channels,
+        width=cfg.model.width,
+        blocks_per_stage=cfg.model.blocks_per_stage,
+        stem_stride=cfg.model.stem_stride,
+    )
+    model.load_state_dict(torch.load(run_dir / "model_final.pt", map_location=device, weights_only=True))
+    sampler = GlobalBatchSampler(data.num_train, b, world_size=1, rank=0, seed=seed)
+
+    def batches():
+        epoch = 0
+        while True:
+            sampler.set_epoch(epoch)
+            yield from data.train_batches(sampler, seed=seed)
+            epoch += 1
+
+    smoothing = cfg.train.label_smoothing
+
+    def loss_fn(logits, labels):
+        return nn.functional.cross_entropy(logits, labels, label_smoothing=smoothing)
+
+    return hessian_noise_scale(model, batches(), small_batches=small_batches, loss_fn=loss_fn, **kwargs)
