@@ -119,3 +119,19 @@ def test_the_frozen_calibration_is_the_recorded_calibration_configurations_facto
     assert max(factors) / mean == pytest.approx(CALIBRATION_SPREAD, abs=0.005)
     # each calibration configuration's printed interval then covers its own measurement
     assert all(r["predicted_low"] <= r["measured"] <= r["predicted_high"] for r in calib)
+
+
+def test_the_frozen_hessian_calibration_is_the_recorded_calibration_configurations_factor_and_scatter():
+    """The same for the Hessian-corrected prediction (``advise --hessian``): its factor and scatter
+    are the report's for the two calibration rows."""
+    import json
+    from pathlib import Path
+
+    from largebatch.study.hessian_noise import CALIBRATION_HESSIAN, CALIBRATION_HESSIAN_SPREAD
+
+    rows = json.loads((Path(__file__).parents[2] / "benchmarks/results/critical_batch_validation.json").read_text())
+    calib = [r for r in rows if r["role"] == "calibration"]
+    factors = [r["measured"] / (r["hessian_predicted"] / r["hessian_calibration"]) for r in calib]
+    mean = math.sqrt(factors[0] * factors[1])
+    assert mean == pytest.approx(CALIBRATION_HESSIAN, abs=0.005)
+    assert max(factors) / mean == pytest.approx(CALIBRATION_HESSIAN_SPREAD, abs=0.005)

@@ -31,16 +31,21 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-CALIBRATION_HESSIAN = 1.0
+CALIBRATION_HESSIAN = 6.88
 """Factor on the Hessian-corrected run-level prediction (``advise --hessian``), fitted like
-:data:`largebatch.study.noise_probe.CALIBRATION` on the two calibration configurations; 1.0 means
-not fitted yet."""
+:data:`largebatch.study.noise_probe.CALIBRATION` on the same two calibration configurations: the
+geometric mean of measured / (run-level B_simple x ratio), 1,056 / (408 x 0.564) = 4.59 for width16
+and 1,437 / (329 x 0.424) = 10.30 for width8. Fitted 2026-12-07 21:43 UTC and frozen before any
+held-out configuration's measurement (docs/noise_scale.md, "Hessian correction")."""
 
-CALIBRATION_HESSIAN_SPREAD = 1.0
+CALIBRATION_HESSIAN_SPREAD = 1.50
 """The Hessian calibration factor's scatter between its two configurations (as
-:data:`largebatch.study.noise_probe.CALIBRATION_SPREAD`); 1.0 until fitted."""
+:data:`largebatch.study.noise_probe.CALIBRATION_SPREAD`): sqrt(10.30 / 4.59)."""
 
-HESSIAN_STATUS = "uncalibrated and not validated: an option until the held-out check decides (docs/noise_scale.md)"
+HESSIAN_STATUS = (
+    "calibrated on the 28-px ResNet-8 at widths 16 and 8; an option until the held-out check says whether it "
+    "beats the plain prediction (docs/noise_scale.md)"
+)
 """What ``advise`` says of the Hessian-corrected prediction."""
 
 

@@ -41,7 +41,7 @@ CALIBRATION_SPREAD = 1.30
 interval is the probe's bootstrap interval divided (low end) and multiplied (high end) by it, so it
 holds both the probe's sampling noise and the factor's configuration-to-configuration scatter; without
 it neither calibration configuration's interval covered its own measurement. Frozen 2026-12-07
-21:25 UTC, before any held-out configuration's branch (docs/noise_scale.md, "Calibration")."""
+21:22 UTC, before any held-out configuration's branch (docs/noise_scale.md, "Calibration")."""
 
 
 @dataclass(frozen=True)
