@@ -35,7 +35,7 @@ CALIBRATION_HESSIAN = 6.88
 """Factor on the Hessian-corrected run-level prediction (``advise --hessian``), fitted like
 :data:`largebatch.study.noise_probe.CALIBRATION` on the same two calibration configurations: the
 geometric mean of measured / (run-level B_simple x ratio), 1,056 / (408 x 0.564) = 4.59 for width16
-and 1,437 / (329 x 0.424) = 10.30 for width8. Fitted 2026-12-07 21:43 UTC and frozen before any
+and 1,437 / (329 x 0.424) = 10.30 for width8. Fitted 2026-12-07 21:42 UTC and frozen before any
 held-out configuration's measurement (docs/noise_scale.md, "Hessian correction")."""
 
 CALIBRATION_HESSIAN_SPREAD = 1.50
