@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole validation of `largebatch advise`'s critical batch, in the background and resumable
-# (docs/noise_scale.md, "Validation plan"): the probes not yet recorded, the yardstick on the two
+# (docs/noise_scale.md, "Validation plan"): the probes not yet recorded (plain, then one with --hessian each), the yardstick on the two
 # calibration configurations (the report then fits the calibration factor), width16's point at the
 # end of warmup (the anchor), the held-out configurations in the plan's order, then the anchor's two middle points (width16's 1.5x
 # check against the steps fit, which width16's own two points already give), a report after each stage. Run the same command
@@ -14,6 +14,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 mkdir -p runs
 $PY benchmarks/critical_batch_validation.py probe
+$PY benchmarks/critical_batch_validation.py hessian
 $PY benchmarks/critical_batch_validation.py measure --only width16 width8
 $PY benchmarks/critical_batch_validation.py report
 bash benchmarks/critical_batch_anchor.sh warmup

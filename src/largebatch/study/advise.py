@@ -35,6 +35,12 @@ from largebatch.data import FASHION_MNIST_TRAIN_SAMPLES
 from largebatch.nn.models import build_model
 from largebatch.sim.presets import get_preset
 from largebatch.sim.step import simulate_step
+from largebatch.study.hessian_noise import (
+    CALIBRATION_HESSIAN,
+    CALIBRATION_HESSIAN_SPREAD,
+    HESSIAN_STATUS,
+    measure_run,
+)
 from largebatch.study.noise_probe import predict, step_estimates
 from largebatch.train.metrics import read_metrics
 
@@ -430,8 +436,6 @@ def advise(
         flags=flags,
     )
     if hessian_small_batches:
-        from largebatch.study.hessian_noise import measure_run
-
         per_seed = [
             measure_run(run_dir / f"seed{k}", seed=cfg.train.seed + k, small_batches=hessian_small_batches)
             for k in range(probe_seeds)
@@ -453,8 +457,6 @@ def hessian_prediction(pred, per_seed: list) -> dict:
     the interval the bootstrap's widened by that factor's spread, as for the plain prediction. The
     correction is an option until the held-out validation says whether it lowers the error
     (docs/noise_scale.md, "Hessian correction")."""
-    from largebatch.study.hessian_noise import CALIBRATION_HESSIAN, CALIBRATION_HESSIAN_SPREAD, HESSIAN_STATUS
-
     ratios = [h.ratio for h in per_seed if math.isfinite(h.ratio) and h.ratio > 0]
     ratio = math.exp(sum(map(math.log, ratios)) / len(ratios)) if len(ratios) == len(per_seed) else math.nan
     base = pred.run_level_b

@@ -24,12 +24,20 @@ gradient is what ghost BN gives; the "examples" are groups, as for the probe's B
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
+
+from largebatch.config import config_from_dict
+from largebatch.data import build_data
+from largebatch.data.samplers import GlobalBatchSampler
+from largebatch.nn import build_model
+from largebatch.plan import resolve
 
 CALIBRATION_HESSIAN = 6.88
 """Factor on the Hessian-corrected run-level prediction (``advise --hessian``), fitted like
@@ -196,15 +204,6 @@ def measure_run(run_dir, *, seed: int = 0, small_batches: int = 128, **kwargs) -
     Raises:
         FileNotFoundError: ``run_dir`` lacks ``model_final.pt`` or ``config.json``.
     """
-    import json
-    from pathlib import Path
-
-    from largebatch.config import config_from_dict
-    from largebatch.data import build_data
-    from largebatch.data.samplers import GlobalBatchSampler
-    from largebatch.nn import build_model
-    from largebatch.plan import resolve
-
     run_dir = Path(run_dir)
     for name in ("model_final.pt", "config.json"):
         if not (run_dir / name).is_file():
