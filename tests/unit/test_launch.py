@@ -68,3 +68,33 @@ def test_a_peer_lost_error_defers_to_another_workers_real_error(tmp_path):
 
     killed = ProcessFailure(local_rank=1, pid=1, exitcode=-9, error_file="")
     assert launch.classify_failure({0: real, 1: killed}).kind == "died"
+
+
+def test_a_process_killed_while_logging_does_not_block_the_others_log():
+    """A forked process (a worker, a trial, a branch) that dies holding the log's write lock must not
+    leave the other processes waiting on it: tqdm's default lock is one multiprocessing semaphore
+    shared by every process forked after it was made; largebatch.dist.env gives each process its own
+    (checked in a fresh interpreter, with a timeout, since the failure is a hang)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import logging, os, sys\n"
+        "from largebatch.dist.env import configure_logging\n"
+        "from tqdm import tqdm\n"
+        "configure_logging(0)\n"
+        "log = logging.getLogger('t')\n"
+        "log.info('before the fork')\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    tqdm.get_lock().acquire()\n"
+        "    os._exit(0)  # killed while writing: the lock is never released\n"
+        "os.waitpid(pid, 0)\n"
+        "log.info('after the child died')\n"
+    )
+    try:
+        proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("the parent blocked on the write lock its dead child held") from None
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "before the fork" in proc.stderr and "after the child died" in proc.stderr

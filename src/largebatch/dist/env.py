@@ -11,6 +11,7 @@ import ctypes.util
 import logging
 import os
 import sys
+import threading
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -20,6 +21,13 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 log = logging.getLogger(__name__)
+
+# tqdm's default write lock holds a multiprocessing RLock: one semaphore shared by every process
+# forked after it was made (the launcher's workers, a sweep's trials, critical-batch's branches). A
+# process killed while writing a log line leaves it held, and every other process then blocks for
+# good on its next line (a futex wait). Only rank 0 draws a bar, so a lock of this process's own is
+# enough.
+tqdm.set_lock(threading.RLock())
 
 
 @dataclass(frozen=True)
