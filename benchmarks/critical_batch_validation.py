@@ -113,18 +113,24 @@ def _dirs(name: str) -> tuple[Path, Path]:
     return RUN_DIRS.get(name, (RUNS / name / "reference", RUNS / name / "branches"))
 
 
+def _advise_cmd(name: str, out: Path, *flags: str) -> list[str]:
+    """``largebatch advise`` on configuration ``name`` into ``out``, no cost model, its probe length."""
+    _, recipe, overrides = CONFIGS[name]
+    cmd = [_py(), "-m", "largebatch", "advise", "--recipe", recipe, "--out", str(out), "--preset", ""]
+    cmd += ["--probe-epochs", f"{probe_epochs(name):g}", *flags]
+    return cmd + sum((["--set", s] for s in [*overrides, f"data.val_size={VAL_SIZE}"]), [])
+
+
 def probe(names: list[str]) -> None:
     for name in names:
         target = RESULTS / "probes" / f"{name}.json"
         if target.is_file():
             continue
-        role, recipe, overrides = CONFIGS[name]
+        role = CONFIGS[name][0]
         out = RUNS / name / "probe"
         if out.exists():
             shutil.rmtree(out)  # an unfinished probe starts again (a few minutes)
-        cmd = [_py(), "-m", "largebatch", "advise", "--recipe", recipe, "--out", str(out), "--preset", ""]
-        cmd += ["--probe-epochs", f"{probe_epochs(name):g}"]
-        cmd += sum((["--set", s] for s in [*overrides, f"data.val_size={VAL_SIZE}"]), [])
+        cmd = _advise_cmd(name, out)
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode:
@@ -152,14 +158,11 @@ def hessian(names: list[str]) -> None:
         target = RESULTS / "probes_hessian" / f"{name}.json"
         if target.is_file():
             continue
-        _, recipe, overrides = CONFIGS[name]
         out = RUNS / name / "hessian_probe"
         if out.exists():
             shutil.rmtree(out)  # an unfinished probe starts again (minutes)
-        cmd = [_py(), "-m", "largebatch", "advise", "--recipe", recipe, "--out", str(out), "--preset", ""]
-        cmd += ["--probe-epochs", f"{probe_epochs(name):g}", "--probe-seeds", "1", "--nproc", "1", "--hessian"]
-        sets = [*overrides, f"data.val_size={VAL_SIZE}", "train.threads_per_worker=1"]
-        cmd += sum((["--set", s] for s in sets), [])
+        cmd = _advise_cmd(name, out, "--probe-seeds", "1", "--nproc", "1", "--hessian")
+        cmd += ["--set", "train.threads_per_worker=1"]
         t0, c0 = time.perf_counter(), _cpu_s()
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
         if proc.returncode:

@@ -202,8 +202,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from largebatch.config import ConfigError, apply_overrides, config_from_dict, validate
     from largebatch.data import build_data, check_data
     from largebatch.dist import cleanup, setup
-    from largebatch.nn import build_model
     from largebatch.registry import refuse_plugins_named_by_file, set_keys
+    from largebatch.train.build import model_of
     from largebatch.train.checkpoint import CheckpointError, load_model_state
     from largebatch.train.precision import choose_precision
     from largebatch.train.trainer import evaluate
@@ -235,14 +235,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     try:
         data = build_data(cfg, device=env.device)
-        model = build_model(
-            cfg.model.name,
-            num_classes=data.num_classes,
-            in_channels=data.in_channels,
-            width=cfg.model.width,
-            blocks_per_stage=cfg.model.blocks_per_stage,
-            stem_stride=cfg.model.stem_stride,
-        ).to(env.device)
+        model = model_of(cfg, data).to(env.device)
         try:
             load_model_state(model, state, source)
         except CheckpointError as err:

@@ -1,5 +1,6 @@
 """From per-step noise-scale estimates to the run's critical batch (largebatch.study.noise_probe)."""
 
+import functools
 import math
 import random
 
@@ -55,8 +56,8 @@ def test_prediction_recovers_a_growing_noise_scale_and_seeds_widen_the_interval(
     b = lambda t: 20 * t**0.6  # noqa: E731
     steps = range(1, 241)
     one = _estimates(b, steps, 0.3, 0)
-    p = predict(
-        one,
+    uncalibrated = functools.partial(
+        predict,
         window_steps=30,
         warmup_steps=30,
         horizon_step=480,
@@ -64,31 +65,15 @@ def test_prediction_recovers_a_growing_noise_scale_and_seeds_widen_the_interval(
         calibration=1.0,
         calibration_spread=1.0,
     )
+    p = uncalibrated(one)
     assert p.trend_exponent == pytest.approx(0.6, abs=0.1)
     truth = run_level(b, 31, 480, 512)
     assert p.run_level_b == pytest.approx(truth, rel=0.15) and p.predicted_low <= truth <= p.predicted_high
     assert p.horizon_b == pytest.approx(b(480), rel=0.25) and p.negative_windows == 0
     # a second probe whose noise scale reads 1.5x higher: the pooled interval spans both
     other = _estimates(lambda t: 1.5 * b(t), steps, 0.3, 1)
-    both = predict(
-        one + other,
-        window_steps=30,
-        warmup_steps=30,
-        horizon_step=480,
-        reference_batch=512,
-        seed_groups=[one, other],
-        calibration=1.0,
-        calibration_spread=1.0,
-    )
-    alone = predict(
-        other,
-        window_steps=30,
-        warmup_steps=30,
-        horizon_step=480,
-        reference_batch=512,
-        calibration=1.0,
-        calibration_spread=1.0,
-    )
+    both = uncalibrated(one + other, seed_groups=[one, other])
+    alone = uncalibrated(other)
     assert both.predicted_low <= p.run_level_b * 1.05 and both.predicted_high >= alone.run_level_b * 0.95
     # by default the frozen calibration factor multiplies the prediction and its interval
     calibrated = predict(one, window_steps=30, warmup_steps=30, horizon_step=480, reference_batch=512)

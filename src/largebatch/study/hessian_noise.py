@@ -36,8 +36,8 @@ from torch import nn
 from largebatch.config import config_from_dict
 from largebatch.data import build_data
 from largebatch.data.samplers import GlobalBatchSampler
-from largebatch.nn import build_model
 from largebatch.plan import resolve
+from largebatch.train.build import model_of
 
 CALIBRATION_HESSIAN = 6.88
 """Factor on the Hessian-corrected run-level prediction (``advise --hessian``), fitted like
@@ -213,14 +213,7 @@ def measure_run(run_dir, *, seed: int = 0, small_batches: int = 128, **kwargs) -
     b = plan.bn_batch_size
     device = torch.device("cpu")
     data = build_data(cfg, device=device)
-    model = build_model(
-        cfg.model.name,
-        num_classes=data.num_classes,
-        in_channels=data.in_channels,
-        width=cfg.model.width,
-        blocks_per_stage=cfg.model.blocks_per_stage,
-        stem_stride=cfg.model.stem_stride,
-    )
+    model = model_of(cfg, data)
     model.load_state_dict(torch.load(run_dir / "model_final.pt", map_location=device, weights_only=True))
     sampler = GlobalBatchSampler(data.num_train, b, world_size=1, rank=0, seed=seed)
 

@@ -73,6 +73,19 @@ def build_run_model(cfg: Config, plan: Plan, env: DistEnv, data) -> tuple[nn.Mod
     return model, channels_last
 
 
+def model_of(cfg: Config, data) -> nn.Module:
+    """The run's architecture for ``data`` (classes, channels), untrained, on the CPU, with plain BN:
+    the model a saved state dict of the run loads into (``largebatch eval``, the Hessian probe)."""
+    return build_model(
+        cfg.model.name,
+        num_classes=data.num_classes,
+        in_channels=data.in_channels,
+        width=cfg.model.width,
+        blocks_per_stage=cfg.model.blocks_per_stage,
+        stem_stride=cfg.model.stem_stride,
+    )
+
+
 def wrap_ddp(model: nn.Module, cfg: Config, env: DistEnv) -> nn.Module:
     """``DistributedDataParallel`` around ``model`` on a distributed run (the model itself otherwise).
     BN buffers stay per worker (Goyal et al. 2017 sec. 2.3): no broadcast from rank 0 at every forward."""
