@@ -272,6 +272,14 @@ def _measured(name: str, lay: dict) -> tuple[float, float, float] | None:
     return out[0], out[1], out[2]
 
 
+def _unresolved(name: str) -> list[int]:
+    """The steps of the measured points of ``name`` whose B_noise the yardstick did not resolve."""
+    path = RESULTS / "measured" / f"{name}.json"
+    if not path.is_file():
+        return []
+    return [p["step"] for p in json.loads(path.read_text())["points"] if p.get("b_noise") is None]
+
+
 STEPS_FIT = (394.0, 80.0)
 """The tuned study's fit of steps to 90% validation top-1 on width16 (docs/results.md): B_noise, 1 sd."""
 ANCHOR = REPO / "benchmarks" / "results" / "critical_batch_anchor"
@@ -402,6 +410,9 @@ def report() -> None:
                 * spread_h
                 if scale_h
                 else None,
+                # points the yardstick did not resolve (the smallest batch's reduction under its
+                # threshold after the budget's doublings): the run-level average is then not measured
+                "measured_unresolved_steps": _unresolved(name),
                 "measured": m[0] if m else None,
                 "measured_low": m[1] if m else None,
                 "measured_high": m[2] if m else None,
@@ -418,7 +429,9 @@ def report() -> None:
             else f"{o['predicted']:,.0f} ({o['predicted_low']:,.0f}-{o['predicted_high']:,.0f})"
         )
         meas = (
-            "-"
+            f"not resolved at step(s) {o['measured_unresolved_steps']}"
+            if o["measured"] is None and o["measured_unresolved_steps"]
+            else "-"
             if o["measured"] is None
             else f"{o['measured']:,.0f} ({o['measured_low']:,.0f}-{o['measured_high']:,.0f})"
         )
@@ -435,6 +448,9 @@ def report() -> None:
         f"spread {spread_h:.3f}x"
     )
     held = [o for o in out if o["role"] == "held_out" and o["measured"] and o["predicted"]]
+    for o in out:
+        if o["role"] == "held_out" and o["measured_unresolved_steps"]:
+            print(f"held out, {o['name']}: measured but not resolved at step(s) {o['measured_unresolved_steps']}")
     for key in ("predicted", "hessian_predicted"):
         both = [o for o in held if o[key]]
         if both:
