@@ -216,6 +216,7 @@ def test_advise_probe_predicts_from_windows_of_micro_batch_estimates(tmp_path):
     assert "Hessian-corrected (tr(H Sigma) / G^T H G" in proc.stdout
     assert advice["critical_batch"] == pytest.approx(pred["run_level_b"] * CALIBRATION)
     assert any(f.startswith(f"calibrated: x{CALIBRATION:g}") for f in advice["flags"])
+    assert any(f.startswith("validated range: the 28-px ResNet-8") for f in advice["flags"])
     assert any("decays within" in f for f in advice["flags"])
     cluster = advice["cluster"]
     assert cluster["preset"] == "h100_ndr" and cluster["gpus"] >= 1 and 0 < cluster["scaling_efficiency"] <= 1
