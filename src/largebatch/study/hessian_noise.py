@@ -150,17 +150,14 @@ def hessian_noise_scale(
     def grad_of(x, y) -> torch.Tensor:
         return _flat(torch.autograd.grad(loss_fn(model(x), y), params))
 
-    def hvp(vectors: list[torch.Tensor]) -> list[torch.Tensor]:
-        """H v for each v, H the Hessian of the mean loss over one fresh Hessian batch (each small
-        batch through the model on its own, its BN on its own statistics)."""
+    def hvp(v: torch.Tensor) -> torch.Tensor:
+        """H v, H the Hessian of the mean loss over one fresh Hessian batch (each small batch through
+        the model on its own, its BN on its own statistics)."""
         parts = [take() for _ in range(hessian_small_batches)]
         loss = sum(loss_fn(model(x), y) for x, y in parts) / len(parts)
         grads = torch.autograd.grad(loss, params, create_graph=True)
-        out = []
-        for k, v in enumerate(vectors):
-            dot = sum((g * u).sum() for g, u in zip(grads, _unflat(v, params)))
-            out.append(_flat(torch.autograd.grad(dot, params, retain_graph=k < len(vectors) - 1)))
-        return out
+        dot = sum((g * u).sum() for g, u in zip(grads, _unflat(v, params)))
+        return _flat(torch.autograd.grad(dot, params))
 
     try:
         g_small = torch.stack([grad_of(*take()) for _ in range(small_batches)])
@@ -168,8 +165,8 @@ def hessian_noise_scale(
         g = g_small.mean(0)
         d = g_small - g
         trace_small = float((d * d).sum()) / (m - 1)  # tr of one small batch's gradient covariance
-        trace_h_small = sum(float(d[j] @ hvp([d[j]])[0]) for j in range(m)) / (m - 1)
-        g_h_g_raw = sum(float(g @ hvp([g])[0]) for _ in range(gradient_hvps)) / gradient_hvps
+        trace_h_small = sum(float(d[j] @ hvp(d[j])) for j in range(m)) / (m - 1)
+        g_h_g_raw = sum(float(g @ hvp(g)) for _ in range(gradient_hvps)) / gradient_hvps
     finally:
         with torch.no_grad():
             for name, buf in model.named_buffers():
