@@ -9,6 +9,7 @@ run), the measured points' B_noise interpolated in log-log and held constant bey
 
     python benchmarks/critical_batch_validation.py probe   [--only NAME ...]   # advise on each (minutes)
     python benchmarks/critical_batch_validation.py measure [--only NAME ...]   # yardstick (hours each)
+    python benchmarks/critical_batch_validation.py resolve [--only NAME ...]   # one more doubling where unresolved
     python benchmarks/critical_batch_validation.py report                      # calibrate, compare, write
 
 Every step is resumable: a finished probe, reference run or branch is kept, and the same command
@@ -45,6 +46,10 @@ POINTS = 2
 horizon (the anchor study adds two between them for width16)."""
 BATCH_SIZES = "128,256,512,1024,2048"
 BUDGET_IMAGES = 32768
+MAX_DOUBLINGS = 2
+"""Doublings of the branch budget per point in ``measure`` (the plan's rule)."""
+RESOLVE_DOUBLINGS = 3
+"""Doublings in ``resolve``, for a point still unresolved after :data:`MAX_DOUBLINGS` (amendment of 2026-12-08)."""
 
 # name: (role, recipe, overrides): fixed 2026-12-07 before any of their runs (docs/noise_scale.md);
 # ``measure`` takes them in this order (the cheapest first).
@@ -219,7 +224,7 @@ def _cpu_kind() -> str:
     return torch.backends.cpu.get_cpu_capability()
 
 
-def _measure_one(name: str) -> None:
+def _measure_one(name: str, max_doublings: int = MAX_DOUBLINGS) -> None:
     _, recipe, overrides = CONFIGS[name]
     ref, branches = _dirs(name)
     lay = layout(name)
@@ -243,10 +248,50 @@ def _measure_one(name: str) -> None:
     steps = [min(have, key=lambda h: abs(h - s)) for s in lay["checkpoint_steps"]]
     cmd = [_py(), "-m", "largebatch", "critical-batch", str(ref), "--out", str(branches), "--nproc", "1"]
     cmd += ["--steps", ",".join(map(str, sorted(set(steps)))), "--batch-sizes", BATCH_SIZES]
-    cmd += ["--budget-images", str(BUDGET_IMAGES), "--parallel", "2"]
+    cmd += ["--budget-images", str(BUDGET_IMAGES), "--parallel", "2", "--max-doublings", str(max_doublings)]
     subprocess.run(cmd + sum((["--set", s] for s in sets), []), check=True)
     (RESULTS / "measured").mkdir(parents=True, exist_ok=True)
     shutil.copy(branches / "critical_batch.json", RESULTS / "measured" / f"{name}.json")
+
+
+def resolve(names: list[str]) -> None:
+    """The plan's amendment of 2026-12-08 (docs/noise_scale.md, "Held-out measurements"), written
+    before any of its runs: every measured configuration with a point the yardstick did not resolve in
+    :data:`MAX_DOUBLINGS` doublings gets one more (:data:`RESOLVE_DOUBLINGS` in all), the same rule for
+    every configuration, run after all of them are measured. The branches already run are reused; the
+    earlier record is kept as ``measured/NAME_before_resolve.json``. Wall and CPU time as ``measure``."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    for name in names:
+        path = RESULTS / "measured" / f"{name}.json"
+        if not _unresolved(name) or not path.is_file():
+            continue
+        if _tried_resolve(name):
+            continue  # the extra doubling has run: still unresolved, reported as such
+        before = RESULTS / "measured" / f"{name}_before_resolve.json"
+        if not before.is_file():
+            shutil.copy(path, before)
+        t0, c0, done = time.time(), _cpu_s(), False
+        try:
+            _measure_one(name, RESOLVE_DOUBLINGS)
+            done = True
+        finally:
+            with open(RESULTS / "cpu_time.jsonl", "a") as f:
+                record = {
+                    "config": f"{name}_resolve",
+                    "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0)),
+                    "wall_s": round(time.time() - t0, 1),
+                    "cpu_s": round(_cpu_s() - c0, 1),
+                    "finished": done,
+                    "cpu": _cpu_kind(),
+                }
+                f.write(json.dumps(record) + "\n")
+
+
+def _tried_resolve(name: str) -> bool:
+    """Whether ``resolve`` has finished on ``name`` (its record in cpu_time.jsonl says so)."""
+    path = RESULTS / "cpu_time.jsonl"
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return any(json.loads(x).get("config") == f"{name}_resolve" and json.loads(x).get("finished") for x in lines if x)
 
 
 def _measured(name: str, lay: dict) -> tuple[float, float, float] | None:
@@ -465,7 +510,7 @@ def report() -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("step", choices=("probe", "hessian", "measure", "report", "layout", "anchor"))
+    ap.add_argument("step", choices=("probe", "hessian", "measure", "resolve", "report", "layout", "anchor"))
     ap.add_argument("--only", nargs="*", choices=list(CONFIGS), default=None)
     args = ap.parse_args()
     names = args.only or list(CONFIGS)
@@ -476,6 +521,8 @@ def main() -> None:
         hessian(names)
     elif args.step == "measure":
         measure(names)
+    elif args.step == "resolve":
+        resolve(names)
     elif args.step == "anchor":
         anchor()
     elif args.step == "layout":
