@@ -2,6 +2,13 @@
 
     largebatch simulate --gpus 256 --preset goyal2017 [--algorithm all] [--per-gpu-batch 32]
                         [--epochs 90] [--torus-x 8] [--out FIGURE.png]
+                        [--measured RUN_DIR ... | --measured 32:180,64:210] [--alpha-beta A:B]
+                        [--gradient-mb MB]
+
+Compute comes from the preset's t(b) = t0 + b / x_max (:mod:`largebatch.sim.compute`), or, in
+calibrated mode, from the user's own measurements at two or more per-GPU batches (``--measured``);
+the network is the preset's, or one link of the user's fitted alpha and beta for every hop
+(``--alpha-beta``, from :func:`largebatch.sim.calibrate.fit_alpha_beta`).
 
 The table goes to stdout; the figure is written only when ``--out`` names a file. Exit status 0,
 or 2 for bad input (one line on stderr naming the option and what is accepted, e.g. ``--gpus``
@@ -11,11 +18,13 @@ outside 1 to :data:`MAX_GPUS`), checked before anything is computed or written.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
 
-from largebatch.sim.allreduce import ALGORITHMS, allreduce_cost
+from largebatch.sim.allreduce import ALGORITHMS, Network, allreduce_cost
+from largebatch.sim.compute import fit_compute, measured_points
 from largebatch.sim.presets import PRESETS, get_preset
 from largebatch.sim.step import IMAGENET_TRAIN_IMAGES, simulate_step
 
@@ -45,6 +54,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--torus-x", type=int, default=None, help="2D-torus row length X (default: GPUs per node)")
     parser.add_argument("--out", default=None, help="write the two-panel figure to this file (default: no figure)")
+    parser.add_argument(
+        "--measured",
+        nargs="+",
+        default=None,
+        metavar="RUN_DIR|B:IPS,...",
+        help="calibrated mode: your own training throughput at two or more per-GPU batches, as `largebatch "
+        "train` run directories (summary.json) or BATCH:IMAGES_PER_S pairs per GPU (e.g. 32:180,64:210); "
+        "replaces the preset's compute",
+    )
+    parser.add_argument(
+        "--alpha-beta",
+        default=None,
+        metavar="ALPHA_S:BETA_S_PER_BYTE",
+        help="your own link (largebatch.sim.calibrate.fit_alpha_beta): every hop costs alpha + bytes x beta; "
+        "replaces the preset's network (all GPUs behind that one link type)",
+    )
+    parser.add_argument(
+        "--gradient-mb",
+        type=float,
+        default=None,
+        help="gradient all-reduced per step, MB (default: ResNet-50's at the preset's gradient precision)",
+    )
 
 
 def _options(preset, algorithm: str, torus_x: int | None) -> dict:
@@ -53,6 +84,31 @@ def _options(preset, algorithm: str, torus_x: int | None) -> dict:
     if algorithm == "torus2d" and torus_x is not None:
         return {"x": torus_x}
     return {}
+
+
+def link_network(text: str, gpus: int) -> Network:
+    """A network of one link type for all ``gpus`` (one "node"): every ring or exchange step costs
+    ``alpha`` seconds plus bytes x ``beta`` (the model :func:`largebatch.sim.calibrate.fit_alpha_beta`
+    fits), from ``"ALPHA_S:BETA_S_PER_BYTE"``.
+
+    Raises:
+        ValueError: not two numbers > 0 separated by ':'.
+    """
+    alpha, sep, beta = text.partition(":")
+    try:
+        a, b = float(alpha), float(beta)
+    except ValueError:
+        a = b = float("nan")
+    if not (sep and math.isfinite(a) and math.isfinite(b) and a > 0 and b > 0):
+        raise ValueError("accepted: ALPHA_S:BETA_S_PER_BYTE, two numbers > 0 (e.g. 5e-05:2e-10)")
+    return Network(
+        gpus_per_node=max(1, gpus),
+        intra_node_latency_s=a,
+        intra_node_bandwidth_bytes_per_s=1 / b,
+        inter_node_latency_s=a,
+        nic_bandwidth_bytes_per_s=1 / b,
+        intra_link="pci",
+    )
 
 
 def _fail(message: str) -> int:
@@ -71,9 +127,15 @@ def run(args: argparse.Namespace) -> int:
             f"--gpus {args.gpus} is out of range; accepted: 1 to {MAX_GPUS:,} (more GPUs than any cluster built "
             f"by far: a larger count is a typing mistake, and the model is not calibrated there)"
         )
-    algorithms = ALGORITHMS if args.algorithm == "all" else (args.algorithm,)
-    if args.algorithm != "all" and args.algorithm not in ALGORITHMS:
-        return _fail(f"--algorithm {args.algorithm!r} is unknown; accepted: {', '.join(ALGORITHMS)}, all")
+    # your own link is an alpha-beta fit of ring / halving-doubling steps: NCCL's model does not apply to it
+    every = ("ring", "halving_doubling") if args.alpha_beta is not None else ALGORITHMS
+    algorithms = every if args.algorithm == "all" else (args.algorithm,)
+    if args.algorithm != "all" and args.algorithm in ALGORITHMS and args.algorithm not in every:
+        return _fail(
+            f"--algorithm {args.algorithm!r} does not apply to --alpha-beta; accepted: {', '.join(every)}, all"
+        )
+    if args.algorithm != "all" and args.algorithm not in every:
+        return _fail(f"--algorithm {args.algorithm!r} is unknown; accepted: {', '.join(every)}, all")
     for name, value in (("--per-gpu-batch", args.per_gpu_batch), ("--torus-x", args.torus_x)):
         if value is not None and value < 1:
             return _fail(f"{name} {value} is invalid; accepted: an integer >= 1")
@@ -85,7 +147,23 @@ def run(args: argparse.Namespace) -> int:
         problem = _unwritable(args.out)
         if problem:
             return _fail(f"--out {args.out}: {problem}; give a writable file path")
-    work = preset.workload(args.per_gpu_batch)
+    compute = preset.compute
+    if args.measured:
+        try:
+            compute = fit_compute(measured_points(args.measured), "measured", mode="calibrated")
+        except ValueError as err:
+            return _fail(f"--measured: {err}")
+    network = preset.network
+    if args.alpha_beta is not None:
+        try:
+            network = link_network(args.alpha_beta, args.gpus)
+        except ValueError as err:
+            return _fail(f"--alpha-beta {args.alpha_beta}: {err}")
+    if args.gradient_mb is not None and not (math.isfinite(args.gradient_mb) and args.gradient_mb > 0):
+        return _fail(f"--gradient-mb {args.gradient_mb} is invalid; accepted: a number > 0")
+    preset = dataclasses.replace(preset, compute=compute, network=network)
+    changes = {} if args.gradient_mb is None else {"gradient_bytes": args.gradient_mb * 1e6}
+    work = preset.workload(args.per_gpu_batch, **changes)
     rows = []
     for algorithm in algorithms:
         try:
@@ -102,9 +180,14 @@ def run(args: argparse.Namespace) -> int:
     print(f"# {preset.name}: {preset.description}")
     print(
         f"# {args.gpus} GPUs ({net.gpus_per_node} per node), {work.per_gpu_batch} images/GPU, "
-        f"{preset.gpu_images_per_s:.0f} img/s/GPU alone, gradient {work.gradient_bytes / 1e6:.1f} MB, "
+        f"{compute.images_per_s(work.per_gpu_batch):.0f} img/s/GPU alone, gradient {work.gradient_bytes / 1e6:.1f} MB, "
         f"buckets {len(work.buckets())}, overlap {work.overlap}; the system's own: {preset.algorithm}"
     )
+    print(f"# compute, {'calibrated' if args.measured else 'preset'} mode: {compute.describe()}")
+    if args.alpha_beta is not None:
+        print(
+            f"# network: your link, alpha {net.intra_node_latency_s:.3g} s, {net.intra_node_bandwidth_bytes_per_s / 1e9:.3g} GB/s"
+        )
     print(
         f"{'algorithm':<18}{'allreduce_ms':>13}{'step_ms':>10}{'exposed_ms':>11}{'epoch_s':>10}{'train_min':>11}"
         f"{'efficiency_%':>14}  nccl_choice"

@@ -1,6 +1,7 @@
 """Training-step model: compute, bucketed all-reduce overlapped with backward, throughput.
 
-One step on each of N GPUs: forward, then backward, during which gradient buckets (DDP's: a first
+One step on each of N GPUs: forward, then backward (together ``t0 + b / x_max`` seconds at per-GPU
+batch b, :mod:`largebatch.sim.compute`), during which gradient buckets (DDP's: a first
 bucket of ``first_bucket_mb`` = 1 MiB, then ``bucket_cap_mb`` = 25 MiB each) become ready in order,
 evenly over the backward time (PyTorch DDP's buckets;
 Goyal et al. 2017 sec. 4 reduce per layer as soon as it is ready). A bucket's all-reduce starts
@@ -38,7 +39,12 @@ class Workload:
     """
 
     compute_s_per_image: float
-    """Forward + backward time of one image on one GPU, seconds (1 / single-GPU images/s)."""
+    """Forward + backward time of one more image on one GPU, seconds (1 / x_max of
+    :class:`largebatch.sim.compute.ComputeModel`; 1 / single-GPU images/s when the fixed cost is 0)."""
+    compute_fixed_s_per_step: float = 0.0
+    """Compute time per step whatever the batch (t0 of :class:`largebatch.sim.compute.ComputeModel`:
+    kernel launches, BN and optimizer passes), seconds; part of forward + backward, so it overlaps
+    with communication like the rest of the compute."""
     per_gpu_batch: int = 32
     gradient_bytes: float = RESNET50_PARAMETERS * 4
     """Bytes all-reduced per step per GPU (parameters x 4 for fp32, x 2 for fp16 gradients)."""
@@ -57,6 +63,7 @@ class Workload:
     def __post_init__(self):
         checks = {
             "compute_s_per_image": (self.compute_s_per_image > 0, "> 0"),
+            "compute_fixed_s_per_step": (self.compute_fixed_s_per_step >= 0, ">= 0"),
             "per_gpu_batch": (self.per_gpu_batch >= 1, ">= 1"),
             "gradient_bytes": (self.gradient_bytes > 0, "> 0"),
             "bucket_cap_mb": (self.bucket_cap_mb >= 0, ">= 0 (0: one bucket)"),
@@ -122,7 +129,7 @@ def simulate_step(net: Network, work: Workload, gpus: int, algorithm: str = "rin
     Raises:
         ValueError: invalid gpus, algorithm or options (from :func:`allreduce_cost`).
     """
-    compute = work.per_gpu_batch * work.compute_s_per_image
+    compute = work.compute_fixed_s_per_step + work.per_gpu_batch * work.compute_s_per_image
     whole_cost = allreduce_cost(algorithm, net, gpus, work.gradient_bytes, **options)
     buckets = work.buckets()
     costs = [allreduce_cost(algorithm, net, gpus, b, **options).time_s for b in buckets]
