@@ -524,6 +524,15 @@ def cmd_advise(args: argparse.Namespace) -> int:
         return _fail(f"--preset {args.preset!r} is unknown; accepted: {', '.join(PRESETS)}, or '' for no estimate")
     if args.algorithm not in (*ALGORITHMS, "preset"):
         return _fail(f"--algorithm {args.algorithm!r} is unknown; accepted: {', '.join(ALGORITHMS)}, preset")
+    throughput = ()
+    if args.measured_throughput:
+        from largebatch.sim.compute import fit_compute, measured_points
+
+        try:
+            throughput = measured_points(args.measured_throughput)
+            fit_compute(throughput, "your measurements", mode="calibrated")
+        except ValueError as err:
+            return _fail(f"--measured-throughput: {err}")
     out = args.out or f"runs/advise-{args.recipe}"
     if Path(out).exists() and any(Path(out).iterdir()):
         return _fail(f"--out {out} already holds files; give a new directory (nothing was overwritten)")
@@ -540,6 +549,7 @@ def cmd_advise(args: argparse.Namespace) -> int:
             horizon_epochs=args.horizon_epochs,
             probe_seeds=args.probe_seeds,
             hessian_small_batches=args.hessian_small_batches if args.hessian else 0,
+            measured_throughput=throughput,
         )
     except (ConfigError, ValueError, KeyError) as err:
         return _fail(err.args[0] if isinstance(err, KeyError) else str(err))
@@ -955,6 +965,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CRITICAL_BATCH_JSON",
         help="a report of `largebatch critical-batch`: compare the advice with each measured critical "
         "batch (ratio, and whether within 2x)",
+    )
+    p.add_argument(
+        "--measured-throughput",
+        nargs="+",
+        default=None,
+        metavar="RUN_DIR|B:IPS,...",
+        help="calibrated cost model: your own training throughput of this recipe's model at two or more per-GPU "
+        "batches, as `largebatch train` run directories (summary.json) or BATCH:IMAGES_PER_S pairs per GPU; "
+        "replaces the preset's compute (the network stays the preset's)",
     )
     p.set_defaults(func=cmd_advise)
 

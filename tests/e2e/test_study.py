@@ -160,6 +160,9 @@ def test_advise_probe_predicts_from_windows_of_micro_batch_estimates(tmp_path):
     assert len(short.stderr.strip().splitlines()) == 1 and not (tmp_path / "short").exists()
     few = largebatch("advise", "--hessian", "--hessian-small-batches", "1", "--out", str(tmp_path / "few"))
     assert few.returncode == 2 and "--hessian-small-batches 1" in few.stderr and not (tmp_path / "few").exists()
+    single = largebatch("advise", "--measured-throughput", "32:100", "--out", str(tmp_path / "single"))
+    assert single.returncode == 2 and "--measured-throughput: 1 measurement(s) at 1 per-GPU batch" in single.stderr
+    assert len(single.stderr.strip().splitlines()) == 1 and not (tmp_path / "single").exists()
     unknown = largebatch("advise", "--recipe", "no_such_recipe", "--out", str(tmp_path / "unknown"))
     assert unknown.returncode == 2 and "no_such_recipe" in unknown.stderr and "Traceback" not in unknown.stderr
     proc = largebatch(
@@ -221,6 +224,11 @@ def test_advise_probe_predicts_from_windows_of_micro_batch_estimates(tmp_path):
     cluster = advice["cluster"]
     assert cluster["preset"] == "h100_ndr" and cluster["gpus"] >= 1 and 0 < cluster["scaling_efficiency"] <= 1
     assert "/" in cluster["algorithm"] or cluster["gpus"] == 1  # auto: NCCL's (algorithm/protocol) choice
+    # GPUs and time as a range: the critical batch's interval times the H100 stacks' two t(b) fits
+    assert cluster["mode"] == "preset" and len(cluster["compute_models"]) == 2
+    assert cluster["gpus_low"] <= cluster["gpus"] <= cluster["gpus_high"]
+    assert cluster["train_s_low"] <= cluster["train_s"] <= cluster["train_s_high"]
+    assert "compute in preset mode" in proc.stdout and "range over the critical batch's interval" in proc.stdout
     assert "predicted critical batch B_noise" in proc.stdout and f"x calibration {CALIBRATION:g}" in proc.stdout
     (row,) = advice["measured"]
     assert row["step"] == 16 and row["ratio"] == pytest.approx(advice["critical_batch"] / 256.0)

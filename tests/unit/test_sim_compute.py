@@ -147,3 +147,31 @@ def test_unfitted_compute_checks_hold_within_15_percent():
         assert check.point not in check.model.points
         assert abs(check.error) < 0.15, check.name
     assert Throughput(32, 100.0).step_s == pytest.approx(0.32)
+
+
+def test_advise_cost_model_in_preset_and_calibrated_mode():
+    from largebatch.api import load_config
+    from largebatch.study.advise import cluster_estimate, model_flops_ratio, model_layers_ratio
+
+    cfg = load_config("goyal2017_fashion_mnist", [])
+    preset = get_preset("h100_ndr")
+    est = cluster_estimate(cfg, 1024.0, 6.0, 55_000, "h100_ndr", interval=(512.0, 2048.0))
+    # 1,024 images at 32 per GPU: 32 GPUs; the interval's ends 16 and 64
+    assert (est["gpus_low"], est["gpus"], est["gpus_high"]) == (16, 32, 64) and est["mode"] == "preset"
+    assert est["train_s_low"] < est["train_s"] < est["train_s_high"]
+    assert len(est["compute_models"]) == 1 + len(preset.compute_spread) == 2
+    # preset mode carries the H100 fit to this model: per-image cost x FLOPs ratio, fixed cost x layers ratio
+    flops, layers = model_flops_ratio(cfg), model_layers_ratio(cfg)
+    assert 0 < flops < 0.01 and 0 < layers < 0.5
+    carried = preset.compute.for_model(flops, layers)
+    assert carried.t0_s == pytest.approx(preset.compute.t0_s * layers)
+    assert carried.x_max_images_per_s == pytest.approx(preset.compute.x_max_images_per_s / flops)
+    assert est["compute"] == carried.describe()
+    # calibrated mode: the user's own points, unscaled; on one GPU the rate is the fit's at 32 per GPU
+    points = (Throughput(16, 2000.0), Throughput(64, 4000.0))
+    one = cluster_estimate(cfg, 32.0, 6.0, 55_000, "h100_ndr", measured_throughput=points)
+    assert one["mode"] == "calibrated" and one["gpus"] == 1
+    assert one["images_per_s"] == pytest.approx(fit_compute(points, "m").images_per_s(32))
+    assert one["train_s"] == pytest.approx(6.0 * 55_000 / one["images_per_s"])
+    with pytest.raises(ValueError, match="two or more different per-GPU batches"):
+        cluster_estimate(cfg, 32.0, 6.0, 55_000, "h100_ndr", measured_throughput=points[:1])

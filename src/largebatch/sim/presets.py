@@ -43,6 +43,9 @@ class Preset:
     overlap: bool = True
     algorithm: str = "ring"
     """The algorithm the paper used (``auto``: what NCCL's tuning model would pick)."""
+    compute_spread: tuple[ComputeModel, ...] = ()
+    """Other published stacks' t(b) of the same GPU generation: with :attr:`compute` they bound the
+    compute side of the range ``advise`` prints (empty: no second stack found)."""
     hierarchical: dict = field(default_factory=dict)
     """Options of the hierarchical algorithm (mode, inter) for this system."""
     sources: dict = field(default_factory=dict)
@@ -99,9 +102,9 @@ COMPUTE_MODELS = {
     # one P100, MXNet (the figures its performance page publishes), fp32
     "p100_mxnet": fit_compute(
         [
-            Throughput(8, 122.0, f"{MXNET_PERF}: P100, ResNet-50 training, batch 8"),
-            Throughput(16, 157.0, f"{MXNET_PERF}: P100, ResNet-50 training, batch 16"),
-            Throughput(32, 182.0, f"{MXNET_PERF}: P100, ResNet-50 training, batch 32"),
+            Throughput(8, 122.45, f"{MXNET_PERF}: P100, ResNet-50 training, batch 8"),
+            Throughput(16, 156.79, f"{MXNET_PERF}: P100, ResNet-50 training, batch 16"),
+            Throughput(32, 181.53, f"{MXNET_PERF}: P100, ResNet-50 training, batch 32"),
         ],
         "P100, MXNet",
     ),
@@ -159,6 +162,7 @@ GOYAL2017 = Preset(
         nccl_channels=4,
     ),
     compute=COMPUTE_MODELS["p100_tensorflow"],
+    compute_spread=(COMPUTE_MODELS["p100_mxnet"],),
     gradient_bytes_per_parameter=4,
     per_gpu_batch=32,
     algorithm="hierarchical",
@@ -194,6 +198,7 @@ AKIBA2017 = Preset(
         nccl_channels=2,
     ),
     compute=_slowed(COMPUTE_MODELS["p100_tensorflow"], P100_PCIE_FACTOR, "P100 PCIe, TensorFlow 1.1 x 9.3/10.6"),
+    compute_spread=(_slowed(COMPUTE_MODELS["p100_mxnet"], P100_PCIE_FACTOR, "P100 PCIe, MXNet x 9.3/10.6"),),
     gradient_bytes_per_parameter=2,
     per_gpu_batch=32,
     bucket_cap_mb=0.0,
@@ -301,6 +306,7 @@ H100_NDR = Preset(
     description="DGX H100: 8x H100 SXM, NVLink 4 / NVSwitch (NVLS), 8x NDR 400 Gbit/s InfiniBand with SHARP",
     network=_DGX_H100_NETWORK,
     compute=COMPUTE_MODELS["h100_mxnet_v30"],
+    compute_spread=(COMPUTE_MODELS["h100_mxnet_v40"],),
     gradient_bytes_per_parameter=2,
     per_gpu_batch=32,
     algorithm="auto",
@@ -318,6 +324,7 @@ H200_DGX = Preset(
     description="HGX H200: 8x H200 SXM 141 GB, NVLink 4 / NVSwitch (NVLS), 8x NDR 400 Gbit/s InfiniBand",
     network=replace(_DGX_H100_NETWORK, collnet=False),
     compute=COMPUTE_MODELS["h100_mxnet_v40"],
+    compute_spread=(COMPUTE_MODELS["h100_mxnet_v30"],),
     gradient_bytes_per_parameter=2,
     per_gpu_batch=400,
     algorithm="auto",

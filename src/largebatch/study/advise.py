@@ -119,13 +119,18 @@ class Advice:
         c = self.cluster
         if c:
             lines.append(
-                f"cost model ({c['preset']}, all-reduce {c.get('algorithm', 'auto')}: {c['per_gpu_batch']} images "
-                "per GPU, compute scaled by the model's "
-                f"FLOPs, {c['flops_ratio_to_resnet50']:.3g}x ResNet-50's): B_noise on {c['gpus']} GPU(s), "
-                f"{c['images_per_s']:,.0f} images/s, scaling efficiency {100 * c['scaling_efficiency']:.0f}%, "
+                f"cost model ({c['preset']} network, all-reduce {c.get('algorithm', 'auto')}, {c['per_gpu_batch']} images "
+                f"per GPU; compute in {c.get('mode', 'preset')} mode: {c.get('compute', '')}): B_noise on {c['gpus']} "
+                f"GPU(s), {c['images_per_s']:,.0f} images/s, scaling efficiency {100 * c['scaling_efficiency']:.0f}%, "
                 f"{_duration(c['train_s'])} for {self.epochs_at_critical_batch:.1f} epochs of {c['train_images']:,} "
                 f"images"
             )
+            if "gpus_low" in c:
+                lines.append(
+                    f"range over the critical batch's interval and {len(c['compute_models'])} compute model(s): "
+                    f"{c['gpus_low']}-{c['gpus_high']} GPU(s), {_duration(c['train_s_low'])} to "
+                    f"{_duration(c['train_s_high'])}"
+                )
         for m in self.measured:
             if m["measured"] is None:
                 lines.append(f"measured B_noise at step {m['step']} (branching): not resolved; no comparison")
@@ -265,27 +270,73 @@ def _model_of(cfg):
 
 
 def cluster_estimate(
-    cfg, critical_batch: float, epochs: float, train_images: int, preset_name: str, algorithm: str = "auto"
+    cfg,
+    critical_batch: float,
+    epochs: float,
+    train_images: int,
+    preset_name: str,
+    algorithm: str = "auto",
+    *,
+    interval: tuple[float, float] | None = None,
+    measured_throughput: tuple = (),
 ) -> dict:
-    """GPUs and time to train at the critical batch through :mod:`largebatch.sim` (the preset's
-    network, per-GPU batch and ResNet-50 throughput, compute scaled by the model's FLOPs).
-    ``algorithm``: ``auto`` (what NCCL's tuning model would run), ``preset`` (the system's own) or
-    any name of :data:`largebatch.sim.allreduce.ALGORITHMS`."""
+    """GPUs and time to train at the critical batch through :mod:`largebatch.sim`: the preset's
+    network and per-GPU batch; compute either from the preset's t(b) = t0 + b / x_max carried to
+    this model (per-image cost x its FLOPs over ResNet-50's, fixed cost x its parameterized layers
+    over ResNet-50's [assumption]; *preset* mode) or from ``measured_throughput``, the user's own
+    :class:`largebatch.sim.compute.Throughput` points on this model at two or more per-GPU batches
+    (*calibrated* mode, no scaling). ``epochs``: the epochs at ``critical_batch``.
+
+    The range: the global batch at the ends of ``interval`` (the critical batch's) with the epochs
+    there (McCandlish eq. 2.11 with B_noise at that end), times every compute model of the mode (the
+    preset's and its ``compute_spread`` of other stacks; the user's one fit), gives the fewest and
+    most GPUs and the shortest and longest time. ``algorithm``: ``auto`` (what NCCL's tuning model
+    would run), ``preset`` (the system's own) or any name of :data:`largebatch.sim.allreduce.ALGORITHMS`.
+
+    Raises:
+        ValueError: ``measured_throughput`` that :func:`largebatch.sim.compute.fit_compute` refuses.
+    """
+    from largebatch.sim.compute import fit_compute
 
     preset = get_preset(preset_name)
-    ratio = model_flops_ratio(cfg)
     params = _parameter_count(cfg)
-    gpus = max(1, 2 ** round(math.log2(max(1.0, critical_batch / preset.per_gpu_batch))))
-    work = dataclasses.replace(
-        preset.workload(),
-        compute_s_per_image=ratio / preset.gpu_images_per_s,
-        gradient_bytes=params * preset.gradient_bytes_per_parameter,
-    )
+    ratio = model_flops_ratio(cfg)
+    if measured_throughput:
+        mode = "calibrated"
+        models = [fit_compute(measured_throughput, "your measurements", mode="calibrated")]
+    else:
+        mode = "preset"
+        layers = model_layers_ratio(cfg)
+        models = [m.for_model(ratio, layers) for m in (preset.compute, *preset.compute_spread)]
     algorithm = preset.algorithm if algorithm == "preset" else algorithm
     options = dict(preset.hierarchical) if algorithm == "hierarchical" else {}
-    step = simulate_step(preset.network, work, gpus, algorithm, **options)
+    b0 = cfg.train.global_batch_size
+
+    def one(batch: float, epochs_there: float, compute) -> tuple[int, object]:
+        gpus = max(1, 2 ** round(math.log2(max(1.0, batch / preset.per_gpu_batch))))
+        work = dataclasses.replace(
+            preset.workload(),
+            compute_s_per_image=1 / compute.x_max_images_per_s,
+            compute_fixed_s_per_step=compute.t0_s,
+            gradient_bytes=params * preset.gradient_bytes_per_parameter,
+        )
+        return gpus, simulate_step(preset.network, work, gpus, algorithm, **options), epochs_there
+
+    gpus, step, _ = one(critical_batch, epochs, models[0])
+    low, high = interval if interval else (critical_batch, critical_batch)
+    cases = []
+    for b in (low, critical_batch, high):
+        if not (math.isfinite(b) and b > 0):
+            continue
+        epochs_there = epochs * (1 + b0 / critical_batch) / (1 + b0 / b)  # 2 E_min at B = B_noise, E_min from b
+        for compute in models:
+            n, st, e = one(b, epochs_there, compute)
+            cases.append((n, st.train_s(e, train_images)))
     return {
         "preset": preset.name,
+        "mode": mode,
+        "compute": models[0].describe(),
+        "compute_models": [m.describe() for m in models],
         "algorithm": step.choice or algorithm,
         "per_gpu_batch": preset.per_gpu_batch,
         "gpus": gpus,
@@ -296,7 +347,25 @@ def cluster_estimate(
         "scaling_efficiency": step.scaling_efficiency,
         "train_images": train_images,
         "train_s": step.train_s(epochs, train_images),
+        "gpus_low": min(n for n, _ in cases),
+        "gpus_high": max(n for n, _ in cases),
+        "train_s_low": min(t for _, t in cases),
+        "train_s_high": max(t for _, t in cases),
     }
+
+
+def model_layers_ratio(cfg) -> float:
+    """Parameterized layers (convolutions, linear layers, norms) of ``cfg``'s model over ResNet-50's
+    (107: 53 convolutions, 53 BN, 1 linear): each launches its own kernels in forward, backward and
+    the optimizer, so the per-step fixed cost is taken to scale with their count [assumption]."""
+    import torch
+    import torchvision
+
+    def count(model) -> int:
+        kinds = (torch.nn.modules.conv._ConvNd, torch.nn.Linear, torch.nn.modules.batchnorm._NormBase)
+        return sum(isinstance(m, kinds) for m in model.modules())
+
+    return count(_model_of(cfg)[0]) / count(torchvision.models.resnet50())
 
 
 def _parameter_count(cfg) -> int:
@@ -356,6 +425,7 @@ def advise(
     horizon_epochs: float | None = None,
     probe_seeds: int = 2,
     hessian_small_batches: int = 0,
+    measured_throughput: tuple = (),
 ) -> Advice:
     """Run the probe (``largebatch train`` of the recipe on ``nproc`` workers, its schedule unchanged,
     stopped after ``probe_epochs`` epochs, the noise scale measured on micro-batches of one BN group)
@@ -363,7 +433,10 @@ def advise(
     build the :class:`Advice`; with ``measured`` (a ``critical_batch.json`` of ``largebatch
     critical-batch``) the prediction is compared with each measured point (:func:`against_measured`);
     with ``hessian_small_batches`` > 0 the Hessian-corrected noise scale is measured at each probe's
-    final weights from that many small batches (:func:`hessian_prediction`).
+    final weights from that many small batches (:func:`hessian_prediction`); with
+    ``measured_throughput`` (:class:`largebatch.sim.compute.Throughput` points of the user's own
+    training at two or more per-GPU batches) the cost model runs in calibrated mode
+    (:func:`cluster_estimate`).
 
     Raises:
         ValueError: fewer than 1 worker, a probe that ends in warmup, a horizon outside the run or an
@@ -379,6 +452,10 @@ def advise(
     if hessian_small_batches and hessian_small_batches < 2:
         raise ValueError(f"--hessian-small-batches {hessian_small_batches}: give 2 or more (128 by default)")
     report = read_measured(measured) if measured else None
+    if measured_throughput:
+        from largebatch.sim.compute import fit_compute
+
+        fit_compute(measured_throughput, "your measurements", mode="calibrated")  # refused before the probe
     cfg = load_config(recipe, overrides)
     layout = probe_layout(cfg, probe_epochs, horizon_epochs)
     b0 = cfg.train.global_batch_size
@@ -442,7 +519,16 @@ def advise(
         ]
         advice.hessian = hessian_prediction(pred, per_seed)
     if preset and math.isfinite(b_noise):
-        advice.cluster = cluster_estimate(cfg, b_noise, epochs_crit, _train_images(cfg), preset, algorithm)
+        advice.cluster = cluster_estimate(
+            cfg,
+            b_noise,
+            epochs_crit,
+            _train_images(cfg),
+            preset,
+            algorithm,
+            interval=(pred.predicted_low, pred.predicted_high),
+            measured_throughput=measured_throughput,
+        )
     if report is not None:
         advice.measured = against_measured(b_noise, report)
     (run_dir / "advice.json").write_text(json.dumps(dataclasses.asdict(advice), indent=2) + "\n")
