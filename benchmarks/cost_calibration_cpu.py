@@ -13,11 +13,13 @@ evaluation until the end):
    the ring model (:func:`largebatch.sim.calibrate.fit_alpha_beta`);
 3. the prediction: :func:`largebatch.sim.step.simulate_step` on 2 "GPUs" behind that link, the
    model's gradient (parameters x 4 bytes) in DDP's buckets, overlapped with backward, at the
-   per-worker batch B of the 2-process run;
+   per-worker batch B of the 2-process run, *not* overlapped with backward: gloo reduces on the same
+   CPU cores that compute (one thread per process, as many processes as cores), so there is no idle
+   unit to hide it on;
 4. the 2-process run (``--nproc 2``, global batch 2 B), its step time = global batch / images/s.
 The runs alternate (1-process B1, B2, 2-process, and again) ``--rounds`` times; medians are compared.
 
-    python benchmarks/cost_calibration_cpu.py [--rounds 2] [--steps 40] [--out benchmarks/results/cost_calibration_cpu.json]
+    python benchmarks/cost_calibration_cpu.py [--rounds 3] [--steps 200] [--out benchmarks/results/cost_calibration_cpu.json]
 """
 
 from __future__ import annotations
@@ -67,8 +69,8 @@ def main() -> None:
     from largebatch.study.advise import _parameter_count
 
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--out", default="benchmarks/results/cost_calibration_cpu.json")
     args = ap.parse_args()
     runs = {B1: [], B2: [], "pair": []}
@@ -90,6 +92,7 @@ def main() -> None:
         compute_fixed_s_per_step=compute.t0_s,
         per_gpu_batch=B_PAIR,
         gradient_bytes=params * 4,
+        overlap=False,
     )
     net = link_network(f"{link.alpha_s}:{link.beta_s_per_byte}", 2)
     predicted = simulate_step(net, work, 2, "ring")
@@ -118,6 +121,7 @@ def main() -> None:
             "threads_per_process": 1,
             "precision": "fp32",
             "parameters": params,
+            "overlap": False,
         },
         "images_per_s": {str(k): v for k, v in runs.items()},
         "compute": {
