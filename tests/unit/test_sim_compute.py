@@ -175,3 +175,14 @@ def test_advise_cost_model_in_preset_and_calibrated_mode():
     assert one["train_s"] == pytest.approx(6.0 * 55_000 / one["images_per_s"])
     with pytest.raises(ValueError, match="two or more different per-GPU batches"):
         cluster_estimate(cfg, 32.0, 6.0, 55_000, "h100_ndr", measured_throughput=points[:1])
+
+
+def test_simulate_refuses_a_run_directory_without_images_per_s(tmp_path, capsys):
+    parser = cli.argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    empty = tmp_path / "no_rate"
+    empty.mkdir()
+    (empty / "summary.json").write_text(json.dumps({"world_size": 1, "global_batch_size": 32}))
+    assert cli.run(parser.parse_args(["--gpus", "8", "--measured", str(empty), "64:500,128:600"])) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--measured: " in err and "no images/s recorded" in err
