@@ -200,22 +200,28 @@ def measure(names: list[str]) -> None:
     for name in names:
         if (RESULTS / "measured" / f"{name}.json").is_file():
             continue  # measured and recorded (delete the file to measure again): runs/ need not survive a session
-        t0, c0, done = time.time(), _cpu_s(), False
-        try:
-            _measure_one(name)
-            done = True
-        finally:
-            RESULTS.mkdir(parents=True, exist_ok=True)
-            with open(RESULTS / "cpu_time.jsonl", "a") as f:
-                record = {
-                    "config": name,
-                    "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0)),
-                    "wall_s": round(time.time() - t0, 1),
-                    "cpu_s": round(_cpu_s() - c0, 1),
-                    "finished": done,
-                    "cpu": _cpu_kind(),
-                }
-                f.write(json.dumps(record) + "\n")
+        _timed(name, _measure_one, name)
+
+
+def _timed(label: str, work, *args) -> None:
+    """Run ``work(*args)`` and append its wall and CPU time (also when stopped by SIGTERM or Ctrl-C) to
+    ``RESULTS/cpu_time.jsonl`` as ``label``."""
+    t0, c0, done = time.time(), _cpu_s(), False
+    try:
+        work(*args)
+        done = True
+    finally:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        with open(RESULTS / "cpu_time.jsonl", "a") as f:
+            record = {
+                "config": label,
+                "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0)),
+                "wall_s": round(time.time() - t0, 1),
+                "cpu_s": round(_cpu_s() - c0, 1),
+                "finished": done,
+                "cpu": _cpu_kind(),
+            }
+            f.write(json.dumps(record) + "\n")
 
 
 def _cpu_kind() -> str:
@@ -270,21 +276,7 @@ def resolve(names: list[str]) -> None:
         before = RESULTS / "measured" / f"{name}_before_resolve.json"
         if not before.is_file():
             shutil.copy(path, before)
-        t0, c0, done = time.time(), _cpu_s(), False
-        try:
-            _measure_one(name, RESOLVE_DOUBLINGS)
-            done = True
-        finally:
-            with open(RESULTS / "cpu_time.jsonl", "a") as f:
-                record = {
-                    "config": f"{name}_resolve",
-                    "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0)),
-                    "wall_s": round(time.time() - t0, 1),
-                    "cpu_s": round(_cpu_s() - c0, 1),
-                    "finished": done,
-                    "cpu": _cpu_kind(),
-                }
-                f.write(json.dumps(record) + "\n")
+        _timed(f"{name}_resolve", _measure_one, name, RESOLVE_DOUBLINGS)
 
 
 def _tried_resolve(name: str) -> bool:

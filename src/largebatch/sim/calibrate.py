@@ -48,6 +48,21 @@ def _regressors(nbytes: float, world_size: int, algorithm: str) -> tuple[float, 
     raise ValueError(f"algorithm={algorithm!r} cannot be fitted; accepted: 'ring', 'halving_doubling'")
 
 
+def relative_least_squares(rows: list[tuple[float, float]]) -> tuple[float, float] | None:
+    """(x, y) minimizing sum_i (a_i x + b_i y - 1)^2 over ``rows`` of (a_i, b_i): the linear model
+    a x + b y = t in squared *relative* error once each row is divided by its t. None when the
+    rows do not separate x from y (fewer than two, or all of one ratio a / b)."""
+    saa = sum(a * a for a, _ in rows)
+    sab = sum(a * b for a, b in rows)
+    sbb = sum(b * b for _, b in rows)
+    sa = sum(a for a, _ in rows)
+    sb = sum(b for _, b in rows)
+    det = saa * sbb - sab * sab
+    if len(rows) < 2 or det <= 1e-12 * saa * sbb:
+        return None
+    return (sa * sbb - sb * sab) / det, (sb * saa - sa * sab) / det
+
+
 def fit_alpha_beta(measurements) -> AlphaBetaFit:
     """Least-squares alpha and beta from ``[(nbytes, world_size, algorithm, seconds), ...]``.
 
@@ -65,19 +80,12 @@ def fit_alpha_beta(measurements) -> AlphaBetaFit:
             )
         a, b = _regressors(nbytes, int(world_size), algorithm)
         rows.append((a / seconds, b / seconds))  # divided by t: relative residuals
-    # Normal equations of min sum (a_i alpha + b_i beta - 1)^2 with a_i, b_i already divided by t_i.
-    saa = sum(a * a for a, _ in rows)
-    sab = sum(a * b for a, b in rows)
-    sbb = sum(b * b for _, b in rows)
-    sa = sum(a for a, _ in rows)
-    sb = sum(b for _, b in rows)
-    det = saa * sbb - sab * sab
-    if len(rows) < 2 or det <= 1e-12 * saa * sbb:
+    solved = relative_least_squares(rows)
+    if solved is None:
         raise ValueError(
             "measurements must contain at least two points that differ in steps/bytes "
             "ratio (e.g. a small and a large message) to separate alpha from beta"
         )
-    alpha = (sa * sbb - sb * sab) / det
-    beta = (sb * saa - sa * sab) / det
+    alpha, beta = solved
     errors = tuple(a * alpha + b * beta - 1 for a, b in rows)
     return AlphaBetaFit(alpha, beta, errors, median(abs(e) for e in errors), max(abs(e) for e in errors))

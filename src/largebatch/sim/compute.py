@@ -26,6 +26,8 @@ import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from largebatch.sim.calibrate import relative_least_squares
+
 
 @dataclass(frozen=True)
 class Throughput:
@@ -121,17 +123,10 @@ def fit_compute(points, name: str, mode: str = "preset") -> ComputeModel:
         )
     # min sum ((t0 + b s) / t_i - 1)^2 over t0 and s = 1 / x_max: linear in (t0, s) after dividing by t_i
     rows = [(1 / p.step_s, p.per_gpu_batch / p.step_s) for p in pts]
-    saa = sum(a * a for a, _ in rows)
-    sab = sum(a * b for a, b in rows)
-    sbb = sum(b * b for _, b in rows)
-    sa = sum(a for a, _ in rows)
-    sb = sum(b for _, b in rows)
-    det = saa * sbb - sab * sab
-    t0 = (sa * sbb - sb * sab) / det
-    slope = (sb * saa - sa * sab) / det
+    t0, slope = relative_least_squares(rows)  # two different batches: always separable
     clamped = t0 < 0
     if clamped:  # the rate falls with the batch: no fixed cost, the per-image cost alone
-        t0, slope = 0.0, sb / sbb
+        t0, slope = 0.0, sum(b for _, b in rows) / sum(b * b for _, b in rows)
     if not slope > 0:
         raise ValueError(
             "the measured step time does not grow with the per-GPU batch (images/s grows faster than the batch): "
