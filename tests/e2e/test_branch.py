@@ -232,3 +232,14 @@ def test_images_to_a_level_and_the_fit_of_eq_2_11():
     # a constant B_noise over the steps averages to itself
     assert run_level_b_noise([(100, 300.0), (400, 300.0)], 512) == pytest.approx(300)
     assert run_level_b_noise([(100, 300.0)], 512) is None
+
+
+def test_the_budget_is_doubled_only_while_a_doubling_can_help():
+    from largebatch.study.branch import budget_verdict
+
+    assert budget_verdict(0.06, 0.5, 0.05, 0, 2) == "enough"
+    assert budget_verdict(0.04, 0.5, 0.05, 0, 2) == "double"
+    assert budget_verdict(0.04, 0.5, 0.05, 2, 2) == "exhausted"
+    # a checkpoint already below the threshold (a learned task): no budget can reduce it by 0.05
+    assert budget_verdict(0.0005, 0.001, 0.05, 0, 2) == "hopeless"
+    assert budget_verdict(-0.001, 0.001, 0.05, 0, 3) == "hopeless"

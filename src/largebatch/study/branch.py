@@ -29,7 +29,10 @@ runs also end decayed.
   then runs at the LR that won.
 * **Budget**: doubled (at most ``max_doublings`` times) until the smallest batch's final loss at the
   full budget is at least ``min_reduction`` nats (0.05 by default, about 7x the seed-to-seed
-  standard deviation of a final loss with precise BN on 5,000 images) below the checkpoint's.
+  standard deviation of a final loss with precise BN on 5,000 images) below the checkpoint's. A
+  checkpoint whose own loss is below ``min_reduction`` (a task already learned) cannot show that
+  reduction at any budget: its point is reported not resolved without doubling
+  (:func:`budget_verdict`).
 * **Images to a loss level**: levels from the smallest batch's loss at its shortest budget down to its
   loss at the full budget (:data:`DECAY_LEVEL_FRACTIONS` of the way, the seeds' mean); E(B) per seed
   is interpolated on that seed's curve linearly in log images (:func:`images_to_level_log`). A level a
@@ -608,7 +611,13 @@ def run_branches(
         for doubling in range(max_doublings + 1):
             (cells,) = drive([plan(p, smallest, budget)])
             reduction = base_loss[p.step] - _decay_final(cells, budget)
-            if reduction >= min_reduction or doubling == max_doublings:
+            verdict = budget_verdict(reduction, base_loss[p.step], min_reduction, doubling, max_doublings)
+            if verdict == "hopeless":
+                say(
+                    f"step {p.step}: the checkpoint's loss {base_loss[p.step]:.4f} is below {min_reduction}: no budget "
+                    "can reduce it that much; not resolved, the budget is not doubled"
+                )
+            if verdict != "double":
                 break
             say(f"step {p.step}: the smallest batch reduced the loss by {reduction:.3f} < {min_reduction}; budget x2")
             budget *= 2
@@ -622,6 +631,20 @@ def run_branches(
         (out / "critical_batch.json").write_text(json.dumps(report, indent=1) + "\n")
         (out / "critical_batch.md").write_text(report_text(report) + "\n")
     return report
+
+
+def budget_verdict(
+    reduction: float, checkpoint_loss: float, min_reduction: float, doubling: int, max_doublings: int
+) -> str:
+    """What the budget loop does after the smallest batch's branches at one budget: ``"enough"``
+    (the reduction reached ``min_reduction``), ``"double"`` (it did not, and doublings are left),
+    ``"exhausted"`` (it did not after ``max_doublings``) or ``"hopeless"`` (the checkpoint's loss is
+    itself below ``min_reduction``: no budget can reduce it that much, so no doubling is spent)."""
+    if reduction >= min_reduction:
+        return "enough"
+    if checkpoint_loss < min_reduction:
+        return "hopeless"
+    return "double" if doubling < max_doublings else "exhausted"
 
 
 def _lowest(run: Path) -> float:
