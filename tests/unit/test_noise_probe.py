@@ -120,3 +120,26 @@ def test_the_frozen_hessian_calibration_is_the_recorded_calibration_configuratio
     mean = math.sqrt(factors[0] * factors[1])
     assert mean == pytest.approx(CALIBRATION_HESSIAN, abs=0.005)
     assert max(factors) / mean == pytest.approx(CALIBRATION_HESSIAN_SPREAD, abs=0.005)
+
+
+def test_the_optimizer_flag_prints_the_uncalibrated_value_beside_the_lamb_measurement():
+    from types import SimpleNamespace
+
+    from largebatch.api import load_config
+    from largebatch.study.advise import _flags
+
+    pred = SimpleNamespace(
+        calibration=CALIBRATION,
+        calibration_spread=CALIBRATION_SPREAD,
+        predicted=1127.0,
+        sampling_low=1000.0,
+        sampling_high=1300.0,
+        windows=[1, 2, 3],
+        negative_windows=0,
+        extrapolation_factor=2.0,
+    )
+    layout = {"decay_within_horizon": False}
+    flags = _flags(load_config("lamb_fashion_mnist", []), pred, layout)
+    (flag,) = [f for f in flags if f.startswith("optimizer lamb")]
+    assert f"uncalibrated here: {1127.0 / CALIBRATION:,.0f} images" in flag and "lower bound" not in flag
+    assert not any(f.startswith("optimizer") for f in _flags(load_config("goyal2017_fashion_mnist", []), pred, layout))
