@@ -11,13 +11,25 @@ docs/comm.md says why.
 
 from __future__ import annotations
 
+import argparse
+import json
 import math
+import os
 from dataclasses import dataclass, replace
 
-from largebatch.sim.compute import ComputeModel, Throughput
+from largebatch.sim.compute import ComputeModel, Throughput, fit_compute
 from largebatch.sim.nccl import select
 from largebatch.sim.network import Network
-from largebatch.sim.presets import GOYAL_OWN_P100_IMAGES_PER_S, MLPERF_V30, MLPERF_V40, gbit_s, get_preset
+from largebatch.sim.presets import (
+    COMPUTE_MODELS,
+    GOYAL_OWN_P100_IMAGES_PER_S,
+    MLPERF_V06,
+    MLPERF_V07,
+    MLPERF_V30,
+    MLPERF_V40,
+    gbit_s,
+    get_preset,
+)
 from largebatch.sim.step import simulate_step
 
 RUN_TARGET = 0.15
@@ -270,9 +282,6 @@ class ComputeCheck:
 
 
 def _checks() -> tuple[ComputeCheck, ...]:
-    from largebatch.sim.compute import fit_compute
-    from largebatch.sim.presets import COMPUTE_MODELS, MLPERF_V06, MLPERF_V07
-
     dgx2h = fit_compute(
         [
             Throughput(208, 24637.6 / 16, f"{MLPERF_V06} NVIDIA/results/dgx2h_ngc19.05_mxnet/resnet/result_0.txt"),
@@ -493,10 +502,6 @@ RESULTS_JSON = "benchmarks/results/cost_model_validation.json"
 def main(argv: list[str] | None = None) -> None:
     """Print both tables; write :func:`records` to ``--json`` (default :data:`RESULTS_JSON`, when
     its folder exists under the current directory, as in a clone of the repository)."""
-    import argparse
-    import json
-    import os
-
     ap = argparse.ArgumentParser(prog="python -m largebatch.sim.validation", description=main.__doc__)
     ap.add_argument("--json", default=None, help=f"write the run rows here (default {RESULTS_JSON} in a clone)")
     args = ap.parse_args(argv)

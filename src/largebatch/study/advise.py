@@ -33,6 +33,7 @@ from pathlib import Path
 from largebatch.api import load_config
 from largebatch.data import FASHION_MNIST_TRAIN_SAMPLES
 from largebatch.nn.models import build_model
+from largebatch.sim.compute import fit_compute
 from largebatch.sim.presets import get_preset
 from largebatch.sim.step import simulate_step
 from largebatch.study.hessian_noise import (
@@ -296,8 +297,6 @@ def cluster_estimate(
     Raises:
         ValueError: ``measured_throughput`` that :func:`largebatch.sim.compute.fit_compute` refuses.
     """
-    from largebatch.sim.compute import fit_compute
-
     preset = get_preset(preset_name)
     params = _parameter_count(cfg)
     ratio = model_flops_ratio(cfg)
@@ -453,8 +452,6 @@ def advise(
         raise ValueError(f"--hessian-small-batches {hessian_small_batches}: give 2 or more (128 by default)")
     report = read_measured(measured) if measured else None
     if measured_throughput:
-        from largebatch.sim.compute import fit_compute
-
         fit_compute(measured_throughput, "your measurements", mode="calibrated")  # refused before the probe
     cfg = load_config(recipe, overrides)
     layout = probe_layout(cfg, probe_epochs, horizon_epochs)
