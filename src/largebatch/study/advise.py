@@ -311,7 +311,8 @@ def cluster_estimate(
     options = dict(preset.hierarchical) if algorithm == "hierarchical" else {}
     b0 = cfg.train.global_batch_size
 
-    def one(batch: float, epochs_there: float, compute) -> tuple[int, object]:
+    def one(batch: float, compute):
+        """(GPUs, step result) for a global batch of ``batch`` images."""
         gpus = max(1, 2 ** round(math.log2(max(1.0, batch / preset.per_gpu_batch))))
         work = dataclasses.replace(
             preset.workload(),
@@ -319,18 +320,19 @@ def cluster_estimate(
             compute_fixed_s_per_step=compute.t0_s,
             gradient_bytes=params * preset.gradient_bytes_per_parameter,
         )
-        return gpus, simulate_step(preset.network, work, gpus, algorithm, **options), epochs_there
+        return gpus, simulate_step(preset.network, work, gpus, algorithm, **options)
 
-    gpus, step, _ = one(critical_batch, epochs, models[0])
+    gpus, step = one(critical_batch, models[0])
     low, high = interval if interval else (critical_batch, critical_batch)
     cases = []
     for b in (low, critical_batch, high):
         if not (math.isfinite(b) and b > 0):
             continue
-        epochs_there = epochs * (1 + b0 / critical_batch) / (1 + b0 / b)  # 2 E_min at B = B_noise, E_min from b
+        # training at B = B_noise = b takes 2 E_min (eq. 2.11), E_min from the recipe's epochs at b0
+        epochs_there = epochs * (1 + b0 / critical_batch) / (1 + b0 / b)
         for compute in models:
-            n, st, e = one(b, epochs_there, compute)
-            cases.append((n, st.train_s(e, train_images)))
+            n, st = one(b, compute)
+            cases.append((n, st.train_s(epochs_there, train_images)))
     return {
         "preset": preset.name,
         "mode": mode,
