@@ -69,14 +69,12 @@ class Preset:
 
 
 # Goyal et al. 2017 sec. 1: 90 epochs of the kn=256 baseline take 29 h on 8 P100 (one server). The
-# paper's own figure: kept for the sensitivity row of the validation, not used by a preset.
+# paper's own figure: the calibrated-mode row of the validation, not used by a preset.
 GOYAL_OWN_P100_IMAGES_PER_S = IMAGENET_TRAIN_IMAGES * 90 / (29 * 3600) / 8  # = 138.1
 # TensorFlow's benchmark page (tensorflow/tensorflow tensorflow/docs_src/performance/benchmarks.md,
-# May 2017): DGX-1 P100 SXM2, ResNet-50, fp32, batch 64, synthetic data, 1 GPU: 219 img/s.
+# May 2017): DGX-1 P100 SXM2, ResNet-50, fp32, batch 64, synthetic data, 1 GPU: 219 img/s (the KNL
+# stand-in's rate per peak TFLOPS below).
 P100_SXM2_IMAGES_PER_S = 219.0
-# P100 PCIe: no published ResNet-50 figure found; the SXM2 figure times the fp32 peak ratio
-# 9.3 / 10.6 TFLOPS (NVIDIA P100 datasheet) [assumption] = 192.1 img/s.
-P100_PCIE_IMAGES_PER_S = P100_SXM2_IMAGES_PER_S * 9.3 / 10.6
 
 # --- compute: t(b) = t0 + b / x_max per GPU generation and software stack (largebatch.sim.compute) --
 # Every point is a published training throughput of ResNet-50 (ImageNet, 224 px) per GPU at a per-GPU
@@ -264,14 +262,6 @@ MIKAMI2018 = Preset(
         "nccl_channels": "[assumption] 4",
     },
 )
-
-# MLPerf Training v3.0, NVIDIA 1x DGX H100 (mlcommons/training_results_v3.0 @ 9f08e30c,
-# NVIDIA/results/dgxh100_ngc23.04_mxnet/resnet/result_0.txt): tracked throughput 55,900-56,200 img/s
-# on 8 GPUs at 400 per GPU: 7,006 per GPU. A separate single-node submission, not a run predicted here.
-H100_IMAGES_PER_S = 7006.0
-# MLPerf Training v4.0, NVIDIA 8x H100 on Eos, NGC 24.04 (mlcommons/training_results_v4.0 @ 62f111b7,
-# NVIDIA/results/eos_ngc24.04_mxnet/resnet/result_0.txt): 57,100-57,400 img/s, 400 per GPU: 7,150.
-H100_V4_IMAGES_PER_S = 7150.0
 
 _DGX_H100_NETWORK = Network(
     gpus_per_node=8,
