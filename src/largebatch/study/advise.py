@@ -314,11 +314,8 @@ def cluster_estimate(
     def one(batch: float, compute):
         """(GPUs, step result) for a global batch of ``batch`` images."""
         gpus = max(1, 2 ** round(math.log2(max(1.0, batch / preset.per_gpu_batch))))
-        work = dataclasses.replace(
-            preset.workload(),
-            compute_s_per_image=1 / compute.x_max_images_per_s,
-            compute_fixed_s_per_step=compute.t0_s,
-            gradient_bytes=params * preset.gradient_bytes_per_parameter,
+        work = dataclasses.replace(preset, compute=compute).workload(
+            gradient_bytes=params * preset.gradient_bytes_per_parameter
         )
         return gpus, simulate_step(preset.network, work, gpus, algorithm, **options)
 
