@@ -1,21 +1,8 @@
-"""Every closed choice of the config, defined once (torch-free, the bottom layer): the config
-validates against these, and the modules that implement a choice import the same tuple."""
+"""The closed choices of the config that modules below it in the layering check themselves
+(``largebatch.nn.norm``, ``largebatch.dist.hooks``; torch-free, the bottom layer). Every other set of
+choices is written on its field in :mod:`largebatch.config.schema`, which uses these tuples too."""
 
-DATA_NAMES = ("fashion_mnist", "synthetic", "imagefolder")
-MODEL_NAMES = ("resnet_fmnist", "resnet18", "resnet50")
-OPTIM_NAMES = ("sgd", "lars", "lamb", "rmsprop_warmup")
-SCHEDULE_NAMES = ("step", "poly", "cosine", "slow_start")
-LR_SCALINGS = ("linear", "sqrt", "none")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-ALPHA_VARIANTS = ("printed", "smooth")
-DEVICES = ("auto", "cpu", "cuda")
 BN_STATISTICS = ("moving_average", "last_batch", "precise")
 VARIANCE_AVERAGINGS = ("mean", "pooled")
 COMM_ALGORITHMS = ("allreduce", "hierarchical", "torus2d")
 COMM_COMPRESSIONS = ("none", "fp16", "bf16")
-HIERARCHICAL_MODES = ("scatter", "reduce")
-DECODERS = ("torchvision", "pil", "dali")
-DECODE_ON = ("workers", "device")
-BAD_FILE_POLICIES = ("fail", "skip")
-NONFINITE_CHECKS = ("auto", "host", "device")
-NONFINITE_POLICIES = ("skip", "stop")

@@ -53,7 +53,7 @@ LOCAL_IMPORTS_ALLOWED = {
     "__init__.py": "largebatch.train is loaded on first use: `import largebatch` does not import torch",
     "cli.py": "each subcommand imports what it runs: `largebatch recipes` starts without torch",
     "api.py": "load_config and prepare_run run before any worker starts and stay torch-free",
-    "config.py": "validate() reaches the model registry only for a user model (the config stays torch-free)",
+    "config/validation.py": "validate() reaches the model registry only for a user model (the config stays torch-free)",
     "plan.py": "the topology (torch.distributed) only for a topology-aware all-reduce",
     "data/__init__.py": "each data source is imported when chosen (DALI, fsspec and torchvision readers)",
     "recipes/__init__.py": "the recipe modules register themselves after the registry exists",

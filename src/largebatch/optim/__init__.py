@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from largebatch.choices import OPTIM_NAMES
+from largebatch.config import OPTIM_NAMES
 from largebatch.optim.lamb import Lamb
 from largebatch.optim.lars import Lars
 from largebatch.optim.param_groups import param_groups

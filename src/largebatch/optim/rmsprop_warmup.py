@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 import torch
 
-from largebatch.choices import ALPHA_VARIANTS
+from largebatch.config import ALPHA_VARIANTS
 from largebatch.optim._common import Scratch, Settings, all_finite, norms, use_foreach
 
 __all__ = ["RMSpropWarmup", "akiba_alpha_sgd"]
@@ -138,14 +138,9 @@ class RMSpropWarmup(Settings, torch.optim.Optimizer):
             if not ok:
                 raise ValueError(f"{name}={value!r} is out of range; accepted: {accepted}")
         defaults = dict(
-            lr=lr,
-            momentum=momentum,
-            alpha=alpha,
-            eps=eps,
-            rmsprop_lr=rmsprop_lr,
-            weight_decay=weight_decay,
-            foreach=foreach,
+            lr=lr, momentum=momentum, alpha=alpha, eps=eps, rmsprop_lr=rmsprop_lr, weight_decay=weight_decay
         )
+        defaults["foreach"] = foreach
         super().__init__(params, defaults)
         self.steps_per_epoch = steps_per_epoch
         self.center_epochs = center_epochs

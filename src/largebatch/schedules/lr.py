@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from largebatch.choices import SCHEDULE_NAMES
+from largebatch.config import SCHEDULE_NAMES
 
 
 def epoch_to_step(epoch: float, steps_per_epoch: int) -> int:
