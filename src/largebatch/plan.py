@@ -98,76 +98,29 @@ def resolve(cfg: Config, world_size: int, *, local_world_size: int | None = None
 
 
 def _stages(cfg: Config) -> list[tuple[BatchStage, str]]:
-    """The batch schedule as (stage, key prefix for messages); one stage without a schedule."""
+    """The batch schedule as (stage, key prefix for messages); one stage without a schedule. The
+    schedule's rules (first stage, order of the start epochs, each stage's fields) are the config's
+    (:func:`largebatch.config.validation.check_batch_schedule`), checked by :func:`validate`."""
     t = cfg.train
     if not t.batch_schedule:
         return [
             (BatchStage(start_epoch=0, global_batch_size=t.global_batch_size, lr_scaling=cfg.optim.lr_scaling), "train")
         ]
-    out = []
-    for i, st in enumerate(t.batch_schedule):
-        key = f"train.batch_schedule[{i}]"
-        require(st.lr_scaling in LR_SCALINGS, f"{key}.lr_scaling", st.lr_scaling, f"one of {', '.join(LR_SCALINGS)}")
-        require(
-            st.peak_lr >= 0 and math.isfinite(st.peak_lr),
-            f"{key}.peak_lr",
-            st.peak_lr,
-            "0 (use lr_scaling) or a positive finite float",
-        )
-        require(st.global_batch_size >= 1, f"{key}.global_batch_size", st.global_batch_size, "a positive integer")
-        require(
-            st.bn_batch_size >= 0,
-            f"{key}.bn_batch_size",
-            st.bn_batch_size,
-            "an integer >= 0 (0: keep train.bn.batch_size)",
-        )
-        if i == 0:
-            require(st.start_epoch == 0, f"{key}.start_epoch", st.start_epoch, "0 (the first stage starts the run)")
-            require(
-                st.global_batch_size == t.global_batch_size,
-                f"{key}.global_batch_size",
-                st.global_batch_size,
-                f"equal to train.global_batch_size={t.global_batch_size} (the first stage's batch); set both",
-            )
-        else:
-            prev = t.batch_schedule[i - 1].start_epoch
-            require(
-                prev < st.start_epoch < t.epochs,
-                f"{key}.start_epoch",
-                st.start_epoch,
-                f"an epoch after the previous stage's ({prev}) and before train.epochs={t.epochs}",
-            )
-        out.append((st, key))
-    return out
+    return [(st, f"train.batch_schedule[{i}]") for i, st in enumerate(t.batch_schedule)]
 
 
-def _plan(cfg: Config, world_size: int, *, gbs: int, bn_req: int, peak_lr: float, where: str) -> Plan:
-    """The split of one global batch over processes, micro-batches and BN groups. ``where`` names the
-    config entry the batch comes from (``train`` or ``train.batch_schedule[i]``) for messages."""
-    sync = cfg.train.bn.sync_ranks
+def _accumulation_steps(
+    cfg: Config, per_worker: int, local: int, *, gkey: str, gbs: int, world_size: int, bkey: str, bn_req: int
+) -> int:
+    """Forward/backward passes per step for a per-worker batch of ``per_worker`` samples in BN groups of
+    ``local`` samples per process (0: one group per micro-batch): ``train.accumulation_steps``, or when
+    it is 0 one BN group per micro-batch (``micro_batch`` noise scale) or the fewest micro-batches
+    within ``train.max_micro_batch_size``. The other arguments name the batch in messages.
+
+    Raises:
+        ConfigError: no number of micro-batches fits, or the given one does not divide the batch.
+    """
     accum = cfg.train.accumulation_steps
-    gkey = f"{where}.global_batch_size"
-    bkey = f"{where}.bn_batch_size" if where != "train" and bn_req != cfg.train.bn.batch_size else "train.bn.batch_size"
-    if gbs % world_size:
-        raise ConfigError(
-            f"{gkey}={gbs} does not split evenly over {world_size} workers; "
-            f"choose a multiple of {world_size} (e.g. {world_size * max(1, round(gbs / world_size))}) "
-            f"or another number of workers"
-        )
-    per_worker = gbs // world_size
-    if bn_req and bn_req % sync:
-        raise ConfigError(
-            f"{bkey}={bn_req} does not split over train.bn.sync_ranks={sync} processes; "
-            f"choose a BN batch that is a multiple of {sync}"
-        )
-    local = bn_req // sync  # samples of each BN group on one process (0: the whole micro-batch)
-    if local and per_worker % local:
-        raise ConfigError(
-            f"{gkey}={gbs} does not split into {world_size} workers x BN groups of "
-            f"{bkey}={bn_req} (per-worker batch {per_worker}"
-            f"{f', {local} samples of each group per process' if sync > 1 else ''}); use a global batch that is a "
-            f"multiple of {world_size * local}, or a train.bn.batch_size that divides {per_worker * sync}"
-        )
     micro_noise = cfg.train.noise_scale and cfg.train.noise_scale_small_batch == "micro_batch"
     if accum == 0 and micro_noise:
         if not local:
@@ -204,6 +157,38 @@ def _plan(cfg: Config, world_size: int, *, gbs: int, bn_req: int, peak_lr: float
             f"train.accumulation_steps={accum} (per-worker batch {per_worker}); set train.accumulation_steps=0 "
             f"(one BN group per micro-batch) or a divisor of {per_worker} of 2 or more"
         )
+    return accum
+
+
+def _plan(cfg: Config, world_size: int, *, gbs: int, bn_req: int, peak_lr: float, where: str) -> Plan:
+    """The split of one global batch over processes, micro-batches and BN groups. ``where`` names the
+    config entry the batch comes from (``train`` or ``train.batch_schedule[i]``) for messages."""
+    sync = cfg.train.bn.sync_ranks
+    gkey = f"{where}.global_batch_size"
+    bkey = f"{where}.bn_batch_size" if where != "train" and bn_req != cfg.train.bn.batch_size else "train.bn.batch_size"
+    if gbs % world_size:
+        raise ConfigError(
+            f"{gkey}={gbs} does not split evenly over {world_size} workers; "
+            f"choose a multiple of {world_size} (e.g. {world_size * max(1, round(gbs / world_size))}) "
+            f"or another number of workers"
+        )
+    per_worker = gbs // world_size
+    if bn_req and bn_req % sync:
+        raise ConfigError(
+            f"{bkey}={bn_req} does not split over train.bn.sync_ranks={sync} processes; "
+            f"choose a BN batch that is a multiple of {sync}"
+        )
+    local = bn_req // sync  # samples of each BN group on one process (0: the whole micro-batch)
+    if local and per_worker % local:
+        raise ConfigError(
+            f"{gkey}={gbs} does not split into {world_size} workers x BN groups of "
+            f"{bkey}={bn_req} (per-worker batch {per_worker}"
+            f"{f', {local} samples of each group per process' if sync > 1 else ''}); use a global batch that is a "
+            f"multiple of {world_size * local}, or a train.bn.batch_size that divides {per_worker * sync}"
+        )
+    accum = _accumulation_steps(
+        cfg, per_worker, local, gkey=gkey, gbs=gbs, world_size=world_size, bkey=bkey, bn_req=bn_req
+    )
     micro = per_worker // accum
     local = local or micro
     if micro % local:
