@@ -22,7 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from largebatch.config import Config, ConfigError, apply_overrides, config_from_dict, config_mismatch, to_dict
+from largebatch.config import (
+    Config,
+    ConfigError,
+    config_from_dict,
+    config_mismatch,
+    merge_overrides,
+    to_dict,
+    with_reference_lr,
+)
 from largebatch.plan import resolve
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
@@ -97,7 +105,10 @@ def load_config(config: str | os.PathLike | Config | dict = "", overrides: Itera
                 cfg = get_recipe(text)
             except KeyError as err:
                 raise ConfigError(err.args[0]) from None
-    return apply_overrides(cfg, list(overrides))
+    overrides = list(overrides)
+    # Loading a recipe with overrides: merge them, then, where they switched the optimizer without
+    # giving an LR, take the new optimizer's reference LR (docs/optimizers.md).
+    return with_reference_lr(cfg, merge_overrides(cfg, overrides), overrides)
 
 
 @dataclass(frozen=True)

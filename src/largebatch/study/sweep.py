@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from largebatch.config import ConfigError, apply_overrides, to_dict
+from largebatch.config import ConfigError, merge_overrides, to_dict, with_reference_lr
 from largebatch.plan import resolve_stages
 from largebatch.recipes import get_recipe
 
@@ -116,7 +116,8 @@ def run_config(method: str, global_batch_size: int, seed: int, epochs: int, over
     if method not in METHODS:
         raise SweepError(f"method {method!r} is unknown; accepted: {', '.join(METHODS)}")
     m = METHODS[method]
-    cfg = apply_overrides(get_recipe(m.recipe), [*m.overrides, *overrides])
+    recipe, given = get_recipe(m.recipe), [*m.overrides, *overrides]
+    cfg = with_reference_lr(recipe, merge_overrides(recipe, given), given)  # loading a recipe: see api.load_config
     cfg = _scale_epochs(cfg, epochs)
     if cfg.train.batch_schedule:  # Mikami: the recipe's growth factor, ending at this global batch
         first, last = cfg.train.batch_schedule[0], cfg.train.batch_schedule[-1]
