@@ -7,9 +7,10 @@ the overrides that make it that method; each (method, global batch, seed) is an 
 (finished runs are kept, a run with checkpoints continues with ``--resume auto``) and a later
 sweep with more batch sizes or seeds into the same directory only runs what is missing.
 
-Epoch-valued settings of a recipe (warmup, decay, slow-start and batch-stage boundaries, Akiba's
-alpha_SGD centre and period) are scaled from the recipe's epochs to the sweep's, so every method
-keeps its own schedule's shape at equal epochs.
+Epoch-valued settings of a recipe (warmup, step decays and the poly/cosine decay end, slow-start,
+batch-stage and resize-stage boundaries, Akiba's alpha_SGD centre and period: every schema field
+marked ``unit=EPOCHS``) are scaled from the recipe's epochs to the sweep's, so every method keeps
+its own schedule's shape at equal epochs.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from largebatch.config import ConfigError, merge_overrides, to_dict, with_reference_lr
+from largebatch.config import ConfigError, merge_overrides, scale_epochs, to_dict, with_reference_lr
 from largebatch.plan import resolve_stages
 from largebatch.recipes import get_recipe
 
@@ -81,28 +82,12 @@ class SweepError(ValueError):
 
 
 def _scale_epochs(cfg, epochs: int):
-    """``cfg`` with every epoch-valued setting scaled from ``cfg.train.epochs`` to ``epochs``."""
-    f = epochs / cfg.train.epochs
-    s, o, t = cfg.schedule, cfg.optim, cfg.train
-    schedule = dataclasses.replace(
-        s,
-        warmup_epochs=s.warmup_epochs * f,
-        decay_epochs=[e * f for e in s.decay_epochs],
-        slow_start=dataclasses.replace(s.slow_start, epochs=[e * f for e in s.slow_start.epochs]),
-    )
-    optim = dataclasses.replace(
-        o,
-        rmsprop_warmup=dataclasses.replace(
-            o.rmsprop_warmup,
-            center_epochs=o.rmsprop_warmup.center_epochs * f,
-            period_epochs=o.rmsprop_warmup.period_epochs * f,
-        ),
-    )
-    stages = [dataclasses.replace(st, start_epoch=round(st.start_epoch * f)) for st in t.batch_schedule]
-    train = dataclasses.replace(
-        t, epochs=epochs, batch_schedule=stages, eval_every_epochs=epochs, checkpoint_every_epochs=epochs
-    )
-    return dataclasses.replace(cfg, schedule=schedule, optim=optim, train=train)
+    """``cfg`` with every epoch-valued setting scaled from ``cfg.train.epochs`` to ``epochs``
+    (:func:`largebatch.config.scale_epochs`: the schedule, the stage boundaries, rounded to whole
+    epochs, ...), and one evaluation and one checkpoint, at the end."""
+    scaled = scale_epochs(cfg, epochs / cfg.train.epochs)
+    train = dataclasses.replace(scaled.train, epochs=epochs, eval_every_epochs=epochs, checkpoint_every_epochs=epochs)
+    return dataclasses.replace(scaled, train=train)
 
 
 def run_config(method: str, global_batch_size: int, seed: int, epochs: int, overrides: list[str]):
