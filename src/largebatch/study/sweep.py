@@ -179,6 +179,46 @@ def read_result(run_dir: Path) -> dict | None:
     return json.loads(path.read_text())
 
 
+def _run_one(out_dir: Path, method: str, b: int, seed: int, cfg, nproc: int) -> dict:
+    """Run one (method, global batch, seed) of the sweep as ``largebatch train`` in a subprocess (``--set``
+    every key of ``cfg``; ``--resume auto`` when it has checkpoints), its log under ``logs/``; returns
+    its summary.
+
+    Raises:
+        RuntimeError: the run failed (its command's exit status and the end of its log in the message).
+    """
+    run_dir = run_dir_of(out_dir, method, b, seed)
+    cmd = [
+        sys.executable,
+        "-m",
+        "largebatch",
+        "train",
+        "--nproc",
+        str(nproc),
+        "--out",
+        str(run_dir),
+        "--recipe",
+        METHODS[method].recipe,
+    ]
+    for item in _overrides_of(cfg):
+        cmd += ["--set", item]
+    if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
+        cmd += ["--resume", "auto"]
+    log_path = out_dir / "logs" / f"{method}_b{b:06d}_s{seed}.log"
+    log_path.parent.mkdir(exist_ok=True)
+    with open(log_path, "w") as log_file:
+        proc = subprocess.run(
+            cmd, stdout=log_file, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1")
+        )
+    if proc.returncode != 0:
+        tail = log_path.read_text()[-2000:]
+        raise RuntimeError(
+            f"{method} at global batch {b}, seed {seed} failed (exit {proc.returncode}); log "
+            f"{log_path}:\n{tail}\nfinished runs are kept: the same command continues the sweep"
+        )
+    return read_result(run_dir) or {}
+
+
 def run_sweep(
     out: str,
     methods: list[str],
@@ -208,37 +248,8 @@ def run_sweep(
     )
     bar = tqdm(total=len(todo), unit="run", disable=not progress or not sys.stderr.isatty(), dynamic_ncols=True)
     for method, b, seed, cfg in todo:
-        run_dir = run_dir_of(out_dir, method, b, seed)
-        cmd = [
-            sys.executable,
-            "-m",
-            "largebatch",
-            "train",
-            "--nproc",
-            str(nproc),
-            "--out",
-            str(run_dir),
-            "--recipe",
-            METHODS[method].recipe,
-        ]
-        for item in _overrides_of(cfg):
-            cmd += ["--set", item]
-        if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
-            cmd += ["--resume", "auto"]
         t0 = time.perf_counter()
-        log_path = out_dir / "logs" / f"{method}_b{b:06d}_s{seed}.log"
-        log_path.parent.mkdir(exist_ok=True)
-        with open(log_path, "w") as log_file:
-            proc = subprocess.run(
-                cmd, stdout=log_file, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1")
-            )
-        if proc.returncode != 0:
-            tail = log_path.read_text()[-2000:]
-            raise RuntimeError(
-                f"{method} at global batch {b}, seed {seed} failed (exit {proc.returncode}); log "
-                f"{log_path}:\n{tail}\nfinished runs are kept: the same command continues the sweep"
-            )
-        result = read_result(run_dir) or {}
+        result = _run_one(out_dir, method, b, seed, cfg, nproc)
         bar.update(1)
         line = (
             f"{method} b={b} seed={seed}: top-1 {result.get('top1', float('nan')):.2f}%, "
