@@ -22,7 +22,7 @@ from largebatch.config.schema import Config
 
 
 def to_dict(cfg: Config) -> dict:
-    """The config as plain JSON-able dicts."""
+    """The config as plain JSON-able dicts, values as they are (no typing). Raises nothing."""
     return dataclasses.asdict(cfg)
 
 
@@ -92,7 +92,8 @@ def typed_dict(cfg: Config) -> dict:
 
 def choice_keys() -> dict[str, tuple[str, dict[str, tuple[str, ...]]]]:
     """Per section: the key that chooses (``name``), and {key: the choices that read it} for the keys
-    only some choices read (``optim.lamb`` only by ``optim.name=lamb``), from each field's ``read_by``."""
+    only some choices read (``optim.lamb`` only by ``optim.name=lamb``), from each field's ``read_by``.
+    Raises nothing."""
     out = {}
     for name, cls in hints(Config).items():
         if not dataclasses.is_dataclass(cls):
@@ -111,7 +112,7 @@ choices read (``optim.lamb`` only by ``optim.name=lamb``)."""
 def active_dict(cfg: Config) -> dict:
     """:func:`to_dict` without the keys that the chosen optimizer, schedule and data source do not read
     (a LAMB config has no ``optim.lars``); reading it back gives the same config, since an omitted key
-    keeps its default and nothing reads it."""
+    keeps its default and nothing reads it. Raises nothing."""
     data = to_dict(cfg)
     for section, (chooser, keys) in CHOICE_KEYS.items():
         chosen = data[section][chooser]

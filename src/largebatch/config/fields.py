@@ -85,12 +85,16 @@ def setting(
 
 @functools.cache
 def hints(cls: type) -> dict[str, Any]:
-    """The resolved type hints of a config dataclass (``list[float]``, ``float | None``, ...)."""
+    """The resolved type hints of a config dataclass (``list[float]``, ``float | None``, ...), cached.
+
+    Raises:
+        NameError: an annotation names a type the schema does not define.
+    """
     return typing.get_type_hints(cls)
 
 
 def list_item_type(hint: Any) -> Any:
-    """The item type of a ``list[X]`` hint, else None."""
+    """The item type of a ``list[X]`` hint, else None. Raises nothing."""
     if typing.get_origin(hint) is list:
         (item,) = typing.get_args(hint)
         return item
@@ -99,7 +103,7 @@ def list_item_type(hint: Any) -> Any:
 
 def scalar_type(hint: Any) -> Any:
     """``int``, ``float``, ``str`` or ``bool`` for a hint of that type, of a list of it or of an optional
-    one (``float | None``); the hint itself otherwise."""
+    one (``float | None``); the hint itself otherwise. Raises nothing."""
     item = list_item_type(hint)
     if item is not None:
         return item
@@ -125,7 +129,7 @@ class Leaf:
 
 def leaves(section: Any, prefix: str = "") -> Iterator[Leaf]:
     """Every setting of ``section`` (a config dataclass) in field order, depth first: nested sections
-    and the items of lists of sections (batch and resize stages) are entered, not yielded."""
+    and the items of lists of sections (batch and resize stages) are entered, not yielded. Raises nothing."""
     types = hints(type(section))
     for f in dataclasses.fields(section):
         value, key = getattr(section, f.name), f"{prefix}{f.name}"
@@ -140,7 +144,7 @@ def leaves(section: Any, prefix: str = "") -> Iterator[Leaf]:
 
 
 def section_fields(cls: type) -> dict[str, dataclasses.Field]:
-    """The fields of a config dataclass by name."""
+    """The fields of a config dataclass by name. Raises nothing."""
     return {f.name: f for f in dataclasses.fields(cls)}
 
 

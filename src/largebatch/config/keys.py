@@ -35,7 +35,8 @@ def _section_keys(section: Any, prefix: str) -> list[str]:
 
 
 def all_keys(cfg: Config | None = None) -> list[str]:
-    """Every settable dotted key of the config tree, e.g. ``train.global_batch_size``."""
+    """Every settable dotted key of the config tree, e.g. ``train.global_batch_size`` (the stages of a
+    list of sections are one key: ``train.batch_schedule``). Raises nothing."""
     return _section_keys(cfg if cfg is not None else Config(), "")
 
 

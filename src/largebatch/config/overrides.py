@@ -71,13 +71,14 @@ aliases can expand a small file into billions)."""
 
 
 def migrate_key(key: str) -> str:
-    """The current name of a config key (a legacy flat key is renamed; others are returned as given)."""
+    """The current name of a config key (a legacy flat key is renamed; others are returned as given,
+    stripped). Raises nothing."""
     return LEGACY_KEYS.get(key.strip(), key.strip())
 
 
 def migrate(data: dict) -> dict:
     """A copy of a config dict (``to_dict`` output, a checkpoint's or a run's ``config.json``) with
-    every legacy flat key moved to its nested place."""
+    every legacy flat key moved to its nested place. Raises nothing."""
     out = {sec: dict(val) if isinstance(val, dict) else val for sec, val in data.items()}
     for old, new in LEGACY_KEYS.items():
         section, name = old.split(".")

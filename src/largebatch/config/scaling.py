@@ -12,7 +12,8 @@ from largebatch.config.schema import Config
 
 def epoch_keys(cfg: Config | None = None) -> list[str]:
     """The dotted keys of every epoch-valued setting of ``cfg`` (default: a default config, which has
-    no batch or resize stages), e.g. ``schedule.warmup_epochs``, ``train.batch_schedule[1].start_epoch``."""
+    no batch or resize stages), e.g. ``schedule.warmup_epochs``, ``train.batch_schedule[1].start_epoch``.
+    Raises nothing."""
     return [leaf.key for leaf in leaves(cfg if cfg is not None else Config()) if leaf.meta.get("unit") == EPOCHS]
 
 
