@@ -145,119 +145,19 @@ def _stopped(run_dir: Path, signal_name: str, started_unix_s: float) -> int:
     return EXIT_PREEMPTED if signal_name == "SIGTERM" else 128 + signal.Signals[signal_name].value
 
 
-def _eval_source(path_text: str):
-    """(config dict, model state_dict, step, weights file, config file) for ``largebatch eval PATH``: a
-    checkpoint, a run directory (its ``model_final.pt``, else its newest valid checkpoint) or a
-    ``model_final.pt`` (with the ``config.json`` beside it).
-
-    Raises:
-        ConfigError: nothing usable at PATH (one line, naming it).
-    """
-    from pathlib import Path
-
-    import torch
-
-    from largebatch.config import ConfigError
-    from largebatch.train.checkpoint import CheckpointError, latest_valid_checkpoint, load_checkpoint
-
-    path = Path(path_text)
-    if path.is_dir():
-        if (path / "model_final.pt").is_file():
-            path = path / "model_final.pt"
-        else:
-            found = latest_valid_checkpoint(path)
-            if found is None:
-                raise ConfigError(
-                    f"{path_text!r} holds neither model_final.pt nor a valid checkpoint; give a run "
-                    f"directory, a checkpoint or a model_final.pt"
-                )
-            path = found[0]
-    if not path.is_file():
-        raise ConfigError(f"{path_text!r}: no such file or run directory")
-    if path.name.startswith("ckpt_step") or not (path.parent / "config.json").is_file():
-        try:
-            ckpt = load_checkpoint(path)
-        except CheckpointError as err:
-            raise ConfigError(str(err)) from None
-        if "config" not in ckpt or "model" not in ckpt:
-            raise ConfigError(f"{path} has no config or model state: not a training checkpoint")
-        return ckpt["config"], ckpt["model"], ckpt.get("train_state", {}).get("step"), str(path), str(path)
-    try:  # exported weights: a plain state_dict, the run's config beside it
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        cfg = json.loads((path.parent / "config.json").read_text())
-    except Exception as err:  # unreadable weights or config: one line
-        raise ConfigError(
-            f"cannot read {path} with {path.parent / 'config.json'}: {str(err).splitlines()[0]}"
-        ) from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ConfigError(f"{path} is not a state_dict of tensors")
-    if not isinstance(cfg, dict):
-        raise ConfigError(f"{path.parent / 'config.json'} holds a {type(cfg).__name__}, not a run's config mapping")
-    return cfg, state, None, str(path), str(path.parent / "config.json")
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
-    import torch
-
-    from largebatch.config import ConfigError, apply_overrides, config_from_dict, validate
-    from largebatch.data import build_data, check_data
-    from largebatch.dist import cleanup, setup
-    from largebatch.registry import refuse_plugins_named_by_file, set_keys
-    from largebatch.train.build import model_of
-    from largebatch.train.checkpoint import CheckpointError, load_model_state
-    from largebatch.train.precision import choose_precision
-    from largebatch.train.trainer import evaluate
+    from largebatch.api import evaluate
+    from largebatch.config import ConfigError
 
     target = args.path or args.checkpoint
     if not target:
         return _fail("give what to evaluate: a run directory, a checkpoint or a model_final.pt (largebatch eval PATH)")
     try:
-        cfg_dict, state, step, source, config_source = _eval_source(target)
-        try:
-            stored = config_from_dict(cfg_dict)
-        except Exception as err:  # whatever the file holds (a list, unknown keys, wrong types): one line
-            raise ConfigError(
-                f"{config_source}: not a largebatch run's config ({(str(err).splitlines() or [type(err).__name__])[0]})"
-            ) from None
-        cfg = apply_overrides(stored, args.set)
-        # The stored config is data: a plugin it alone names is never imported (registry docstring).
-        refuse_plugins_named_by_file(
-            cfg, config_source, named_on_command_line=set_keys(args.set), trusted=args.trust_plugins
-        )
-        validate(cfg)
-        check_data(cfg)
-    except (ConfigError, ValueError, FileNotFoundError) as err:
+        result = evaluate(target, args.set, split=args.split, trust_plugins=args.trust_plugins)
+    except (ConfigError, FileNotFoundError) as err:
         return _fail(str(err))
-    env = setup(
-        cfg.train.device,
-        threads_per_worker=cfg.train.threads_per_worker,
-        malloc_cache_mib=cfg.train.malloc_cache_mib,
-    )
-    try:
-        data = build_data(cfg, device=env.device)
-        model = model_of(cfg, data).to(env.device)
-        try:
-            load_model_state(model, state, source)
-        except CheckpointError as err:
-            return _fail(str(err))
-        if cfg.model.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        precision = choose_precision(cfg.train.precision, env.device)  # as the training's evaluations
-        result = evaluate(
-            model,
-            data,
-            env,
-            channels_last=cfg.model.channels_last,
-            split=args.split,
-            batch_size=cfg.train.eval_batch_size,
-            autocast_dtype=precision.autocast_dtype,
-            flip=cfg.train.eval_flip,
-        )
-        result.update(checkpoint=source, step=step, recipe=cfg.recipe, precision=precision.precision)
-        if env.is_main:
-            print(json.dumps(result, indent=2))
-    finally:
-        cleanup()
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank has the same result
+        print(json.dumps(result, indent=2))
     return 0
 
 
