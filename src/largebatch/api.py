@@ -415,6 +415,23 @@ def evaluate(
             the model the config builds.
         FileNotFoundError: the data set's files are missing.
     """
+    if split not in ("test", "val"):
+        raise ConfigError(f"split={split!r} is unknown; give test or val")
+    overrides = list(overrides)
+    cfg_dict, state, step, source, config_source = _evaluation_source(os.fspath(checkpoint))
+    cfg = _evaluation_config(cfg_dict, config_source, overrides, trust_plugins)
+    result, precision = _score(cfg, state, source, split)
+    result.update(checkpoint=source, step=step, recipe=cfg.recipe, precision=precision)
+    return result
+
+
+def _score(cfg: Config, state: dict, source: str, split: str) -> tuple[dict, str]:
+    """(the metrics of :func:`largebatch.train.evaluation.evaluate`, the precision evaluated in) of the
+    model ``cfg`` builds with the weights ``state`` (read from ``source``), on this process's device.
+
+    Raises:
+        ConfigError: the weights do not fit the model.
+    """
     import torch
 
     from largebatch.data import build_data
@@ -424,11 +441,6 @@ def evaluate(
     from largebatch.train.evaluation import evaluate as evaluate_model
     from largebatch.train.precision import choose_precision
 
-    if split not in ("test", "val"):
-        raise ConfigError(f"split={split!r} is unknown; give test or val")
-    overrides = list(overrides)
-    cfg_dict, state, step, source, config_source = _evaluation_source(os.fspath(checkpoint))
-    cfg = _evaluation_config(cfg_dict, config_source, overrides, trust_plugins)
     env = setup(
         cfg.train.device, threads_per_worker=cfg.train.threads_per_worker, malloc_cache_mib=cfg.train.malloc_cache_mib
     )
@@ -454,5 +466,4 @@ def evaluate(
         )
     finally:
         cleanup()
-    result.update(checkpoint=source, step=step, recipe=cfg.recipe, precision=precision.precision)
-    return result
+    return result, precision.precision
