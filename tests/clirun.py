@@ -41,8 +41,10 @@ def preload() -> None:
     """Import what a command needs, once, in the test process (before the first fork)."""
     import torchvision  # noqa: F401
 
-    import largebatch.cli  # noqa: F401
+    import largebatch.cli
     import largebatch.train.run  # noqa: F401
+
+    largebatch.cli.commands()  # the subcommand modules, which build_parser() would import in each child
 
 
 class Forked:

@@ -1,4 +1,5 @@
-"""The Python entry to a training run: ``largebatch.train(...)``, the same run as ``largebatch train``.
+"""The Python entry to a training run: ``largebatch.train(...)``, the same run as ``largebatch train``, and
+to its evaluation: ``largebatch.evaluate(...)``, the same as ``largebatch eval``.
 
 ::
 
@@ -8,9 +9,9 @@
                                out="runs/two_epochs")
     print(summary["top1"], summary["run_dir"])
 
-The command line is a thin layer over :func:`load_config`, :func:`prepare_run` and :func:`launch`:
-each error it reports with exit status 2 is a :class:`~largebatch.config.ConfigError` here (or a
-``FileNotFoundError`` for missing data), raised before any worker starts.
+The command line is a thin layer over :func:`load_config`, :func:`prepare_run`, :func:`launch` and
+:func:`evaluate`: each error it reports with exit status 2 is a :class:`~largebatch.config.ConfigError`
+here (or a ``FileNotFoundError`` for missing data), raised before any worker starts.
 """
 
 from __future__ import annotations
@@ -25,13 +26,16 @@ from typing import Any
 from largebatch.config import (
     Config,
     ConfigError,
+    apply_overrides,
     config_from_dict,
     config_mismatch,
     merge_overrides,
     to_dict,
+    validate,
     with_reference_lr,
 )
 from largebatch.plan import resolve
+from largebatch.registry import refuse_plugins_named_by_file, set_keys
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -297,3 +301,174 @@ def train(
     """
     cfg = load_config(config, overrides)
     return launch(prepare_run(cfg, nproc=nproc, out=out, resume=resume), max_restarts=max_restarts)
+
+
+def _evaluation_source(path_text: str) -> tuple[dict, dict, int | None, str, str]:
+    """(config dict, model state_dict, step, weights file, config file) for :func:`evaluate`: a
+    checkpoint, a run directory (its ``model_final.pt``, else its newest valid checkpoint) or a
+    ``model_final.pt`` (with the ``config.json`` beside it). The step is None for exported weights.
+
+    Raises:
+        ConfigError: nothing usable at ``path_text`` (one line, naming it).
+    """
+    import torch
+
+    from largebatch.train.checkpoint import CheckpointError, latest_valid_checkpoint, load_checkpoint
+
+    path = Path(path_text)
+    if path.is_dir():
+        if (path / "model_final.pt").is_file():
+            path = path / "model_final.pt"
+        else:
+            found = latest_valid_checkpoint(path)
+            if found is None:
+                raise ConfigError(
+                    f"{path_text!r} holds neither model_final.pt nor a valid checkpoint; give a run "
+                    f"directory, a checkpoint or a model_final.pt"
+                )
+            path = found[0]
+    if not path.is_file():
+        raise ConfigError(f"{path_text!r}: no such file or run directory")
+    if path.name.startswith("ckpt_step") or not (path.parent / "config.json").is_file():
+        try:
+            ckpt = load_checkpoint(path)
+        except CheckpointError as err:
+            raise ConfigError(str(err)) from None
+        if "config" not in ckpt or "model" not in ckpt:
+            raise ConfigError(f"{path} has no config or model state: not a training checkpoint")
+        return ckpt["config"], ckpt["model"], ckpt.get("train_state", {}).get("step"), str(path), str(path)
+    try:  # exported weights: a plain state_dict, the run's config beside it
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        cfg = json.loads((path.parent / "config.json").read_text())
+    except Exception as err:  # unreadable weights or config: one line
+        raise ConfigError(
+            f"cannot read {path} with {path.parent / 'config.json'}: {str(err).splitlines()[0]}"
+        ) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(f"{path} is not a state_dict of tensors")
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{path.parent / 'config.json'} holds a {type(cfg).__name__}, not a run's config mapping")
+    return cfg, state, None, str(path), str(path.parent / "config.json")
+
+
+def _evaluation_config(cfg_dict: dict, config_source: str, overrides: list[str], trust_plugins: bool) -> Config:
+    """The stored config with ``overrides`` on top, validated, its plugins vetted and its data checked.
+
+    Raises:
+        ConfigError: not a run's config, an unknown key or value, a plugin named only by the file
+            without ``trust_plugins``, damaged data files.
+        FileNotFoundError: the data set's files are missing.
+    """
+    from largebatch.data import check_data
+
+    try:
+        stored = config_from_dict(cfg_dict)
+    except Exception as err:  # whatever the file holds (a list, unknown keys, wrong types): one line
+        raise ConfigError(
+            f"{config_source}: not a largebatch run's config ({(str(err).splitlines() or [type(err).__name__])[0]})"
+        ) from None
+    try:
+        cfg = apply_overrides(stored, overrides)
+        # The stored config is data: a plugin it alone names is never imported (registry docstring).
+        refuse_plugins_named_by_file(
+            cfg, config_source, named_on_command_line=set_keys(overrides), trusted=trust_plugins
+        )
+        validate(cfg)
+        check_data(cfg)
+    except ConfigError:
+        raise
+    except ValueError as err:  # a check that raised a plain ValueError: bad input all the same, one line
+        raise ConfigError(str(err)) from None
+    return cfg
+
+
+def evaluate(
+    checkpoint: str | os.PathLike,
+    overrides: Iterable[str] = (),
+    *,
+    split: str = "test",
+    trust_plugins: bool = False,
+) -> dict:
+    """Evaluate a run's weights on its data set, like ``largebatch eval``: the model is built from the
+    config stored with the weights (``overrides`` on top), the weights loaded into it, and the split
+    scored in the precision that config resolves to on this machine's device (``train.device``), with
+    the run's ``train.eval_batch_size``, channels-last and ``train.eval_flip``.
+
+    Under torchrun every process scores its share of the split and the sums are all-reduced: each
+    returns the same result.
+
+    Args:
+        checkpoint: a run directory (its ``model_final.pt``, else its newest valid checkpoint), a
+            checkpoint file (``RUN/checkpoints/ckpt_step*.pt``) or a ``model_final.pt`` with its run's
+            ``config.json`` beside it.
+        overrides: ``KEY=VALUE`` strings, as ``--set`` takes them, applied to the stored config. A plugin
+            model or data set named here is trusted.
+        split: ``"test"`` or ``"val"`` (the ``data.val_size`` images held out of the training set).
+        trust_plugins: import a plugin model or data set that only the stored config names (its code
+            runs); without it such a file is refused.
+
+    Returns:
+        ``{"loss", "count", "top1"[, "top5"], "checkpoint", "step", "recipe", "precision"}``: the mean
+        cross-entropy in nats per image, the number of images scored, top-1 (and, above 10 classes,
+        top-5) in percent, the weights file read, the training step of a checkpoint (None for a
+        ``model_final.pt``), the recipe and the precision evaluated in (``fp32``, ``bf16``, ...).
+
+    Raises:
+        ConfigError: bad input, found before the model is built: nothing usable at ``checkpoint``, a
+            stored config that is not a run's, an unknown key or value, a plugin named only by the
+            stored config without ``trust_plugins``, damaged data files; or weights that do not fit
+            the model the config builds.
+        FileNotFoundError: the data set's files are missing.
+    """
+    if split not in ("test", "val"):
+        raise ConfigError(f"split={split!r} is unknown; give test or val")
+    overrides = list(overrides)
+    cfg_dict, state, step, source, config_source = _evaluation_source(os.fspath(checkpoint))
+    cfg = _evaluation_config(cfg_dict, config_source, overrides, trust_plugins)
+    result, precision = _score(cfg, state, source, split)
+    result.update(checkpoint=source, step=step, recipe=cfg.recipe, precision=precision)
+    return result
+
+
+def _score(cfg: Config, state: dict, source: str, split: str) -> tuple[dict, str]:
+    """(the metrics of :func:`largebatch.train.evaluation.evaluate`, the precision evaluated in) of the
+    model ``cfg`` builds with the weights ``state`` (read from ``source``), on this process's device.
+
+    Raises:
+        ConfigError: the weights do not fit the model.
+    """
+    import torch
+
+    from largebatch.data import build_data
+    from largebatch.dist import cleanup, setup
+    from largebatch.train.build import model_of
+    from largebatch.train.checkpoint import CheckpointError, load_model_state
+    from largebatch.train.evaluation import evaluate as evaluate_model
+    from largebatch.train.precision import choose_precision
+
+    env = setup(
+        cfg.train.device, threads_per_worker=cfg.train.threads_per_worker, malloc_cache_mib=cfg.train.malloc_cache_mib
+    )
+    try:
+        data = build_data(cfg, device=env.device)
+        model = model_of(cfg, data).to(env.device)
+        try:
+            load_model_state(model, state, source)
+        except CheckpointError as err:
+            raise ConfigError(str(err)) from None
+        if cfg.model.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        precision = choose_precision(cfg.train.precision, env.device)  # as the training's evaluations
+        result = evaluate_model(
+            model,
+            data,
+            env,
+            channels_last=cfg.model.channels_last,
+            split=split,
+            batch_size=cfg.train.eval_batch_size,
+            autocast_dtype=precision.autocast_dtype,
+            flip=cfg.train.eval_flip,
+        )
+    finally:
+        cleanup()
+    return result, precision.precision

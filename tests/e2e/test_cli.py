@@ -151,6 +151,35 @@ def test_eval_command_matches_training_eval(run):
     assert "top5" not in result  # 10 classes: top-1 only
 
 
+def test_python_evaluate_is_the_eval_command(run):
+    """``largebatch.evaluate`` (docs/api.md) returns what ``largebatch eval`` prints, for a run directory
+    (its model_final.pt) and for a checkpoint; bad input is a ConfigError. A fresh interpreter: the call
+    sets torch's threads, which a test process that forks must not hold."""
+    cwd, out, _ = run
+    ckpt = sorted((out / "checkpoints").glob("ckpt_step*.pt"))[-1]
+    code = (
+        "import json, sys, largebatch\n"
+        "from largebatch.config import ConfigError\n"
+        "results = [largebatch.evaluate(p, ['data.test_subset=500']) for p in sys.argv[1:3]]\n"
+        "try:\n"
+        "    largebatch.evaluate(sys.argv[1], ['nope.key=1'])\n"
+        "except ConfigError as err:\n"
+        "    results.append(str(err))\n"
+        "print(json.dumps(results))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(out), str(ckpt)], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    final, at_ckpt, error = json.loads(proc.stdout.splitlines()[-1])
+    command = largebatch("eval", str(out), "--set", "data.test_subset=500", cwd=cwd)
+    assert command.returncode == 0, command.stderr[-3000:]
+    assert final == json.loads(command.stdout) and final["checkpoint"] == str(out / "model_final.pt")
+    assert final["count"] == at_ckpt["count"] == 500 and final["step"] is None
+    assert at_ckpt["checkpoint"] == str(ckpt) and at_ckpt["step"] == int(ckpt.stem.removeprefix("ckpt_step"))
+    assert "nope" in error
+
+
 def test_resume_is_bitwise_equal(run):
     cwd, out, _ = run
     resumed = cwd / "resumed"
