@@ -116,14 +116,37 @@ def _fail(message: str) -> int:
     return 2
 
 
+class _Refused(Exception):
+    """Bad input to ``simulate``: its message is the one line printed after ``error:`` (exit 2)."""
+
+
 def run(args: argparse.Namespace) -> int:
     """Print the table for ``args.gpus`` and write the two-panel figure to ``args.out``."""
     try:
+        preset, algorithms = _checked(args)
+        work = preset.workload(args.per_gpu_batch, **_workload_changes(args))
+        rows = _rows(preset, work, algorithms, args)
+    except _Refused as err:
+        return _fail(str(err))
+    _print_table(preset, work, rows, args)
+    if args.out is not None:
+        try:
+            _figure(preset, work, algorithms, args.gpus, args.torus_x, args.out)
+        except OSError as err:
+            return _fail(f"--out {args.out}: {err.strerror or err}; give a writable file path")
+        print(f"# figure: {args.out}")
+    return 0
+
+
+def _checked(args: argparse.Namespace):
+    """The preset (with a measured compute model and your own link swapped in where given) and the
+    algorithms to simulate, or :class:`_Refused` naming the first bad argument."""
+    try:
         preset = get_preset(args.preset)
     except ValueError as err:
-        return _fail(f"--preset: {err}")
+        raise _Refused(f"--preset: {err}") from None
     if args.gpus is None or not 1 <= args.gpus <= MAX_GPUS:
-        return _fail(
+        raise _Refused(
             f"--gpus {args.gpus} is out of range; accepted: 1 to {MAX_GPUS:,} (more GPUs than any cluster built "
             f"by far: a larger count is a typing mistake, and the model is not calibrated there)"
         )
@@ -131,39 +154,61 @@ def run(args: argparse.Namespace) -> int:
     every = ("ring", "halving_doubling") if args.alpha_beta is not None else ALGORITHMS
     algorithms = every if args.algorithm == "all" else (args.algorithm,)
     if args.algorithm != "all" and args.algorithm in ALGORITHMS and args.algorithm not in every:
-        return _fail(
+        raise _Refused(
             f"--algorithm {args.algorithm!r} does not apply to --alpha-beta; accepted: {', '.join(every)}, all"
         )
     if args.algorithm != "all" and args.algorithm not in every:
-        return _fail(f"--algorithm {args.algorithm!r} is unknown; accepted: {', '.join(every)}, all")
+        raise _Refused(f"--algorithm {args.algorithm!r} is unknown; accepted: {', '.join(every)}, all")
+    _check_numbers(args)
+    return dataclasses.replace(preset, compute=_compute(preset, args), network=_network(preset, args)), algorithms
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Refuse out-of-range counts and sizes, and an --out that cannot be written."""
     for name, value in (("--per-gpu-batch", args.per_gpu_batch), ("--torus-x", args.torus_x)):
         if value is not None and value < 1:
-            return _fail(f"{name} {value} is invalid; accepted: an integer >= 1")
+            raise _Refused(f"{name} {value} is invalid; accepted: an integer >= 1")
     if not (math.isfinite(args.epochs) and args.epochs > 0):
-        return _fail(f"--epochs {args.epochs} is invalid; accepted: a finite number > 0")
+        raise _Refused(f"--epochs {args.epochs} is invalid; accepted: a finite number > 0")
     if args.images < 1:
-        return _fail(f"--images {args.images} is invalid; accepted: an integer >= 1")
+        raise _Refused(f"--images {args.images} is invalid; accepted: an integer >= 1")
     if args.out is not None:
         problem = _unwritable(args.out)
         if problem:
-            return _fail(f"--out {args.out}: {problem}; give a writable file path")
-    compute = preset.compute
-    if args.measured:
-        try:
-            compute = fit_compute(measured_points(args.measured), "measured", mode="calibrated")
-        except ValueError as err:
-            return _fail(f"--measured: {err}")
-    network = preset.network
-    if args.alpha_beta is not None:
-        try:
-            network = link_network(args.alpha_beta, args.gpus)
-        except ValueError as err:
-            return _fail(f"--alpha-beta {args.alpha_beta}: {err}")
-    if args.gradient_mb is not None and not (math.isfinite(args.gradient_mb) and args.gradient_mb > 0):
-        return _fail(f"--gradient-mb {args.gradient_mb} is invalid; accepted: a number > 0")
-    preset = dataclasses.replace(preset, compute=compute, network=network)
-    changes = {} if args.gradient_mb is None else {"gradient_bytes": args.gradient_mb * 1e6}
-    work = preset.workload(args.per_gpu_batch, **changes)
+            raise _Refused(f"--out {args.out}: {problem}; give a writable file path")
+
+
+def _compute(preset, args: argparse.Namespace):
+    """The preset's compute model, or the one fitted to ``--measured`` (calibrated mode)."""
+    if not args.measured:
+        return preset.compute
+    try:
+        return fit_compute(measured_points(args.measured), "measured", mode="calibrated")
+    except ValueError as err:
+        raise _Refused(f"--measured: {err}") from None
+
+
+def _network(preset, args: argparse.Namespace):
+    """The preset's network, or one link of ``--alpha-beta``'s latency and inverse bandwidth."""
+    if args.alpha_beta is None:
+        return preset.network
+    try:
+        return link_network(args.alpha_beta, args.gpus)
+    except ValueError as err:
+        raise _Refused(f"--alpha-beta {args.alpha_beta}: {err}") from None
+
+
+def _workload_changes(args: argparse.Namespace) -> dict:
+    """``--gradient-mb`` as a change of the preset's workload (bytes), checked."""
+    if args.gradient_mb is None:
+        return {}
+    if not (math.isfinite(args.gradient_mb) and args.gradient_mb > 0):
+        raise _Refused(f"--gradient-mb {args.gradient_mb} is invalid; accepted: a number > 0")
+    return {"gradient_bytes": args.gradient_mb * 1e6}
+
+
+def _rows(preset, work, algorithms, args: argparse.Namespace) -> list:
+    """One simulated step per algorithm; an algorithm that does not apply is noted when all are asked for."""
     rows = []
     for algorithm in algorithms:
         try:
@@ -172,11 +217,16 @@ def run(args: argparse.Namespace) -> int:
             )
         except ValueError as err:
             if algorithm == "torus2d" and args.torus_x is not None:
-                return _fail(f"--torus-x: {err}")
+                raise _Refused(f"--torus-x: {err}") from None
             if args.algorithm != "all":
-                return _fail(f"--gpus/--algorithm: {err}")
+                raise _Refused(f"--gpus/--algorithm: {err}") from None
             print(f"# {algorithm}: not applicable ({err})")
-    net = preset.network
+    return rows
+
+
+def _print_table(preset, work, rows, args: argparse.Namespace) -> None:
+    """The header lines and one row per algorithm."""
+    net, compute = preset.network, preset.compute
     print(f"# {preset.name}: {preset.description}")
     print(
         f"# {args.gpus} GPUs ({net.gpus_per_node} per node), {work.per_gpu_batch} images/GPU, "
@@ -198,13 +248,6 @@ def run(args: argparse.Namespace) -> int:
             f" {r.epoch_s(args.images):>9.2f} {r.train_s(args.epochs, args.images) / 60:>10.2f}"
             f" {r.scaling_efficiency * 100:>13.1f}  {r.choice or '-'}"
         )
-    if args.out is not None:
-        try:
-            _figure(preset, work, algorithms, args.gpus, args.torus_x, args.out)
-        except OSError as err:
-            return _fail(f"--out {args.out}: {err.strerror or err}; give a writable file path")
-        print(f"# figure: {args.out}")
-    return 0
 
 
 def _unwritable(path: str) -> str | None:

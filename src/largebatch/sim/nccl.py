@@ -33,6 +33,7 @@ divided by that factor and derated by 0.85 on Hopper and later, as ``collnet.cc`
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -179,11 +180,47 @@ def predict(net: Network, gpus: int, nbytes: float, algorithm: str, protocol: st
         raise ValueError(f"gpus={gpus} is invalid; accepted: an integer >= 1")
     if gpus == 1:
         return NcclChoice(algorithm, protocol, 0.0, math.inf, 0.0, math.inf)
+    c = _context(net, gpus, nbytes, algorithm, protocol)
+    alg, lat = _BY_FAMILY[c.a](c)
+    bandwidth = alg * 1e9
+    time_s = lat * 1e-6 + nbytes / bandwidth if bandwidth > 0 else math.inf
+    bus_bw = nbytes / time_s / c.to_alg if time_s > 0 else math.inf
+    return NcclChoice(algorithm, protocol, lat * 1e-6, bandwidth, time_s, bus_bw)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Tuning:
+    """The quantities NCCL's tuning model (``src/graph/tuning.cc``) reads for one all-reduce: the
+    algorithm family ``a`` and protocol index ``p``, the cluster's shape, bus bandwidths (GB/s) and
+    per-hop latencies (microseconds)."""
+
+    net: Network
+    gpus: int
+    nbytes: float
+    protocol: str
+    a: str
+    p: int
+    nodes: int
+    ppn: int
+    cc: int
+    col: int
+    channels: int
+    intra_bus: float
+    inter_bus: float
+    ring_steps: int
+    to_alg: float
+    ll_max: float
+    intra_lat: float
+    inter_lat: float
+    base: float
+
+
+def _context(net: Network, gpus: int, nbytes: float, algorithm: str, protocol: str) -> _Tuning:
+    """The tuning model's inputs for ``algorithm``/``protocol`` on ``gpus`` ranks of ``net``."""
     a, p = _ALGO_KEY[algorithm], PROTOCOLS.index(protocol)
     nodes, ppn = _shape(net, gpus)
     cc = _cc_index(net.compute_capability)
     col = min(nodes - 1, 2)
-    channels = net.nccl_channels
     # the topology search's result, replaced by the hardware: bus bandwidth in GB/s
     intra_bus = net.intra_node_bandwidth_bytes_per_s / 1e9 if ppn > 1 else math.inf
     inter_bus = (
@@ -192,66 +229,80 @@ def predict(net: Network, gpus: int, nbytes: float, algorithm: str, protocol: st
         else intra_bus
     )
     ring_steps = 2 * (gpus - 1)
-    to_alg = gpus / ring_steps  # nRanks / nSteps of an all-reduce
     ll_row = cc if nodes == 1 else (1 if net.cpu_vendor == "amd" else 0)
-    ll_max = LL_MAX_BW[ll_row][col]
-
     intra_lat = HW_LATENCY_US["nvlink" if net.intra_link == "nvlink" else "pci"][a][p]
     inter_lat = intra_lat if nodes == 1 else HW_LATENCY_US["net"][a][p]
-    extra = net.nccl_net_latency_us * (2 if protocol == "Simple" else 1) if nodes > 1 else 0.0
-    inter_lat += extra
-    base = BASE_LATENCY_US[a][p]
+    inter_lat += net.nccl_net_latency_us * (2 if protocol == "Simple" else 1) if nodes > 1 else 0.0
+    return _Tuning(
+        net, gpus, nbytes, protocol, a, p, nodes, ppn, cc, col, net.nccl_channels, intra_bus, inter_bus,
+        ring_steps, gpus / ring_steps, LL_MAX_BW[ll_row][col], intra_lat, inter_lat, BASE_LATENCY_US[a][p],
+    )  # fmt: skip
 
-    if a == "ring":
-        bus = inter_bus if nodes > 1 else intra_bus
-        bus = min(bus, intra_bus)
-        if protocol == "LL":
-            bus = min(ll_max, bus * 0.5)
-        elif protocol == "LL128":
-            bus = min(bus * 0.92, channels * PER_CH_MAX_RING_LL128_BW[cc][col])
-        alg = bus * to_alg
-        if nodes > 1:
-            overhead = NET_OVERHEAD_US[net.cpu_vendor] * (3 if protocol == "Simple" else 1)
-            intra_lat = max(intra_lat, overhead)
-        inter_steps = 0 if nodes == 1 else 2 * (nodes - 1)
-        lat = base + (ring_steps - inter_steps) * intra_lat + inter_steps * inter_lat
-        if protocol == "Simple" and nodes > 1 and nbytes / (channels * gpus) >= 64:
-            lat *= 1.9 if net.compute_capability < 80 else 1.4  # ring.cc: plateau effect of ring
-    elif a == "tree":
-        bus = min(inter_bus, intra_bus)
-        bus = min(bus * 0.92, channels * PER_CH_MAX_TREE_BW[cc][col])
-        if protocol == "LL":
-            bus = min(bus / 3.8, ll_max)
-        elif protocol == "LL128":
-            bus = min(bus * (7 / 9 if nodes == 1 else 120 / 128), channels * PER_CH_MAX_TREE_LL128_BW[cc][col])
-        alg = bus * 0.5
-        lat = base + 2 * ((gpus // nodes - 1) * intra_lat + _log2i(nodes) * inter_lat)
-        log_size = _log2i(int(nbytes) >> 6)
-        if 0 <= log_size < 23:
-            alg *= TREE_CORRECTION[protocol][log_size]
-    elif a in ("nvls", "nvls_tree"):
-        intra = intra_bus * NVLS_EFFICIENCY[cc] * (channels - 1) / channels * 2
-        inter = math.inf if nodes == 1 else inter_bus * (2 if a == "nvls_tree" and nodes <= 2 else 1)
-        cap = channels * PER_CH_MAX_NVLS_TREE_BW[cc][col] if a == "nvls_tree" else math.inf
-        bus = min(intra, inter, cap)
-        alg = bus * to_alg
-        if a == "nvls":
-            lat = intra_lat + (inter_lat if nodes > 1 else 0.0)
-        else:
-            lat = base + intra_lat + 2 * _log2i(nodes) * inter_lat
-    else:  # CollNet: in-network reduction (SHARP)
-        factor = ppn / channels
-        factor -= (factor - 1) / 2
-        bus = 2 * min(inter_bus, intra_bus) / factor * (0.85 if cc >= 2 else 1.0)
-        alg = bus * 0.5
-        if a == "collnet_direct":
-            lat = base + 2 * (min(1, ppn - 1) * intra_lat + (ppn - 1) * 0.4) + inter_lat
-        else:
-            lat = base + 2 * (ppn - 1) * intra_lat + inter_lat
-    bandwidth = alg * 1e9
-    time_s = lat * 1e-6 + nbytes / bandwidth if bandwidth > 0 else math.inf
-    bus_bw = nbytes / time_s / to_alg if time_s > 0 else math.inf
-    return NcclChoice(algorithm, protocol, lat * 1e-6, bandwidth, time_s, bus_bw)
+
+def _ring(c: _Tuning) -> tuple[float, float]:
+    """(algorithm bandwidth in GB/s, latency in microseconds) of the ring."""
+    bus = min(c.inter_bus if c.nodes > 1 else c.intra_bus, c.intra_bus)
+    if c.protocol == "LL":
+        bus = min(c.ll_max, bus * 0.5)
+    elif c.protocol == "LL128":
+        bus = min(bus * 0.92, c.channels * PER_CH_MAX_RING_LL128_BW[c.cc][c.col])
+    intra_lat = c.intra_lat
+    if c.nodes > 1:
+        intra_lat = max(intra_lat, NET_OVERHEAD_US[c.net.cpu_vendor] * (3 if c.protocol == "Simple" else 1))
+    inter_steps = 0 if c.nodes == 1 else 2 * (c.nodes - 1)
+    lat = c.base + (c.ring_steps - inter_steps) * intra_lat + inter_steps * c.inter_lat
+    if c.protocol == "Simple" and c.nodes > 1 and c.nbytes / (c.channels * c.gpus) >= 64:
+        lat *= 1.9 if c.net.compute_capability < 80 else 1.4  # ring.cc: plateau effect of ring
+    return bus * c.to_alg, lat
+
+
+def _tree(c: _Tuning) -> tuple[float, float]:
+    """(algorithm bandwidth in GB/s, latency in microseconds) of the double binary tree."""
+    bus = min(c.inter_bus, c.intra_bus)
+    bus = min(bus * 0.92, c.channels * PER_CH_MAX_TREE_BW[c.cc][c.col])
+    if c.protocol == "LL":
+        bus = min(bus / 3.8, c.ll_max)
+    elif c.protocol == "LL128":
+        bus = min(bus * (7 / 9 if c.nodes == 1 else 120 / 128), c.channels * PER_CH_MAX_TREE_LL128_BW[c.cc][c.col])
+    alg = bus * 0.5
+    lat = c.base + 2 * ((c.gpus // c.nodes - 1) * c.intra_lat + _log2i(c.nodes) * c.inter_lat)
+    log_size = _log2i(int(c.nbytes) >> 6)
+    if 0 <= log_size < 23:
+        alg *= TREE_CORRECTION[c.protocol][log_size]
+    return alg, lat
+
+
+def _nvls(c: _Tuning) -> tuple[float, float]:
+    """(algorithm bandwidth in GB/s, latency in microseconds) of NVLink SHARP, alone or under a tree."""
+    intra = c.intra_bus * NVLS_EFFICIENCY[c.cc] * (c.channels - 1) / c.channels * 2
+    inter = math.inf if c.nodes == 1 else c.inter_bus * (2 if c.a == "nvls_tree" and c.nodes <= 2 else 1)
+    cap = c.channels * PER_CH_MAX_NVLS_TREE_BW[c.cc][c.col] if c.a == "nvls_tree" else math.inf
+    bus = min(intra, inter, cap)
+    if c.a == "nvls":
+        return bus * c.to_alg, c.intra_lat + (c.inter_lat if c.nodes > 1 else 0.0)
+    return bus * c.to_alg, c.base + c.intra_lat + 2 * _log2i(c.nodes) * c.inter_lat
+
+
+def _collnet(c: _Tuning) -> tuple[float, float]:
+    """(algorithm bandwidth in GB/s, latency in microseconds) of CollNet: in-network reduction (SHARP)."""
+    factor = c.ppn / c.channels
+    factor -= (factor - 1) / 2
+    bus = 2 * min(c.inter_bus, c.intra_bus) / factor * (0.85 if c.cc >= 2 else 1.0)
+    if c.a == "collnet_direct":
+        lat = c.base + 2 * (min(1, c.ppn - 1) * c.intra_lat + (c.ppn - 1) * 0.4) + c.inter_lat
+    else:
+        lat = c.base + 2 * (c.ppn - 1) * c.intra_lat + c.inter_lat
+    return bus * 0.5, lat
+
+
+_BY_FAMILY = {
+    "ring": _ring,
+    "tree": _tree,
+    "nvls": _nvls,
+    "nvls_tree": _nvls,
+    "collnet_direct": _collnet,
+    "collnet_chain": _collnet,
+}
 
 
 def select(net: Network, gpus: int, nbytes: float, algorithm: str = "auto", protocol: str = "auto") -> NcclChoice:
