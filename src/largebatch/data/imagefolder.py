@@ -134,6 +134,49 @@ class _DecodedImages(torch.utils.data.Dataset):
         return self.transform(image), label
 
 
+def _check_decoding(decoder: str, decode_on: str) -> None:
+    """Refuse a decode placement the decoder does not support; make sure DALI imports when asked for.
+
+    Raises:
+        ValueError: ``decode_on`` unknown, or ``device`` with a decoder other than torchvision.
+        ImportError: (from :func:`require_dali`) ``decoder="dali"`` without NVIDIA DALI installed.
+    """
+    if decode_on not in ("workers", "device"):
+        raise ValueError(f"data.imagefolder.decode_on={decode_on!r} is unknown; accepted: workers, device")
+    if decode_on == "device" and decoder != "torchvision":
+        raise ValueError(
+            f"data.imagefolder.decode_on=device works with data.imagefolder.decoder=torchvision (got {decoder!r}); "
+            f"data.imagefolder.decoder=dali always decodes on the device"
+        )
+    if decoder == "dali":
+        require_dali()
+
+
+def _val_samples(root: str, val_dir, val_labels: str, classes: list[str]) -> list[tuple[str, int]]:
+    """(path, class index) of every validation image: from ``val/<class>/`` folders, or from a flat
+    ``val/`` with a labels file (ImageNet's LOC_val_solution.csv or '<file> <wnid>' lines).
+
+    Raises:
+        ValueError: a flat val/ file without a label, or val/ folders that differ from train/'s.
+    """
+    from torchvision import datasets
+
+    if val_labels:
+        labels = read_val_labels(val_labels, classes)
+        files = sorted(p for p in val_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        missing = [p.name for p in files if p.name not in labels and p.stem not in labels]
+        if missing:
+            raise ValueError(
+                f"data.imagefolder.val_labels={val_labels!r} has no label for {len(missing)} file(s) of {val_dir}, "
+                f"e.g. {missing[:3]}"
+            )
+        return [(str(p), labels.get(p.name, labels.get(p.stem))) for p in files]
+    val_folder = datasets.ImageFolder(str(val_dir))
+    if val_folder.classes != classes:
+        raise ValueError(f"data.root={root!r}: train/ and val/ have different class folders")
+    return val_folder.samples
+
+
 class ImageFolderData:
     """ImageNet-layout folders read by DataLoader workers; same interface as TensorImageData.
 
@@ -161,15 +204,7 @@ class ImageFolderData:
     ) -> None:
         from torchvision import datasets
 
-        if decode_on not in ("workers", "device"):
-            raise ValueError(f"data.imagefolder.decode_on={decode_on!r} is unknown; accepted: workers, device")
-        if decode_on == "device" and decoder != "torchvision":
-            raise ValueError(
-                f"data.imagefolder.decode_on=device works with data.imagefolder.decoder=torchvision (got {decoder!r}); "
-                f"data.imagefolder.decoder=dali always decodes on the device"
-            )
-        if decoder == "dali":
-            require_dali()
+        _check_decoding(decoder, decode_on)
         self.decoder, self.decode_on, self.image_size_px, self.augment = decoder, decode_on, image_size_px, augment
         if is_prepared(root):  # `largebatch data prepare` output: read the shards by index
             if decoder == "pil":
@@ -191,21 +226,7 @@ class ImageFolderData:
         train_dir, val_dir = check_layout(root, flat_val=bool(val_labels))
         train_folder = datasets.ImageFolder(str(train_dir))
         classes = train_folder.classes
-        if val_labels:
-            labels = read_val_labels(val_labels, classes)
-            files = sorted(p for p in val_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-            missing = [p.name for p in files if p.name not in labels and p.stem not in labels]
-            if missing:
-                raise ValueError(
-                    f"data.imagefolder.val_labels={val_labels!r} has no label for {len(missing)} file(s) of {val_dir}, "
-                    f"e.g. {missing[:3]}"
-                )
-            val_samples = [(str(p), labels.get(p.name, labels.get(p.stem))) for p in files]
-        else:
-            val_folder = datasets.ImageFolder(str(val_dir))
-            if val_folder.classes != classes:
-                raise ValueError(f"data.root={root!r}: train/ and val/ have different class folders")
-            val_samples = val_folder.samples
+        val_samples = _val_samples(root, val_dir, val_labels, classes)
         self.num_classes = len(classes)
         train_tf, eval_tf = self._transforms(decoder, image_size_px, augment)
         if decoder in ("torchvision", "dali"):

@@ -57,6 +57,55 @@ def _resize_encode(job: tuple[str, int, int]) -> tuple[bytes | None, str]:
     return encode_jpeg(image, quality=quality).numpy().tobytes(), ""
 
 
+def _write_split(out: Path, split: str, samples, encoded, shard_mb: float, bad_files: list, bar) -> tuple[list, list]:
+    """Write one split's encoded images into tar shards of about ``shard_mb`` MiB under ``out``
+    (``SPLIT-NNNNNN.tar``, members ``KEY.cls`` and ``KEY.jpg``); files that failed to decode go to
+    ``bad_files``. Returns (shard names, index rows [shard, byte offset, length, label])."""
+    shards: list[str] = []
+    index: list[list[int]] = []
+    tar, shard_bytes = None, 0
+    for (path, label), (blob, error) in zip(samples, encoded):
+        bar.update(1)
+        if blob is None:
+            bad_files.append({"path": path, "error": error})
+            continue
+        if tar is None or shard_bytes >= shard_mb * 2**20:
+            if tar is not None:
+                tar.close()
+            name = f"{split}-{len(shards):06d}.tar"
+            shards.append(name)
+            tar, shard_bytes = tarfile.open(out / name, "w", format=tarfile.USTAR_FORMAT), 0
+        key = f"{len(index):08d}"
+        for suffix, payload in ((".cls", str(label).encode()), (".jpg", blob)):
+            info = tarfile.TarInfo(key + suffix)
+            info.size, info.mtime = len(payload), 0
+            data_offset = tar.offset + len(info.tobuf(tar.format, tar.encoding, tar.errors))
+            tar.addfile(info, io.BytesIO(payload))
+        tar.members.clear()  # the index below is what we keep; do not hold every TarInfo in memory
+        index.append([len(shards) - 1, data_offset, len(blob), label])
+        shard_bytes += len(blob) + 1024
+    if tar is not None:
+        tar.close()
+    return shards, index
+
+
+def _checked_paths(src: str, dst: str, max_side_px: int, quality: int, shard_mb: float) -> tuple[Path, Path, Path]:
+    """(train folder, val folder, destination) of :func:`prepare`, after its checks (see there)."""
+    if max_side_px < 8 or not 1 <= quality <= 100 or shard_mb <= 0:
+        raise ValueError(
+            f"max_side_px={max_side_px}, quality={quality}, shard_mb={shard_mb}: accepted max_side_px >= 8, "
+            f"quality in 1..100, shard_mb > 0"
+        )
+    train_dir, val_dir = check_layout(src)
+    out = Path(dst)
+    if (out / MANIFEST).exists():
+        raise ValueError(
+            f"{dst} already holds a prepared data set ({MANIFEST}); choose another destination "
+            f"(nothing was overwritten)"
+        )
+    return train_dir, val_dir, out
+
+
 def prepare(
     src: str,
     dst: str,
@@ -77,18 +126,7 @@ def prepare(
     from torchvision import datasets
     from tqdm import tqdm
 
-    if max_side_px < 8 or not 1 <= quality <= 100 or shard_mb <= 0:
-        raise ValueError(
-            f"max_side_px={max_side_px}, quality={quality}, shard_mb={shard_mb}: accepted max_side_px >= 8, "
-            f"quality in 1..100, shard_mb > 0"
-        )
-    train_dir, val_dir = check_layout(src)
-    out = Path(dst)
-    if (out / MANIFEST).exists():
-        raise ValueError(
-            f"{dst} already holds a prepared data set ({MANIFEST}); choose another destination "
-            f"(nothing was overwritten)"
-        )
+    train_dir, val_dir, out = _checked_paths(src, dst, max_side_px, quality, shard_mb)
     out.mkdir(parents=True, exist_ok=True)
     classes = datasets.ImageFolder(str(train_dir)).classes
     manifest: dict = {
@@ -103,37 +141,19 @@ def prepare(
     pool = ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1)
     try:
         for split, folder in (("train", train_dir), ("val", val_dir)):
-            samples = datasets.ImageFolder(str(folder)).samples
-            if datasets.ImageFolder(str(folder)).classes != classes:
+            folder_set = datasets.ImageFolder(str(folder))
+            if folder_set.classes != classes:
                 raise ValueError(f"{src}: train/ and val/ have different class folders")
-            shards, index = [], []
-            tar, shard_bytes = None, 0
             bar = tqdm(
-                total=len(samples), unit="img", desc=f"prepare {split}", disable=not progress, dynamic_ncols=True
+                total=len(folder_set.samples),
+                unit="img",
+                desc=f"prepare {split}",
+                disable=not progress,
+                dynamic_ncols=True,
             )
-            jobs = ((path, max_side_px, quality) for path, _ in samples)
-            for (path, label), (blob, error) in zip(samples, pool.map(_resize_encode, jobs, chunksize=16)):
-                bar.update(1)
-                if blob is None:
-                    manifest["bad_files"].append({"path": path, "error": error})
-                    continue
-                if tar is None or shard_bytes >= shard_mb * 2**20:
-                    if tar is not None:
-                        tar.close()
-                    name = f"{split}-{len(shards):06d}.tar"
-                    shards.append(name)
-                    tar, shard_bytes = tarfile.open(out / name, "w", format=tarfile.USTAR_FORMAT), 0
-                key = f"{len(index):08d}"
-                for suffix, payload in ((".cls", str(label).encode()), (".jpg", blob)):
-                    info = tarfile.TarInfo(key + suffix)
-                    info.size, info.mtime = len(payload), 0
-                    data_offset = tar.offset + len(info.tobuf(tar.format, tar.encoding, tar.errors))
-                    tar.addfile(info, io.BytesIO(payload))
-                tar.members.clear()  # the index below is what we keep; do not hold every TarInfo in memory
-                index.append([len(shards) - 1, data_offset, len(blob), label])
-                shard_bytes += len(blob) + 1024
-            if tar is not None:
-                tar.close()
+            jobs = ((path, max_side_px, quality) for path, _ in folder_set.samples)
+            encoded = pool.map(_resize_encode, jobs, chunksize=16)
+            shards, index = _write_split(out, split, folder_set.samples, encoded, shard_mb, manifest["bad_files"], bar)
             bar.close()
             manifest["splits"][split] = {"shards": shards, "index": index, "samples": len(index)}
     finally:

@@ -40,9 +40,12 @@ def reduce_scatter(output: torch.Tensor, input: torch.Tensor, group) -> torch.Te
     k-th part in ``output``. On NCCL a real reduce-scatter; on gloo torch's emulation (an all-reduce
     of the whole input, then the chunk), which is logged once. A communication error propagates."""
     if dist.get_backend(group) == "gloo":
-        _note_once("gloo-rs", "gloo: reduce-scatter is emulated as all-reduce + chunk (correct, 2x the bytes of a "
-                              "real reduce-scatter); hierarchical and torus phases are exact but not bandwidth-optimal "
-                              "on gloo; NCCL runs them natively")
+        _note_once(
+            "gloo-rs",
+            "gloo: reduce-scatter is emulated as all-reduce + chunk (correct, 2x the bytes of a "
+            "real reduce-scatter); hierarchical and torus phases are exact but not bandwidth-optimal "
+            "on gloo; NCCL runs them natively",
+        )
     dist.reduce_scatter_single(output, input, group=group)
     return output
 
@@ -92,8 +95,9 @@ def hierarchical_all_reduce(tensor: torch.Tensor, groups: TopologyGroups, *, mod
         raise ValueError("hierarchical_all_reduce needs a contiguous tensor")
     t = groups.topology
     if mode == "scatter":
-        return _scatter_reduce_gather(tensor, row_group=groups.intra, row_size=t.workers_per_node,
-                                      column_group=groups.inter)
+        return _scatter_reduce_gather(
+            tensor, row_group=groups.intra, row_size=t.workers_per_node, column_group=groups.inter
+        )
     if mode != "reduce":
         raise ValueError(f"comm.hierarchical_mode={mode!r} is unknown; accepted: scatter, reduce")
     leader = groups.node_leader
@@ -116,5 +120,6 @@ def torus2d_all_reduce(tensor: torch.Tensor, groups: TopologyGroups) -> torch.Te
     """
     if not tensor.is_contiguous():
         raise ValueError("torus2d_all_reduce needs a contiguous tensor")
-    return _scatter_reduce_gather(tensor, row_group=groups.row, row_size=groups.topology.torus_x,
-                                  column_group=groups.column)
+    return _scatter_reduce_gather(
+        tensor, row_group=groups.row, row_size=groups.topology.torus_x, column_group=groups.column
+    )

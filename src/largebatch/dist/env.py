@@ -77,8 +77,13 @@ def _attempt_store(rank: int, world_size: int, timeout_s: float):
     if attempt is None or "MASTER_ADDR" not in os.environ or "MASTER_PORT" not in os.environ:
         return None
     agent_hosts = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
-    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
-                          is_master=(rank == 0 and not agent_hosts), timeout=timedelta(seconds=timeout_s))
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world_size,
+        is_master=(rank == 0 and not agent_hosts),
+        timeout=timedelta(seconds=timeout_s),
+    )
     return dist.PrefixStore(f"largebatch/attempt_{attempt}/", store)
 
 

@@ -14,8 +14,9 @@ all-reduce); with compression it registers PyTorch's ``fp16_compress_hook`` / ``
 """
 
 import logging
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
@@ -23,9 +24,7 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
 from largebatch.choices import COMM_ALGORITHMS, COMM_COMPRESSIONS
 from largebatch.dist.collectives import hierarchical_all_reduce, torus2d_all_reduce
-from largebatch.dist.topology import TopologyGroups
-import os
-from largebatch.dist.topology import build_groups, make_topology
+from largebatch.dist.topology import TopologyGroups, build_groups, make_topology
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +62,7 @@ def torus2d_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.Fut
     return _finished(buffer)
 
 
-def make_comm_hook(algorithm: str, compression: str, state: Optional[HookState]) -> Optional[tuple[object, Callable]]:
+def make_comm_hook(algorithm: str, compression: str, state: HookState | None) -> tuple[object, Callable] | None:
     """The (state, hook) pair to register for ``comm.algorithm`` and ``comm.compression``, or None
     for DDP's built-in all-reduce.
 
@@ -89,9 +88,15 @@ def make_comm_hook(algorithm: str, compression: str, state: Optional[HookState])
     return state, hook
 
 
-def register_comm_hook(ddp_model, algorithm: str = "hierarchical", *, workers_per_node: int | None = None,
-                       torus_x: int = 0, compression: str = "none",
-                       hierarchical_mode: str = "scatter") -> Optional[HookState]:
+def register_comm_hook(
+    ddp_model,
+    algorithm: str = "hierarchical",
+    *,
+    workers_per_node: int | None = None,
+    torus_x: int = 0,
+    compression: str = "none",
+    hierarchical_mode: str = "scatter",
+) -> HookState | None:
     """Register a topology-aware gradient all-reduce on a ``DistributedDataParallel`` model, in one call.
 
     ``algorithm``: ``hierarchical`` (reduce within each node, all-reduce across nodes, broadcast
@@ -107,7 +112,6 @@ def register_comm_hook(ddp_model, algorithm: str = "hierarchical", *, workers_pe
     Raises:
         ValueError: an unknown algorithm or compression, or a world that the topology cannot tile.
     """
-
 
     state = None
     if algorithm != "allreduce":

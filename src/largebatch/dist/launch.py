@@ -327,6 +327,24 @@ def _temp_dir_under(folder: Path | None) -> Iterator[None]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def _loopback_config(nproc: int, start_method: str, logs: Path | None) -> LaunchConfig:
+    """One attempt's launch on this machine: a fresh run id, the loopback rendezvous, no restarts of
+    its own (:func:`launch_local` decides those), the elastic agent's logs under ``logs``."""
+    return LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nproc,
+        run_id=f"largebatch-{uuid.uuid4().hex[:8]}",
+        rdzv_backend=LOOPBACK_BACKEND,
+        rdzv_endpoint="127.0.0.1:0",
+        max_restarts=0,
+        monitor_interval=0.1,
+        start_method=start_method,
+        local_addr="127.0.0.1",
+        logs_specs=DefaultLogsSpecs(log_dir=os.fspath(logs)) if logs is not None else None,
+    )
+
+
 def launch_local(
     entrypoint: Callable[..., Any],
     args: tuple | Callable[[int], tuple],
@@ -364,19 +382,7 @@ def launch_local(
     logs = Path(log_dir) if log_dir is not None else None
     try:
         for attempt in range(max_restarts + 1):
-            config = LaunchConfig(
-                min_nodes=1,
-                max_nodes=1,
-                nproc_per_node=nproc,
-                run_id=f"largebatch-{uuid.uuid4().hex[:8]}",
-                rdzv_backend=LOOPBACK_BACKEND,
-                rdzv_endpoint="127.0.0.1:0",
-                max_restarts=0,
-                monitor_interval=0.1,
-                start_method=start_method,
-                local_addr="127.0.0.1",
-                logs_specs=DefaultLogsSpecs(log_dir=os.fspath(logs)) if logs is not None else None,
-            )
+            config = _loopback_config(nproc, start_method, logs)
             attempt_args = args(attempt) if callable(args) else args
             try:
                 with agent_log_to(log_file), _temp_dir_under(logs / "tmp" if logs is not None else None):

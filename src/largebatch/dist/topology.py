@@ -56,8 +56,10 @@ class Topology:
         return [row * self.torus_x + column for row in range(self.torus_y)]
 
     def describe(self) -> str:
-        return (f"{self.nodes} node(s) x {self.workers_per_node} worker(s); 2D torus {self.torus_x} x {self.torus_y} "
-                f"(rows of {self.torus_x} consecutive ranks)")
+        return (
+            f"{self.nodes} node(s) x {self.workers_per_node} worker(s); 2D torus {self.torus_x} x {self.torus_y} "
+            f"(rows of {self.torus_x} consecutive ranks)"
+        )
 
 
 def make_topology(world_size: int, *, workers_per_node: int, torus_x: int = 0) -> Topology:
@@ -75,13 +77,17 @@ def make_topology(world_size: int, *, workers_per_node: int, torus_x: int = 0) -
         raise ValueError(f"world size {world_size} is invalid: at least 1 rank")
     if workers_per_node < 1 or world_size % workers_per_node:
         divisors = [x for x, _ in factor_pairs(world_size)]
-        raise ValueError(f"comm.workers_per_node={workers_per_node} does not divide the {world_size} workers; "
-                         f"accepted: one of {divisors} (nodes x workers per node = {world_size})")
+        raise ValueError(
+            f"comm.workers_per_node={workers_per_node} does not divide the {world_size} workers; "
+            f"accepted: one of {divisors} (nodes x workers per node = {world_size})"
+        )
     x = torus_x or workers_per_node
     if x < 1 or world_size % x:
         shapes = ", ".join(f"{a}x{b}" for a, b in factor_pairs(world_size))
-        raise ValueError(f"comm.torus_x={torus_x}: a {x} x {world_size / x:g} torus does not hold {world_size} "
-                         f"workers (X * Y must equal the world size); accepted shapes X x Y: {shapes}")
+        raise ValueError(
+            f"comm.torus_x={torus_x}: a {x} x {world_size / x:g} torus does not hold {world_size} "
+            f"workers (X * Y must equal the world size); accepted shapes X x Y: {shapes}"
+        )
     return Topology(world_size=world_size, workers_per_node=workers_per_node, torus_x=x)
 
 
@@ -120,10 +126,12 @@ def build_groups(topology: Topology) -> TopologyGroups:
         raise ValueError(f"the topology is for {topology.world_size} ranks, the process group has {world}")
     t = topology
     mine = {}
-    for kind, lists in (("intra", [t.node_ranks(n) for n in range(t.nodes)]),
-                        ("inter", [t.local_peers(lr) for lr in range(t.workers_per_node)]),
-                        ("row", [t.row_ranks(r) for r in range(t.torus_y)]),
-                        ("column", [t.column_ranks(c) for c in range(t.torus_x)])):
+    for kind, lists in (
+        ("intra", [t.node_ranks(n) for n in range(t.nodes)]),
+        ("inter", [t.local_peers(lr) for lr in range(t.workers_per_node)]),
+        ("row", [t.row_ranks(r) for r in range(t.torus_y)]),
+        ("column", [t.column_ranks(c) for c in range(t.torus_x)]),
+    ):
         for ranks in lists:
             group = dist.new_group(ranks)
             if rank in ranks:

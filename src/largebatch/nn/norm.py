@@ -406,6 +406,17 @@ def recompute_bn_statistics(model: nn.Module, inputs: Iterable[torch.Tensor]) ->
         model.train(was_training)
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(sums)
+    _set_population_statistics(layers, sums, tracked)
+    return passes
+
+
+def _set_population_statistics(layers: list, sums: torch.Tensor, tracked: list) -> None:
+    """Write each layer's mean and unbiased variance from ``sums`` (layer x [sum x, sum x^2, count]
+    x channel) and restore its ``num_batches_tracked``.
+
+    Raises:
+        ValueError: a channel saw at most one value (no batch ran).
+    """
     for i, m in enumerate(layers):
         c = m.num_features
         count = sums[i, 2, :c]
@@ -418,4 +429,3 @@ def recompute_bn_statistics(model: nn.Module, inputs: Iterable[torch.Tensor]) ->
         m.num_batches_tracked.copy_(tracked[i])
         if isinstance(m, GhostBatchNorm2d):
             m.pooled_applied = False
-    return passes
