@@ -43,4 +43,12 @@ def get_recipe(name: str) -> Config:
 
 
 def _load() -> None:
-    from largebatch.recipes import akiba2017, cpu, goyal2017, lamb, mikami2018, mlperf, you2018_lars  # noqa: F401
+    from largebatch.recipes import (  # noqa: F401
+        akiba2017,
+        fashion_mnist,
+        goyal2017,
+        lamb,
+        mikami2018,
+        mlperf,
+        you2018_lars,
+    )
