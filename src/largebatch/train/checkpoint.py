@@ -340,7 +340,7 @@ def export_weights(path: Path, state_dict: dict, info: dict | None = None) -> Pa
     the matching torchvision model with ``load_state_dict`` (every BN layer's state has the keys
     of ``torch.nn.BatchNorm2d``), and, given ``info``, a JSON sidecar (``model_final.pt`` ->
     ``model_final.json``) saying what the model expects: architecture, channels, input size,
-    normalization mean/std, classes (:func:`largebatch.train.run.model_card`)."""
+    normalization mean/std, classes (:func:`largebatch.train.outputs.model_card`)."""
     buffer = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, buffer)
     path = Path(path)
@@ -349,25 +349,3 @@ def export_weights(path: Path, state_dict: dict, info: dict | None = None) -> Pa
     if info is not None:
         _atomic_write(path.with_suffix(".json"), [(json.dumps(info, indent=2) + "\n").encode()])
     return path
-
-
-class ProcessRNG:
-    """The torch RNG state of every rank, as a checkpoint part: ``state_dict()`` gathers the ranks'
-    states (collective on several processes), ``load_state_dict`` restores this rank's only when the
-    checkpoint has one per rank of this run (on another number of processes training draws nothing
-    from them: sample order and augmentation depend on (seed, epoch, step) only)."""
-
-    def __init__(self, env) -> None:
-        self.env = env
-
-    def state_dict(self) -> list[torch.Tensor]:
-        rng = torch.get_rng_state()
-        if not self.env.distributed:
-            return [rng]
-        states = [None] * self.env.world_size
-        torch.distributed.all_gather_object(states, rng)
-        return states
-
-    def load_state_dict(self, states: list[torch.Tensor]) -> None:
-        if len(states) == self.env.world_size:
-            torch.set_rng_state(states[self.env.rank])
