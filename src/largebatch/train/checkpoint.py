@@ -211,6 +211,34 @@ def _usable(path: Path) -> bool:
         return False
 
 
+def _read_verifiable(path: Path) -> tuple[str, memoryview, int]:
+    """(the recorded SHA-256, the archive's bytes, the format) of the checkpoint ``path``: format 2
+    carries the checksum in its header, format 3 in the ``.sha256`` file beside it.
+
+    Raises:
+        CheckpointError: the file cannot be read, its format-2 header is cut, or (format 3) it has no
+            checksum file.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from None
+    if data.startswith(MAGIC):  # format 2: the checksum in a header
+        if len(data) < _HEADER:
+            raise CheckpointError(f"{path} is corrupt or truncated to {len(data)} bytes (format-2 header cut)")
+        return data[len(MAGIC) : len(MAGIC) + 64].decode(errors="replace"), memoryview(data)[_HEADER:], LEGACY_FORMAT
+    side = checksum_path(path)
+    try:
+        expected = side.read_text().split()[0] if side.is_file() else None
+    except (OSError, UnicodeDecodeError, IndexError):
+        expected = ""
+    if expected is None:
+        raise CheckpointError(
+            f"{path} is not a largebatch checkpoint: no checksum file {side.name} beside it (copy both files)"
+        )
+    return expected, memoryview(data), FORMAT
+
+
 def load_checkpoint(path: Path) -> dict:
     """Read and verify a checkpoint; nothing is unpickled beyond tensors and plain values.
 
@@ -220,29 +248,7 @@ def load_checkpoint(path: Path) -> dict:
             model weights are not all finite.
     """
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from None
-    if data.startswith(MAGIC):  # format 2: the checksum in a header
-        if len(data) < _HEADER:
-            raise CheckpointError(f"{path} is corrupt or truncated to {len(data)} bytes (format-2 header cut)")
-        expected, blob, fmt = (
-            data[len(MAGIC) : len(MAGIC) + 64].decode(errors="replace"),
-            memoryview(data)[_HEADER:],
-            LEGACY_FORMAT,
-        )
-    else:
-        side = checksum_path(path)
-        try:
-            expected = side.read_text().split()[0] if side.is_file() else None
-        except (OSError, UnicodeDecodeError, IndexError):
-            expected = ""
-        if expected is None:
-            raise CheckpointError(
-                f"{path} is not a largebatch checkpoint: no checksum file {side.name} beside it (copy both files)"
-            )
-        blob, fmt = memoryview(data), FORMAT
+    expected, blob, fmt = _read_verifiable(path)
     actual = hashlib.sha256(blob).hexdigest()
     if actual != expected:
         raise CheckpointError(

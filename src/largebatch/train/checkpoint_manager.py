@@ -66,6 +66,7 @@ class CheckpointTriggers:
         self.start_epoch()
 
     def start_epoch(self) -> None:
+        """Nothing pending for the new epoch's end."""
         self.pending_at_epoch_end = False
         self.stop_at_epoch_end = 0
 
@@ -197,6 +198,7 @@ class CheckpointManager(Callback):
 
     # ------------------------------------------------------------------ the triggers (callback hooks)
     def on_epoch_start(self, loop: TrainingLoop) -> None:
+        """Forget what the previous epoch's last step left pending (its end has handled it)."""
         self.triggers.start_epoch()
 
     def on_step_end(self, loop: TrainingLoop, step: StepEnd) -> bool:
@@ -216,6 +218,7 @@ class CheckpointManager(Callback):
             raise self.preempted(self.triggers.stop_at_epoch_end)
 
     def on_stop_in_epoch(self, loop: TrainingLoop) -> None:
+        """A stop rule ended the run inside an epoch: its last checkpoint."""
         loop.save_now()
 
     def preempted(self, level: int = 1) -> Preempted:
