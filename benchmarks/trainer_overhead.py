@@ -86,7 +86,7 @@ def run_trainer(env, steps: int, precision: str, variant: str) -> float:
         dist.broadcast_object_list(box, src=0)  # rank 0's directory: the run's files are in one place
         trainer = Trainer(cfg, resolve(cfg, env.world_size), env, Path(box[0]) / "run")
         if variant == "no_control":
-            trainer.triggers.control_flags = lambda step: (False, False)
+            trainer.checkpoints.triggers.control_flags = lambda step: (False, False)
         if variant == "no_nonfinite_check":
             trainer.guard.gradients_finite = lambda state: True
         trainer.fit()

@@ -28,7 +28,6 @@ from largebatch.config import (
     ConfigError,
     apply_overrides,
     config_from_dict,
-    config_mismatch,
     merge_overrides,
     to_dict,
     validate,
@@ -155,45 +154,21 @@ def check_devices(cfg: Config, nproc: int) -> None:
         )
 
 
-def check_writable(run_dir: Path) -> None:
-    """Refuse a run directory that cannot be created or written, before anything is written.
-
-    Raises:
-        ConfigError: a part of the path is a file, or the nearest existing folder is not writable
-            (permissions, a read-only mount).
-    """
-    existing = Path(run_dir).absolute()
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ConfigError(f"--out {str(run_dir)!r}: {existing} is a file, not a folder; give another --out")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(
-            f"--out {str(run_dir)!r}: cannot write in {existing} (permissions or a read-only file system); "
-            f"give a writable --out"
-        )
-
-
 def prepare_run(
     cfg: Config, *, nproc: int | None = None, out: str | os.PathLike | None = None, resume: str | None = None
 ) -> PreparedRun:
     """Validate ``cfg`` for ``nproc`` workers (default ``train.nproc``), check the data, and choose the
-    run directory and the checkpoint to resume from (``resume``: None, ``"auto"`` or a path).
+    run directory and the checkpoint to resume from (``resume``: None, ``"auto"`` or a path) by the
+    rules of :mod:`largebatch.train.rundir`, which rank 0 of the workers applies again.
 
     Raises:
         ConfigError: a contradiction, an ``out`` that holds another run's checkpoints without
-            ``resume``, or a checkpoint written with another config.
+            ``resume``, an unwritable ``out`` or one another live run holds, ``--resume auto`` over
+            checkpoints none of which can be read, or a checkpoint written with another config.
         FileNotFoundError: the data set's files are missing (the message says how to get them).
     """
     from largebatch.data import check_data
-    from largebatch.train.checkpoint import (
-        CheckpointError,
-        latest_valid_checkpoint,
-        list_checkpoints,
-        load_checkpoint,
-    )
-    from largebatch.train.run import choose_run_dir
-    from largebatch.train.runlock import check_not_in_use
+    from largebatch.train.rundir import decide_run_dir
 
     nproc = nproc or cfg.train.nproc
     if nproc < 1:
@@ -202,27 +177,9 @@ def prepare_run(
     plan = resolve(cfg, nproc)
     check_data(cfg)
     out = os.fspath(out) if out is not None else None
-    run_dir, resume_path = choose_run_dir(cfg.recipe, out, resume)
-    check_writable(run_dir)
-    check_not_in_use(run_dir)
-    if resume_path is not None:  # refuse another config's checkpoint before any worker starts
-        try:
-            found = (
-                latest_valid_checkpoint(run_dir) if resume == "auto" else (resume_path, load_checkpoint(resume_path))
-            )
-        except CheckpointError as err:
-            raise ConfigError(str(err)) from None
-        if found is None:  # every checkpoint unreadable: never train from step 0 over them silently
-            names = ", ".join(p.name for p in list_checkpoints(run_dir))
-            raise ConfigError(
-                f"--resume auto: no checkpoint in {run_dir / 'checkpoints'} can be read ({names}; the log above "
-                f"says why); move them out of the way to start over, or pass --resume PATH to a good copy "
-                f"(nothing was deleted)"
-            )
-        if mismatch := config_mismatch(cfg, found[1]["config"], found[0]):
-            raise ConfigError(mismatch)
-    told = "auto" if resume == "auto" else (str(resume_path) if resume_path else None)
-    return PreparedRun(cfg, nproc, plan, run_dir, resume_path, told)
+    decision = decide_run_dir(cfg, out, resume, before_launch=True)  # the rules: largebatch.train.rundir
+    told = "auto" if resume == "auto" else (str(decision.resume_path) if decision.resume_path else None)
+    return PreparedRun(cfg, nproc, plan, decision.run_dir, decision.resume_path, told)
 
 
 def launch(run: PreparedRun, *, max_restarts: int = 0) -> dict:

@@ -64,10 +64,12 @@ def stopped(run_dir: Path, signal_name: str, started_unix_s: float) -> int:
     command wrote it. Exit status 75 after SIGTERM (the scheduler may start it again, ``--resume
     auto`` continues), 128 + the signal's number otherwise (130 for Ctrl-C)."""
     # Imported here: train.checkpoint imports torch, which the commands other than train never need;
-    # train has imported it by the time its workers run.
+    # train has imported it by the time its workers run. largebatch.summary too: importing the CLI
+    # imports nothing beyond the standard library, errors and exits (tests/unit/test_cli_package.py).
+    from largebatch.summary import FILE_NAME
     from largebatch.train.checkpoint import list_checkpoints, step_of
 
-    summary = run_dir / "summary.json"
+    summary = run_dir / FILE_NAME  # RunSummary's file; only its time matters here, not what it says
     if summary.is_file() and summary.stat().st_mtime >= started_unix_s:
         print(f"largebatch: {signal_name} arrived as the run was finishing; it finished ({summary})", file=sys.stderr)
         return 0

@@ -21,12 +21,13 @@ needs neither.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from largebatch.sim.calibrate import relative_least_squares
+from largebatch.summary import FILE_NAME as SUMMARY_FILE
+from largebatch.summary import RunSummary
 
 
 @dataclass(frozen=True)
@@ -147,26 +148,28 @@ def _parse_pair(text: str) -> Throughput:
 
 def measured_points(items: list[str]) -> tuple[Throughput, ...]:
     """The user's measurements for calibrated mode, from ``items``: each either a run directory of
-    ``largebatch train`` (its ``summary.json``: ``images_per_s`` over the training steps of all
-    ``world_size`` workers, and ``global_batch_size``; per GPU = divided by ``world_size``) or
+    ``largebatch train`` (its ``summary.json``, read as a :class:`~largebatch.summary.RunSummary`:
+    ``images_per_s`` over the training steps of all ``world_size`` workers, and ``global_batch_size``;
+    per GPU = divided by ``world_size``) or
     ``BATCH:IMAGES_PER_S,...`` (per-GPU batch and per-GPU images/s).
 
     Raises:
-        ValueError: a directory without ``summary.json`` or without images/s in it, or a malformed pair
-            (the message names the item and what is accepted).
+        ValueError: a directory without ``summary.json``, with one that cannot be read (not JSON, not
+            an object) or without images/s in it, or a malformed pair (the message names the item and
+            what is accepted).
     """
     out = []
     for item in items:
         path = Path(item)
         if path.is_dir():
-            summary = path / "summary.json"
+            summary = path / SUMMARY_FILE
             if not summary.is_file():
                 raise ValueError(f"{item}: no summary.json; give the directory of a finished `largebatch train` run")
             try:
-                data = json.loads(summary.read_text())
-            except (OSError, json.JSONDecodeError) as err:
+                run = RunSummary.read(path)
+            except (OSError, ValueError) as err:  # json.JSONDecodeError is a ValueError
                 raise ValueError(f"{summary}: cannot be read ({err}); give a finished run's directory") from None
-            rate, world, batch = data.get("images_per_s"), data.get("world_size"), data.get("global_batch_size")
+            rate, world, batch = run.images_per_s, run.world_size, run.global_batch_size
             if not (isinstance(rate, (int, float)) and rate > 0 and isinstance(world, int) and world >= 1 and batch):
                 raise ValueError(
                     f"{summary}: no images/s recorded (images_per_s={rate!r}); give a run that trained at least one step"

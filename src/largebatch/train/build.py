@@ -1,5 +1,6 @@
 """Building a run's model and its gradient all-reduce from the config (the trainer's construction
-steps that are not the loop's)."""
+steps that are not the loop's). ``check_resumable`` lives in :mod:`largebatch.train.checkpoint_manager`
+and is importable from here as before."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from largebatch.config import Config, ConfigError, config_mismatch
+from largebatch.config import Config, ConfigError
 from largebatch.data import GlobalBatchSampler
 from largebatch.dist import DistEnv, consecutive_groups
 from largebatch.dist.hooks import HookState, make_comm_hook
@@ -18,6 +19,7 @@ from largebatch.dist.topology import build_groups, make_topology
 from largebatch.nn import build_model, channels_last_unsafe_convs, configure_bn
 from largebatch.plan import Plan
 from largebatch.train import checkpoint as ckpt_io
+from largebatch.train.checkpoint_manager import check_resumable  # noqa: F401  (its old home)
 from largebatch.train.noise_scale import wrap_hook
 
 log = logging.getLogger(__name__)
@@ -166,30 +168,6 @@ def register_comm_hook(ddp, cfg: Config, plan: Plan, env: DistEnv, *, noise_scal
             "DDP communication hook: %s, compression %s, buckets of %g MiB", c.algorithm, c.compression, c.bucket_cap_mb
         )
     return noise_hook
-
-
-def check_resumable(cfg: Config, ckpt: dict, path, precision) -> None:
-    """Refuse a checkpoint written with another config; warn when its precision differs (the run goes
-    on, not bitwise equal to an uninterrupted one).
-
-    Raises:
-        ConfigError: naming every key that differs.
-    """
-    # Compared key by key after migrating the checkpoint's config (the stored hash is that of the
-    # config's layout when it was written, so an older checkpoint of the same run still resumes).
-    mismatch = config_mismatch(cfg, ckpt["config"], path)
-    if mismatch:
-        raise ConfigError(mismatch)
-    if ckpt.get("precision", precision.precision) != precision.precision:
-        log.warning(
-            "checkpoint %s was trained in %s, this segment runs in %s (%s): the run goes on, but is not "
-            "bitwise an uninterrupted one; set train.precision=%s to keep it",
-            path,
-            ckpt["precision"],
-            precision.precision,
-            precision.reason,
-            ckpt["precision"],
-        )
 
 
 def log_setup(cfg: Config, plan: Plan, precision, position) -> None:

@@ -1,7 +1,8 @@
 """The periodic work of the training loop as callbacks: the noise scale, evaluation and the stop
-rules, checkpointing, and the training log.
+rules, and the training log (checkpointing is the
+:class:`~largebatch.train.checkpoint_manager.CheckpointManager`, a callback of the same list).
 
-``Trainer.fit`` runs the steps and keeps the counters (:class:`~largebatch.train.loop.TrainState`);
+``Trainer.fit`` runs the steps and keeps the counters (:class:`~largebatch.train.state.TrainState`);
 everything else it does is a :class:`Callback`, called in the order of the trainer's list:
 
 * ``on_fit_start(loop)`` once, before the first step of this segment of the run;
@@ -13,22 +14,63 @@ everything else it does is a :class:`Callback`, called in the order of the train
 * ``on_stop_in_epoch(loop)``: the last evaluation and checkpoint of a run stopped mid-epoch;
 * ``on_fit_end(loop)`` always (a ``finally``): bars and files closed.
 
-``loop`` is the :class:`~largebatch.train.trainer.Trainer`. What a callback must keep across a
-resume it returns from ``state_dict()``; the checkpoint stores it under the callback's ``name``
-and a resumed run hands it back to ``load_state_dict`` (docs/architecture.md, "Checkpoints").
+``loop`` is the :class:`~largebatch.train.trainer.Trainer`, seen through :class:`TrainingLoop`: the
+attributes and methods a callback may read and call, and nothing else. What a callback must keep
+across a resume it returns from ``state_dict()``; the checkpoint stores it under the callback's
+``name`` and a resumed run hands it back to ``load_state_dict`` (docs/architecture.md, "Checkpoints").
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
-from largebatch.train.loop import CheckpointTriggers, IntervalLog, Progress
+from largebatch.dist import DistEnv
+from largebatch.plan import Plan, Stage
+from largebatch.train.guard import NonFiniteGuard
+from largebatch.train.metrics import MetricsLogger
+from largebatch.train.progress import IntervalLog, Progress
+from largebatch.train.state import TrainState, WallClock
 
 log = logging.getLogger(__name__)
+
+
+class TrainingLoop(Protocol):
+    """What a callback may read and call on the loop (the :class:`~largebatch.train.trainer.Trainer`)."""
+
+    env: DistEnv
+    """This process's rank, world size and device."""
+    plan: Plan
+    """The current batch stage's plan (global batch in images, accumulation, BN groups, peak LR)."""
+    stage: Stage
+    """The current batch stage."""
+    state: TrainState
+    """The counters a checkpoint keeps; callbacks record their results in it."""
+    metrics: MetricsLogger
+    """metrics.jsonl and TensorBoard (rank 0 writes, the others ignore)."""
+    guard: NonFiniteGuard
+    """The non-finite guard: ``settle(state)`` counts pending skipped steps (one host sync)."""
+    clock: WallClock
+    """Seconds of training so far, earlier segments of a resumed run included."""
+    epoch_position: Callable[[int], float]
+    """Step -> position in epochs (fractional; under a batch schedule, by images seen)."""
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps of the whole run."""
+        ...
+
+    def finished(self) -> bool:
+        """All epochs done, or a stop rule ended the run."""
+        ...
+
+    def save_now(self) -> None:
+        """Write a checkpoint of the current step (collective: every rank calls it)."""
+        ...
 
 
 @dataclass
@@ -56,22 +98,22 @@ class Callback:
 
     name = "callback"
 
-    def on_fit_start(self, loop: Any) -> None:
+    def on_fit_start(self, loop: TrainingLoop) -> None:
         pass
 
-    def on_epoch_start(self, loop: Any) -> None:
+    def on_epoch_start(self, loop: TrainingLoop) -> None:
         pass
 
-    def on_step_end(self, loop: Any, step: StepEnd) -> bool:
+    def on_step_end(self, loop: TrainingLoop, step: StepEnd) -> bool:
         return False
 
-    def on_epoch_end(self, loop: Any) -> None:
+    def on_epoch_end(self, loop: TrainingLoop) -> None:
         pass
 
-    def on_stop_in_epoch(self, loop: Any) -> None:
+    def on_stop_in_epoch(self, loop: TrainingLoop) -> None:
         pass
 
-    def on_fit_end(self, loop: Any) -> None:
+    def on_fit_end(self, loop: TrainingLoop) -> None:
         pass
 
     def state_dict(self) -> Any:
@@ -84,11 +126,11 @@ class Callback:
 class CallbackList(list):
     """The trainer's callbacks, called in order."""
 
-    def call(self, hook: str, loop: Any) -> None:
+    def call(self, hook: str, loop: TrainingLoop) -> None:
         for cb in self:
             getattr(cb, hook)(loop)
 
-    def step_end(self, loop: Any, step: StepEnd) -> bool:
+    def step_end(self, loop: TrainingLoop, step: StepEnd) -> bool:
         """True as soon as one callback stops the run (the rest are not called for this step)."""
         return any(cb.on_step_end(loop, step) for cb in self)
 
@@ -112,7 +154,7 @@ class NoiseScaleCallback(Callback):
     def __init__(self, monitor) -> None:
         self.monitor = monitor
 
-    def on_step_end(self, loop: Any, step: StepEnd) -> bool:
+    def on_step_end(self, loop: TrainingLoop, step: StepEnd) -> bool:
         self.monitor.after_step(loop.plan, step.grad_scale_sq, step.micro_batch_norms)
         return False
 
@@ -135,7 +177,7 @@ class EvalCallback(Callback):
     def __init__(self, evaluator, train_cfg) -> None:
         self.evaluator, self.cfg = evaluator, train_cfg
 
-    def on_step_end(self, loop: Any, step: StepEnd) -> bool:
+    def on_step_end(self, loop: TrainingLoop, step: StepEnd) -> bool:
         t, st = self.cfg, loop.state
         will_eval = step.epoch_end and ((step.epoch + 1) % t.eval_every_epochs == 0 or step.epoch + 1 == t.epochs)
         # the image budget's stop evaluates both splits at this step anyway
@@ -152,7 +194,7 @@ class EvalCallback(Callback):
             return True
         return False
 
-    def on_epoch_end(self, loop: Any) -> None:
+    def on_epoch_end(self, loop: TrainingLoop) -> None:
         t, st = self.cfg, loop.state
         last = st.epoch == t.epochs
         evaluated = last or st.epoch % t.eval_every_epochs == 0
@@ -166,40 +208,8 @@ class EvalCallback(Callback):
             if not evaluated:
                 self.evaluator.full(st, wall_clock=loop.clock)
 
-    def on_stop_in_epoch(self, loop: Any) -> None:
+    def on_stop_in_epoch(self, loop: TrainingLoop) -> None:
         self.evaluator.full(loop.state, wall_clock=loop.clock)
-
-
-class CheckpointCallback(Callback):
-    """Checkpoints every ``train.checkpoint_every_epochs`` epochs, at the end, and at the step and
-    minute triggers of :class:`~largebatch.train.loop.CheckpointTriggers`, whose SIGTERM agreement
-    makes every rank stop after the same checkpoint (:class:`~largebatch.train.loop.Preempted`).
-    Nothing to keep across a resume: the triggers restart from the resumed step."""
-
-    name = "checkpointing"
-
-    def __init__(self, triggers: CheckpointTriggers, train_cfg) -> None:
-        self.triggers, self.cfg = triggers, train_cfg
-
-    def on_epoch_start(self, loop: Any) -> None:
-        self.triggers.start_epoch()
-
-    def on_step_end(self, loop: Any, step: StepEnd) -> bool:
-        if self.triggers.after_step(loop.state.step, step.epoch_end):
-            loop.save_now()
-            if self.triggers.stop:
-                raise loop.preempted(self.triggers.stop)
-        return False
-
-    def on_epoch_end(self, loop: Any) -> None:
-        last = loop.finished()
-        if last or loop.state.epoch % self.cfg.checkpoint_every_epochs == 0 or self.triggers.pending_at_epoch_end:
-            loop.save_now()
-        if self.triggers.stop_at_epoch_end and not last:
-            raise loop.preempted(self.triggers.stop_at_epoch_end)
-
-    def on_stop_in_epoch(self, loop: Any) -> None:
-        loop.save_now()
 
 
 class LogCallback(Callback):
@@ -215,10 +225,10 @@ class LogCallback(Callback):
         self.interval: IntervalLog | None = None
         self.stage_index = 0  # the trainer starts in the first stage
 
-    def on_fit_start(self, loop: Any) -> None:
+    def on_fit_start(self, loop: TrainingLoop) -> None:
         self.progress = Progress(loop.env, loop.total_steps, loop.state.step)
 
-    def on_epoch_start(self, loop: Any) -> None:
+    def on_epoch_start(self, loop: TrainingLoop) -> None:
         self.interval = IntervalLog(loop.env, loop.metrics, self.progress, loop.total_steps)
         stage = loop.stage
         if stage.index != self.stage_index:
@@ -234,7 +244,7 @@ class LogCallback(Callback):
                 peak_lr=stage.plan.peak_lr,
             )
 
-    def on_step_end(self, loop: Any, step: StepEnd) -> bool:
+    def on_step_end(self, loop: TrainingLoop, step: StepEnd) -> bool:
         st = loop.state
         self.interval.add(step.loss, step.ok)  # a skipped step's loss is NaN or Inf: not averaged
         self.progress.update()
@@ -251,6 +261,6 @@ class LogCallback(Callback):
             )
         return False
 
-    def on_fit_end(self, loop: Any) -> None:
+    def on_fit_end(self, loop: TrainingLoop) -> None:
         if self.progress is not None:
             self.progress.close()

@@ -211,6 +211,34 @@ def _usable(path: Path) -> bool:
         return False
 
 
+def _read_verifiable(path: Path) -> tuple[str, memoryview, int]:
+    """(the recorded SHA-256, the archive's bytes, the format) of the checkpoint ``path``: format 2
+    carries the checksum in its header, format 3 in the ``.sha256`` file beside it.
+
+    Raises:
+        CheckpointError: the file cannot be read, its format-2 header is cut, or (format 3) it has no
+            checksum file.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from None
+    if data.startswith(MAGIC):  # format 2: the checksum in a header
+        if len(data) < _HEADER:
+            raise CheckpointError(f"{path} is corrupt or truncated to {len(data)} bytes (format-2 header cut)")
+        return data[len(MAGIC) : len(MAGIC) + 64].decode(errors="replace"), memoryview(data)[_HEADER:], LEGACY_FORMAT
+    side = checksum_path(path)
+    try:
+        expected = side.read_text().split()[0] if side.is_file() else None
+    except (OSError, UnicodeDecodeError, IndexError):
+        expected = ""
+    if expected is None:
+        raise CheckpointError(
+            f"{path} is not a largebatch checkpoint: no checksum file {side.name} beside it (copy both files)"
+        )
+    return expected, memoryview(data), FORMAT
+
+
 def load_checkpoint(path: Path) -> dict:
     """Read and verify a checkpoint; nothing is unpickled beyond tensors and plain values.
 
@@ -220,29 +248,7 @@ def load_checkpoint(path: Path) -> dict:
             model weights are not all finite.
     """
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from None
-    if data.startswith(MAGIC):  # format 2: the checksum in a header
-        if len(data) < _HEADER:
-            raise CheckpointError(f"{path} is corrupt or truncated to {len(data)} bytes (format-2 header cut)")
-        expected, blob, fmt = (
-            data[len(MAGIC) : len(MAGIC) + 64].decode(errors="replace"),
-            memoryview(data)[_HEADER:],
-            LEGACY_FORMAT,
-        )
-    else:
-        side = checksum_path(path)
-        try:
-            expected = side.read_text().split()[0] if side.is_file() else None
-        except (OSError, UnicodeDecodeError, IndexError):
-            expected = ""
-        if expected is None:
-            raise CheckpointError(
-                f"{path} is not a largebatch checkpoint: no checksum file {side.name} beside it (copy both files)"
-            )
-        blob, fmt = memoryview(data), FORMAT
+    expected, blob, fmt = _read_verifiable(path)
     actual = hashlib.sha256(blob).hexdigest()
     if actual != expected:
         raise CheckpointError(
@@ -340,7 +346,7 @@ def export_weights(path: Path, state_dict: dict, info: dict | None = None) -> Pa
     the matching torchvision model with ``load_state_dict`` (every BN layer's state has the keys
     of ``torch.nn.BatchNorm2d``), and, given ``info``, a JSON sidecar (``model_final.pt`` ->
     ``model_final.json``) saying what the model expects: architecture, channels, input size,
-    normalization mean/std, classes (:func:`largebatch.train.run.model_card`)."""
+    normalization mean/std, classes (:func:`largebatch.train.outputs.model_card`)."""
     buffer = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, buffer)
     path = Path(path)
@@ -349,25 +355,3 @@ def export_weights(path: Path, state_dict: dict, info: dict | None = None) -> Pa
     if info is not None:
         _atomic_write(path.with_suffix(".json"), [(json.dumps(info, indent=2) + "\n").encode()])
     return path
-
-
-class ProcessRNG:
-    """The torch RNG state of every rank, as a checkpoint part: ``state_dict()`` gathers the ranks'
-    states (collective on several processes), ``load_state_dict`` restores this rank's only when the
-    checkpoint has one per rank of this run (on another number of processes training draws nothing
-    from them: sample order and augmentation depend on (seed, epoch, step) only)."""
-
-    def __init__(self, env) -> None:
-        self.env = env
-
-    def state_dict(self) -> list[torch.Tensor]:
-        rng = torch.get_rng_state()
-        if not self.env.distributed:
-            return [rng]
-        states = [None] * self.env.world_size
-        torch.distributed.all_gather_object(states, rng)
-        return states
-
-    def load_state_dict(self, states: list[torch.Tensor]) -> None:
-        if len(states) == self.env.world_size:
-            torch.set_rng_state(states[self.env.rank])

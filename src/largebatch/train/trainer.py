@@ -19,8 +19,9 @@ so results agree to rounding, and bitwise for the same W.
 
 The parts own their state (docs/architecture.md): the step position, the non-finite guard and the
 BN policy, and the callbacks (``largebatch.train.callbacks``: noise scale, evaluation and stop rules,
-checkpointing, training log) that ``fit`` calls after each step and epoch. A checkpoint is assembled
-from the ``state_dict()`` of each part (:meth:`Trainer.checkpoint_parts`) and of each callback.
+training log; and the :class:`~largebatch.train.checkpoint_manager.CheckpointManager`) that ``fit``
+calls after each step and epoch. The manager assembles a checkpoint from the ``state_dict()`` of each
+part (:meth:`Trainer.checkpoint_parts`) and of each callback, and restores them on resume.
 """
 
 from __future__ import annotations
@@ -33,29 +34,22 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from largebatch.config import Config, ConfigError, config_hash, to_dict
+from largebatch.config import Config
 from largebatch.data import build_data
-from largebatch.dist import DistEnv, barrier
+from largebatch.dist import DistEnv
 from largebatch.optim import build_optimizer
 from largebatch.plan import Plan, Stage, resolve_stages
 from largebatch.train import build
-from largebatch.train import checkpoint as ckpt_io
 from largebatch.train.bn_policy import BNPolicy
-from largebatch.train.callbacks import (
-    CallbackList,
-    CheckpointCallback,
-    EvalCallback,
-    LogCallback,
-    NoiseScaleCallback,
-    StepEnd,
-)
+from largebatch.train.callbacks import CallbackList, EvalCallback, LogCallback, NoiseScaleCallback, StepEnd
+from largebatch.train.checkpoint_manager import CheckpointManager, Preempted, ProcessRNG
 from largebatch.train.evaluation import Evaluator, evaluate  # noqa: F401  (evaluate: re-exported)
 from largebatch.train.guard import NonFiniteGradient, NonFiniteGuard  # noqa: F401  (re-exported)
-from largebatch.train.loop import STOP_SIGNALS, CheckpointTriggers, Preempted, TrainState, WallClock
 from largebatch.train.metrics import MetricsLogger
 from largebatch.train.noise_scale import MicroBatchNorms, NoiseScaleMonitor
 from largebatch.train.position import StepPosition
 from largebatch.train.precision import PrecisionChoice, choose_precision
+from largebatch.train.state import TrainState, WallClock
 
 __all__ = ["NonFiniteGradient", "Preempted", "TrainState", "Trainer", "evaluate"]
 
@@ -83,6 +77,20 @@ class Trainer:
         self.build_times = {"data_load_s": time.perf_counter() - t0}
         self.stages: list[Stage] = stages or resolve_stages(cfg, env.world_size)
         self.stage = self.stages[0]
+        self._build_model()
+        build.check_batches_fit(self.data.num_train, self.stages, env, t.seed)
+        self._build_step()
+        self.state = TrainState()
+        self.stop_requested = 0  # a stop level of checkpoint_manager.STOP_SIGNALS, set by run_worker's signal handler
+        self.metrics = MetricsLogger(self.run_dir, enabled=env.is_main)
+        self._build_callbacks()
+        self._last_step_ok: bool | torch.Tensor = True
+        self._micro_batch_norms = None  # this step's MicroBatchNorms.finish(), for the callbacks
+        build.log_setup(cfg, plan, self.precision, self.position)
+
+    def _build_model(self) -> None:
+        """The model, its DDP wrapper and comm hook, and the noise-scale measurement."""
+        cfg, plan, env, t = self.cfg, self.plan, self.env, self.cfg.train
         self.model, self.channels_last = build.build_run_model(cfg, plan, env, self.data)
         self.ddp = build.wrap_ddp(self.model, cfg, env)
         self.noise_monitor = NoiseScaleMonitor(t.noise_scale_decay, env.device, env.world_size)
@@ -96,7 +104,10 @@ class Trainer:
             self.noise_monitor.micro = MicroBatchNorms()
         if t.compile:
             self.ddp.compile()  # in place: parameters, buffers and state_dict keys unchanged
-        build.check_batches_fit(self.data.num_train, self.stages, env, t.seed)
+
+    def _build_step(self) -> None:
+        """The step position and sampler, the optimizer, the fp16 scaler, the non-finite guard and the BN policy."""
+        cfg, env, t = self.cfg, self.env, self.cfg.train
         self.position = StepPosition(cfg, self.stages, self.data.num_train)
         self.lr_at, self.epoch_position = self.position.lr_at, self.position.epoch_position  # step -> LR, epoch
         self.sampler = self.position.sampler(self.stage, env)
@@ -110,11 +121,19 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(env.device.type) if self.precision.precision == "fp16" else None
         self.guard = NonFiniteGuard(self.model, self.optimizer, t, env.device, self.scaler, self.lr_at)
         self.bn = BNPolicy(
-            self.model, self.data, t, plan, env, channels_last=self.channels_last, autocast_dtype=self.autocast_dtype
+            self.model,
+            self.data,
+            t,
+            self.plan,
+            env,
+            channels_last=self.channels_last,
+            autocast_dtype=self.autocast_dtype,
         )
-        self.state = TrainState()
-        self.stop_requested = 0  # a stop level of loop.STOP_SIGNALS, set by run_worker's signal handler
-        self.metrics = MetricsLogger(self.run_dir, enabled=env.is_main)
+
+    def _build_callbacks(self) -> None:
+        """The evaluator and the callbacks fit calls, the checkpoint manager among them, with the
+        checkpoint's parts (a new part that keeps state goes into ``parts`` here)."""
+        env, t = self.env, self.cfg.train
         self.evaluator = Evaluator(
             self.model,
             self.data,
@@ -126,19 +145,28 @@ class Trainer:
             autocast_dtype=self.autocast_dtype,
             prepare=self._before_eval,
         )
-        self.triggers = CheckpointTriggers(t, env, lambda: self.stop_requested)
-        self.callbacks = CallbackList(
+        self.callbacks = CallbackList()
+        parts = {"model": self.model, "optimizer": self.optimizer, "train_state": self.state, "rng": ProcessRNG(env)}
+        self.checkpoints = CheckpointManager(
+            self.cfg,
+            env,
+            self.run_dir,
+            self.precision,
+            self.position,
+            self.state,
+            {**parts, "scaler": self.scaler} if self.scaler else parts,
+            self.callbacks,
+            prepare=self._before_checkpoint,
+            stop_requested=lambda: self.stop_requested,
+        )
+        self.callbacks.extend(
             [
                 NoiseScaleCallback(self.noise_monitor),
                 EvalCallback(self.evaluator, t),
-                CheckpointCallback(self.triggers, t),
+                self.checkpoints,
                 LogCallback(t, self.noise_monitor.values),
             ]
         )
-        self.rng = ckpt_io.ProcessRNG(env)
-        self._last_step_ok: bool | torch.Tensor = True
-        self._micro_batch_norms = None  # this step's MicroBatchNorms.finish(), for the callbacks
-        build.log_setup(cfg, plan, self.precision, self.position)
 
     # ------------------------------------------------------------------ position (delegated)
     device_guard = property(lambda self: self.guard.on_device)
@@ -152,72 +180,32 @@ class Trainer:
         self.bn.set_stage(stage.plan)
         log.info("batch stage %d from epoch %d: %s", stage.index, stage.start_epoch, stage.plan.describe())
 
-    # ------------------------------------------------------------------ checkpoints
+    # ------------------------------------------------------------------ checkpoints (the manager's)
     def checkpoint_parts(self) -> dict:
         """{checkpoint key: the part whose ``state_dict()`` it holds}, in the order they are restored."""
-        parts = {"model": self.model, "optimizer": self.optimizer, "train_state": self.state, "rng": self.rng}
-        return {**parts, "scaler": self.scaler} if self.scaler else parts
+        return dict(self.checkpoints.parts)
 
     def checkpoint_payload(self) -> dict:
-        """The header (config, world size, precision, sample position) and every part's and
-        callback's ``state_dict()``. Collective: every rank calls it."""
-        st = self.state
-        header = {
-            "config": to_dict(self.cfg),
-            "config_hash": config_hash(self.cfg),
-            "world_size": self.env.world_size,
-            "precision": self.precision.precision,
-            "scaler": None,
-            "sampler": self.position.sampler_record(st.step, st.epoch),
-        }
-        parts = {name: part.state_dict() for name, part in self.checkpoint_parts().items()}
-        return {**header, **parts, **self.callbacks.state_dict()}
+        """What a checkpoint of now holds (:meth:`CheckpointManager.payload`). Collective."""
+        return self.checkpoints.payload()
 
     def save(self) -> None:
-        t0 = time.perf_counter()
-        self.guard.settle(self.state)
-        self.triggers.saved()
-        self.bn.before_checkpoint()  # every rank's BN statistics become the checkpointed ones
-        payload = self.checkpoint_payload()
-        if self.env.is_main:
-            ckpt_io.save_checkpoint(self.run_dir, self.state.step, payload, keep=self.cfg.train.keep_checkpoints)
-        barrier()
-        self.state.checkpoint_s += time.perf_counter() - t0
+        """Write a checkpoint of the current step (:meth:`CheckpointManager.save`). Collective."""
+        self.checkpoints.save()
 
     def load(self, path: Path, ckpt: dict | None = None) -> None:
-        """Restore model, optimizer, counters and RNG from a checkpoint (``ckpt``: already loaded). On
-        another number of processes the global batch, LR position and sample order stay the
-        checkpoint's (they depend on the config and the step only); per-rank RNG states are restored
-        only on the same number (training draws nothing from them).
+        """Resume from the checkpoint ``path`` (``ckpt``: already loaded): :meth:`CheckpointManager.load`.
 
         Raises: ConfigError (another config's checkpoint, or a part whose tensors do not fit: one line),
         CheckpointError (truncated, corrupt, pickled, non-finite weights).
         """
-        ckpt = ckpt if ckpt is not None else ckpt_io.load_checkpoint(path)
-        build.check_resumable(self.cfg, ckpt, path, self.precision)
-        for name, part in self.checkpoint_parts().items():
-            if ckpt.get(name) is None:
-                continue
-            try:
-                if name == "model":
-                    ckpt_io.load_model_state(part, ckpt[name], path)
-                else:
-                    part.load_state_dict(ckpt[name])
-            except ckpt_io.CheckpointError as err:
-                raise ConfigError(str(err)) from None
-            except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as err:
-                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                raise ConfigError(f"{path}: its {name!r} state does not fit this run ({first})") from None
-        self.callbacks.load_state_dict(ckpt)
-        if ckpt["world_size"] != self.env.world_size:
-            log.info(
-                "checkpoint written by %d processes, resuming on %d: same global batch %d, now %s",
-                ckpt["world_size"],
-                self.env.world_size,
-                self.plan.global_batch_size,
-                self.plan.describe(),
-            )
-        log.info("resumed from %s at step %d (epoch %d)", path, self.state.step, self.state.epoch)
+        self.checkpoints.load(path, ckpt, plan=self.plan)
+
+    def _before_checkpoint(self) -> None:
+        """Before a checkpoint: pending non-finite skips settled, every rank's BN statistics made the
+        checkpointed ones."""
+        self.guard.settle(self.state)
+        self.bn.before_checkpoint()
 
     # ------------------------------------------------------------------ one step
     def _set_lr(self, lr: float) -> None:
@@ -319,14 +307,6 @@ class Trainer:
         return False
 
     def save_now(self) -> None:
-        """A checkpoint of the current step, with the wall clock so far (callbacks call it)."""
+        """A checkpoint of the current step, with the wall clock so far (the checkpoint manager calls it)."""
         self.state.train_wall_s = self.clock()
         self.save()
-
-    def preempted(self, level: int = 1) -> Preempted:
-        """The stop the ranks agreed on (``level``: :data:`~largebatch.train.loop.STOP_SIGNALS`)."""
-        name = STOP_SIGNALS.get(level, "SIGTERM")
-        log.warning(
-            "stop requested (%s): checkpoint written at step %d; continue with --resume auto", name, self.state.step
-        )
-        return Preempted(self.state.step, name)
