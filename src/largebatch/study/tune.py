@@ -201,7 +201,7 @@ def confirm_seeds(spec: TuneSpec, method: str, batch: int, storage, *, progress:
 
 def run_tuned_sweep(spec: TuneSpec, *, progress: Callable[[str], None] | None = None) -> list[dict]:
     """Tune every (method, batch) cell that is not finished, confirm the chosen trials over the
-    further seeds, then write the tables and figures; returns the rows (see :func:`collect_tuned`).
+    further seeds, then write the tables and figures; returns the rows (see :func:`write_tuned_outputs`).
 
     Raises:
         SweepError: before any trial, for a sweep that cannot run as asked, or a storage that cannot
