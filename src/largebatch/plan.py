@@ -12,6 +12,31 @@ from dataclasses import dataclass
 from largebatch.config import LR_SCALINGS, BatchStage, Config, require, validate
 from largebatch.errors import ConfigError
 
+FASHION_MNIST_TRAIN_SAMPLES = 60_000
+"""Fashion-MNIST's training images (Xiao, Rasul, Vollgraf 2017)."""
+ASSUMED_TRAIN_IMAGES = 1_281_167
+"""The training images assumed for a data set whose size is not known without reading it (``imagefolder``,
+a user's data set): ImageNet-1k's training set."""
+
+
+def train_set_images(cfg: Config) -> int | None:
+    """The data set's whole training set, before ``data.train_subset`` and the validation hold-out,
+    where it is known without reading the data (Fashion-MNIST, the synthetic set); else None."""
+    d = cfg.data
+    return {"fashion_mnist": FASHION_MNIST_TRAIN_SAMPLES, "synthetic": d.synthetic.train_samples}.get(d.name)
+
+
+def train_images(cfg: Config, *, val_size: int | None = None) -> int:
+    """The training images of one epoch of ``cfg``, without loading the data: the data set's training
+    set (:func:`train_set_images`, else :data:`ASSUMED_TRAIN_IMAGES`) cut to ``data.train_subset``,
+    less the ``data.val_size`` images held out for validation (``val_size`` instead, where given), as
+    :func:`largebatch.data.build_data` splits them; at least 1. Raises nothing."""
+    d, known = cfg.data, train_set_images(cfg)
+    n = ASSUMED_TRAIN_IMAGES if known is None else known
+    if d.train_subset:
+        n = min(n, d.train_subset)
+    return max(1, n - (d.val_size if val_size is None else val_size))
+
 
 def linear_scaled_lr(base_lr: float, *, base_batch_size: int, global_batch_size: int) -> float:
     """Linear scaling rule (Goyal et al. 2017, sec. 2.1): lr = base_lr * global_batch / base_batch."""

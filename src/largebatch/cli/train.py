@@ -15,7 +15,7 @@ from largebatch.cli.common import add_nproc, add_out, add_recipe, add_set
 from largebatch.cli.exits import CommandError, bad_input, exit_statuses, fail
 from largebatch.cli.signals import mark_launched, raise_terminated, stop_if_terminated, stopped
 from largebatch.config import Config, ConfigError, schedule_warnings, to_dict
-from largebatch.errors import EXIT_FAILED, EXIT_PREEMPTED
+from largebatch.errors import DIVERGED_ERRORS, DIVERGED_STATUS_ENV, EXIT_DIVERGED, EXIT_FAILED, EXIT_PREEMPTED
 from largebatch.recipes import DEFAULT_RECIPE
 
 NAME = "train"
@@ -96,6 +96,14 @@ def _preempted(result) -> bool:
     return any(isinstance(v, dict) and v.get("preempted") for v in values)
 
 
+def _failure_status(err) -> int:
+    """A failed run's exit status: :data:`~largebatch.errors.EXIT_DIVERGED` for a non-finite stop where
+    the environment asks for it (:data:`~largebatch.errors.DIVERGED_STATUS_ENV`, set by the study's
+    launcher), else :data:`~largebatch.errors.EXIT_FAILED`."""
+    diverged = err.kind == "error" and err.error_type in DIVERGED_ERRORS
+    return EXIT_DIVERGED if diverged and os.environ.get(DIVERGED_STATUS_ENV) == "1" else EXIT_FAILED
+
+
 def _run_worker(cfg: Config, args: argparse.Namespace) -> int:
     """This process as one torchrun worker; it leaves the process itself when the run is over."""
     if args.nproc:
@@ -166,7 +174,7 @@ def _launch(prepared: PreparedRun, max_restarts: int) -> int:
                 signal.signal(signal.SIGTERM, raise_terminated)  # torch's agent leaves its own handler installed
     except WorkerFailed as err:
         if err.kind not in ("preempted", "interrupted"):  # a worker raised or died: exit status 1
-            raise CommandError(str(err), EXIT_FAILED) from None
+            raise CommandError(str(err), _failure_status(err)) from None
         # a worker got SIGTERM (or SIGINT) and left
         return stopped(run_dir, "SIGTERM" if err.kind == "preempted" else "SIGINT", started)
     except SignalException as sig:  # the launcher itself got a signal; it was passed on to the workers

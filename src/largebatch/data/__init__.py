@@ -7,11 +7,10 @@ from pathlib import Path
 import torch
 
 from largebatch.data.samplers import GlobalBatchSampler, derive_seed, eval_shard
+from largebatch.plan import FASHION_MNIST_TRAIN_SAMPLES, train_images, train_set_images  # noqa: F401  (re-exported)
 
 __all__ = ["GlobalBatchSampler", "build_data", "check_data", "derive_seed", "eval_shard", "validation_split"]
 
-
-FASHION_MNIST_TRAIN_SAMPLES = 60_000
 FASHION_MNIST_CLASSES = (
     "T-shirt/top",
     "Trouser",
@@ -44,15 +43,14 @@ def check_data(cfg) -> None:
     from largebatch.config import ConfigError
 
     data_cfg = cfg.data
-    known = {"fashion_mnist": FASHION_MNIST_TRAIN_SAMPLES, "synthetic": data_cfg.synthetic.train_samples}
-    if data_cfg.name in known:
-        n = min(known[data_cfg.name], data_cfg.train_subset or known[data_cfg.name])
+    if train_set_images(cfg) is not None:  # the size is known without reading the data
+        n = train_images(cfg, val_size=0)
         if data_cfg.val_size >= n:
             raise ConfigError(
                 f"data.val_size={data_cfg.val_size} holds out all {n} training samples of "
                 f"{data_cfg.name}; hold out fewer (5000 of Fashion-MNIST's 60,000, say)"
             )
-        n -= data_cfg.val_size
+        n = train_images(cfg)
         largest, key = cfg.train.global_batch_size, "train.global_batch_size"
         for i, stage in enumerate(cfg.train.batch_schedule):
             if stage.global_batch_size > largest:

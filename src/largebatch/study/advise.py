@@ -24,26 +24,34 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from largebatch.api import load_config
-from largebatch.data import FASHION_MNIST_TRAIN_SAMPLES
-from largebatch.nn.models import build_model
+from largebatch.plan import train_images
 from largebatch.sim.compute import fit_compute
-from largebatch.sim.presets import get_preset
-from largebatch.sim.step import simulate_step
+from largebatch.study.advise_cost import (  # noqa: F401  (re-exported)
+    _duration,
+    _model_of,
+    _parameter_count,
+    cluster_estimate,
+    model_flops_ratio,
+    model_layers_ratio,
+)
+from largebatch.study.advise_measured import against_measured, read_measured
 from largebatch.study.hessian_noise import (
     CALIBRATION_HESSIAN,
     CALIBRATION_HESSIAN_SPREAD,
     HESSIAN_STATUS,
     measure_run,
 )
+from largebatch.study.launch import RunFailed, run_train
 from largebatch.study.noise_probe import predict, step_estimates
 from largebatch.train.metrics import read_metrics
+
+_train_images = train_images
+"""The training images of an epoch (:func:`largebatch.plan.train_images`), by the name
+benchmarks/critical_batch_validation.py imports."""
 
 
 @dataclass
@@ -79,6 +87,12 @@ class Advice:
     :func:`against_measured`)."""
 
     def text(self) -> str:
+        return "\n".join(
+            [*self._prediction_lines(), *self._hessian_lines(), *(f"note: {flag}" for flag in self.flags)]
+            + [*self._cluster_lines(), *self._measured_lines()]
+        )
+
+    def _prediction_lines(self) -> list[str]:
         p = self.prediction
         pct = round(100 * p["coverage"])
         trend = (
@@ -86,7 +100,7 @@ class Advice:
             if p["trend_exponent"] is not None
             else "one window: taken as constant"
         )
-        lines = [
+        return [
             f"recipe {self.recipe} (global batch {self.global_batch_size}, {self.optimizer}); "
             f"{self.probe_seeds} probe(s) of {self.probe_steps} steps (seeds pooled), warmup ({self.warmup_steps} steps) left out, windows of "
             f"{self.window_steps} steps, small batches of one BN group",
@@ -104,34 +118,40 @@ class Advice:
             f"epochs: the recipe's {self.epochs_at_recipe_batch:g} at {self.global_batch_size} become about "
             f"{self.epochs_at_critical_batch:.1f} at B_noise",
         ]
+
+    def _hessian_lines(self) -> list[str]:
         h = self.hessian
-        if h:
-            if math.isfinite(h["ratio"]):
-                lines.append(
-                    f"Hessian-corrected (tr(H Sigma) / G^T H G at the probes' final weights, {h['ratio']:.2f}x "
-                    f"B_simple there): B_noise = {h['predicted']:,.0f} images ({h['predicted_low']:,.0f}-"
-                    f"{h['predicted_high']:,.0f}), x calibration {h['calibration']:g}; {h['status']}"
-                )
-            else:
-                lines.append(
-                    "Hessian-corrected: not measured (G^T H G or |G|^2 was not positive at the probes' final weights)"
-                )
-        lines += [f"note: {flag}" for flag in self.flags]
+        if not h:
+            return []
+        if math.isfinite(h["ratio"]):
+            return [
+                f"Hessian-corrected (tr(H Sigma) / G^T H G at the probes' final weights, {h['ratio']:.2f}x "
+                f"B_simple there): B_noise = {h['predicted']:,.0f} images ({h['predicted_low']:,.0f}-"
+                f"{h['predicted_high']:,.0f}), x calibration {h['calibration']:g}; {h['status']}"
+            ]
+        return ["Hessian-corrected: not measured (G^T H G or |G|^2 was not positive at the probes' final weights)"]
+
+    def _cluster_lines(self) -> list[str]:
         c = self.cluster
-        if c:
+        if not c:
+            return []
+        lines = [
+            f"cost model ({c['preset']} network, all-reduce {c.get('algorithm', 'auto')}, {c['per_gpu_batch']} images "
+            f"per GPU; compute in {c.get('mode', 'preset')} mode: {c.get('compute', '')}): B_noise on {c['gpus']} "
+            f"GPU(s), {c['images_per_s']:,.0f} images/s, scaling efficiency {100 * c['scaling_efficiency']:.0f}%, "
+            f"{_duration(c['train_s'])} for {self.epochs_at_critical_batch:.1f} epochs of {c['train_images']:,} "
+            f"images"
+        ]
+        if "gpus_low" in c:
             lines.append(
-                f"cost model ({c['preset']} network, all-reduce {c.get('algorithm', 'auto')}, {c['per_gpu_batch']} images "
-                f"per GPU; compute in {c.get('mode', 'preset')} mode: {c.get('compute', '')}): B_noise on {c['gpus']} "
-                f"GPU(s), {c['images_per_s']:,.0f} images/s, scaling efficiency {100 * c['scaling_efficiency']:.0f}%, "
-                f"{_duration(c['train_s'])} for {self.epochs_at_critical_batch:.1f} epochs of {c['train_images']:,} "
-                f"images"
+                f"range over the critical batch's interval and {len(c['compute_models'])} compute model(s): "
+                f"{c['gpus_low']}-{c['gpus_high']} GPU(s), {_duration(c['train_s_low'])} to "
+                f"{_duration(c['train_s_high'])}"
             )
-            if "gpus_low" in c:
-                lines.append(
-                    f"range over the critical batch's interval and {len(c['compute_models'])} compute model(s): "
-                    f"{c['gpus_low']}-{c['gpus_high']} GPU(s), {_duration(c['train_s_low'])} to "
-                    f"{_duration(c['train_s_high'])}"
-                )
+        return lines
+
+    def _measured_lines(self) -> list[str]:
+        lines = []
         for m in self.measured:
             if m["measured"] is None:
                 lines.append(f"measured B_noise at step {m['step']} (branching): not resolved; no comparison")
@@ -148,71 +168,7 @@ class Advice:
                     f"{m['b_simple_ratio']:.2f}x it"
                 )
             lines.append(line)
-        return "\n".join(lines)
-
-
-def read_measured(path: str | Path) -> dict:
-    """The report ``largebatch critical-batch`` wrote (``critical_batch.json``).
-
-    Raises:
-        ValueError: when the file is missing, is not JSON, or holds no ``points`` list.
-    """
-    path = Path(path)
-    try:
-        report = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(
-            f"--measured {path}: no such file; give the critical_batch.json that `largebatch critical-batch` wrote"
-        ) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"--measured {path}: not a readable JSON report ({err})") from None
-    points = report.get("points") if isinstance(report, dict) else None
-    if not isinstance(points, list) or not all(
-        isinstance(p, dict) and "step" in p and "critical_batch" in p for p in points
-    ):
-        raise ValueError(
-            f"--measured {path}: not a `largebatch critical-batch` report (no points with step and critical_batch)"
-        )
-    return report
-
-
-def against_measured(predicted: float, report: dict) -> list[dict]:
-    """``predicted`` (a critical batch in images) against every point of a branching report: per
-    point the step, the measured critical batch (None when not resolved), whether it is a lower bound,
-    the ratio predicted / measured and whether that lies within a factor of 2 either way, and the
-    B_simple the reference run logged at that step. The target of the comparison is agreement within
-    2x (Merrill et al. 2025 measure; McCandlish et al. 2018 sec. 2.2 predict B_crit ~ B_simple). The
-    measured value is the point's ``b_noise`` where the report has one, else its ``critical_batch``."""
-    rows = []
-    for p in report["points"]:
-        # B_noise where the report measured it (the quantity predicted); older reports: their critical batch
-        measured = p["b_noise"] if "b_noise" in p else p["critical_batch"]
-        if measured is not None and math.isinf(measured):
-            measured = None
-        ratio = predicted / measured if measured else None
-        b_simple = p.get("b_simple")
-        rows.append(
-            {
-                "step": p["step"],
-                "measured": measured,
-                "lower_bound": bool(p.get("critical_batch_is_lower_bound")),
-                "ratio": ratio,
-                "within_2x": ratio is not None and 0.5 <= ratio <= 2.0,
-                "b_simple_there": b_simple,
-                "b_simple_ratio": b_simple / measured if (b_simple is not None and measured) else None,
-            }
-        )
-    return rows
-
-
-def _duration(seconds: float) -> str:
-    return (
-        f"{seconds / 3600:.1f} h"
-        if seconds >= 3600
-        else f"{seconds / 60:.1f} min"
-        if seconds >= 60
-        else f"{seconds:.2g} s"
-    )
+        return lines
 
 
 def read_noise_scale(run_dir: Path) -> list[tuple[int, float]]:
@@ -233,143 +189,6 @@ def epochs_ratio(batch: float, reference_batch: float, b_noise: float) -> float:
     return (1 + batch / b_noise) / (1 + reference_batch / b_noise)
 
 
-def model_flops_ratio(cfg) -> float:
-    """Forward FLOPs of one training image of ``cfg``'s model over ResNet-50's at 224x224, counted
-    with torch.utils.flop_counter (convolutions and matrix products)."""
-    import torch
-    import torchvision
-    from torch.utils.flop_counter import FlopCounterMode
-
-    def flops(model, shape) -> int:
-        model.eval()
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
-            model(torch.zeros(shape))
-        return counter.get_total_flops()
-
-    model, shape = _model_of(cfg)
-    return flops(model, shape) / flops(torchvision.models.resnet50(), (1, 3, 224, 224))
-
-
-def _model_of(cfg):
-    """(``cfg``'s model, untrained, and the shape of one input image batch of 1)."""
-
-    fashion = cfg.data.name in ("fashion_mnist", "synthetic")
-    channels = 1 if cfg.data.name == "fashion_mnist" else (cfg.data.synthetic.channels if fashion else 3)
-    size = 28 if cfg.data.name == "fashion_mnist" else cfg.data.image_size_px
-    model = build_model(
-        cfg.model.name,
-        num_classes=10 if fashion else 1000,
-        in_channels=channels,
-        bn_batch_size=1,
-        width=cfg.model.width,
-        blocks_per_stage=cfg.model.blocks_per_stage,
-        stem_stride=cfg.model.stem_stride,
-        zero_init_residual=False,
-        fc_init_std=0.0,
-    )
-    return model, (1, channels, size, size)
-
-
-def cluster_estimate(
-    cfg,
-    critical_batch: float,
-    epochs: float,
-    train_images: int,
-    preset_name: str,
-    algorithm: str = "auto",
-    *,
-    interval: tuple[float, float] | None = None,
-    measured_throughput: tuple = (),
-) -> dict:
-    """GPUs and time to train at the critical batch through :mod:`largebatch.sim`: the preset's
-    network and per-GPU batch; compute either from the preset's t(b) = t0 + b / x_max carried to
-    this model (per-image cost x its FLOPs over ResNet-50's, fixed cost x its parameterized layers
-    over ResNet-50's [assumption]; *preset* mode) or from ``measured_throughput``, the user's own
-    :class:`largebatch.sim.compute.Throughput` points on this model at two or more per-GPU batches
-    (*calibrated* mode, no scaling). ``epochs``: the epochs at ``critical_batch``.
-
-    The range: the global batch at the ends of ``interval`` (the critical batch's) with the epochs
-    there (McCandlish eq. 2.11 with B_noise at that end), times every compute model of the mode (the
-    preset's and its ``compute_spread`` of other stacks; the user's one fit), gives the fewest and
-    most GPUs and the shortest and longest time. ``algorithm``: ``auto`` (what NCCL's tuning model
-    would run), ``preset`` (the system's own) or any name of :data:`largebatch.sim.allreduce.ALGORITHMS`.
-
-    Raises:
-        ValueError: ``measured_throughput`` that :func:`largebatch.sim.compute.fit_compute` refuses.
-    """
-    preset = get_preset(preset_name)
-    params = _parameter_count(cfg)
-    ratio = model_flops_ratio(cfg)
-    if measured_throughput:
-        mode = "calibrated"
-        models = [fit_compute(measured_throughput, "your measurements", mode="calibrated")]
-    else:
-        mode = "preset"
-        layers = model_layers_ratio(cfg)
-        models = [m.for_model(ratio, layers) for m in (preset.compute, *preset.compute_spread)]
-    algorithm = preset.algorithm if algorithm == "preset" else algorithm
-    options = dict(preset.hierarchical) if algorithm == "hierarchical" else {}
-    b0 = cfg.train.global_batch_size
-
-    def one(batch: float, compute):
-        """(GPUs, step result) for a global batch of ``batch`` images."""
-        gpus = max(1, 2 ** round(math.log2(max(1.0, batch / preset.per_gpu_batch))))
-        work = dataclasses.replace(preset, compute=compute).workload(
-            gradient_bytes=params * preset.gradient_bytes_per_parameter
-        )
-        return gpus, simulate_step(preset.network, work, gpus, algorithm, **options)
-
-    gpus, step = one(critical_batch, models[0])
-    low, high = interval if interval else (critical_batch, critical_batch)
-    cases = []
-    for b in (low, critical_batch, high):
-        if not (math.isfinite(b) and b > 0):
-            continue
-        # training at B = B_noise = b takes 2 E_min (eq. 2.11), E_min from the recipe's epochs at b0
-        epochs_there = epochs * (1 + b0 / critical_batch) / (1 + b0 / b)
-        for compute in models:
-            n, st = one(b, compute)
-            cases.append((n, st.train_s(epochs_there, train_images)))
-    return {
-        "preset": preset.name,
-        "mode": mode,
-        "compute": models[0].describe(),
-        "compute_models": [m.describe() for m in models],
-        "algorithm": step.choice or algorithm,
-        "per_gpu_batch": preset.per_gpu_batch,
-        "gpus": gpus,
-        "global_batch_size": gpus * preset.per_gpu_batch,
-        "flops_ratio_to_resnet50": ratio,
-        "parameters": params,
-        "images_per_s": step.images_per_s,
-        "scaling_efficiency": step.scaling_efficiency,
-        "train_images": train_images,
-        "train_s": step.train_s(epochs, train_images),
-        "gpus_low": min(n for n, _ in cases),
-        "gpus_high": max(n for n, _ in cases),
-        "train_s_low": min(t for _, t in cases),
-        "train_s_high": max(t for _, t in cases),
-    }
-
-
-def model_layers_ratio(cfg) -> float:
-    """Parameterized layers (convolutions, linear layers, norms) of ``cfg``'s model over ResNet-50's
-    (107: 53 convolutions, 53 BN, 1 linear): each launches its own kernels in forward, backward and
-    the optimizer, so the per-step fixed cost is taken to scale with their count [assumption]."""
-    import torch
-    import torchvision
-
-    def count(model) -> int:
-        kinds = (torch.nn.modules.conv._ConvNd, torch.nn.Linear, torch.nn.modules.batchnorm._NormBase)
-        return sum(isinstance(m, kinds) for m in model.modules())
-
-    return count(_model_of(cfg)[0]) / count(torchvision.models.resnet50())
-
-
-def _parameter_count(cfg) -> int:
-    return sum(p.numel() for p in _model_of(cfg)[0].parameters())
-
-
 def probe_layout(cfg, probe_epochs: float, horizon_epochs: float | None) -> dict:
     """Steps of the probe, its warmup and windows, and the horizon, from the config alone.
 
@@ -380,7 +199,7 @@ def probe_layout(cfg, probe_epochs: float, horizon_epochs: float | None) -> dict
         ValueError: the probe ends before two windows after warmup, or a horizon outside the run.
     """
     b0 = cfg.train.global_batch_size
-    per_epoch = max(1, _train_images(cfg) // b0)
+    per_epoch = max(1, train_images(cfg) // b0)
     window = max(2, per_epoch // 4)
     warmup = round(cfg.schedule.warmup_epochs * per_epoch)
     probe = int(probe_epochs * per_epoch)
@@ -441,6 +260,89 @@ def advise(
             unreadable ``measured`` report (all before the probe starts).
         RuntimeError: when the probe fails or logs no noise scale (its log's end in the message).
     """
+    _check_request(nproc, probe_epochs, probe_seeds, hessian_small_batches)
+    report = read_measured(measured) if measured else None
+    if measured_throughput:
+        fit_compute(measured_throughput, "your measurements", mode="calibrated")  # refused before the probe
+    cfg = load_config(recipe, overrides)
+    layout = probe_layout(cfg, probe_epochs, horizon_epochs)
+    run_dir = Path(out)
+    groups = _run_probes(recipe, overrides, cfg, layout, run_dir, nproc=nproc, probe_seeds=probe_seeds)
+    pred = _predict(groups, layout, cfg.train.global_batch_size, run_dir)
+    advice = _advice(recipe, cfg, pred, layout, groups)
+    if hessian_small_batches:
+        per_seed = [
+            measure_run(run_dir / f"seed{k}", seed=cfg.train.seed + k, small_batches=hessian_small_batches)
+            for k in range(probe_seeds)
+        ]
+        advice.hessian = hessian_prediction(pred, per_seed)
+    if preset and math.isfinite(advice.critical_batch):
+        advice.cluster = _cluster(advice, cfg, pred, preset, algorithm, measured_throughput)
+    if report is not None:
+        advice.measured = against_measured(advice.critical_batch, report)
+    (run_dir / "advice.json").write_text(json.dumps(dataclasses.asdict(advice), indent=2) + "\n")
+    return advice
+
+
+def _predict(groups: list, layout: dict, reference_batch: int, run_dir: Path):
+    """The prediction from the probes' estimates (:func:`largebatch.study.noise_probe.predict`).
+
+    Raises:
+        RuntimeError: the estimates do not make one (the probes' metrics named).
+    """
+    try:
+        return predict(
+            [row for g in groups for row in g],
+            window_steps=layout["window_steps"],
+            warmup_steps=layout["warmup_steps"],
+            horizon_step=layout["horizon_step"],
+            reference_batch=reference_batch,
+            seed_groups=groups,
+        )
+    except ValueError as err:
+        raise RuntimeError(f"{err} ({run_dir}/seed*/metrics.jsonl)") from None
+
+
+def _cluster(advice: Advice, cfg, pred, preset: str, algorithm: str, measured_throughput: tuple) -> dict:
+    """The cost model at the predicted critical batch and its interval (:func:`cluster_estimate`)."""
+    return cluster_estimate(
+        cfg,
+        advice.critical_batch,
+        advice.epochs_at_critical_batch,
+        train_images(cfg),
+        preset,
+        algorithm,
+        interval=(pred.predicted_low, pred.predicted_high),
+        measured_throughput=measured_throughput,
+    )
+
+
+def _advice(recipe: str, cfg, pred, layout: dict, groups: list) -> Advice:
+    """The :class:`Advice` of prediction ``pred`` (from the probes' estimates ``groups``), before the
+    Hessian correction, the cost model and the comparison with measured points."""
+    b0, b_noise = cfg.train.global_batch_size, pred.predicted
+    return Advice(
+        recipe=recipe,
+        global_batch_size=b0,
+        optimizer=cfg.optim.name,
+        probe_steps=max(e[0] for g in groups for e in g),
+        probe_seeds=len(groups),
+        warmup_steps=layout["warmup_steps"],
+        window_steps=layout["window_steps"],
+        b_simple=pred.probe_end_b,
+        prediction=pred.as_dict(),
+        critical_batch=b_noise,
+        linear_scaling_max_batch=b_noise / 10,
+        epochs_at_recipe_batch=cfg.train.epochs,
+        epochs_at_critical_batch=(
+            cfg.train.epochs * epochs_ratio(b_noise, b0, b_noise) if math.isfinite(b_noise) else math.inf
+        ),
+        flags=_flags(cfg, pred, layout),
+    )
+
+
+def _check_request(nproc: int, probe_epochs: float, probe_seeds: int, hessian_small_batches: int) -> None:
+    """Raises ValueError for arguments :func:`advise` cannot run with."""
     if nproc < 1:
         raise ValueError(f"--nproc {nproc}: give 1 or more worker processes")
     if probe_epochs <= 0:
@@ -449,86 +351,39 @@ def advise(
         raise ValueError(f"--probe-seeds {probe_seeds}: give 1 or more")
     if hessian_small_batches and hessian_small_batches < 2:
         raise ValueError(f"--hessian-small-batches {hessian_small_batches}: give 2 or more (128 by default)")
-    report = read_measured(measured) if measured else None
-    if measured_throughput:
-        fit_compute(measured_throughput, "your measurements", mode="calibrated")  # refused before the probe
-    cfg = load_config(recipe, overrides)
-    layout = probe_layout(cfg, probe_epochs, horizon_epochs)
-    b0 = cfg.train.global_batch_size
-    run_dir = Path(out)
+
+
+def _run_probes(recipe: str, overrides: list[str], cfg, layout: dict, run_dir: Path, *, nproc: int, probe_seeds: int):
+    """Run the probe with each seed (``largebatch train`` into ``run_dir/seed<k>``: the recipe and
+    ``overrides``, its schedule unchanged, stopped after the probe's steps, the noise scale measured
+    on micro-batches of one BN group); returns each probe's per-step noise-scale estimates.
+
+    Raises:
+        RuntimeError: a probe failed (the end of its stderr in the message) or logged no noise scale.
+    """
     settings = [
         "train.noise_scale=true",
         "train.noise_scale_small_batch=micro_batch",
         "train.accumulation_steps=0",
-        f"train.stop_after_images={layout['probe_steps'] * b0}",
+        f"train.stop_after_images={layout['probe_steps'] * cfg.train.global_batch_size}",
         f"train.eval_every_epochs={cfg.train.epochs + 1}",
         "train.batch_schedule=[]",
     ]
     groups = []
     for k in range(probe_seeds):
         seed_dir = run_dir / f"seed{k}"
-        cmd = [sys.executable, "-m", "largebatch", "train", "--recipe", recipe, "--nproc", str(nproc)]
-        cmd += ["--out", str(seed_dir)]
-        cmd += sum((["--set", s] for s in [*overrides, *settings, f"train.seed={cfg.train.seed + k}"]), [])
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-        if proc.returncode != 0:
-            raise RuntimeError(f"the probe run {seed_dir} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+        probe = load_config(recipe, [*overrides, *settings, f"train.seed={cfg.train.seed + k}"])
+        try:
+            run_train(probe, seed_dir, nproc=nproc, resume=False)
+        except RunFailed as err:
+            raise RuntimeError(
+                f"the probe run {seed_dir} failed (exit {err.returncode}):\n{err.output[-3000:]}"
+            ) from None
         estimates = step_estimates(read_metrics(seed_dir))
         if not estimates:
             raise RuntimeError(f"the probe logged no noise scale in {seed_dir}/metrics.jsonl")
         groups.append(estimates)
-    estimates = [row for g in groups for row in g]
-    try:
-        pred = predict(
-            estimates,
-            window_steps=layout["window_steps"],
-            warmup_steps=layout["warmup_steps"],
-            horizon_step=layout["horizon_step"],
-            reference_batch=b0,
-            seed_groups=groups,
-        )
-    except ValueError as err:
-        raise RuntimeError(f"{err} ({run_dir}/seed*/metrics.jsonl)") from None
-    b_noise = pred.predicted
-    flags = _flags(cfg, pred, layout)
-    epochs_crit = cfg.train.epochs * epochs_ratio(b_noise, b0, b_noise) if math.isfinite(b_noise) else math.inf
-    advice = Advice(
-        recipe=recipe,
-        global_batch_size=b0,
-        optimizer=cfg.optim.name,
-        probe_steps=max(e[0] for e in estimates),
-        probe_seeds=probe_seeds,
-        warmup_steps=layout["warmup_steps"],
-        window_steps=layout["window_steps"],
-        b_simple=pred.probe_end_b,
-        prediction=pred.as_dict(),
-        critical_batch=b_noise,
-        linear_scaling_max_batch=b_noise / 10,
-        epochs_at_recipe_batch=cfg.train.epochs,
-        epochs_at_critical_batch=epochs_crit,
-        flags=flags,
-    )
-    if hessian_small_batches:
-        per_seed = [
-            measure_run(run_dir / f"seed{k}", seed=cfg.train.seed + k, small_batches=hessian_small_batches)
-            for k in range(probe_seeds)
-        ]
-        advice.hessian = hessian_prediction(pred, per_seed)
-    if preset and math.isfinite(b_noise):
-        advice.cluster = cluster_estimate(
-            cfg,
-            b_noise,
-            epochs_crit,
-            _train_images(cfg),
-            preset,
-            algorithm,
-            interval=(pred.predicted_low, pred.predicted_high),
-            measured_throughput=measured_throughput,
-        )
-    if report is not None:
-        advice.measured = against_measured(b_noise, report)
-    (run_dir / "advice.json").write_text(json.dumps(dataclasses.asdict(advice), indent=2) + "\n")
-    return advice
+    return groups
 
 
 def hessian_prediction(pred, per_seed: list) -> dict:
@@ -604,14 +459,3 @@ def _flags(cfg, pred, layout: dict) -> list[str]:
         "before it reaches B_noise)"
     )
     return flags
-
-
-def _train_images(cfg) -> int:
-
-    known = {
-        "fashion_mnist": FASHION_MNIST_TRAIN_SAMPLES,
-        "synthetic": cfg.data.synthetic.train_samples,
-        "imagefolder": 1_281_167,
-    }
-    n = known.get(cfg.data.name, 1_281_167) - (cfg.data.val_size or 0)
-    return min(n, cfg.data.train_subset) if cfg.data.train_subset else n

@@ -19,62 +19,17 @@ import csv
 import dataclasses
 import json
 import math
-import os
 import statistics
-import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from largebatch.config import ConfigError, merge_overrides, scale_epochs, to_dict, with_reference_lr
+from largebatch.config import ConfigError, merge_overrides, scale_epochs, with_reference_lr
 from largebatch.plan import resolve_stages
 from largebatch.recipes import get_recipe
-
-
-@dataclass(frozen=True)
-class Method:
-    recipe: str
-    label: str
-    overrides: tuple[str, ...] = ()
-    source: str = ""
-
-
-METHODS: dict[str, Method] = {
-    "no_scaling": Method(
-        "goyal2017_fashion_mnist_28px",
-        "SGD, no LR scaling",
-        ("optim.lr_scaling=none",),
-        "base LR 0.4 at every batch (Goyal et al. 2017 sec. 2.1 without the rule)",
-    ),
-    "linear_no_warmup": Method(
-        "goyal2017_fashion_mnist_28px",
-        "SGD, linear scaling, no warmup",
-        ("schedule.warmup_epochs=0",),
-        "Goyal et al. 2017 Table 1 'no warmup'",
-    ),
-    "goyal": Method(
-        "goyal2017_fashion_mnist_28px",
-        "SGD, linear scaling + gradual warmup (Goyal)",
-        (),
-        "Goyal et al. 2017 sec. 2.1-2.2",
-    ),
-    "nesterov": Method(
-        "goyal2017_fashion_mnist_28px",
-        "Nesterov momentum, retuned per batch (Nado)",
-        (),
-        "Nado et al. 2021 sec. 3: Nesterov momentum with LR, momentum and warmup tuned at every batch",
-    ),
-    "lars": Method("you2018_lars_fashion_mnist", "LARS (You)", (), "You et al. 2017, Algorithm 1"),
-    "lamb": Method("lamb_fashion_mnist", "LAMB", (), "You et al. 2019"),
-    "akiba": Method("akiba2017_fashion_mnist", "RMSprop warm-up + slow start (Akiba)", (), "Akiba et al. 2017"),
-    "mikami": Method(
-        "mikami2018_fashion_mnist",
-        "batch-size control, B/4 then B (Mikami)",
-        (),
-        "Mikami et al. 2018 sec. 3.1: the batch grows 4x after the first third of the epochs",
-    ),
-}
+from largebatch.study.launch import RunFailed, run_train
+from largebatch.study.methods import METHODS, Method  # noqa: F401  (Method: re-exported)
+from largebatch.summary import RunSummary
 
 
 class SweepError(ValueError):
@@ -123,24 +78,6 @@ def run_config(method: str, global_batch_size: int, seed: int, epochs: int, over
     return dataclasses.replace(cfg, recipe=f"sweep-{method}-b{global_batch_size}-s{seed}", train=train)
 
 
-def _overrides_of(cfg) -> list[str]:
-    """``--set`` arguments that reproduce ``cfg`` exactly (every leaf as JSON, which YAML reads)."""
-
-    out = []
-
-    def leaves(prefix: str, values: dict) -> None:
-        for key, value in values.items():
-            if isinstance(value, dict):  # a sub-section (optim.lars, data.synthetic, ...)
-                leaves(f"{prefix}{key}.", value)
-            else:
-                out.append(f"{prefix}{key}={json.dumps(value)}")
-
-    for section, values in to_dict(cfg).items():
-        if isinstance(values, dict):
-            leaves(f"{section}.", values)
-    return out
-
-
 def run_dir_of(out: Path, method: str, global_batch_size: int, seed: int) -> Path:
     return out / method / f"b{global_batch_size:06d}_s{seed}"
 
@@ -179,44 +116,23 @@ def read_result(run_dir: Path) -> dict | None:
     return json.loads(path.read_text())
 
 
-def _run_one(out_dir: Path, method: str, b: int, seed: int, cfg, nproc: int) -> dict:
-    """Run one (method, global batch, seed) of the sweep as ``largebatch train`` in a subprocess (``--set``
-    every key of ``cfg``; ``--resume auto`` when it has checkpoints), its log under ``logs/``; returns
-    its summary.
+def _run_one(out_dir: Path, method: str, b: int, seed: int, cfg, nproc: int) -> RunSummary:
+    """Run one (method, global batch, seed) of the sweep (:func:`largebatch.study.launch.run_train`:
+    ``--resume auto`` when it has checkpoints), its log under ``logs/``; returns its summary.
 
     Raises:
         RuntimeError: the run failed (its command's exit status and the end of its log in the message).
     """
-    run_dir = run_dir_of(out_dir, method, b, seed)
-    cmd = [
-        sys.executable,
-        "-m",
-        "largebatch",
-        "train",
-        "--nproc",
-        str(nproc),
-        "--out",
-        str(run_dir),
-        "--recipe",
-        METHODS[method].recipe,
-    ]
-    for item in _overrides_of(cfg):
-        cmd += ["--set", item]
-    if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
-        cmd += ["--resume", "auto"]
     log_path = out_dir / "logs" / f"{method}_b{b:06d}_s{seed}.log"
-    log_path.parent.mkdir(exist_ok=True)
-    with open(log_path, "w") as log_file:
-        proc = subprocess.run(
-            cmd, stdout=log_file, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1")
+    try:
+        return run_train(
+            cfg, run_dir_of(out_dir, method, b, seed), nproc=nproc, log=log_path, recipe=METHODS[method].recipe
         )
-    if proc.returncode != 0:
-        tail = log_path.read_text()[-2000:]
+    except RunFailed as err:
         raise RuntimeError(
-            f"{method} at global batch {b}, seed {seed} failed (exit {proc.returncode}); log "
-            f"{log_path}:\n{tail}\nfinished runs are kept: the same command continues the sweep"
-        )
-    return read_result(run_dir) or {}
+            f"{method} at global batch {b}, seed {seed} failed (exit {err.returncode}); log "
+            f"{log_path}:\n{err.output[-2000:]}\nfinished runs are kept: the same command continues the sweep"
+        ) from None
 
 
 def run_sweep(
@@ -251,9 +167,10 @@ def run_sweep(
         t0 = time.perf_counter()
         result = _run_one(out_dir, method, b, seed, cfg, nproc)
         bar.update(1)
+        top1 = float("nan") if result.top1 is None else result.top1
         line = (
-            f"{method} b={b} seed={seed}: top-1 {result.get('top1', float('nan')):.2f}%, "
-            f"{result.get('steps', 0)} steps, {time.perf_counter() - t0:.0f} s"
+            f"{method} b={b} seed={seed}: top-1 {top1:.2f}%, {result.steps or 0} steps, "
+            f"{time.perf_counter() - t0:.0f} s"
         )
         if bar.disable:
             print(f"largebatch sweep: {line}", file=sys.stderr)
