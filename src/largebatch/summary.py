@@ -21,7 +21,7 @@ FILE_NAME = "summary.json"
 class RunSummary:
     """What a finished (or stopped-at-a-target) training run reports, one object per run directory.
 
-    Units: accuracies in percent (0-100), times in seconds, rates in images per second over the
+    Units: accuracies in percent (0-100), times in seconds (``startup_s``: seconds by start-up phase), rates in images per second over the
     training steps of all workers, batch sizes in images, learning rates as the optimizer's value.
     ``diverged`` is set (with ``log``) by the study's launcher for a run whose loss became non-finite;
     such a summary carries no metrics.
@@ -57,7 +57,7 @@ class RunSummary:
     precision_requested: str | None = None
     precision: str | None = None
     precision_reason: str | None = None
-    startup_s: float | None = None
+    startup_s: dict[str, float] | None = None
     train_started_unix_s: float | None = None
     skipped_steps: int | None = None
     bad_files: int | None = None
