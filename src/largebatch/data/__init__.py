@@ -108,6 +108,41 @@ def build_data(cfg, *, device: torch.device):
             val_labels=d.imagefolder.val_labels,
             decode_on=d.imagefolder.decode_on,
         )
+    train_x, train_y, test_x, test_y, num_classes, classes = _tensors(cfg)
+    if d.train_subset:
+        train_x, train_y = train_x[: d.train_subset], train_y[: d.train_subset]
+    if d.test_subset:
+        test_x, test_y = test_x[: d.test_subset], test_y[: d.test_subset]
+    val = None
+    if d.val_size:
+        train_idx, val_idx = validation_split(train_x.shape[0], d.val_size, seed=cfg.train.seed)
+        val = (train_x[val_idx], train_y[val_idx])
+        train_x, train_y = train_x[train_idx], train_y[train_idx]
+    from largebatch.data.tensors import TensorImageData
+
+    return TensorImageData(
+        train_x,
+        train_y,
+        test_x,
+        test_y,
+        num_classes=num_classes,
+        augment=d.augment,
+        padding_px=d.crop_padding_px,
+        device=device,
+        val=val,
+        classes=classes,
+        resize_stages=[(st.start_epoch, st.image_size_px) for st in d.resize_stages],
+    )
+
+
+def _tensors(cfg):
+    """(train images, train labels, test images, test labels, number of classes, class names or None)
+    of an in-memory data set: Fashion-MNIST, the synthetic set or a user factory.
+
+    Raises:
+        ValueError: ``data.name`` is none of these and not a user factory.
+    """
+    d = cfg.data
     if d.name == "fashion_mnist":
         from largebatch.data.fashion_mnist import load_fashion_mnist
 
@@ -138,30 +173,7 @@ def build_data(cfg, *, device: torch.device):
             user[k] for k in ("train_images", "train_labels", "test_images", "test_labels")
         )
         num_classes, classes = user["num_classes"], user.get("classes")
-    if d.train_subset:
-        train_x, train_y = train_x[: d.train_subset], train_y[: d.train_subset]
-    if d.test_subset:
-        test_x, test_y = test_x[: d.test_subset], test_y[: d.test_subset]
-    val = None
-    if d.val_size:
-        train_idx, val_idx = validation_split(train_x.shape[0], d.val_size, seed=cfg.train.seed)
-        val = (train_x[val_idx], train_y[val_idx])
-        train_x, train_y = train_x[train_idx], train_y[train_idx]
-    from largebatch.data.tensors import TensorImageData
-
-    return TensorImageData(
-        train_x,
-        train_y,
-        test_x,
-        test_y,
-        num_classes=num_classes,
-        augment=d.augment,
-        padding_px=d.crop_padding_px,
-        device=device,
-        val=val,
-        classes=classes,
-        resize_stages=[(st.start_epoch, st.image_size_px) for st in d.resize_stages],
-    )
+    return train_x, train_y, test_x, test_y, num_classes, classes
 
 
 def validation_split(num_samples: int, val_size: int, *, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
