@@ -128,51 +128,32 @@ def hessian_noise_scale(
             f"small_batches={small_batches}, hessian_small_batches={hessian_small_batches}, "
             f"gradient_hvps={gradient_hvps}: give >= 2, >= 1 and >= 1"
         )
-    loss_fn = loss_fn or nn.functional.cross_entropy
-    params = [p for p in model.parameters() if p.requires_grad]
+    probe = _Probe(model, batches, loss_fn or nn.functional.cross_entropy, hessian_small_batches)
     buffers = {name: buf.clone() for name, buf in model.named_buffers()}
     was_training = model.training
     model.train()
-    size = None
-
-    def take() -> tuple[torch.Tensor, torch.Tensor]:
-        nonlocal size
-        try:
-            x, y = next(batches)
-        except StopIteration:
-            raise ValueError("the batches ran out: give more small batches") from None
-        if size is None:
-            size = x.shape[0]
-        elif x.shape[0] != size:
-            raise ValueError(f"small batches of {size} and {x.shape[0]} images: give batches of one size")
-        return x, y
-
-    def grad_of(x, y) -> torch.Tensor:
-        return _flat(torch.autograd.grad(loss_fn(model(x), y), params))
-
-    def hvp(v: torch.Tensor) -> torch.Tensor:
-        """H v, H the Hessian of the mean loss over one fresh Hessian batch (each small batch through
-        the model on its own, its BN on its own statistics)."""
-        parts = [take() for _ in range(hessian_small_batches)]
-        loss = sum(loss_fn(model(x), y) for x, y in parts) / len(parts)
-        grads = torch.autograd.grad(loss, params, create_graph=True)
-        dot = sum((g * u).sum() for g, u in zip(grads, _unflat(v, params)))
-        return _flat(torch.autograd.grad(dot, params))
-
     try:
-        g_small = torch.stack([grad_of(*take()) for _ in range(small_batches)])
-        m, b = small_batches, size
+        g_small = torch.stack([probe.grad_of(*probe.take()) for _ in range(small_batches)])
+        m = small_batches
         g = g_small.mean(0)
         d = g_small - g
         trace_small = float((d * d).sum()) / (m - 1)  # tr of one small batch's gradient covariance
-        trace_h_small = sum(float(d[j] @ hvp(d[j])) for j in range(m)) / (m - 1)
-        g_h_g_raw = sum(float(g @ hvp(g)) for _ in range(gradient_hvps)) / gradient_hvps
+        trace_h_small = sum(float(d[j] @ probe.hvp(d[j])) for j in range(m)) / (m - 1)
+        g_h_g_raw = sum(float(g @ probe.hvp(g)) for _ in range(gradient_hvps)) / gradient_hvps
     finally:
         with torch.no_grad():
             for name, buf in model.named_buffers():
                 buf.copy_(buffers[name])
         model.train(was_training)
-    g_sq = float(g @ g) - trace_small / m
+    return _estimates(probe.size, m, gradient_hvps, float(g @ g), trace_small, trace_h_small, g_h_g_raw)
+
+
+def _estimates(
+    b: int, m: int, gradient_hvps: int, g_sq_raw: float, trace_small: float, trace_h_small: float, g_h_g_raw: float
+) -> HessianNoise:
+    """The unbiased |G|^2 and G^T H G (each less its small-batch noise), the traces scaled to one
+    image, and the two noise scales (McCandlish et al. 2018, app. A.1)."""
+    g_sq = g_sq_raw - trace_small / m
     g_h_g = g_h_g_raw - trace_h_small / m
     trace, trace_h = b * trace_small, b * trace_h_small
     b_simple = trace / g_sq if g_sq > 0 else math.inf
@@ -190,6 +171,42 @@ def hessian_noise_scale(
         b_noise=b_noise,
         ratio=ratio,
     )
+
+
+class _Probe:
+    """Draws small batches of one size and gives the gradient of one and Hessian-vector products
+    (Pearlmutter 1994) over fresh Hessian batches of ``hessian_small_batches`` small batches each."""
+
+    def __init__(self, model: nn.Module, batches, loss_fn, hessian_small_batches: int) -> None:
+        self.model, self.batches, self.loss_fn = model, batches, loss_fn
+        self.hessian_small_batches = hessian_small_batches
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.size: int | None = None
+
+    def take(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next small batch. Raises ValueError when they run out or change size."""
+        try:
+            x, y = next(self.batches)
+        except StopIteration:
+            raise ValueError("the batches ran out: give more small batches") from None
+        if self.size is None:
+            self.size = x.shape[0]
+        elif x.shape[0] != self.size:
+            raise ValueError(f"small batches of {self.size} and {x.shape[0]} images: give batches of one size")
+        return x, y
+
+    def grad_of(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The flat gradient of the mean loss over (x, y)."""
+        return _flat(torch.autograd.grad(self.loss_fn(self.model(x), y), self.params))
+
+    def hvp(self, v: torch.Tensor) -> torch.Tensor:
+        """H v, H the Hessian of the mean loss over one fresh Hessian batch (each small batch through
+        the model on its own, its BN on its own statistics)."""
+        parts = [self.take() for _ in range(self.hessian_small_batches)]
+        loss = sum(self.loss_fn(self.model(x), y) for x, y in parts) / len(parts)
+        grads = torch.autograd.grad(loss, self.params, create_graph=True)
+        dot = sum((g * u).sum() for g, u in zip(grads, _unflat(v, self.params)))
+        return _flat(torch.autograd.grad(dot, self.params))
 
 
 def measure_run(run_dir, *, seed: int = 0, small_batches: int = 128, **kwargs) -> HessianNoise:
