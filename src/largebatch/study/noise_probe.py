@@ -212,6 +212,78 @@ def _run_b(windows: list[Window], first_step: float, horizon_step: float, refere
     return c, b_at(horizon_step), run_level(b_at, first_step, horizon_step, reference_batch)
 
 
+def _residual_bootstrap(windows: list[Window], rng: random.Random, run_level, resamples: int, coverage: float):
+    """(low, high, trend exponent) of the run-level value over trends refitted to resampled residuals,
+    or None with fewer than three finite windows or no resamples.
+
+    The steps of a window are not independent (the weights drift between them), so resampling them
+    understates how far windows scatter about the trend; a residual bootstrap of the trend fit
+    (residuals drawn with replacement, inflated for the two fitted parameters) measures that scatter.
+    :func:`predict` keeps the wider of the two intervals."""
+    fit = fit_trend([(w.mid_step, w.b_simple) for w in windows])
+    finite = [w for w in windows if 0 < w.b_simple < math.inf]
+    if fit is None or len(finite) < 3 or not resamples:
+        return None
+    a, c = fit
+    resid = [math.log(w.b_simple) - a - c * math.log(w.mid_step) for w in finite]
+    inflate = math.sqrt(len(resid) / (len(resid) - 2)) if len(resid) > 2 else 1.0
+    boot = []
+    for _ in range(resamples):
+        resampled = [
+            Window(
+                w.first_step,
+                w.last_step,
+                math.exp(a + c * math.log(w.mid_step) + inflate * rng.choice(resid)),
+                0,
+                0,
+                False,
+            )
+            for w in finite
+        ]
+        boot.append(run_level(resampled))
+    return (*_percentiles(boot, coverage), c)
+
+
+def _seed_bootstrap(
+    seed_groups, window_steps: int, first: int, rng: random.Random, run_level, resamples: int, coverage: float
+):
+    """(low, high) of the run-level value over probes resampled with replacement (each seed's
+    estimates a unit), so the interval spans the seed-to-seed spread."""
+    boot = []
+    for _ in range(resamples):
+        pooled = [row for _ in seed_groups for row in rng.choice(seed_groups)]
+        resampled = [
+            Window(rows[0][0], rows[-1][0], _ratio(rows), 0, 0, False) for rows in _chunks(pooled, window_steps, first)
+        ]
+        boot.append(run_level(resampled))
+    return _percentiles(boot, coverage)
+
+
+def _interval(estimates, windows, window_steps, first, seed_groups, rng, run_level, resamples, coverage, b_run, c):
+    """(low, high, trend exponent) of :func:`predict`'s bootstrap: the widest of the steps resampled
+    within windows, the trend's residuals resampled (which also refits the exponent) and, with two or
+    more probes, the probes resampled; drawn from ``rng`` in that order."""
+    chunks = _chunks(estimates, window_steps, first)
+    boot = [
+        run_level(
+            [
+                Window(w.first_step, w.last_step, _ratio([rows[rng.randrange(len(rows))] for _ in rows]), 0, 0, False)
+                for w, rows in zip(windows, chunks)
+            ]
+        )
+        for _ in range(resamples)
+    ]
+    lo, hi = _percentiles(boot, coverage) if resamples else (b_run, b_run)
+    residual = _residual_bootstrap(windows, rng, run_level, resamples, coverage)
+    if residual is not None:
+        r_lo, r_hi, c = residual
+        lo, hi = min(lo, r_lo), max(hi, r_hi)
+    if seed_groups and len(seed_groups) >= 2 and resamples:
+        s_lo, s_hi = _seed_bootstrap(seed_groups, window_steps, first, rng, run_level, resamples, coverage)
+        lo, hi = min(lo, s_lo), max(hi, s_hi)
+    return lo, hi, c
+
+
 def predict(
     estimates: list[tuple[int, float, float]],
     *,
@@ -244,53 +316,14 @@ def predict(
             f"no noise-scale estimates after warmup (step {warmup_steps}): lengthen the probe past the warmup"
         )
     c, b_h, b_run = _run_b(windows, first, horizon_step, reference_batch)
-    rng = random.Random(seed + 1)
-    chunks = _chunks(estimates, window_steps, first)
-    boot = []
-    for _ in range(resamples):
-        resampled = [
-            Window(w.first_step, w.last_step, _ratio([rows[rng.randrange(len(rows))] for _ in rows]), 0, 0, False)
-            for w, rows in zip(windows, chunks)
-        ]
-        boot.append(_run_b(resampled, first, horizon_step, reference_batch)[2] * calibration)
-    lo, hi = _percentiles(boot, coverage) if resamples else (b_run, b_run)
-    # The steps of a window are not independent (the weights drift between them), so resampling them
-    # understates how far windows scatter about the trend; a residual bootstrap of the trend fit
-    # (residuals drawn with replacement, inflated for the two fitted parameters) measures that
-    # scatter. The interval is the wider of the two.
-    fit = fit_trend([(w.mid_step, w.b_simple) for w in windows])
-    finite = [w for w in windows if 0 < w.b_simple < math.inf]
-    if fit is not None and len(finite) >= 3 and resamples:
-        a, c = fit
-        resid = [math.log(w.b_simple) - a - c * math.log(w.mid_step) for w in finite]
-        inflate = math.sqrt(len(resid) / (len(resid) - 2)) if len(resid) > 2 else 1.0
-        boot = []
-        for _ in range(resamples):
-            resampled = [
-                Window(
-                    w.first_step,
-                    w.last_step,
-                    math.exp(a + c * math.log(w.mid_step) + inflate * rng.choice(resid)),
-                    0,
-                    0,
-                    False,
-                )
-                for w in finite
-            ]
-            boot.append(_run_b(resampled, first, horizon_step, reference_batch)[2] * calibration)
-        r_lo, r_hi = _percentiles(boot, coverage)
-        lo, hi = min(lo, r_lo), max(hi, r_hi)
-    if seed_groups and len(seed_groups) >= 2 and resamples:
-        boot = []
-        for _ in range(resamples):
-            pooled = [row for _ in seed_groups for row in rng.choice(seed_groups)]
-            resampled = [
-                Window(rows[0][0], rows[-1][0], _ratio(rows), 0, 0, False)
-                for rows in _chunks(pooled, window_steps, first)
-            ]
-            boot.append(_run_b(resampled, first, horizon_step, reference_batch)[2] * calibration)
-        s_lo, s_hi = _percentiles(boot, coverage)
-        lo, hi = min(lo, s_lo), max(hi, s_hi)
+    rng = random.Random(seed + 1)  # one stream, drawn in this order: windows, residuals, seeds
+
+    def run_level(resampled: list[Window]) -> float:
+        return _run_b(resampled, first, horizon_step, reference_batch)[2] * calibration
+
+    lo, hi, c = _interval(
+        estimates, windows, window_steps, first, seed_groups, rng, run_level, resamples, coverage, b_run, c
+    )
     last = windows[-1]
     return Prediction(
         windows=windows,
