@@ -13,6 +13,7 @@ survive a fork): the suite runs with OMP_NUM_THREADS=1 (conftest.py).
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import signal
@@ -253,3 +254,23 @@ SMALL_SYNTHETIC = (
 def sets(*items: str) -> list[str]:
     """``--set ITEM`` for each of ``items``."""
     return [arg for item in items for arg in ("--set", item)]
+
+
+def set_items(cfg) -> list[str]:
+    """What the study passed before the launcher (kept to test that run directories made that way
+    still resume): every leaf of every section as ``--set KEY=JSON``."""
+    out = []
+
+    def leaves(prefix, values):
+        for key, value in values.items():
+            if isinstance(value, dict):
+                leaves(f"{prefix}{key}.", value)
+            else:
+                out.append(f"{prefix}{key}={json.dumps(value)}")
+
+    from largebatch.config import to_dict
+
+    for section, values in to_dict(cfg).items():
+        if isinstance(values, dict):
+            leaves(f"{section}.", values)
+    return out

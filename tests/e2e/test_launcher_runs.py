@@ -9,7 +9,6 @@ import pytest
 
 import clirun
 from largebatch.api import load_config
-from largebatch.config import to_dict
 from largebatch.errors import EXIT_BAD_INPUT, EXIT_FAILED
 from largebatch.study.launch import CONFIG_FILE, RunFailed, run_train
 from largebatch.summary import RunSummary
@@ -20,23 +19,6 @@ pytestmark = pytest.mark.e2e
 RECIPE = "goyal2017_fashion_mnist_28px"
 SMALL = [*clirun.SMALL_SYNTHETIC, "train.epochs=1", "train.noise_scale=false"]  # 8 steps
 DIVERGES = ["optim.base_lr=1e8", "train.nonfinite_policy=stop", "train.epochs=2"]
-
-
-def set_items(cfg) -> list[str]:
-    """What the study passed before the launcher: every leaf of every section as ``--set KEY=JSON``."""
-    out = []
-
-    def leaves(prefix, values):
-        for key, value in values.items():
-            if isinstance(value, dict):
-                leaves(f"{prefix}{key}.", value)
-            else:
-                out.append(f"{prefix}{key}={json.dumps(value)}")
-
-    for section, values in to_dict(cfg).items():
-        if isinstance(values, dict):
-            leaves(f"{section}.", values)
-    return out
 
 
 def config(*extra):
@@ -65,7 +47,7 @@ def test_a_run_directory_started_with_set_lines_continues_under_the_launcher(tmp
     cfg = dataclasses.replace(config(), recipe="sweep-goyal-b64-s0")
     run = tmp_path / "goyal" / "b000064_s0"
     args = ["train", "--nproc", "1", "--out", run, "--recipe", RECIPE]
-    proc = clirun.run(*args, *[x for item in set_items(cfg) for x in ("--set", item)], cwd=tmp_path, timeout=300)
+    proc = clirun.run(*args, *[x for item in clirun.set_items(cfg) for x in ("--set", item)], cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     before = json.loads((run / "config.json").read_text())
     assert list_checkpoints(run) and before["recipe"] == RECIPE

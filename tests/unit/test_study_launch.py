@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import clirun
 from largebatch.api import load_config
 from largebatch.cli.train import _failure_status
 from largebatch.config import config_hash, to_dict
@@ -20,23 +21,6 @@ from largebatch.study.branch_runs import branch_overrides
 from largebatch.study.launch import CONFIG_FILE, launch_config
 from largebatch.study.sweep import METHODS, run_config
 from largebatch.study.tune import TuneSpec, trial_config
-
-
-def set_items(cfg) -> list[str]:
-    """What the study passed before the launcher: every leaf of every section as ``--set KEY=JSON``."""
-    out = []
-
-    def leaves(prefix, values):
-        for key, value in values.items():
-            if isinstance(value, dict):
-                leaves(f"{prefix}{key}.", value)
-            else:
-                out.append(f"{prefix}{key}={json.dumps(value)}")
-
-    for section, values in to_dict(cfg).items():
-        if isinstance(values, dict):
-            leaves(f"{section}.", values)
-    return out
 
 
 def study_configs():
@@ -53,7 +37,7 @@ def study_configs():
 def test_the_config_file_makes_the_run_the_set_lines_made(tmp_path, method_and_cfg):
     method, cfg = method_and_cfg
     recipe = METHODS[method].recipe
-    before = load_config(recipe, set_items(cfg))  # `largebatch train --recipe NAME --set ...`
+    before = load_config(recipe, clirun.set_items(cfg))  # `largebatch train --recipe NAME --set ...`
     path = tmp_path / CONFIG_FILE
     path.write_text(json.dumps(launch_config(cfg, recipe)))
     now = load_config(str(path))  # `largebatch train --config FILE`
